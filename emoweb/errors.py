@@ -1,0 +1,13 @@
+"""User-facing errors: one readable line, never a traceback."""
+
+
+class EmoWebError(Exception):
+    """Base class: the message is shown to the person as is."""
+
+
+class MediaError(EmoWebError):
+    """The input file cannot be analysed (missing, empty, not media, corrupt, no usable stream)."""
+
+
+class NotFoundError(EmoWebError):
+    """An id (clip, profile, model) that does not exist."""

@@ -1,0 +1,173 @@
+"""ClipFeatures: everything the four models need from one clip, computed once and shared.
+
+decode -> faces -> Whisper (transcript + audio tokens, one encoder pass) -> text encoder -> visual
+encoder. Missing modalities are normal: a silent clip has no transcript, an image has no audio,
+a clip with no face uses whole frames (flagged). Each stage's time is recorded.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from emoweb import faces, media
+from emoweb.config import Settings, get_settings
+from models.backbones import Backbones, get_backbones
+
+MIN_AUDIO_SECONDS = 0.3  # shorter audio carries no usable speech or prosody
+SILENCE_RMS = 1e-3  # below this the audio track is treated as silent
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ClipFeatures:
+    """One clip's shared features (tensors on CPU). `to_summary()` gives shapes, not tensors."""
+
+    source: str
+    sha256: str
+    kind: str
+    profile: str
+    device: str
+    duration: float
+    full_duration: float
+    frame_times: list[float] = field(default_factory=list)
+    frames: np.ndarray | None = None  # [N, H, W, 3] uint8 (display)
+    face_boxes: list[tuple[int, int, int, int] | None] = field(default_factory=list)
+    face_crops: np.ndarray | None = None  # [N, S, S, 3] uint8
+    transcript: str = ""
+    segments: list[dict] = field(default_factory=list)
+    language: str | None = None
+    audio: np.ndarray | None = None  # [S] 16 kHz mono (kept for spectrogram models)
+    log_mel: np.ndarray | None = None  # [80, T] at 10 ms
+    audio_tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # "audio" = primary encoder [T, D]
+    audio_token_times: list[float] = field(default_factory=list)
+    text_embedding: torch.Tensor | None = None  # [D]
+    text_tokens: torch.Tensor | None = None  # [L, D]
+    text_words: list[str] = field(default_factory=list)
+    visual_features: torch.Tensor | None = None  # [N, D]
+    visual_maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    visual_logits: torch.Tensor | None = None  # [N, 7]
+    visual_logit_labels: tuple[str, ...] = ()
+    untrained_weights: bool = False
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def faces_found(self) -> int:
+        return sum(b is not None for b in self.face_boxes)
+
+    @property
+    def modalities(self) -> dict[str, bool]:
+        """Which inputs the models can use."""
+        return {
+            "audio": "audio" in self.audio_tokens,
+            "visual": self.visual_features is not None,
+            "text": bool(self.transcript.strip()),
+        }
+
+    def to_summary(self) -> dict:
+        """JSON-friendly description: shapes and values a person can read, never raw tensors."""
+
+        def shape(x) -> list[int] | None:
+            return None if x is None else list(x.shape)
+
+        return {
+            "source": self.source,
+            "sha256": self.sha256,
+            "kind": self.kind,
+            "profile": self.profile,
+            "device": self.device,
+            "untrained_weights": self.untrained_weights,
+            "duration": self.duration,
+            "full_duration": self.full_duration,
+            "modalities": self.modalities,
+            "frames": {"count": len(self.frame_times), "times": self.frame_times, "shape": shape(self.frames)},
+            "faces": {"found": self.faces_found, "boxes": self.face_boxes},
+            "transcript": {"text": self.transcript, "language": self.language, "segments": self.segments},
+            "audio_tokens": {k: shape(v) for k, v in self.audio_tokens.items()},
+            "text_embedding": shape(self.text_embedding),
+            "text_tokens": shape(self.text_tokens),
+            "visual_features": shape(self.visual_features),
+            "visual_maps": {k: shape(v) for k, v in self.visual_maps.items()},
+            "warnings": self.warnings,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+
+
+class FeatureExtractor:
+    """Runs the shared pipeline with one profile's backbones (loaded once per process)."""
+
+    def __init__(self, settings: Settings | None = None, backbones: Backbones | None = None):
+        self.settings = settings or get_settings()
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        self.backbones = backbones or get_backbones(
+            self.settings.profile, self.settings.device, self.settings.asr_beam, self.settings.threads
+        )
+
+    def __call__(self, path: str | Path, progress: Progress | None = None) -> ClipFeatures:
+        timings: dict[str, float] = {}
+
+        @contextmanager
+        def stage(name: str):
+            if progress:
+                progress(name)
+            t0 = time.perf_counter()
+            yield
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+
+        with stage("decode"):
+            clip = media.decode(path, self.settings.n_frames, self.settings.max_seconds)
+        bb = self.backbones
+        feats = ClipFeatures(
+            source=Path(path).name, sha256=clip.sha256, kind=clip.kind, profile=bb.name, device=bb.device,
+            duration=clip.duration, full_duration=clip.full_duration, frame_times=clip.frame_times,
+            frames=clip.frames, warnings=list(clip.warnings), untrained_weights=bb.untrained, timings=timings,
+        )
+        if clip.has_video:
+            with stage("faces"):
+                found = faces.detect_and_crop(clip.frames)
+            feats.face_boxes, feats.face_crops = found.boxes, found.crops
+            if not any(found.found):
+                feats.warnings.append("no face found: the visual models used whole frames")
+            with stage("visual"):
+                vis = bb.visual(found.crops)
+            feats.visual_features, feats.visual_maps = vis.features.cpu(), {k: v.cpu() for k, v in vis.maps.items()}
+            feats.visual_logits = None if vis.logits is None else vis.logits.cpu()
+            feats.visual_logit_labels = vis.logit_labels
+        self._audio(clip, feats, stage)
+        if feats.transcript:
+            with stage("text"):
+                enc = bb.text([feats.transcript])
+            m = enc.mask[0]
+            feats.text_embedding, feats.text_tokens = enc.embedding[0].cpu(), enc.tokens[0][m].cpu()
+            feats.text_words = enc.words[0]
+        timings["total"] = sum(v for k, v in timings.items() if k != "total")
+        return feats
+
+    def _audio(self, clip: media.DecodedClip, feats: ClipFeatures, stage) -> None:
+        if not clip.has_audio:
+            return
+        audio = clip.audio
+        if audio.size < MIN_AUDIO_SECONDS * media.SAMPLE_RATE:
+            feats.warnings.append(f"audio shorter than {MIN_AUDIO_SECONDS} s: audio models skipped")
+            return
+        if float(np.sqrt(np.mean(audio**2))) < SILENCE_RMS:
+            feats.warnings.append("the audio track is silent: audio and text models skipped")
+            return
+        with stage("asr"):
+            asr = self.backbones.transcribe(audio)
+        feats.audio, feats.log_mel = audio, asr.log_mel
+        feats.transcript, feats.segments, feats.language = asr.text, asr.segments, asr.language
+        if not asr.text:
+            feats.warnings.append("no speech recognised: text models skipped")
+        with stage("audio_encoder"):
+            tokens = self.backbones.audio_tokens(audio, asr)
+        feats.audio_tokens = {k: v.float().cpu() for k, v in tokens.items()}
+        feats.audio_token_times = asr.token_times

@@ -1,0 +1,205 @@
+"""Decode any reasonable clip into N sampled frames and 16 kHz mono audio, without holding the whole video.
+
+Video and audio containers go through PyAV (FFmpeg); still images through Pillow (EXIF rotation applied).
+Every failure becomes one `MediaError` line that names the problem.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from emoweb.errors import MediaError
+
+SAMPLE_RATE = 16_000
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+MAX_FRAME_SIDE = 640  # frames are downscaled on decode: faces and display never need more
+MIN_DURATION = 0.05
+
+
+@dataclass
+class DecodedClip:
+    """What a file holds, reduced to what the models use."""
+
+    path: Path
+    sha256: str
+    kind: str  # "video" | "audio" | "image"
+    duration: float  # analysed seconds (after the cap)
+    full_duration: float  # seconds in the file
+    frames: np.ndarray | None  # [N, H, W, 3] uint8 RGB
+    frame_times: list[float]
+    audio: np.ndarray | None  # [S] float32 in [-1, 1] at 16 kHz
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def has_video(self) -> bool:
+        return self.frames is not None and len(self.frames) > 0
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio is not None and self.audio.size > 0
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Content hash, streamed: identifies a re-upload of the same clip."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise MediaError(f"file not found: {path.name}")
+    if not path.is_file():
+        raise MediaError(f"not a file: {path.name}")
+    if path.stat().st_size == 0:
+        raise MediaError(f"empty file (0 bytes): {path.name}")
+
+
+def _downscale(img: np.ndarray) -> np.ndarray:
+    h, w = img.shape[:2]
+    scale = MAX_FRAME_SIDE / max(h, w)
+    if scale >= 1:
+        return img
+    return np.asarray(Image.fromarray(img).resize((max(1, round(w * scale)), max(1, round(h * scale)))))
+
+
+def _decode_image(path: Path, sha: str) -> DecodedClip:
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            frame = _downscale(np.asarray(im))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise MediaError(f"not a readable image: {path.name} ({exc.__class__.__name__})") from None
+    return DecodedClip(path, sha, "image", 0.0, 0.0, frame[None], [0.0], None)
+
+
+def _stream_duration(container: av.container.InputContainer, stream: av.stream.Stream | None) -> float:
+    if stream is not None and stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return 0.0
+
+
+def _sample_times(duration: float, n: int) -> list[float]:
+    """Centres of n equal slices of the clip: uniform coverage, never the very first/last frame."""
+    return [duration * (i + 0.5) / n for i in range(n)]
+
+
+def _read_frames(container, stream, times: list[float]) -> tuple[list[np.ndarray], list[float]]:
+    """One sequential pass, keeping only the frame at or after each target time."""
+    stream.thread_type = "AUTO"
+    frames: list[np.ndarray] = []
+    stamps: list[float] = []
+    last = None
+    i = 0
+    for frame in container.decode(stream):
+        t = float(frame.time) if frame.time is not None else (len(stamps) and stamps[-1])
+        last = (frame, t)
+        while i < len(times) and t + 1e-6 >= times[i]:
+            frames.append(_downscale(frame.to_ndarray(format="rgb24")))
+            stamps.append(round(t, 3))
+            i += 1
+        if i >= len(times):
+            break
+    if not frames and last is not None:  # a one-frame or very short video: use what there is
+        frames.append(_downscale(last[0].to_ndarray(format="rgb24")))
+        stamps.append(round(last[1], 3))
+    return frames, stamps
+
+
+def _read_audio(container, stream, max_seconds: float) -> np.ndarray:
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    limit = int(max_seconds * SAMPLE_RATE)
+    chunks: list[np.ndarray] = []
+    total = 0
+    for frame in container.decode(stream):
+        for out in resampler.resample(frame):
+            chunk = out.to_ndarray().reshape(-1)
+            chunks.append(chunk)
+            total += chunk.size
+        if total >= limit:
+            break
+    else:
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    return np.clip(audio[:limit].astype(np.float32), -1.0, 1.0)
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), metadata_errors="ignore")
+    except av.error.InvalidDataError:
+        raise MediaError(f"not a media file or corrupt container: {path.name}") from None
+    except av.error.FFmpegError as exc:
+        raise MediaError(f"cannot open {path.name}: {exc.strerror or exc.__class__.__name__}") from None
+
+
+def decode(path: str | Path, n_frames: int = 16, max_seconds: float = 60.0) -> DecodedClip:
+    """Decode `path`: up to `n_frames` uniformly sampled frames and mono 16 kHz audio, capped at `max_seconds`."""
+    path = Path(path)
+    _check_file(path)
+    sha = file_sha256(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return _decode_image(path, sha)
+    container = _open(path)
+    try:
+        return _decode_container(container, path, sha, n_frames, max_seconds)
+    except av.error.FFmpegError as exc:
+        raise MediaError(f"corrupt or truncated media: {path.name} ({exc.strerror or exc.__class__.__name__})") from None
+    finally:
+        container.close()
+
+
+def _decode_container(container, path: Path, sha: str, n_frames: int, max_seconds: float) -> DecodedClip:
+    video = next((s for s in container.streams.video if s.codec_context is not None), None)
+    audio = next(iter(container.streams.audio), None)
+    if video is None and audio is None:
+        raise MediaError(f"no audio or video stream in {path.name}")
+    warnings: list[str] = []
+    full = max(_stream_duration(container, video), _stream_duration(container, audio))
+    if full > max_seconds:
+        warnings.append(f"clip is {full:.1f} s long: only the first {max_seconds:.0f} s were analysed")
+    span = min(full, max_seconds) if full > 0 else max_seconds
+
+    frames = stamps = None
+    if video is not None:
+        got, got_t = _read_frames(container, video, _sample_times(span, n_frames))
+        if got:
+            frames, stamps = np.stack(_same_size(got)), got_t
+        else:
+            warnings.append("the video stream has no decodable frames")
+        container.seek(0)
+    wav = None
+    if audio is not None:
+        wav = _read_audio(container, audio, max_seconds)
+        if wav.size == 0:
+            wav = None
+            warnings.append("the audio stream has no decodable samples")
+    if frames is None and wav is None:
+        raise MediaError(f"no decodable audio or video in {path.name} (corrupt or unsupported codec)")
+    audio_seconds = 0.0 if wav is None else wav.size / SAMPLE_RATE
+    duration = max(audio_seconds, min(span, full) if full > 0 else 0.0)
+    if duration < MIN_DURATION and frames is None:
+        raise MediaError(f"zero-length clip: {path.name}")
+    if frames is None and video is None:
+        warnings.append("no video track: audio only")
+    if wav is None and audio is None:
+        warnings.append("no audio track: video only")
+    kind = "video" if frames is not None else "audio"
+    return DecodedClip(path, sha, kind, round(duration, 3), round(full, 3), frames, stamps or [], wav, warnings)
+
+
+def _same_size(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """Variable-resolution streams exist; stacking needs one size."""
+    h, w = frames[0].shape[:2]
+    return [f if f.shape[:2] == (h, w) else np.asarray(Image.fromarray(f).resize((w, h))) for f in frames]
+

