@@ -1,0 +1,480 @@
+"""Training-free few-shot cache shared by all four models (Tip-Adapter, generalised to EmoAsst's joint cache).
+
+Why a cache: a caregiver's corrections are few and arrive one at a time. Retraining on them is
+slow and overfits; a key-value cache of labelled embeddings adapts a frozen model instantly and
+is rebuilt from stored embeddings in milliseconds, without re-encoding any media.
+
+Maths (per modality ``m``; ``q`` and ``K_m`` L2-normalised, ``V`` one-hot labels [N, C])::
+
+    A_m      = exp(-beta * (1 - q @ K_m^T))                      [B, N], in (exp(-2 beta), 1]
+    affinity = mean of A_m over the modalities that BOTH the query row and the example have
+    logits   = base_logits + alpha * affinity @ V                [B, C]
+
+Missing modalities. An example (or a query row) may lack a modality: pass a row of NaN (or of
+zeros) for it, or leave the modality out of the dict entirely. Such rows are recorded in a
+boolean mask, never used in a dot product, and the pair's affinity is the mean over the
+modalities the two share. A pair that shares none has affinity 0: that example contributes
+nothing to that query. So video-only, audio-only and audio+video clips all use one cache.
+
+Scale of ``base_logits``. ``alpha`` is measured in the units of the base logits, so callers must
+pass logits whose differences between classes are "a few units" for a clear decision, as CLIP's
+zero-shot logits are: ``100 * cos(embedding, label_text)`` (``logit_scale`` = 100), or a trained
+head's pre-softmax logits, or ``log(probs)`` (softmax is shift-invariant, so log-probabilities
+are valid logits; see :func:`logits_from_probs`). Do NOT pass bare cosines in [-1, 1] or
+probabilities: against those, ``alpha`` ~ 1 would swamp the model. ``affinity @ V`` for a class is
+roughly "how many of its examples look like this query" (each counts at most 1), so with the
+default alpha = 1.17 one identical example moves its class by 1.17 logits, and several close
+examples by proportionally more. Use :func:`search_hyperparameters` to fit alpha/beta to the data.
+
+New labels. :meth:`FewShotCache.add_label` appends a column (e.g. a child's own word for a
+feeling). The base model has no logit for it, so :meth:`FewShotCache.logits` accepts base logits
+for any subset of the label set, named by ``base_labels``: the caller supplies a score for the new
+label when it has one (a zero-shot score of its text embedding); every column not supplied gets
+the row mean of the supplied ones, so the new label starts "average" and wins only through the
+cache. A class with no cache entries gets only its base score.
+
+Dtypes. Computation is float32; :meth:`FewShotCache.state_dict` stores keys as float16 (half the
+blob size; a unit vector loses ~1e-3 relative precision, which renormalisation on load absorbs)
+and masks as bool. Values are not stored: they are rebuilt from the example labels.
+
+This module is torch only: it never imports gradio, sqlalchemy or emoweb.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_ALPHA = 1.17
+DEFAULT_BETA = 1.0
+# Tip-Adapter searches beta in [0.1, 7) and alpha in [0.1, 3); a coarse 12 x 12 grid over the same ranges.
+DEFAULT_BETAS: tuple[float, ...] = tuple(round(0.1 + i * (7.0 - 0.1) / 12, 4) for i in range(12))
+DEFAULT_ALPHAS: tuple[float, ...] = tuple(round(0.1 + i * (3.0 - 0.1) / 12, 4) for i in range(12))
+LOO_MAX_EXAMPLES = 200  # up to this many labelled examples the search uses leave-one-out
+_CHUNK = 2048  # rows per block in the search and LOO, so 10k examples never need a 10k x 10k matrix at once
+
+Query = Mapping[str, torch.Tensor]
+BaseLogits = torch.Tensor | Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+
+def logits_from_probs(probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Log-probabilities as base logits, for models that only expose probabilities."""
+    return probs.float().clamp_min(eps).log()
+
+
+def _normalise_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 unit rows and a presence mask; NaN/inf or all-zero rows are 'missing' and become zeros."""
+    if x.dim() != 2:
+        raise ValueError(f"expected a [rows, dim] tensor, got shape {tuple(x.shape)}")
+    x = x.float()
+    norm = x.norm(dim=1)  # NaN/inf anywhere in a row makes its norm non-finite: one pass finds missing rows
+    present = torch.isfinite(norm) & (norm > 0)
+    scale = torch.where(present, 1.0 / norm, torch.zeros((), dtype=x.dtype, device=x.device))
+    if bool(present.all()):
+        return x * scale[:, None], present
+    x = torch.where(present[:, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+    x = x * scale[:, None]
+    return x, present
+
+
+class FewShotCache:
+    """Keys per modality, one label per example, one-hot values; see the module docstring for the maths.
+
+    Attributes:
+        labels: the label set; its order defines the logit columns.
+        example_labels: the label of each cached example (row i of every key matrix).
+        keys: modality name -> float32 [N, D_m] unit rows (zeros where missing).
+        masks: modality name -> bool [N], True where the example has that modality.
+        alpha, beta: residual weight of the cache and sharpness of the affinity.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        keys: dict[str, torch.Tensor] | None = None,
+        masks: dict[str, torch.Tensor] | None = None,
+        example_labels: Sequence[str] = (),
+        alpha: float = DEFAULT_ALPHA,
+        beta: float = DEFAULT_BETA,
+    ) -> None:
+        """Low-level constructor for already-normalised keys; use :meth:`build` for raw embeddings."""
+        self.labels: list[str] = []
+        self._index: dict[str, int] = {}
+        for name in labels:
+            self.add_label(name)
+        self.keys: dict[str, torch.Tensor] = dict(keys or {})
+        self.masks: dict[str, torch.Tensor] = dict(masks or {})
+        self.example_labels: list[str] = list(example_labels)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        for name in dict.fromkeys(self.example_labels):  # distinct, in order of first appearance
+            self.add_label(name)
+        self._label_idx = torch.tensor([self._index[n] for n in self.example_labels], dtype=torch.long)
+        self._check()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def build(
+        cls,
+        keys: Mapping[str, torch.Tensor],
+        labels: Sequence[str],
+        label_set: Sequence[str],
+        alpha: float = DEFAULT_ALPHA,
+        beta: float = DEFAULT_BETA,
+    ) -> FewShotCache:
+        """Build from raw embeddings: ``keys[m]`` is [N, D_m]; a NaN (or zero) row means "no such modality".
+
+        Labels of examples that are not in ``label_set`` are appended to it in order of first
+        appearance, so a label seen only in corrections needs no separate step.
+        """
+        n = len(labels)
+        norm_keys: dict[str, torch.Tensor] = {}
+        masks: dict[str, torch.Tensor] = {}
+        for name, k in keys.items():
+            if k.shape[0] != n:
+                raise ValueError(f"modality {name!r} has {k.shape[0]} rows for {n} labels")
+            norm_keys[name], masks[name] = _normalise_rows(k.detach())
+        return cls(label_set, norm_keys, masks, labels, alpha=alpha, beta=beta)
+
+    def _check(self) -> None:
+        n = len(self.example_labels)
+        if set(self.keys) != set(self.masks):
+            raise ValueError("keys and masks must name the same modalities")
+        for name, k in self.keys.items():
+            if k.dim() != 2 or k.shape[0] != n or self.masks[name].shape != (n,):
+                raise ValueError(f"modality {name!r}: keys {tuple(k.shape)} / mask do not match {n} examples")
+
+    def add_label(self, name: str) -> int:
+        """Add a column for a label never seen before (no-op if known); returns its column index."""
+        if name not in self._index:
+            self._index[name] = len(self.labels)
+            self.labels.append(name)
+        return self._index[name]
+
+    def add(self, keys: Mapping[str, torch.Tensor], labels: Sequence[str]) -> None:
+        """Append labelled examples (one new correction) without rebuilding; unknown labels become columns."""
+        extra = FewShotCache.build(keys, labels, self.labels, self.alpha, self.beta)
+        n_old, n_new = len(self), len(labels)
+        for name in set(self.keys) | set(extra.keys):
+            old_k, old_m = self.keys.get(name), self.masks.get(name)
+            new_k, new_m = extra.keys.get(name), extra.masks.get(name)
+            dim = (old_k if old_k is not None else new_k).shape[1]
+            if old_k is None:
+                old_k, old_m = torch.zeros(n_old, dim), torch.zeros(n_old, dtype=torch.bool)
+            if new_k is None:
+                new_k, new_m = torch.zeros(n_new, dim), torch.zeros(n_new, dtype=torch.bool)
+            if old_k.shape[1] != new_k.shape[1]:
+                raise ValueError(f"modality {name!r}: dimension {new_k.shape[1]} != cached {old_k.shape[1]}")
+            self.keys[name] = torch.cat([old_k, new_k.to(old_k.device)])
+            self.masks[name] = torch.cat([old_m, new_m.to(old_m.device)])
+        for name in extra.labels:
+            self.add_label(name)
+        self.example_labels.extend(labels)
+        self._label_idx = torch.tensor([self._index[n] for n in self.example_labels], dtype=torch.long)
+
+    def to(self, device: torch.device | str) -> FewShotCache:
+        """Move keys to a device once, instead of copying them on every query."""
+        self.keys = {m: k.to(device) for m, k in self.keys.items()}
+        self.masks = {m: k.to(device) for m, k in self.masks.items()}
+        return self
+
+    def __len__(self) -> int:
+        return len(self.example_labels)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.keys)
+
+    @property
+    def values(self) -> torch.Tensor:
+        """One-hot [N, C] float32 over the current label set (recomputed, so new columns are always in)."""
+        return F.one_hot(self._label_idx, len(self.labels)).float() if len(self) else torch.zeros(0, len(self.labels))
+
+    # ------------------------------------------------------------------ inference
+    def _similarities(self, query: Query) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per shared modality: cosine [B, N] and pair mask [B, N] (both modalities present)."""
+        sims, pairs = [], []
+        for name, q in query.items():
+            if name not in self.keys:
+                continue
+            k = self.keys[name]
+            if q.dim() == 1:
+                q = q[None]
+            if q.shape[1] != k.shape[1]:
+                raise ValueError(f"modality {name!r}: query dim {q.shape[1]} != cache dim {k.shape[1]}")
+            qn, qmask = _normalise_rows(q.to(k.device))
+            sims.append(qn @ k.T)
+            pairs.append(qmask[:, None] & self.masks[name][None, :])
+        return sims, pairs
+
+    def _batch_size(self, query: Query) -> int:
+        if not query:
+            raise ValueError("empty query: give at least one modality")
+        sizes = {(q.shape[0] if q.dim() == 2 else 1) for q in query.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"query modalities have different batch sizes: {sorted(sizes)}")
+        return sizes.pop()
+
+    def affinity(self, query: Query) -> torch.Tensor:
+        """[B, N] joint affinity: per-modality exp(-beta (1 - cos)), averaged over modalities both sides have."""
+        b = self._batch_size(query)
+        device = next(iter(self.keys.values())).device if self.keys else torch.device("cpu")
+        sims, pairs = self._similarities(query)
+        if not sims:
+            return torch.zeros(b, len(self), device=device)
+        total = torch.zeros_like(sims[0])
+        count = torch.zeros_like(sims[0])
+        for s, p in zip(sims, pairs):
+            pf = p.float()
+            total += torch.exp(-self.beta * (1.0 - s)) * pf
+            count += pf
+        return total / count.clamp_min(1.0)
+
+    def expand_base(self, base_logits: torch.Tensor, base_labels: Sequence[str] | None = None) -> torch.Tensor:
+        """Base logits [B, C'] for ``base_labels`` -> [B, C] over ``self.labels``; missing columns get the row mean.
+
+        ``base_labels=None`` means the first C' labels of the label set (the model's own labels,
+        with labels added later at the end), so a model's usual [B, 7] output works unchanged.
+        """
+        if base_logits.dim() == 1:
+            base_logits = base_logits[None]
+        base_logits = base_logits.float()
+        c_all, c_given = len(self.labels), base_logits.shape[1]
+        if base_labels is None:
+            if c_given > c_all:
+                raise ValueError(f"{c_given} base columns for a label set of {c_all}")
+            cols = list(range(c_given))
+        else:
+            if len(base_labels) != c_given:
+                raise ValueError(f"{len(base_labels)} base labels for {c_given} base columns")
+            unknown = [n for n in base_labels if n not in self._index]
+            if unknown:
+                raise ValueError(f"labels {unknown} are not in the cache label set: call add_label first")
+            cols = [self._index[n] for n in base_labels]
+        if cols == list(range(c_all)):
+            return base_logits
+        out = base_logits.mean(dim=1, keepdim=True).expand(-1, c_all).clone()
+        out[:, cols] = base_logits
+        return out
+
+    def logits(
+        self, base_logits: torch.Tensor, query: Query, base_labels: Sequence[str] | None = None
+    ) -> torch.Tensor:
+        """[B, C] = base (expanded to the label set, see :meth:`expand_base`) + alpha * affinity @ values.
+
+        ``base_logits`` must be at logit scale (CLIP: 100 * cosine; see the module docstring).
+        """
+        base = self.expand_base(base_logits, base_labels)
+        if not len(self):
+            return base
+        aff = self.affinity(query)
+        return base + self.alpha * (aff @ self.values.to(aff.device)).to(base.device)
+
+    def probs(self, base_logits: torch.Tensor, query: Query, base_labels: Sequence[str] | None = None) -> torch.Tensor:
+        """Softmax of :meth:`logits`: what the UI shows, over ``self.labels``."""
+        return self.logits(base_logits, query, base_labels).softmax(dim=-1)
+
+    def nearest(self, query: Query, k: int = 5) -> list[list[tuple[int, str, float]]]:
+        """For each query row, up to k (example index, label, similarity) by decreasing similarity.
+
+        Similarity is the cosine averaged over the modalities both sides have (in [-1, 1], easier to
+        read in the UI than the affinity); examples sharing no modality with the row are skipped.
+        """
+        b = self._batch_size(query)
+        sims, pairs = self._similarities(query)
+        if not sims or not len(self) or k <= 0:
+            return [[] for _ in range(b)]
+        total = torch.zeros_like(sims[0])
+        count = torch.zeros_like(sims[0])
+        for s, p in zip(sims, pairs):
+            total += s * p
+            count += p.float()
+        mean = torch.where(count > 0, total / count.clamp_min(1.0), torch.full_like(total, float("-inf")))
+        top = torch.topk(mean, min(k, len(self)), dim=1)
+        out: list[list[tuple[int, str, float]]] = []
+        for vals, idx in zip(top.values.tolist(), top.indices.tolist()):
+            out.append([(i, self.example_labels[i], v) for v, i in zip(vals, idx) if v != float("-inf")])
+        return out
+
+    # ------------------------------------------------------------------ evaluation / tuning
+    def _own_query(self) -> dict[str, torch.Tensor]:
+        """The cached examples as a query (missing rows as NaN so they stay missing)."""
+        return {m: k.masked_fill(~self.masks[m][:, None], float("nan")) for m, k in self.keys.items()}
+
+    def leave_one_out_accuracy(self, base_logits: torch.Tensor, base_labels: Sequence[str] | None = None) -> dict:
+        """Accuracy on the cached examples: base alone ("before") vs. base + cache without the example itself ("after").
+
+        ``base_logits`` [N, C'] are the model's logits for the cached examples, row-aligned. This is
+        what the "Rebuild cache" button reports. Duplicated clips would leak through each other.
+        """
+        n = len(self)
+        if n == 0:
+            return {"n": 0, "before": None, "after": None}
+        base = self.expand_base(base_logits, base_labels)
+        if base.shape[0] != n:
+            raise ValueError(f"{base.shape[0]} base rows for {n} cached examples")
+        own, values = self._own_query(), self.values
+        cache_logits = []
+        for start in range(0, n, _CHUNK):  # row blocks: 10k examples never need a 10k x 10k matrix at once
+            stop = min(start + _CHUNK, n)
+            aff = self.affinity({m: q[start:stop] for m, q in own.items()})
+            rows = torch.arange(stop - start, device=aff.device)
+            aff[rows, rows + start] = 0.0  # mask the diagonal: an example never votes for itself
+            cache_logits.append(aff @ values.to(aff.device))
+        after = base + self.alpha * torch.cat(cache_logits).to(base.device)
+        y = self._label_idx.to(base.device)
+        return {
+            "n": n,
+            "before": float((base.argmax(1) == y).float().mean()),
+            "after": float((after.argmax(1) == y).float().mean()),
+        }
+
+    def tune(
+        self,
+        base_logits: BaseLogits,
+        base_labels: Sequence[str] | None = None,
+        alphas: Sequence[float] = DEFAULT_ALPHAS,
+        betas: Sequence[float] = DEFAULT_BETAS,
+        folds: int | None = None,
+        seed: int = 0,
+    ) -> SearchResult:
+        """Pick alpha/beta by cross-validation on the cache's own examples and set them; returns the result."""
+        res = search_hyperparameters(
+            self._own_query(), self.example_labels, base_logits, alphas, betas, folds,
+            label_set=self.labels, base_labels=base_labels, seed=seed,
+        )
+        self.alpha, self.beta = res.alpha, res.beta
+        return res
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict:
+        """Plain tensors and lists: keys float16 (``keys.<modality>``), masks bool (``mask.<modality>``)."""
+        state: dict = {
+            "labels": list(self.labels),
+            "example_labels": list(self.example_labels),
+            "alpha": self.alpha,
+            "beta": self.beta,
+        }
+        for m, k in self.keys.items():
+            state[f"keys.{m}"] = k.detach().to("cpu", torch.float16).contiguous()
+            state[f"mask.{m}"] = self.masks[m].detach().to("cpu", torch.bool).contiguous()
+        return state
+
+    @classmethod
+    def from_state(cls, state: Mapping) -> FewShotCache:
+        """Inverse of :meth:`state_dict`; keys come back as renormalised float32."""
+        keys, masks = {}, {}
+        for name, value in state.items():
+            if name.startswith("keys."):
+                m = name[len("keys."):]
+                k, present = _normalise_rows(value)
+                mask = state[f"mask.{m}"].to(torch.bool) & present
+                keys[m], masks[m] = k * mask[:, None], mask
+        return cls(
+            state["labels"], keys, masks, state["example_labels"],
+            alpha=float(state["alpha"]), beta=float(state["beta"]),
+        )
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Outcome of :func:`search_hyperparameters`; accuracies are on held-out folds of the labelled set."""
+
+    alpha: float
+    beta: float
+    accuracy: float  # CV accuracy of base + cache at (alpha, beta), on the scored held-out rows
+    base_accuracy: float  # the same rows scored by the base logits alone
+    folds: int  # number of folds used (== n for leave-one-out)
+
+
+def _fold_ids(label_idx: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
+    """Stratified fold assignment: shuffle, then deal each class's examples round-robin over the folds."""
+    n = label_idx.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g)
+    order = perm[torch.argsort(label_idx[perm], stable=True)]  # grouped by class, shuffled within
+    ids = torch.empty(n, dtype=torch.long)
+    ids[order] = torch.arange(n) % folds
+    return ids
+
+
+def search_hyperparameters(
+    keys: Query,
+    labels: Sequence[str],
+    base_logits: BaseLogits,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    betas: Sequence[float] = DEFAULT_BETAS,
+    folds: int | None = None,
+    label_set: Sequence[str] | None = None,
+    base_labels: Sequence[str] | None = None,
+    seed: int = 0,
+    max_eval: int | None = 2000,
+) -> SearchResult:
+    """Choose alpha and beta by k-fold cross-validation on the labelled set only.
+
+    Each held-out example is scored by a cache built from the other folds only (a pair mask on one
+    N x N affinity matrix, which is exactly the same as rebuilding per fold, but vectorised).
+    ``folds=None``: leave-one-out up to LOO_MAX_EXAMPLES examples, otherwise 5 folds (stratified).
+    ``label_set`` orders the columns (default: the sorted distinct labels); ``base_labels`` names
+    the base columns as in :meth:`FewShotCache.expand_base`.
+    ``base_logits``: [N, C'] logits of the labelled examples, or a callable mapping the keys dict
+    to them (called once: a training-free base model does not depend on the folds). Evaluation
+    data is never passed here, so it cannot influence the choice. Ties in accuracy are broken by
+    the mean held-out log-likelihood of the true label, then by the smaller alpha. Above
+    ``max_eval`` examples only that many held-out rows (seeded) are scored, to bound the cost.
+    """
+    labels = list(labels)
+    n = len(labels)
+    if n < 2:
+        return SearchResult(DEFAULT_ALPHA, DEFAULT_BETA, float("nan"), float("nan"), 0)
+    cache = FewShotCache.build(keys, labels, label_set if label_set is not None else sorted(set(labels)))
+    logits_in = base_logits(dict(keys)) if callable(base_logits) else base_logits
+    base = cache.expand_base(logits_in.detach(), base_labels)
+    if base.shape[0] != n:
+        raise ValueError(f"{base.shape[0]} base rows for {n} labelled examples")
+    y = cache._label_idx
+    values = cache.values
+    k = n if folds is None and n <= LOO_MAX_EXAMPLES else min(folds or 5, n)
+    fold = torch.arange(n) if k == n else _fold_ids(y, k, seed)
+    own = cache._own_query()
+    # which held-out rows are scored: all of them, or a seeded random subset of max_eval for big sets
+    # (the cache still holds every training-fold example; only the accuracy estimate is subsampled)
+    if max_eval is not None and n > max_eval:
+        eval_rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))[:max_eval].sort().values
+    else:
+        eval_rows = torch.arange(n)
+    a_list, b_list = [float(x) for x in alphas], [float(x) for x in betas]
+    a = torch.tensor(a_list, dtype=torch.float32)
+    correct = torch.zeros(len(b_list), len(a))
+    loglik = torch.zeros(len(b_list), len(a))
+    for start in range(0, len(eval_rows), _CHUNK):
+        rows = eval_rows[start:start + _CHUNK]
+        sims, pairs = cache._similarities({m: q[rows] for m, q in own.items()})
+        train = fold[rows, None] != fold[None, :]  # [b, N]: only other folds may vote
+        pairs = [p & train for p in pairs]
+        count = torch.stack([p.float() for p in pairs]).sum(0).clamp_min(1.0)
+        weights = [p.float() / count for p in pairs]  # averaging over shared modalities, folded in once
+        shifted = [s_m - 1.0 for s_m in sims]  # cos - 1 <= 0
+        base_r, y_r = base[rows], y[rows]
+        for i, beta in enumerate(b_list):
+            aff = torch.zeros_like(count)
+            for d, w in zip(shifted, weights):
+                aff.addcmul_(torch.mul(d, beta).exp_(), w)
+            cache_logits = aff @ values  # [b, C]
+            scored = base_r[None] + a[:, None, None] * cache_logits[None]  # [A, b, C]
+            correct[i] += (scored.argmax(-1) == y_r[None]).float().sum(1)
+            loglik[i] += scored.log_softmax(-1).gather(-1, y_r[None, :, None].expand(len(a), -1, 1)).squeeze(-1).sum(1)
+    # lexicographic choice: accuracy, then log-likelihood, then smaller alpha (grid order)
+    best, best_key = (0, 0), None
+    for i in range(len(b_list)):
+        for j in range(len(a)):
+            key = (float(correct[i, j]), float(loglik[i, j]), -a_list[j])
+            if best_key is None or key > best_key:
+                best, best_key = (i, j), key
+    i, j = best
+    return SearchResult(
+        alpha=a_list[j], beta=b_list[i], accuracy=float(correct[i, j]) / len(eval_rows),
+        base_accuracy=float((base[eval_rows].argmax(1) == y[eval_rows]).float().mean()), folds=k,
+    )
