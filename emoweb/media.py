@@ -109,10 +109,28 @@ def _read_frames(container, stream, times: list[float]) -> tuple[list[np.ndarray
             i += 1
         if i >= len(times):
             break
+    if last is not None and i < len(times):
+        # the stream ended: its last frame stays on screen for about one frame interval, so it stands for
+        # targets that close (short clips, low frame rates); later targets are missing (truncated file)
+        interval = 1.0 / float(stream.average_rate) if stream.average_rate else 0.1
+        while i < len(times) and times[i] <= last[1] + 1.5 * interval:
+            frames.append(_downscale(last[0].to_ndarray(format="rgb24")))
+            stamps.append(round(last[1], 3))
+            i += 1
     if not frames and last is not None:  # a one-frame or very short video: use what there is
         frames.append(_downscale(last[0].to_ndarray(format="rgb24")))
         stamps.append(round(last[1], 3))
     return frames, stamps
+
+
+def _demuxed_duration(container, streams) -> float:
+    """End time of the last packet: for files whose header carries no duration (browser MediaRecorder webm)."""
+    end = 0.0
+    for packet in container.demux(*streams):
+        if packet.pts is not None and packet.time_base is not None:
+            end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+    container.seek(0)
+    return end
 
 
 def _read_audio(container, stream, max_seconds: float) -> np.ndarray:
@@ -161,11 +179,17 @@ def decode(path: str | Path, n_frames: int = 16, max_seconds: float = 60.0) -> D
 
 def _decode_container(container, path: Path, sha: str, n_frames: int, max_seconds: float) -> DecodedClip:
     video = next((s for s in container.streams.video if s.codec_context is not None), None)
-    audio = next(iter(container.streams.audio), None)
+    audio = next((s for s in container.streams.audio if s.codec_context is not None), None)
+    # a stream FFmpeg can demux but has no decoder for has no codec context
+    unsupported = sorted({s.type for s in (*container.streams.video, *container.streams.audio) if s.codec_context is None})
     if video is None and audio is None:
+        if unsupported:
+            raise MediaError(f"unsupported codec: no decoder for the {' or '.join(unsupported)} stream in {path.name}")
         raise MediaError(f"no audio or video stream in {path.name}")
     warnings: list[str] = []
     full = max(_stream_duration(container, video), _stream_duration(container, audio))
+    if full <= 0:
+        full = _demuxed_duration(container, [s for s in (video, audio) if s is not None])
     if full > max_seconds:
         warnings.append(f"clip is {full:.1f} s long: only the first {max_seconds:.0f} s were analysed")
     span = min(full, max_seconds) if full > 0 else max_seconds
@@ -185,15 +209,23 @@ def _decode_container(container, path: Path, sha: str, n_frames: int, max_second
             wav = None
             warnings.append("the audio stream has no decodable samples")
     if frames is None and wav is None:
+        if full < MIN_DURATION:
+            raise MediaError(f"zero-length clip: {path.name}")
         raise MediaError(f"no decodable audio or video in {path.name} (corrupt or unsupported codec)")
     audio_seconds = 0.0 if wav is None else wav.size / SAMPLE_RATE
-    duration = max(audio_seconds, min(span, full) if full > 0 else 0.0)
+    video_seconds = min(span, full) if full > 0 else 0.0
+    if frames is not None and len(frames) < n_frames:  # the stream ended well before its declared end
+        video_seconds = stamps[-1]
+        warnings.append(f"truncated or corrupt video: only {video_seconds:.1f} s of {span:.1f} s could be decoded")
+    if wav is not None and audio_seconds < min(span, _stream_duration(container, audio) or span) - 0.5:
+        warnings.append(f"truncated or corrupt audio: only {audio_seconds:.1f} s of {span:.1f} s could be decoded")
+    duration = max(audio_seconds, video_seconds)
     if duration < MIN_DURATION and frames is None:
         raise MediaError(f"zero-length clip: {path.name}")
     if frames is None and video is None:
-        warnings.append("no video track: audio only")
+        warnings.append("video codec not supported: audio only" if "video" in unsupported else "no video track: audio only")
     if wav is None and audio is None:
-        warnings.append("no audio track: video only")
+        warnings.append("audio codec not supported: video only" if "audio" in unsupported else "no audio track: video only")
     kind = "video" if frames is not None else "audio"
     return DecodedClip(path, sha, kind, round(duration, 3), round(full, 3), frames, stamps or [], wav, warnings)
 

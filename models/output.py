@@ -16,6 +16,7 @@ class ModelOutput:
     probs: torch.Tensor  # [B, C], rows sum to 1
     labels: list[str]
     embedding: torch.Tensor  # [B, D], L2-normalised: the few-shot cache key
+    logits: torch.Tensor | None = None  # [B, C] base logits the few-shot cache adds to (CLIP scale)
     modality_probs: dict[str, torch.Tensor] = field(default_factory=dict)  # {"audio"|"visual"|"text": [B, C]}
     modality_embeddings: dict[str, torch.Tensor] = field(default_factory=dict)  # per-modality cache keys
     attention: dict[str, Attention] = field(default_factory=dict)

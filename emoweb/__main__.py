@@ -1,0 +1,6 @@
+"""`python -m emoweb`."""
+import sys
+
+from emoweb.cli import main
+
+sys.exit(main())

@@ -1,0 +1,54 @@
+"""ClipFeatures -> ModelInput: the one place that knows both sides (models never import emoweb)."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from emoweb.features import ClipFeatures
+from models.inputs import ModelInput, pad_sequences
+
+
+def to_input(clips: list[ClipFeatures], dims: dict[str, int]) -> ModelInput:
+    """Pad a list of clips into one batch; absent modalities become masked rows."""
+    audio, audio_mask = pad_sequences([c.audio_tokens.get("audio") for c in clips], dims["audio"])
+    visual, visual_mask = pad_sequences([c.visual_features for c in clips], dims["visual"])
+    text_tokens, text_mask = pad_sequences([c.text_tokens for c in clips], dims["text_tokens"])
+    text = torch.stack([c.text_embedding if c.text_embedding is not None else torch.zeros(dims["text"]) for c in clips])
+    present = {
+        m: torch.tensor([c.modalities[m] for c in clips], dtype=torch.bool) for m in ("audio", "visual", "text")
+    }
+    extra, extra_mask = {}, {}
+    crops = [None if c.face_crops is None else torch.from_numpy(c.face_crops).float() for c in clips]
+    if any(x is not None for x in crops):
+        flat, mask = pad_sequences([None if x is None else x.flatten(1) for x in crops], int(next(x for x in crops if x is not None)[0].numel()))
+        side = next(x for x in crops if x is not None).shape[1:]
+        extra["crops"], extra_mask["crops"] = flat.reshape(len(clips), -1, *side), mask
+    mels = [None if c.log_mel is None else torch.from_numpy(c.log_mel).float().T for c in clips]
+    if any(m is not None for m in mels):
+        extra["log_mel"], extra_mask["log_mel"] = pad_sequences(mels, 80)
+    for key in sorted({k for c in clips for k in c.audio_tokens if k != "audio"}):
+        tokens = [c.audio_tokens.get(key) for c in clips]
+        width = next(t for t in tokens if t is not None).shape[1]
+        extra[key], extra_mask[key] = pad_sequences(tokens, width)
+    return ModelInput(
+        audio, audio_mask, visual, visual_mask, text, text_tokens, text_mask, present, extra, extra_mask,
+        frame_times=[c.frame_times for c in clips], audio_times=[c.audio_token_times for c in clips],
+        words=[c.text_words for c in clips], texts=[c.transcript for c in clips],
+    )
+
+
+def composite(face: ClipFeatures, speech: ClipFeatures) -> ClipFeatures:
+    """A composite sample at feature level: the face photo's visual features with the speech clip's audio/text.
+
+    Same as encoding a rendered composite mp4, without re-running the backbones (the features of a
+    still photo looped as video are the same in every frame).
+    """
+    return replace(
+        speech,
+        source=f"composite:{face.source}+{speech.source}",
+        kind="video",
+        frame_times=face.frame_times, frames=face.frames, face_boxes=face.face_boxes, face_crops=face.face_crops,
+        visual_features=face.visual_features, visual_maps=face.visual_maps, visual_logits=face.visual_logits,
+        visual_logit_labels=face.visual_logit_labels,
+    )

@@ -1,0 +1,141 @@
+"""Model subcommands: `train`, `eval`, `predict` (registered into the CLI)."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from emoweb.cli import command, emit
+from emoweb.config import get_settings
+from emoweb.errors import EmoWebError
+from emoweb.features import FeatureExtractor
+from emoweb.featstore import FeatureStore
+from emoweb.manifests import read_manifests
+from emoweb.metrics import comparison_table
+from models import LABEL7, registry
+
+
+def _settings(args: argparse.Namespace):
+    s = get_settings()
+    overrides = {k: v for k, v in {"profile": getattr(args, "profile", None), "device": getattr(args, "device", None)}.items() if v}
+    return replace(s, **overrides)
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", choices=sorted(registry.MODELS))
+    p.add_argument("--profile", default=None, help="backbone profile (default: EMOWEB_PROFILE or embedded)")
+    p.add_argument("--data", required=True, help="MANIFEST[,MANIFEST...] (CSV: path,label[,text,speaker,split])")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--patience", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=registry.CHECKPOINT_ROOT, help="checkpoint root")
+    p.add_argument("--device", default=None)
+
+
+@command("train", "train a model's heads on cached backbone features; writes checkpoint + card")(_train_args)
+def _train(args: argparse.Namespace) -> int:
+    from emoweb.training import assign_splits, data_card, evaluate, train
+
+    settings = _settings(args)
+    store = FeatureStore(FeatureExtractor(settings), settings.feature_cache)
+    bb = store.extractor.backbones
+    rows = [r for r in read_manifests(args.data) if r.label in LABEL7]
+    encoded, skipped = store.encode_rows(rows, desc="backbone features (cached)")
+    samples = assign_splits(encoded, args.seed)
+    torch.manual_seed(args.seed)
+    model = registry.build(args.model, bb.dims)
+    model.attach_text_encoder(lambda texts: bb.text(texts).embedding)
+    labels = list(LABEL7)
+    result = train(model, samples, bb.dims, labels, model.param_groups(), args.epochs, args.batch_size, args.patience, args.seed)
+    val = [s for s in samples if s.split == "val"]
+    metrics = {"val": evaluate(model, val, bb.dims, labels), "dev": evaluate(model, [s for s in samples if s.split == "dev"], bb.dims, labels)}
+    card = {
+        "labels": labels,
+        "seed": args.seed,
+        "data": {"manifests": args.data.split(","), "counts": data_card(samples), "skipped": len(skipped)},
+        "splits": "val = the manifest's val split (unseen speakers / identities), reported only; "
+        "dev = 15% of training speakers by hash, used for early stopping",
+        "training": {"epochs_run": len(result.history), "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1), "history": result.history},
+        "metrics": _slim(metrics),
+        "command": f"python -m emoweb train {args.model} --profile {bb.name} --data {args.data} --seed {args.seed}",
+    }
+    path = registry.save(model, args.model, bb.name, card, args.out)
+    print(json.dumps({"checkpoint": str(path), "metrics": card["metrics"]["val"]}, indent=2))
+    return 0
+
+
+def _slim(metrics: dict) -> dict:
+    """Headline numbers per split and modality for the card (confusion matrices kept for val)."""
+    keep = ("n", "accuracy", "weighted_f1", "uar", "per_class_recall")
+    out = {}
+    for split, per_mod in metrics.items():
+        out[split] = {
+            mod: {k: r[k] for k in keep + (("confusion",) if split == "val" else ())} for mod, r in per_mod.items()
+        }
+    return out
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("manifest", help="MANIFEST[,MANIFEST...]")
+    p.add_argument("--models", default="all")
+    p.add_argument("--split", default="val", help="rows of this split only ('' = all rows)")
+    p.add_argument("--cache", type=int, default=0, metavar="K", help="K-shot cache from the manifest's train rows")
+    p.add_argument("--profile", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true")
+
+
+@command("eval", "metrics per model on a labelled manifest (accuracy, weighted F1, UAR, confusion)")(_eval_args)
+def _eval(args: argparse.Namespace) -> int:
+    from emoweb.evaluation import evaluate_manifest
+
+    result = evaluate_manifest(_settings(args), args.manifest, args.models, args.split, args.cache)
+    emit(result, args.json, lambda r: comparison_table(r["reports"]) + f"\n\nrows used {r['n']}, skipped {len(r['skipped'])}")
+    return 0
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", help="clip file(s) or folder(s)")
+    p.add_argument("--models", default="all")
+    p.add_argument("--profile", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true")
+
+
+@command("predict", "run every available model on clips (backbones once per clip)")(_predict_args)
+def _predict(args: argparse.Namespace) -> int:
+    from emoweb.inference import Predictor
+
+    predictor = Predictor(_settings(args))
+    paths = [p for a in args.paths for p in (sorted(x for x in Path(a).iterdir() if x.is_file()) if Path(a).is_dir() else [Path(a)])]
+    results, failed = [], 0
+    start = time.perf_counter()
+    for path in paths:
+        try:
+            results.append(predictor.predict(path, args.models).to_summary())
+        except EmoWebError as exc:
+            if len(paths) == 1:
+                raise
+            failed += 1
+            results.append({"clip": {"source": path.name}, "error": str(exc)})
+    elapsed = time.perf_counter() - start
+    payload = results[0] if len(results) == 1 else {"clips": results, "seconds": round(elapsed, 3), "clips_per_second": round(len(paths) / elapsed, 3), "failed": failed}
+
+    def text(r: dict) -> str:
+        items = [r] if "models" in r else r["clips"]
+        lines = []
+        for item in items:
+            if "error" in item:
+                lines.append(f"{item['clip']['source']}: error: {item['error']}")
+                continue
+            lines.append(f"{item['clip']['source']}: " + ", ".join(f"{m} -> {o['label']} ({max(o['probs'].values()):.2f})" for m, o in item["models"].items()))
+        return "\n".join(lines)
+
+    emit(payload, args.json, text)
+    return 1 if failed and failed == len(paths) else 0
+

@@ -1,0 +1,132 @@
+"""Run every available model on one clip with the backbones run once (the shared features).
+
+`Predictor` is created once per process: backbones load lazily, models load from their shipped
+checkpoints (a model without one is absent, never faked), and a per-profile few-shot cache can be
+plugged in per call.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from emoweb.batching import to_input
+from emoweb.config import Settings, get_settings
+from emoweb.errors import EmoWebError
+from emoweb.features import ClipFeatures, FeatureExtractor, Progress
+from models import LABEL7, registry
+from models.cache import FewShotCache
+from models.output import ModelOutput
+
+
+@dataclass
+class Prediction:
+    """All models' outputs for one clip, with the shared features and per-model latency."""
+
+    features: ClipFeatures
+    outputs: dict[str, ModelOutput]
+    latency: dict[str, float] = field(default_factory=dict)
+
+    def to_summary(self) -> dict:
+        models = {}
+        for name, out in self.outputs.items():
+            models[name] = {
+                "label": out.label,
+                "probs": {lab: round(float(p), 4) for lab, p in zip(out.labels, out.probs[0])},
+                "modality_probs": {
+                    m: {lab: round(float(p), 4) for lab, p in zip(out.labels, probs[0])}
+                    for m, probs in out.modality_probs.items()
+                },
+                "attention": {
+                    k: {"shape": list(w.shape), "axes": list(axes), "ticks": {a: t[0] if t and isinstance(t[0], list) else t for a, t in ticks.items()}}
+                    for k, (w, axes, ticks) in out.attention.items()
+                },
+                "similarity": out.similarity,
+                "notes": out.notes,
+                "latency_s": round(self.latency.get(name, 0.0), 4),
+            }
+        return {"clip": self.features.to_summary(), "models": models}
+
+
+class Predictor:
+    """Backbones + models of one profile, loaded once per process."""
+
+    def __init__(self, settings: Settings | None = None, labels: list[str] | None = None):
+        self.settings = settings or get_settings()
+        self.extractor = FeatureExtractor(self.settings)
+        self.backbones = self.extractor.backbones
+        self.labels = list(labels or LABEL7)
+        self._models: dict[str, tuple[torch.nn.Module, dict]] = {}
+        self._lock = threading.Lock()
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        return self.backbones.text(texts).embedding
+
+    def model(self, name: str) -> tuple[torch.nn.Module, dict] | None:
+        """The shipped model and its card; None when it has no checkpoint for this profile."""
+        with self._lock:
+            if name not in self._models:
+                loaded = registry.load(name, self.backbones.name)
+                if loaded is None and self.backbones.untrained:  # paper profile on random weights
+                    loaded = (registry.build(name, self.backbones.dims).eval(), {"untrained": True})
+                if loaded is None:
+                    return None
+                model, card = loaded
+                model.attach_text_encoder(self.encode_text)
+                self._models[name] = (model.to(self.backbones.device), card)
+            return self._models[name]
+
+    def model_names(self, spec: str = "all") -> list[str]:
+        names = registry.available() if spec == "all" else [n.strip() for n in spec.split(",") if n.strip()]
+        unknown = [n for n in names if n not in registry.MODELS]
+        if unknown:
+            raise EmoWebError(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(registry.MODELS)}")
+        return [n for n in names if self.model(n) is not None]
+
+    def run_models(
+        self,
+        features: ClipFeatures,
+        names: list[str],
+        caches: dict[str, FewShotCache] | None = None,
+        progress: Progress | None = None,
+    ) -> Prediction:
+        x = to_input([features], self.backbones.dims).to(self.backbones.device)
+        outputs, latency = {}, {}
+        for name in names:
+            if progress:
+                progress(name)
+            model, _ = self.model(name)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                out = model(x, self.labels)
+            cache = (caches or {}).get(name)
+            if cache is not None and len(cache):
+                apply_cache(out, cache)
+            latency[name] = time.perf_counter() - t0
+            outputs[name] = out
+        return Prediction(features, outputs, latency)
+
+    def predict(self, path: str | Path, models: str = "all", caches=None, progress: Progress | None = None) -> Prediction:
+        names = self.model_names(models)
+        if not names:
+            raise EmoWebError("no trained model is available for this profile")
+        features = self.extractor(path, progress)
+        return self.run_models(features, names, caches, progress)
+
+
+def apply_cache(out: ModelOutput, cache: FewShotCache, k: int = 5) -> None:
+    """Add the few-shot cache's affinity to the model's base logits and record the nearest entries."""
+    query = {"fused": out.embedding, **out.modality_embeddings}
+    query = {m: q for m, q in query.items() if m in cache.modalities}
+    if not query:
+        return
+    logits = cache.logits(out.logits, query, base_labels=out.labels)
+    out.labels = list(cache.labels)
+    out.probs = logits.softmax(-1)
+    out.logits = logits
+    out.similarity["nearest_labelled"] = {
+        f"#{idx} {label}": round(sim, 4) for idx, label, sim in cache.nearest(query, k)[0]
+    }

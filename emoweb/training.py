@@ -1,0 +1,171 @@
+"""Shared training loop: cached features in, a checkpoint + card out.
+
+Backbones run once per sample (FeatureStore); epochs only cost the heads. Splits keep speakers and
+face identities apart: the manifest's `val` split is held out for reporting only, and early stopping
+uses a `dev` split carved out of the training speakers, so no reported number was tuned on.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from emoweb.batching import to_input
+from emoweb.features import ClipFeatures
+from emoweb.manifests import Row
+from emoweb.metrics import classification_report
+
+DEV_FRACTION = 0.15
+
+
+@dataclass
+class Sample:
+    row: Row
+    features: ClipFeatures
+    split: str  # train | dev | val
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    seconds: float = 0.0
+
+
+def assign_splits(samples: list[tuple[Row, ClipFeatures]], seed: int = 0) -> list[Sample]:
+    """train/dev/val by speaker: the manifest's val stays val; dev = a seeded share of train speakers."""
+    out = []
+    for row, feats in samples:
+        split = "val" if row.split in ("val", "valid", "dev", "test") else "train"
+        if split == "train" and row.speaker:
+            h = int(hashlib.sha256(f"{seed}:{row.source}:{row.speaker}".encode()).hexdigest()[:8], 16)
+            if (h % 1000) / 1000 < DEV_FRACTION:
+                split = "dev"
+        out.append(Sample(row, feats, split))
+    return out
+
+
+def balanced_epoch(samples: list[Sample], rng: random.Random) -> list[Sample]:
+    """Class-balanced resampling per modality (face photos are very imbalanced: 900 joy, 15 fear)."""
+    groups: dict[tuple[str, str], list[Sample]] = {}
+    for s in samples:
+        groups.setdefault((s.row.modality, s.row.label), []).append(s)
+    per_modality: dict[str, int] = {}
+    for (mod, _), items in groups.items():
+        per_modality[mod] = per_modality.get(mod, 0) + len(items)
+    out = []
+    for (mod, _), items in groups.items():
+        n_classes = sum(1 for m, _ in groups if m == mod)
+        target = per_modality[mod] // n_classes
+        out += [rng.choice(items) for _ in range(target)]
+    rng.shuffle(out)
+    return out
+
+
+def batches(samples: list[Sample], size: int):
+    for i in range(0, len(samples), size):
+        yield samples[i : i + size]
+
+
+@torch.no_grad()
+def predict_samples(model, samples: list[Sample], dims: dict[str, int], labels: list[str], size: int = 128):
+    """Model outputs for many samples, batched; returns (outputs per batch, samples in order)."""
+    model.eval()
+    outs = []
+    for chunk in batches(samples, size):
+        outs.append(model(to_input([s.features for s in chunk], dims), labels))
+    return outs
+
+
+def evaluate(model, samples: list[Sample], dims: dict[str, int], labels: list[str]) -> dict:
+    """Per-modality and fused reports on `samples` (the modality a row has decides where it counts)."""
+    y_true, y_pred = [], []
+    per_mod: dict[str, tuple[list[str], list[str]]] = {}
+    for chunk, out in zip(batches(samples, 128), predict_samples(model, samples, dims, labels)):
+        for i, s in enumerate(chunk):
+            y_true.append(s.row.label)
+            y_pred.append(labels[int(out.probs[i].argmax())])
+            for mod, probs in out.modality_probs.items():
+                if s.features.modalities.get(mod) and mod != "text":
+                    t, p = per_mod.setdefault(mod, ([], []))
+                    t.append(s.row.label)
+                    p.append(labels[int(probs[i].argmax())])
+    report = {"fused": classification_report(y_true, y_pred, labels)}
+    report.update({m: classification_report(t, p, labels) for m, (t, p) in per_mod.items()})
+    return report
+
+
+def dev_score(report: dict) -> float:
+    """Early-stopping criterion: mean UAR over the modalities evaluated (robust to class imbalance)."""
+    values = [r["uar"] for k, r in report.items() if k != "fused" and r["uar"] is not None]
+    return sum(values) / len(values) if values else 0.0
+
+
+def train(
+    model,
+    samples: list[Sample],
+    dims: dict[str, int],
+    labels: list[str],
+    param_groups: list[dict],
+    epochs: int = 40,
+    batch_size: int = 64,
+    patience: int = 6,
+    seed: int = 0,
+    weight_decay: float = 0.01,
+) -> TrainResult:
+    """AdamW over `param_groups`, early stopping on dev UAR; keeps the best epoch's weights."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    train_set = [s for s in samples if s.split == "train"]
+    dev_set = [s for s in samples if s.split == "dev"]
+    label_ids = {label: i for i, label in enumerate(labels)}
+    opt = torch.optim.AdamW(param_groups, weight_decay=weight_decay)
+    result = TrainResult(model)
+    best, best_state, stale = -1.0, None, 0
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        epoch_samples = balanced_epoch(train_set, rng)
+        losses = []
+        bar = tqdm(list(batches(epoch_samples, batch_size)), desc=f"epoch {epoch}", unit="batch", leave=False)
+        for chunk in bar:
+            x = to_input([s.features for s in chunk], dims)
+            y = torch.tensor([label_ids[s.row.label] for s in chunk])
+            loss = model.training_loss(x, y, [s.row for s in chunk])
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        report = evaluate(model, dev_set, dims, labels)
+        score = dev_score(report)
+        result.history.append({"epoch": epoch, "loss": sum(losses) / max(1, len(losses)), "dev_uar": score})
+        print(f"epoch {epoch}: loss {result.history[-1]['loss']:.4f} dev UAR {score:.4f}", flush=True)
+        if score > best:
+            best, stale, result.best_epoch = score, 0, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result.seconds = time.perf_counter() - start
+    model.eval()
+    return result
+
+
+def data_card(samples: list[Sample]) -> dict:
+    """What the model saw: counts per source, split and label (for the checkpoint card)."""
+    card: dict[str, dict] = {}
+    for s in samples:
+        key = f"{s.row.source}:{s.split}"
+        card.setdefault(key, {})
+        card[key][s.row.label] = card[key].get(s.row.label, 0) + 1
+    return card
