@@ -101,10 +101,10 @@ class EmbeddedBackbones(Backbones):
 
     @torch.no_grad()
     def visual(self, crops: np.ndarray) -> VisualEncoding:
-        from models.backbones.fer_xception import FER_TO_LABEL7, preprocess
+        from models.backbones.fer_xception import FER_LABEL7, preprocess
 
         out = self.fer(preprocess(crops).to(self.device))
-        return VisualEncoding(out.features, dict(out.maps), out.logits, FER_TO_LABEL7)
+        return VisualEncoding(out.features, dict(out.maps), out.logits, FER_LABEL7)
 
 
 class PaperBackbones(Backbones):

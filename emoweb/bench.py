@@ -1,0 +1,200 @@
+"""`python -m emoweb bench WHAT`: benchmarks, one subcommand with a registry of what to measure.
+
+`extract`: per-stage time of the shared feature pipeline (decode, faces, visual, ASR, audio encoder,
+text, total) on a composite clip of a given length, cold (model load + first run) and warm (median of
+`--repeat` runs), with the machine described. More benches register with `@bench("name")`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from emoweb.cli import command, emit
+from emoweb.errors import EmoWebError
+
+BenchFn = Callable[[argparse.Namespace], dict]
+Formatter = Callable[[dict], str]
+BENCHES: dict[str, tuple[str, BenchFn, Formatter]] = {}
+
+STAGES = ("decode", "faces", "visual", "asr", "audio_encoder", "text", "total")
+BENCH_FACE = "faces/facial_expressions/joy/Aaron_Sorkin_0002.jpg"
+BENCH_SPEECH = "speech/ravdess/Actor_01/03-01-03-01-01-01-01.flac"  # "Kids are talking by the door"
+
+
+def bench(name: str, help: str, text: Formatter):
+    """Register a benchmark: `fn(args) -> result dict`, printed by `text(result)`, or as JSON with --json."""
+
+    def deco(fn: BenchFn) -> BenchFn:
+        BENCHES[name] = (help, fn, text)
+        return fn
+
+    return deco
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("what", choices=sorted(BENCHES), help="; ".join(f"{k}: {h}" for k, (h, _, _) in sorted(BENCHES.items())))
+    p.add_argument("--seconds", type=float, default=4.0, help="length of the composite test clip (default 4)")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.add_argument("--threads", type=int, default=2, help="torch / CTranslate2 CPU threads (default 2)")
+    p.add_argument("--repeat", type=int, default=5, help="warm runs after the cold one (default 5)")
+    p.add_argument("--json", action="store_true")
+
+
+@command("bench", "benchmarks: `extract` = per-stage feature-pipeline time on a composite clip")(_bench_args)
+def _bench(args: argparse.Namespace) -> int:
+    _, fn, text = BENCHES[args.what]
+    emit(fn(args), args.json, text)
+    return 0
+
+
+# --- machine --------------------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: str, threads: int) -> dict:
+    """What the numbers were measured on."""
+    import ctranslate2
+    import torch
+
+    info = {
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "ctranslate2": ctranslate2.__version__,
+        "device": device,
+        "python": platform.python_version(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
+    }
+    try:
+        import faster_whisper
+
+        info["faster_whisper"] = faster_whisper.__version__
+    except (ImportError, AttributeError):
+        pass
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+# --- extract --------------------------------------------------------------------------------------------
+
+
+def render_bench_clip(seconds: float, out: Path) -> Path:
+    """A composite clip of `seconds`: the smiling face + the RAVDESS sentence, looped to length if needed."""
+    import numpy as np
+
+    from emoweb import composite, media
+    from emoweb.config import SHARED_DATA
+
+    face, speech = SHARED_DATA / BENCH_FACE, SHARED_DATA / BENCH_SPEECH
+    if not SHARED_DATA.is_dir():
+        raise EmoWebError(f"shared data folder {SHARED_DATA} is absent: the benchmark clip is built from it")
+    for p in (face, speech):
+        if not p.is_file():
+            raise EmoWebError(f"benchmark input missing from the shared data: {p.relative_to(SHARED_DATA)}")
+    if seconds <= 0:
+        raise EmoWebError("--seconds must be positive")
+    audio = media.decode(speech).audio
+    need = int(round(seconds * media.SAMPLE_RATE))
+    audio = np.tile(audio, -(-need // audio.size))[:need]
+    looped = out.with_suffix(".wav")
+    _write_wav(looped, audio)
+    return composite.render(face, looped, out, seconds)
+
+
+def _write_wav(path: Path, audio) -> None:
+    import wave
+
+    import numpy as np
+
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16_000)
+        w.writeframes(pcm.tobytes())
+
+
+def _fmt_table(result: dict) -> str:
+    m, cold, warm = result["machine"], result["cold"], result["warm_median"]
+    lines = [
+        f"bench extract: {result['clip_seconds']:.1f}-s composite clip, profile {result['profile']}, "
+        f"device {m['device']}, {m['threads']} threads, ASR beam {result['asr_beam']}, {result['repeat']} warm runs",
+        f"machine: {m['cpu']} ({m['cpu_count']} logical CPUs{', GPU ' + m['gpu'] if 'gpu' in m else ''}); "
+        f"torch {m['torch']}, ctranslate2 {m['ctranslate2']}, OMP_WAIT_POLICY {m['omp_wait_policy']}",
+        f"transcript: {result['transcript']!r}",
+        "",
+        f"{'stage':<14}{'cold s':>10}{'warm median s':>16}{'warm min s':>12}",
+    ]
+    for s in STAGES:
+        lines.append(f"{s:<14}{cold.get(s, 0.0):>10.3f}{warm.get(s, 0.0):>16.3f}{result['warm_min'].get(s, 0.0):>12.3f}")
+    lines += [
+        "",
+        f"cold: backbones created in {result['setup_s']:.3f} s, first extraction (incl. lazy model loads) "
+        f"{result['cold_wall_s']:.3f} s wall",
+        f"warm: {statistics.median(result['warm_wall_s']):.3f} s wall per clip (median)",
+    ]
+    return "\n".join(lines)
+
+
+@bench("extract", "per-stage time of the shared feature pipeline on a composite clip", _fmt_table)
+def bench_extract(args: argparse.Namespace) -> dict:
+    import torch
+
+    from emoweb.config import get_settings
+    from emoweb.features import FeatureExtractor
+    from models.backbones import resolve_device
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise EmoWebError("--device cuda: no CUDA device is available on this machine")
+    if args.threads < 1 or args.repeat < 1:
+        raise EmoWebError("--threads and --repeat must be at least 1")
+    torch.set_num_threads(args.threads)
+    settings = dataclasses.replace(get_settings(), device=args.device, threads=args.threads)
+    with tempfile.TemporaryDirectory(prefix="emoweb-bench-") as tmp:
+        clip = render_bench_clip(args.seconds, Path(tmp) / f"bench_{args.seconds:g}s.mp4")
+        t0 = time.perf_counter()
+        extractor = FeatureExtractor(settings)
+        setup = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        first = extractor(clip)
+        cold_wall = time.perf_counter() - t0
+        runs, walls = [], []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            feats = extractor(clip)
+            walls.append(time.perf_counter() - t0)
+            runs.append(feats.timings)
+    device = resolve_device(args.device)
+    return {
+        "clip_seconds": first.duration,
+        "profile": extractor.backbones.name,
+        "asr_beam": settings.asr_beam,
+        "repeat": args.repeat,
+        "transcript": feats.transcript,
+        "machine": machine(device, args.threads),
+        "setup_s": round(setup, 4),
+        "cold_wall_s": round(cold_wall, 4),
+        "cold": {k: round(v, 4) for k, v in first.timings.items()},
+        "warm_median": {s: round(statistics.median(r.get(s, 0.0) for r in runs), 4) for s in STAGES},
+        "warm_min": {s: round(min(r.get(s, 0.0) for r in runs), 4) for s in STAGES},
+        "warm_wall_s": [round(w, 4) for w in walls],
+        "warnings": first.warnings,
+    }

@@ -1,0 +1,147 @@
+"""Shared fixtures: the real data folder, one composite clip per session, one feature extractor per session.
+
+Test clips are *composites* (a face photo + a RAVDESS voice of the same label), rendered once into a
+session temp dir. `make_bad_inputs` builds every kind of input the app must refuse with one clear line.
+"""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import wave
+from pathlib import Path
+
+import pytest
+
+# Two cores shared with other jobs on CI: spinning OpenMP workers make torch many times slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+JOY_FACE = "faces/facial_expressions/joy/Aaron_Sorkin_0002.jpg"  # clearly smiling
+HAPPY_SPEECH = "speech/ravdess/Actor_01/03-01-03-01-01-01-01.flac"  # "Kids are talking by the door"
+HAPPY_SENTENCE = "kids are talking by the door"
+TORCH_THREADS = 2
+
+
+def ffmpeg_exe() -> str:
+    """The ffmpeg binary bundled with imageio-ffmpeg (a runtime dependency)."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def ffmpeg(*args: str | Path) -> None:
+    """Run the bundled ffmpeg quietly; raise with its stderr on failure."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-threads", "1", *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ffmpeg failed: {' '.join(cmd)}\n{proc.stderr}")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("shared data folder ../shared/data is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def joy_face(shared_data: Path) -> Path:
+    return shared_data / JOY_FACE
+
+
+@pytest.fixture(scope="session")
+def happy_speech(shared_data: Path) -> Path:
+    return shared_data / HAPPY_SPEECH
+
+
+@pytest.fixture(scope="session")
+def composite_clip(joy_face: Path, happy_speech: Path, tmp_path_factory) -> Path:
+    """One H.264/AAC composite mp4 (~3.5 s): a smiling face + a RAVDESS 'happy' voice saying the sentence above."""
+    from emoweb import composite
+
+    out = tmp_path_factory.mktemp("composite") / "joy_kids_door.mp4"
+    return composite.render(joy_face, happy_speech, out)
+
+
+@pytest.fixture(scope="session")
+def extractor():
+    """FeatureExtractor on the default (embedded) profile, 2 torch threads; backbones load lazily, once."""
+    import torch
+
+    from emoweb.config import get_settings
+    from emoweb.features import FeatureExtractor
+
+    torch.set_num_threads(TORCH_THREADS)
+    settings = get_settings()
+    if not settings.threads:
+        import dataclasses
+
+        settings = dataclasses.replace(settings, threads=TORCH_THREADS)
+    return FeatureExtractor(settings)
+
+
+def write_wav(path: Path, samples, rate: int = 16_000) -> Path:
+    """Mono 16-bit wav from float samples in [-1, 1]."""
+    import numpy as np
+
+    pcm = (np.clip(np.asarray(samples, dtype=np.float32), -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+def make_bad_inputs(directory: Path) -> dict[str, Path]:
+    """Inputs that must each fail with one `MediaError` line naming the problem (name -> path).
+
+    Self-contained (the media is synthesised with the bundled ffmpeg, no shared data needed):
+    missing, zero_bytes, text_as_mp4, random_bytes_mp4, no_av_stream (subtitle-only mp4),
+    zero_length (wav header, no samples), unsupported_video_codec (avi whose FourCC no decoder knows),
+    unsupported_audio_codec (wav with an unknown format tag).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+
+    out["missing"] = directory / "does_not_exist.mp4"
+
+    out["zero_bytes"] = directory / "zero_bytes.mp4"
+    out["zero_bytes"].write_bytes(b"")
+
+    out["text_as_mp4"] = directory / "notes.mp4"
+    out["text_as_mp4"].write_text("this is a text file, not a video\n" * 20, encoding="utf-8")
+
+    out["random_bytes_mp4"] = directory / "random.mp4"
+    out["random_bytes_mp4"].write_bytes(random.Random(0).randbytes(64 * 1024))
+
+    srt = directory / "subs.srt"
+    srt.write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n", encoding="utf-8")
+    out["no_av_stream"] = directory / "subtitles_only.mp4"
+    ffmpeg("-i", srt, "-c:s", "mov_text", out["no_av_stream"])
+
+    out["zero_length"] = write_wav(directory / "zero_length.wav", [])
+
+    avi = directory / "mjpeg.avi"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=10:duration=1", "-c:v", "mjpeg", avi)
+    data = avi.read_bytes()
+    assert b"MJPG" in data
+    out["unsupported_video_codec"] = directory / "unknown_fourcc.avi"
+    out["unsupported_video_codec"].write_bytes(data.replace(b"MJPG", b"ZQZQ"))
+    avi.unlink()
+
+    tone = write_wav(directory / "tone.wav", [0.1] * 8000)
+    data = bytearray(tone.read_bytes())
+    fmt = data.find(b"fmt ") + 8  # WAVEFORMATEX.wFormatTag follows the chunk id and size
+    data[fmt : fmt + 2] = b"\x99\x99"
+    out["unsupported_audio_codec"] = directory / "unknown_format.wav"
+    out["unsupported_audio_codec"].write_bytes(bytes(data))
+    tone.unlink()
+    return out
+
+
+@pytest.fixture(scope="session")
+def bad_inputs(tmp_path_factory) -> dict[str, Path]:
+    return make_bad_inputs(tmp_path_factory.mktemp("bad_inputs"))

@@ -1,0 +1,288 @@
+"""Media ingestion: every container and still-image format we accept, frame sampling, audio, caps, hashes, bad input."""
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ffmpeg, write_wav
+from emoweb import media
+from emoweb.errors import MediaError
+
+CUT = 1.5  # seconds kept from the composite for the container variants
+
+# name -> (suffix, ffmpeg codec arguments)
+VIDEO_FORMATS = {
+    "mp4": ("mp4", ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"]),
+    "webm": ("webm", ["-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "300k", "-c:a", "libopus"]),
+    "mov": ("mov", ["-c:v", "mjpeg", "-c:a", "pcm_s16le"]),
+    "mkv": ("mkv", ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "flac"]),
+    "avi": ("avi", ["-c:v", "mpeg4", "-c:a", "libmp3lame"]),
+}
+AUDIO_FORMATS = {
+    "wav": ["-c:a", "pcm_s16le"],
+    "flac": ["-c:a", "flac"],
+    "mp3": ["-c:a", "libmp3lame"],
+    "m4a": ["-c:a", "aac"],
+    "ogg": ["-c:a", "libvorbis"],
+}
+# bad input name -> words the one-line error must contain
+BAD_INPUT_ERRORS = {
+    "missing": r"not found",
+    "zero_bytes": r"empty|0 bytes",
+    "text_as_mp4": r"not a media file",
+    "random_bytes_mp4": r"not a media file|corrupt",
+    "no_av_stream": r"no audio or video stream",
+    "zero_length": r"zero-length",
+    "unsupported_video_codec": r"unsupported codec",
+    "unsupported_audio_codec": r"unsupported codec",
+}
+
+
+@pytest.fixture(scope="module")
+def variants(composite_clip: Path, happy_speech: Path, tmp_path_factory) -> dict[str, Path]:
+    """The composite cut to 1.5 s in every video container, the speech clip in every audio format, and more."""
+    d = tmp_path_factory.mktemp("media_variants")
+    out: dict[str, Path] = {}
+    for name, (suffix, codec) in VIDEO_FORMATS.items():
+        out[name] = d / f"clip.{suffix}"
+        ffmpeg("-i", composite_clip, "-t", CUT, *codec, out[name])
+    for name, codec in AUDIO_FORMATS.items():
+        out[f"audio_{name}"] = d / f"speech.{name}"
+        ffmpeg("-i", happy_speech, "-vn", *codec, out[f"audio_{name}"])
+    out["video_no_audio"] = d / "silent_film.mp4"
+    ffmpeg("-i", composite_clip, "-t", CUT, "-an", "-c:v", "copy", out["video_no_audio"])
+    out["faststart"] = d / "faststart.mp4"
+    ffmpeg("-i", composite_clip, "-c", "copy", "-movflags", "+faststart", out["faststart"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def joy_image(joy_face: Path) -> np.ndarray:
+    with Image.open(joy_face) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _check_frames(clip: media.DecodedClip, n: int, duration: float) -> None:
+    assert clip.frames is not None and clip.frames.ndim == 4 and clip.frames.shape[-1] == 3
+    assert clip.frames.dtype == np.uint8
+    assert len(clip.frames) == len(clip.frame_times) == n
+    times = np.array(clip.frame_times)
+    assert np.all(np.diff(times) > 0), f"timestamps not increasing: {clip.frame_times}"
+    assert times[0] >= 0 and times[-1] <= duration + 1e-3
+
+
+def _check_audio(clip: media.DecodedClip, seconds: float, tol: float = 0.15) -> None:
+    assert clip.audio is not None and clip.audio.ndim == 1 and clip.audio.dtype == np.float32
+    assert abs(clip.audio.size / media.SAMPLE_RATE - seconds) < tol, clip.audio.size / media.SAMPLE_RATE
+    assert float(np.abs(clip.audio).max()) <= 1.0
+    assert float(np.sqrt(np.mean(clip.audio**2))) > 1e-3  # speech, not silence
+
+
+# --- good inputs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", sorted(VIDEO_FORMATS))
+def test_video_containers(variants, fmt: str) -> None:
+    clip = media.decode(variants[fmt], n_frames=8)
+    assert clip.kind == "video" and clip.has_video and clip.has_audio
+    assert abs(clip.duration - CUT) < 0.15, clip.duration
+    _check_frames(clip, 8, clip.duration)
+    assert clip.frames.shape[1:3] == (256, 256)
+    _check_audio(clip, CUT)
+    assert not clip.warnings
+
+
+def test_composite_defaults(composite_clip: Path) -> None:
+    """Default sampling: 16 frames spread over the whole clip, audio 16 kHz mono for its full length."""
+    clip = media.decode(composite_clip)
+    assert clip.kind == "video" and 3.0 < clip.duration < 4.0
+    _check_frames(clip, 16, clip.duration)
+    times = np.array(clip.frame_times)
+    assert times[0] < 0.3 and times[-1] > clip.duration - 0.4  # uniform coverage, start to end
+    steps = np.diff(times)
+    assert steps.max() < 2.5 * steps.min() + 0.05
+    _check_audio(clip, clip.duration, tol=0.2)
+    assert clip.full_duration == pytest.approx(clip.duration, abs=0.2)
+
+
+@pytest.mark.parametrize("fmt", sorted(AUDIO_FORMATS))
+def test_audio_only(variants, happy_speech: Path, fmt: str) -> None:
+    reference = media.decode(happy_speech)
+    clip = media.decode(variants[f"audio_{fmt}"])
+    assert clip.kind == "audio" and not clip.has_video and clip.frames is None and clip.frame_times == []
+    _check_audio(clip, reference.audio.size / media.SAMPLE_RATE, tol=0.1)  # codecs pad a little (mp3, aac)
+    assert any("video" in w for w in clip.warnings)  # says the visual modality is missing
+
+
+def test_audio_is_16k_mono_from_any_rate(tmp_path: Path) -> None:
+    """A 44.1 kHz stereo file comes out as 16 kHz mono with the same length and pitch."""
+    src = tmp_path / "stereo44k.wav"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=1", "-ac", "2", src)
+    clip = media.decode(src)
+    assert clip.audio.size == pytest.approx(media.SAMPLE_RATE, abs=200)
+    spectrum = np.abs(np.fft.rfft(clip.audio[:16000]))
+    assert abs(np.argmax(spectrum) * media.SAMPLE_RATE / 16000 - 440) < 5
+
+
+@pytest.mark.parametrize("suffix", ["jpg", "png", "webp"])
+def test_images(joy_image: np.ndarray, tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"face.{suffix}"
+    Image.fromarray(joy_image).save(path, **({} if suffix == "png" else {"quality": 95}))
+    clip = media.decode(path)
+    assert clip.kind == "image" and clip.has_video and not clip.has_audio
+    assert clip.frames.shape == (1, *joy_image.shape) and clip.frame_times == [0.0]
+    assert np.abs(clip.frames[0].astype(int) - joy_image).mean() < 8  # lossy codecs differ a little
+
+
+def test_exif_rotation_applied(tmp_path: Path) -> None:
+    """Phones store portrait photos landscape plus an EXIF Orientation tag: decode must rotate them upright."""
+    stored = np.full((100, 200, 3), 255, np.uint8)  # landscape, as stored
+    stored[:20, :20] = (255, 0, 0)  # red marker in the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    path = tmp_path / "portrait.jpg"
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+    frame = media.decode(path).frames[0]
+    assert frame.shape[:2] == (200, 100)  # now portrait
+    top_right = frame[:20, -20:].reshape(-1, 3).mean(0)
+    assert top_right[0] > 200 and top_right[1] < 60 and top_right[2] < 60  # the marker moved with the rotation
+
+
+def test_large_frames_downscaled(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    Image.new("RGB", (1920, 1080), (10, 200, 30)).save(path)
+    frame = media.decode(path).frames[0]
+    assert max(frame.shape[:2]) == media.MAX_FRAME_SIDE and frame.shape[1] > frame.shape[0]
+
+
+def test_length_cap_is_reported(composite_clip: Path) -> None:
+    clip = media.decode(composite_clip, n_frames=4, max_seconds=1.0)
+    assert clip.duration <= 1.0 + 1e-3 and clip.full_duration > 3.0
+    assert clip.audio.size <= media.SAMPLE_RATE
+    assert max(clip.frame_times) <= 1.0
+    assert any("1 s" in w and "analysed" in w for w in clip.warnings), clip.warnings
+
+
+def test_no_cap_warning_when_short(composite_clip: Path) -> None:
+    assert not media.decode(composite_clip, max_seconds=60).warnings
+
+
+def test_video_without_audio_is_not_an_error(variants) -> None:
+    clip = media.decode(variants["video_no_audio"], n_frames=6)
+    assert clip.kind == "video" and not clip.has_audio and clip.audio is None
+    _check_frames(clip, 6, clip.duration)
+    assert any("audio" in w for w in clip.warnings), clip.warnings
+
+
+def test_content_hash_stable(composite_clip: Path, tmp_path: Path) -> None:
+    expected = hashlib.sha256(composite_clip.read_bytes()).hexdigest()
+    copy = shutil.copy(composite_clip, tmp_path / "renamed.mov")
+    assert media.decode(composite_clip).sha256 == expected
+    assert media.decode(composite_clip, n_frames=3, max_seconds=1).sha256 == expected  # settings do not matter
+    assert media.file_sha256(Path(copy)) == expected  # the name does not matter
+    other = write_wav(tmp_path / "other.wav", np.zeros(1600))
+    assert media.file_sha256(other) != expected
+
+
+# --- bad inputs -------------------------------------------------------------------------------------
+
+
+def test_bad_input_catalogue_complete(bad_inputs) -> None:
+    assert set(bad_inputs) == set(BAD_INPUT_ERRORS)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUT_ERRORS))
+def test_bad_input_one_line_error(bad_inputs, name: str) -> None:
+    path = bad_inputs[name]
+    with pytest.raises(MediaError) as info:
+        media.decode(path)
+    message = str(info.value)
+    assert "\n" not in message and message.strip() == message and message
+    assert re.search(BAD_INPUT_ERRORS[name], message, re.I), message
+    assert path.name in message  # says which file
+
+
+@pytest.mark.parametrize("source", ["composite", "faststart"])
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
+def test_truncated_mp4(variants, composite_clip: Path, tmp_path: Path, source: str, fraction: float) -> None:
+    """A cut-off upload: either a one-line MediaError or a valid partial result, never another exception.
+
+    The composite has its index (moov) at the end, so any cut loses it; the faststart copy keeps the
+    index first, so a cut leaves decodable leading packets.
+    """
+    src = composite_clip if source == "composite" else variants["faststart"]
+    data = src.read_bytes()
+    path = tmp_path / f"cut_{int(fraction * 100)}.mp4"
+    path.write_bytes(data[: int(len(data) * fraction)])
+    try:
+        clip = media.decode(path, n_frames=8)
+    except MediaError as exc:
+        assert "\n" not in str(exc) and path.name in str(exc)
+        return
+    assert clip.kind in ("video", "audio")
+    assert clip.has_video or clip.has_audio
+    if clip.has_video:
+        assert len(clip.frames) == len(clip.frame_times) >= 1
+        assert np.all(np.diff(clip.frame_times) >= 0)
+    if clip.has_audio:
+        assert np.isfinite(clip.audio).all() and np.abs(clip.audio).max() <= 1.0
+
+
+def test_truncated_faststart_keeps_leading_part(variants, tmp_path: Path) -> None:
+    """With the index first, 90% of the file still decodes to frames (the tail is just missing)."""
+    data = variants["faststart"].read_bytes()
+    path = tmp_path / "cut.mp4"
+    path.write_bytes(data[: int(len(data) * 0.9)])
+    clip = media.decode(path, n_frames=8)
+    assert clip.has_video and len(clip.frames) >= 1
+    assert clip.duration < clip.full_duration  # what was decoded, not what the header promised
+    assert any("truncated" in w for w in clip.warnings), clip.warnings  # never silently
+
+
+@pytest.mark.parametrize("seconds", [0.5, 1.0])
+def test_short_clip_still_gives_n_frames(composite_clip: Path, tmp_path: Path, seconds: float) -> None:
+    """Fewer source frames near the end than targets: the last frame stands in; always N frames, in order."""
+    path = tmp_path / "short.mp4"
+    ffmpeg("-i", composite_clip, "-t", seconds, "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", path)
+    clip = media.decode(path, n_frames=16)
+    assert len(clip.frames) == len(clip.frame_times) == 16
+    assert np.all(np.diff(clip.frame_times) >= 0) and clip.frame_times[-1] <= clip.duration
+    assert not clip.warnings
+
+
+def test_recording_without_duration_header(composite_clip: Path, tmp_path: Path) -> None:
+    """Browser MediaRecorder webm has no duration in its header: frames must still cover the whole clip."""
+    path = tmp_path / "recorded.webm"
+    ffmpeg("-i", composite_clip, "-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-c:a", "libopus",
+           "-f", "webm", "-live", "1", path)
+    import av
+
+    with av.open(str(path)) as c:
+        assert c.duration is None  # the case under test
+    clip = media.decode(path, n_frames=8)
+    assert 3.0 < clip.duration < 4.0
+    _check_frames(clip, 8, clip.duration)
+    assert clip.frame_times[-1] > 2.5
+
+
+def test_unsupported_video_codec_with_decodable_audio(tmp_path: Path, happy_speech: Path) -> None:
+    """An undecodable video stream next to good audio: the audio is used and the result says why there is no video."""
+    avi = tmp_path / "mixed.avi"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=10:duration=1", "-i", happy_speech,
+           "-t", "1", "-c:v", "mjpeg", "-c:a", "pcm_s16le", avi)
+    patched = tmp_path / "mixed_unknown.avi"
+    patched.write_bytes(avi.read_bytes().replace(b"MJPG", b"ZQZQ"))
+    clip = media.decode(patched)
+    assert clip.kind == "audio" and clip.has_audio
+    assert any("video" in w and "not supported" in w for w in clip.warnings), clip.warnings
+
+
+def test_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(MediaError, match="not a file"):
+        media.decode(tmp_path)
