@@ -47,7 +47,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
-@command("bench", "benchmarks: `extract` = per-stage feature-pipeline time on a composite clip")(_bench_args)
+@command("bench", "benchmarks: extract, models, cache, kshot, baseline (python -m emoweb bench -h)")(_bench_args)
 def _bench(args: argparse.Namespace) -> int:
     _, fn, text = BENCHES[args.what]
     emit(fn(args), args.json, text)
@@ -197,4 +197,82 @@ def bench_extract(args: argparse.Namespace) -> dict:
         "warm_min": {s: round(min(r.get(s, 0.0) for r in runs), 4) for s in STAGES},
         "warm_wall_s": [round(w, 4) for w in walls],
         "warnings": first.warnings,
+    }
+
+
+# --- models ---------------------------------------------------------------------------------------------
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _fmt_models(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        f"bench models: {result['clip_seconds']:.1f}-s composite clip, profile {result['profile']}, device {m['device']}, "
+        f"{m['threads']} threads, {result['repeat']} warm runs; machine: {m['cpu']}",
+        f"models: {', '.join(result['models'])}; cold start (load backbones + models, first clip) {result['cold_s']:.3f} s",
+        "",
+        f"{'stage / model':<16}{'warm median s':>14}",
+    ]
+    lines += [f"{k:<16}{v:>14.4f}" for k, v in result["warm_stages"].items()]
+    lines += [f"{k:<16}{v:>14.4f}" for k, v in result["warm_models"].items()]
+    lines += [
+        "",
+        f"end to end per clip, warm median: all models {result['all_s']:.3f} s, emoasst only {result['emoasst_s']:.3f} s "
+        f"-> ratio {result['ratio']:.3f}",
+        f"after decoding (features minus decode + models): {result['after_decode_s']:.3f} s",
+        f"peak RSS {result['peak_rss_mb']:.0f} MB",
+    ]
+    return "\n".join(lines)
+
+
+@bench("models", "per-stage and per-model latency, --models all vs emoasst, peak memory", _fmt_models)
+def bench_models(args: argparse.Namespace) -> dict:
+    import torch
+
+    from emoweb.config import get_settings
+    from emoweb.inference import Predictor
+    from models.backbones import resolve_device
+
+    torch.set_num_threads(args.threads)
+    settings = dataclasses.replace(get_settings(), device=args.device, threads=args.threads)
+    with tempfile.TemporaryDirectory(prefix="emoweb-bench-") as tmp:
+        clip = render_bench_clip(args.seconds, Path(tmp) / f"bench_{args.seconds:g}s.mp4")
+        t0 = time.perf_counter()
+        predictor = Predictor(settings)
+        names = predictor.model_names("all")
+        if not names:
+            raise EmoWebError("no trained model is available for this profile")
+        first = predictor.predict(clip, "all")
+        cold = time.perf_counter() - t0
+        walls: dict[str, list[float]] = {"all": [], "emoasst": []}
+        stages, per_model, after = [], [], []
+        for _ in range(args.repeat):
+            for spec in ("all", "emoasst"):  # interleaved so both see the same machine load
+                t0 = time.perf_counter()
+                pred = predictor.predict(clip, spec)
+                walls[spec].append(time.perf_counter() - t0)
+                if spec == "all":
+                    stages.append(pred.features.timings)
+                    per_model.append(pred.latency)
+                    after.append(pred.features.timings["total"] - pred.features.timings.get("decode", 0) + sum(pred.latency.values()))
+    med = statistics.median
+    return {
+        "clip_seconds": first.features.duration,
+        "profile": predictor.backbones.name,
+        "models": names,
+        "repeat": args.repeat,
+        "machine": machine(resolve_device(args.device), args.threads),
+        "cold_s": round(cold, 4),
+        "warm_stages": {s: round(med(r.get(s, 0.0) for r in stages), 4) for s in STAGES},
+        "warm_models": {n: round(med(r[n] for r in per_model), 4) for n in names},
+        "all_s": round(med(walls["all"]), 4),
+        "emoasst_s": round(med(walls["emoasst"]), 4),
+        "ratio": round(med(walls["all"]) / med(walls["emoasst"]), 4),
+        "after_decode_s": round(med(after), 4),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
     }

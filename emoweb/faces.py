@@ -15,6 +15,8 @@ import numpy as np
 CROP_SIZE = 160  # RGB crop side kept per frame; each backbone resizes to its own input
 MARGIN = 0.15  # context added around the detected box
 PAD_RETRY = 0.35  # border added (fraction of the side) for the tight-crop retry
+DETECT_SIDE = 320  # detection runs on frames downscaled to this side: Haar needs no more
+DETECT_STRIDE = 2
 
 
 @dataclass
@@ -48,6 +50,14 @@ def _largest(gray: np.ndarray) -> tuple[int, int, int, int] | None:
 
 def detect_box(frame: np.ndarray) -> tuple[int, int, int, int] | None:
     """Largest face in an RGB frame, retrying on a padded copy for tight crops."""
+    scale = min(1.0, DETECT_SIDE / max(frame.shape[:2]))
+    box = _detect_gray(cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else frame)
+    if box is None:
+        return None
+    return tuple(int(round(v / scale)) for v in box)  # type: ignore[return-value]
+
+
+def _detect_gray(frame: np.ndarray) -> tuple[int, int, int, int] | None:
     gray = cv2.equalizeHist(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY))
     box = _largest(gray)
     if box is not None:
@@ -78,9 +88,14 @@ def _crop(frame: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarra
     return cv2.resize(region, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
 
 
-def detect_and_crop(frames: np.ndarray) -> FaceResult:
-    """Detect the main face in each frame; frames without one give the whole frame (flagged by a None box)."""
-    boxes = [detect_box(f) for f in frames]
+def detect_and_crop(frames: np.ndarray, stride: int = DETECT_STRIDE) -> FaceResult:
+    """Detect the main face in each frame; frames without one give the whole frame (flagged by a None box).
+
+    Detection runs on every `stride`-th sampled frame (faces move little between neighbouring samples);
+    the frames in between take the nearest detected frame's box.
+    """
+    probed = {i: detect_box(frames[i]) for i in range(0, len(frames), stride)}
+    boxes = [probed[min(probed, key=lambda j: (abs(j - i), j))] for i in range(len(frames))]
     crops = np.stack([_crop(f, b) for f, b in zip(frames, boxes)]) if len(frames) else np.zeros(
         (0, CROP_SIZE, CROP_SIZE, 3), np.uint8
     )

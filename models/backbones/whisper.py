@@ -164,6 +164,7 @@ class WhisperBackbone:
                 audio,
                 language=language,
                 beam_size=self.beam_size,
+                temperature=0.0,  # no temperature fallback: a retry re-decodes the window (up to 6x the latency)
                 condition_on_previous_text=False,
                 vad_filter=False,
                 clip_timestamps=_window_bounds(seconds),
