@@ -276,3 +276,24 @@ def bench_models(args: argparse.Namespace) -> dict:
         "after_decode_s": round(med(after), 4),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
     }
+
+
+# --- cache ----------------------------------------------------------------------------------------------
+
+
+def _fmt_cache(result: dict) -> str:
+    from emoweb.services.benchcache import text
+
+    return text(result)
+
+
+@bench("cache", "few-shot cache rebuild from stored features (100/1,000/10,000 clips) vs re-encoding; one correction", _fmt_cache)
+def bench_cache(args: argparse.Namespace) -> dict:
+    import torch
+
+    from emoweb.services.benchcache import bench_cache as run
+
+    torch.set_num_threads(args.threads)
+    result = run(repeats=min(args.repeat, 3), measure_encode=True)
+    result["machine"] = machine("cpu", args.threads)
+    return result

@@ -76,7 +76,7 @@ def _load_command_modules() -> None:
     """Modules that register more subcommands (imported lazily so `--help` stays fast)."""
     import importlib
 
-    for module in ("emoweb.bench", "emoweb.commands", "emoweb.studies"):
+    for module in ("emoweb.bench", "emoweb.commands", "emoweb.studies", "emoweb.caregiver_commands"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -49,7 +49,11 @@ def _train(args: argparse.Namespace) -> int:
     samples = assign_splits(encoded, args.seed)
     torch.manual_seed(args.seed)
     model = registry.build(args.model, bb.dims)
-    model.attach_text_encoder(lambda texts: bb.text(texts).embedding)
+    model.attach_text_encoder(lambda texts: bb.text(texts).embedding, bb.text_encoder)
+    if getattr(model, "uses_composites", False):  # face photo + speech clip pairs, same label and split
+        from emoweb.pairs import composite_samples
+
+        samples = samples + composite_samples(samples, seed=args.seed)
     labels = list(LABEL7)
     result = train(model, samples, bb.dims, labels, model.param_groups(), args.epochs, args.batch_size, args.patience, args.seed)
     val = [s for s in samples if s.split == "val"]

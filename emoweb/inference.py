@@ -6,6 +6,7 @@ plugged in per call.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,8 +55,12 @@ class Prediction:
 class Predictor:
     """Backbones + models of one profile, loaded once per process."""
 
-    def __init__(self, settings: Settings | None = None, labels: list[str] | None = None):
+    def __init__(
+        self, settings: Settings | None = None, labels: list[str] | None = None, checkpoint_root: str | Path | None = None
+    ):
         self.settings = settings or get_settings()
+        # where the shipped checkpoints live: argument, else EMOWEB_CHECKPOINT_ROOT, else models/checkpoints
+        self.checkpoint_root = Path(checkpoint_root or os.environ.get("EMOWEB_CHECKPOINT_ROOT") or registry.CHECKPOINT_ROOT)
         self.extractor = FeatureExtractor(self.settings)
         self.backbones = self.extractor.backbones
         self.labels = list(labels or LABEL7)
@@ -69,13 +74,13 @@ class Predictor:
         """The shipped model and its card; None when it has no checkpoint for this profile."""
         with self._lock:
             if name not in self._models:
-                loaded = registry.load(name, self.backbones.name)
+                loaded = registry.load(name, self.backbones.name, self.checkpoint_root)
                 if loaded is None and self.backbones.untrained:  # paper profile on random weights
                     loaded = (registry.build(name, self.backbones.dims).eval(), {"untrained": True})
                 if loaded is None:
                     return None
                 model, card = loaded
-                model.attach_text_encoder(self.encode_text)
+                model.attach_text_encoder(self.encode_text, self.backbones.text_encoder)
                 self._models[name] = (model.to(self.backbones.device), card)
             return self._models[name]
 
@@ -92,7 +97,9 @@ class Predictor:
         names: list[str],
         caches: dict[str, FewShotCache] | None = None,
         progress: Progress | None = None,
+        labels: list[str] | None = None,
     ) -> Prediction:
+        """`labels`: the label texts to score (default `self.labels`); zero-shot models take any."""
         x = to_input([features], self.backbones.dims).to(self.backbones.device)
         outputs, latency = {}, {}
         for name in names:
@@ -101,7 +108,7 @@ class Predictor:
             model, _ = self.model(name)
             t0 = time.perf_counter()
             with torch.no_grad():
-                out = model(x, self.labels)
+                out = model(x, list(labels or self.labels))
             cache = (caches or {}).get(name)
             if cache is not None and len(cache):
                 apply_cache(out, cache)

@@ -1,0 +1,57 @@
+"""EmoWeb entry point for Hugging Face Spaces and local use: `python app.py`.
+
+Settings come from the environment (EMOWEB_DATA_DIR, EMOWEB_DATABASE_URL, EMOWEB_PROFILE,
+EMOWEB_DEVICE, EMOWEB_MAX_SECONDS, EMOWEB_MAX_UPLOAD_MB, ...; see emoweb/config.py). Optional login:
+EMOWEB_AUTH="user1:pass1,user2:pass2" turns on Gradio auth, and each caregiver then sees only their
+own profiles. Listens on 127.0.0.1:7860 by default (EMOWEB_HOST / EMOWEB_PORT; on Spaces the
+GRADIO_SERVER_NAME the platform sets), never shares a public link, sends no analytics.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: nothing leaves the machine
+
+from emoweb.config import get_settings  # noqa: E402
+from emoweb.ui import build_app  # noqa: E402
+
+
+def parse_auth(text: str | None) -> list[tuple[str, str]] | None:
+    """'user1:pass1,user2:pass2' -> [(user1, pass1), (user2, pass2)]; empty -> None (no login)."""
+    pairs = []
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        user, sep, password = item.partition(":")
+        if not sep or not user.strip() or not password:
+            raise SystemExit("EMOWEB_AUTH must look like 'user1:pass1,user2:pass2'")
+        pairs.append((user.strip(), password))
+    return pairs or None
+
+
+settings = get_settings()
+demo = build_app(settings)  # models load lazily, once per process
+
+
+def main() -> None:
+    host = os.environ.get("EMOWEB_HOST") or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    port = int(os.environ.get("EMOWEB_PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860)
+    auth = parse_auth(os.environ.get("EMOWEB_AUTH"))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a clean exit: temp files removed, database closed
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        auth=auth,
+        auth_message="EmoWeb: log in as a caregiver" if auth else None,
+        max_file_size=f"{settings.max_upload_mb:g}mb",
+        show_error=False,
+        footer_links=["api", "settings"],
+    )
+
+
+if __name__ == "__main__":
+    main()

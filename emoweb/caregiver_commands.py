@@ -1,0 +1,254 @@
+"""Caregiver subcommands: profiles, ingest, labels, the queue, cache rebuilds, label files, deletion.
+
+`--profile` here names a caregiver profile (a child or a setting), by name or id; the backbone
+profile comes from EMOWEB_PROFILE. Every command prints one line per result (or JSON with --json)
+and a one-line error with a non-zero exit status for unknown ids, profiles or bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from emoweb.cli import command, emit
+from emoweb.config import get_settings
+from emoweb.errors import EmoWebError
+
+
+def _service():
+    from emoweb.services import CaregiverService
+
+    return CaregiverService(get_settings())
+
+
+def _fmt_probs(p) -> str:
+    return f"{p.model} -> {p.label} ({max(p.probs.values()):.2f}{', cache' if p.cache_snapshot is not None else ''})"
+
+
+# -- profile ----------------------------------------------------------------------------------
+
+
+def _profile_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True)
+    create = sub.add_parser("create", help="a new profile (a child or a setting)")
+    create.add_argument("name")
+    create.add_argument("--labels", default="", help="comma-separated label set (default: the seven emotions)")
+    create.add_argument("--owner", default=None)
+    create.add_argument("--json", action="store_true")
+    lst = sub.add_parser("list", help="all profiles")
+    lst.add_argument("--owner", default=None)
+    lst.add_argument("--json", action="store_true")
+    delete = sub.add_parser("delete", help="delete a profile with its clips, media files, labels and caches")
+    delete.add_argument("name", help="profile name or id")
+    delete.add_argument("--json", action="store_true")
+
+
+@command("profile", "caregiver profiles: create, list, delete")(_profile_args)
+def _profile(args: argparse.Namespace) -> int:
+    service = _service()
+    if args.action == "create":
+        labels = [x.strip() for x in args.labels.split(",") if x.strip()] or None
+        info = service.create_profile(args.name, labels, args.owner)
+        emit(info.to_dict(), args.json, lambda d: f"profile {d['id']} {d['name']!r}: labels {', '.join(d['labels'])}")
+    elif args.action == "list":
+        rows = [p.to_dict() for p in service.list_profiles(args.owner)]
+        emit(rows, args.json, lambda r: "\n".join(f"{d['id']:>4}  {d['name']}  ({', '.join(d['labels'])})" for d in r) or "no profiles")
+    else:
+        result = service.delete_profile(args.name)
+        emit(result, args.json, lambda d: f"deleted profile {d['profile']!r}: {d['clips']} clip(s), {d['files_removed']} media file(s)")
+    return 0
+
+
+# -- ingest -----------------------------------------------------------------------------------
+
+
+def _ingest_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--profile", required=True, help="caregiver profile name or id")
+    p.add_argument("--source", default="upload", choices=("upload", "record", "import"))
+    p.add_argument("--json", action="store_true")
+
+
+@command("ingest", "store clips in a profile (media + features once) with every model's answer")(_ingest_args)
+def _ingest(args: argparse.Namespace) -> int:
+    service = _service()
+    service.get_profile(args.profile)  # an unknown profile fails before any decoding
+    results, failed = [], 0
+    for path in args.paths:
+        try:
+            results.append(service.ingest(path, args.profile, args.source).to_dict())
+        except EmoWebError as exc:
+            if len(args.paths) == 1:
+                raise
+            failed += 1
+            results.append({"path": path, "error": str(exc)})
+
+    def text(rows: list) -> str:
+        lines = []
+        for r in rows:
+            if "error" in r:
+                lines.append(f"{Path(r['path']).name}: error: {r['error']}")
+                continue
+            c = r["clip"]
+            answers = ", ".join(f"{m} -> {p['label']} ({max(p['probs'].values()):.2f})" for m, p in r["predictions"].items())
+            lines.append(f"clip {c['id']} ({'new' if r['new'] else 'already stored'}): {c['original_name']}: {answers}")
+        return "\n".join(lines)
+
+    emit(results, args.json, text)
+    return 1 if failed else 0
+
+
+# -- label / undo / queue ---------------------------------------------------------------------
+
+
+def _label_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("clip_id", metavar="CLIP_ID")
+    p.add_argument("label", metavar="LABEL")
+    p.add_argument("--profile", required=True, help="caregiver profile name or id (the clip must be in it)")
+    p.add_argument("--note", default="")
+    p.add_argument("--annotator", default="")
+    p.add_argument("--allow-new-label", action="store_true", help="add LABEL to the profile's label set if it is new")
+    p.add_argument("--json", action="store_true")
+
+
+@command("label", "record a caregiver's label for a clip")(_label_args)
+def _label(args: argparse.Namespace) -> int:
+    c = _service().record_correction(args.clip_id, args.label, args.annotator, args.note, args.allow_new_label, args.profile)
+    emit(c.to_dict(), args.json, lambda d: f"clip {d['clip_id']} labelled {d['label']!r}")
+    return 0
+
+
+def _undo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("clip_id", metavar="CLIP_ID")
+    p.add_argument("--annotator", default="")
+    p.add_argument("--json", action="store_true")
+
+
+@command("undo", "withdraw a clip's latest label")(_undo_args)
+def _undo(args: argparse.Namespace) -> int:
+    r = _service().undo_last_correction(args.clip_id, args.annotator)
+    emit(r, args.json, lambda d: f"clip {d['clip_id']}: withdrew {d['undone']!r}; current label: {d['current'] or 'none'}")
+    return 0
+
+
+def _queue_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", required=True)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+
+
+@command("queue", "a profile's clips in labelling order (unlabelled, disagreeing, least sure first)")(_queue_args)
+def _queue(args: argparse.Namespace) -> int:
+    rows = [e.to_dict() for e in _service().labelling_queue(args.profile, args.limit)]
+
+    def text(r: list) -> str:
+        lines = []
+        for e in r:
+            margin = "-" if e["margin"] is None else f"{e['margin']:.2f}"
+            tops = ", ".join(f"{m}: {lab}" for m, lab in e["top_labels"].items()) or "no prediction"
+            lines.append(f"{e['clip_id']:>6}  {e['label'] or '(unlabelled)':<14} margin {margin:<5} {'DISAGREE ' if e['disagree'] else ''}{tops}  {e['original_name']}")
+        return "\n".join(lines) or "no clips"
+
+    emit(rows, args.json, text)
+    return 0
+
+
+# -- cache ------------------------------------------------------------------------------------
+
+
+def _cache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("rebuild", "show"))
+    p.add_argument("--profile", required=True)
+    p.add_argument("--retune", action="store_true", help="choose alpha/beta by cross-validation even if the last ones still fit")
+    p.add_argument("--json", action="store_true")
+
+
+@command("cache", "rebuild a profile's few-shot caches from stored features, or show its snapshots")(_cache_args)
+def _cache(args: argparse.Namespace) -> int:
+    service = _service()
+    if args.action == "show":
+        emit(service.snapshots(args.profile), args.json, lambda r: "\n".join(
+            f"{s['id']:>5} {s['model']:<10} {'ACTIVE' if s['active'] else 'old   '} {s['built_at']}  {s['n_per_label']}" for s in r
+        ) or "no cache snapshots")
+        return 0
+    results = {m: r.to_dict() for m, r in service.rebuild_cache(args.profile, tune=True if args.retune else "auto").items()}
+
+    def text(r: dict) -> str:
+        def pct(x):
+            return "-" if x is None else f"{100 * x:.1f}%"
+
+        lines = [
+            f"{m}: {d['n']} clip(s) {d['n_per_label']}; alpha {d['alpha']:.3g}, beta {d['beta']:.3g} ({d['tuning']}); "
+            f"leave-one-out accuracy {pct(d['before'])} -> {pct(d['after'])}; {d['seconds']:.3f} s; snapshot {d['snapshot_id']}"
+            + (f"; {d['skipped']} labelled clip(s) without stored features" if d["skipped"] else "")
+            for m, d in r.items()
+        ]
+        return "\n".join(lines) or "no model has stored features in this profile yet"
+
+    emit(results, args.json, text)
+    return 0
+
+
+# -- label files ------------------------------------------------------------------------------
+
+
+def _labels_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True)
+    for action, where in (("export", "stdout"), ("import", "stdin")):
+        a = sub.add_parser(action, help=f"{action} a profile's labels (default: {where})")
+        a.add_argument("file", nargs="?", default=None, metavar="FILE", help=f"default: {where}")
+        a.add_argument("--profile", required=True)
+        a.add_argument("--format", choices=("csv", "json"), default=None, help="default: from FILE's suffix, else csv")
+        if action == "import":
+            a.add_argument("--annotator", default=None, help="record this annotator instead of the file's")
+            a.add_argument("--allow-new-labels", action="store_true", help="add labels missing from the profile's set")
+            a.add_argument("--json", action="store_true")
+
+
+@command("labels", "export or import a profile's labels (CSV or JSON, matched by clip sha256)")(_labels_args)
+def _labels(args: argparse.Namespace) -> int:
+    fmt = args.format or ("json" if args.file and args.file.lower().endswith(".json") else "csv")
+    service = _service()
+    if args.action == "export":
+        text = service.export_labels(args.profile, fmt)
+        if args.file and args.file != "-":
+            Path(args.file).write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text)
+        return 0
+    try:
+        data = sys.stdin.read() if not args.file or args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EmoWebError(f"cannot read {args.file}: {exc.__class__.__name__}") from None
+    report = service.import_labels(args.profile, data, fmt, args.annotator, args.allow_new_labels)
+    emit(report.to_dict(), args.json, lambda d: "\n".join(
+        [f"imported {d['imported']}, unchanged {d['unchanged']}, unmatched {len(d['unmatched'])}, refused {len(d['refused'])}"]
+        + [f"unmatched: {u}" for u in d["unmatched"]] + [f"refused: {r}" for r in d["refused"]]
+    ))
+    return 0
+
+
+# -- clip -------------------------------------------------------------------------------------
+
+
+def _clip_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True)
+    delete = sub.add_parser("delete", help="delete a clip: media, features, predictions, labels (caches rebuilt without it)")
+    delete.add_argument("clip_id", metavar="CLIP_ID")
+    delete.add_argument("--json", action="store_true")
+    lst = sub.add_parser("list", help="a profile's clips")
+    lst.add_argument("--profile", required=True)
+    lst.add_argument("--json", action="store_true")
+
+
+@command("clip", "list or delete clips")(_clip_args)
+def _clip(args: argparse.Namespace) -> int:
+    service = _service()
+    if args.action == "list":
+        rows = [c.to_dict() for c in service.list_clips(args.profile)]
+        emit(rows, args.json, lambda r: "\n".join(f"{c['id']:>6}  {c['kind']:<6} {c['sha256'][:12]}  {c['original_name']}" for c in r) or "no clips")
+        return 0
+    result = service.delete_clip(args.clip_id)
+    emit(result, args.json, lambda d: f"deleted clip {d['clip_id']} of {d['profile']!r}" + (
+        f"; cache rebuilt without it ({', '.join(d['rebuilt'])})" if d["rebuilt"] else ""))
+    return 0

@@ -1,0 +1,60 @@
+"""Composite audio-visual training samples at feature level (a face photo + a speech clip, same label).
+
+The shared data has no real audio-visual clip: faces are photos (visual only) and RAVDESS is speech
+(audio + transcript). A fusion model such as MER-CLIP also needs samples with both, so each speech
+sample is paired with random face photo(s) of the same label AND the same split (train with train,
+dev with dev, val with val), which keeps face identities and speakers disjoint across splits exactly
+as `emoweb.training.assign_splits` made them. The pair is built with `emoweb.batching.composite`
+(the photo's visual features + the clip's audio and transcript features: no backbone is re-run).
+
+Composite rows are *composites*, never recordings: the face and the voice belong to different
+people. Their Row has a synthetic ``composite/<face>+<speech>.mp4`` path (so `Row.modality` is
+'audiovisual' and class balancing treats them as their own group), the speech clip's speaker, text
+and split, and ``source="composite"``. `emoweb.composite` renders the same pairs as mp4 for demos.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from emoweb.batching import composite
+from emoweb.manifests import Row
+from emoweb.training import Sample
+
+SOURCE = "composite"
+
+
+def composite_row(face: Row, speech: Row) -> Row:
+    """The Row of a face+speech composite: speech speaker/text/split, 'audiovisual' modality."""
+    face_name = face.path.stem if face.path else "face"
+    speech_name = speech.path.stem if speech.path else "speech"
+    return Row(
+        path=Path(SOURCE) / f"{face_name}+{speech_name}.mp4",
+        label=speech.label,
+        text=speech.text,
+        speaker=speech.speaker,
+        split=speech.split,
+        source=SOURCE,
+    )
+
+
+def composite_samples(samples: list[Sample], per_speech: int = 1, seed: int = 0) -> list[Sample]:
+    """For each speech sample, `per_speech` composites with distinct random faces of its label and split.
+
+    A speech sample whose (label, split) has no face photo gets no composite. Deterministic per seed.
+    """
+    rng = random.Random(seed)
+    faces: dict[tuple[str, str], list[Sample]] = {}
+    for s in samples:
+        if s.row.modality == "visual" and s.features.modalities["visual"]:
+            faces.setdefault((s.row.label, s.split), []).append(s)
+    out = []
+    for s in samples:
+        if s.row.modality != "audio" or not s.features.modalities["audio"]:
+            continue
+        pool = faces.get((s.row.label, s.split))
+        if not pool:
+            continue
+        for face in rng.sample(pool, min(per_speech, len(pool))):
+            out.append(Sample(composite_row(face.row, s.row), composite(face.features, s.features), s.split))
+    return out

@@ -1,0 +1,730 @@
+"""The caregiver loop as plain Python: profiles, ingest, predict, corrections, cache rebuilds, label files.
+
+What the CLI, the Gradio UI and the tests call; no gradio here. Storage errors come out as
+`emoweb.errors` with one-line messages.
+
+Invariants:
+- Media files live at `<data_dir>/media/<profile id>/<sha256><suffix>`: generated, never a
+  user-supplied path. A file is written to a temp name in that folder and renamed into place
+  inside the database transaction that records it; any failure leaves no row and no file.
+- Every clip is decoded and encoded once: ingest stores, per backbone profile and model, the
+  cache keys (`<model>.fused`, `<model>.audio`, `<model>.visual`) and the base logits
+  (`<model>.logits`, over the profile's label set). Re-uploads, predictions on stored clips and
+  cache rebuilds all work from those arrays.
+- A cache rebuild writes every model's snapshot in one transaction: a crash or kill before the
+  commit leaves the previous snapshots active. Predictions use a profile's active snapshots; an
+  in-process copy is reloaded whenever the active snapshot id changes (in any process).
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from emoweb.config import Settings, get_settings
+from emoweb.errors import EmoWebError, MediaError, NotFoundError
+from emoweb.services import cachebuild
+from emoweb.services.records import (
+    ClipInfo,
+    ClipResult,
+    CorrectionInfo,
+    ImportReport,
+    ModelPrediction,
+    ModelRebuild,
+    ProfileInfo,
+    QueueEntry,
+)
+from emoweb.services.store import CaregiverRepository
+from models import LABEL7
+from models.cache import FewShotCache, logits_from_probs
+from storage import Invalid, NotFound, StorageError, open_database
+from storage.schema import Clip, Profile
+
+KEEP_SNAPSHOTS = 2  # inactive snapshots kept per (profile, model), to roll a rebuild back
+REBUILD_PAUSE_ENV = "EMOWEB_TEST_REBUILD_PAUSE"  # tests only: seconds to sleep just before a rebuild commits
+LABEL_FIELDS = ("sha256", "original_name", "label", "annotator", "note", "created")
+_SUFFIX = re.compile(r"\.[a-z0-9]{1,10}")
+_CLIP_ID = re.compile(r"[0-9]{1,18}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+F = TypeVar("F", bound=Callable[..., Any])
+Progress = Callable[[str], None]  # as emoweb.features.Progress: called with a stage or model name
+
+
+def _storage_errors(fn: F) -> F:
+    """Storage's NotFound/Invalid become the application's one-line errors."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NotFound as exc:
+            raise NotFoundError(str(exc)) from None
+        except Invalid as exc:
+            raise EmoWebError(str(exc)) from None
+        except StorageError as exc:
+            raise EmoWebError(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def profile_info(p: Profile) -> ProfileInfo:
+    return ProfileInfo(p.id, p.name, p.owner, list(p.label_set), p.created)
+
+
+def clip_info(c: Clip) -> ClipInfo:
+    return ClipInfo(c.id, c.profile_id, c.sha256, c.original_name, c.media_path, c.kind, c.source, c.duration, c.created)
+
+
+def safe_suffix(name: str) -> str:
+    """The file's extension when it is a plain one ('.mp4'), else none: the stored name is ours."""
+    suffix = Path(name).suffix.lower()
+    return suffix if _SUFFIX.fullmatch(suffix) else ""
+
+
+def _align(base: torch.Tensor, labels: Sequence[str], label_set: Sequence[str]) -> np.ndarray:
+    """A model's base logits [C] re-ordered to the profile's label set; a label the model has no
+    column for gets the row mean (it can win only through the cache)."""
+    values = base.detach().float().cpu().reshape(-1)
+    index = {label: i for i, label in enumerate(labels)}
+    mean = float(values.mean()) if values.numel() else 0.0
+    return np.asarray([float(values[index[label]]) if label in index else mean for label in label_set], np.float32)
+
+
+def _margin(probs: Sequence[float]) -> float:
+    top = sorted(probs, reverse=True)
+    return float(top[0] - (top[1] if len(top) > 1 else 0.0))
+
+
+class _AlreadyStored(Exception):
+    """Raised inside an ingest transaction when a concurrent upload stored the same content first."""
+
+    def __init__(self, clip: Clip):
+        self.clip = clip
+
+
+class CaregiverService:
+    """One per process (or per test): the database, the data dir, and optionally a shared Predictor."""
+
+    def __init__(self, settings: Settings | None = None, predictor: Any = None, models: str = "all"):
+        self.settings = settings or get_settings()
+        self._sessions = open_database(self.settings.db_url)
+        self.repo = CaregiverRepository(self._sessions)
+        self.data_dir = Path(self.settings.data_dir).expanduser().resolve()
+        self.media_root = self.data_dir / "media"
+        self.backbone = self.settings.profile
+        self._predictor = predictor
+        self._models = models
+        self._caches: dict[tuple[int, str], tuple[int, FewShotCache, list[int]]] = {}
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        """Release the database connections."""
+        bind = self._sessions.kw.get("bind")
+        if bind is not None:
+            bind.dispose()
+
+    @property
+    def predictor(self):
+        """The shared Predictor (backbones + models), created on first need: only new media needs it."""
+        with self._lock:
+            if self._predictor is None:
+                from emoweb.inference import Predictor
+
+                self._predictor = Predictor(self.settings)
+            return self._predictor
+
+    # -- lookups ----------------------------------------------------------------------------
+
+    def _profile(self, ref: int | str | ProfileInfo) -> Profile:
+        """A profile by id, name, or a name that is an id ('3')."""
+        if isinstance(ref, ProfileInfo):
+            ref = ref.id
+        if isinstance(ref, str):
+            ref = ref.strip()
+        found = self.repo.find_profile(ref)
+        if found is None and isinstance(ref, str) and _CLIP_ID.fullmatch(ref):
+            found = self.repo.find_profile(int(ref))
+        if found is None:
+            raise NotFoundError(f"no profile {ref!r}")
+        return found
+
+    @staticmethod
+    def clip_id(value: int | str) -> int:
+        """A clip id from user input: digits only (so '../x' never names anything)."""
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        text = str(value).strip()
+        if not _CLIP_ID.fullmatch(text):
+            raise NotFoundError(f"no clip {str(value)[:80]!r}: clip ids are whole numbers")
+        return int(text)
+
+    def _clip(self, clip_id: int | str, profile: int | str | ProfileInfo | None = None) -> tuple[Clip, Profile]:
+        wanted = self._profile(profile) if profile is not None else None  # an unknown profile is reported first
+        clip_id = self.clip_id(clip_id)
+        try:
+            clip = self.repo.get_clip(clip_id)
+        except NotFound:
+            raise NotFoundError(f"no clip {clip_id}") from None
+        if wanted is not None and wanted.id != clip.profile_id:
+            raise NotFoundError(f"no clip {clip_id} in profile {wanted.name!r}")
+        return clip, wanted or self.repo.get_profile(clip.profile_id)
+
+    def _media_file(self, relative: str) -> Path:
+        """The absolute path of a stored media path, refused unless it lies inside <data_dir>/media."""
+        path = (self.data_dir / relative).resolve()
+        if not path.is_relative_to(self.media_root):
+            raise EmoWebError(f"refusing a media path outside the data dir: {relative!r}")
+        return path
+
+    def _inside(self, relative: str) -> Path | None:
+        """Like `_media_file`, but None for a path outside the media folder (never touched)."""
+        try:
+            return self._media_file(relative)
+        except EmoWebError:
+            return None
+
+    def _model_names(self) -> list[str]:
+        names = self.predictor.model_names(self._models)
+        if not names:
+            raise EmoWebError(f"no trained model is available for the {self.backbone!r} backbone profile")
+        return names
+
+    # -- profiles ---------------------------------------------------------------------------
+
+    @_storage_errors
+    def create_profile(self, name: str, labels: Sequence[str] | None = None, owner: str | None = None) -> ProfileInfo:
+        """A new profile; its label set defaults to the models' seven emotions."""
+        return profile_info(self.repo.create_profile(name, list(labels) if labels else list(LABEL7), owner))
+
+    @_storage_errors
+    def list_profiles(self, owner: str | None = None) -> list[ProfileInfo]:
+        return [profile_info(p) for p in self.repo.list_profiles(owner)]
+
+    @_storage_errors
+    def get_profile(self, ref: int | str) -> ProfileInfo:
+        return profile_info(self._profile(ref))
+
+    @_storage_errors
+    def delete_profile(self, ref: int | str) -> dict[str, Any]:
+        """Delete a profile, its clips (rows and media files), labels and caches."""
+        profile = self._profile(ref)
+        paths = self.repo.delete_profile(profile.id)
+        removed = 0
+        for target in filter(None, map(self._inside, paths)):
+            try:
+                target.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+        folder = self._inside(f"media/{profile.id}")
+        if folder is not None and folder != self.media_root:
+            shutil.rmtree(folder, ignore_errors=True)  # temp files of an interrupted upload, if any
+        self._invalidate(profile.id)
+        return {"profile": profile.name, "id": profile.id, "clips": len(paths), "files_removed": removed}
+
+    # -- clips ------------------------------------------------------------------------------
+
+    @_storage_errors
+    def list_clips(self, profile: int | str) -> list[ClipInfo]:
+        return [clip_info(c) for c in self.repo.list_clips(self._profile(profile).id)]
+
+    @_storage_errors
+    def get_clip(self, clip_id: int | str) -> ClipInfo:
+        return clip_info(self._clip(clip_id)[0])
+
+    @_storage_errors
+    def media_path(self, clip_id: int | str) -> Path:
+        """Where a clip's media file is (for playback in the UI)."""
+        clip, _ = self._clip(clip_id)
+        return self._media_file(clip.media_path)
+
+    def _check_upload(self, path: Path) -> None:
+        if not path.exists():
+            raise MediaError(f"file not found: {path.name}")
+        if not path.is_file():
+            raise MediaError(f"not a file: {path.name}")
+        size = path.stat().st_size
+        if size == 0:
+            raise MediaError(f"empty file (0 bytes): {path.name}")
+        limit = self.settings.max_upload_mb * 1024 * 1024
+        if size > limit:
+            raise MediaError(f"file too large: {path.name} is {size / 2**20:.0f} MB, the limit is {self.settings.max_upload_mb:g} MB")
+
+    @staticmethod
+    def _sha256(path: Path) -> str:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+        return digest.hexdigest()
+
+    @_storage_errors
+    def ingest(
+        self,
+        path: str | Path,
+        profile: int | str,
+        source: str = "upload",
+        original_name: str | None = None,
+        progress: Progress | None = None,
+        explain: bool = False,
+    ) -> ClipResult:
+        """Store a clip in a profile and every model's answer on it. The same content uploaded again
+        (same sha256) is recognised: the existing clip comes back with `new=False`, answered from its
+        stored features (`outputs` None), unless `explain`: then its stored media is run through the
+        models once more for the full outputs (attention maps ...), storing nothing new.
+        `progress(stage)` is called as decoding and each model start."""
+        prof = self._profile(profile)
+        path = Path(path)
+        self._check_upload(path)
+        sha = self._sha256(path)
+        name = original_name if original_name is not None else path.name
+        existing = self.repo.find_clip(prof.id, sha)
+        if existing is not None:
+            return self._known(prof, existing, explain, progress)
+        try:
+            return self._ingest_new(prof, path, sha, source, name, progress)
+        except _AlreadyStored as raced:
+            return self._known(prof, raced.clip, explain, progress)
+
+    def _known(self, prof: Profile, clip: Clip, explain: bool = False, progress: Progress | None = None) -> ClipResult:
+        stored = self.repo.get_features(clip.id, self.backbone)
+        if not any(cachebuild.split_name(n)[1] == cachebuild.LOGITS for n in stored):
+            return self._encode_stored(prof, clip, progress)  # stored under another backbone profile only
+        predictions = self._score(prof, stored)
+        self._record_predictions(clip.id, predictions)
+        outputs = None
+        if explain:
+            media = self._media_file(clip.media_path)
+            if not media.is_file():
+                raise MediaError(f"the media file of clip {clip.id} is missing")
+            outputs = self._compute(prof, media, None, progress)[3]
+            self._apply_to_outputs(outputs, predictions, prof)
+        return ClipResult(clip_info(clip), False, predictions, outputs)
+
+    def _compute(self, prof: Profile, path: Path, sha: str | None, progress: Progress | None = None):
+        """Decode + backbones once, every model once: (arrays to store, kind, duration, Prediction)."""
+        names = self._model_names()
+        feats = self.predictor.extractor(path, progress)
+        if sha is not None and feats.sha256 != sha:
+            raise MediaError(f"{path.name} changed while it was being read: upload it again")
+        result = self.predictor.run_models(feats, names, progress=progress, labels=list(prof.label_set))
+        arrays: dict[str, np.ndarray] = {}
+        for model, out in result.outputs.items():
+            arrays[f"{model}.fused"] = out.embedding[0].detach().float().cpu().numpy()
+            for modality, z in out.modality_embeddings.items():
+                if feats.modalities.get(modality, True):
+                    arrays[f"{model}.{modality}"] = z[0].detach().float().cpu().numpy()
+            base = out.logits if out.logits is not None else logits_from_probs(out.probs)
+            arrays[cachebuild.logits_name(model)] = _align(base[0], out.labels, prof.label_set)
+        return arrays, feats.kind, feats.duration, result
+
+    def _reusable(self, prof: Profile, sha: str) -> tuple[dict[str, np.ndarray], str, float | None] | None:
+        """Stored arrays of the same content in another profile with the same label set: no re-encoding."""
+        for other in self.repo.clips_by_sha(sha):
+            if other.profile_id == prof.id:
+                continue
+            other_labels = self.repo.get_profile(other.profile_id).label_set
+            stored = self.repo.get_features(other.id, self.backbone)
+            logits = [a for n, a in stored.items() if cachebuild.split_name(n)[1] == cachebuild.LOGITS]
+            if logits and all(a.size == len(prof.label_set) for a in logits) and other_labels[: len(prof.label_set)] == list(prof.label_set):
+                return stored, other.kind, other.duration
+        return None
+
+    def _ingest_new(self, prof: Profile, path: Path, sha: str, source: str, name: str, progress: Progress | None) -> ClipResult:
+        reused = self._reusable(prof, sha)
+        outputs = None
+        if reused is None:
+            arrays, kind, duration, outputs = self._compute(prof, path, sha, progress)  # bad media fails here: nothing written
+        else:
+            arrays, kind, duration = reused
+        predictions = self._score(prof, arrays)
+        if outputs is not None:
+            self._apply_to_outputs(outputs, predictions, prof)
+        relative = f"media/{prof.id}/{sha}{safe_suffix(name) or safe_suffix(path.name)}"
+        final = self._media_file(relative)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".ingest-", suffix=".part")
+        placed = False
+        try:
+            digest = hashlib.sha256()
+            with os.fdopen(fd, "wb") as dst, open(path, "rb") as src:
+                while block := src.read(1 << 20):
+                    digest.update(block)
+                    dst.write(block)
+                dst.flush()
+                os.fsync(dst.fileno())
+            if digest.hexdigest() != sha:
+                raise MediaError(f"{path.name} changed while it was being read: upload it again")
+            with self._sessions() as session, session.begin():  # every row of the clip, or none
+                repo = CaregiverRepository(session)
+                clip, new = repo.add_clip(prof.id, sha, relative, kind, source, name, duration)
+                if not new:
+                    raise _AlreadyStored(clip)
+                repo.put_features(clip.id, self.backbone, arrays)
+                for model, p in predictions.items():
+                    repo.add_prediction(clip.id, model, p.probs, self._version(p))
+                info = clip_info(clip)
+                os.replace(tmp, final)  # last step before the commit
+                placed = True
+        except BaseException:
+            if placed:
+                final.unlink(missing_ok=True)
+            raise
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return ClipResult(info, True, predictions, outputs)
+
+    def _encode_stored(self, prof: Profile, clip: Clip, progress: Progress | None = None) -> ClipResult:
+        """Features for this backbone profile from the clip's stored media (first use of a profile)."""
+        media = self._media_file(clip.media_path)
+        if not media.is_file():
+            raise MediaError(f"the media file of clip {clip.id} is missing")
+        arrays, _, _, outputs = self._compute(prof, media, None, progress)
+        predictions = self._score(prof, arrays)
+        self._apply_to_outputs(outputs, predictions, prof)
+        with self._sessions() as session, session.begin():
+            repo = CaregiverRepository(session)
+            repo.put_features(clip.id, self.backbone, arrays)
+            for model, p in predictions.items():
+                repo.add_prediction(clip.id, model, p.probs, self._version(p))
+        return ClipResult(clip_info(clip), False, predictions, outputs)
+
+    # -- predictions ------------------------------------------------------------------------
+
+    @_storage_errors
+    def predict(
+        self, ref: int | str | Path, profile: int | str, explain: bool = False, progress: Progress | None = None
+    ) -> ClipResult:
+        """Every model's answer with the profile's cache. `ref`: a stored clip's id (int; answered
+        from stored features) or a media file's path (ingested first, so it can be labelled).
+        `explain`: also the full model outputs (see `ingest`)."""
+        if isinstance(ref, int):
+            clip, prof = self._clip(ref, profile)
+            return self._known(prof, clip, explain, progress)
+        return self.ingest(ref, profile, explain=explain, progress=progress)
+
+    def _version(self, p: ModelPrediction) -> str:
+        return self.backbone + (f"+cache{p.cache_snapshot}" if p.cache_snapshot is not None else "")
+
+    def _record_predictions(self, clip_id: int, predictions: dict[str, ModelPrediction]) -> None:
+        """Store an answer only when it may differ from the latest stored one (other model version or cache)."""
+        latest = self.repo.latest_predictions(clip_id)
+        for model, p in predictions.items():
+            old = latest.get(model)
+            if old is None or old.model_version != self._version(p) or old.probs != p.probs:
+                self.repo.add_prediction(clip_id, model, p.probs, self._version(p))
+
+    def _invalidate(self, profile_id: int) -> None:
+        with self._lock:
+            for key in [k for k in self._caches if k[0] == profile_id]:
+                del self._caches[key]
+
+    def _active_caches(self, prof: Profile) -> dict[str, tuple[int, FewShotCache, list[int]]]:
+        """{model: (snapshot id, cache, clip id per cache row)} of a profile's active snapshots;
+        reloaded when the active id changed since it was loaded (a rebuild in any process)."""
+        active = self.repo.active_snapshot_ids(prof.id)
+        out = {}
+        with self._lock:
+            for key in [k for k in self._caches if k[0] == prof.id and active.get(k[1]) != self._caches[k][0]]:
+                del self._caches[key]
+            for model, snapshot_id in active.items():
+                hit = self._caches.get((prof.id, model))
+                if hit is None:
+                    snapshot = self.repo.get_snapshot(snapshot_id)
+                    if snapshot is None:  # replaced between the two reads
+                        continue
+                    cache, clip_ids = cachebuild.from_snapshot(snapshot.payload_arrays(), snapshot.labels, snapshot.hyper)
+                    hit = (snapshot_id, cache, clip_ids)
+                    self._caches[(prof.id, model)] = hit
+                for label in prof.label_set:  # labels added since the rebuild: columns with no entries
+                    hit[1].add_label(label)
+                out[model] = hit
+        return out
+
+    def _score(self, prof: Profile, stored: dict[str, np.ndarray]) -> dict[str, ModelPrediction]:
+        """Each stored model's answer from its stored arrays plus the profile's active cache."""
+        caches = self._active_caches(prof)
+        by_model: dict[str, dict[str, np.ndarray]] = {}
+        for name, array in stored.items():
+            model, part = cachebuild.split_name(name)
+            by_model.setdefault(model, {})[part] = array
+        predictions = {}
+        for model, parts in sorted(by_model.items()):
+            if cachebuild.LOGITS not in parts:
+                continue
+            base = torch.from_numpy(np.asarray(parts[cachebuild.LOGITS], np.float32).reshape(-1))
+            base_labels = list(prof.label_set[: base.numel()])
+            base = base[: len(base_labels)]
+            query = {m: torch.from_numpy(np.asarray(a, np.float32).reshape(1, -1)) for m, a in parts.items() if m != cachebuild.LOGITS}
+            snapshot_id, cache, clip_ids = caches.get(model, (None, None, []))
+            labels, logits, nearest = cachebuild.score(base, base_labels, query, cache, clip_ids)
+            used = snapshot_id if cache is not None and len(cache) else None
+            probs = logits.softmax(-1)[0].tolist()
+            predictions[model] = ModelPrediction(
+                model=model, label=labels[int(np.argmax(probs))], probs=dict(zip(labels, probs)),
+                margin=_margin(probs), cache_snapshot=used, nearest=nearest[0],
+            )
+        return predictions
+
+    @staticmethod
+    def _apply_to_outputs(outputs, predictions: dict[str, ModelPrediction], prof: Profile) -> None:
+        """Make the full model outputs (shown by the UI) carry the cached answer too."""
+        for model, out in outputs.outputs.items():
+            p = predictions.get(model)
+            if p is None or p.cache_snapshot is None:
+                continue
+            out.labels = list(p.probs)
+            out.probs = torch.tensor([list(p.probs.values())])
+            out.logits = out.probs.clamp_min(1e-12).log()
+            out.similarity["nearest_labelled"] = {f"clip {n['clip_id']} ({n['label']})": n["similarity"] for n in p.nearest}
+            out.notes.append(f"few-shot cache of profile {prof.name!r} applied (snapshot {p.cache_snapshot})")
+
+    # -- corrections and the queue ----------------------------------------------------------
+
+    @_storage_errors
+    def record_correction(
+        self,
+        clip_id: int | str,
+        label: str,
+        annotator: str = "",
+        note: str = "",
+        allow_new_label: bool = False,
+        profile: int | str | None = None,
+    ) -> CorrectionInfo:
+        """Label a clip (append-only history). A label outside the profile's set is refused unless
+        `allow_new_label`, which adds it to the set."""
+        clip, prof = self._clip(clip_id, profile)
+        label = (label or "").strip()
+        if label and label not in prof.label_set and not allow_new_label:
+            raise EmoWebError(
+                f"label {label!r} is not in the label set of profile {prof.name!r} ({', '.join(prof.label_set)}); "
+                "to add it, allow a new label explicitly (--allow-new-label)"
+            )
+        c = self.repo.add_correction(clip.id, label, annotator or "", note or "", allow_new_label)
+        return CorrectionInfo(c.id, c.clip_id, c.label, c.annotator, c.note, c.created)
+
+    @_storage_errors
+    def undo_last_correction(self, clip_id: int | str, annotator: str = "", profile: int | str | None = None) -> dict[str, Any]:
+        """Withdraw the clip's current label; the one before it (or none) is current again."""
+        clip, _ = self._clip(clip_id, profile)
+        undo = self.repo.undo_last_correction(clip.id, annotator or "")
+        return {"clip_id": clip.id, "undone": undo.label, "current": self.repo.current_label(clip.id)}
+
+    @_storage_errors
+    def corrections(self, clip_id: int | str) -> list[CorrectionInfo]:
+        """The clip's label history, oldest first (undo rows included, with their `undoes` label)."""
+        clip, _ = self._clip(clip_id)
+        return [CorrectionInfo(c.id, c.clip_id, c.label, c.annotator, c.note, c.created) for c in self.repo.corrections(clip.id)]
+
+    @_storage_errors
+    def current_label(self, clip_id: int | str) -> str | None:
+        clip, _ = self._clip(clip_id)
+        return self.repo.current_label(clip.id)
+
+    @_storage_errors
+    def labelling_queue(self, profile: int | str, limit: int | None = None) -> list[QueueEntry]:
+        """Unlabelled first; then clips the models disagree on; then the least sure (smallest margin)."""
+        items = self.repo.labelling_queue(self._profile(profile).id, limit)
+        return [
+            QueueEntry(i.clip.id, i.clip.original_name, i.clip.created, i.label, dict(i.top_labels), i.margin, i.disagree)
+            for i in items
+        ]
+
+    # -- cache ------------------------------------------------------------------------------
+
+    def _build(
+        self, prof: Profile, models: Iterable[str] | None, exclude: set[int], tune: bool | str = "auto"
+    ) -> list[cachebuild.Built]:
+        """New caches from stored features only (never media): the profile's labelled clips minus `exclude`."""
+        t0 = time.perf_counter()
+        names = self.repo.feature_names(prof.id, self.backbone)
+        stored = {m for m, part in map(cachebuild.split_name, names) if part == cachebuild.LOGITS}
+        wanted = sorted(set(models) if models is not None else stored | set(self.repo.active_snapshot_ids(prof.id)))
+        labels = {c: label for c, label in self.repo.current_labels(prof.id).items() if c not in exclude}
+        features = self.repo.bulk_features(prof.id, self.backbone, [n for n in names if cachebuild.split_name(n)[0] in wanted])
+        for by_clip in features.values():
+            for clip_id in exclude & by_clip.keys():
+                del by_clip[clip_id]
+        previous = {s.model: s.hyper for s in self.repo.list_snapshots(prof.id) if s.active}
+        load = time.perf_counter() - t0  # one read for all models
+        built = []
+        for model in wanted:
+            t1 = time.perf_counter()
+            data = cachebuild.assemble(model, labels, features)
+            b = cachebuild.build(model, data, prof.label_set, tune, previous.get(model))
+            b.metrics["timings"] = {"load": round(load, 4), "assemble": round(time.perf_counter() - t1 - b.metrics["seconds"], 4), **b.metrics["timings"]}
+            built.append(b)
+        return built
+
+    def _save(self, repo: CaregiverRepository, prof: Profile, built: list[cachebuild.Built]) -> dict[str, ModelRebuild]:
+        results = {}
+        for b in built:
+            t0 = time.perf_counter()
+            snapshot = repo.save_snapshot(
+                prof.id, b.model, cachebuild.payload(b), b.cache.example_labels, b.hyper, b.metrics, activate=True
+            )
+            repo.prune_snapshots(prof.id, b.model, KEEP_SNAPSHOTS)
+            m = b.metrics
+            timings = {**m["timings"], "save": round(time.perf_counter() - t0, 4)}
+            results[b.model] = ModelRebuild(
+                model=b.model, snapshot_id=snapshot.id, n=len(b.cache), n_per_label=cachebuild.n_per_label(b.cache.example_labels),
+                alpha=b.cache.alpha, beta=b.cache.beta, tuning=b.hyper["tuning"], before=m["before"], after=m["after"],
+                skipped=m["skipped"], seconds=round(sum(timings.values()), 4), timings=timings,
+            )
+        pause = os.environ.get(REBUILD_PAUSE_ENV)
+        if pause:
+            print("rebuild: paused before commit", file=sys.stderr, flush=True)
+            time.sleep(float(pause))
+        return results
+
+    @_storage_errors
+    def rebuild_cache(
+        self, profile: int | str, models: Iterable[str] | None = None, tune: bool | str = "auto"
+    ) -> dict[str, ModelRebuild]:
+        """Rebuild each model's cache from the profile's labelled clips' stored features, tune alpha/beta
+        by cross-validation when there are enough (`tune`: see `cachebuild.build`; True forces it),
+        measure leave-one-out accuracy before/after, and activate all the new snapshots in one transaction."""
+        prof = self._profile(profile)
+        built = self._build(prof, models, exclude=set(), tune=tune)
+        with self._sessions() as session, session.begin():
+            results = self._save(CaregiverRepository(session), prof, built)
+        self._invalidate(prof.id)
+        return results
+
+    @_storage_errors
+    def snapshots(self, profile: int | str) -> list[dict[str, Any]]:
+        """A profile's cache snapshots, newest first (without payloads)."""
+        prof = self._profile(profile)
+        return [
+            {"id": s.id, "model": s.model, "active": s.active, "built_at": s.built_at.isoformat(), "n_per_label": s.n_per_label,
+             "hyper": {k: v for k, v in s.hyper.items() if k != "label_set"}, "metrics": s.metrics}
+            for s in self.repo.list_snapshots(prof.id)
+        ]
+
+    # -- deletion ---------------------------------------------------------------------------
+
+    @_storage_errors
+    def delete_clip(self, clip_id: int | str, profile: int | str | None = None) -> dict[str, Any]:
+        """Delete a clip: media file, features, predictions, corrections, and every cache snapshot
+        holding it; caches whose active snapshot held it are rebuilt without it, in the same transaction."""
+        clip, prof = self._clip(clip_id, profile)
+        target = self._inside(clip.media_path)  # a path outside the media folder is never removed
+        holding = set(self.repo.snapshots_with_clip(prof.id, clip.id))
+        active = self.repo.active_snapshot_ids(prof.id)
+        affected = sorted(m for m, sid in active.items() if sid in holding)
+        built = self._build(prof, affected, exclude={clip.id}) if affected else []
+        with self._sessions() as session, session.begin():
+            repo = CaregiverRepository(session)
+            repo.delete_clip(clip.id)
+            rebuilt = self._save(repo, prof, built)
+            repo.delete_snapshots(holding)  # all inactive now
+        self._invalidate(prof.id)
+        if target is not None:
+            target.unlink(missing_ok=True)
+        return {"clip_id": clip.id, "profile": prof.name, "rebuilt": {m: r.to_dict() for m, r in rebuilt.items()}}
+
+    # -- label files ------------------------------------------------------------------------
+
+    @_storage_errors
+    def export_labels(self, profile: int | str, fmt: str = "csv") -> str:
+        """The profile's current labels: one row per labelled clip (sha256, original name, label,
+        annotator, note, created), as CSV or JSON. Values are as stored."""
+        prof = self._profile(profile)
+        current = self.repo.current_corrections(prof.id)
+        clips = self.repo.clips_by_ids(current)
+        rows = [
+            {"sha256": clips[cid].sha256, "original_name": clips[cid].original_name, "label": c.label,
+             "annotator": c.annotator, "note": c.note, "created": c.created.isoformat()}
+            for cid, c in sorted(current.items())
+        ]
+        if fmt == "json":
+            return json.dumps({"profile": prof.name, "labels": list(prof.label_set), "rows": rows}, ensure_ascii=False, indent=2) + "\n"
+        if fmt != "csv":
+            raise EmoWebError(f"unknown label file format {fmt!r}: use csv or json")
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=LABEL_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue()
+
+    @staticmethod
+    def _parse_labels(text: str, fmt: str) -> list[dict[str, str]]:
+        if fmt == "json":
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise EmoWebError(f"not a JSON label file: {exc.msg} at line {exc.lineno}") from None
+            rows = data.get("rows") if isinstance(data, dict) else data
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise EmoWebError("not a JSON label file: expected {\"rows\": [{\"sha256\": ..., \"label\": ...}, ...]}")
+        elif fmt == "csv":
+            reader = csv.DictReader(io.StringIO(text))
+            missing = {"sha256", "label"} - set(reader.fieldnames or ())
+            if missing:
+                raise EmoWebError(f"not a CSV label file: missing column(s) {', '.join(sorted(missing))}")
+            rows = list(reader)
+        else:
+            raise EmoWebError(f"unknown label file format {fmt!r}: use csv or json")
+        return [{k: "" if v is None else str(v) for k, v in r.items() if k is not None} for r in rows]
+
+    @_storage_errors
+    def import_labels(
+        self, profile: int | str, text: str, fmt: str = "csv", annotator: str | None = None, allow_new_labels: bool = False
+    ) -> ImportReport:
+        """Apply a label file to the profile's clips matched by sha256 (in one transaction). A row whose
+        label already is the clip's current label changes nothing; unmatched rows are reported.
+        `annotator` (when not empty) replaces the file's annotators; the import time is recorded,
+        not the file's `created`."""
+        prof = self._profile(profile)
+        rows = self._parse_labels(text, fmt)
+        clips = {c.sha256: c for c in self.repo.list_clips(prof.id)}
+        current = self.repo.current_labels(prof.id)
+        label_set = list(prof.label_set)
+        imported = unchanged = 0
+        unmatched: list[str] = []
+        refused: list[str] = []
+        with self._sessions() as session, session.begin():
+            repo = CaregiverRepository(session)
+            for number, row in enumerate(rows, start=1):
+                sha = row.get("sha256", "").strip().lower()
+                label = row.get("label", "").strip()
+                if not _SHA256.fullmatch(sha):
+                    refused.append(f"row {number}: not a sha256: {sha[:80]!r}")
+                    continue
+                clip = clips.get(sha)
+                if clip is None:
+                    unmatched.append(f"{sha} {row.get('original_name', '')}".strip())
+                    continue
+                if not label:
+                    refused.append(f"row {number}: empty label")
+                    continue
+                if current.get(clip.id) == label:
+                    unchanged += 1
+                    continue
+                if label not in label_set and not allow_new_labels:
+                    refused.append(f"row {number}: label {label!r} is not in the label set of {prof.name!r}")
+                    continue
+                repo.add_correction(clip.id, label, annotator or row.get("annotator", ""),
+                                    row.get("note", ""), allow_new_label=allow_new_labels)
+                if label not in label_set:
+                    label_set.append(label)
+                current[clip.id] = label
+                imported += 1
+        return ImportReport(imported, unchanged, unmatched, refused)

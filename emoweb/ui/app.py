@@ -1,0 +1,86 @@
+"""The Blocks assembly: a profile bar above four tabs (Predict, Label, Compare, Models).
+
+`build_app(settings)` returns the queued `gr.Blocks`; `app.py` launches it. Every action is a named
+API endpoint (see `API_NAMES`), so `gradio_client` drives the same code as the browser.
+"""
+import gradio as gr
+
+from emoweb.config import Settings, get_settings
+from emoweb.errors import EmoWebError
+from emoweb.ui import common as C
+from emoweb.ui import compare, label, models_tab, predict
+
+API_NAMES = (
+    "profiles", "create_profile", "predict", "queue", "show_clip", "label", "undo", "rebuild_cache", "export_labels",
+    "import_labels", "delete_clip", "delete_profile", "compare_clip", "compare_set", "models_info",
+)
+
+
+def build_app(settings: Settings | None = None, context: C.AppContext | None = None, model_concurrency: int | None = None,
+              default_concurrency: int | None = None, max_queue: int | None = None) -> gr.Blocks:
+    """The whole app. Models load lazily, once per process (the context holds them); work that runs
+    models shares one concurrency slot pool (`EMOWEB_CONCURRENCY`, default 1), other actions up to
+    `EMOWEB_UI_CONCURRENCY` (default 4) at a time."""
+    settings = settings or get_settings()
+    ctx = context or C.AppContext(settings)
+    model_concurrency = model_concurrency or C.env_int("EMOWEB_CONCURRENCY", 1)
+    default_concurrency = default_concurrency or C.env_int("EMOWEB_UI_CONCURRENCY", 4)
+    heavy = {"concurrency_id": "models", "concurrency_limit": model_concurrency}
+
+    with gr.Blocks(title="EmoWeb", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+        gr.Markdown(
+            "# EmoWeb\nEmotion recognition in short clips (face, voice and words) with several published models side "
+            "by side. Everything runs on this machine; nothing leaves it."
+        )
+        with gr.Row(equal_height=True):
+            profile_dd = gr.Dropdown(label="Caregiver profile (a child or a setting)", choices=[(C.NO_PROFILE, C.NO_PROFILE)],
+                                     value=C.NO_PROFILE, elem_id="profile", scale=3,
+                                     allow_custom_value=True)  # API clients name a profile by id or name
+            new_name = gr.Textbox(label="New profile name", elem_id="new-profile", scale=2)
+            new_labels = gr.Textbox(label="Its labels (comma-separated; empty: the seven emotions)", elem_id="new-labels", scale=3)
+            create_btn = gr.Button("Create profile", elem_id="create-profile", scale=1)
+            refresh_btn = gr.Button("↻", elem_id="profiles-refresh", scale=0, min_width=40)
+        profile_status = gr.Markdown("", elem_id="profile-status")
+
+        with gr.Tabs(elem_id="tabs"):
+            p = predict.build(ctx, profile_dd, heavy)
+            lab = label.build(ctx, profile_dd, heavy)
+            compare.build(ctx, profile_dd, heavy)
+            m = models_tab.build(ctx, profile_dd, heavy)
+
+        @C.user_errors
+        def profiles(current, request: gr.Request):
+            """The profiles this person may see (all of them without login; their own with login)."""
+            choices = ctx.profile_choices(request)
+            ids = [c[1] for c in choices]
+            value = str(current) if current is not None and str(current) in ids else (ids[0] if ids else C.NO_PROFILE)
+            return gr.update(choices=[(C.NO_PROFILE, C.NO_PROFILE), *choices], value=value)
+
+        @C.user_errors
+        def create_profile(name, labels_text, request: gr.Request):
+            """Create a profile owned by the logged-in caregiver (label set: comma-separated, default the seven emotions)."""
+            name = (name or "").strip()
+            if not name:
+                raise EmoWebError("type a name for the new profile")
+            labels = [x.strip() for x in (labels_text or "").split(",") if x.strip()] or None
+            info = ctx.service.create_profile(name, labels, owner=ctx.user(request))
+            choices = ctx.profile_choices(request)
+            return (gr.update(choices=[(C.NO_PROFILE, C.NO_PROFILE), *choices], value=str(info.id)), "", "",
+                    f"Created profile **{C.esc(info.name)}** (id {info.id}) with labels: {', '.join(C.esc(x) for x in info.labels)}")
+
+        def queue_after(event, current=None):
+            return event.then(lab["load_queue"], [profile_dd, current or lab["clip_dd"]], lab["queue_outputs"],
+                              api_visibility="undocumented").then(
+                lab["show_clip"], [profile_dd, lab["clip_dd"]], lab["clip_outputs"], api_visibility="undocumented")
+
+        refresh_btn.click(profiles, [profile_dd], profile_dd, api_name="profiles")
+        create_btn.click(create_profile, [new_name, new_labels], [profile_dd, new_name, new_labels, profile_status],
+                         api_name="create_profile")
+        changed = profile_dd.change(m["fn"], [profile_dd], m["outputs"], api_visibility="undocumented")
+        queue_after(changed)
+        queue_after(p["event"], p["clip_out"])
+        demo.load(profiles, [profile_dd], profile_dd, api_visibility="undocumented")
+        demo.load(None, None, None, js=label.KEYBOARD_JS)
+    demo.queue(default_concurrency_limit=default_concurrency, max_size=max_queue or C.env_int("EMOWEB_QUEUE_SIZE", 64))
+    demo.emoweb_context = ctx  # type: ignore[attr-defined]  # tests and app.py reach the services through it
+    return demo

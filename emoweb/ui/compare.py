@@ -1,0 +1,194 @@
+"""Compare tab: one clip through all models side by side with latency; or a labelled set (a profile's
+labelled clips, or a manifest) with accuracy, weighted F1, UAR and a confusion matrix per model."""
+import csv
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import gradio as gr
+
+from emoweb.config import SHARED_DATA
+from emoweb.errors import EmoWebError, MediaError
+from emoweb.ui import common as C
+from emoweb.ui.predict import pick_input, stage_progress
+
+CLIP_HEADERS = ["model", "answer", "confidence", "latency (ms)", "modalities used", "notes"]
+SOURCES = ("profile's labelled clips", "server manifest", "uploaded manifest")
+MAX_MANIFEST_ROWS = 2000
+
+
+def server_manifests() -> dict[str, Path]:
+    """Manifests of the shared data folder that the evaluator reads (name shown -> path)."""
+    found: dict[str, Path] = {}
+    if not SHARED_DATA.is_dir():
+        return found
+    from emoweb.manifests import read_manifest
+
+    for path in sorted(SHARED_DATA.glob("**/manifest*.csv"))[:20]:
+        try:
+            read_manifest(path)
+        except (EmoWebError, OSError, KeyError, ValueError, csv.Error):
+            continue
+        found[str(path.relative_to(SHARED_DATA))] = path
+    return found
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    resolved = path.resolve()
+    return any(resolved.is_relative_to(r.resolve()) for r in roots)
+
+
+def capped_manifest(ctx: C.AppContext, source: Path, split: str, max_rows: int, uploaded: bool) -> tuple[Path, int, int]:
+    """A temporary manifest of at most `max_rows` rows of `split` (stratified by label, seeded), with
+    absolute paths that must lie in the data dir or the shared data folder."""
+    from emoweb.manifests import read_manifest
+
+    rows = read_manifest(source)
+    if uploaded:  # paths of an uploaded manifest are absolute or relative to the shared data folder
+        rows = [replace(r, path=SHARED_DATA / r.path.relative_to(source.parent))
+                if r.path is not None and r.path.is_relative_to(source.parent) else r for r in rows]
+    roots = [Path(ctx.settings.data_dir), SHARED_DATA]
+    outside = [r for r in rows if r.path is not None and not _inside(r.path, roots)]
+    if outside:
+        raise EmoWebError(f"{len(outside)} manifest row(s) point outside the data dir and the shared data folder "
+                          f"(first: {outside[0].path.name!r}); refused")
+    total = len(rows)
+    if split:
+        rows = [r for r in rows if r.split == split]
+    if not rows:
+        raise EmoWebError(f"no rows with split {split!r} in the manifest")
+    if len(rows) > max_rows:
+        rng = random.Random(0)
+        by_label: dict[str, list] = {}
+        for r in rows:
+            by_label.setdefault(r.label, []).append(r)
+        pools = [rng.sample(by_label[lab], len(by_label[lab])) for lab in sorted(by_label)]
+        picked: list = []
+        while len(picked) < max_rows:  # round robin over the labels: as balanced as the data allows
+            for pool in pools:
+                if pool and len(picked) < max_rows:
+                    picked.append(pool.pop())
+        rows = picked
+    out = Path(ctx.temp_text("manifest.csv", ""))
+    with open(out, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "text", "speaker", "split"])
+        for r in rows:
+            w.writerow(["" if r.path is None else str(r.path.resolve()), r.label, r.text, r.speaker, r.split or "eval"])
+    return out, len(rows), total
+
+
+def _report_markdown(reports: dict, heading: str, latency: dict[str, float | None]) -> str:
+    from emoweb.metrics import comparison_table
+
+    lines = [heading, "", comparison_table(reports)]
+    lat = [f"{C.esc(m)} {v:.1f} ms/clip" for m, v in latency.items() if v is not None]
+    if lat:
+        lines.append("\nModel latency (after the shared features): " + ", ".join(lat))
+    outside = {m: r.get("n_pred_outside_labels", 0) for m, r in reports.items() if r.get("n_pred_outside_labels")}
+    if outside:
+        lines.append("\n⚠ predictions outside the label set (counted as errors): "
+                     + ", ".join(f"{C.esc(m)} {n}" for m, n in outside.items()))
+    return "\n".join(lines)
+
+
+def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
+    manifests = server_manifests()
+    with gr.Tab("Compare", id="compare"):
+        gr.Markdown("### One clip through all models")
+        with gr.Row():
+            with gr.Column(scale=1):
+                clip = gr.Video(label="Clip", sources=["upload", "webcam"], include_audio=True, elem_id="compare-video")
+                clip_btn = gr.Button("Compare models on this clip", variant="primary", elem_id="compare-clip")
+            with gr.Column(scale=2):
+                clip_table = gr.Dataframe(headers=CLIP_HEADERS, label="Side by side", interactive=False, elem_id="compare-table", wrap=True)
+                clip_probs = gr.Plot(label="Probabilities", elem_id="compare-prob-chart")
+        clip_latency = gr.Plot(label="Latency", elem_id="compare-latency")
+        gr.Markdown("### A labelled set")
+        with gr.Row():
+            source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Labelled set")
+            server = gr.Dropdown(list(manifests), value=(next(iter(manifests)) if manifests else None), label="Server manifest (shared data)")
+            upload = gr.File(label="Manifest CSV (path,label[,text,split]; paths absolute or relative to the shared data)",
+                             file_types=[".csv"], type="filepath")
+        with gr.Row():
+            split = gr.Textbox(value="val", label="Split (empty: all rows)")
+            max_rows = gr.Slider(10, MAX_MANIFEST_ROWS, value=100, step=10, label="At most this many clips (stratified, seeded)")
+            set_btn = gr.Button("Evaluate all models", variant="primary", elem_id="compare-set")
+        set_md = gr.Markdown("", elem_id="compare-set-result")
+        confusion = gr.Plot(label="Confusion matrices", elem_id="confusion-chart")
+
+    @C.user_errors
+    def compare_clip(video, request: gr.Request, progress=gr.Progress()):
+        path, _ = pick_input(video, None, None)
+        if not path.is_file():
+            raise MediaError(f"file not found: {path.name}")
+        if path.stat().st_size > ctx.settings.max_upload_mb * 2**20:
+            raise MediaError(f"file too large: the limit is {ctx.settings.max_upload_mb:g} MB")
+        names = ctx.predictor.model_names("all")
+        if not names:
+            raise EmoWebError(f"no trained model is available for the {ctx.settings.profile!r} backbone profile")
+        pred = ctx.predictor.predict(path, "all", progress=stage_progress(progress, names))
+        rows, probs = [], {}
+        for m, out in pred.outputs.items():
+            p = {lab: float(v) for lab, v in zip(out.labels, out.probs[0].tolist())}
+            probs[m] = p
+            rows.append([m, out.label, round(p[out.label], 3), round(1000 * pred.latency.get(m, 0.0), 2),
+                         ", ".join(out.modality_probs) or "-", "; ".join(out.notes)])
+        stages = {k: v for k, v in pred.features.timings.items() if k != "total"}
+        return rows, C.probability_figure(probs), C.latency_figure(stages, dict(pred.latency))
+
+    @C.user_errors
+    def compare_set(source_value, profile_ref, server_value, upload_value, split_value, max_rows_value, request: gr.Request,
+                    progress=gr.Progress(track_tqdm=True)):
+        from emoweb.metrics import classification_report
+
+        if source_value == SOURCES[0]:
+            profile = ctx.profile(profile_ref, request)
+            entries = [e for e in ctx.service.labelling_queue(profile.id) if e.label]
+            if not entries:
+                raise EmoWebError(f"profile {profile.name!r} has no labelled clip yet")
+            labels = C.ordered_labels(list(profile.labels) + [e.label for e in entries])
+            models = sorted({m for e in entries for m in e.top_labels})
+            reports = {}
+            for m in models:
+                have = [e for e in entries if m in e.top_labels]
+                reports[m] = classification_report([e.label for e in have], [e.top_labels[m] for e in have], labels)
+            snaps = [s for s in ctx.service.snapshots(profile.id) if s["active"]]
+            heading = (f"**{C.esc(profile.name)}**: {len(entries)} labelled clip(s); answers are each model's latest stored "
+                       "answer (with the cache active at that time).")
+            for s in snaps:
+                m = s.get("metrics") or {}
+                if m.get("before") is not None or m.get("after") is not None:
+                    fmt = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+                    heading += (f"\n\nActive cache of {C.esc(s['model'])} (snapshot {s['id']}): leave-one-out accuracy "
+                                f"{fmt(m.get('before'))} alone → {fmt(m.get('after'))} with the cache.")
+            return _report_markdown(reports, heading, {}), C.confusion_figure(reports)
+        from emoweb.evaluation import evaluate_manifest
+
+        if source_value == SOURCES[1]:
+            if not server_value or server_value not in manifests:
+                raise EmoWebError("choose one of the server manifests")
+            path, uploaded = manifests[server_value], False
+        else:
+            if not upload_value:
+                raise EmoWebError("upload a manifest CSV first")
+            path, uploaded = Path(upload_value), True
+        split_value = (split_value or "").strip()
+        capped, n, total = capped_manifest(ctx, path, split_value, int(max_rows_value or 100), uploaded)
+        progress(0.05, desc=f"encoding {n} clip(s) (each once; cached afterwards)")
+        result = evaluate_manifest(ctx.settings, str(capped), "all", split="", cache_k=0)  # the capped rows are the split
+        reports = result["reports"]
+        name = server_value if not uploaded else Path(upload_value).name
+        skipped = list(result.get("skipped") or [])
+        heading = (f"**{C.esc(name)}**, split {C.esc(split_value or 'all')}: {result['n']} clip(s) evaluated "
+                   f"({n} sampled of {total} rows, at most {int(max_rows_value)}), {len(skipped)} skipped; "
+                   f"backbone profile {C.esc(result['profile'])}, measured {C.esc(result['measured_at'])}.")
+        if skipped:
+            heading += "\n\n" + "\n".join(f"- skipped: {C.esc(s)}" for s in skipped[:10])
+        latency = {m: r.get("latency_ms_per_clip") for m, r in reports.items()}
+        return _report_markdown(reports, heading, latency), C.confusion_figure(reports)
+
+    clip_btn.click(compare_clip, [clip], [clip_table, clip_probs, clip_latency], api_name="compare_clip", **heavy)
+    set_btn.click(compare_set, [source, profile_dd, server, upload, split, max_rows], [set_md, confusion],
+                  api_name="compare_set", **heavy)
+    return {}

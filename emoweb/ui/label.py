@@ -1,0 +1,310 @@
+"""Label tab (caregiver session): the profile's queue (least certain / most disputed first), play a clip,
+see each model's answer, label it in one click (keys 1-9), note, undo, rebuild the cache with
+before/after accuracy, export/import labels, delete a clip or the profile."""
+from pathlib import Path
+
+import gradio as gr
+
+from emoweb.errors import EmoWebError
+from emoweb.ui import common as C
+
+QUEUE_HEADERS = ["clip", "name", "label", "models' answers", "margin", "disputed"]
+HISTORY_HEADERS = ["when", "label", "annotator", "note"]
+MAX_IMPORT_BYTES = 10 * 2**20
+
+KEYBOARD_JS = """
+() => {
+  if (window.__emowebKeys) return;
+  window.__emowebKeys = true;
+  document.addEventListener('keydown', (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    const t = e.target;
+    if (t && (t.isContentEditable || ['INPUT', 'TEXTAREA', 'SELECT'].includes(t.tagName))) return;
+    if (!/^[1-9]$/.test(e.key)) return;
+    const btn = document.getElementById('label-btn-' + e.key);
+    if (!btn || btn.offsetParent === null || btn.disabled) return;  // only while the Label tab shows it
+    e.preventDefault();
+    btn.click();
+  });
+}
+"""
+
+
+def tuning_of(record) -> str:
+    """How a cache's alpha/beta were set ('cv', 'reused', 'default'), from a rebuild record or a hyper dict."""
+    get = record.get if isinstance(record, dict) else (lambda k, d=None: getattr(record, k, d))
+    tuning = get("tuning")
+    if tuning:
+        return str(tuning)
+    tuned = get("tuned")
+    return "-" if tuned is None else ("cv" if tuned else "default")
+
+
+def _queue_rows(entries) -> list[list]:
+    rows = []
+    for e in entries:
+        answers = ", ".join(f"{m}: {lab}" for m, lab in sorted(e.top_labels.items())) or "-"
+        rows.append([e.clip_id, e.original_name, e.label or "(unlabelled)", answers,
+                     None if e.margin is None else round(float(e.margin), 3), "yes" if e.disagree else ""])
+    return rows
+
+
+def _clip_choice(e) -> tuple[str, str]:
+    return (f"#{e.clip_id} {e.original_name} [{e.label or 'unlabelled'}]", str(e.clip_id))
+
+
+def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
+    with gr.Tab("Label", id="label"):
+        gr.Markdown(
+            "Caregiver session for the profile chosen at the top: clips nobody labelled come first, then those the "
+            "models disagree on, then the least certain. Click a label (or press its key **1–9**) to confirm or correct."
+        )
+        with gr.Row():
+            with gr.Column(scale=3):
+                queue = gr.Dataframe(headers=QUEUE_HEADERS, datatype=["number", "str", "str", "str", "number", "str"],
+                                     label="Queue", interactive=False, elem_id="queue", max_height=260, wrap=True)
+            with gr.Column(scale=1):
+                refresh = gr.Button("Refresh queue", elem_id="queue-refresh")
+                clip_dd = gr.Dropdown(label="Clip", choices=[], value=None, elem_id="label-clip", allow_custom_value=True)
+                snapshot_md = gr.Markdown("", elem_id="snapshot-count")
+        with gr.Row():
+            with gr.Column(scale=2):
+                player = gr.Video(label="Clip", interactive=False, elem_id="label-video")
+                player_audio = gr.Audio(label="Clip (audio)", interactive=False, visible=False, elem_id="label-audio")
+                player_image = gr.Image(label="Clip (image)", interactive=False, visible=False, elem_id="label-image")
+            with gr.Column(scale=3):
+                answers_md = gr.Markdown("Pick a clip.", elem_id="label-answers")
+                answers_plot = gr.Plot(label="What each model said", elem_id="label-answers-chart")
+        with gr.Row(elem_id="label-buttons"):
+            buttons = [gr.Button(f"{i + 1} · ?", visible=False, elem_id=f"label-btn-{i + 1}", min_width=90, size="sm")
+                       for i in range(C.MAX_LABEL_BUTTONS)]
+        with gr.Row():
+            note = gr.Textbox(label="Note (optional)", elem_id="label-note", scale=3)
+            label_dd = gr.Dropdown(label="Or another label", choices=[], allow_custom_value=True, elem_id="label-choice", scale=2)
+            allow_new = gr.Checkbox(label="add it to the label set if new", value=False, scale=1)
+        with gr.Row():
+            apply_btn = gr.Button("Apply label", variant="primary", elem_id="label-apply")
+            undo_btn = gr.Button("Undo last label", elem_id="label-undo")
+        status = gr.Markdown("", elem_id="label-status")
+        history = gr.Dataframe(headers=HISTORY_HEADERS, label="Label history of this clip", interactive=False,
+                               elem_id="label-history", max_height=200, wrap=True)
+        with gr.Accordion("Few-shot cache", open=True):
+            rebuild_btn = gr.Button("Rebuild cache", variant="primary", elem_id="rebuild")
+            rebuild_md = gr.Markdown("", elem_id="rebuild-result")
+            rebuild_plot = gr.Plot(label="Before / after", elem_id="rebuild-chart")
+        with gr.Accordion("Export / import labels", open=False):
+            with gr.Row():
+                fmt = gr.Radio(["csv", "json"], value="csv", label="Format")
+                export_btn = gr.Button("Export labels", elem_id="export")
+                export_file = gr.File(label="Label file", interactive=False, elem_id="export-file")
+            with gr.Row():
+                import_file = gr.File(label="Label file to import (CSV or JSON)", file_types=[".csv", ".json"], type="filepath")
+                import_new = gr.Checkbox(label="allow labels outside the profile's set", value=False)
+                import_btn = gr.Button("Import labels", elem_id="import")
+            import_md = gr.Markdown("")
+        with gr.Accordion("Delete", open=False):
+            with gr.Row():
+                confirm_clip = gr.Checkbox(label="yes, delete this clip (media, features, labels, cache entries)", value=False)
+                delete_clip_btn = gr.Button("Delete clip", variant="stop", elem_id="delete-clip")
+            with gr.Row():
+                confirm_profile = gr.Checkbox(label="yes, delete the whole profile and all its clips", value=False)
+                delete_profile_btn = gr.Button("Delete profile", variant="stop", elem_id="delete-profile")
+            delete_md = gr.Markdown("")
+
+    # -- actions --------------------------------------------------------------------------------
+
+    def _snapshot_text(profile) -> str:
+        snaps = ctx.service.snapshots(profile.id)
+        active = [s for s in snaps if s["active"]]
+        return f"Cache snapshots of **{C.esc(profile.name)}**: **{len(snaps)}** ({len(active)} active)"
+
+    @C.user_errors
+    def load_queue(profile_ref, current, request: gr.Request):
+        hidden = [gr.update(visible=False)] * C.MAX_LABEL_BUTTONS
+        if not profile_ref or profile_ref == C.NO_PROFILE:
+            return [[], gr.update(choices=[], value=None), gr.update(choices=[]), "Choose or create a profile at the top.", *hidden]
+        profile = ctx.profile(profile_ref, request)
+        entries = ctx.service.labelling_queue(profile.id)
+        choices = [_clip_choice(e) for e in entries]
+        ids = [c[1] for c in choices]
+        value = str(current) if current is not None and str(current) in ids else (ids[0] if ids else None)
+        labels = list(profile.labels)
+        btns = [gr.update(value=f"{i + 1} · {labels[i]}" if i < 9 else labels[i], visible=True) if i < len(labels) else gr.update(visible=False)
+                for i in range(C.MAX_LABEL_BUTTONS)]
+        return [_queue_rows(entries), gr.update(choices=choices, value=value), gr.update(choices=labels),
+                _snapshot_text(profile), *btns]
+
+    @C.user_errors
+    def show_clip(profile_ref, clip_id, request: gr.Request):
+        none = (gr.update(value=None, visible=True), gr.update(value=None, visible=False), gr.update(value=None, visible=False))
+        if not profile_ref or profile_ref == C.NO_PROFILE or not clip_id:
+            return (*none, "Pick a clip.", C.empty_figure("no clip"), [])
+        profile = ctx.profile(profile_ref, request)
+        clip = ctx.clip_in(profile, clip_id)
+        media = ctx.temp_copy(ctx.service.media_path(clip.id), f"clip{clip.id}{Path(clip.media_path).suffix}")
+        players = (
+            gr.update(value=media if clip.kind == "video" else None, visible=clip.kind == "video"),
+            gr.update(value=media if clip.kind == "audio" else None, visible=clip.kind == "audio"),
+            gr.update(value=media if clip.kind == "image" else None, visible=clip.kind == "image"),
+        )
+        result = ctx.service.predict(clip.id, profile.id)
+        current = ctx.service.current_label(clip.id)
+        lines = [f"**Clip #{clip.id}** {C.esc(clip.original_name)} · {C.esc(clip.kind)}"
+                 + (f", {clip.duration:.1f} s" if clip.duration else "")
+                 + f" · current label: **{C.esc(current) if current else 'none'}**"]
+        for m, p in result.predictions.items():
+            cache = f" (with cache snapshot {p.cache_snapshot})" if p.cache_snapshot is not None else ""
+            lines.append(f"- **{C.esc(m)}** says **{C.esc(p.label)}** ({100 * p.probs.get(p.label, 0):.0f}%, margin {p.margin:.2f}){cache}")
+        if not result.predictions:
+            lines.append("- no model answer stored for this clip")
+        hist = [[c.created.strftime("%Y-%m-%d %H:%M:%S"), c.label, c.annotator, c.note] for c in ctx.service.corrections(clip.id)]
+        fig = C.probability_figure({m: p.probs for m, p in result.predictions.items()}, title="What each model said (with the profile's cache)")
+        return (*players, "\n".join(lines), fig, hist)
+
+    def _apply(profile_ref, clip_id, label, note_text, new_ok, request):
+        profile = ctx.profile(profile_ref, request)
+        if not clip_id:
+            raise EmoWebError("pick a clip to label first")
+        clip = ctx.clip_in(profile, clip_id)
+        label = (label or "").strip()
+        if not label:
+            raise EmoWebError("choose a label")
+        c = ctx.service.record_correction(clip.id, label, annotator=ctx.user(request) or "", note=note_text or "",
+                                          allow_new_label=bool(new_ok), profile=profile.id)
+        return f"Clip #{clip.id} labelled **{C.esc(c.label)}**" + (f" — note: {C.esc(c.note)}" if c.note else "")
+
+    @C.user_errors
+    def label(profile, clip_id, label, note, allow_new_label, request: gr.Request):
+        """Label a clip of a profile: (profile id or name, clip id, label, note, allow a new label)."""
+        return _apply(profile, clip_id, label, note, allow_new_label, request), ""
+
+    def make_button_handler(index: int):
+        @C.user_errors
+        def label_button(profile_ref, clip_id, note_text, request: gr.Request):
+            profile = ctx.profile(profile_ref, request)
+            labels = list(profile.labels)
+            if index >= len(labels):
+                raise EmoWebError("no such label button")
+            return _apply(profile_ref, clip_id, labels[index], note_text, False, request), ""
+
+        return label_button
+
+    @C.user_errors
+    def undo(profile_ref, clip_id, request: gr.Request):
+        profile = ctx.profile(profile_ref, request)
+        if not clip_id:
+            raise EmoWebError("pick a clip first")
+        clip = ctx.clip_in(profile, clip_id)
+        r = ctx.service.undo_last_correction(clip.id, annotator=ctx.user(request) or "", profile=profile.id)
+        now = r.get("current")
+        return f"Undone **{C.esc(r.get('undone'))}** on clip #{clip.id}; current label: **{C.esc(now) if now else 'none'}**"
+
+    @C.user_errors
+    def rebuild(profile_ref, request: gr.Request, progress=gr.Progress()):
+        profile = ctx.profile(profile_ref, request)
+        progress(0.1, desc="rebuilding the cache from stored features")
+        before = len(ctx.service.snapshots(profile.id))
+        results = ctx.service.rebuild_cache(profile.id)
+        after = len(ctx.service.snapshots(profile.id))
+        if not results:
+            return ("Nothing to rebuild: this profile has no clip with stored features yet.", C.empty_figure("no cache"),
+                    _snapshot_text(profile))
+
+        def pct(v):
+            return "n/a" if v is None else f"{100 * v:.1f}%"
+
+        lines = [f"Rebuilt {len(results)} cache(s) of **{C.esc(profile.name)}**; snapshots {before} → {after}.", "",
+                 "| model | examples | per label | alpha | beta | alpha/beta from | accuracy before | after | seconds |",
+                 "|---|---:|---|---:|---:|---|---:|---:|---:|"]
+        for m, r in results.items():
+            per = ", ".join(f"{C.esc(k)} {v}" for k, v in r.n_per_label.items()) or "-"
+            lines.append(f"| {C.esc(m)} | {r.n} | {per} | {r.alpha:.2f} | {r.beta:.2f} | {C.esc(tuning_of(r))} | "
+                         f"{pct(r.before)} | {pct(r.after)} | {r.seconds:.3f} |")
+            if r.skipped:
+                lines.append(f"\n⚠ {C.esc(m)}: {r.skipped} labelled clip(s) without stored features were skipped")
+        lines.append("\nAccuracy is leave-one-out on the profile's labelled clips (each clip's own entry excluded).")
+        fig = C.before_after_figure({m: (r.before, r.after) for m, r in results.items()})
+        return "\n".join(lines), fig, _snapshot_text(profile)
+
+    @C.user_errors
+    def export_labels(profile_ref, fmt_value, request: gr.Request):
+        profile = ctx.profile(profile_ref, request)
+        fmt_value = fmt_value if fmt_value in ("csv", "json") else "csv"
+        text = ctx.service.export_labels(profile.id, fmt_value)
+        return ctx.temp_text(f"labels-{C.safe_filename(profile.name, 'profile')}.{fmt_value}", text)
+
+    @C.user_errors
+    def import_labels(profile_ref, file, allow_new_labels, request: gr.Request):
+        profile = ctx.profile(profile_ref, request)
+        if not file:
+            raise EmoWebError("choose a label file to import")
+        path = Path(file if isinstance(file, str) else getattr(file, "name", ""))
+        if path.stat().st_size > MAX_IMPORT_BYTES:
+            raise EmoWebError(f"label file too large (limit {MAX_IMPORT_BYTES // 2**20} MB)")
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            raise EmoWebError("the label file is not UTF-8 text") from None
+        fmt_value = "json" if path.suffix.lower() == ".json" or text.lstrip().startswith(("{", "[")) else "csv"
+        report = ctx.service.import_labels(profile.id, text, fmt_value, annotator=ctx.user(request) or "",
+                                           allow_new_labels=bool(allow_new_labels))
+        lines = [f"Imported **{report.imported}**, unchanged {report.unchanged}, unmatched {len(report.unmatched)}, "
+                 f"refused {len(report.refused)}."]
+        lines += [f"- unmatched: {C.esc(u)}" for u in report.unmatched[:20]]
+        lines += [f"- refused: {C.esc(r)}" for r in report.refused[:20]]
+        return "\n".join(lines)
+
+    @C.user_errors
+    def delete_clip(profile_ref, clip_id, confirm, request: gr.Request):
+        profile = ctx.profile(profile_ref, request)
+        if not confirm:
+            raise EmoWebError("tick the box to confirm deleting the clip")
+        clip = ctx.clip_in(profile, clip_id)
+        r = ctx.service.delete_clip(clip.id, profile=profile.id)
+        rebuilt = ", ".join(C.esc(m) for m in r.get("rebuilt", {})) or "none"
+        return f"Deleted clip #{clip.id}; caches rebuilt without it: {rebuilt}.", False
+
+    @C.user_errors
+    def delete_profile(profile_ref, confirm, request: gr.Request):
+        profile = ctx.profile(profile_ref, request)
+        if not confirm:
+            raise EmoWebError("tick the box to confirm deleting the profile")
+        r = ctx.service.delete_profile(profile.id)
+        choices = ctx.profile_choices(request)
+        return (f"Deleted profile **{C.esc(profile.name)}** with {r.get('clips', 0)} clip(s).", False,
+                gr.update(choices=[(C.NO_PROFILE, C.NO_PROFILE), *choices], value=C.NO_PROFILE))
+
+    # -- wiring ---------------------------------------------------------------------------------
+
+    queue_outputs = [queue, clip_dd, label_dd, snapshot_md, *buttons]
+    clip_outputs = [player, player_audio, player_image, answers_md, answers_plot, history]
+
+    def reload(event):
+        """After an action: the queue, then the clip's view."""
+        return event.then(load_queue, [profile_dd, clip_dd], queue_outputs, api_visibility="undocumented").then(
+            show_clip, [profile_dd, clip_dd], clip_outputs, api_visibility="undocumented")
+
+    refresh_event = refresh.click(load_queue, [profile_dd, clip_dd], queue_outputs, api_name="queue")
+    clip_dd.change(show_clip, [profile_dd, clip_dd], clip_outputs, api_name="show_clip")
+    def pick_row(evt: gr.SelectData, rows):
+        try:
+            row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+            return str(int(rows.iloc[row, 0] if hasattr(rows, "iloc") else rows[row][0]))
+        except Exception:  # noqa: BLE001 - a click outside the data: keep the current pick
+            return gr.update()
+
+    queue.select(pick_row, [queue], clip_dd, api_visibility="undocumented")
+
+    reload(apply_btn.click(label, [profile_dd, clip_dd, label_dd, note, allow_new], [status, note], api_name="label"))
+    for i, btn in enumerate(buttons):
+        reload(btn.click(make_button_handler(i), [profile_dd, clip_dd, note], [status, note], api_name=f"label_key_{i + 1}",
+                         api_visibility="undocumented"))
+    reload(undo_btn.click(undo, [profile_dd, clip_dd], status, api_name="undo"))
+    reload(rebuild_btn.click(rebuild, [profile_dd], [rebuild_md, rebuild_plot, snapshot_md], api_name="rebuild_cache", **heavy))
+    export_btn.click(export_labels, [profile_dd, fmt], export_file, api_name="export_labels")
+    reload(import_btn.click(import_labels, [profile_dd, import_file, import_new], import_md, api_name="import_labels"))
+    reload(delete_clip_btn.click(delete_clip, [profile_dd, clip_dd, confirm_clip], [delete_md, confirm_clip], api_name="delete_clip"))
+    delete_profile_btn.click(delete_profile, [profile_dd, confirm_profile], [delete_md, confirm_profile, profile_dd],
+                             api_name="delete_profile")
+    return {"load_queue": load_queue, "queue_inputs": [profile_dd, clip_dd], "queue_outputs": queue_outputs,
+            "show_clip": show_clip, "clip_outputs": clip_outputs, "clip_dd": clip_dd, "refresh_event": refresh_event}

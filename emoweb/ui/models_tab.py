@@ -1,0 +1,101 @@
+"""Models tab: backbone profile, device, which weights are loaded and their cards, the label set of the
+chosen profile, and the few-shot cache's hyper-parameters."""
+import gradio as gr
+
+from emoweb.ui import common as C
+from emoweb.ui.label import tuning_of
+
+MODEL_HEADERS = ["model", "code present", "checkpoint", "loaded", "labels", "validation (from the card)"]
+CACHE_HEADERS = ["model", "snapshot", "active", "built at", "examples per label", "alpha", "beta", "alpha/beta from"]
+
+
+def _short(path) -> str:
+    """A path relative to the repository when inside it (no need to show the server's layout)."""
+    from emoweb.config import REPO_ROOT
+
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _card_metrics(card: dict) -> str:
+    val = (card.get("metrics") or {}).get("val") or {}
+    parts = []
+    for mod, r in val.items():
+        if isinstance(r, dict) and r.get("accuracy") is not None:
+            parts.append(f"{mod}: acc {100 * r['accuracy']:.1f}% · UAR {100 * (r.get('uar') or 0):.1f}% (n={r.get('n', '?')})")
+    return "; ".join(parts) or "-"
+
+
+def models_info(ctx: C.AppContext, profile_ref, request) -> tuple:
+    from models import registry
+
+    predictor = ctx.predictor
+    bb = predictor.backbones
+    available = set(registry.available())
+    rows, cards = [], {}
+    for name in registry.MODELS:
+        weights, card_path = registry.checkpoint_paths(name, bb.name, predictor.checkpoint_root)
+        loaded = predictor.model(name) if name in available else None
+        card = dict(loaded[1]) if loaded else {}
+        if loaded:
+            cards[name] = {k: v for k, v in card.items() if k not in ("training",)}
+        rows.append([
+            name, "yes" if name in available else "no",
+            "yes" if weights.is_file() and card_path.is_file() else ("random init (untrained)" if card.get("untrained") else "no"),
+            "yes" if loaded else "no",
+            ", ".join(card.get("labels") or (card.get("config") or {}).get("labels") or []) or "-",
+            ("UNTRAINED weights · " if card.get("untrained") else "") + _card_metrics(card),
+        ])
+    s = ctx.settings
+    db = s.db_url.split(":", 1)[0]
+    lines = [
+        f"**Backbone profile:** {C.esc(bb.name)}{' (random weights: untrained)' if bb.untrained else ''} · "
+        f"**device:** {C.esc(bb.device)} · **threads:** {s.threads or 'torch default'} · **database:** {C.esc(db)}",
+        f"**Limits:** clips analysed up to {s.max_seconds:g} s, uploads up to {s.max_upload_mb:g} MB, "
+        f"{s.n_frames} frames sampled per clip.",
+        f"**Checkpoints:** {C.esc(_short(predictor.checkpoint_root))}/{C.esc(bb.name)}/ (weights + JSON card per model)",
+        f"**Models answering now:** {', '.join(C.esc(n) for n in predictor.model_names('all')) or 'none (no trained checkpoint for this profile)'}",
+    ]
+    from emoweb.services.cachebuild import DEFAULT_ALPHA, DEFAULT_BETA, MIN_TUNE_EXAMPLES
+
+    lines.append(f"**Few-shot cache defaults:** alpha {DEFAULT_ALPHA}, beta {DEFAULT_BETA}; alpha/beta are tuned by "
+                 f"cross-validation on the profile's labelled clips once there are at least {MIN_TUNE_EXAMPLES}.")
+    cache_rows = []
+    if profile_ref and profile_ref != C.NO_PROFILE:
+        profile = ctx.profile(profile_ref, request)
+        labels = C.ordered_labels(profile.labels)
+        lines.append(f"**Label set of {C.esc(profile.name)}:** " + ", ".join(C.esc(lab) for lab in profile.labels)
+                     + " (custom labels are accepted by the cache and by zero-shot models such as MER-CLIP)")
+        for snap in ctx.service.snapshots(profile.id):
+            hyper = snap.get("hyper") or {}
+            cache_rows.append([snap["model"], snap["id"], "yes" if snap["active"] else "", snap["built_at"][:19],
+                               ", ".join(f"{k} {v}" for k, v in (snap.get("n_per_label") or {}).items()),
+                               hyper.get("alpha"), hyper.get("beta"), tuning_of(hyper)])
+    else:
+        labels = list(C.LABEL_ORDER)
+        lines.append("**Label set:** " + ", ".join(labels) + " (choose a profile to see its own)")
+    swatches = " ".join(f"<span style='color:{C.label_colour(lab, labels)}'>■</span> {C.esc(lab)}" for lab in labels)
+    lines.append("**Colours:** " + swatches)
+    return "\n\n".join(lines), rows, cards, cache_rows
+
+
+def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
+    with gr.Tab("Models", id="models"):
+        info = gr.Markdown("", elem_id="models-info")
+        table = gr.Dataframe(headers=MODEL_HEADERS, label="Models and weights", interactive=False, elem_id="models-table", wrap=True)
+        cache = gr.Dataframe(headers=CACHE_HEADERS, label="Cache snapshots of the profile (hyper-parameters)", interactive=False,
+                             elem_id="cache-table", wrap=True)
+        with gr.Accordion("Checkpoint cards", open=False):
+            cards = gr.JSON(label="cards")
+        refresh = gr.Button("Refresh", elem_id="models-refresh")
+
+    @C.user_errors
+    def models(profile_ref, request: gr.Request):
+        md, rows, card_json, cache_rows = models_info(ctx, profile_ref, request)
+        return md, rows, card_json, cache_rows
+
+    outputs = [info, table, cards, cache]
+    refresh.click(models, [profile_dd], outputs, api_name="models_info")
+    return {"fn": models, "outputs": outputs}

@@ -1,0 +1,115 @@
+"""The caregiver subcommands (`python -m emoweb profile|ingest|label|undo|queue|cache|labels|clip`).
+
+In process through `emoweb.cli.main` (EMOWEB_DATA_DIR in a temp dir), plus one real subprocess for
+the exit status and the one-line error. Only a face photo is decoded (no speech: no Whisper pass).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emoweb import cli
+from test_services import make_checkpoint_root
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, tmp_path_factory) -> Path:
+    data = tmp_path / "data"
+    monkeypatch.setenv("EMOWEB_DATA_DIR", str(data))
+    monkeypatch.setenv("EMOWEB_CHECKPOINT_ROOT", str(make_checkpoint_root(tmp_path_factory.mktemp("checkpoints"))))
+    monkeypatch.delenv("EMOWEB_DATABASE_URL", raising=False)
+    monkeypatch.delenv("EMOWEB_PROFILE", raising=False)
+    return data
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def run_json(capsys, *argv: str):
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+@pytest.mark.slow
+def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_path: Path) -> None:
+    assert run_json(capsys, "profile", "create", "Anna")["labels"][3] == "joy"
+    code, out, _ = run(capsys, "profile", "create", "Bo", "--labels", "calm, upset")
+    assert code == 0 and "calm, upset" in out
+    assert [p["name"] for p in run_json(capsys, "profile", "list")] == ["Anna", "Bo"]
+
+    missing = tmp_path / "missing.mp4"
+    code, out, _ = run(capsys, "ingest", str(joy_face), str(missing), "--profile", "Anna")
+    assert code == 1 and "clip 1 (new)" in out and "missing.mp4: error: file not found" in out
+    clip = run_json(capsys, "ingest", str(joy_face), "--profile", "Anna")[0]
+    assert clip["new"] is False and clip["clip"]["id"] == 1
+    stored = env / clip["clip"]["media_path"]
+    assert stored.is_file() and stored.parent == env / "media" / "1"
+
+    code, out, _ = run(capsys, "label", "1", "joy", "--profile", "Anna", "--note", "<b>big smile</b>", "--annotator", "mum")
+    assert code == 0 and out.strip() == "clip 1 labelled 'joy'"
+    for argv, message in [
+        (("label", "1", "giggly", "--profile", "Anna"), "error: label 'giggly' is not in the label set of profile 'Anna'"),
+        (("label", "1", "joy", "--profile", "Bo"), "error: no clip 1 in profile 'Bo'"),
+        (("label", "77", "joy", "--profile", "Anna"), "error: no clip 77"),
+        (("label", "../1", "joy", "--profile", "Anna"), "error: no clip '../1': clip ids are whole numbers"),
+        (("label", "1", "joy", "--profile", "Nobody"), "error: no profile 'Nobody'"),
+        (("queue", "--profile", "Nobody"), "error: no profile 'Nobody'"),
+        (("cache", "rebuild", "--profile", "Nobody"), "error: no profile 'Nobody'"),
+        (("undo", "../../etc/passwd"), "error: no clip '../../etc/passwd'"),
+        (("clip", "delete", "9"), "error: no clip 9"),
+        (("profile", "delete", "Nobody"), "error: no profile 'Nobody'"),
+        (("ingest", str(joy_face), "--profile", "Nobody"), "error: no profile 'Nobody'"),
+    ]:
+        code, out, err = run(capsys, *argv)
+        assert code == 2 and err.startswith(message) and err.count("\n") == 1, (argv, err)
+    code, out, _ = run(capsys, "label", "1", "giggly", "--profile", "Anna", "--allow-new-label")
+    assert code == 0 and "giggly" in run_json(capsys, "profile", "list")[0]["labels"]
+    assert run_json(capsys, "undo", "1") == {"clip_id": 1, "undone": "giggly", "current": "joy"}
+
+    queue = run_json(capsys, "queue", "--profile", "Anna")
+    assert [(e["clip_id"], e["label"]) for e in queue] == [(1, "joy")]
+    rebuilt = run_json(capsys, "cache", "rebuild", "--profile", "Anna")
+    assert rebuilt["emoasst"]["n"] == 1 and rebuilt["emoasst"]["n_per_label"] == {"joy": 1}
+    code, out, _ = run(capsys, "cache", "rebuild", "--profile", "Anna")
+    assert code == 0 and out.startswith("emoasst: 1 clip(s) {'joy': 1}") and "leave-one-out accuracy" in out
+    shown = run_json(capsys, "cache", "show", "--profile", "Anna")
+    assert [s["active"] for s in shown if s["model"] == "emoasst"] == [True, False]
+
+    export = tmp_path / "labels.json"
+    assert run(capsys, "labels", "export", str(export), "--profile", "Anna")[0] == 0
+    rows = json.loads(export.read_text())["rows"]
+    assert [(r["label"], r["note"], r["annotator"]) for r in rows] == [("joy", "<b>big smile</b>", "mum")]
+    code, csv_text, _ = run(capsys, "labels", "export", "--profile", "Anna")
+    assert code == 0 and csv_text.splitlines()[0] == "sha256,original_name,label,annotator,note,created"
+    run(capsys, "undo", "1")
+    report = run_json(capsys, "labels", "import", str(export), "--profile", "Anna")
+    assert (report["imported"], report["unmatched"], report["refused"]) == (1, [], [])
+    code, out, err = run(capsys, "labels", "import", str(tmp_path / "nope.csv"), "--profile", "Anna")
+    assert code == 2 and err.startswith("error: cannot read")
+
+    assert [c["id"] for c in run_json(capsys, "clip", "list", "--profile", "Anna")] == [1]
+    code, out, _ = run(capsys, "clip", "delete", "1")
+    assert code == 0 and "deleted clip 1 of 'Anna'; cache rebuilt without it (" in out and "emoasst" in out
+    assert not stored.exists()
+    code, out, _ = run(capsys, "profile", "delete", "Anna")
+    assert code == 0 and out.startswith("deleted profile 'Anna'")
+    assert not (env / "media" / "1").exists()
+
+
+def test_errors_are_one_line_with_a_nonzero_exit(env: Path) -> None:
+    cmd = [sys.executable, "-m", "emoweb", "label", "3", "joy", "--profile", "nobody"]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr == "error: no profile 'nobody'\n" and proc.stdout == ""

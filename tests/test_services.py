@@ -1,0 +1,607 @@
+"""CaregiverService against a real SQLite file and real media.
+
+Only three clips ever run through the backbones (a composite video, a face photo, a speech clip:
+`real` below, once per module); other profiles get the same content from the stored features
+(no re-encoding), and cache tests use synthetic embeddings written through the real storage layer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sqlalchemy.orm import SessionTransaction
+
+from emoweb.errors import EmoWebError, MediaError, NotFoundError
+from emoweb.services import CaregiverService
+from emoweb.services import cachebuild
+from emoweb.services.caregiver import REBUILD_PAUSE_ENV, safe_suffix
+from emoweb.services.store import CaregiverRepository
+from models import LABEL7, registry
+from models.backbones import EmbeddedBackbones
+
+REPO = Path(__file__).resolve().parents[1]
+CLIP_TABLES = ("clips", "clip_features", "predictions", "corrections")
+
+
+def make_checkpoint_root(root: Path) -> Path:
+    """The shipped checkpoints when EmoAsst has one; else a seeded, untrained EmoAsst saved under `root`
+    (the services' behaviour does not depend on the weights)."""
+    weights, _ = registry.checkpoint_paths("emoasst", "embedded")
+    if weights.is_file():
+        return registry.CHECKPOINT_ROOT
+    torch.manual_seed(0)
+    model = registry.build("emoasst", EmbeddedBackbones.dims)
+    registry.save(model, "emoasst", "embedded", {"labels": list(LABEL7), "note": "untrained, for tests only"}, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> Path:
+    return make_checkpoint_root(tmp_path_factory.mktemp("checkpoints"))
+
+
+@pytest.fixture(scope="module")
+def service(extractor, checkpoints, tmp_path_factory) -> CaregiverService:
+    """One service per module on a fresh data dir, sharing the session's backbones; EmoAsst only
+    (the services are model-agnostic; one model keeps the module cheap)."""
+    from emoweb.inference import Predictor
+
+    data = tmp_path_factory.mktemp("emoweb-data")
+    settings = dataclasses.replace(extractor.settings, data_dir=data, database_url="", profile="embedded")
+    svc = CaregiverService(settings, Predictor(settings, checkpoint_root=checkpoints), models="emoasst")
+    yield svc
+    svc.close()
+
+
+@pytest.fixture(scope="module")
+def real(service: CaregiverService, composite_clip: Path, joy_face: Path, happy_speech: Path):
+    """The three real clips ingested once into profile 'family' (video+audio, image only, audio only)."""
+    service.create_profile("family")
+    return {name: service.ingest(path, "family") for name, path in
+            (("video", composite_clip), ("image", joy_face), ("audio", happy_speech))}
+
+
+@pytest.fixture
+def no_decoding(service: CaregiverService, monkeypatch):
+    """Fail the test if anything decodes media or runs a backbone."""
+
+    def boom(*_args, **_kwargs):
+        raise AssertionError("media was decoded again")
+
+    monkeypatch.setattr(service.predictor, "extractor", boom)
+
+
+def db(service: CaregiverService) -> sqlite3.Connection:
+    return sqlite3.connect(service.data_dir / "emoweb.sqlite3")
+
+
+def count(service: CaregiverService, table: str, where: str = "", args: tuple = ()) -> int:
+    with db(service) as connection:
+        return connection.execute(f"SELECT count(*) FROM {table} {where}", args).fetchone()[0]
+
+
+def files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def add_synthetic(service: CaregiverService, profile: str, n: int, labels: list[str], seed: int = 0, noise: float = 2.0) -> list[int]:
+    """n labelled clips with stored EmoAsst-shaped features (clustered by label, some modalities
+    missing) written through the Repository; no media file (a rebuild never needs one)."""
+    rng = np.random.default_rng(seed)
+    prof = service.get_profile(profile)
+    dim = 384
+    centroids = {m: rng.standard_normal((len(prof.labels), dim)) for m in ("fused", "audio", "visual")}
+    ids = []
+    for i in range(n):
+        label = labels[i % len(labels)]
+        k = prof.labels.index(label)
+        sha = hashlib.sha256(f"{profile}/{seed}/{i}".encode()).hexdigest()
+        clip, _ = service.repo.add_clip(prof.id, sha, f"media/{prof.id}/{sha}.mp4", "video", "upload", f"s{i}.mp4", 2.0)
+        feats = {}
+        for m, c in centroids.items():
+            if m == "audio" and i % 5 == 4:
+                continue
+            feats[f"emoasst.{m}"] = (c[k] + noise * rng.standard_normal(dim)).astype(np.float32)
+        feats["emoasst.logits"] = rng.standard_normal(len(prof.labels)).astype(np.float32) * 3
+        service.repo.put_features(clip.id, "embedded", feats)
+        service.repo.add_correction(clip.id, label, annotator="test")
+        ids.append(clip.id)
+    return ids
+
+
+# -- ingest -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ingest_stores_media_features_and_predictions(service: CaregiverService, real, composite_clip: Path) -> None:
+    family = service.get_profile("family")
+    expected = {"video": {"fused", "audio", "visual", "logits"}, "image": {"fused", "visual", "logits"},
+                "audio": {"fused", "audio", "logits"}}
+    for name, result in real.items():
+        clip = result.clip
+        assert result.new and result.outputs is not None and "emoasst" in result.outputs.outputs
+        assert clip.media_path == f"media/{family.id}/{clip.sha256}{Path(clip.media_path).suffix}"
+        stored = service.data_dir / clip.media_path
+        assert stored.is_file() and hashlib.sha256(stored.read_bytes()).hexdigest() == clip.sha256
+        features = service.repo.get_features(clip.id, "embedded")
+        assert {n.split(".", 1)[1] for n in features} == expected[name], name
+        assert features["emoasst.logits"].shape == (len(LABEL7),)
+        p = result.predictions["emoasst"]
+        assert set(p.probs) == set(LABEL7) and p.label == max(p.probs, key=p.probs.get)
+        assert sum(p.probs.values()) == pytest.approx(1.0, abs=1e-4) and p.cache_snapshot is None
+        assert service.repo.latest_predictions(clip.id)["emoasst"].probs == p.probs
+    assert real["video"].clip.kind == "video" and real["image"].clip.kind == "image" and real["audio"].clip.kind == "audio"
+    assert len(files(service.media_root / str(family.id))) == 3  # no temp files left
+
+
+@pytest.mark.slow
+def test_reupload_is_recognised_without_decoding(service, real, composite_clip, tmp_path, no_decoding) -> None:
+    before = {t: count(service, t) for t in CLIP_TABLES}
+    renamed = tmp_path / "same content, other name.mov"
+    shutil.copyfile(composite_clip, renamed)
+    for path in (composite_clip, renamed):
+        again = service.ingest(path, "family")
+        assert not again.new and again.clip.id == real["video"].clip.id and again.outputs is None
+        assert again.predictions["emoasst"].probs == service.repo.latest_predictions(again.clip.id)["emoasst"].probs
+    assert {t: count(service, t) for t in CLIP_TABLES} == before  # nothing duplicated (the answer did not change)
+    assert len(files(service.media_root / str(real["video"].clip.profile_id))) == 3
+
+
+@pytest.mark.slow
+def test_same_content_in_another_profile_reuses_stored_features(service, real, composite_clip, no_decoding) -> None:
+    service.create_profile("school")
+    copy = service.ingest(composite_clip, "school")
+    assert copy.new and copy.clip.id != real["video"].clip.id
+    assert copy.clip.media_path.startswith(f"media/{copy.clip.profile_id}/")
+    original = service.repo.get_features(real["video"].clip.id, "embedded")
+    reused = service.repo.get_features(copy.clip.id, "embedded")
+    assert original.keys() == reused.keys()
+    for name in original:
+        np.testing.assert_array_equal(original[name], reused[name])
+    service.delete_profile("school")
+
+
+@pytest.mark.slow
+def test_predict_by_clip_id_and_by_path(service, real, joy_face, no_decoding) -> None:
+    image = real["image"]
+    by_id = service.predict(image.clip.id, "family")
+    assert not by_id.new and by_id.outputs is None
+    assert by_id.predictions["emoasst"].probs == service.repo.latest_predictions(image.clip.id)["emoasst"].probs
+    by_path = service.predict(joy_face, "family")
+    assert by_path.clip.id == image.clip.id
+    with pytest.raises(NotFoundError, match="no clip"):
+        service.predict(image.clip.id, service.create_profile("elsewhere").name)  # not in that profile
+
+
+def test_bad_media_leaves_nothing_behind(service: CaregiverService, tmp_path) -> None:
+    service.create_profile("bad-media")
+    pid = service.get_profile("bad-media").id
+    before = {t: count(service, t) for t in CLIP_TABLES}
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("this is not a video\n" * 50)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    for path, message in ((notes, "notes.mp4"), (empty, "empty"), (tmp_path / "missing.mp4", "not found")):
+        with pytest.raises(MediaError, match=message):
+            service.ingest(path, "bad-media")
+    assert {t: count(service, t) for t in CLIP_TABLES} == before
+    assert files(service.media_root / str(pid)) == []
+
+
+@pytest.mark.slow
+def test_a_failure_while_storing_leaves_no_rows_and_no_file(service, real, composite_clip, monkeypatch, no_decoding) -> None:
+    service.create_profile("fails")
+    pid = service.get_profile("fails").id
+    before = {t: count(service, t) for t in CLIP_TABLES}
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(CaregiverRepository, "add_prediction", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        service.ingest(composite_clip, "fails")
+    assert {t: count(service, t) for t in CLIP_TABLES} == before
+    assert files(service.media_root / str(pid)) == []  # neither the media file nor its temp file
+
+    real_replace, real_commit, placed = os.replace, SessionTransaction.commit, []
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        placed.append(Path(dst))
+
+    def commit(self, *args, **kwargs):  # the commit right after the media file was put in place fails
+        if placed:
+            raise OSError("commit failed")
+        return real_commit(self, *args, **kwargs)
+
+    monkeypatch.undo()
+    monkeypatch.setattr(service.predictor, "extractor", broken)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(SessionTransaction, "commit", commit)
+    with pytest.raises(OSError, match="commit failed"):
+        service.ingest(composite_clip, "fails")
+    monkeypatch.undo()
+    assert placed and placed[0].parent == service.media_root / str(pid)
+    assert {t: count(service, t) for t in CLIP_TABLES} == before
+    assert files(service.media_root / str(pid)) == []
+
+
+# -- corrections and the queue ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_corrections_undo_and_label_set(service, real) -> None:
+    clip_id = real["image"].clip.id
+    first = service.record_correction(clip_id, "joy", annotator="mum", note="<b>smiling</b>, \"really\"\nline 2")
+    assert (first.label, first.annotator, first.note) == ("joy", "mum", "<b>smiling</b>, \"really\"\nline 2")  # as given
+    service.record_correction(clip_id, "surprise", annotator="dad", profile="family")
+    assert service.current_label(clip_id) == "surprise"
+    with pytest.raises(EmoWebError, match="not in the label set of profile 'family'.*allow-new-label"):
+        service.record_correction(clip_id, "giggly")
+    assert "giggly" not in service.get_profile("family").labels
+    undone = service.undo_last_correction(clip_id, annotator="mum")
+    assert undone == {"clip_id": clip_id, "undone": "surprise", "current": "joy"}
+    assert [c.label for c in service.corrections(clip_id)] == ["joy", "surprise", "surprise"]
+    with pytest.raises(EmoWebError, match="empty"):
+        service.record_correction(clip_id, "   ")
+    with pytest.raises(NotFoundError):
+        service.record_correction(clip_id, "joy", profile="school-that-does-not-exist")
+
+
+@pytest.mark.slow
+def test_queue_puts_unlabelled_and_least_sure_first(service, real) -> None:
+    service.record_correction(real["image"].clip.id, "joy")
+    queue = service.labelling_queue("family")
+    assert {e.clip_id for e in queue} == {r.clip.id for r in real.values()}
+    assert [e.label is not None for e in queue] == sorted(e.label is not None for e in queue)
+    unlabelled = [e for e in queue if e.label is None]
+    assert len(unlabelled) == 2 and unlabelled[0].margin <= unlabelled[1].margin
+    assert queue[-1].clip_id == real["image"].clip.id and queue[-1].top_labels.keys() == {"emoasst"}
+    assert [e.clip_id for e in service.labelling_queue("family", limit=1)] == [queue[0].clip_id]
+
+
+# -- cache ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_rebuild_from_real_clips_is_used_by_predictions(service, real, no_decoding) -> None:
+    for name, label in (("video", "joy"), ("image", "joy"), ("audio", "sadness")):
+        service.record_correction(real[name].clip.id, label)
+    result = service.rebuild_cache("family")["emoasst"]
+    assert result.n == 3 and result.n_per_label == {"joy": 2, "sadness": 1} and result.skipped == 0
+    assert 0.0 <= result.before <= 1.0 and 0.0 <= result.after <= 1.0
+    active = service.repo.active_snapshot("family", "emoasst")
+    assert active.id == result.snapshot_id and sorted(active.labels) == ["joy", "joy", "sadness"]
+    assert set(active.payload_arrays()["clip_ids"].tolist()) == {r.clip.id for r in real.values()}
+    p = service.predict(real["video"].clip.id, "family").predictions["emoasst"]
+    assert p.cache_snapshot == result.snapshot_id and p.nearest and p.nearest[0]["clip_id"] == real["video"].clip.id
+    assert service.repo.latest_predictions(real["video"].clip.id)["emoasst"].model_version == f"embedded+cache{result.snapshot_id}"
+    again = service.rebuild_cache("family")["emoasst"]  # a newer snapshot: the in-memory cache follows
+    assert service.predict(real["video"].clip.id, "family").predictions["emoasst"].cache_snapshot == again.snapshot_id
+
+
+@pytest.mark.slow
+def test_explain_runs_the_models_on_the_stored_media(service, real) -> None:
+    stages: list[str] = []
+    result = service.predict(real["image"].clip.id, "family", explain=True, progress=stages.append)
+    p, out = result.predictions["emoasst"], result.outputs.outputs["emoasst"]
+    assert "decode" in stages and "emoasst" in stages
+    assert p.cache_snapshot is not None and out.labels == list(p.probs)
+    assert out.probs[0].tolist() == pytest.approx(list(p.probs.values()), abs=1e-5)
+    assert any("few-shot cache" in note for note in out.notes) and out.similarity["nearest_labelled"]
+
+
+@pytest.mark.slow
+def test_a_new_label_reaches_the_cache_and_predictions(service, real, composite_clip, no_decoding) -> None:
+    service.create_profile("newlabel")
+    clip = service.ingest(composite_clip, "newlabel").clip
+    service.record_correction(clip.id, "overwhelmed", allow_new_label=True)
+    assert service.get_profile("newlabel").labels == [*LABEL7, "overwhelmed"]
+    assert service.rebuild_cache("newlabel")["emoasst"].n_per_label == {"overwhelmed": 1}
+    probs = service.predict(clip.id, "newlabel").predictions["emoasst"].probs
+    assert list(probs) == [*LABEL7, "overwhelmed"]
+    service.delete_profile("newlabel")
+
+
+def test_rebuild_tunes_reports_loo_and_reuses_hyperparameters(service: CaregiverService, no_decoding) -> None:
+    service.create_profile("synthetic", ["calm", "upset", "playful"])
+    ids = add_synthetic(service, "synthetic", 240, ["calm", "upset", "playful"])
+    first = service.rebuild_cache("synthetic")["emoasst"]
+    assert first.n == 240 and first.n_per_label == {"calm": 80, "upset": 80, "playful": 80}
+    assert first.tuning == "cv" and first.after > first.before + 0.3  # clustered keys, random base logits
+    snapshot = service.repo.active_snapshot("synthetic", "emoasst")
+    assert snapshot.hyper["alpha"] == first.alpha and snapshot.metrics["after"] == first.after
+    service.record_correction(ids[0], "upset")  # one more correction: alpha/beta still fit
+    second = service.rebuild_cache("synthetic")["emoasst"]
+    assert second.tuning == "reused" and (second.alpha, second.beta) == (first.alpha, first.beta)
+    assert second.n_per_label == {"calm": 79, "upset": 81, "playful": 80}
+    assert service.rebuild_cache("synthetic", tune=True)["emoasst"].tuning == "cv"
+    assert service.rebuild_cache("synthetic", tune=False)["emoasst"].tuning == "default"
+    # old snapshots are pruned to the active one + KEEP_SNAPSHOTS
+    assert len(service.snapshots("synthetic")) == 3
+
+
+def test_a_rebuild_killed_before_commit_leaves_the_old_snapshot(service: CaregiverService) -> None:
+    service.create_profile("killed", ["calm", "upset"])
+    ids = add_synthetic(service, "killed", 30, ["calm", "upset"], seed=3)
+    old = service.rebuild_cache("killed")["emoasst"]
+    for clip_id in ids[:5]:
+        service.record_correction(clip_id, "upset")
+    env = {k: v for k, v in os.environ.items() if k not in ("EMOWEB_DATABASE_URL", "EMOWEB_PROFILE")}
+    env.update(EMOWEB_DATA_DIR=str(service.data_dir), EMOWEB_THREADS="1", OMP_WAIT_POLICY="PASSIVE", **{REBUILD_PAUSE_ENV: "120"})
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emoweb", "cache", "rebuild", "--profile", "killed", "--json"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        seen = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            seen.append(line)
+            if "paused before commit" in line or (not line and proc.poll() is not None):
+                break
+        assert "paused before commit" in seen[-1], "".join(seen)
+        # inside the rebuild's transaction: the new snapshot rows exist, uncommitted
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with db(service) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert connection.execute("PRAGMA foreign_key_check").fetchall() == []
+    active = service.repo.active_snapshot("killed", "emoasst")
+    assert active.id == old.snapshot_id and active.n_per_label == {"calm": 15, "upset": 15}
+    p = service.predict(ids[0], "killed").predictions["emoasst"]
+    assert p.cache_snapshot == old.snapshot_id
+    new = service.rebuild_cache("killed")["emoasst"]  # the killed writer's lock is gone
+    assert new.snapshot_id != old.snapshot_id and new.n_per_label == {"calm": 12, "upset": 18}
+
+
+def test_cachebuild_pads_logits_of_clips_ingested_before_a_label_was_added() -> None:
+    rows = [np.array([1.0, 2.0, 3.0], np.float32), np.array([1.0, 2.0, 3.0, 9.0], np.float32)]
+    stacked = cachebuild.stack_logits(rows, 4)
+    np.testing.assert_allclose(stacked, [[1, 2, 3, 2], [1, 2, 3, 9]])
+
+
+def test_loo_matches_the_cache_reference_implementation() -> None:
+    from models.cache import FewShotCache
+
+    g = torch.Generator().manual_seed(0)
+    centroids = torch.randn(3, 16, generator=g)
+    y = torch.randint(0, 3, (60,), generator=g)
+    keys = {m: centroids[y] + 1.5 * torch.randn(60, 16, generator=g) for m in ("fused", "audio")}
+    keys["audio"][::4] = float("nan")
+    cache = FewShotCache.build(keys, [str(int(i)) for i in y], ["0", "1", "2"], alpha=2.0, beta=3.0)
+    base = torch.randn(60, 3, generator=g)
+    ours = cachebuild.loo_accuracy(cache, base, max_rows=1000)
+    reference = cache.leave_one_out_accuracy(base)
+    assert ours["before"] == pytest.approx(reference["before"]) and ours["after"] == pytest.approx(reference["after"])
+
+
+# -- label files ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_export_delete_import_restores_the_same_labels(service, real, fmt, no_decoding) -> None:
+    name = f"restore-{fmt}"
+    service.create_profile(name)
+    paths = {k: service.data_dir / r.clip.media_path for k, r in real.items()}
+    clips = {k: service.ingest(p, name, original_name=f"{k}, \"odd\" name.{p.suffix}").clip for k, p in paths.items()}
+    notes = {"video": "=1+1, <script>alert(1)</script>", "image": "two\nlines, \"quoted\"", "audio": "ünïcödé ✓"}
+    for k, clip in clips.items():
+        service.record_correction(clip.id, "joy", annotator="mum")
+        service.record_correction(clip.id, {"video": "joy", "image": "surprise", "audio": "sadness"}[k], annotator=f"dad-{k}", note=notes[k])
+    service.record_correction(clips["audio"].id, "fear")
+    service.undo_last_correction(clips["audio"].id)  # the exported label is the current one
+    exported = service.export_labels(name, fmt)
+    expected = {c.sha256: (service.current_label(c.id), f"dad-{k}", notes[k]) for k, c in clips.items()}
+
+    service.delete_profile(name)
+    service.create_profile(name)
+    for k, p in paths.items():
+        service.ingest(p, name)
+    unknown = hashlib.sha256(b"never uploaded").hexdigest()
+    if fmt == "csv":
+        text = exported + f"{unknown},gone.mp4,joy,,,\n"
+    else:
+        data = json.loads(exported)
+        data["rows"].append({"sha256": unknown, "original_name": "gone.mp4", "label": "joy"})
+        text = json.dumps(data)
+    report = service.import_labels(name, text, fmt)
+    assert (report.imported, report.unchanged, report.refused) == (3, 0, [])
+    assert report.unmatched == [f"{unknown} gone.mp4"]
+    restored = {c.sha256: c for c in service.list_clips(name)}
+    current = service.repo.current_corrections(name)
+    assert {sha: (current[c.id].label, current[c.id].annotator, current[c.id].note) for sha, c in restored.items()} == expected
+    again = service.import_labels(name, text, fmt)
+    assert (again.imported, again.unchanged) == (0, 3)
+
+
+def test_import_refuses_bad_rows_and_files(service: CaregiverService) -> None:
+    service.create_profile("imports", ["calm", "upset"])
+    clip_id = add_synthetic(service, "imports", 1, ["calm"], seed=9)[0]
+    sha = service.get_clip(clip_id).sha256
+    text = f"sha256,label\n{sha},giggly\nnot-a-hash,calm\n{sha},\n"
+    report = service.import_labels("imports", text)
+    assert report.imported == 0 and len(report.refused) == 3 and "giggly" in report.refused[0]
+    assert service.current_label(clip_id) == "calm"
+    assert service.import_labels("imports", f"sha256,label\n{sha},giggly\n", allow_new_labels=True).imported == 1
+    assert service.current_label(clip_id) == "giggly" and "giggly" in service.get_profile("imports").labels
+    for bad, fmt, message in (("a,b\n1,2\n", "csv", "missing column"), ("{oops", "json", "not a JSON"),
+                              ('{"rows": 3}', "json", "expected"), ("", "xml", "unknown label file format")):
+        with pytest.raises(EmoWebError, match=message):
+            service.import_labels("imports", bad, fmt)
+    with pytest.raises(EmoWebError, match="unknown label file format"):
+        service.export_labels("imports", "xml")
+
+
+# -- deletion ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_deleting_a_clip_and_a_profile_leaves_nothing_behind(service, real, no_decoding) -> None:
+    service.create_profile("deletes")
+    pid = service.get_profile("deletes").id
+    ingested = {k: service.ingest(service.data_dir / r.clip.media_path, "deletes").clip for k, r in real.items()}
+    for clip in ingested.values():
+        service.record_correction(clip.id, "joy")
+    before = service.rebuild_cache("deletes")["emoasst"]
+    service.rebuild_cache("deletes")  # an older snapshot holding the clip too
+    gone = ingested["video"]
+    media = service.data_dir / gone.media_path
+    assert media.is_file() and len(service.snapshots("deletes")) == 2
+
+    result = service.delete_clip(gone.id)
+    assert result["rebuilt"]["emoasst"]["n"] == before.n - 1
+    assert not media.exists()
+    for table in CLIP_TABLES:
+        assert count(service, table, f"WHERE {'id' if table == 'clips' else 'clip_id'} = ?", (gone.id,)) == 0
+    with db(service) as connection:  # no snapshot (active or old) holds its embedding any more
+        for (payload,) in connection.execute("SELECT payload FROM cache_snapshots WHERE profile_id = ?", (pid,)):
+            from storage.arrays import unpack
+
+            assert gone.id not in unpack(payload)["clip_ids"].tolist()
+    assert service.repo.active_snapshot("deletes", "emoasst").n_per_label == {"joy": 2}
+    with pytest.raises(NotFoundError):
+        service.delete_clip(gone.id)
+
+    summary = service.delete_profile("deletes")
+    assert summary == {"profile": "deletes", "id": pid, "clips": 2, "files_removed": 2}
+    assert not (service.media_root / str(pid)).exists()
+    with db(service) as connection:
+        assert connection.execute("SELECT count(*) FROM clips WHERE profile_id = ?", (pid,)).fetchone()[0] == 0
+        assert connection.execute("SELECT count(*) FROM cache_snapshots WHERE profile_id = ?", (pid,)).fetchone()[0] == 0
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    for r in real.values():  # the other profile's copies are untouched
+        assert (service.data_dir / r.clip.media_path).is_file()
+    with pytest.raises(NotFoundError, match="no profile 'deletes'"):
+        service.delete_profile("deletes")
+
+
+# -- bad ids and paths ------------------------------------------------------------------------
+
+
+def test_unknown_ids_and_profiles_give_one_line_errors(service: CaregiverService) -> None:
+    service.create_profile("ids", ["calm"])
+    clip_id = add_synthetic(service, "ids", 1, ["calm"], seed=5)[0]
+    for call, message in [
+        (lambda: service.get_clip(99999), "no clip 99999"),
+        (lambda: service.record_correction(99999, "calm"), "no clip 99999"),
+        (lambda: service.undo_last_correction("99999"), "no clip 99999"),
+        (lambda: service.delete_clip(99999), "no clip 99999"),
+        (lambda: service.predict(99999, "ids"), "no clip 99999"),
+        (lambda: service.labelling_queue("nobody"), "no profile 'nobody'"),
+        (lambda: service.rebuild_cache("nobody"), "no profile 'nobody'"),
+        (lambda: service.export_labels(424242), "no profile 424242"),
+        (lambda: service.record_correction(clip_id, "calm", profile="family-of-nobody"), "no profile"),
+    ]:
+        with pytest.raises(NotFoundError, match=message) as info:
+            call()
+        assert "\n" not in str(info.value)
+    with pytest.raises(EmoWebError, match="no correction to undo"):
+        service.undo_last_correction(clip_id) and service.undo_last_correction(clip_id)
+    with pytest.raises(EmoWebError, match="already exists"):
+        service.create_profile("ids")
+    assert service.get_profile(str(service.get_profile("ids").id)).name == "ids"  # an id given as text
+
+
+def test_path_traversal_cannot_reach_outside_the_data_dir(service: CaregiverService, tmp_path) -> None:
+    for bad in ("../x", "..", "1/../2", "/etc/passwd", "1; DROP TABLE clips", "-1", "1e3", "", "١٢"):
+        with pytest.raises(NotFoundError, match="clip ids are whole numbers"):
+            service.get_clip(bad)
+        with pytest.raises(NotFoundError):
+            service.delete_clip(bad)
+    assert safe_suffix("x.MP4") == ".mp4" and safe_suffix("a.mp4;rm -rf") == "" and safe_suffix("../../etc/passwd") == ""
+    assert safe_suffix("x.tar/../../y") == ""
+
+    # a stored media path that points outside (a tampered database) is never opened or removed
+    service.create_profile("tampered", ["calm"])
+    clip_id = add_synthetic(service, "tampered", 1, ["calm"], seed=7)[0]
+    victim = service.data_dir.parent / "victim.txt"
+    victim.write_text("keep me")
+    with db(service) as connection:
+        connection.execute("UPDATE clips SET media_path = ? WHERE id = ?", ("media/../../victim.txt", clip_id))
+    with pytest.raises(EmoWebError, match="outside the data dir"):
+        service.media_path(clip_id)
+    service.delete_clip(clip_id)
+    assert victim.read_text() == "keep me"
+    service.delete_profile("tampered")
+    assert victim.read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_uploaded_file_names_never_choose_the_stored_path(service, real, joy_face, tmp_path, no_decoding) -> None:
+    service.create_profile("names")
+    pid = service.get_profile("names").id
+    odd = tmp_path / "a" / "b"
+    odd.mkdir(parents=True)
+    source = odd / "photo.jpg"
+    shutil.copyfile(joy_face, source)
+    result = service.ingest(odd / ".." / "b" / "photo.jpg", "names", original_name="../../../outside.jpg")
+    assert result.clip.original_name == "../../../outside.jpg"  # stored as given, used for nothing
+    assert result.clip.media_path == f"media/{pid}/{result.clip.sha256}.jpg"
+    assert files(service.media_root / str(pid)) == [service.data_dir / result.clip.media_path]
+    assert not list(service.data_dir.parent.rglob("outside.jpg"))
+    service.delete_profile("names")
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+
+PG_URL = os.environ.get("EMOWEB_TEST_PG_URL", "")
+
+
+@pytest.mark.skipif(not PG_URL, reason="PostgreSQL not configured: set EMOWEB_TEST_PG_URL=postgresql+psycopg://...")
+def test_the_same_services_on_postgresql(tmp_path) -> None:
+    """Rebuild, queue, label files and deletion through the same code on a real PostgreSQL server
+    (a fresh schema of the test database, dropped afterwards)."""
+    import uuid
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    from emoweb.config import Settings
+
+    schema = f"svc_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    service = CaregiverService(Settings(data_dir=tmp_path / "data", database_url=url, profile="embedded"))
+    try:
+        service.create_profile("pg", ["calm", "upset"])
+        ids = add_synthetic(service, "pg", 40, ["calm", "upset"], seed=11)
+        first = service.rebuild_cache("pg")["emoasst"]
+        assert first.n == 40 and first.tuning == "cv" and first.after >= first.before
+        assert service.predict(ids[0], "pg").predictions["emoasst"].cache_snapshot == first.snapshot_id
+        exported = service.export_labels("pg", "json")
+        service.record_correction(ids[1], "calm", note="changed")
+        assert service.import_labels("pg", exported, "json").imported == 1
+        assert service.current_label(ids[1]) == "upset"
+        assert [e.label is None for e in service.labelling_queue("pg")] == [False] * 40
+        result = service.delete_clip(ids[0])
+        assert result["rebuilt"]["emoasst"]["n"] == 39
+        assert all(ids[0] not in service.repo.get_snapshot(s["id"]).payload_arrays()["clip_ids"] for s in service.snapshots("pg"))
+        service.delete_profile("pg")
+        assert service.list_profiles() == []
+    finally:
+        service.close()
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
