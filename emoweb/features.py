@@ -20,7 +20,7 @@ from emoweb.config import Settings, get_settings
 from models.backbones import Backbones, get_backbones
 
 MIN_AUDIO_SECONDS = 0.3  # shorter audio carries no usable speech or prosody
-SILENCE_RMS = 1e-3  # below this the audio track is treated as silent
+SILENCE_RMS = 1e-4  # below this (-80 dBFS) the track is silent; quiet real speech sits near 1e-3
 
 Progress = Callable[[str], None]
 

@@ -33,7 +33,7 @@ class Sample:
 class TrainResult:
     model: torch.nn.Module
     history: list[dict] = field(default_factory=list)
-    best_epoch: int = 0
+    best_epoch: int | dict[str, int] = 0
     seconds: float = 0.0
 
 
@@ -106,6 +106,30 @@ def dev_score(report: dict) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+class BranchSelector:
+    """Per-branch early stopping for models whose modality branches share no parameters (EmoAsst)."""
+
+    def __init__(self, parts: dict[str, torch.nn.Module]):
+        self.parts = parts
+        self.best: dict[str, float] = {}
+        self.best_epoch: dict[str, int] = {}
+        self.state: dict[str, dict] = {}
+
+    def update(self, report: dict, epoch: int) -> bool:
+        improved = False
+        for modality, module in self.parts.items():
+            uar = report.get(modality, {}).get("uar")
+            if uar is not None and uar > self.best.get(modality, -1.0):
+                self.best[modality], self.best_epoch[modality] = uar, epoch
+                self.state[modality] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+                improved = True
+        return improved
+
+    def restore(self) -> None:
+        for modality, state in self.state.items():
+            self.parts[modality].load_state_dict(state)
+
+
 def train(
     model,
     samples: list[Sample],
@@ -127,6 +151,7 @@ def train(
     opt = torch.optim.AdamW(param_groups, weight_decay=weight_decay)
     result = TrainResult(model)
     best, best_state, stale = -1.0, None, 0
+    branches = BranchSelector(model.branches() if hasattr(model, "branches") else {})
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.train()
@@ -145,16 +170,20 @@ def train(
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         report = evaluate(model, dev_set, dims, labels)
         score = dev_score(report)
-        result.history.append({"epoch": epoch, "loss": sum(losses) / max(1, len(losses)), "dev_uar": score})
+        result.history.append({"epoch": epoch, "loss": sum(losses) / max(1, len(losses)), "dev_uar": score,
+                               **{f"dev_uar_{m}": r["uar"] for m, r in report.items() if m != "fused"}})
         print(f"epoch {epoch}: loss {result.history[-1]['loss']:.4f} dev UAR {score:.4f}", flush=True)
+        improved = branches.update(report, epoch)
         if score > best:
-            best, stale, result.best_epoch = score, 0, epoch
+            best, result.best_epoch = score, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= patience:
-                break
-    if best_state is not None:
+        stale = 0 if (score >= best or improved) else stale + 1
+        if stale >= patience:
+            break
+    if branches.parts:  # independent branches: each keeps the weights of its own best dev epoch
+        branches.restore()
+        result.best_epoch = dict(branches.best_epoch)
+    elif best_state is not None:
         model.load_state_dict(best_state)
     result.seconds = time.perf_counter() - start
     model.eval()

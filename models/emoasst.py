@@ -51,6 +51,9 @@ class EmoAsstConfig:
     heads: int = 8
     num_queries: int = 8  # M
     audio_layers: int = 3
+    # The paper trains the AA at 1e-4 on MELD-scale data; on RAVDESS's 840 clips that stalls within
+    # the epoch budget, so we use 5e-4 (measured on the dev speakers only).
+    audio_lr: float = 5e-4
     audio_pool: int = 8  # average 20-ms tokens in groups of 8 (160 ms): 8x cheaper adapter, prosody intact
     dropout: float = 0.1
     temperature: float = 0.07  # SupCon temperature
@@ -101,6 +104,7 @@ class AuditoryAdapter(nn.Module):
         super().__init__()
         d = cfg.text_dim
         self.pool = cfg.audio_pool
+        self.input_norm = nn.LayerNorm(cfg.audio_dim)  # Whisper features have a few huge dimensions
         self.input_proj = nn.Linear(cfg.audio_dim, d)
         self.pos = nn.Parameter(torch.randn(1, 1500 // cfg.audio_pool, d) * 0.02)  # one 30-s window
         layer = nn.TransformerEncoderLayer(d, cfg.heads, d * cfg.ffn_mult, cfg.dropout, batch_first=True, norm_first=True)
@@ -110,7 +114,7 @@ class AuditoryAdapter(nn.Module):
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         tokens, mask = pool_tokens(tokens, mask, self.pool)
         t = min(tokens.shape[1], self.pos.shape[1])
-        x = self.input_proj(tokens[:, :t]) + self.pos[:, :t]
+        x = self.input_proj(self.input_norm(tokens[:, :t])) + self.pos[:, :t]
         x = self.layers(x, src_key_padding_mask=~mask[:, :t])
         return F.normalize(self.out(masked_mean(x, mask[:, :t])), dim=-1)
 
@@ -166,11 +170,15 @@ class EmoAsst(nn.Module):
         self._prompt_cache.clear()
 
     def param_groups(self) -> list[dict]:
-        """The paper's learning rates: 1e-3 for the Visual Fusion Module, 1e-4 for the Auditory Adapter."""
+        """AdamW groups: 1e-3 for the Visual Fusion Module (the paper's), `audio_lr` for the Auditory Adapter."""
         return [
             {"params": self.vfm.parameters(), "lr": 1e-3},
-            {"params": self.auditory_adapter.parameters(), "lr": 1e-4},
+            {"params": self.auditory_adapter.parameters(), "lr": self.config.audio_lr},
         ]
+
+    def branches(self) -> dict[str, nn.Module]:
+        """Independent per-modality parts: the trainer early-stops each on its own dev score."""
+        return {"visual": self.vfm, "audio": self.auditory_adapter}
 
     def label_weights(self, labels: list[str]) -> torch.Tensor:
         """Zero-shot classifier: per label, the mean of its prompt-ensemble embeddings, normalised ([C, D])."""

@@ -105,7 +105,7 @@ def test_backbones_loaded_once(extractor, clip_features) -> None:
 
 def test_silence_gives_warning_and_no_transcript(extractor, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    path = write_wav(tmp_path / "silence.wav", rng.normal(0, 1e-4, 32_000))  # 2 s of near-silence
+    path = write_wav(tmp_path / "silence.wav", rng.normal(0, 2e-5, 32_000))  # 2 s of near-silence (about -94 dBFS)
     feats = extractor(path)
     assert feats.kind == "audio" and feats.transcript == "" and feats.text_embedding is None
     assert feats.modalities["text"] is False and feats.modalities["visual"] is False

@@ -19,24 +19,29 @@ PAPER_ENV = ("CLIP", "WAV2VEC2", "WAVLM", "BERT", "RESNET18")
 
 
 @pytest.fixture(scope="module")
-def paper_features(composite_clip: Path, tmp_path_factory):
+def paper_backbones():
     import torch
 
-    from emoweb.config import get_settings
-    from emoweb.features import FeatureExtractor
     from models.backbones import PaperBackbones
 
-    clip = tmp_path_factory.mktemp("paper") / "two_seconds.mp4"
-    ffmpeg("-i", composite_clip, "-t", SECONDS, "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", clip)
     torch.set_num_threads(TORCH_THREADS)
     with pytest.MonkeyPatch.context() as mp:
         for name in PAPER_ENV:
             mp.delenv(f"EMOWEB_PAPER_{name}", raising=False)
-        settings = dataclasses.replace(get_settings(), profile="paper", device="cpu", threads=TORCH_THREADS)
-        backbones = PaperBackbones("cpu", settings.asr_beam, TORCH_THREADS)  # not the process-wide one: freed after
-        feats = FeatureExtractor(settings, backbones)(clip)
-    yield feats
+        backbones = PaperBackbones("cpu", 1, TORCH_THREADS)  # not the process-wide one: freed after the module
+    yield backbones
     del backbones
+
+
+@pytest.fixture(scope="module")
+def paper_features(composite_clip: Path, tmp_path_factory, paper_backbones):
+    from emoweb.config import get_settings
+    from emoweb.features import FeatureExtractor
+
+    clip = tmp_path_factory.mktemp("paper") / "two_seconds.mp4"
+    ffmpeg("-i", composite_clip, "-t", SECONDS, "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", clip)
+    settings = dataclasses.replace(get_settings(), profile="paper", device="cpu", threads=TORCH_THREADS)
+    return FeatureExtractor(settings, paper_backbones)(clip)
 
 
 def test_marked_untrained(paper_features) -> None:
@@ -80,3 +85,22 @@ def test_all_finite(paper_features) -> None:
     tensors = [paper_features.visual_features, paper_features.text_embedding, paper_features.text_tokens]
     tensors += list(paper_features.audio_tokens.values()) + list(paper_features.visual_maps.values())
     assert all(torch.isfinite(t).all() for t in tensors)
+
+
+@pytest.mark.parametrize("name", ["emoasst", "merclip", "sem_mbt", "foalnet"])
+def test_every_model_runs_on_paper_features(name, paper_features, paper_backbones) -> None:
+    """Each registered model, randomly initialised at the paper profile's widths, on real paper-profile features."""
+    import torch
+
+    from emoweb.batching import to_input
+    from models import LABEL7, registry
+
+    if name not in registry.available():
+        pytest.skip(f"{name} has not landed")
+    model = registry.build(name, paper_backbones.dims).eval()
+    model.attach_text_encoder(lambda texts: paper_backbones.text(texts).embedding, paper_backbones.text_encoder)
+    with torch.no_grad():
+        out = model(to_input([paper_features], paper_backbones.dims), list(LABEL7))
+    assert out.probs.shape == (1, len(LABEL7)) and torch.isfinite(out.probs).all()
+    assert abs(float(out.probs.sum()) - 1.0) < 1e-4
+    assert out.embedding.shape[0] == 1 and torch.isfinite(out.embedding).all()

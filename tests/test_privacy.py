@@ -1,0 +1,47 @@
+"""Privacy: the embedded profile predicts with every socket blocked (nothing can leave the machine)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+BLOCKED_RUN = textwrap.dedent(
+    """
+    import json, socket, sys
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(repr(args[:2]))
+        raise OSError("network blocked by test")
+
+    socket.socket.connect = refuse
+    socket.socket.connect_ex = refuse
+    socket.create_connection = refuse
+    socket.getaddrinfo = refuse
+
+    from emoweb.inference import Predictor
+
+    result = Predictor().predict(sys.argv[1], "all").to_summary()
+    print(json.dumps({"attempts": attempts, "models": sorted(result["models"]), "transcript": result["clip"]["transcript"]["text"]}))
+    """
+)
+
+
+def test_embedded_prediction_with_network_blocked(composite_clip: Path, tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "EMOWEB_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE",
+           "EMOWEB_DATA_DIR": str(tmp_path), "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}
+    proc = subprocess.run([sys.executable, "-c", BLOCKED_RUN, str(composite_clip)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["attempts"] == [], f"network connections attempted: {out['attempts']}"
+    assert out["models"], "no model ran"
+    assert "door" in out["transcript"].lower()
