@@ -26,8 +26,8 @@ from emoweb.metrics import classification_report
 from emoweb.training import assign_splits
 from models.cache import FewShotCache
 
-ALPHAS = (0.5, 1, 2, 5, 10, 20, 40)
-BETAS = (0.5, 1, 2, 4, 8)
+ALPHAS = (0.5, 1, 2, 5, 10, 20, 40, 80, 160)
+BETAS = (0.5, 1, 2, 4, 8, 16, 32)
 
 
 @torch.no_grad()
