@@ -195,7 +195,7 @@ def test_cli_bad_inputs_in_process(bad_inputs, capsys) -> None:
 # --- bench extract (in-process: reuses the session's loaded backbones) ---------------------------------
 
 
-def test_bench_extract_json(extractor, capsys) -> None:
+def test_bench_extract_json(extractor, shared_data, capsys) -> None:
     from emoweb.cli import main
 
     # 2.5 s holds the whole sentence; a cut mid-word makes Whisper fall back through its temperatures (slow)
