@@ -154,20 +154,26 @@ def _fmt_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-@bench("extract", "per-stage time of the shared feature pipeline on a composite clip", _fmt_table)
-def bench_extract(args: argparse.Namespace) -> dict:
+def bench_settings(args: argparse.Namespace):
+    """Checked settings for a timed run: the device must exist, threads are applied to torch."""
     import torch
 
     from emoweb.config import get_settings
-    from emoweb.features import FeatureExtractor
-    from models.backbones import resolve_device
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise EmoWebError("--device cuda: no CUDA device is available on this machine")
     if args.threads < 1 or args.repeat < 1:
         raise EmoWebError("--threads and --repeat must be at least 1")
     torch.set_num_threads(args.threads)
-    settings = dataclasses.replace(get_settings(), device=args.device, threads=args.threads)
+    return dataclasses.replace(get_settings(), device=args.device, threads=args.threads)
+
+
+@bench("extract", "per-stage time of the shared feature pipeline on a composite clip", _fmt_table)
+def bench_extract(args: argparse.Namespace) -> dict:
+    from emoweb.features import FeatureExtractor
+    from models.backbones import resolve_device
+
+    settings = bench_settings(args)
     with tempfile.TemporaryDirectory(prefix="emoweb-bench-") as tmp:
         clip = render_bench_clip(args.seconds, Path(tmp) / f"bench_{args.seconds:g}s.mp4")
         t0 = time.perf_counter()
@@ -232,14 +238,10 @@ def _fmt_models(result: dict) -> str:
 
 @bench("models", "per-stage and per-model latency, --models all vs emoasst, peak memory", _fmt_models)
 def bench_models(args: argparse.Namespace) -> dict:
-    import torch
-
-    from emoweb.config import get_settings
     from emoweb.inference import Predictor
     from models.backbones import resolve_device
 
-    torch.set_num_threads(args.threads)
-    settings = dataclasses.replace(get_settings(), device=args.device, threads=args.threads)
+    settings = bench_settings(args)
     with tempfile.TemporaryDirectory(prefix="emoweb-bench-") as tmp:
         clip = render_bench_clip(args.seconds, Path(tmp) / f"bench_{args.seconds:g}s.mp4")
         t0 = time.perf_counter()

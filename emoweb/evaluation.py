@@ -15,7 +15,7 @@ from emoweb.batching import to_input
 from emoweb.config import Settings
 from emoweb.errors import EmoWebError
 from emoweb.featstore import FeatureStore
-from emoweb.inference import Predictor, apply_cache
+from emoweb.inference import Predictor
 from emoweb.manifests import read_manifests
 from emoweb.metrics import classification_report
 from models.cache import FewShotCache

@@ -126,12 +126,8 @@ class AppContext:
 
     @property
     def predictor(self):
-        with self._lock:
-            if self._predictor is None:
-                from emoweb.inference import Predictor
-
-                self._predictor = Predictor(self.settings)
-            return self._predictor
+        """One Predictor per process: the service's (it creates it on first need)."""
+        return self._predictor or self.service.predictor
 
     @property
     def service(self):
@@ -139,7 +135,7 @@ class AppContext:
             if self._service is None:
                 from emoweb.services import CaregiverService
 
-                self._service = CaregiverService(self.settings, predictor=self.predictor)
+                self._service = CaregiverService(self.settings, predictor=self._predictor)
             return self._service
 
     # -- who is asking ------------------------------------------------------------------------
