@@ -16,7 +16,7 @@ CROP_SIZE = 160  # RGB crop side kept per frame; each backbone resizes to its ow
 MARGIN = 0.15  # context added around the detected box
 PAD_RETRY = 0.35  # border added (fraction of the side) for the tight-crop retry
 DETECT_SIDE = 320  # detection runs on frames downscaled to this side: Haar needs no more
-DETECT_STRIDE = 2
+BOX_REUSE_SECONDS = 1.0  # a detected box stands for sampled frames up to this far away in time
 
 
 @dataclass
@@ -88,7 +88,18 @@ def _crop(frame: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarra
     return cv2.resize(region, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
 
 
-def detect_and_crop(frames: np.ndarray, stride: int = DETECT_STRIDE) -> FaceResult:
+def detection_stride(frame_times: list[float]) -> int:
+    """Detect on every k-th sampled frame so that a reused box is never more than ~1 s old.
+
+    4-s clip, 16 samples 0.25 s apart -> every 4th frame; a 60-s clip (3.75 s apart) -> every frame.
+    """
+    if len(frame_times) < 2:
+        return 1
+    spacing = (frame_times[-1] - frame_times[0]) / (len(frame_times) - 1)
+    return max(1, int(BOX_REUSE_SECONDS / spacing)) if spacing > 0 else 1
+
+
+def detect_and_crop(frames: np.ndarray, stride: int = 1) -> FaceResult:
     """Detect the main face in each frame; frames without one give the whole frame (flagged by a None box).
 
     Detection runs on every `stride`-th sampled frame (faces move little between neighbouring samples);

@@ -132,7 +132,7 @@ class FeatureExtractor:
         )
         if clip.has_video:
             with stage("faces"):
-                found = faces.detect_and_crop(clip.frames)
+                found = faces.detect_and_crop(clip.frames, faces.detection_stride(clip.frame_times))
             feats.face_boxes, feats.face_crops = found.boxes, found.crops
             if not any(found.found):
                 feats.warnings.append("no face found: the visual models used whole frames")
