@@ -6,6 +6,8 @@ used as is, for several app replicas on one database.
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
-# WAL: readers never block the writer; busy_timeout: a writer waits for the lock instead of
-# failing; synchronous=NORMAL is durable in WAL mode except for the last commits on power loss.
-SQLITE_PRAGMAS = ("journal_mode=WAL", "foreign_keys=ON", "busy_timeout=10000", "synchronous=NORMAL")
+# busy_timeout first: a writer waits for the lock instead of failing; synchronous=NORMAL is
+# durable in WAL mode except for the last commits on power loss. WAL (readers never block the
+# writer) is switched on separately, see _ensure_wal.
+BUSY_TIMEOUT_MS = 10000
+SQLITE_PRAGMAS = (f"busy_timeout={BUSY_TIMEOUT_MS}", "foreign_keys=ON", "synchronous=NORMAL")
 
 # Arbitrary constant: the PostgreSQL advisory lock that serialises concurrent migrations.
 _PG_MIGRATION_LOCK = 0x456D6F57
@@ -30,10 +34,29 @@ def to_url(url_or_path: str | os.PathLike[str]) -> str:
     return text if "://" in text else f"sqlite:///{Path(text).expanduser().resolve()}"
 
 
+def _ensure_wal(cursor: Any) -> None:
+    """Switch the file to WAL once; concurrent first connections retry instead of failing.
+
+    The switch needs an exclusive lock and SQLite answers "database is locked" at once, without
+    its busy handler, when another connection is converting or writing at that moment.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     for pragma in SQLITE_PRAGMAS:
         cursor.execute(f"PRAGMA {pragma}")
+    _ensure_wal(cursor)
     cursor.close()
 
 
