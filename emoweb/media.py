@@ -6,6 +6,8 @@ Every failure becomes one `MediaError` line that names the problem.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,8 @@ SAMPLE_RATE = 16_000
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 MAX_FRAME_SIDE = 640  # frames are downscaled on decode: faces and display never need more
 MIN_DURATION = 0.05
+MAX_NAME_CHARS = 120  # longest file name quoted in a message; longer ones keep their start and extension
+_JOINERS = {"\u200c", "\u200d"}  # format characters that are part of normal text (scripts, emoji sequences)
 
 
 @dataclass
@@ -53,13 +57,30 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def display_name(path: str | Path) -> str:
+    """A file name as quoted in a one-line message.
+
+    Uploaded names are arbitrary: a newline, carriage return, terminal escape or bidi override in one
+    would split the error line or disguise it, so control and format characters are shown escaped
+    (\\n, \\x1b, \\u202e); a name of hundreds of characters is cut, keeping its start and extension.
+    """
+    name = "".join(
+        ascii(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") and ch not in _JOINERS else ch
+        for ch in Path(path).name
+    )
+    if len(name) > MAX_NAME_CHARS:
+        suffix = Path(name).suffix if len(Path(name).suffix) <= 12 else ""
+        name = name[: MAX_NAME_CHARS - len(suffix) - 1] + "…" + suffix
+    return name
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise MediaError(f"file not found: {path.name}")
+        raise MediaError(f"file not found: {display_name(path)}")
     if not path.is_file():
-        raise MediaError(f"not a file: {path.name}")
+        raise MediaError(f"not a file: {display_name(path)}")
     if path.stat().st_size == 0:
-        raise MediaError(f"empty file (0 bytes): {path.name}")
+        raise MediaError(f"empty file (0 bytes): {display_name(path)}")
 
 
 def _downscale(img: np.ndarray) -> np.ndarray:
@@ -76,8 +97,9 @@ def _decode_image(path: Path, sha: str) -> DecodedClip:
             im = ImageOps.exif_transpose(im).convert("RGB")
             frame = _downscale(np.asarray(im))
     except (UnidentifiedImageError, OSError) as exc:
-        raise MediaError(f"not a readable image: {path.name} ({exc.__class__.__name__})") from None
-    return DecodedClip(path, sha, "image", 0.0, 0.0, frame[None], [0.0], None)
+        raise MediaError(f"not a readable image: {display_name(path)} ({exc.__class__.__name__})") from None
+    # say what is missing, as the container path does for a video without sound
+    return DecodedClip(path, sha, "image", 0.0, 0.0, frame[None], [0.0], None, ["still image: no audio"])
 
 
 def _stream_duration(container: av.container.InputContainer, stream: av.stream.Stream | None) -> float:
@@ -93,14 +115,37 @@ def _sample_times(duration: float, n: int) -> list[float]:
     return [duration * (i + 0.5) / n for i in range(n)]
 
 
-def _read_frames(container, stream, times: list[float]) -> tuple[list[np.ndarray], list[float]]:
-    """One sequential pass, keeping only the frame at or after each target time."""
+class _Frames:
+    """One stream's decoded frames, packet by packet, skipping packets its decoder rejects.
+
+    A valid container can carry one corrupt stream (damaged upload, bad encoder): `container.decode`
+    would raise at the first bad packet and lose the other stream too. Here the bad packets are only
+    counted (`skipped`), so good audio next to garbage video still gives an audio result, with a note.
+    """
+
+    def __init__(self, container: av.container.InputContainer, stream: av.stream.Stream) -> None:
+        self.container, self.stream, self.skipped = container, stream, 0
+
+    def __iter__(self) -> Iterator[av.frame.Frame]:
+        for packet in self.container.demux(self.stream):
+            try:
+                decoded = packet.decode()
+            except av.error.InvalidDataError:
+                self.skipped += 1
+                continue
+            yield from decoded
+
+
+def _read_frames(container, stream, times: list[float]) -> tuple[list[np.ndarray], list[float], int]:
+    """One sequential pass, keeping only the frame at or after each target time; also the number of
+    undecodable packets skipped."""
     stream.thread_type = "AUTO"
     frames: list[np.ndarray] = []
     stamps: list[float] = []
     last = None
     i = 0
-    for frame in container.decode(stream):
+    decoded = _Frames(container, stream)
+    for frame in decoded:
         t = float(frame.time) if frame.time is not None else (len(stamps) and stamps[-1])
         last = (frame, t)
         while i < len(times) and t + 1e-6 >= times[i]:
@@ -120,7 +165,7 @@ def _read_frames(container, stream, times: list[float]) -> tuple[list[np.ndarray
     if not frames and last is not None:  # a one-frame or very short video: use what there is
         frames.append(_downscale(last[0].to_ndarray(format="rgb24")))
         stamps.append(round(last[1], 3))
-    return frames, stamps
+    return frames, stamps, decoded.skipped
 
 
 def _demuxed_duration(container, streams) -> float:
@@ -133,12 +178,14 @@ def _demuxed_duration(container, streams) -> float:
     return end
 
 
-def _read_audio(container, stream, max_seconds: float) -> np.ndarray:
+def _read_audio(container, stream, max_seconds: float) -> tuple[np.ndarray, int]:
+    """Mono 16 kHz samples up to `max_seconds`; also the number of undecodable packets skipped."""
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
     limit = int(max_seconds * SAMPLE_RATE)
     chunks: list[np.ndarray] = []
     total = 0
-    for frame in container.decode(stream):
+    decoded = _Frames(container, stream)
+    for frame in decoded:
         for out in resampler.resample(frame):
             chunk = out.to_ndarray().reshape(-1)
             chunks.append(chunk)
@@ -149,16 +196,16 @@ def _read_audio(container, stream, max_seconds: float) -> np.ndarray:
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray().reshape(-1))
     audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    return np.clip(audio[:limit].astype(np.float32), -1.0, 1.0)
+    return np.clip(audio[:limit].astype(np.float32), -1.0, 1.0), decoded.skipped
 
 
 def _open(path: Path) -> av.container.InputContainer:
     try:
         return av.open(str(path), metadata_errors="ignore")
     except av.error.InvalidDataError:
-        raise MediaError(f"not a media file or corrupt container: {path.name}") from None
+        raise MediaError(f"not a media file or corrupt container: {display_name(path)}") from None
     except av.error.FFmpegError as exc:
-        raise MediaError(f"cannot open {path.name}: {exc.strerror or exc.__class__.__name__}") from None
+        raise MediaError(f"cannot open {display_name(path)}: {exc.strerror or exc.__class__.__name__}") from None
 
 
 def decode(path: str | Path, n_frames: int = 16, max_seconds: float = 60.0) -> DecodedClip:
@@ -172,7 +219,7 @@ def decode(path: str | Path, n_frames: int = 16, max_seconds: float = 60.0) -> D
     try:
         return _decode_container(container, path, sha, n_frames, max_seconds)
     except av.error.FFmpegError as exc:
-        raise MediaError(f"corrupt or truncated media: {path.name} ({exc.strerror or exc.__class__.__name__})") from None
+        raise MediaError(f"corrupt or truncated media: {display_name(path)} ({exc.strerror or exc.__class__.__name__})") from None
     finally:
         container.close()
 
@@ -184,8 +231,8 @@ def _decode_container(container, path: Path, sha: str, n_frames: int, max_second
     unsupported = sorted({s.type for s in (*container.streams.video, *container.streams.audio) if s.codec_context is None})
     if video is None and audio is None:
         if unsupported:
-            raise MediaError(f"unsupported codec: no decoder for the {' or '.join(unsupported)} stream in {path.name}")
-        raise MediaError(f"no audio or video stream in {path.name}")
+            raise MediaError(f"unsupported codec: no decoder for the {' or '.join(unsupported)} stream in {display_name(path)}")
+        raise MediaError(f"no audio or video stream in {display_name(path)}")
     warnings: list[str] = []
     full = max(_stream_duration(container, video), _stream_duration(container, audio))
     if full <= 0:
@@ -196,22 +243,26 @@ def _decode_container(container, path: Path, sha: str, n_frames: int, max_second
 
     frames = stamps = None
     if video is not None:
-        got, got_t = _read_frames(container, video, _sample_times(span, n_frames))
+        got, got_t, skipped = _read_frames(container, video, _sample_times(span, n_frames))
         if got:
             frames, stamps = np.stack(_same_size(got)), got_t
+            if skipped:
+                warnings.append(f"corrupt video stream: {skipped} undecodable packets skipped")
         else:
-            warnings.append("the video stream has no decodable frames")
+            warnings.append("the video stream has no decodable frames" + (" (corrupt)" if skipped else ""))
         container.seek(0)
     wav = None
     if audio is not None:
-        wav = _read_audio(container, audio, max_seconds)
+        wav, skipped = _read_audio(container, audio, max_seconds)
         if wav.size == 0:
             wav = None
-            warnings.append("the audio stream has no decodable samples")
+            warnings.append("the audio stream has no decodable samples" + (" (corrupt)" if skipped else ""))
+        elif skipped:
+            warnings.append(f"corrupt audio stream: {skipped} undecodable packets skipped")
     if frames is None and wav is None:
         if full < MIN_DURATION:
-            raise MediaError(f"zero-length clip: {path.name}")
-        raise MediaError(f"no decodable audio or video in {path.name} (corrupt or unsupported codec)")
+            raise MediaError(f"zero-length clip: {display_name(path)}")
+        raise MediaError(f"no decodable audio or video in {display_name(path)} (corrupt or unsupported codec)")
     audio_seconds = 0.0 if wav is None else wav.size / SAMPLE_RATE
     video_seconds = min(span, full) if full > 0 else 0.0
     if frames is not None and len(frames) < n_frames:  # the stream ended well before its declared end
@@ -221,7 +272,7 @@ def _decode_container(container, path: Path, sha: str, n_frames: int, max_second
         warnings.append(f"truncated or corrupt audio: only {audio_seconds:.1f} s of {span:.1f} s could be decoded")
     duration = max(audio_seconds, video_seconds)
     if duration < MIN_DURATION and frames is None:
-        raise MediaError(f"zero-length clip: {path.name}")
+        raise MediaError(f"zero-length clip: {display_name(path)}")
     if frames is None and video is None:
         warnings.append("video codec not supported: audio only" if "video" in unsupported else "no video track: audio only")
     if wav is None and audio is None:

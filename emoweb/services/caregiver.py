@@ -38,6 +38,7 @@ import torch
 
 from emoweb.config import Settings, get_settings
 from emoweb.errors import EmoWebError, MediaError, NotFoundError
+from emoweb.media import display_name  # uploaded names may hold newlines: messages stay one line
 from emoweb.services import cachebuild
 from emoweb.services.records import (
     ClipInfo,
@@ -256,15 +257,15 @@ class CaregiverService:
 
     def _check_upload(self, path: Path) -> None:
         if not path.exists():
-            raise MediaError(f"file not found: {path.name}")
+            raise MediaError(f"file not found: {display_name(path)}")
         if not path.is_file():
-            raise MediaError(f"not a file: {path.name}")
+            raise MediaError(f"not a file: {display_name(path)}")
         size = path.stat().st_size
         if size == 0:
-            raise MediaError(f"empty file (0 bytes): {path.name}")
+            raise MediaError(f"empty file (0 bytes): {display_name(path)}")
         limit = self.settings.max_upload_mb * 1024 * 1024
         if size > limit:
-            raise MediaError(f"file too large: {path.name} is {size / 2**20:.0f} MB, the limit is {self.settings.max_upload_mb:g} MB")
+            raise MediaError(f"file too large: {display_name(path)} is {size / 2**20:.0f} MB, the limit is {self.settings.max_upload_mb:g} MB")
 
     @staticmethod
     def _sha256(path: Path) -> str:
@@ -322,7 +323,7 @@ class CaregiverService:
         names = self._model_names()
         feats = self.predictor.extractor(path, progress)
         if sha is not None and feats.sha256 != sha:
-            raise MediaError(f"{path.name} changed while it was being read: upload it again")
+            raise MediaError(f"{display_name(path)} changed while it was being read: upload it again")
         result = self.predictor.run_models(feats, names, progress=progress, labels=list(prof.label_set))
         arrays: dict[str, np.ndarray] = {}
         for model, out in result.outputs.items():
@@ -370,7 +371,7 @@ class CaregiverService:
                 dst.flush()
                 os.fsync(dst.fileno())
             if digest.hexdigest() != sha:
-                raise MediaError(f"{path.name} changed while it was being read: upload it again")
+                raise MediaError(f"{display_name(path)} changed while it was being read: upload it again")
             with self._sessions() as session, session.begin():  # every row of the clip, or none
                 repo = CaregiverRepository(session)
                 clip, new = repo.add_clip(prof.id, sha, relative, kind, source, name, duration)

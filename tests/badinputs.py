@@ -1,0 +1,231 @@
+"""Issue 9's "bad inputs" corpus, generated on the fly (no committed binaries).
+
+`build_corpus(directory, shared_data)` writes every awkward upload the app must survive - broken, empty,
+mislabelled, extreme or odd-named - and says for each what a correct answer is: a result that notes what
+was missing, or one readable error line. Built with the bundled ffmpeg, PyAV, numpy and Pillow from one
+face photo and one speech clip of the shared data, small enough to build in seconds on two slow cores.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, ImageOps
+
+from conftest import HAPPY_SPEECH, JOY_FACE, ffmpeg, make_bad_inputs, write_wav
+from test_media import BAD_INPUT_ERRORS
+
+MODALITIES = ("audio", "visual", "text")
+H264 = ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p")
+EVEN = "pad=ceil(iw/2)*2:ceil(ih/2)*2"  # yuv420p needs even sides; the face photos are not always
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input and what a correct answer is.
+
+    outcome "result": stored and answered; every modality in `missing` must be reported absent, every one
+    in `present` used, and one of the result's notes (decode/feature warnings) must match `expect` (no
+    notes at all when `expect` is empty: nothing was missing). `frame_hw`: the decoded frames' size,
+    where it shows that the picture was handled (EXIF rotation applied, 4K downscaled).
+    outcome "error": one `EmoWebError` line matching `expect`, nothing stored.
+    `limit_s`: the time bound for the whole ingest (a hang is a failure, not a wait).
+    """
+
+    name: str
+    path: Path
+    outcome: str
+    expect: str = ""
+    missing: frozenset[str] = frozenset()
+    present: frozenset[str] = frozenset()
+    frame_hw: tuple[int, int] | None = None
+    limit_s: float = 90.0
+
+
+def _result(
+    name: str,
+    path: Path,
+    expect: str = "",
+    missing: tuple[str, ...] = (),
+    unsure: tuple[str, ...] = (),
+    frame_hw: tuple[int, int] | None = None,
+    limit_s: float = 90.0,
+) -> Case:
+    """`unsure`: modalities neither required nor required absent (speech recognised in noise, say)."""
+    assert set(missing) | set(unsure) <= set(MODALITIES), (missing, unsure)
+    present = frozenset(MODALITIES) - set(missing) - set(unsure)
+    return Case(name, path, "result", expect, frozenset(missing), present, frame_hw, limit_s)
+
+
+def _error(name: str, path: Path, expect: str) -> Case:
+    return Case(name, path, "error", expect, limit_s=30.0)
+
+
+def _face(shared_data: Path) -> Image.Image:
+    with Image.open(shared_data / JOY_FACE) as im:
+        return ImageOps.exif_transpose(im).convert("RGB")
+
+
+def _on_canvas(face: Image.Image, width: int, height: int) -> Image.Image:
+    """The face photo centred on a grey canvas (context for the Haar detector), at any frame size."""
+    img = face.copy()
+    img.thumbnail((width * 3 // 5, height * 3 // 5))
+    canvas = Image.new("RGB", (width, height), (118, 118, 118))
+    canvas.paste(img, ((width - img.width) // 2, (height - img.height) // 2))
+    return canvas
+
+
+def _write_video(path: Path, frames: list[np.ndarray], times: list[float], codec: str = "libx264") -> Path:
+    """A video-only file with exactly these frame timestamps (seconds): for irregular or degenerate timing."""
+    tb = Fraction(1, 1000)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=25)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = tb
+        stream.codec_context.time_base = tb
+        for arr, t in zip(frames, times):
+            frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            frame.pts, frame.time_base = round(t / tb), tb
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def _corrupt_video_packets(src: Path, dst: Path, seed: int = 0) -> Path:
+    """Copy `src` with every video packet's payload overwritten by random bytes: the container (index,
+    audio) stays valid, only the video stream is garbage."""
+    data = bytearray(src.read_bytes())
+    rng = random.Random(seed)
+    with av.open(str(src)) as container:
+        spans = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.pos is not None and p.size]
+    assert spans, "no video packets to corrupt"
+    for pos, size in spans:
+        data[pos : pos + size] = rng.randbytes(size)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def build_corpus(directory: Path, shared_data: Path) -> list[Case]:
+    """Every bad-input case of issue 9 under `directory` (fresh files, unique content per case)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    speech = shared_data / HAPPY_SPEECH
+    face = _face(shared_data)
+    cases: list[Case] = []
+
+    # refused outright: reuse the catalogue the media tests check at the decode level
+    for name, path in make_bad_inputs(d / "refused").items():
+        cases.append(_error(name, path, BAD_INPUT_ERRORS[name]))
+
+    # the base clip: face + voice, H.264/AAC, index (moov) at the end; a faststart copy has it first
+    from emoweb import composite
+
+    base = composite.render(shared_data / JOY_FACE, speech, d / "base.mp4")
+    faststart = d / "faststart.mp4"
+    ffmpeg("-i", base, "-c", "copy", "-movflags", "+faststart", faststart)
+
+    # truncated uploads: with the index first the leading part decodes; without it nothing can be found
+    data = faststart.read_bytes()
+    for pct, missing in ((10, ("audio", "text")), (50, ()), (90, ())):  # 10%: 0.1 s of sound, too short to use
+        cut = d / f"cut_{pct}.mp4"
+        cut.write_bytes(data[: len(data) * pct // 100])
+        cases.append(_result(f"truncated_{pct}pct", cut, r"truncated", missing))
+    cut = d / "cut_50_index_at_end.mp4"
+    cut.write_bytes(base.read_bytes()[: base.stat().st_size // 2])
+    cases.append(_error("truncated_50pct_index_lost", cut, r"corrupt container|not a media file"))
+
+    cases.append(_result("corrupt_video_stream", _corrupt_video_packets(faststart, d / "corrupt_video.mp4"),
+                         r"video stream has no decodable frames", ("visual",)))
+
+    audio_only = d / "speech_only.mp4"
+    ffmpeg("-i", speech, "-vn", "-c:a", "aac", "-b:a", "48k", audio_only)
+    cases.append(_result("audio_only_mp4", audio_only, r"no video track", ("visual",)))
+
+    no_audio = d / "silent_film.mp4"
+    ffmpeg("-i", base, "-an", "-c:v", "copy", no_audio)
+    cases.append(_result("video_no_audio", no_audio, r"no audio track", ("audio", "text")))
+
+    still = d / "face.png"
+    _on_canvas(face, 256, 256).save(still)
+    one_frame = d / "one_frame.mp4"
+    ffmpeg("-i", still, "-frames:v", "1", *H264, one_frame)
+    cases.append(_result("one_frame_video", one_frame, r"no audio track", ("audio", "text")))
+
+    tenth = d / "tenth_of_a_second.mp4"
+    ffmpeg("-i", base, "-t", "0.1", *H264, "-c:a", "aac", tenth)
+    cases.append(_result("clip_0.1s", tenth, r"audio shorter", ("audio", "text")))
+
+    # ten minutes, cheap: 1 fps at 128x128, the speech looped in low-bitrate mono AAC
+    ten = d / "ten_minutes.mp4"
+    ffmpeg("-loop", "1", "-framerate", "1", "-i", still, "-stream_loop", "-1", "-i", speech, "-t", "600",
+           "-vf", "scale=128:128", "-r", "1", *H264, "-tune", "stillimage", "-c:a", "aac", "-ac", "1", "-ar", "16000",
+           "-b:a", "16k", "-shortest", ten)
+    cases.append(_result("ten_minutes", ten, r"only the first \d+ s were analysed", limit_s=180.0))
+
+    uhd = d / "uhd_4k.mp4"
+    _on_canvas(face, 3840, 2160).save(d / "uhd.png")
+    ffmpeg("-loop", "1", "-framerate", "3", "-i", d / "uhd.png", "-frames:v", "3", *H264, uhd)
+    (d / "uhd.png").unlink()
+    cases.append(_result("frames_4k", uhd, r"no audio track", ("audio", "text"), frame_hw=(360, 640)))
+
+    # timing: every frame stamped 0 (no frame interval: "0 fps"), and irregular gaps (variable fps)
+    canvas = np.asarray(_on_canvas(face, 128, 128))
+    frames = [np.roll(canvas, 3 * i, axis=1) for i in range(12)]
+    cases.append(_result("zero_fps", _write_video(d / "zero_fps.mp4", frames, [0.0] * len(frames)),
+                         r"no audio track", ("audio", "text")))
+    vfr_times = [0.0, 0.04, 0.08, 0.12, 0.9, 0.94, 2.5, 2.52, 2.54, 3.6, 3.9, 4.0]
+    cases.append(_result("variable_fps", _write_video(d / "variable_fps.mp4", frames, vfr_times),
+                         r"no audio track", ("audio", "text")))
+
+    eight = d / "eight_channels_96k.mp4"
+    ffmpeg("-i", faststart, "-i", speech, "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-af", "aresample=96000",
+           "-ac", "8", "-c:a", "aac", "-b:a", "256k", eight)
+    with av.open(str(eight)) as c:
+        a = c.streams.audio[0]
+        assert (a.channels, a.sample_rate) == (8, 96000), (a.channels, a.sample_rate)
+    cases.append(_result("audio_8ch_96khz", eight))
+
+    rate = 16_000
+    cases.append(_result("silence", write_wav(d / "silence.wav", np.zeros(3 * rate)), r"silent", MODALITIES))
+    noise = np.random.default_rng(0).uniform(-0.3, 0.3, 3 * rate)
+    cases.append(_result("white_noise", write_wav(d / "white_noise.wav", noise), r"no video track", ("visual",), ("text",)))
+
+    # names: the stored path is ours, the name only shows (and must keep an error to one line)
+    unicode_name = d / "Émotion 表情 😀 ‮4pm.exe‬ (copy).mp4"
+    ffmpeg("-i", base, "-c", "copy", "-metadata", "title=unicode", unicode_name)
+    cases.append(_result("unicode_name", unicode_name))
+    stem = ("a very long file name " * 12)[: 255 - len(".mp4")]
+    long_name = d / f"{stem}.mp4"
+    ffmpeg("-i", base, "-c", "copy", "-metadata", "title=long", long_name)
+    cases.append(_result("long_name", long_name))
+    for name, content, expect in (("text", b"not a video\n" * 10, r"not a media file"), ("empty", b"", r"empty")):
+        odd = d / f"{name}\nsecond line\r\x1b[31m\u2028.mp4"  # newline, CR, terminal escape, line separator
+        odd.write_bytes(content)
+        cases.append(_error(f"control_chars_in_name_{name}", odd, expect))
+
+    # a phone portrait: stored sideways with EXIF Orientation 6 (display = rotate 90 degrees clockwise)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = d / "portrait.jpg"
+    _on_canvas(face, 320, 240).transpose(Image.Transpose.ROTATE_90).save(rotated, exif=exif, quality=92)
+    cases.append(_result("exif_rotated_image", rotated, r"no audio", ("audio", "text"), frame_hw=(240, 320)))
+
+    gif = d / "animated.gif"
+    gif_frames = [Image.fromarray(np.roll(canvas, 4 * i, axis=0)) for i in range(6)]
+    gif_frames[0].save(gif, save_all=True, append_images=gif_frames[1:], duration=[100, 300, 100, 500, 100, 200], loop=0)
+    cases.append(_result("animated_gif", gif, r"no audio track", ("audio", "text")))
+
+    mp3 = d / "song.mp4"
+    ffmpeg("-i", speech, "-c:a", "libmp3lame", "-b:a", "64k", "-f", "mp3", mp3)
+    cases.append(_result("mp3_named_mp4", mp3, r"no video track", ("visual",)))
+
+    for helper in (base, faststart, still):
+        helper.unlink()  # building blocks, not cases
+    names = [c.name for c in cases]
+    assert len(names) == len(set(names)), names
+    return cases
