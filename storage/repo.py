@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -176,6 +176,16 @@ class Repository:
             clip = self._clip(session, clip_id)
             session.execute(delete(Clip).where(Clip.id == clip_id))
         return clip
+
+    def named_media_paths(self, paths: Iterable[str], lock: bool = False) -> set[str]:
+        """Which of `paths` a clip row names as its media file. `lock`: take the write lock first (inside a
+        caller's session it is held until that transaction ends), so no writer is mid-transaction while
+        the caller acts on the answer."""
+        wanted, named = list(paths), set()
+        with self._tx(write=lock) as session:
+            for i in range(0, len(wanted), 500):  # well under every backend's bound-parameter limit
+                named.update(session.scalars(select(Clip.media_path).where(Clip.media_path.in_(wanted[i : i + 500]))))
+        return named
 
     # -- features -------------------------------------------------------------------------
 

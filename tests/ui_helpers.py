@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -80,15 +81,13 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> No
     raise TimeoutError(f"the app did not answer on {url} within {timeout:.0f} s:\n{log.read_text(errors='replace')[-4000:]}")
 
 
-def start_app(workdir: Path, extra_env: dict[str, str] | None = None) -> RunningApp:
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+def app_env(workdir: Path, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of an app (or a `python -m emoweb` command) on `workdir`: its data dir is
+    `workdir/data`, SQLite there, no login, quiet threads, and a checkpoint for every model."""
     env = dict(os.environ)
     env.update({
         "EMOWEB_DATA_DIR": str(workdir / "data"),
         "EMOWEB_FEATURE_CACHE": str(workdir / "features"),
-        "EMOWEB_HOST": "127.0.0.1",
-        "EMOWEB_PORT": str(port),
         "GRADIO_ANALYTICS_ENABLED": "False",
         "GRADIO_TEMP_DIR": str(workdir / "gradio"),
         "OMP_WAIT_POLICY": "PASSIVE",
@@ -100,6 +99,14 @@ def start_app(workdir: Path, extra_env: dict[str, str] | None = None) -> Running
     if not shipped_checkpoint() and "EMOWEB_CHECKPOINT_ROOT" not in env:
         env["EMOWEB_CHECKPOINT_ROOT"] = str(untrained_checkpoint_root(workdir / "checkpoints"))
     env.update(extra_env or {})
+    return env
+
+
+def start_app(workdir: Path, extra_env: dict[str, str] | None = None) -> RunningApp:
+    """The app on a free port with its data in `workdir/data` (kept if it is already there)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = app_env(workdir, {"EMOWEB_HOST": "127.0.0.1", "EMOWEB_PORT": str(port), **(extra_env or {})})
     log = workdir / "app.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
@@ -144,3 +151,102 @@ def shared_app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 
         request.addfinalizer(finish)  # the calling fixture is session-scoped: runs at the end of the session
     return app
+
+
+# -- helpers of the load and fault tests ---------------------------------------------------------
+
+# (face folder, RAVDESS emotion code): a face photo and an Actor_01 voice of the same emotion
+CLIP_PAIRS = (("joy", "03"), ("sadness", "04"), ("anger", "05"), ("fear", "06"), ("neutral", "01"), ("surprise", "08"))
+
+
+def render_clips(shared_data: Path, out_dir: Path, n: int) -> list[Path]:
+    """`n` distinct composite clips (~3.5 s each, different content hashes), rendered once into `out_dir`."""
+    from emoweb import composite
+
+    if n > len(CLIP_PAIRS):
+        raise ValueError(f"at most {len(CLIP_PAIRS)} distinct clips")
+    out = []
+    for label, code in CLIP_PAIRS[:n]:
+        face = sorted((shared_data / "faces" / "facial_expressions" / label).glob("*.jpg"))[0]
+        speech = shared_data / "speech" / "ravdess" / "Actor_01" / f"03-01-{code}-01-01-01-01.flac"
+        target = out_dir / f"{label}.mp4"
+        out.append(target if target.is_file() else composite.render(face, speech, target))
+    return out
+
+
+def job_result(job, timeout: float):
+    """A gradio_client job's outputs within `timeout` seconds (never hangs: cancelled on timeout)."""
+    try:
+        return job.result(timeout=timeout)
+    except TimeoutError:
+        job.cancel()
+        raise
+
+
+def profile_value(created) -> str:
+    """The profile id from /create_profile's first output (a dropdown update: choices + value)."""
+    first = created[0]
+    return str(first["value"] if isinstance(first, dict) else first)
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory of one process (kB), from /proc (psutil is not a dependency)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def wait_for_line(path: Path, marker: str, proc: subprocess.Popen, timeout: float) -> None:
+    """Wait until a line containing `marker` appears in the log file `path` (a stage a test kills at)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if marker in text:
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before {marker!r}:\n{text[-4000:]}")
+        time.sleep(0.1)
+    raise TimeoutError(f"no {marker!r} within {timeout:.0f} s:\n{path.read_text(errors='replace')[-4000:] if path.exists() else ''}")
+
+
+def kill_now(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group `proc` leads (started with start_new_session) and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+DB_FILE = "emoweb.sqlite3"  # the SQLite file in a data dir (Settings.db_url without EMOWEB_DATABASE_URL)
+CLIP_CHILDREN = ("clip_features", "predictions")  # every stored clip has both, written in its ingest transaction
+
+
+def data_dir_problems(data_dir: Path) -> list[str]:
+    """What is wrong with a data dir after a crash or a fault (empty when it is sound): SQLite's
+    integrity and foreign-key checks, half-written clips (a row without features or predictions),
+    temp files of an interrupted upload, media files no row names, rows whose media file is gone."""
+    problems = []
+    with sqlite3.connect(data_dir / DB_FILE, timeout=30) as db:
+        integrity = [r[0] for r in db.execute("PRAGMA integrity_check")]
+        if integrity != ["ok"]:
+            problems.append(f"integrity_check: {integrity}")
+        broken = db.execute("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            problems.append(f"foreign_key_check: {broken}")
+        for table in CLIP_CHILDREN:
+            half = [r[0] for r in db.execute(f"SELECT id FROM clips WHERE id NOT IN (SELECT clip_id FROM {table})")]
+            if half:
+                problems.append(f"clips without {table}: {half}")
+        rows = {r[0] for r in db.execute("SELECT media_path FROM clips")}
+    media = data_dir / "media"
+    files = {p.relative_to(data_dir).as_posix() for p in media.rglob("*") if p.is_file()} if media.is_dir() else set()
+    temp = sorted(f for f in files if Path(f).name.startswith("."))
+    if temp:
+        problems.append(f"temp files left: {temp}")
+    if files - rows - set(temp):
+        problems.append(f"media files without a clip row: {sorted(files - rows - set(temp))}")
+    if rows - files:
+        problems.append(f"clip rows without their media file: {sorted(rows - files)}")
+    return problems

@@ -6,7 +6,8 @@ What the CLI, the Gradio UI and the tests call; no gradio here. Storage errors c
 Invariants:
 - Media files live at `<data_dir>/media/<profile id>/<sha256><suffix>`: generated, never a
   user-supplied path. A file is written to a temp name in that folder and renamed into place
-  inside the database transaction that records it; any failure leaves no row and no file.
+  inside the database transaction that records it; any failure leaves no row and no file, and
+  what a killed process leaves (a temp file, a file whose rows never committed) goes at the next start.
 - Every clip is decoded and encoded once: ingest stores, per backbone profile and model, the
   cache keys (`<model>.fused`, `<model>.audio`, `<model>.visual`) and the base logits
   (`<model>.logits`, over the profile's label set). Re-uploads, predictions on stored clips and
@@ -18,13 +19,16 @@ Invariants:
 from __future__ import annotations
 
 import csv
+import errno
 import functools
 import hashlib
 import io
 import json
 import os
 import re
+import secrets
 import shutil
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -35,6 +39,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from emoweb.config import Settings, get_settings
 from emoweb.errors import EmoWebError, MediaError, NotFoundError
@@ -58,10 +64,17 @@ from storage.schema import Clip, Profile
 
 KEEP_SNAPSHOTS = 2  # inactive snapshots kept per (profile, model), to roll a rebuild back
 REBUILD_PAUSE_ENV = "EMOWEB_TEST_REBUILD_PAUSE"  # tests only: seconds to sleep just before a rebuild commits
+INGEST_PAUSE_ENV = "EMOWEB_TEST_INGEST_PAUSE"  # tests only: "<stage>=<seconds>", stage 'written' or 'commit' (_ingest_new)
 LABEL_FIELDS = ("sha256", "original_name", "label", "annotator", "note", "created")
 _SUFFIX = re.compile(r"\.[a-z0-9]{1,10}")
 _CLIP_ID = re.compile(r"[0-9]{1,18}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# An upload's temp file: `.ingest-<pid>-<token>-<random>.part`; the token tells this process from an
+# earlier one that had the same pid (a restarted container), so a killed upload's file can be removed.
+_PROCESS_TOKEN = secrets.token_hex(4)
+_PART = re.compile(r"\.ingest-([0-9]+)-([0-9a-f]+)-.*\.part")
+_NO_SPACE = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file size limit reached"}
+_PG_DISK_FULL = "53100"  # PostgreSQL's SQLSTATE disk_full
 
 F = TypeVar("F", bound=Callable[..., Any])
 Progress = Callable[[str], None]  # as emoweb.features.Progress: called with a stage or model name
@@ -80,8 +93,40 @@ def _storage_errors(fn: F) -> F:
             raise EmoWebError(str(exc)) from None
         except StorageError as exc:
             raise EmoWebError(str(exc)) from None
+        except DBAPIError as exc:  # a full disk under the database: one line, not the driver's traceback
+            orig = exc.orig
+            full = getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or getattr(orig, "pgcode", None) == _PG_DISK_FULL
+            if not full or not args or not isinstance(args[0], CaregiverService):
+                raise
+            raise EmoWebError(args[0].no_space_message("disk full", database=True)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _stale_part(path: Path) -> bool:
+    """Whether an upload's temp file was left by a process that is gone (killed mid-upload)."""
+    match = _PART.fullmatch(path.name)
+    if match is None:
+        return True  # not ours to finish: no live upload has this name
+    pid = int(match[1])
+    if pid == os.getpid():
+        return match[2] != _PROCESS_TOKEN
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (another user's process)
+    return False
+
+
+def _test_pause(env: str, stage: str, message: str) -> None:
+    """Tests only: when `env` is "<seconds>" or "<stage>=<seconds>", announce `message` on stderr and
+    sleep there, so a test can kill the process at a known point."""
+    wanted, _, seconds = os.environ.get(env, "").rpartition("=")
+    if seconds and wanted in ("", stage):
+        print(message, file=sys.stderr, flush=True)
+        time.sleep(float(seconds))
 
 
 def profile_info(p: Profile) -> ProfileInfo:
@@ -133,6 +178,35 @@ class CaregiverService:
         self._models = models
         self._caches: dict[tuple[int, str], tuple[int, FewShotCache, list[int]]] = {}
         self._lock = threading.RLock()
+        self._remove_interrupted_uploads()
+
+    def _remove_interrupted_uploads(self) -> None:
+        """Remove what an ingest killed mid-way (SIGKILL, power loss) left in the media folder: temp files
+        of processes that are gone, and media files renamed into place whose transaction never committed
+        (no clip row names them). Telling the latter from an ingest between its rename and its commit
+        needs SQLite's write lock (held across both), so they are left alone on other databases."""
+        if not self.media_root.is_dir():
+            return
+        for part in self.media_root.glob("*/.ingest-*.part"):
+            if _stale_part(part):
+                part.unlink(missing_ok=True)
+        files = {p.relative_to(self.data_dir).as_posix(): p for p in self.media_root.glob("*/*")
+                 if not p.name.startswith(".") and p.is_file()}
+        if not files or make_url(self.settings.db_url).get_backend_name() != "sqlite":
+            return
+        unnamed = set(files) - self.repo.named_media_paths(files)
+        if unnamed:
+            with self._sessions() as session, session.begin():
+                for relative in unnamed - CaregiverRepository(session).named_media_paths(unnamed, lock=True):
+                    files[relative].unlink(missing_ok=True)  # under the write lock: no ingest is mid-commit
+
+    def no_space_message(self, reason: str, database: bool = False) -> str:
+        """The one line for a write refused for lack of space, saying where."""
+        url = make_url(self.settings.db_url)
+        if database and url.get_backend_name() != "sqlite":
+            return f"not enough disk space on the database server ({reason}): free some space there and try again"
+        folder = Path(url.database).parent if database and url.database else self.data_dir
+        return f"not enough disk space in the data folder {folder} ({reason}): free some space and try again"
 
     def close(self) -> None:
         """Release the database connections."""
@@ -360,7 +434,7 @@ class CaregiverService:
         relative = f"media/{prof.id}/{sha}{safe_suffix(name) or safe_suffix(path.name)}"
         final = self._media_file(relative)
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".ingest-", suffix=".part")
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".ingest-{os.getpid()}-{_PROCESS_TOKEN}-", suffix=".part")
         placed = False
         try:
             digest = hashlib.sha256()
@@ -372,6 +446,7 @@ class CaregiverService:
                 os.fsync(dst.fileno())
             if digest.hexdigest() != sha:
                 raise MediaError(f"{display_name(path)} changed while it was being read: upload it again")
+            _test_pause(INGEST_PAUSE_ENV, "written", "ingest: paused with the media in a temp file")
             with self._sessions() as session, session.begin():  # every row of the clip, or none
                 repo = CaregiverRepository(session)
                 clip, new = repo.add_clip(prof.id, sha, relative, kind, source, name, duration)
@@ -383,9 +458,12 @@ class CaregiverService:
                 info = clip_info(clip)
                 os.replace(tmp, final)  # last step before the commit
                 placed = True
-        except BaseException:
+                _test_pause(INGEST_PAUSE_ENV, "commit", "ingest: paused before commit")
+        except BaseException as exc:
             if placed:
                 final.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+                raise EmoWebError(self.no_space_message(_NO_SPACE[exc.errno])) from None
             raise
         finally:
             if os.path.exists(tmp):
@@ -589,10 +667,7 @@ class CaregiverService:
                 alpha=b.cache.alpha, beta=b.cache.beta, tuning=b.hyper["tuning"], before=m["before"], after=m["after"],
                 skipped=m["skipped"], seconds=round(sum(timings.values()), 4), timings=timings,
             )
-        pause = os.environ.get(REBUILD_PAUSE_ENV)
-        if pause:
-            print("rebuild: paused before commit", file=sys.stderr, flush=True)
-            time.sleep(float(pause))
+        _test_pause(REBUILD_PAUSE_ENV, "commit", "rebuild: paused before commit")
         return results
 
     @_storage_errors
