@@ -64,7 +64,7 @@ def logits_from_probs(probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return probs.float().clamp_min(eps).log()
 
 
-def _normalise_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def normalise_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 unit rows and a presence mask; NaN/inf or all-zero rows are 'missing' and become zeros."""
     if x.dim() != 2:
         raise ValueError(f"expected a [rows, dim] tensor, got shape {tuple(x.shape)}")
@@ -135,7 +135,7 @@ class FewShotCache:
         for name, k in keys.items():
             if k.shape[0] != n:
                 raise ValueError(f"modality {name!r} has {k.shape[0]} rows for {n} labels")
-            norm_keys[name], masks[name] = _normalise_rows(k.detach())
+            norm_keys[name], masks[name] = normalise_rows(k.detach())
         return cls(label_set, norm_keys, masks, labels, alpha=alpha, beta=beta)
 
     def _check(self) -> None:
@@ -204,7 +204,7 @@ class FewShotCache:
                 q = q[None]
             if q.shape[1] != k.shape[1]:
                 raise ValueError(f"modality {name!r}: query dim {q.shape[1]} != cache dim {k.shape[1]}")
-            qn, qmask = _normalise_rows(q.to(k.device))
+            qn, qmask = normalise_rows(q.to(k.device))
             sims.append(qn @ k.T)
             pairs.append(qmask[:, None] & self.masks[name][None, :])
         return sims, pairs
@@ -369,7 +369,7 @@ class FewShotCache:
         for name, value in state.items():
             if name.startswith("keys."):
                 m = name[len("keys."):]
-                k, present = _normalise_rows(value)
+                k, present = normalise_rows(value)
                 mask = state[f"mask.{m}"].to(torch.bool) & present
                 keys[m], masks[m] = k * mask[:, None], mask
         return cls(

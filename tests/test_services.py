@@ -333,6 +333,62 @@ def test_rebuild_tunes_reports_loo_and_reuses_hyperparameters(service: Caregiver
     assert len(service.snapshots("synthetic")) == 3
 
 
+def test_a_snapshot_refers_to_stored_features_and_loads_in_another_process(service: CaregiverService, no_decoding) -> None:
+    """A snapshot stores clip ids, not keys; a new service (another process, an app restart) rebuilds
+    the same cache from the stored features. Snapshots written with keys (before) still load."""
+    service.create_profile("refs", ["calm", "upset"])
+    ids = add_synthetic(service, "refs", 40, ["calm", "upset"], seed=5)
+    built = service.rebuild_cache("refs")["emoasst"]
+    snapshot = service.repo.active_snapshot("refs", "emoasst")
+    assert set(snapshot.payload_arrays()) == {"clip_ids"} and snapshot.hyper["backbone_profile"] == "embedded"
+    assert built.scored == 40 and built.timings["commit"] >= 0
+    mine = service.predict(ids[0], "refs").predictions["emoasst"]  # the cache this service just built
+    other = CaregiverService(service.settings, models="emoasst")
+    try:
+        theirs = other.predict(ids[0], "refs").predictions["emoasst"]  # re-assembled from clip_features
+        assert theirs.cache_snapshot == mine.cache_snapshot == built.snapshot_id
+        assert theirs.probs == pytest.approx(mine.probs, abs=1e-6) and theirs.nearest == mine.nearest
+        _, cache, clip_ids = service._caches[(snapshot.profile_id, "emoasst")]
+        legacy = service.repo.save_snapshot(  # the format before: float16 keys and masks in the payload
+            snapshot.profile_id, "emoasst", {**{k: v.numpy() for k, v in cache.state_dict().items() if isinstance(v, torch.Tensor)},
+                                             "clip_ids": np.asarray(clip_ids)}, cache.example_labels, snapshot.hyper,
+        )
+        old = other.predict(ids[0], "refs").predictions["emoasst"]
+        assert old.cache_snapshot == legacy.id and old.probs == pytest.approx(mine.probs, abs=1e-2)
+        assert [n["clip_id"] for n in old.nearest] == [n["clip_id"] for n in mine.nearest]
+    finally:
+        other.close()
+    service.delete_profile("refs")
+
+
+def test_a_warm_rebuild_sees_what_another_process_added_deleted_or_replaced(service: CaregiverService, no_decoding) -> None:
+    """The in-memory features are checked against the database: clips another replica added or deleted,
+    and the newest clip deleted and stored again with other features under the same id and sha256."""
+    service.create_profile("replicas", ["calm", "upset"])
+    ids = add_synthetic(service, "replicas", 30, ["calm", "upset"], seed=6)
+    assert service.rebuild_cache("replicas")["emoasst"].n == 30
+    other = CaregiverService(service.settings, models="emoasst")
+    try:
+        more = add_synthetic(other, "replicas", 5, ["calm", "upset"], seed=7)
+        assert service.rebuild_cache("replicas")["emoasst"].n == 35
+        other.delete_clip(ids[3])
+        assert service.rebuild_cache("replicas")["emoasst"].n == 34
+        last = other.get_clip(more[-1])
+        features = other.repo.get_features(last.id, "embedded")
+        other.delete_clip(last.id)
+        again, new = other.repo.add_clip(last.profile_id, last.sha256, last.media_path, "video", "upload", last.original_name, 2.0)
+        assert new and again.id == last.id  # SQLite gave the largest id out again
+        other.repo.put_features(again.id, "embedded", {k: (-v if k != "emoasst.logits" else v) for k, v in features.items()})
+        other.repo.add_correction(again.id, "upset")
+    finally:
+        other.close()
+    rebuilt = service.rebuild_cache("replicas")["emoasst"]
+    assert rebuilt.n == 34
+    p = service.predict(again.id, "replicas").predictions["emoasst"]
+    assert p.nearest[0]["clip_id"] == again.id and p.nearest[0]["similarity"] == pytest.approx(1.0, abs=1e-4)  # its new features
+    service.delete_profile("replicas")
+
+
 def test_a_rebuild_killed_before_commit_leaves_the_old_snapshot(service: CaregiverService) -> None:
     service.create_profile("killed", ["calm", "upset"])
     ids = add_synthetic(service, "killed", 30, ["calm", "upset"], seed=3)
@@ -373,10 +429,58 @@ def test_a_rebuild_killed_before_commit_leaves_the_old_snapshot(service: Caregiv
     assert new.snapshot_id != old.snapshot_id and new.n_per_label == {"calm": 12, "upset": 18}
 
 
+def blob_rows(features: dict[int, dict[str, np.ndarray]]) -> list[tuple]:
+    """Stored feature rows as `CaregiverRepository.feature_blobs` returns them."""
+    return [(name, clip_id, a.dtype.str, a.tobytes()) for clip_id, named in features.items() for name, a in named.items()]
+
+
 def test_cachebuild_pads_logits_of_clips_ingested_before_a_label_was_added() -> None:
-    rows = [np.array([1.0, 2.0, 3.0], np.float32), np.array([1.0, 2.0, 3.0, 9.0], np.float32)]
-    stacked = cachebuild.stack_logits(rows, 4)
-    np.testing.assert_allclose(stacked, [[1, 2, 3, 2], [1, 2, 3, 9]])
+    stored = cachebuild.StoredArrays()
+    stored.add(blob_rows({
+        1: {"m.logits": np.array([1.0, 2.0, 3.0], np.float32), "m.fused": np.ones(4, np.float32)},
+        2: {"m.logits": np.array([1.0, 2.0, 3.0, 9.0], np.float32), "m.fused": np.ones(4, np.float32)},
+    }))
+    stored.add(blob_rows({3: {"m.logits": np.array([4.0, 6.0], np.float16), "m.fused": np.ones(3, np.float32)}}))  # a later read
+    data = cachebuild.assemble("m", {1: "a", 2: "b", 3: "a", 4: "b"}, stored)
+    np.testing.assert_allclose(data.base, [[1, 2, 3, 2], [1, 2, 3, 9], [4, 6, 5, 5]])
+    assert data.clip_ids == [1, 2, 3] and data.skipped == 1  # clip 4 has no stored features
+    assert data.masks["fused"].tolist() == [True, True, False]  # a key of another width counts as missing
+    np.testing.assert_allclose(data.keys["fused"][0], np.full(4, 0.5))  # unit rows
+
+
+def test_loo_reuses_affinities_only_for_the_same_stored_arrays() -> None:
+    """Warm rebuilds reuse the last leave-one-out affinities: with clips added, removed and one re-read
+    (a new token for the same clip id), the result equals a computation from scratch."""
+    from models.cache import FewShotCache
+
+    g = torch.Generator().manual_seed(1)
+    centroids = torch.randn(4, 16, generator=g)
+
+    def data(ids: list[int], tokens: list[int]) -> tuple[FewShotCache, torch.Tensor]:
+        """A token stands for a clip's stored arrays: the same token, the same arrays."""
+        y = torch.tensor([i % 4 for i in ids])
+        noise = torch.stack([torch.randn(33, generator=torch.Generator().manual_seed(t)) for t in tokens])
+        keys = {"fused": centroids[y] + noise[:, :16], "audio": centroids[y] + noise[:, 16:32]}
+        keys["audio"][noise[:, 32] > 1.0] = float("nan")  # some clips without audio
+        return FewShotCache.build(keys, [str(int(i)) for i in y], ["0", "1", "2", "3"], beta=2.0), noise[:, :4] * 3
+
+    memo = cachebuild.AffinityMemo()
+    ids = list(range(100, 800))
+    tokens = [i + 1 for i in ids]
+    for step in range(4):
+        cache, base = data(ids, tokens)
+        rows = cachebuild._eval_rows(ids, 500, 0)
+        fresh = cachebuild.pairwise_affinity(cache, rows)
+        torch.testing.assert_close(memo.affinity(cache, rows, np.asarray(tokens)), fresh, rtol=0, atol=1e-6)
+        ours = cachebuild.loo_accuracy(cache, base, clip_ids=ids, tokens=np.asarray(tokens), memo=memo)
+        assert ours == cachebuild.loo_accuracy(cache, base, clip_ids=ids) and ours["scored"] == 500
+        ids, tokens = ids[5:] + [900 + step, 901 + step], tokens[5:] + [10_000 + 2 * step, 10_001 + 2 * step]
+        tokens[100] += 50_000  # the same clip read again: its affinities are recomputed
+    cache, base = data(ids, tokens)
+    before = memo._state
+    cache.beta = 3.0  # other hyper-parameters: nothing is reused
+    assert cachebuild.loo_accuracy(cache, base, clip_ids=ids, tokens=np.asarray(tokens), memo=memo) == cachebuild.loo_accuracy(cache, base, clip_ids=ids)
+    assert memo._state[3] is not before[3]
 
 
 def test_loo_matches_the_cache_reference_implementation() -> None:

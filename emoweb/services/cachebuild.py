@@ -1,23 +1,28 @@
-"""A profile's few-shot cache from stored features: assemble, tune, score, and (de)serialise snapshots.
+"""A profile's few-shot cache from stored features: assemble, tune, score, and snapshots.
 
 No database and no media here: inputs are the arrays `put_features` stored at ingest, per model
 `<model>.fused`, `<model>.<modality>` (audio, visual, ...: the cache keys) and `<model>.logits`
 (the model's base logits over the profile's label set as it was at ingest; label sets only grow,
 so those columns are always a prefix of the current set).
+
+What makes a 10,000-clip rebuild fast: `StoredArrays` keeps decoded, normalised keys between rebuilds
+(so assembling a cache is slicing), `AffinityMemo` keeps the last leave-one-out affinities (so scoring
+500 rows recomputes only new clips' rows and columns), and a snapshot stores clip ids, not keys.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from models.cache import DEFAULT_ALPHA, DEFAULT_BETA, FewShotCache, search_hyperparameters
+from models.cache import DEFAULT_ALPHA, DEFAULT_BETA, FewShotCache, normalise_rows, search_hyperparameters
 
 LOGITS = "logits"  # feature suffix of the base logits; every other suffix is a cache key modality
 MIN_TUNE_EXAMPLES = 4  # fewer labelled clips than this: keep the default alpha/beta
@@ -40,18 +45,131 @@ def split_name(name: str) -> tuple[str, str]:
     return model, part
 
 
-def stack_logits(rows: Sequence[np.ndarray], width: int) -> np.ndarray:
-    """[N, width] float32 from rows of possibly fewer columns (clips ingested before a label was
-    added): a missing column gets the row mean, as `FewShotCache.expand_base` does."""
-    rows = [np.asarray(r, np.float32).reshape(-1) for r in rows]
-    if rows and all(r.shape[0] == width for r in rows):
-        return np.stack(rows)
-    out = np.empty((len(rows), width), np.float32)
-    for i, r in enumerate(rows):
-        out[i, : r.shape[0]] = r[:width]
-        if r.shape[0] < width:
-            out[i, r.shape[0]:] = r.mean() if r.size else 0.0
+def pad_logits(padded: np.ndarray, widths: np.ndarray, width: int) -> np.ndarray:
+    """[N, width] float32 from rows whose first `widths[i]` columns hold a clip's logits (zeros after):
+    a clip ingested before a label was added has fewer columns, and each missing one gets the row's
+    mean, as `FewShotCache.expand_base` does."""
+    out = np.zeros((len(padded), width), np.float32)
+    out[:, : min(width, padded.shape[1])] = padded[:, :width]
+    short = widths < width
+    if short.any():
+        mean = padded.sum(1) / np.maximum(widths, 1)
+        out = np.where(np.arange(width)[None, :] < widths[:, None], out, mean[:, None]).astype(np.float32)
     return out
+
+
+def _decode(dtypes: Sequence[str], data: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Stored flat arrays as one float32 matrix, zero-padded to the widest, and each one's width."""
+    if len(set(dtypes)) == 1 and len({len(d) for d in data}) == 1:  # the usual case: one buffer, one copy
+        matrix = np.frombuffer(bytearray().join(data), np.dtype(dtypes[0])).reshape(len(data), -1)
+        return matrix.astype(np.float32, copy=False), np.full(len(data), matrix.shape[1], np.int64)
+    arrays = [np.frombuffer(d, np.dtype(t)) for t, d in zip(dtypes, data)]
+    widths = np.asarray([a.size for a in arrays], np.int64)
+    matrix = np.zeros((len(arrays), int(widths.max())), np.float32)
+    for i, array in enumerate(arrays):
+        matrix[i, : array.size] = array
+    return matrix, widths
+
+
+def _span(rows: np.ndarray) -> slice | np.ndarray:
+    """`rows` as a slice when they are consecutive (usual: rows are added in clip id order), so reading
+    or writing them is a view instead of a gather or scatter of every key."""
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and bool((np.diff(rows) == 1).all()):
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
+
+
+class StoredArrays:
+    """Clips' stored features as a cache uses them, one row per clip: each key modality as unit rows and
+    a presence mask (normalised once, when read, rather than on every rebuild), base logits as stored
+    (zero-padded to the widest, with each row's width). Rows are only ever added and never written
+    again, so a cache may hold views of them. Each row gets a token that no other arrays get in this
+    process, which is what `AffinityMemo` names rows by."""
+
+    _tokens = itertools.count(1)
+
+    def __init__(self) -> None:
+        self.row_of: dict[int, int] = {}  # clip id -> row
+        self.rows = 0
+        self.tokens = np.zeros(0, np.int64)  # row -> token; its length is the capacity
+        self.units: dict[str, torch.Tensor] = {}  # key feature name -> [capacity, D] unit rows, zeros where absent
+        self.present: dict[str, torch.Tensor] = {}  # key feature name -> [capacity] bool
+        self.logits: dict[str, np.ndarray] = {}  # logits feature name -> [capacity, widest] float32
+        self.widths: dict[str, np.ndarray] = {}  # logits feature name -> [capacity] its width, 0 where absent
+
+    def add(self, blobs: Iterable[tuple[str, int, str, bytes]]) -> None:
+        """Append clips from stored feature rows (name, clip id, dtype, raw bytes), skipping clips held
+        already. Decoded a name at a time (one buffer per name, not 40,000 small arrays). A key whose
+        width differs from the first one seen for its name is treated as absent, as a NaN row is."""
+        by_name: dict[str, tuple[list[int], list[str], list[bytes]]] = {}
+        for name, clip_id, dtype, data in blobs:
+            group = by_name.get(name)
+            if group is None:
+                group = by_name[name] = ([], [], [])
+            group[0].append(clip_id)
+            group[1].append(dtype)
+            group[2].append(data)
+        clips = sorted({c for ids, _, _ in by_name.values() for c in ids} - self.row_of.keys())
+        if not clips:
+            return
+        start, stop = self.rows, self.rows + len(clips)
+        if stop > len(self.tokens):  # room for a quarter more: the next new clips need no copy
+            self._grow(stop + stop // 4 + 64)
+        self.rows = stop
+        self.tokens[start:stop] = [next(self._tokens) for _ in clips]
+        self.row_of.update(zip(clips, range(start, stop)))
+        for name, (ids, dtypes, data) in by_name.items():
+            rows = np.fromiter((self.row_of[c] for c in ids), np.int64, len(ids))
+            new = rows >= start
+            if not new.all():
+                rows, dtypes, data = rows[new], [t for t, n in zip(dtypes, new) if n], [d for d, n in zip(data, new) if n]
+            if not len(rows):
+                continue
+            matrix, widths = _decode(dtypes, data)
+            if split_name(name)[1] == LOGITS:
+                self._add_logits(name, _span(rows), matrix, widths)
+                continue
+            if name not in self.units:
+                self.units[name] = torch.zeros(len(self.tokens), int(widths[0]))
+                self.present[name] = torch.zeros(len(self.tokens), dtype=torch.bool)
+            dim = self.units[name].shape[1]
+            fits = widths == dim
+            if not (fits.all() and matrix.shape[1] == dim):
+                keys = np.full((len(rows), dim), np.nan, np.float32)
+                if fits.any():
+                    keys[fits] = matrix[fits, :dim]
+                matrix = keys
+            index = _span(rows)
+            index = index if isinstance(index, slice) else torch.from_numpy(index)
+            self.units[name][index], self.present[name][index] = normalise_rows(torch.from_numpy(matrix))
+
+    def _add_logits(self, name: str, rows: np.ndarray, matrix: np.ndarray, widths: np.ndarray) -> None:
+        if name not in self.logits:
+            self.logits[name] = np.zeros((len(self.tokens), matrix.shape[1]), np.float32)
+            self.widths[name] = np.zeros(len(self.tokens), np.int64)
+        elif matrix.shape[1] > self.logits[name].shape[1]:  # a label was added since: widen, zero-padded
+            self.logits[name] = np.pad(self.logits[name], ((0, 0), (0, matrix.shape[1] - self.logits[name].shape[1])))
+        self.logits[name][rows, : matrix.shape[1]] = matrix
+        self.widths[name][rows] = widths
+
+    def _grow(self, capacity: int) -> None:
+        """More rows: new arrays, so views that caches hold of the old ones stay as they were."""
+        more = capacity - len(self.tokens)
+        self.tokens = np.concatenate([self.tokens, np.zeros(more, np.int64)])
+        for name, unit in self.units.items():
+            self.units[name] = torch.cat([unit, torch.zeros(more, unit.shape[1])])
+            self.present[name] = torch.cat([self.present[name], torch.zeros(more, dtype=torch.bool)])
+        for name, logits in self.logits.items():
+            self.logits[name] = np.concatenate([logits, np.zeros((more, logits.shape[1]), np.float32)])
+            self.widths[name] = np.concatenate([self.widths[name], np.zeros(more, np.int64)])
+
+    def names(self) -> set[str]:
+        """Feature names some held clip has."""
+        return set(self.units) | set(self.logits)
+
+    def rows_of(self, clip_ids: Sequence[int]) -> slice | np.ndarray:
+        """Row numbers of held clips (see `_span`)."""
+        return _span(np.fromiter((self.row_of[c] for c in clip_ids), np.int64, len(clip_ids)))
 
 
 @dataclass
@@ -60,39 +178,60 @@ class Assembled:
 
     clip_ids: list[int]
     labels: list[str]
-    keys: dict[str, torch.Tensor]  # modality -> [N, D], NaN rows where a clip lacks the modality
+    keys: dict[str, torch.Tensor]  # modality -> [N, D] unit rows, zeros where a clip lacks the modality
+    masks: dict[str, torch.Tensor]  # modality -> [N] bool, True where the clip has it
     base: torch.Tensor  # [N, C] base logits over label_set[:C]
     skipped: int  # labelled clips without stored features for this model
+    tokens: np.ndarray  # [N] int64: `StoredArrays.tokens` of the rows
 
 
-def assemble(
-    model: str, clip_labels: Mapping[int, str], features: Mapping[str, Mapping[int, np.ndarray]]
-) -> Assembled:
-    """Row-align a model's stored features with the labelled clips (`features`: name -> clip -> array)."""
-    base_by_clip = features.get(logits_name(model), {})
-    ids = sorted(c for c in clip_labels if c in base_by_clip)
-    skipped = len(clip_labels) - len(ids)
-    width = max((base_by_clip[c].size for c in ids), default=0)
-    base = torch.from_numpy(stack_logits([base_by_clip[c] for c in ids], width)) if ids else torch.zeros(0, 0)
-    keys: dict[str, torch.Tensor] = {}
-    for name, by_clip in features.items():
-        owner, part = split_name(name)
-        if owner != model or part == LOGITS or not by_clip:
-            continue
-        dim = next(iter(by_clip.values())).size
-        matrix = np.full((len(ids), dim), np.nan, np.float32)
-        for row, clip_id in enumerate(ids):
-            value = by_clip.get(clip_id)
-            if value is not None and value.size == dim:
-                matrix[row] = value.reshape(-1)
-        keys[part] = torch.from_numpy(matrix)
-    return Assembled(ids, [clip_labels[c] for c in ids], keys, base, skipped)
+def assemble(model: str, clip_labels: Mapping[int, str], stored: StoredArrays) -> Assembled:
+    """Row-align a model's stored features with the labelled clips, in clip id order. `stored` may hold
+    other clips too: only those in `clip_labels` are used, so a snapshot re-assembled from its clip
+    ids gives exactly the cache that was built."""
+    name = logits_name(model)
+    widths = stored.widths.get(name)
+    held = sorted(c for c in clip_labels if c in stored.row_of) if widths is not None else []
+    rows = stored.rows_of(held)
+    has = widths[rows] > 0 if held else np.zeros(0, bool)
+    if not has.all():  # clips without this model's features
+        rows = np.arange(stored.rows)[rows][has]
+        held = [c for c, h in zip(held, has) if h]
+    if not held:
+        return Assembled([], [], {}, {}, torch.zeros(0, 0), len(clip_labels), np.zeros(0, np.int64))
+    base = torch.from_numpy(pad_logits(stored.logits[name][rows], widths[rows], int(widths[rows].max())))
+    index = rows if isinstance(rows, slice) else torch.from_numpy(rows)
+    keys, masks = {}, {}
+    for feature, unit in stored.units.items():
+        owner, part = split_name(feature)
+        mask = stored.present[feature][index] if owner == model else None
+        if mask is not None and bool(mask.any()):  # a modality no labelled clip has is left out
+            keys[part], masks[part] = unit[index], mask
+    return Assembled(held, [clip_labels[c] for c in held], keys, masks, base, len(clip_labels) - len(held), stored.tokens[rows])
 
 
-def _eval_rows(n: int, max_rows: int, seed: int) -> torch.Tensor:
+def make_cache(data: Assembled, label_set: Sequence[str], alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA) -> FewShotCache:
+    """The cache of assembled examples: what a rebuild builds and what loading its snapshot rebuilds."""
+    return FewShotCache(label_set, data.keys, data.masks, data.labels if data.keys else (), alpha=alpha, beta=beta)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijection of uint64 that scatters consecutive ids."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _eval_rows(ids: Sequence[int], max_rows: int, seed: int) -> torch.Tensor:
+    """Row indices to score: all, or the `max_rows` whose (seeded) hash of the clip id is smallest. Each
+    clip's chance depends on itself alone, so a rebuild after a few new clips scores nearly the same
+    rows and `AffinityMemo` reuses their affinities; it is still a pseudo-random, label-blind subset."""
+    n = len(ids)
     if n <= max_rows:
         return torch.arange(n)
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_rows].sort().values
+    keyed = _mix(np.asarray(ids, np.int64).astype(np.uint64) ^ _mix(np.full(1, seed, np.uint64)))
+    return torch.from_numpy(np.sort(np.argpartition(keyed, max_rows)[:max_rows]))
 
 
 def own_query(cache: FewShotCache) -> dict[str, torch.Tensor]:
@@ -100,36 +239,122 @@ def own_query(cache: FewShotCache) -> dict[str, torch.Tensor]:
     return {m: k.masked_fill(~cache.masks[m][:, None], float("nan")) for m, k in cache.keys.items()}
 
 
+_BLOCK = 1024  # query rows per block: 10,000 examples never need a 10,000 x 10,000 matrix at once
+
+
+def pairwise_affinity(cache: FewShotCache, rows: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
+    """[len(rows), len(cols)] affinity of cached examples `rows` to examples `cols` (default: all):
+    the same maths as `FewShotCache.affinity` on the cache's own (already unit) keys, with in-place
+    steps and no pair-mask matrix, since this is most of a large cold rebuild."""
+    n_cols = len(cache) if cols is None else len(cols)
+    out = torch.zeros(len(rows), n_cols)
+    for start in range(0, len(rows), _BLOCK):
+        chunk = rows[start:start + _BLOCK]
+        total = out[start:start + len(chunk)]
+        count = torch.zeros(len(chunk), n_cols)
+        for m, keys in cache.keys.items():  # unit rows, zeros where missing
+            mask = cache.masks[m]
+            col_keys, col_mask = (keys, mask) if cols is None else (keys[cols], mask[cols])
+            row_mask = mask[chunk].float()
+            sim = torch.mm(keys[chunk], col_keys.T).sub_(1.0).mul_(cache.beta).exp_()
+            if not bool(col_mask.all()):
+                sim.mul_(col_mask.float()[None, :])
+            if not bool(row_mask.all()):
+                sim.mul_(row_mask[:, None])
+            total.add_(sim)
+            count.addr_(row_mask, col_mask.float())
+        total.div_(count.clamp_min_(1.0))
+    return out
+
+
+def _positions(old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each token of `new`: its index in `old` and whether it is there at all."""
+    if not len(old):
+        return np.zeros(len(new), np.int64), np.zeros(len(new), bool)
+    order = np.argsort(old, kind="stable")
+    at = order[np.searchsorted(old, new, sorter=order).clip(0, len(old) - 1)]
+    return at, old[at] == new
+
+
+def _merge(kept: torch.Tensor, added: torch.Tensor, kept_at: np.ndarray, added_at: np.ndarray, dim: int) -> torch.Tensor:
+    """`kept` and `added` slices along `dim` put at their positions `kept_at` / `added_at` (together a
+    permutation of 0..n-1): a concatenation, then a gather only when the two interleave (new clips
+    usually have the highest ids, so they come last)."""
+    merged = torch.cat([kept, added], dim) if added.shape[dim] else kept
+    if len(added_at) and len(kept_at) and kept_at.max() > added_at.min():
+        merged = merged.index_select(dim, torch.from_numpy(np.argsort(np.concatenate([kept_at, added_at]))))
+    return merged
+
+
+class AffinityMemo:
+    """The affinities the last leave-one-out scoring of a (profile, model) computed: scored rows x every
+    example, rows and columns named by tokens of their stored arrays. A warm rebuild recomputes only
+    rows and columns whose token is new (a new or re-read clip); same tokens, modalities and beta give
+    the same numbers, so reusing them changes no result. Costs 4 bytes x scored rows x examples.
+    No lock: the state is one tuple, read once and replaced whole, so two rebuilds at once each get
+    a consistent state and the last one's stays."""
+
+    def __init__(self) -> None:
+        # (beta and the modalities with their widths, row tokens, column tokens, affinities)
+        self._state: tuple[tuple, np.ndarray, np.ndarray, torch.Tensor] | None = None
+
+    def affinity(self, cache: FewShotCache, rows: torch.Tensor, tokens: np.ndarray) -> torch.Tensor:
+        """`pairwise_affinity(cache, rows)`, from the memo where it can. Never written in place."""
+        signature = (cache.beta, tuple((m, k.shape[1]) for m, k in cache.keys.items()))
+        row_tokens = tokens[rows.numpy()]
+        state = self._state
+        if state is None or state[0] != signature:
+            aff = pairwise_affinity(cache, rows)
+        else:
+            _, old_row_tokens, old_col_tokens, old = state
+            if np.array_equal(row_tokens, old_row_tokens) and np.array_equal(tokens, old_col_tokens):
+                return old
+            old_rows, kept_rows = _positions(old_row_tokens, row_tokens)
+            old_cols, kept_cols = _positions(old_col_tokens, tokens)
+            keep_r, new_r = np.flatnonzero(kept_rows), np.flatnonzero(~kept_rows)
+            keep_c, new_c = np.flatnonzero(kept_cols), np.flatnonzero(~kept_cols)
+            block = old  # kept rows x kept columns, then x every column
+            if not np.array_equal(old_rows[keep_r], np.arange(len(old_row_tokens))):
+                block = block.index_select(0, torch.from_numpy(old_rows[keep_r]))
+            if not np.array_equal(old_cols[keep_c], np.arange(len(old_col_tokens))):
+                block = block.index_select(1, torch.from_numpy(old_cols[keep_c]))
+            added = pairwise_affinity(cache, rows[torch.from_numpy(keep_r)], torch.from_numpy(new_c))
+            block = _merge(block, added, keep_c, new_c, 1)
+            aff = _merge(block, pairwise_affinity(cache, rows[torch.from_numpy(new_r)]), keep_r, new_r, 0)
+        self._state = (signature, row_tokens, tokens.copy(), aff)
+        return aff
+
+
 @torch.no_grad()
-def loo_accuracy(cache: FewShotCache, base: torch.Tensor, max_rows: int = LOO_EVAL_ROWS, seed: int = 0) -> dict:
+def loo_accuracy(
+    cache: FewShotCache,
+    base: torch.Tensor,
+    max_rows: int = LOO_EVAL_ROWS,
+    seed: int = 0,
+    clip_ids: Sequence[int] | None = None,
+    tokens: np.ndarray | None = None,
+    memo: AffinityMemo | None = None,
+) -> dict:
     """Accuracy on the cached examples: base alone ("before") vs. base + cache with each example's own
-    entry removed ("after"). Above `max_rows` examples, a seeded subset of rows is scored (the cache
-    still holds every example), so 10,000 examples never need a 10,000 x 10,000 affinity.
-    Same maths as `FewShotCache.affinity`, with in-place steps (this is most of a large rebuild)."""
+    entry removed ("after"). Above `max_rows` examples, a seeded subset of rows is scored (chosen by
+    `clip_ids`, default the row numbers; the cache still holds every example), so 10,000 examples never
+    need a 10,000 x 10,000 affinity. With `tokens` (one per row) and a `memo`, affinities computed by
+    the previous call for the same stored arrays are reused."""
     n = len(cache)
     if n == 0:
         return {"n": 0, "scored": 0, "before": None, "after": None}
     base = cache.expand_base(base)
     index = {label: i for i, label in enumerate(cache.labels)}
     y = torch.tensor([index[label] for label in cache.example_labels])
-    rows = _eval_rows(n, max_rows, seed)
-    values = cache.values
-    correct_before = correct_after = 0
-    for start in range(0, len(rows), 1024):
-        chunk = rows[start:start + 1024]
-        total = torch.zeros(len(chunk), n)
-        count = torch.zeros(len(chunk), n)
-        for m, keys in cache.keys.items():  # unit rows, zeros where missing
-            pair = (cache.masks[m][chunk, None] & cache.masks[m][None, :]).float()
-            sim = keys[chunk] @ keys.T
-            total.add_(sim.sub_(1.0).mul_(cache.beta).exp_().mul_(pair))
-            count.add_(pair)
-        aff = total.div_(count.clamp_min_(1.0))
-        aff[torch.arange(len(chunk)), chunk] = 0.0  # an example never votes for itself
-        after = base[chunk] + cache.alpha * (aff @ values)
-        correct_before += int((base[chunk].argmax(1) == y[chunk]).sum())
-        correct_after += int((after.argmax(1) == y[chunk]).sum())
-    return {"n": n, "scored": len(rows), "before": correct_before / len(rows), "after": correct_after / len(rows)}
+    rows = _eval_rows(list(range(n)) if clip_ids is None else clip_ids, max_rows, seed)
+    aff = memo.affinity(cache, rows, tokens) if memo is not None and tokens is not None else pairwise_affinity(cache, rows)
+    # values are one-hot: aff @ values sums each label's columns (index_add_: half the time of the matmul)
+    votes = torch.zeros(len(rows), len(cache.labels)).index_add_(1, y, aff)
+    votes[torch.arange(len(rows)), y[rows]] -= aff[torch.arange(len(rows)), rows]  # an example never votes for itself
+    after = base[rows] + cache.alpha * votes
+    before = int((base[rows].argmax(1) == y[rows]).sum())
+    correct = int((after.argmax(1) == y[rows]).sum())
+    return {"n": n, "scored": len(rows), "before": before / len(rows), "after": correct / len(rows)}
 
 
 @dataclass
@@ -159,15 +384,16 @@ def build(
     tune: bool | str = "auto",
     previous: Mapping[str, Any] | None = None,
     seed: int = 0,
+    memo: AffinityMemo | None = None,
 ) -> Built:
     """Build the cache, choose alpha/beta, and measure leave-one-out accuracy.
 
     `tune`: True: cross-validation on the labelled clips (leave-one-out up to 200 examples, else
     5 folds) when there are enough of them; "auto": the same, unless the `previous` snapshot's
-    hyper-parameters are still `reusable`; False: the defaults.
+    hyper-parameters are still `reusable`; False: the defaults. `memo`: see `loo_accuracy`.
     """
     t0 = time.perf_counter()
-    cache = FewShotCache.build(data.keys, data.labels, label_set) if data.keys else FewShotCache(label_set)
+    cache = make_cache(data, label_set)
     t1 = time.perf_counter()
     tuning, cv, tuned_n = "default", None, None
     enough = len(data.labels) >= MIN_TUNE_EXAMPLES and len(set(data.labels)) >= 2
@@ -181,7 +407,10 @@ def build(
         )
         cache.alpha, cache.beta, tuning, cv, tuned_n = result.alpha, result.beta, "cv", result.accuracy, len(cache)
     t2 = time.perf_counter()
-    metrics = loo_accuracy(cache, data.base, seed=seed) if cache.keys else {"n": 0, "scored": 0, "before": None, "after": None}
+    if cache.keys:
+        metrics = loo_accuracy(cache, data.base, seed=seed, clip_ids=data.clip_ids, tokens=data.tokens, memo=memo)
+    else:
+        metrics = {"n": 0, "scored": 0, "before": None, "after": None}
     t3 = time.perf_counter()
     metrics.update(
         cv_accuracy=None if cv is None or math.isnan(cv) else cv,
@@ -194,17 +423,43 @@ def build(
 
 
 def payload(built: Built) -> dict[str, np.ndarray]:
-    """The snapshot's arrays: keys (float16) and masks per modality, and the clip id of each row."""
-    state = built.cache.state_dict()
-    arrays = {k: v.numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
-    arrays["clip_ids"] = np.asarray(built.clip_ids, np.int64)
-    return arrays
+    """The snapshot's arrays: the clip id of each row, nothing else. A clip's stored features never
+    change, so the snapshot refers to them (`from_features`) instead of copying 4 bytes x width x
+    modalities per example (23 MB at 10,000 clips, most of a large rebuild's time to write), and a
+    deleted clip's embedding cannot linger in any snapshot."""
+    return {"clip_ids": np.asarray(built.clip_ids, np.int64)}
+
+
+def holds_keys(arrays: Mapping[str, np.ndarray]) -> bool:
+    """Whether a snapshot payload carries its own keys (written before snapshots referred to features)."""
+    return any(name.startswith("keys.") for name in arrays)
+
+
+def _snapshot_labels(example_labels: Sequence[str], hyper: Mapping[str, Any]) -> list[str]:
+    return list(hyper.get("label_set") or dict.fromkeys(example_labels))
+
+
+def from_features(
+    model: str,
+    arrays: Mapping[str, np.ndarray],
+    example_labels: Sequence[str],
+    hyper: Mapping[str, Any],
+    stored: StoredArrays,
+) -> tuple[FewShotCache, list[int]]:
+    """A snapshot's cache from the stored features of its clips (`payload`): the same rows, labels and
+    alpha/beta as when it was built. A clip deleted since (its snapshots are replaced in the same
+    transaction, but another process may still hold an old id) is left out."""
+    clip_ids = [int(c) for c in arrays.get("clip_ids", np.zeros(0, np.int64))]
+    data = assemble(model, dict(zip(clip_ids, example_labels)), stored)
+    alpha, beta = float(hyper.get("alpha", DEFAULT_ALPHA)), float(hyper.get("beta", DEFAULT_BETA))
+    cache = make_cache(data, _snapshot_labels(example_labels, hyper), alpha, beta)
+    return cache, list(data.clip_ids) if cache.keys else []
 
 
 def from_snapshot(arrays: Mapping[str, np.ndarray], example_labels: Sequence[str], hyper: Mapping[str, Any]) -> tuple[FewShotCache, list[int]]:
-    """Inverse of `payload` (+ the snapshot's labels and hyper-parameters)."""
+    """A snapshot that `holds_keys` (float16 keys and masks per modality): still readable."""
     state: dict[str, Any] = {
-        "labels": list(hyper.get("label_set") or dict.fromkeys(example_labels)),
+        "labels": _snapshot_labels(example_labels, hyper),
         "example_labels": list(example_labels),
         "alpha": float(hyper.get("alpha", DEFAULT_ALPHA)),
         "beta": float(hyper.get("beta", DEFAULT_BETA)),

@@ -15,10 +15,14 @@ Invariants:
 - A cache rebuild writes every model's snapshot in one transaction: a crash or kill before the
   commit leaves the previous snapshots active. Predictions use a profile's active snapshots; an
   in-process copy is reloaded whenever the active snapshot id changes (in any process).
+- A snapshot refers to its clips' stored features (ids, labels, alpha/beta, backbone profile) rather
+  than copying them; features read for a rebuild or a snapshot stay in memory (`featmemo`), checked
+  against the database on every use, and so do the last leave-one-out affinities.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -56,11 +60,12 @@ from emoweb.services.records import (
     ProfileInfo,
     QueueEntry,
 )
+from emoweb.services.featmemo import FeatureMemo
 from emoweb.services.store import CaregiverRepository
 from models import LABEL7
 from models.cache import FewShotCache, logits_from_probs
 from storage import Invalid, NotFound, StorageError, open_database
-from storage.schema import Clip, Profile
+from storage.schema import CacheSnapshot, Clip, Profile
 
 KEEP_SNAPSHOTS = 2  # inactive snapshots kept per (profile, model), to roll a rebuild back
 REBUILD_PAUSE_ENV = "EMOWEB_TEST_REBUILD_PAUSE"  # tests only: seconds to sleep just before a rebuild commits
@@ -178,6 +183,7 @@ class CaregiverService:
         self._models = models
         self._caches: dict[tuple[int, str], tuple[int, FewShotCache, list[int]]] = {}
         self._lock = threading.RLock()
+        self._features = FeatureMemo()  # its lock is taken after self._lock, never before it
         self._remove_interrupted_uploads()
 
     def _remove_interrupted_uploads(self) -> None:
@@ -311,6 +317,7 @@ class CaregiverService:
         if folder is not None and folder != self.media_root:
             shutil.rmtree(folder, ignore_errors=True)  # temp files of an interrupted upload, if any
         self._invalidate(profile.id)
+        self._features.drop(profile.id)
         return {"profile": profile.name, "id": profile.id, "clips": len(paths), "files_removed": removed}
 
     # -- clips ------------------------------------------------------------------------------
@@ -529,13 +536,26 @@ class CaregiverService:
                     snapshot = self.repo.get_snapshot(snapshot_id)
                     if snapshot is None:  # replaced between the two reads
                         continue
-                    cache, clip_ids = cachebuild.from_snapshot(snapshot.payload_arrays(), snapshot.labels, snapshot.hyper)
-                    hit = (snapshot_id, cache, clip_ids)
+                    hit = (snapshot_id, *self._load_snapshot(prof, model, snapshot))
                     self._caches[(prof.id, model)] = hit
                 for label in prof.label_set:  # labels added since the rebuild: columns with no entries
                     hit[1].add_label(label)
                 out[model] = hit
         return out
+
+    def _load_snapshot(self, prof: Profile, model: str, snapshot: CacheSnapshot) -> tuple[FewShotCache, list[int]]:
+        """A snapshot's cache: re-assembled from its clips' stored features, or (written before snapshots
+        referred to features) from the keys it holds."""
+        arrays = snapshot.payload_arrays()
+        if cachebuild.holds_keys(arrays):
+            return cachebuild.from_snapshot(arrays, snapshot.labels, snapshot.hyper)
+        backbone = snapshot.hyper.get("backbone_profile", self.backbone)
+        clip_ids = arrays.get("clip_ids", np.zeros(0, np.int64)).tolist()
+        with self._sessions() as session, session.begin(), self._features.lock:
+            repo = CaregiverRepository(session)
+            repo.begin_snapshot()
+            stored = self._features.read(repo, prof.id, backbone, clip_ids)
+            return cachebuild.from_features(model, arrays, snapshot.labels, snapshot.hyper, stored.arrays)
 
     def _score(self, prof: Profile, stored: dict[str, np.ndarray]) -> dict[str, ModelPrediction]:
         """Each stored model's answer from its stored arrays plus the profile's active cache."""
@@ -631,26 +651,44 @@ class CaregiverService:
     def _build(
         self, prof: Profile, models: Iterable[str] | None, exclude: set[int], tune: bool | str = "auto"
     ) -> list[cachebuild.Built]:
-        """New caches from stored features only (never media): the profile's labelled clips minus `exclude`."""
+        """New caches from stored features only (never media): the profile's labelled clips minus `exclude`.
+        Features come through the memo (only clips new to it are read), and so do the last leave-one-out
+        affinities of each model."""
         t0 = time.perf_counter()
-        names = self.repo.feature_names(prof.id, self.backbone)
-        stored = {m for m, part in map(cachebuild.split_name, names) if part == cachebuild.LOGITS}
-        wanted = sorted(set(models) if models is not None else stored | set(self.repo.active_snapshot_ids(prof.id)))
-        labels = {c: label for c, label in self.repo.current_labels(prof.id).items() if c not in exclude}
-        features = self.repo.bulk_features(prof.id, self.backbone, [n for n in names if cachebuild.split_name(n)[0] in wanted])
-        for by_clip in features.values():
-            for clip_id in exclude & by_clip.keys():
-                del by_clip[clip_id]
-        previous = {s.model: s.hyper for s in self.repo.list_snapshots(prof.id) if s.active}
-        load = time.perf_counter() - t0  # one read for all models
+        assembled, memos, seconds = {}, {}, {}
+        with self._sessions() as session, session.begin():
+            repo = CaregiverRepository(session)
+            repo.begin_snapshot()  # labels, features and names from one snapshot of the database
+            previous = repo.active_snapshot_hypers(prof.id)
+            labels = {c: label for c, label in repo.current_labels(prof.id).items() if c not in exclude}
+            with self._features.lock:  # only while reading and assembling: tuning may take seconds
+                features = self._features.read(repo, prof.id, self.backbone, labels)
+                # a held clip's names are in memory (its features never change); only the others are read
+                unheld = features.seen.keys() - features.arrays.row_of.keys()
+                names = features.arrays.names() | set(repo.feature_names(prof.id, self.backbone, unheld))
+                stored = {m for m, part in map(cachebuild.split_name, names) if part == cachebuild.LOGITS}
+                wanted = sorted(set(models) if models is not None else stored | set(previous))
+                load = time.perf_counter() - t0  # one read for all models
+                for model in wanted:
+                    t1 = time.perf_counter()
+                    assembled[model] = cachebuild.assemble(model, labels, features.arrays)
+                    memos[model] = features.loo.setdefault(model, cachebuild.AffinityMemo())
+                    seconds[model] = time.perf_counter() - t1
         built = []
         for model in wanted:
-            t1 = time.perf_counter()
-            data = cachebuild.assemble(model, labels, features)
-            b = cachebuild.build(model, data, prof.label_set, tune, previous.get(model))
-            b.metrics["timings"] = {"load": round(load, 4), "assemble": round(time.perf_counter() - t1 - b.metrics["seconds"], 4), **b.metrics["timings"]}
+            b = cachebuild.build(model, assembled[model], prof.label_set, tune, previous.get(model), memo=memos[model])
+            b.hyper["backbone_profile"] = self.backbone  # where `_load_snapshot` finds the features
+            b.metrics["timings"] = {"load": round(load, 4), "assemble": round(seconds[model], 4), **b.metrics["timings"]}
             built.append(b)
         return built
+
+    def _remember(self, prof: Profile, built: list[cachebuild.Built], results: dict[str, ModelRebuild]) -> None:
+        """After the commit: the caches just built are what their snapshots would load (the same stored
+        features), so predictions use them without reading the snapshots back."""
+        with self._lock:
+            self._invalidate(prof.id)
+            for b in built:
+                self._caches[(prof.id, b.model)] = (results[b.model].snapshot_id, b.cache, b.clip_ids)
 
     def _save(self, repo: CaregiverRepository, prof: Profile, built: list[cachebuild.Built]) -> dict[str, ModelRebuild]:
         results = {}
@@ -665,7 +703,7 @@ class CaregiverService:
             results[b.model] = ModelRebuild(
                 model=b.model, snapshot_id=snapshot.id, n=len(b.cache), n_per_label=cachebuild.n_per_label(b.cache.example_labels),
                 alpha=b.cache.alpha, beta=b.cache.beta, tuning=b.hyper["tuning"], before=m["before"], after=m["after"],
-                skipped=m["skipped"], seconds=round(sum(timings.values()), 4), timings=timings,
+                skipped=m["skipped"], seconds=round(sum(timings.values()), 4), timings=timings, scored=m["scored"],
             )
         _test_pause(REBUILD_PAUSE_ENV, "commit", "rebuild: paused before commit")
         return results
@@ -681,7 +719,13 @@ class CaregiverService:
         built = self._build(prof, models, exclude=set(), tune=tune)
         with self._sessions() as session, session.begin():
             results = self._save(CaregiverRepository(session), prof, built)
-        self._invalidate(prof.id)
+            t0 = time.perf_counter()
+        commit = round(time.perf_counter() - t0, 4)  # shared by all models, like load
+        results = {
+            m: dataclasses.replace(r, seconds=round(r.seconds + commit, 4), timings={**r.timings, "commit": commit})
+            for m, r in results.items()
+        }
+        self._remember(prof, built, results)
         return results
 
     @_storage_errors
@@ -711,7 +755,7 @@ class CaregiverService:
             repo.delete_clip(clip.id)
             rebuilt = self._save(repo, prof, built)
             repo.delete_snapshots(holding)  # all inactive now
-        self._invalidate(prof.id)
+        self._remember(prof, built, rebuilt)
         if target is not None:
             target.unlink(missing_ok=True)
         return {"clip_id": clip.id, "profile": prof.name, "rebuilt": {m: r.to_dict() for m, r in rebuilt.items()}}

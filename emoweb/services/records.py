@@ -114,8 +114,9 @@ class ModelRebuild(_Record):
     before: float | None  # leave-one-out accuracy on the labelled clips: model alone
     after: float | None  # ... model + this cache (each clip's own entry excluded)
     skipped: int  # labelled clips without stored features for this model (never re-encoded)
-    seconds: float  # this model's share: load (shared by all models) + assemble + tune + loo + save
+    seconds: float  # this model's share: load and commit (shared by all models) + assemble + build + tune + loo + save
     timings: dict[str, float] = field(default_factory=dict)
+    scored: int | None = None  # clips `before`/`after` were measured on: all, or a seeded subset of 500 above that
 
 
 @dataclass(frozen=True)

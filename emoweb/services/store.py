@@ -6,15 +6,20 @@ here is generic data access and can move into `storage/repo.py` unchanged.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import String, delete, select, type_coerce
+from sqlalchemy.orm import Session
 
 from storage import Repository
 from storage.arrays import unpack
 from storage.repo import ProfileRef, _effective
 from storage.schema import CacheSnapshot, Clip, ClipFeature, Correction, Profile
+
+_CHUNK = 500  # ids per IN (...): well under every backend's bound-parameter limit
 
 
 class CaregiverRepository(Repository):
@@ -43,38 +48,68 @@ class CaregiverRepository(Repository):
         with self._tx() as session:
             return {c.id: c for c in session.scalars(select(Clip).where(Clip.id.in_(ids)))} if ids else {}
 
-    def feature_names(self, profile_id: int, backbone_profile: str) -> list[str]:
-        """Distinct feature names stored for a profile's clips under a backbone profile."""
+    def feature_names(self, profile_id: int, backbone_profile: str, clip_ids: Iterable[int]) -> list[str]:
+        """Distinct feature names stored under a backbone profile for the profile's clips `clip_ids`."""
+        ids, names = sorted(set(clip_ids)), set()
         with self._tx() as session:
-            query = (
-                select(ClipFeature.name)
-                .join(Clip, Clip.id == ClipFeature.clip_id)
-                .where(Clip.profile_id == profile_id, ClipFeature.backbone_profile == backbone_profile)
-                .distinct()
-            )
-            return sorted(session.scalars(query))
+            for i in range(0, len(ids), _CHUNK):
+                names.update(session.scalars(
+                    select(ClipFeature.name)
+                    .join(Clip, Clip.id == ClipFeature.clip_id)
+                    .where(
+                        Clip.profile_id == profile_id,
+                        ClipFeature.backbone_profile == backbone_profile,
+                        ClipFeature.clip_id.in_(ids[i : i + _CHUNK]),
+                    )
+                    .distinct()
+                ))
+        return sorted(names)
 
-    def bulk_features(
-        self, profile_id: int, backbone_profile: str, names: Sequence[str]
-    ) -> dict[str, dict[int, np.ndarray]]:
-        """{feature name: {clip id: flat read-only array}} for several names in one query, without
-        building ORM objects or copying blobs (a 10,000-clip cache rebuild reads 40,000 of them)."""
-        out: dict[str, dict[int, np.ndarray]] = {name: {} for name in names}
-        if not names:
-            return out
+    def clip_hashes(self, profile_id: int) -> dict[int, str]:
+        """{clip id: sha256} of a profile's clips, from the (profile_id, sha256) index alone: cheap enough
+        to check an in-memory copy of their features against on every rebuild."""
         with self._tx() as session:
-            rows = session.execute(
-                select(ClipFeature.name, ClipFeature.clip_id, ClipFeature.dtype, ClipFeature.data)
-                .join(Clip, Clip.id == ClipFeature.clip_id)
-                .where(
-                    Clip.profile_id == profile_id,
-                    ClipFeature.backbone_profile == backbone_profile,
-                    ClipFeature.name.in_(list(names)),
+            return dict(self._fetch(session, select(Clip.id, Clip.sha256).where(Clip.profile_id == profile_id)))
+
+    def clip_created(self, clip_id: int) -> Any:
+        """A clip's `created` as the driver returns it (not parsed: only compared), None when gone."""
+        with self._tx() as session:
+            return session.scalar(select(type_coerce(Clip.created, String)).where(Clip.id == clip_id))
+
+    def feature_blobs(self, profile_id: int, backbone_profile: str, clip_ids: Iterable[int]) -> list[tuple[Any, ...]]:
+        """(name, clip id, dtype, raw bytes) of every feature of the profile's clips `clip_ids` under a
+        backbone profile, as the driver returns them: a cold 10,000-clip rebuild reads 40,000, and
+        decoding them a name at a time (`cachebuild.StoredArrays.add`) is several times cheaper than
+        building one array per row. Ids go in chunks well under every backend's parameter limit."""
+        ids = sorted(set(clip_ids))
+        rows: list[tuple[Any, ...]] = []
+        with self._tx() as session:
+            for i in range(0, len(ids), _CHUNK):
+                rows += self._fetch(
+                    session,
+                    select(ClipFeature.name, ClipFeature.clip_id, ClipFeature.dtype, ClipFeature.data)
+                    .join(Clip, Clip.id == ClipFeature.clip_id)
+                    .where(
+                        Clip.profile_id == profile_id,
+                        ClipFeature.backbone_profile == backbone_profile,
+                        ClipFeature.clip_id.in_(ids[i : i + _CHUNK]),
+                    ),
                 )
-            )
-            for name, clip_id, dtype, data in rows:
-                out[name][clip_id] = np.frombuffer(data, dtype=np.dtype(dtype))
-        return out
+        return rows
+
+    def begin_snapshot(self) -> None:
+        """In a caller's new session, before its first query: every read until the session ends sees one
+        snapshot of the database (SQLite: a deferred BEGIN, since pysqlite starts no transaction for
+        reads; PostgreSQL: REPEATABLE READ instead of each statement seeing the latest commits)."""
+        if not isinstance(self._sessions, Session):
+            raise TypeError("begin_snapshot works in a caller's session, not a session factory")
+        connection = self._sessions.connection()
+        driver = connection.connection.driver_connection
+        if isinstance(driver, sqlite3.Connection):
+            if not driver.in_transaction:
+                connection.exec_driver_sql("BEGIN")
+        elif connection.dialect.name == "postgresql":
+            connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
 
     def current_corrections(self, profile: ProfileRef) -> dict[int, Correction]:
         """{clip id: its current (latest effective) correction} for a profile's labelled clips."""
@@ -100,6 +135,16 @@ class CaregiverRepository(Repository):
                 )
             )
             return {model: snapshot_id for model, snapshot_id in rows}
+
+    def active_snapshot_hypers(self, profile_id: int) -> dict[str, dict[str, Any]]:
+        """{model: hyper-parameters of its active snapshot}, without the snapshots' labels and payloads."""
+        with self._tx() as session:
+            rows = session.execute(
+                select(CacheSnapshot.model, CacheSnapshot.hyper).where(
+                    CacheSnapshot.profile_id == profile_id, CacheSnapshot.active
+                )
+            )
+            return {model: hyper for model, hyper in rows}
 
     def get_snapshot(self, snapshot_id: int) -> CacheSnapshot | None:
         with self._tx() as session:

@@ -1,0 +1,83 @@
+"""Stored features kept in memory between cache rebuilds, checked against the database on every use.
+
+Why: a cold 10,000-clip rebuild spends most of its time reading 40,000 feature blobs and normalising
+the keys. A clip's stored features never change (ingest writes them with the clip row;
+`_encode_stored` only adds those of a backbone profile the clip had none for, and a clip without
+any is never kept here), so a warm rebuild reads only the clips it has not seen.
+
+Never trusted blindly: each use first reads every clip's (id, sha256), in the same transaction as
+the features it then reads. A new clip is read; a clip held here that is gone or has another
+sha256 drops the profile's whole entry, which is then read again (deletions are rare; rows that are
+only ever added keep this simple). The one change (id, sha256) cannot show is the same content
+stored again, after a delete, under the same id. A new row gets an id above every row in the table
+(SQLite: the largest + 1, so it does reuse ids; PostgreSQL: a sequence), so a held id comes back
+only after every higher id was deleted, the highest held one included: if that one still has the
+`created` it had when read, no held clip was replaced. Replicas sharing a PostgreSQL database each
+keep their own memo and see each other's changes the same way.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+from emoweb.services.cachebuild import AffinityMemo, StoredArrays
+from emoweb.services.store import CaregiverRepository
+
+# (profile, backbone profile) entries kept. 10,000 clips: ~50 MB of EmoAsst's keys, + 20 MB of
+# leave-one-out affinities per model rebuilt
+MEMO_PROFILES = 4
+
+
+class ProfileFeatures:
+    """One profile's stored features under one backbone profile, as far as read so far."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, str] = {}  # every clip of the profile at the last read (held or not): sha256
+        self.top: tuple[int, Any] | None = None  # the highest clip id held and its `created`
+        self.arrays = StoredArrays()
+        self.loo: dict[str, AffinityMemo] = {}  # model -> its last leave-one-out affinities
+
+
+class FeatureMemo:
+    """One per service. Hold `lock` around `read` and every read of the entry's arrays (assembling a
+    cache): a later `read` appends to them. Its leave-one-out memos need no lock."""
+
+    def __init__(self, size: int = MEMO_PROFILES) -> None:
+        self.lock = threading.RLock()
+        self._size = size
+        self._entries: OrderedDict[tuple[int, str], ProfileFeatures] = OrderedDict()
+
+    def read(self, repo: CaregiverRepository, profile_id: int, backbone_profile: str, clip_ids: Iterable[int]) -> ProfileFeatures:
+        """The profile's entry, holding every clip of `clip_ids` that has features under `backbone_profile`
+        (read from the database when new to it); it may hold other clips of the profile too. `repo`: in
+        the caller's session after `begin_snapshot`, so the clips checked, the features read and the
+        caller's other reads (labels) are one snapshot."""
+        with self.lock:
+            key = (profile_id, backbone_profile)
+            entry = self._entries.pop(key, None) or ProfileFeatures()
+            shas = repo.clip_hashes(profile_id)
+            if shas != entry.seen:  # a clip was added, deleted or replaced since the last read
+                held = entry.arrays.row_of
+                if any(shas.get(c) != sha for c, sha in entry.seen.items() if c in held):
+                    entry = ProfileFeatures()
+                entry.seen = shas
+            if entry.top is not None and repo.clip_created(entry.top[0]) != entry.top[1]:
+                entry = ProfileFeatures()  # replaced under the same id and sha256: see the module docstring
+                entry.seen = shas
+            missing = (set(clip_ids) & shas.keys()) - entry.arrays.row_of.keys()
+            if missing:
+                entry.arrays.add(repo.feature_blobs(profile_id, backbone_profile, missing))
+                top = max(entry.arrays.row_of, default=None)
+                entry.top = None if top is None else (top, repo.clip_created(top))
+            self._entries[key] = entry  # most recently used last
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+            return entry
+
+    def drop(self, profile_id: int) -> None:
+        """Forget a deleted profile now rather than when it ages out."""
+        with self.lock:
+            for key in [k for k in self._entries if k[0] == profile_id]:
+                del self._entries[key]
