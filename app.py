@@ -12,9 +12,14 @@ import os
 import signal
 import sys
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: nothing leaves the machine
+from emoweb.config import get_settings  # imports no gradio
 
-from emoweb.config import get_settings  # noqa: E402
+settings = get_settings()
+# Before gradio is imported (it reads both then): nothing leaves the machine, and uploads stay in
+# the data dir, where deleting a clip also deletes its uploaded copies.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.upload_dir))
+
 from emoweb.ui import build_app  # noqa: E402
 
 
@@ -32,7 +37,6 @@ def parse_auth(text: str | None) -> list[tuple[str, str]] | None:
     return pairs or None
 
 
-settings = get_settings()
 demo = build_app(settings)  # models load lazily, once per process
 
 

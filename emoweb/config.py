@@ -31,6 +31,12 @@ class Settings:
     )
 
     @property
+    def upload_dir(self) -> Path:
+        """Where the web server keeps uploads and recordings: inside the data dir, so a clip never
+        sits in a shared system temp folder (GRADIO_TEMP_DIR, when set, wins)."""
+        return Path(os.environ.get("GRADIO_TEMP_DIR") or self.data_dir / "uploads")
+
+    @property
     def db_url(self) -> str:
         """SQLAlchemy URL: the explicit one, else a SQLite file in the data dir."""
         return self.database_url or f"sqlite:///{self.data_dir / 'emoweb.sqlite3'}"

@@ -709,3 +709,27 @@ def test_the_same_services_on_postgresql(tmp_path) -> None:
         with admin.begin() as connection:
             connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
         admin.dispose()
+
+
+@pytest.mark.slow
+def test_deleting_removes_the_web_servers_copies_of_the_upload(service, real, composite_clip, no_decoding, monkeypatch, tmp_path) -> None:
+    """The server's upload folder keeps a copy of every upload for an hour: deletion removes it now
+    (matched by content), and only it."""
+    uploads = tmp_path / "gradio"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
+    assert service.settings.upload_dir == uploads
+    (uploads / "abc123").mkdir(parents=True)
+    copy = uploads / "abc123" / "the clip.mp4"
+    shutil.copyfile(composite_clip, copy)
+    other = uploads / "other.txt"
+    other.write_text("someone else's upload")
+    service.create_profile("copies")
+    clip = service.ingest(copy, "copies").clip
+    service.delete_clip(clip.id)
+    assert not copy.exists() and not copy.parent.exists()
+    assert other.read_text() == "someone else's upload"
+
+    shutil.copyfile(composite_clip, copy.parent.mkdir() or copy)
+    service.ingest(copy, "copies")
+    service.delete_profile("copies")
+    assert not copy.exists() and other.exists()

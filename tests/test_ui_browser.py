@@ -15,6 +15,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 XSS_NOTE = '<img src=x onerror="window.__emowebXss=1"><b>bold?</b>'
+XSS_PROFILE = 'browser-family <i>x</i><img src=x onerror="window.__emowebXss=2">'  # a name is shown in many places
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -58,9 +59,9 @@ def test_browser_predict_label_rebuild(page, ui_app: RunningApp, composite_clip:
     expect(page.locator("#create-profile")).to_be_visible(timeout=120_000)
 
     # a profile for this session
-    page.locator("#new-profile textarea, #new-profile input").first.fill("browser-family")
+    page.locator("#new-profile textarea, #new-profile input").first.fill(XSS_PROFILE)
     page.locator("#create-profile").click()
-    expect(page.locator("#profile-status")).to_contain_text("Created profile browser-family", timeout=60_000)
+    expect(page.locator("#profile-status")).to_contain_text(f"Created profile {XSS_PROFILE}", timeout=60_000)
 
     # Predict: upload the composite clip and wait for the results
     page.locator("#predict-video input[type=file]").set_input_files(str(composite_clip))
@@ -90,7 +91,7 @@ def test_browser_predict_label_rebuild(page, ui_app: RunningApp, composite_clip:
     expect(page.locator("#label-status")).to_contain_text("<img src=x")  # shown as text, not markup
     expect(page.locator("#label-history")).to_contain_text("onerror", timeout=60_000)
     expect(page.locator("#queue")).to_contain_text("joy", timeout=60_000)
-    assert page.evaluate("window.__emowebXss") is None, "a note's HTML ran in the page"
+    assert page.evaluate("window.__emowebXss") is None, "a note's or profile name's HTML ran in the page"
 
     # Rebuild the cache: the snapshot count changes
     page.locator("#rebuild").click()

@@ -2,6 +2,7 @@
 clip, label it, rebuild the cache (and see the snapshot count change), export the labels."""
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -73,6 +74,18 @@ def test_api_predict_label_rebuild(ui_app: RunningApp, composite_clip: Path):
 
     with pytest.raises(Exception, match="no profile"):
         _result(client.submit("no-such-profile", clip_id, "joy", "", False, api_name="/label"), 60)
+
+    # deleting the clip also deletes the web server's copy of the upload (matched by content)
+    uploads = Path(ui_app.log).parent / "gradio"  # GRADIO_TEMP_DIR of apps started by ui_helpers
+    sha = hashlib.sha256(composite_clip.read_bytes()).hexdigest()
+    assert sha in _hashes(uploads), "the upload should be in the server's upload folder before deletion"
+    status, _ = _result(client.submit(profile, clip_id, True, api_name="/delete_clip"), 300)
+    assert f"Deleted clip #{clip_id}" in status, status
+    assert sha not in _hashes(uploads), "a copy of the deleted clip is still in the upload folder"
+
+
+def _hashes(folder: Path) -> set[str]:
+    return {hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
 
 
 def test_api_login_isolation(tmp_path: Path):

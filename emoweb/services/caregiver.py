@@ -49,7 +49,7 @@ from sqlalchemy.exc import DBAPIError
 from emoweb.config import Settings, get_settings
 from emoweb.errors import EmoWebError, MediaError, NotFoundError
 from emoweb.media import display_name  # uploaded names may hold newlines: messages stay one line
-from emoweb.services import cachebuild
+from emoweb.services import cachebuild, uploads
 from emoweb.services.records import (
     ClipInfo,
     ClipResult,
@@ -318,6 +318,7 @@ class CaregiverService:
             shutil.rmtree(folder, ignore_errors=True)  # temp files of an interrupted upload, if any
         self._invalidate(profile.id)
         self._features.drop(profile.id)
+        uploads.forget_copies(self.settings.upload_dir, {Path(p).name.split(".")[0] for p in paths})
         return {"profile": profile.name, "id": profile.id, "clips": len(paths), "files_removed": removed}
 
     # -- clips ------------------------------------------------------------------------------
@@ -758,6 +759,7 @@ class CaregiverService:
         self._remember(prof, built, rebuilt)
         if target is not None:
             target.unlink(missing_ok=True)
+        uploads.forget_copies(self.settings.upload_dir, {clip.sha256})
         return {"clip_id": clip.id, "profile": prof.name, "rebuilt": {m: r.to_dict() for m, r in rebuilt.items()}}
 
     # -- label files ------------------------------------------------------------------------
