@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ui_helpers import PREDICT_TIMEOUT_S, RunningApp, shared_app
+from ui_helpers import PREDICT_TIMEOUT_S, RunningApp, job_result, shared_app
+
 
 pytestmark = pytest.mark.slow
 
@@ -16,15 +17,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="session")
 def ui_app(request, tmp_path_factory) -> RunningApp:
     return shared_app(request, tmp_path_factory)
-
-
-def _result(job, timeout: float):
-    """A submitted job's outputs within `timeout` seconds (never hangs)."""
-    try:
-        return job.result(timeout=timeout)
-    except TimeoutError:
-        job.cancel()
-        raise
 
 
 def test_api_predict_label_rebuild(ui_app: RunningApp, composite_clip: Path):
@@ -37,12 +29,12 @@ def test_api_predict_label_rebuild(ui_app: RunningApp, composite_clip: Path):
                  "/delete_clip", "/create_profile", "/compare_clip", "/compare_set", "/models_info"):
         assert name in named, f"{name} missing from the API: {sorted(named)}"
 
-    created = _result(client.submit("client-family", "", api_name="/create_profile"), 120)
+    created = job_result(client.submit("client-family", "", api_name="/create_profile"), 120)
     profile = created[0]["value"] if isinstance(created[0], dict) else created[0]  # a dropdown update: choices + value
     assert re.fullmatch(r"\d+", str(profile)), created
     assert "client-family" in created[3]
 
-    out = _result(client.submit(handle_file(str(composite_clip)), None, None, profile,
+    out = job_result(client.submit(handle_file(str(composite_clip)), None, None, profile,
                                 api_name="/predict"), PREDICT_TIMEOUT_S)
     summary, raw, clip_id = out[0], out[11], out[12]
     assert re.fullmatch(r"\d+", clip_id), out[0]
@@ -56,30 +48,30 @@ def test_api_predict_label_rebuild(ui_app: RunningApp, composite_clip: Path):
     transcript = out[7]
     assert "door" in str(transcript).lower()
 
-    status, _ = _result(client.submit(profile, clip_id, "joy", "api <note>", False, api_name="/label"), 120)
+    status, _ = job_result(client.submit(profile, clip_id, "joy", "api <note>", False, api_name="/label"), 120)
     assert "labelled" in status and "joy" in status
     assert "&lt;note&gt;" in status  # user text is escaped when rendered
 
-    rows = _result(client.submit(profile, None, api_name="/queue"), 120)[0]
+    rows = job_result(client.submit(profile, None, api_name="/queue"), 120)[0]
     assert any(str(r[0]) == clip_id and r[2] == "joy" for r in rows["data"]), rows
 
-    md, _plot, snapshots = _result(client.submit(profile, api_name="/rebuild_cache"), 300)
+    md, _plot, snapshots = job_result(client.submit(profile, api_name="/rebuild_cache"), 300)
     assert "snapshots 0 → " in md, md
     assert re.search(r"snapshots 0 → [1-9]", md), md
     assert "**0**" not in snapshots, snapshots
 
-    exported = _result(client.submit(profile, "csv", api_name="/export_labels"), 120)
+    exported = job_result(client.submit(profile, "csv", api_name="/export_labels"), 120)
     text = Path(exported if isinstance(exported, str) else exported["path"]).read_text()
     assert "joy" in text and "api <note>" in text
 
     with pytest.raises(Exception, match="no profile"):
-        _result(client.submit("no-such-profile", clip_id, "joy", "", False, api_name="/label"), 60)
+        job_result(client.submit("no-such-profile", clip_id, "joy", "", False, api_name="/label"), 60)
 
     # deleting the clip also deletes the web server's copy of the upload (matched by content)
     uploads = Path(ui_app.log).parent / "gradio"  # GRADIO_TEMP_DIR of apps started by ui_helpers
     sha = hashlib.sha256(composite_clip.read_bytes()).hexdigest()
     assert sha in _hashes(uploads), "the upload should be in the server's upload folder before deletion"
-    status, _ = _result(client.submit(profile, clip_id, True, api_name="/delete_clip"), 300)
+    status, _ = job_result(client.submit(profile, clip_id, True, api_name="/delete_clip"), 300)
     assert f"Deleted clip #{clip_id}" in status, status
     assert sha not in _hashes(uploads), "a copy of the deleted clip is still in the upload folder"
 
@@ -99,11 +91,11 @@ def test_api_login_isolation(tmp_path: Path):
     try:
         alice = Client(app.url, auth=("alice", "pw-a"), verbose=False, download_files=False)
         bob = Client(app.url, auth=("bob", "pw-b"), verbose=False, download_files=False)
-        created = _result(alice.submit("alice-home", "", api_name="/create_profile"), 120)[0]
+        created = job_result(alice.submit("alice-home", "", api_name="/create_profile"), 120)[0]
         alice_profile = created["value"] if isinstance(created, dict) else created
-        _result(bob.submit("bob-home", "", api_name="/create_profile"), 120)
+        job_result(bob.submit("bob-home", "", api_name="/create_profile"), 120)
 
-        seen_by_bob = _result(bob.submit(None, api_name="/profiles"), 60)
+        seen_by_bob = job_result(bob.submit(None, api_name="/profiles"), 60)
         names = [c[0] for c in (seen_by_bob["choices"] if isinstance(seen_by_bob, dict) else [])]
         assert "bob-home" in names and "alice-home" not in names, seen_by_bob
 
@@ -111,8 +103,8 @@ def test_api_login_isolation(tmp_path: Path):
                                ((alice_profile,), "/rebuild_cache"), ((alice_profile, "csv"), "/export_labels"),
                                ((alice_profile, True), "/delete_profile"), (("alice-home", "csv"), "/export_labels")]:
             with pytest.raises(Exception, match="no profile"):
-                _result(bob.submit(*args, api_name=api_name), 60)
-        still = _result(alice.submit(None, api_name="/profiles"), 60)
+                job_result(bob.submit(*args, api_name=api_name), 60)
+        still = job_result(alice.submit(None, api_name="/profiles"), 60)
         assert "alice-home" in [c[0] for c in still["choices"]], still
     finally:
         stop_app(app)

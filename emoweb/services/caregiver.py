@@ -48,7 +48,7 @@ from sqlalchemy.exc import DBAPIError
 
 from emoweb.config import Settings, get_settings
 from emoweb.errors import EmoWebError, MediaError, NotFoundError
-from emoweb.media import display_name  # uploaded names may hold newlines: messages stay one line
+from emoweb.media import display_name, file_sha256  # display_name: uploaded names may hold newlines
 from emoweb.services import cachebuild, uploads
 from emoweb.services.records import (
     ClipInfo,
@@ -349,14 +349,6 @@ class CaregiverService:
         if size > limit:
             raise MediaError(f"file too large: {display_name(path)} is {size / 2**20:.0f} MB, the limit is {self.settings.max_upload_mb:g} MB")
 
-    @staticmethod
-    def _sha256(path: Path) -> str:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-        return digest.hexdigest()
-
     @_storage_errors
     def ingest(
         self,
@@ -375,7 +367,7 @@ class CaregiverService:
         prof = self._profile(profile)
         path = Path(path)
         self._check_upload(path)
-        sha = self._sha256(path)
+        sha = file_sha256(path)
         name = original_name if original_name is not None else path.name
         existing = self.repo.find_clip(prof.id, sha)
         if existing is not None:

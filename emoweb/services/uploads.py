@@ -7,17 +7,10 @@ else is touched.
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+from emoweb.media import file_sha256
 
 
 def forget_copies(folder: Path, sha256s: Iterable[str]) -> int:
@@ -29,7 +22,7 @@ def forget_copies(folder: Path, sha256s: Iterable[str]) -> int:
     removed = 0
     for path in sorted(folder.rglob("*"), reverse=True):  # deepest first: files, then their folders
         try:
-            if path.is_file() and not path.is_symlink() and _sha256(path) in wanted:
+            if path.is_file() and not path.is_symlink() and file_sha256(path) in wanted:
                 path.unlink()
                 removed += 1
             elif path.is_dir() and path != folder and not any(path.iterdir()):
