@@ -145,3 +145,19 @@ def make_bad_inputs(directory: Path) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def bad_inputs(tmp_path_factory) -> dict[str, Path]:
     return make_bad_inputs(tmp_path_factory.mktemp("bad_inputs"))
+
+
+def shipped_checkpoint(name: str, max_mib: float):
+    """The shipped embedded checkpoint of `name` and its card, after the checks every model's card
+    must pass (small file, label7, val and dev metrics, composite training pairs); skips if absent."""
+    from models import LABEL7, registry
+
+    loaded = registry.load(name, "embedded")
+    if loaded is None:
+        pytest.skip(f"no shipped {name} checkpoint for the embedded profile")
+    model, card = loaded
+    weights, _ = registry.checkpoint_paths(name, "embedded")
+    assert weights.stat().st_size < max_mib * 2**20
+    assert card["labels"] == list(LABEL7) and {"val", "dev"} <= set(card["metrics"])
+    assert any(k.startswith("composite:") for k in card["data"]["counts"])
+    return model, card

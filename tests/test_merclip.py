@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import shipped_checkpoint
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
@@ -252,11 +253,4 @@ def test_composite_clip_end_to_end(composite_clip, extractor):
 
 
 def test_shipped_checkpoint_has_card_and_is_small():
-    loaded = registry.load("merclip", "embedded")
-    if loaded is None:
-        pytest.skip("no shipped MER-CLIP checkpoint for the embedded profile")
-    model, card = loaded
-    weights, _ = registry.checkpoint_paths("merclip", "embedded")
-    assert weights.stat().st_size < 15 * 2**20
-    assert card["labels"] == list(LABEL7) and {"val", "dev"} <= set(card["metrics"])
-    assert any(k.startswith("composite:") for k in card["data"]["counts"])
+    shipped_checkpoint("merclip", max_mib=15)

@@ -4,6 +4,7 @@ to end and the paper profile (ResNet18) on random weights."""
 from __future__ import annotations
 
 import pytest
+from conftest import shipped_checkpoint
 import torch
 
 from models import LABEL7, registry
@@ -225,11 +226,4 @@ def test_composite_clip_end_to_end(composite_clip, extractor):
 
 
 def test_shipped_checkpoint_has_card_and_is_small():
-    loaded = registry.load("sem_mbt", "embedded")
-    if loaded is None:
-        pytest.skip("no shipped MER-SEM-MBT checkpoint for the embedded profile")
-    _, card = loaded
-    weights, _ = registry.checkpoint_paths("sem_mbt", "embedded")
-    assert weights.stat().st_size < 10 * 2**20
-    assert card["labels"] == list(LABEL7) and {"val", "dev"} <= set(card["metrics"])
-    assert any(k.startswith("composite:") for k in card["data"]["counts"])
+    shipped_checkpoint("sem_mbt", max_mib=10)
