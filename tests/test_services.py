@@ -25,7 +25,7 @@ from sqlalchemy.orm import SessionTransaction
 
 from emoweb.errors import EmoWebError, MediaError, NotFoundError
 from emoweb.services import CaregiverService
-from emoweb.services import cachebuild
+from emoweb.services import cachebuild, memofile
 from emoweb.services.caregiver import REBUILD_PAUSE_ENV, safe_suffix
 from emoweb.services.store import CaregiverRepository
 from models import LABEL7, registry
@@ -389,6 +389,62 @@ def test_a_warm_rebuild_sees_what_another_process_added_deleted_or_replaced(serv
     service.delete_profile("replicas")
 
 
+def memo_files(service: CaregiverService, profile_id: int) -> list[Path]:
+    service._features.flush()
+    return sorted((service.data_dir / "memo").glob(memofile.profile_pattern(profile_id)))
+
+
+def memo_clip_ids(path: Path) -> set[int]:
+    data = memofile.read_arrays(path)
+    return set(data["clip_ids"].tolist()) | set(data["seen_ids"].tolist())
+
+
+def test_a_new_service_starts_from_the_memo_file_and_checks_it(service: CaregiverService, no_decoding, monkeypatch) -> None:
+    """After a restart the first rebuild takes features and leave-one-out affinities from the memo file
+    (no feature row read, no affinity computed) and gives the same result; a stale file (clips added
+    since) is completed from the database, and an unreadable one is deleted and ignored."""
+    service.create_profile("restart", ["calm", "upset", "playful"])
+    pid = service.get_profile("restart").id
+    add_synthetic(service, "restart", 600, ["calm", "upset", "playful"], seed=11)
+    first = service.rebuild_cache("restart")["emoasst"]
+    (path,) = memo_files(service, pid)
+    stale = path.read_bytes()
+    assert first.scored == 500 and len(memo_clip_ids(path)) == 600
+
+    calls = []
+    monkeypatch.setattr(cachebuild, "pairwise_affinity", lambda *a, **k: calls.append(1) or pytest.fail("affinities recomputed"))
+    monkeypatch.setattr(CaregiverRepository, "feature_blobs", lambda *a, **k: pytest.fail("features read from the database"))
+    restarted = CaregiverService(service.settings, models="emoasst")
+    try:
+        again = restarted.rebuild_cache("restart")["emoasst"]
+    finally:
+        restarted.close()
+    monkeypatch.undo()
+    assert (again.n, again.scored, again.before, again.after) == (first.n, first.scored, first.before, first.after)
+    assert (again.alpha, again.beta) == (first.alpha, first.beta) and not calls
+
+    more = add_synthetic(service, "restart", 12, ["calm", "upset", "playful"], seed=12)
+    service.record_correction(more[0], "upset")
+    expected = service.rebuild_cache("restart")["emoasst"]
+    for content in (stale, b"not a memo file"):  # older than the database; unreadable
+        service._features.flush()
+        path.write_bytes(content)
+        restarted = CaregiverService(service.settings, models="emoasst")
+        try:
+            got = restarted.rebuild_cache("restart")["emoasst"]
+        finally:
+            restarted.close()  # writes the file again, now up to date
+        assert (got.n, got.scored, got.before, got.after, got.n_per_label) == (
+            expected.n, expected.scored, expected.before, expected.after, expected.n_per_label)
+        assert len(memo_clip_ids(path)) == 612
+    left = path.parent / ".memo-999999999-0123abcd-x.memo"  # a writer killed mid-write (no such pid)
+    left.write_bytes(stale)
+    CaregiverService(service.settings, models="emoasst").close()
+    assert not left.exists() and path.exists()
+    service.delete_profile("restart")
+    assert memo_files(service, pid) == []
+
+
 def test_a_rebuild_killed_before_commit_leaves_the_old_snapshot(service: CaregiverService) -> None:
     service.create_profile("killed", ["calm", "upset"])
     ids = add_synthetic(service, "killed", 30, ["calm", "upset"], seed=3)
@@ -572,9 +628,15 @@ def test_deleting_a_clip_and_a_profile_leaves_nothing_behind(service, real, no_d
     media = service.data_dir / gone.media_path
     assert media.is_file() and len(service.snapshots("deletes")) == 2
 
+    (memo,) = memo_files(service, pid)  # the features kept on disk for the next start
+    assert gone.id in memo_clip_ids(memo)
+
     result = service.delete_clip(gone.id)
     assert result["rebuilt"]["emoasst"]["n"] == before.n - 1
     assert not media.exists()
+    assert all(gone.id not in memo_clip_ids(p) for p in memo_files(service, pid))
+    service.rebuild_cache("deletes")
+    assert gone.id not in memo_clip_ids(memo_files(service, pid)[0])
     for table in CLIP_TABLES:
         assert count(service, table, f"WHERE {'id' if table == 'clips' else 'clip_id'} = ?", (gone.id,)) == 0
     with db(service) as connection:  # no snapshot (active or old) holds its embedding any more
@@ -588,7 +650,7 @@ def test_deleting_a_clip_and_a_profile_leaves_nothing_behind(service, real, no_d
 
     summary = service.delete_profile("deletes")
     assert summary == {"profile": "deletes", "id": pid, "clips": 2, "files_removed": 2}
-    assert not (service.media_root / str(pid)).exists()
+    assert not (service.media_root / str(pid)).exists() and memo_files(service, pid) == []
     with db(service) as connection:
         assert connection.execute("SELECT count(*) FROM clips WHERE profile_id = ?", (pid,)).fetchone()[0] == 0
         assert connection.execute("SELECT count(*) FROM cache_snapshots WHERE profile_id = ?", (pid,)).fetchone()[0] == 0

@@ -116,7 +116,7 @@ class StoredArrays:
         if stop > len(self.tokens):  # room for a quarter more: the next new clips need no copy
             self._grow(stop + stop // 4 + 64)
         self.rows = stop
-        self.tokens[start:stop] = [next(self._tokens) for _ in clips]
+        self.tokens[start:stop] = self.new_tokens(len(clips))
         self.row_of.update(zip(clips, range(start, stop)))
         for name, (ids, dtypes, data) in by_name.items():
             rows = np.fromiter((self.row_of[c] for c in ids), np.int64, len(ids))
@@ -142,6 +142,11 @@ class StoredArrays:
             index = _span(rows)
             index = index if isinstance(index, slice) else torch.from_numpy(index)
             self.units[name][index], self.present[name][index] = normalise_rows(torch.from_numpy(matrix))
+
+    @classmethod
+    def new_tokens(cls, n: int) -> np.ndarray:
+        """`n` tokens no arrays in this process got before, increasing."""
+        return np.fromiter((next(cls._tokens) for _ in range(n)), np.int64, n)
 
     def _add_logits(self, name: str, rows: np.ndarray, matrix: np.ndarray, widths: np.ndarray) -> None:
         if name not in self.logits:
@@ -297,6 +302,15 @@ class AffinityMemo:
     def __init__(self) -> None:
         # (beta and the modalities with their widths, row tokens, column tokens, affinities)
         self._state: tuple[tuple, np.ndarray, np.ndarray, torch.Tensor] | None = None
+
+    @property
+    def state(self) -> tuple[tuple, np.ndarray, np.ndarray, torch.Tensor] | None:
+        """(signature, row tokens, column tokens, affinities) of the last scoring, or None."""
+        return self._state
+
+    def restore(self, state: tuple[tuple, np.ndarray, np.ndarray, torch.Tensor]) -> None:
+        """Take over a `state` written by another process, its tokens renamed to this process's rows."""
+        self._state = state
 
     def affinity(self, cache: FewShotCache, rows: torch.Tensor, tokens: np.ndarray) -> torch.Tensor:
         """`pairwise_affinity(cache, rows)`, from the memo where it can. Never written in place."""

@@ -17,7 +17,9 @@ Invariants:
   in-process copy is reloaded whenever the active snapshot id changes (in any process).
 - A snapshot refers to its clips' stored features (ids, labels, alpha/beta, backbone profile) rather
   than copying them; features read for a rebuild or a snapshot stay in memory (`featmemo`), checked
-  against the database on every use, and so do the last leave-one-out affinities.
+  against the database on every use, and so do the last leave-one-out affinities. After a rebuild
+  both are also written to a file in the data dir (`memofile`), so the first rebuild after a restart
+  is as fast; deleting a clip or profile deletes that file.
 """
 from __future__ import annotations
 
@@ -30,7 +32,6 @@ import io
 import json
 import os
 import re
-import secrets
 import shutil
 import sqlite3
 import sys
@@ -49,7 +50,7 @@ from sqlalchemy.exc import DBAPIError
 from emoweb.config import Settings, get_settings
 from emoweb.errors import EmoWebError, MediaError, NotFoundError
 from emoweb.media import display_name, file_sha256  # display_name: uploaded names may hold newlines
-from emoweb.services import cachebuild, uploads
+from emoweb.services import cachebuild, tempfiles, uploads
 from emoweb.services.records import (
     ClipInfo,
     ClipResult,
@@ -76,8 +77,6 @@ _CLIP_ID = re.compile(r"[0-9]{1,18}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # An upload's temp file: `.ingest-<pid>-<token>-<random>.part`; the token tells this process from an
 # earlier one that had the same pid (a restarted container), so a killed upload's file can be removed.
-_PROCESS_TOKEN = secrets.token_hex(4)
-_PART = re.compile(r"\.ingest-([0-9]+)-([0-9a-f]+)-.*\.part")
 _NO_SPACE = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file size limit reached"}
 _PG_DISK_FULL = "53100"  # PostgreSQL's SQLSTATE disk_full
 
@@ -106,23 +105,6 @@ def _storage_errors(fn: F) -> F:
             raise EmoWebError(args[0].no_space_message("disk full", database=True)) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def _stale_part(path: Path) -> bool:
-    """Whether an upload's temp file was left by a process that is gone (killed mid-upload)."""
-    match = _PART.fullmatch(path.name)
-    if match is None:
-        return True  # not ours to finish: no live upload has this name
-    pid = int(match[1])
-    if pid == os.getpid():
-        return match[2] != _PROCESS_TOKEN
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False  # it exists (another user's process)
-    return False
 
 
 def _test_pause(env: str, stage: str, message: str) -> None:
@@ -183,7 +165,8 @@ class CaregiverService:
         self._models = models
         self._caches: dict[tuple[int, str], tuple[int, FewShotCache, list[int]]] = {}
         self._lock = threading.RLock()
-        self._features = FeatureMemo()  # its lock is taken after self._lock, never before it
+        # its lock is taken after self._lock, never before it; kept on disk too (`memofile`)
+        self._features = FeatureMemo(folder=self.data_dir / "memo")
         self._remove_interrupted_uploads()
 
     def _remove_interrupted_uploads(self) -> None:
@@ -194,7 +177,7 @@ class CaregiverService:
         if not self.media_root.is_dir():
             return
         for part in self.media_root.glob("*/.ingest-*.part"):
-            if _stale_part(part):
+            if tempfiles.stale(part, "ingest"):
                 part.unlink(missing_ok=True)
         files = {p.relative_to(self.data_dir).as_posix(): p for p in self.media_root.glob("*/*")
                  if not p.name.startswith(".") and p.is_file()}
@@ -215,7 +198,8 @@ class CaregiverService:
         return f"not enough disk space in the data folder {folder} ({reason}): free some space and try again"
 
     def close(self) -> None:
-        """Release the database connections."""
+        """Finish writing feature memos and release the database connections."""
+        self._features.flush()
         bind = self._sessions.kw.get("bind")
         if bind is not None:
             bind.dispose()
@@ -434,7 +418,7 @@ class CaregiverService:
         relative = f"media/{prof.id}/{sha}{safe_suffix(name) or safe_suffix(path.name)}"
         final = self._media_file(relative)
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".ingest-{os.getpid()}-{_PROCESS_TOKEN}-", suffix=".part")
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=tempfiles.temp_prefix("ingest"), suffix=".part")
         placed = False
         try:
             digest = hashlib.sha256()
@@ -719,6 +703,7 @@ class CaregiverService:
             for m, r in results.items()
         }
         self._remember(prof, built, results)
+        self._features.persist(prof.id, self.backbone)
         return results
 
     @_storage_errors
@@ -749,6 +734,7 @@ class CaregiverService:
             rebuilt = self._save(repo, prof, built)
             repo.delete_snapshots(holding)  # all inactive now
         self._remember(prof, built, rebuilt)
+        self._features.drop(prof.id)  # it held the clip: in memory, and in the file on disk
         if target is not None:
             target.unlink(missing_ok=True)
         uploads.forget_copies(self.settings.upload_dir, {clip.sha256})

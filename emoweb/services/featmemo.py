@@ -14,14 +14,19 @@ stored again, after a delete, under the same id. A new row gets an id above ever
 only after every higher id was deleted, the highest held one included: if that one still has the
 `created` it had when read, no held clip was replaced. Replicas sharing a PostgreSQL database each
 keep their own memo and see each other's changes the same way.
+
+With a folder, each entry is also kept on disk (`memofile`) after a rebuild and read from there when
+it is not in memory, so the first rebuild after a start is not a cold one.
 """
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+from emoweb.services import memofile
 from emoweb.services.cachebuild import AffinityMemo, StoredArrays
 from emoweb.services.store import CaregiverRepository
 
@@ -38,16 +43,35 @@ class ProfileFeatures:
         self.top: tuple[int, Any] | None = None  # the highest clip id held and its `created`
         self.arrays = StoredArrays()
         self.loo: dict[str, AffinityMemo] = {}  # model -> its last leave-one-out affinities
+        self.saved: tuple | None = None  # what the file on disk holds (`version`), when it was written
+
+    def version(self) -> tuple:
+        """Changes whenever rows are added or a leave-one-out memo is replaced."""
+        return (id(self.arrays), self.arrays.rows, tuple((m, id(memo.state)) for m, memo in sorted(self.loo.items())))
+
+    @classmethod
+    def load(cls, path: Path) -> ProfileFeatures | None:
+        loaded = memofile.load(path)
+        if loaded is None:
+            return None
+        entry = cls()
+        entry.seen, entry.top, entry.arrays, entry.loo = loaded
+        entry.saved = entry.version()
+        return entry
 
 
 class FeatureMemo:
     """One per service. Hold `lock` around `read` and every read of the entry's arrays (assembling a
     cache): a later `read` appends to them. Its leave-one-out memos need no lock."""
 
-    def __init__(self, size: int = MEMO_PROFILES) -> None:
+    def __init__(self, size: int = MEMO_PROFILES, folder: Path | None = None) -> None:
         self.lock = threading.RLock()
         self._size = size
         self._entries: OrderedDict[tuple[int, str], ProfileFeatures] = OrderedDict()
+        self._writer = memofile.Writer(folder) if folder is not None else None
+
+    def _path(self, key: tuple[int, str]) -> Path | None:
+        return memofile.path_for(self._writer.folder, *key) if self._writer is not None else None
 
     def read(self, repo: CaregiverRepository, profile_id: int, backbone_profile: str, clip_ids: Iterable[int]) -> ProfileFeatures:
         """The profile's entry, holding every clip of `clip_ids` that has features under `backbone_profile`
@@ -56,7 +80,10 @@ class FeatureMemo:
         caller's other reads (labels) are one snapshot."""
         with self.lock:
             key = (profile_id, backbone_profile)
-            entry = self._entries.pop(key, None) or ProfileFeatures()
+            entry = self._entries.pop(key, None)
+            if entry is None:
+                path = self._path(key)
+                entry = (ProfileFeatures.load(path) if path is not None else None) or ProfileFeatures()
             shas = repo.clip_hashes(profile_id)
             if shas != entry.seen:  # a clip was added, deleted or replaced since the last read
                 held = entry.arrays.row_of
@@ -76,8 +103,26 @@ class FeatureMemo:
                 self._entries.popitem(last=False)
             return entry
 
+    def persist(self, profile_id: int, backbone_profile: str) -> None:
+        """Queue the entry for the disk when it changed since it was last written (a no-op without a folder)."""
+        with self.lock:
+            key = (profile_id, backbone_profile)
+            entry, path = self._entries.get(key), self._path(key)
+            if entry is None or path is None or entry.saved == entry.version():
+                return
+            entry.saved = entry.version()
+            self._writer.submit(path, memofile.freeze(entry.seen, entry.top, entry.arrays, entry.loo))
+
+    def flush(self) -> None:
+        """Wait for queued writes (tests and benchmarks; the app never needs to)."""
+        if self._writer is not None:
+            self._writer.flush()
+
     def drop(self, profile_id: int) -> None:
-        """Forget a deleted profile now rather than when it ages out."""
+        """Forget a profile (deleted, or one of its clips deleted) now, in memory and on disk: a deleted
+        clip's features must not wait for the next read to notice it is gone."""
         with self.lock:
             for key in [k for k in self._entries if k[0] == profile_id]:
                 del self._entries[key]
+            if self._writer is not None:
+                self._writer.forget(memofile.profile_pattern(profile_id))
