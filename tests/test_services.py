@@ -437,6 +437,25 @@ def test_a_new_service_starts_from_the_memo_file_and_checks_it(service: Caregive
         assert (got.n, got.scored, got.before, got.after, got.n_per_label) == (
             expected.n, expected.scored, expected.before, expected.after, expected.n_per_label)
         assert len(memo_clip_ids(path)) == 612
+    service.delete_clip(more[1])  # the file is deleted at once and written again without the clip
+    assert memo_files(service, pid) == [path]  # (waits for the write)
+    assert more[1] not in memo_clip_ids(path) and len(memo_clip_ids(path)) == 611
+    expected = service.rebuild_cache("restart")["emoasst"]
+    monkeypatch.setattr(CaregiverRepository, "feature_blobs", lambda *a, **k: pytest.fail("features read from the database"))
+    restarted = CaregiverService(service.settings, models="emoasst")
+    try:
+        got = restarted.rebuild_cache("restart")["emoasst"]
+    finally:
+        restarted.close()
+    monkeypatch.undo()
+    path.unlink()
+    scratch = CaregiverService(service.settings, models="emoasst")  # features read, affinities computed
+    try:
+        fresh = scratch.rebuild_cache("restart")["emoasst"]
+    finally:
+        scratch.close()
+    for r in (got, expected):  # the pruned memo (in memory, on disk) gives what starting over gives
+        assert (r.n, r.scored, r.before, r.after, r.n_per_label) == (fresh.n, fresh.scored, fresh.before, fresh.after, fresh.n_per_label)
     left = path.parent / ".memo-999999999-0123abcd-x.memo"  # a writer killed mid-write (no such pid)
     left.write_bytes(stale)
     CaregiverService(service.settings, models="emoasst").close()

@@ -145,6 +145,7 @@ def bench_cache(
                 service.rebuild_cache(name),
             ))
             new_clip, _ = _timed(lambda: (_populate(service, name, 1, dim, model, seed, start=n), service.rebuild_cache(name)))
+            deletion, _ = _timed(lambda: (service.delete_clip(clip_id), service.rebuild_cache(name)))
             service.close()
             (first_s, first), (cold_s, cold) = _median(first_runs), _median(cold_runs)
             (rebuild, warm), (tuned_s, tuned) = _median(warm_runs), _median(tuned_runs)
@@ -154,6 +155,7 @@ def bench_cache(
                 "phases_first_s": first.timings, "phases_cold_s": cold.timings, "phases_s": warm.timings,
                 "phases_tuning_s": tuned.timings, "tuning": warm.tuning,
                 "correction_end_to_end_s": round(correction, 4), "new_clip_end_to_end_s": round(new_clip, 4),
+                "deletion_end_to_end_s": round(deletion, 4),
                 "insert_s": round(insert, 2), "reencode_s": round(n * per_clip, 1),
                 "speedup_cold": round(n * per_clip / cold_s), "speedup": round(n * per_clip / rebuild),
                 "alpha": warm.alpha, "beta": warm.beta, "scored": warm.scored,
@@ -182,14 +184,15 @@ def text(result: dict[str, Any]) -> str:
         f"warm: the same service again (both from memory), median of {max(5, repeats)}; all checked against the database; "
         "alpha/beta reused from the last snapshot in both (re-tuned below 200 clips)",
         "+tuning: cross-validation forced (warm); 1 correction: record_correction + rebuild; "
-        "1 new clip: its features and label stored + rebuild; speed-up: re-encoding / cold rebuild",
-        f"{'clips':>7} {'no file':>8} {'cold':>8} {'warm':>8} {'+tuning':>8} {'1 correction':>13} {'1 new clip':>11} {'re-encode':>10} "
+        "1 new clip: its features and label stored + rebuild; 1 deletion: delete_clip (rebuilds the caches that held it) "
+        "+ rebuild; speed-up: re-encoding / cold rebuild",
+        f"{'clips':>7} {'no file':>8} {'cold':>8} {'warm':>8} {'+tuning':>8} {'1 correction':>13} {'1 new clip':>11} {'1 deletion':>11} {'re-encode':>10} "
         f"{'speed-up':>9}  LOO before->after (scored)",
     ]
     for r in result["rows"]:
         lines.append(
             f"{r['n']:>7} {r['first_s']:>7.3f}s {r['cold_s']:>7.3f}s {r['rebuild_s']:>7.3f}s {r['rebuild_tuning_s']:>7.3f}s "
-            f"{r['correction_end_to_end_s']:>12.3f}s {r['new_clip_end_to_end_s']:>10.3f}s {r['reencode_s']:>9.0f}s "
+            f"{r['correction_end_to_end_s']:>12.3f}s {r['new_clip_end_to_end_s']:>10.3f}s {r['deletion_end_to_end_s']:>10.3f}s {r['reencode_s']:>9.0f}s "
             f"{r['speedup_cold']:>8}x  {r['loo_before']:.3f} -> {r['loo_after']:.3f} ({r['scored']} of {r['n']})"
         )
     lines.append("phases (s) of the median no-file, cold and warm runs: " + ", ".join(PHASES) + " (load and commit: shared by all models)")

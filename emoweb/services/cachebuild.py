@@ -168,6 +168,21 @@ class StoredArrays:
             self.logits[name] = np.concatenate([logits, np.zeros((more, logits.shape[1]), np.float32)])
             self.widths[name] = np.concatenate([self.widths[name], np.zeros(more, np.int64)])
 
+    def without(self, clip_ids: set[int]) -> StoredArrays:
+        """A copy without the rows of `clip_ids` (deleted clips); the other rows keep their tokens, so
+        leave-one-out memos still name them."""
+        clip_of = {r: c for c, r in self.row_of.items()}
+        keep = np.asarray([r for r in range(self.rows) if clip_of[r] not in clip_ids], np.int64)
+        index = torch.from_numpy(keep)
+        out = StoredArrays()
+        out.rows, out.tokens = len(keep), self.tokens[keep]
+        out.row_of = {clip_of[int(r)]: i for i, r in enumerate(keep)}
+        out.units = {n: u.index_select(0, index) for n, u in self.units.items()}
+        out.present = {n: p.index_select(0, index) for n, p in self.present.items()}
+        out.logits = {n: v[keep] for n, v in self.logits.items()}
+        out.widths = {n: w[keep] for n, w in self.widths.items()}
+        return out
+
     def names(self) -> set[str]:
         """Feature names some held clip has."""
         return set(self.units) | set(self.logits)
@@ -311,6 +326,18 @@ class AffinityMemo:
     def restore(self, state: tuple[tuple, np.ndarray, np.ndarray, torch.Tensor]) -> None:
         """Take over a `state` written by another process, its tokens renamed to this process's rows."""
         self._state = state
+
+    def forget(self, tokens: np.ndarray) -> None:
+        """Drop the rows and columns of `tokens` (deleted clips): the others stay valid."""
+        state = self._state
+        if state is None:
+            return
+        signature, row_tokens, col_tokens, aff = state
+        rows, cols = ~np.isin(row_tokens, tokens), ~np.isin(col_tokens, tokens)
+        if rows.all() and cols.all():
+            return
+        aff = aff[torch.from_numpy(rows)][:, torch.from_numpy(cols)]
+        self._state = (signature, row_tokens[rows], col_tokens[cols], aff)
 
     def affinity(self, cache: FewShotCache, rows: torch.Tensor, tokens: np.ndarray) -> torch.Tensor:
         """`pairwise_affinity(cache, rows)`, from the memo where it can. Never written in place."""

@@ -734,7 +734,7 @@ class CaregiverService:
             rebuilt = self._save(repo, prof, built)
             repo.delete_snapshots(holding)  # all inactive now
         self._remember(prof, built, rebuilt)
-        self._features.drop(prof.id)  # it held the clip: in memory, and in the file on disk
+        self._features.forget_clips(self.repo, prof.id, {clip.id})  # in memory, and in the file on disk
         if target is not None:
             target.unlink(missing_ok=True)
         uploads.forget_copies(self.settings.upload_dir, {clip.sha256})

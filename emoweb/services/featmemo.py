@@ -118,6 +118,25 @@ class FeatureMemo:
         if self._writer is not None:
             self._writer.flush()
 
+    def forget_clips(self, repo: CaregiverRepository, profile_id: int, clip_ids: set[int]) -> None:
+        """Deleted clips out of the profile's entries, in memory and on disk (the file is deleted now and
+        written again without them): the rest stays, so the next rebuild is not a cold one."""
+        with self.lock:
+            if self._writer is not None:
+                self._writer.forget(memofile.profile_pattern(profile_id))
+            for key in [k for k in self._entries if k[0] == profile_id]:
+                entry = self._entries[key]
+                gone = entry.arrays.tokens[[entry.arrays.row_of[c] for c in clip_ids if c in entry.arrays.row_of]]
+                entry.arrays = entry.arrays.without(clip_ids)
+                entry.seen = {c: sha for c, sha in entry.seen.items() if c not in clip_ids}
+                for memo in entry.loo.values():
+                    memo.forget(gone)
+                if entry.top is not None and entry.top[0] in clip_ids:
+                    top = max(entry.arrays.row_of, default=None)
+                    entry.top = None if top is None else (top, repo.clip_created(top))
+                entry.saved = None
+                self.persist(*key)
+
     def drop(self, profile_id: int) -> None:
         """Forget a profile (deleted, or one of its clips deleted) now, in memory and on disk: a deleted
         clip's features must not wait for the next read to notice it is gone."""
