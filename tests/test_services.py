@@ -399,10 +399,24 @@ def memo_clip_ids(path: Path) -> set[int]:
     return set(data["clip_ids"].tolist()) | set(data["seen_ids"].tolist())
 
 
+def restarted_rebuild(service: CaregiverService, profile: str):
+    """The first rebuild of a new service on the same data dir (an app restart); closing it writes its memo."""
+    other = CaregiverService(service.settings, models="emoasst")
+    try:
+        return other.rebuild_cache(profile)["emoasst"]
+    finally:
+        other.close()
+
+
+def outcome(r) -> tuple:
+    return r.n, r.scored, r.before, r.after, r.n_per_label, r.alpha, r.beta
+
+
 def test_a_new_service_starts_from_the_memo_file_and_checks_it(service: CaregiverService, no_decoding, monkeypatch) -> None:
     """After a restart the first rebuild takes features and leave-one-out affinities from the memo file
     (no feature row read, no affinity computed) and gives the same result; a stale file (clips added
-    since) is completed from the database, and an unreadable one is deleted and ignored."""
+    since) is completed from the database, an unreadable one is deleted and ignored, and a deleted clip
+    leaves the file at once and the rest of it is kept."""
     service.create_profile("restart", ["calm", "upset", "playful"])
     pid = service.get_profile("restart").id
     add_synthetic(service, "restart", 600, ["calm", "upset", "playful"], seed=11)
@@ -411,17 +425,11 @@ def test_a_new_service_starts_from_the_memo_file_and_checks_it(service: Caregive
     stale = path.read_bytes()
     assert first.scored == 500 and len(memo_clip_ids(path)) == 600
 
-    calls = []
-    monkeypatch.setattr(cachebuild, "pairwise_affinity", lambda *a, **k: calls.append(1) or pytest.fail("affinities recomputed"))
-    monkeypatch.setattr(CaregiverRepository, "feature_blobs", lambda *a, **k: pytest.fail("features read from the database"))
-    restarted = CaregiverService(service.settings, models="emoasst")
-    try:
-        again = restarted.rebuild_cache("restart")["emoasst"]
-    finally:
-        restarted.close()
+    no_reads = lambda *a, **k: pytest.fail("features read from the database")  # noqa: E731
+    monkeypatch.setattr(cachebuild, "pairwise_affinity", lambda *a, **k: pytest.fail("affinities recomputed"))
+    monkeypatch.setattr(CaregiverRepository, "feature_blobs", no_reads)
+    assert outcome(restarted_rebuild(service, "restart")) == outcome(first)
     monkeypatch.undo()
-    assert (again.n, again.scored, again.before, again.after) == (first.n, first.scored, first.before, first.after)
-    assert (again.alpha, again.beta) == (first.alpha, first.beta) and not calls
 
     more = add_synthetic(service, "restart", 12, ["calm", "upset", "playful"], seed=12)
     service.record_correction(more[0], "upset")
@@ -429,33 +437,20 @@ def test_a_new_service_starts_from_the_memo_file_and_checks_it(service: Caregive
     for content in (stale, b"not a memo file"):  # older than the database; unreadable
         service._features.flush()
         path.write_bytes(content)
-        restarted = CaregiverService(service.settings, models="emoasst")
-        try:
-            got = restarted.rebuild_cache("restart")["emoasst"]
-        finally:
-            restarted.close()  # writes the file again, now up to date
-        assert (got.n, got.scored, got.before, got.after, got.n_per_label) == (
-            expected.n, expected.scored, expected.before, expected.after, expected.n_per_label)
-        assert len(memo_clip_ids(path)) == 612
+        assert outcome(restarted_rebuild(service, "restart")) == outcome(expected)
+        assert len(memo_clip_ids(path)) == 612  # written again, up to date
+
     service.delete_clip(more[1])  # the file is deleted at once and written again without the clip
     assert memo_files(service, pid) == [path]  # (waits for the write)
     assert more[1] not in memo_clip_ids(path) and len(memo_clip_ids(path)) == 611
     expected = service.rebuild_cache("restart")["emoasst"]
-    monkeypatch.setattr(CaregiverRepository, "feature_blobs", lambda *a, **k: pytest.fail("features read from the database"))
-    restarted = CaregiverService(service.settings, models="emoasst")
-    try:
-        got = restarted.rebuild_cache("restart")["emoasst"]
-    finally:
-        restarted.close()
+    monkeypatch.setattr(CaregiverRepository, "feature_blobs", no_reads)
+    got = restarted_rebuild(service, "restart")
     monkeypatch.undo()
     path.unlink()
-    scratch = CaregiverService(service.settings, models="emoasst")  # features read, affinities computed
-    try:
-        fresh = scratch.rebuild_cache("restart")["emoasst"]
-    finally:
-        scratch.close()
-    for r in (got, expected):  # the pruned memo (in memory, on disk) gives what starting over gives
-        assert (r.n, r.scored, r.before, r.after, r.n_per_label) == (fresh.n, fresh.scored, fresh.before, fresh.after, fresh.n_per_label)
+    fresh = restarted_rebuild(service, "restart")  # no file: features read, affinities computed
+    assert outcome(got) == outcome(expected) == outcome(fresh)  # the pruned memo, in memory and on disk
+
     left = path.parent / ".memo-999999999-0123abcd-x.memo"  # a writer killed mid-write (no such pid)
     left.write_bytes(stale)
     CaregiverService(service.settings, models="emoasst").close()
