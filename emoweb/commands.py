@@ -16,6 +16,7 @@ from emoweb.features import FeatureExtractor
 from emoweb.featstore import FeatureStore
 from emoweb.manifests import read_manifests
 from emoweb.metrics import comparison_table
+from emoweb.training import DEV_FRACTION
 from models import LABEL7, registry
 
 
@@ -33,6 +34,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--patience", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="score and keep an exponential moving average of the weights (e.g. 0.98 per step; 0: off)")
+    p.add_argument("--dev-fraction", type=float, default=DEV_FRACTION,
+                   help=f"share of training speakers held out for early stopping (default {DEV_FRACTION}; "
+                   "0: train on all of them for --epochs, for a recipe chosen beforehand)")
     p.add_argument("--out", type=Path, default=registry.CHECKPOINT_ROOT, help="checkpoint root")
     p.add_argument("--device", default=None)
 
@@ -46,7 +52,7 @@ def _train(args: argparse.Namespace) -> int:
     bb = store.extractor.backbones
     rows = [r for r in read_manifests(args.data) if r.label in LABEL7]
     encoded, skipped = store.encode_rows(rows, desc="backbone features (cached)")
-    samples = assign_splits(encoded, args.seed)
+    samples = assign_splits(encoded, args.seed, args.dev_fraction)
     torch.manual_seed(args.seed)
     model = registry.build(args.model, bb.dims)
     model.attach_text_encoder(lambda texts: bb.text(texts).embedding, bb.text_encoder)
@@ -55,18 +61,23 @@ def _train(args: argparse.Namespace) -> int:
 
         samples = samples + composite_samples(samples, seed=args.seed)
     labels = list(LABEL7)
-    result = train(model, samples, bb.dims, labels, model.param_groups(), args.epochs, args.batch_size, args.patience, args.seed)
-    val = [s for s in samples if s.split == "val"]
-    metrics = {"val": evaluate(model, val, bb.dims, labels), "dev": evaluate(model, [s for s in samples if s.split == "dev"], bb.dims, labels)}
+    result = train(model, samples, bb.dims, labels, model.param_groups(), args.epochs, args.batch_size, args.patience, args.seed,
+                   ema_decay=args.ema)
+    metrics = {split: evaluate(model, chosen, bb.dims, labels) for split in ("val", "dev")
+               if (chosen := [s for s in samples if s.split == split])}
+    stopping = (f"dev = {args.dev_fraction:.0%} of training speakers by hash, used for early stopping" if args.dev_fraction
+                else f"no dev split: all training speakers, {args.epochs} epochs, the last weights kept")
     card = {
         "labels": labels,
         "seed": args.seed,
         "data": {"manifests": args.data.split(","), "counts": data_card(samples), "skipped": len(skipped)},
-        "splits": "val = the manifest's val split (unseen speakers / identities), reported only; "
-        "dev = 15% of training speakers by hash, used for early stopping",
-        "training": {"epochs_run": len(result.history), "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1), "history": result.history},
+        "splits": f"val = the manifest's val split (unseen speakers / identities), reported only; {stopping}",
+        "training": {"epochs_run": len(result.history), "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1),
+                     "ema": args.ema, "dev_fraction": args.dev_fraction, "history": result.history},
         "metrics": _slim(metrics),
-        "command": f"python -m emoweb train {args.model} --profile {bb.name} --data {args.data} --seed {args.seed}",
+        "command": f"python -m emoweb train {args.model} --profile {bb.name} --data {args.data} --seed {args.seed} "
+        f"--epochs {args.epochs} --patience {args.patience} --batch-size {args.batch_size} --ema {args.ema} "
+        f"--dev-fraction {args.dev_fraction}",
     }
     path = registry.save(model, args.model, bb.name, card, args.out)
     print(json.dumps({"checkpoint": str(path), "metrics": card["metrics"]["val"]}, indent=2))

@@ -2,8 +2,9 @@
 
 - `kshot_study`: the caregiver effect. For each held-back speaker, K of that speaker's clips per class
   go into the few-shot cache and the speaker's remaining clips are scored, with and without the cache.
-  alpha/beta are chosen once on the *dev* speakers (held out from training, never reported) and then
-  applied unchanged to the validation speakers.
+  alpha/beta are never tuned on the speaker they are scored on: they come from the dev speakers (held
+  out from training, never reported) or, for a checkpoint trained on every training speaker, from the
+  other validation speakers.
 - `egemaps_baseline`: the classic peer, openSMILE eGeMAPS functionals + logistic regression, trained
   on the same train speakers and scored on the same validation speakers as the models.
 """
@@ -23,7 +24,7 @@ from emoweb.featstore import FeatureStore
 from emoweb.inference import Predictor
 from emoweb.manifests import read_manifest
 from emoweb.metrics import classification_report
-from emoweb.training import assign_splits
+from emoweb.training import DEV_FRACTION, assign_splits
 from models.cache import FewShotCache
 
 ALPHAS = (0.5, 1, 2, 5, 10, 20, 40, 80, 160)
@@ -59,12 +60,17 @@ def _speaker_trials(logits, keys, labels: list[str], label_set: list[str], k: in
 
 def kshot_study(settings: Settings, manifest: str, model_name: str = "emoasst", modality: str = "audio",
                 ks: tuple[int, ...] = (1, 2, 4, 8), seeds: int = 5) -> dict:
+    """alpha/beta are tuned at K=4 on speakers the scores are not reported for: the dev speakers when the
+    checkpoint held some out of training (its card's `dev_fraction`), else, for each validation speaker,
+    the other validation speakers (leave one speaker out)."""
     predictor = Predictor(settings)
-    if predictor.model(model_name) is None:
+    loaded = predictor.model(model_name)
+    if loaded is None:
         raise EmoWebError(f"no trained {model_name} checkpoint for profile {predictor.backbones.name}")
+    dev_fraction = float(loaded[1].get("training", {}).get("dev_fraction", DEV_FRACTION))
     store = FeatureStore(predictor.extractor, settings.feature_cache)
     rows = [r for r in read_manifest(manifest) if r.label in predictor.labels]
-    samples = assign_splits(store.encode_rows(rows, desc="features")[0])
+    samples = assign_splits(store.encode_rows(rows, desc="features")[0], dev_fraction=dev_fraction)
     per_split: dict[str, dict[str, tuple]] = {"dev": {}, "val": {}}
     for split in per_split:
         speakers = sorted({s.row.speaker for s in samples if s.split == split})
@@ -72,19 +78,28 @@ def kshot_study(settings: Settings, manifest: str, model_name: str = "emoasst", 
             items = [s for s in samples if s.split == split and s.row.speaker == spk]
             logits, keys = _embed(predictor, model_name, [s.features for s in items], modality)
             per_split[split][spk] = (logits, keys, [s.row.label for s in items])
-    if not per_split["dev"] or not per_split["val"]:
-        raise EmoWebError("the K-shot study needs dev and val speakers in the manifest")
+    val = per_split["val"]
+    if not val or (not per_split["dev"] and len(val) < 2):
+        raise EmoWebError("the K-shot study needs validation speakers, and dev speakers or at least two validation speakers")
 
-    def mean_gain(split: str, k: int, alpha: float, beta: float) -> float:
-        res = [_speaker_trials(lg, ky, lb, predictor.labels, k, alpha, beta, seeds) for lg, ky, lb in per_split[split].values()]
-        return float(np.mean([c - b for c, b in res]))
+    def tune(speakers: list[tuple]) -> tuple[float, float]:
+        def gain(ab: tuple[float, float]) -> float:
+            return float(np.mean([c - b for c, b in (_speaker_trials(lg, ky, lb, predictor.labels, 4, *ab, seeds) for lg, ky, lb in speakers)]))
 
-    alpha, beta = max(itertools.product(ALPHAS, BETAS), key=lambda ab: mean_gain("dev", 4, *ab))
+        return max(itertools.product(ALPHAS, BETAS), key=gain)
+
+    if per_split["dev"]:
+        tuned_on = "dev speakers at K=4"
+        chosen = dict.fromkeys(val, tune(list(per_split["dev"].values())))
+    else:
+        tuned_on = "the other validation speakers at K=4 (leave one speaker out)"
+        chosen = {spk: tune([v for other, v in val.items() if other != spk]) for spk in val}
     table = []
     for k in ks:
-        for spk, (lg, ky, lb) in per_split["val"].items():
+        for spk, (lg, ky, lb) in val.items():
+            alpha, beta = chosen[spk]
             c, b = _speaker_trials(lg, ky, lb, predictor.labels, k, alpha, beta, seeds)
-            table.append({"speaker": spk, "k": k, "with_cache": round(c, 4), "without_cache": round(b, 4)})
+            table.append({"speaker": spk, "k": k, "alpha": alpha, "beta": beta, "with_cache": round(c, 4), "without_cache": round(b, 4)})
     summary = {
         k: {
             "with_cache": round(float(np.mean([r["with_cache"] for r in table if r["k"] == k])), 4),
@@ -92,8 +107,8 @@ def kshot_study(settings: Settings, manifest: str, model_name: str = "emoasst", 
         }
         for k in ks
     }
-    return {"model": model_name, "modality": modality, "alpha": alpha, "beta": beta, "seeds": seeds,
-            "tuned_on": "dev speakers at K=4", "per_speaker": table, "mean": summary}
+    return {"model": model_name, "modality": modality, "alpha_beta": {spk: list(ab) for spk, ab in chosen.items()}, "seeds": seeds,
+            "tuned_on": tuned_on, "per_speaker": table, "mean": summary}
 
 
 def egemaps_baseline(manifest: str, cache_dir: Path, labels: list[str]) -> dict:
@@ -133,8 +148,9 @@ def _ravdess() -> str:
 
 
 def _kshot_text(r: dict) -> str:
-    lines = [f"K-shot caregiver cache, {r['model']} {r['modality']}, per validation speaker, {r['seeds']} draws "
-             f"(alpha {r['alpha']}, beta {r['beta']}, tuned on {r['tuned_on']})", "| K | no cache | with cache | gain |", "|---|---|---|---|"]
+    chosen = ", ".join(f"{spk}: {a:g}/{b:g}" for spk, (a, b) in r["alpha_beta"].items())
+    lines = [f"K-shot caregiver cache, {r['model']} {r['modality']}, per validation speaker, {r['seeds']} draws; "
+             f"alpha/beta tuned on {r['tuned_on']} ({chosen})", "| K | no cache | with cache | gain |", "|---|---|---|---|"]
     for k, m in r["mean"].items():
         lines.append(f"| {k} | {100 * m['without_cache']:.1f} | {100 * m['with_cache']:.1f} | {100 * (m['with_cache'] - m['without_cache']):+.1f} |")
     return "\n".join(lines)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from emoweb.batching import to_input
@@ -37,14 +38,15 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def assign_splits(samples: list[tuple[Row, ClipFeatures]], seed: int = 0) -> list[Sample]:
-    """train/dev/val by speaker: the manifest's val stays val; dev = a seeded share of train speakers."""
+def assign_splits(samples: list[tuple[Row, ClipFeatures]], seed: int = 0, dev_fraction: float = DEV_FRACTION) -> list[Sample]:
+    """train/dev/val by speaker: the manifest's val stays val; dev = a seeded share of train speakers
+    (none with `dev_fraction` 0: a recipe chosen beforehand, e.g. by cross-validation, trains on all)."""
     out = []
     for row, feats in samples:
         split = "val" if row.split in ("val", "valid", "dev", "test") else "train"
         if split == "train" and row.speaker:
             h = int(hashlib.sha256(f"{seed}:{row.source}:{row.speaker}".encode()).hexdigest()[:8], 16)
-            if (h % 1000) / 1000 < DEV_FRACTION:
+            if (h % 1000) / 1000 < dev_fraction:
                 split = "dev"
         out.append(Sample(row, feats, split))
     return out
@@ -156,17 +158,26 @@ def train(
     patience: int = 6,
     seed: int = 0,
     weight_decay: float = 0.01,
+    ema_decay: float = 0.0,
 ) -> TrainResult:
-    """AdamW over `param_groups`, early stopping on dev UAR; keeps the best epoch's weights."""
+    """AdamW over `param_groups`, early stopping on dev UAR; keeps the best epoch's weights.
+
+    `ema_decay` > 0: what is scored and kept is an exponential moving average of the weights (updated
+    every step), not the weights of the last step. On a few hundred clips the dev score of the raw
+    weights jumps by several points from one epoch to the next, so the epoch it picks is partly luck;
+    the average moves slowly and generalises better to unseen speakers. Without a dev split (all
+    training speakers used for training), every epoch runs and the last weights are kept."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     train_set = [s for s in samples if s.split == "train"]
     dev_set = [s for s in samples if s.split == "dev"]
     label_ids = {label: i for i, label in enumerate(labels)}
     opt = torch.optim.AdamW(param_groups, weight_decay=weight_decay)
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay else None
+    scored = averaged.module if averaged is not None else model
     result = TrainResult(model)
     best, best_state, stale = -1.0, None, 0
-    branches = BranchSelector(model.branches() if hasattr(model, "branches") else {})
+    branches = BranchSelector(scored.branches() if hasattr(scored, "branches") else {})
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.train()
@@ -185,25 +196,34 @@ def train(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            losses.append(float(loss))
+            if averaged is not None:
+                averaged.update_parameters(model)
+            losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        report = evaluate(model, dev_set, dims, labels)
+        result.history.append({"epoch": epoch, "loss": sum(losses) / max(1, len(losses))})
+        if not dev_set:
+            print(f"epoch {epoch}: loss {result.history[-1]['loss']:.4f}", flush=True)
+            continue
+        report = evaluate(scored, dev_set, dims, labels)
         score = dev_score(report)
-        result.history.append({"epoch": epoch, "loss": sum(losses) / max(1, len(losses)), "dev_uar": score,
-                               **{f"dev_uar_{m}": r["uar"] for m, r in report.items() if m != "fused"}})
+        result.history[-1].update(dev_uar=score, **{f"dev_uar_{m}": r["uar"] for m, r in report.items() if m != "fused"})
         print(f"epoch {epoch}: loss {result.history[-1]['loss']:.4f} dev UAR {score:.4f}", flush=True)
         improved = branches.update(report, epoch)
         if score > best:
             best, result.best_epoch = score, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
         stale = 0 if (score >= best or improved) else stale + 1
         if stale >= patience:
             break
-    if branches.parts:  # independent branches: each keeps the weights of its own best dev epoch
+    if not dev_set:
+        result.best_epoch = len(result.history)
+    elif branches.parts:  # independent branches: each keeps the weights of its own best dev epoch
         branches.restore()
         result.best_epoch = dict(branches.best_epoch)
     elif best_state is not None:
-        model.load_state_dict(best_state)
+        scored.load_state_dict(best_state)
+    if scored is not model:
+        model.load_state_dict(scored.state_dict())
     result.seconds = time.perf_counter() - start
     model.eval()
     return result

@@ -104,5 +104,61 @@ def test_shipped_checkpoint_has_card():
         pytest.skip("no shipped EmoAsst checkpoint for the embedded profile")
     model, card = loaded
     assert card["labels"] == list(LABEL7)
-    assert {"val", "dev"} <= set(card["metrics"]) and card["seed"] is not None
+    assert "val" in card["metrics"] and card["seed"] is not None
+    assert ("dev" in card["metrics"]) == (card["training"].get("dev_fraction", 0.15) > 0)  # a dev split was held out
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def _speech_samples(dims, speakers=8, per_label=3, split="train"):
+    """Audio-only rows of two labels over several speakers, tokens shifted by label (learnable)."""
+    from pathlib import Path
+
+    from emoweb.features import ClipFeatures
+    from emoweb.manifests import Row
+
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for s in range(speakers):
+        for k, label in enumerate(("joy", "anger")):
+            for i in range(per_label):
+                f = ClipFeatures(source="x", sha256="0", kind="audio", profile="embedded", device="cpu", duration=1.0, full_duration=1.0)
+                f.audio_tokens = {"audio": torch.randn(12, dims["audio"], generator=g) + (2 * k - 1)}
+                out.append((Row(Path(f"a{s}_{label}_{i}.flac"), label, "", f"{split}_actor_{s}", split, "speech.csv"), f))
+    return out
+
+
+def test_splits_keep_speakers_apart_and_dev_can_be_switched_off():
+    from emoweb.training import assign_splits
+
+    dims = {"audio": 16}
+    rows = _speech_samples(dims) + _speech_samples(dims, speakers=2, split="val")
+    with_dev = assign_splits(rows, seed=0, dev_fraction=0.5)
+    by_speaker = {}
+    for s in with_dev:
+        by_speaker.setdefault(s.row.speaker, set()).add(s.split)
+    assert all(len(v) == 1 for v in by_speaker.values())  # a speaker is in one split only
+    assert {"train", "dev", "val"} == set().union(*by_speaker.values())
+    without = assign_splits(rows, seed=0, dev_fraction=0.0)
+    assert {s.split for s in without} == {"train", "val"}
+    assert [s.split == "val" for s in without] == [s.split == "val" for s in with_dev]  # val never moves
+
+
+def test_training_keeps_the_moving_average_of_the_weights():
+    """`ema_decay`: the kept weights are the average (they differ from plain training on the same seed,
+    which follows the same steps); without a dev split every epoch runs and the last is kept."""
+    from emoweb.training import assign_splits, train
+
+    dims = {"audio": 32, "visual": 8, "text": 16, "text_tokens": 16}
+    samples = assign_splits(_speech_samples(dims), seed=0, dev_fraction=0.0)
+    runs = {}
+    for decay in (0.0, 0.9):
+        torch.manual_seed(0)
+        cfg = EmoAsstConfig(visual_dim=8, audio_dim=32, text_dim=16, heads=2, num_queries=2, audio_pool=2, labels=["joy", "anger"])
+        model = EmoAsst(cfg)
+        model.attach_text_encoder(FixedTextEncoder(16))
+        result = train(model, samples, dims, ["joy", "anger"], model.param_groups(), epochs=3, batch_size=8, seed=0, ema_decay=decay)
+        assert result.best_epoch == 3 and len(result.history) == 3 and "dev_uar" not in result.history[0]
+        runs[decay] = {k: v.clone() for k, v in model.state_dict().items()}
+    audio = [k for k in runs[0.0] if k.startswith("auditory_adapter.")]
+    assert audio and any(not torch.equal(runs[0.0][k], runs[0.9][k]) for k in audio)
+    assert all(torch.isfinite(v).all() for v in runs[0.9].values() if v.is_floating_point())
