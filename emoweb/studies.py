@@ -32,14 +32,17 @@ BETAS = (0.5, 1, 2, 4, 8, 16, 32)
 
 
 @torch.no_grad()
-def _embed(predictor: Predictor, model_name: str, feats: list, modality: str):
+def _embed(predictor: Predictor, model_name: str, feats: list) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Base logits and the cache keys the app queries with (`inference.apply_cache`): the fused embedding
+    and every per-modality key the clips have."""
     model, _ = predictor.model(model_name)
     out = model(to_input(feats, predictor.backbones.dims), predictor.labels)
-    key = out.modality_embeddings.get(modality, out.embedding)
-    return out.logits, key
+    keys = {"fused": out.embedding, **out.modality_embeddings}
+    return out.logits, {m: k for m, k in keys.items() if bool(k.any())}
 
 
-def _speaker_trials(logits, keys, labels: list[str], label_set: list[str], k: int, alpha: float, beta: float, seeds: int):
+def _speaker_trials(logits, keys: dict[str, torch.Tensor], labels: list[str], label_set: list[str], k: int,
+                    alpha: float, beta: float, seeds: int):
     """Accuracy on the speaker's clips not in the cache, averaged over seeded K-shot draws."""
     with_cache, without = [], []
     by_label: dict[str, list[int]] = {}
@@ -49,8 +52,8 @@ def _speaker_trials(logits, keys, labels: list[str], label_set: list[str], k: in
         rng = random.Random(seed)
         shots = [i for idxs in by_label.values() for i in rng.sample(idxs, min(k, len(idxs) - 1))]
         rest = [i for i in range(len(labels)) if i not in set(shots)]
-        cache = FewShotCache.build({"m": keys[shots]}, [labels[i] for i in shots], label_set, alpha=alpha, beta=beta)
-        pred_c = cache.logits(logits[rest], {"m": keys[rest]}).argmax(-1)
+        cache = FewShotCache.build({m: v[shots] for m, v in keys.items()}, [labels[i] for i in shots], label_set, alpha=alpha, beta=beta)
+        pred_c = cache.logits(logits[rest], {m: v[rest] for m, v in keys.items()}).argmax(-1)
         pred_b = logits[rest].argmax(-1)
         truth = torch.tensor([label_set.index(labels[i]) for i in rest])
         with_cache.append(float((pred_c == truth).float().mean()))
@@ -58,7 +61,7 @@ def _speaker_trials(logits, keys, labels: list[str], label_set: list[str], k: in
     return float(np.mean(with_cache)), float(np.mean(without))
 
 
-def kshot_study(settings: Settings, manifest: str, model_name: str = "emoasst", modality: str = "audio",
+def kshot_study(settings: Settings, manifest: str, model_name: str = "emoasst",
                 ks: tuple[int, ...] = (1, 2, 4, 8), seeds: int = 5) -> dict:
     """alpha/beta are tuned at K=4 on speakers the scores are not reported for: the dev speakers when the
     checkpoint held some out of training (its card's `dev_fraction`), else, for each validation speaker,
@@ -76,7 +79,7 @@ def kshot_study(settings: Settings, manifest: str, model_name: str = "emoasst", 
         speakers = sorted({s.row.speaker for s in samples if s.split == split})
         for spk in speakers:
             items = [s for s in samples if s.split == split and s.row.speaker == spk]
-            logits, keys = _embed(predictor, model_name, [s.features for s in items], modality)
+            logits, keys = _embed(predictor, model_name, [s.features for s in items])
             per_split[split][spk] = (logits, keys, [s.row.label for s in items])
     val = per_split["val"]
     if not val or (not per_split["dev"] and len(val) < 2):
@@ -107,7 +110,8 @@ def kshot_study(settings: Settings, manifest: str, model_name: str = "emoasst", 
         }
         for k in ks
     }
-    return {"model": model_name, "modality": modality, "alpha_beta": {spk: list(ab) for spk, ab in chosen.items()}, "seeds": seeds,
+    keys = sorted(next(iter(val.values()))[1])
+    return {"model": model_name, "keys": keys, "alpha_beta": {spk: list(ab) for spk, ab in chosen.items()}, "seeds": seeds,
             "tuned_on": tuned_on, "per_speaker": table, "mean": summary}
 
 
@@ -149,7 +153,7 @@ def _ravdess() -> str:
 
 def _kshot_text(r: dict) -> str:
     chosen = ", ".join(f"{spk}: {a:g}/{b:g}" for spk, (a, b) in r["alpha_beta"].items())
-    lines = [f"K-shot caregiver cache, {r['model']} {r['modality']}, per validation speaker, {r['seeds']} draws; "
+    lines = [f"K-shot caregiver cache, {r['model']} on speech clips (keys: {', '.join(r['keys'])}), per validation speaker, {r['seeds']} draws; "
              f"alpha/beta tuned on {r['tuned_on']} ({chosen})", "| K | no cache | with cache | gain |", "|---|---|---|---|"]
     for k, m in r["mean"].items():
         lines.append(f"| {k} | {100 * m['without_cache']:.1f} | {100 * m['with_cache']:.1f} | {100 * (m['with_cache'] - m['without_cache']):+.1f} |")

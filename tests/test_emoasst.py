@@ -76,6 +76,27 @@ def test_forward_shapes_and_missing_modalities(dims):
     assert torch.allclose(audio_only.probs, audio_only.modality_probs["audio"], atol=1e-6)
 
 
+def test_audio_backbone_key_is_the_frozen_encoders_mean_token():
+    """The extra cache key: unit mean of the real audio tokens (padding excluded), a zero row for a clip
+    without audio, and no key at all when the config turns it off or no clip has audio."""
+    from dataclasses import replace
+
+    from models.inputs import masked_mean
+
+    dims = {"audio": 32, "visual": 16, "text": 24, "text_tokens": 24}
+    torch.manual_seed(0)
+    model = EmoAsst(EmoAsstConfig(visual_dim=16, audio_dim=32, text_dim=24, heads=2, num_queries=2)).eval()
+    model.attach_text_encoder(FixedTextEncoder(24))
+    x = _random_input(dims)
+    x.present["audio"][1] = False
+    key = model(x).modality_embeddings["audio_backbone"]
+    expected = F.normalize(masked_mean(x.audio, x.audio_mask), dim=-1)
+    assert torch.allclose(key[[0, 2]], expected[[0, 2]], atol=1e-6) and torch.all(key[1] == 0)
+    assert "audio_backbone" not in model(_random_input(dims, present=("visual",))).modality_embeddings
+    model.config = replace(model.config, audio_backbone_key=False)
+    assert "audio_backbone" not in model(x).modality_embeddings
+
+
 def test_training_step_reduces_loss():
     dims = {"audio": 32, "visual": 16, "text": 24, "text_tokens": 24}
     torch.manual_seed(0)

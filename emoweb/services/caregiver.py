@@ -387,7 +387,7 @@ class CaregiverService:
         for model, out in result.outputs.items():
             arrays[f"{model}.fused"] = out.embedding[0].detach().float().cpu().numpy()
             for modality, z in out.modality_embeddings.items():
-                if feats.modalities.get(modality, True):
+                if feats.modalities.get(modality, True) and bool(z[0].any()):  # a zero row: the clip lacks it
                     arrays[f"{model}.{modality}"] = z[0].detach().float().cpu().numpy()
             base = out.logits if out.logits is not None else logits_from_probs(out.probs)
             arrays[cachebuild.logits_name(model)] = _align(base[0], out.labels, prof.label_set)
