@@ -42,7 +42,7 @@ def build_cache(predictor: Predictor, name: str, items: list, tune: bool = True)
         out = model(to_input([f for _, f in chunk], dims), predictor.labels)
         base.append(out.logits)
         for m, z in {"fused": out.embedding, **out.modality_embeddings}.items():
-            present = torch.ones(len(chunk), dtype=torch.bool) if m == "fused" else torch.tensor([f.modalities[m] for _, f in chunk])
+            present = torch.ones(len(chunk), dtype=torch.bool) if m == "fused" else torch.tensor([f.modalities.get(m, True) for _, f in chunk])  # extra keys: zero rows are missing
             keys.setdefault(m, []).append(torch.where(present.unsqueeze(1), z, torch.full_like(z, float("nan"))))
     cache = FewShotCache.build({m: torch.cat(v) for m, v in keys.items()}, [r.label for r, _ in items], predictor.labels)
     if tune and len(items) >= 4:
