@@ -12,7 +12,7 @@ from transformers import BertConfig, BertModel, BertTokenizerFast
 from models import LABEL7, registry
 from models.backbones.text import TransformerTextEncoder, minilm_dir
 from models.inputs import ModelInput, pad_sequences
-from models.merclip import MERCLIP, MERCLIPConfig
+from models.merclip import MERCLIP
 
 RAVDESS8 = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 SMALL = {"audio": 24, "visual": 12, "text": 32, "text_tokens": 32}

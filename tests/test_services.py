@@ -401,6 +401,7 @@ def memo_clip_ids(path: Path) -> set[int]:
 
 def restarted_rebuild(service: CaregiverService, profile: str):
     """The first rebuild of a new service on the same data dir (an app restart); closing it writes its memo."""
+    service._features.flush()  # the memo file of its last rebuild is on disk
     other = CaregiverService(service.settings, models="emoasst")
     try:
         return other.rebuild_cache(profile)["emoasst"]
@@ -748,7 +749,7 @@ PG_URL = os.environ.get("EMOWEB_TEST_PG_URL", "")
 
 
 @pytest.mark.skipif(not PG_URL, reason="PostgreSQL not configured: set EMOWEB_TEST_PG_URL=postgresql+psycopg://...")
-def test_the_same_services_on_postgresql(tmp_path) -> None:
+def test_the_same_services_on_postgresql(tmp_path, monkeypatch) -> None:
     """Rebuild, queue, label files and deletion through the same code on a real PostgreSQL server
     (a fresh schema of the test database, dropped afterwards)."""
     import uuid
@@ -770,6 +771,9 @@ def test_the_same_services_on_postgresql(tmp_path) -> None:
         first = service.rebuild_cache("pg")["emoasst"]
         assert first.n == 40 and first.tuning == "cv" and first.after >= first.before
         assert service.predict(ids[0], "pg").predictions["emoasst"].cache_snapshot == first.snapshot_id
+        monkeypatch.setattr(CaregiverRepository, "feature_blobs", lambda *a, **k: pytest.fail("features read from the database"))
+        assert outcome(restarted_rebuild(service, "pg")) == outcome(first)  # from the memo file, checked against PostgreSQL
+        monkeypatch.undo()
         exported = service.export_labels("pg", "json")
         service.record_correction(ids[1], "calm", note="changed")
         assert service.import_labels("pg", exported, "json").imported == 1

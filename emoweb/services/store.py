@@ -71,10 +71,13 @@ class CaregiverRepository(Repository):
         with self._tx() as session:
             return dict(self._fetch(session, select(Clip.id, Clip.sha256).where(Clip.profile_id == profile_id)))
 
-    def clip_created(self, clip_id: int) -> Any:
-        """A clip's `created` as the driver returns it (not parsed: only compared), None when gone."""
+    def clip_created(self, clip_id: int) -> str | None:
+        """A clip's `created` as text, None when gone: only compared, and written into memo files. Text as
+        the driver gives it (SQLite: the stored string; PostgreSQL: a datetime, then `str` of it), so
+        the same row always gives the same text and no parsing can round it."""
         with self._tx() as session:
-            return session.scalar(select(type_coerce(Clip.created, String)).where(Clip.id == clip_id))
+            value = session.scalar(select(type_coerce(Clip.created, String)).where(Clip.id == clip_id))
+            return None if value is None else str(value)
 
     def feature_blobs(self, profile_id: int, backbone_profile: str, clip_ids: Iterable[int]) -> list[tuple[Any, ...]]:
         """(name, clip id, dtype, raw bytes) of every feature of the profile's clips `clip_ids` under a
