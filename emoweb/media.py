@@ -21,6 +21,9 @@ SAMPLE_RATE = 16_000
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 MAX_FRAME_SIDE = 640  # frames are downscaled on decode: faces and display never need more
 MIN_DURATION = 0.05
+# A video whose frames end less than this before its declared end is not called truncated: a file that
+# declares (almost) no duration, e.g. every frame stamped 0, has degenerate timing, not a cut-off tail.
+TRUNCATED_GAP = 0.1
 MAX_NAME_CHARS = 120  # longest file name quoted in a message; longer ones keep their start and extension
 _JOINERS = {"\u200c", "\u200d"}  # format characters that are part of normal text (scripts, emoji sequences)
 
@@ -265,9 +268,10 @@ def _decode_container(container, path: Path, sha: str, n_frames: int, max_second
         raise MediaError(f"no decodable audio or video in {display_name(path)} (corrupt or unsupported codec)")
     audio_seconds = 0.0 if wav is None else wav.size / SAMPLE_RATE
     video_seconds = min(span, full) if full > 0 else 0.0
-    if frames is not None and len(frames) < n_frames:  # the stream ended well before its declared end
+    if frames is not None and len(frames) < n_frames:  # fewer frames than targets
         video_seconds = stamps[-1]
-        warnings.append(f"truncated or corrupt video: only {video_seconds:.1f} s of {span:.1f} s could be decoded")
+        if span - video_seconds > TRUNCATED_GAP:  # the stream ended well before its declared end
+            warnings.append(f"truncated or corrupt video: only {video_seconds:.1f} s of {span:.1f} s could be decoded")
     if wav is not None and audio_seconds < min(span, _stream_duration(container, audio) or span) - 0.5:
         warnings.append(f"truncated or corrupt audio: only {audio_seconds:.1f} s of {span:.1f} s could be decoded")
     duration = max(audio_seconds, video_seconds)

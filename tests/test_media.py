@@ -286,3 +286,14 @@ def test_unsupported_video_codec_with_decodable_audio(tmp_path: Path, happy_spee
 def test_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(MediaError, match="not a file"):
         media.decode(tmp_path)
+
+
+def test_frames_all_stamped_zero_are_not_called_truncated(tmp_path: Path) -> None:
+    """Degenerate timing (every frame at t=0, a file that declares no length) decodes with no note
+    claiming the upload was cut off; a real cut-off tail still gets one (`test_truncated_faststart_...`)."""
+    from badinputs import _write_video
+
+    frames = [np.full((64, 64, 3), 40 * i, np.uint8) for i in range(6)]
+    clip = media.decode(_write_video(tmp_path / "zero_fps.mp4", frames, [0.0] * len(frames)), n_frames=8)
+    assert clip.has_video and len(clip.frames) >= 1
+    assert not any("truncated" in w for w in clip.warnings), clip.warnings
