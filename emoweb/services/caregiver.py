@@ -23,13 +23,10 @@ Invariants:
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import errno
 import functools
 import hashlib
-import io
-import json
 import os
 import re
 import shutil
@@ -50,7 +47,7 @@ from sqlalchemy.exc import DBAPIError
 from emoweb.config import Settings, get_settings
 from emoweb.errors import EmoWebError, MediaError, NotFoundError
 from emoweb.media import display_name, file_sha256  # display_name: uploaded names may hold newlines
-from emoweb.services import cachebuild, tempfiles, uploads
+from emoweb.services import cachebuild, labelfiles, tempfiles, uploads
 from emoweb.services.records import (
     ClipInfo,
     ClipResult,
@@ -71,7 +68,6 @@ from storage.schema import CacheSnapshot, Clip, Profile
 KEEP_SNAPSHOTS = 2  # inactive snapshots kept per (profile, model), to roll a rebuild back
 REBUILD_PAUSE_ENV = "EMOWEB_TEST_REBUILD_PAUSE"  # tests only: seconds to sleep just before a rebuild commits
 INGEST_PAUSE_ENV = "EMOWEB_TEST_INGEST_PAUSE"  # tests only: "<stage>=<seconds>", stage 'written' or 'commit' (_ingest_new)
-LABEL_FIELDS = ("sha256", "original_name", "label", "annotator", "note", "created")
 _SUFFIX = re.compile(r"\.[a-z0-9]{1,10}")
 _CLIP_ID = re.compile(r"[0-9]{1,18}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -754,35 +750,7 @@ class CaregiverService:
              "annotator": c.annotator, "note": c.note, "created": c.created.isoformat()}
             for cid, c in sorted(current.items())
         ]
-        if fmt == "json":
-            return json.dumps({"profile": prof.name, "labels": list(prof.label_set), "rows": rows}, ensure_ascii=False, indent=2) + "\n"
-        if fmt != "csv":
-            raise EmoWebError(f"unknown label file format {fmt!r}: use csv or json")
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=LABEL_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        return buffer.getvalue()
-
-    @staticmethod
-    def _parse_labels(text: str, fmt: str) -> list[dict[str, str]]:
-        if fmt == "json":
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise EmoWebError(f"not a JSON label file: {exc.msg} at line {exc.lineno}") from None
-            rows = data.get("rows") if isinstance(data, dict) else data
-            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-                raise EmoWebError("not a JSON label file: expected {\"rows\": [{\"sha256\": ..., \"label\": ...}, ...]}")
-        elif fmt == "csv":
-            reader = csv.DictReader(io.StringIO(text))
-            missing = {"sha256", "label"} - set(reader.fieldnames or ())
-            if missing:
-                raise EmoWebError(f"not a CSV label file: missing column(s) {', '.join(sorted(missing))}")
-            rows = list(reader)
-        else:
-            raise EmoWebError(f"unknown label file format {fmt!r}: use csv or json")
-        return [{k: "" if v is None else str(v) for k, v in r.items() if k is not None} for r in rows]
+        return labelfiles.render(prof.name, prof.label_set, rows, fmt)
 
     @_storage_errors
     def import_labels(
@@ -793,7 +761,7 @@ class CaregiverService:
         `annotator` (when not empty) replaces the file's annotators; the import time is recorded,
         not the file's `created`."""
         prof = self._profile(profile)
-        rows = self._parse_labels(text, fmt)
+        rows = labelfiles.parse(text, fmt)
         clips = {c.sha256: c for c in self.repo.list_clips(prof.id)}
         current = self.repo.current_labels(prof.id)
         label_set = list(prof.label_set)

@@ -1,0 +1,54 @@
+"""Label files: a profile's current labels as CSV or JSON, and reading such a file back.
+
+Only the format lives here; matching rows to clips and storing corrections is the service's job.
+Clips are named by content hash (sha256), so a file exported from one machine applies on another.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+
+from emoweb.errors import EmoWebError
+
+FIELDS = ("sha256", "original_name", "label", "annotator", "note", "created")
+FORMATS = ("csv", "json")
+
+
+def _check(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise EmoWebError(f"unknown label file format {fmt!r}: use csv or json")
+
+
+def render(profile: str, labels: Sequence[str], rows: list[dict[str, str]], fmt: str = "csv") -> str:
+    """`rows` (dicts with `FIELDS`) as a label file; JSON also names the profile and its label set."""
+    _check(fmt)
+    if fmt == "json":
+        return json.dumps({"profile": profile, "labels": list(labels), "rows": rows}, ensure_ascii=False, indent=2) + "\n"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def parse(text: str, fmt: str = "csv") -> list[dict[str, str]]:
+    """The file's rows as string dicts (missing values as ''); a file that is not a label file is refused
+    with one line saying why."""
+    _check(fmt)
+    if fmt == "json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise EmoWebError(f"not a JSON label file: {exc.msg} at line {exc.lineno}") from None
+        rows = data.get("rows") if isinstance(data, dict) else data
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise EmoWebError("not a JSON label file: expected {\"rows\": [{\"sha256\": ..., \"label\": ...}, ...]}")
+    else:
+        reader = csv.DictReader(io.StringIO(text))
+        missing = {"sha256", "label"} - set(reader.fieldnames or ())
+        if missing:
+            raise EmoWebError(f"not a CSV label file: missing column(s) {', '.join(sorted(missing))}")
+        rows = list(reader)
+    return [{k: "" if v is None else str(v) for k, v in r.items() if k is not None} for r in rows]
