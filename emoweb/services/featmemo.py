@@ -49,6 +49,11 @@ class ProfileFeatures:
         """Changes whenever rows are added or a leave-one-out memo is replaced."""
         return (id(self.arrays), self.arrays.rows, tuple((m, id(memo.state)) for m, memo in sorted(self.loo.items())))
 
+    def refresh_top(self, repo: CaregiverRepository) -> None:
+        """Note the highest held clip id and its `created`, after rows were added or removed."""
+        top = max(self.arrays.row_of, default=None)
+        self.top = None if top is None else (top, repo.clip_created(top))
+
     @classmethod
     def load(cls, path: Path) -> ProfileFeatures | None:
         loaded = memofile.load(path)
@@ -96,8 +101,7 @@ class FeatureMemo:
             missing = (set(clip_ids) & shas.keys()) - entry.arrays.row_of.keys()
             if missing:
                 entry.arrays.add(repo.feature_blobs(profile_id, backbone_profile, missing))
-                top = max(entry.arrays.row_of, default=None)
-                entry.top = None if top is None else (top, repo.clip_created(top))
+                entry.refresh_top(repo)
             self._entries[key] = entry  # most recently used last
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
@@ -132,8 +136,7 @@ class FeatureMemo:
                 for memo in entry.loo.values():
                     memo.forget(gone)
                 if entry.top is not None and entry.top[0] in clip_ids:
-                    top = max(entry.arrays.row_of, default=None)
-                    entry.top = None if top is None else (top, repo.clip_created(top))
+                    entry.refresh_top(repo)
                 entry.saved = None
                 self.persist(*key)
 

@@ -7,11 +7,11 @@ here is generic data access and can move into `storage/repo.py` unchanged.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
-from sqlalchemy import String, delete, select, type_coerce
+from sqlalchemy import Select, String, delete, select, type_coerce
 from sqlalchemy.orm import Session
 
 from storage import Repository
@@ -48,21 +48,24 @@ class CaregiverRepository(Repository):
         with self._tx() as session:
             return {c.id: c for c in session.scalars(select(Clip).where(Clip.id.in_(ids)))} if ids else {}
 
+    @staticmethod
+    def _by_clip_chunks(query: Select[Any], profile_id: int, backbone_profile: str, clip_ids: Iterable[int]) -> Iterator[Select[Any]]:
+        """`query` over clip_features restricted to the profile's clips `clip_ids` under a backbone profile,
+        once per chunk of ids (well under every backend's parameter limit)."""
+        ids = sorted(set(clip_ids))
+        for i in range(0, len(ids), _CHUNK):
+            yield query.join(Clip, Clip.id == ClipFeature.clip_id).where(
+                Clip.profile_id == profile_id,
+                ClipFeature.backbone_profile == backbone_profile,
+                ClipFeature.clip_id.in_(ids[i : i + _CHUNK]),
+            )
+
     def feature_names(self, profile_id: int, backbone_profile: str, clip_ids: Iterable[int]) -> list[str]:
         """Distinct feature names stored under a backbone profile for the profile's clips `clip_ids`."""
-        ids, names = sorted(set(clip_ids)), set()
+        names: set[str] = set()
         with self._tx() as session:
-            for i in range(0, len(ids), _CHUNK):
-                names.update(session.scalars(
-                    select(ClipFeature.name)
-                    .join(Clip, Clip.id == ClipFeature.clip_id)
-                    .where(
-                        Clip.profile_id == profile_id,
-                        ClipFeature.backbone_profile == backbone_profile,
-                        ClipFeature.clip_id.in_(ids[i : i + _CHUNK]),
-                    )
-                    .distinct()
-                ))
+            for query in self._by_clip_chunks(select(ClipFeature.name).distinct(), profile_id, backbone_profile, clip_ids):
+                names.update(session.scalars(query))
         return sorted(names)
 
     def clip_hashes(self, profile_id: int) -> dict[int, str]:
@@ -83,21 +86,12 @@ class CaregiverRepository(Repository):
         """(name, clip id, dtype, raw bytes) of every feature of the profile's clips `clip_ids` under a
         backbone profile, as the driver returns them: a cold 10,000-clip rebuild reads 40,000, and
         decoding them a name at a time (`cachebuild.StoredArrays.add`) is several times cheaper than
-        building one array per row. Ids go in chunks well under every backend's parameter limit."""
-        ids = sorted(set(clip_ids))
+        building one array per row."""
+        query = select(ClipFeature.name, ClipFeature.clip_id, ClipFeature.dtype, ClipFeature.data)
         rows: list[tuple[Any, ...]] = []
         with self._tx() as session:
-            for i in range(0, len(ids), _CHUNK):
-                rows += self._fetch(
-                    session,
-                    select(ClipFeature.name, ClipFeature.clip_id, ClipFeature.dtype, ClipFeature.data)
-                    .join(Clip, Clip.id == ClipFeature.clip_id)
-                    .where(
-                        Clip.profile_id == profile_id,
-                        ClipFeature.backbone_profile == backbone_profile,
-                        ClipFeature.clip_id.in_(ids[i : i + _CHUNK]),
-                    ),
-                )
+            for chunk in self._by_clip_chunks(query, profile_id, backbone_profile, clip_ids):
+                rows += self._fetch(session, chunk)
         return rows
 
     def begin_snapshot(self) -> None:
