@@ -47,7 +47,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
-@command("bench", "benchmarks: extract, models, cache, kshot, baseline (python -m emoweb bench -h)")(_bench_args)
+@command("bench", "benchmarks: extract, models, cache, kshot, crossval, baseline (python -m emoweb bench -h)")(_bench_args)
 def _bench(args: argparse.Namespace) -> int:
     _, fn, text = BENCHES[args.what]
     emit(fn(args), args.json, text)

@@ -2,9 +2,7 @@
 
 - `kshot_study`: the caregiver effect. For each held-back speaker, K of that speaker's clips per class
   go into the few-shot cache and the speaker's remaining clips are scored, with and without the cache.
-  alpha/beta are never tuned on the speaker they are scored on: they come from the dev speakers (held
-  out from training, never reported) or, for a checkpoint trained on every training speaker, from the
-  other validation speakers.
+  The cache is built by the app's own rebuild code, so the study measures what a caregiver gets.
 - `egemaps_baseline`: the classic peer, openSMILE eGeMAPS functionals + logistic regression, trained
   on the same train speakers and scored on the same validation speakers as the models.
 """
@@ -24,27 +22,28 @@ from emoweb.featstore import FeatureStore
 from emoweb.inference import Predictor
 from emoweb.manifests import read_manifest
 from emoweb.metrics import classification_report
-from emoweb.training import DEV_FRACTION, assign_splits
-from models.cache import FewShotCache
-
-ALPHAS = (0.5, 1, 2, 5, 10, 20, 40, 80, 160)
-BETAS = (0.5, 1, 2, 4, 8, 16, 32)
+from emoweb.services import cachebuild
+from emoweb.training import Sample, evaluate, train
+from models import registry
+from models.cache import logit_spread
 
 
 @torch.no_grad()
-def _embed(predictor: Predictor, model_name: str, feats: list) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Base logits and the cache keys the app queries with (`inference.apply_cache`): the fused embedding
-    and every per-modality key the clips have."""
-    model, _ = predictor.model(model_name)
-    out = model(to_input(feats, predictor.backbones.dims), predictor.labels)
+def _embed(model: torch.nn.Module, dims: dict[str, int], labels: list[str], feats: list) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Base logits and the cache keys the app stores and queries (`inference.apply_cache`): the fused
+    embedding and every per-modality key the clips have."""
+    out = model(to_input(feats, dims), labels)
     keys = {"fused": out.embedding, **out.modality_embeddings}
     return out.logits, {m: k for m, k in keys.items() if bool(k.any())}
 
 
-def _speaker_trials(logits, keys: dict[str, torch.Tensor], labels: list[str], label_set: list[str], k: int,
-                    alpha: float, beta: float, seeds: int):
-    """Accuracy on the speaker's clips not in the cache, averaged over seeded K-shot draws."""
-    with_cache, without = [], []
+def _speaker_trials(model_name: str, logits: torch.Tensor, keys: dict[str, torch.Tensor], labels: list[str],
+                    label_set: list[str], k: int, seeds: int, fixed: tuple[float, float] | None = None) -> dict:
+    """Accuracy on the speaker's clips not in the cache, averaged over seeded K-shot draws. Each cache is
+    built by the app's own rebuild (`cachebuild.build`): its default alpha/beta for the model's logit
+    scale, or leave-one-out on the cached clips once there are enough of them; never the scored clips.
+    `fixed` = (alpha in units of the cached clips' logit spread, beta) replaces that choice."""
+    with_cache, without, chosen = [], [], []
     by_label: dict[str, list[int]] = {}
     for i, lab in enumerate(labels):
         by_label.setdefault(lab, []).append(i)
@@ -52,67 +51,99 @@ def _speaker_trials(logits, keys: dict[str, torch.Tensor], labels: list[str], la
         rng = random.Random(seed)
         shots = [i for idxs in by_label.values() for i in rng.sample(idxs, min(k, len(idxs) - 1))]
         rest = [i for i in range(len(labels)) if i not in set(shots)]
-        cache = FewShotCache.build({m: v[shots] for m, v in keys.items()}, [labels[i] for i in shots], label_set, alpha=alpha, beta=beta)
+        data = cachebuild.assemble_arrays([labels[i] for i in shots], {m: v[shots] for m, v in keys.items()}, logits[shots])
+        cache = cachebuild.build(model_name, data, label_set, tune=fixed is None).cache
+        if fixed is not None:
+            cache.alpha, cache.beta = fixed[0] * logit_spread(logits[shots]), fixed[1]
         pred_c = cache.logits(logits[rest], {m: v[rest] for m, v in keys.items()}).argmax(-1)
         pred_b = logits[rest].argmax(-1)
         truth = torch.tensor([label_set.index(labels[i]) for i in rest])
         with_cache.append(float((pred_c == truth).float().mean()))
         without.append(float((pred_b == truth).float().mean()))
-    return float(np.mean(with_cache)), float(np.mean(without))
+        chosen.append((cache.alpha, cache.beta))
+    return {"with_cache": float(np.mean(with_cache)), "without_cache": float(np.mean(without)),
+            "alpha": float(np.median([a for a, _ in chosen])), "beta": float(np.median([b for _, b in chosen]))}
 
 
 def kshot_study(settings: Settings, manifest: str, model_name: str = "emoasst",
                 ks: tuple[int, ...] = (1, 2, 4, 8), seeds: int = 5) -> dict:
-    """alpha/beta are tuned at K=4 on speakers the scores are not reported for: the dev speakers when the
-    checkpoint held some out of training (its card's `dev_fraction`), else, for each validation speaker,
-    the other validation speakers (leave one speaker out)."""
+    """The caregiver effect on the validation speakers, with caches built as the app builds them."""
     predictor = Predictor(settings)
     loaded = predictor.model(model_name)
     if loaded is None:
         raise EmoWebError(f"no trained {model_name} checkpoint for profile {predictor.backbones.name}")
-    dev_fraction = float(loaded[1].get("training", {}).get("dev_fraction", DEV_FRACTION))
     store = FeatureStore(predictor.extractor, settings.feature_cache)
-    rows = [r for r in read_manifest(manifest) if r.label in predictor.labels]
-    samples = assign_splits(store.encode_rows(rows, desc="features")[0], dev_fraction=dev_fraction)
-    per_split: dict[str, dict[str, tuple]] = {"dev": {}, "val": {}}
-    for split in per_split:
-        speakers = sorted({s.row.speaker for s in samples if s.split == split})
-        for spk in speakers:
-            items = [s for s in samples if s.split == split and s.row.speaker == spk]
-            logits, keys = _embed(predictor, model_name, [s.features for s in items])
-            per_split[split][spk] = (logits, keys, [s.row.label for s in items])
-    val = per_split["val"]
-    if not val or (not per_split["dev"] and len(val) < 2):
-        raise EmoWebError("the K-shot study needs validation speakers, and dev speakers or at least two validation speakers")
-
-    def tune(speakers: list[tuple]) -> tuple[float, float]:
-        def gain(ab: tuple[float, float]) -> float:
-            return float(np.mean([c - b for c, b in (_speaker_trials(lg, ky, lb, predictor.labels, 4, *ab, seeds) for lg, ky, lb in speakers)]))
-
-        return max(itertools.product(ALPHAS, BETAS), key=gain)
-
-    if per_split["dev"]:
-        tuned_on = "dev speakers at K=4"
-        chosen = dict.fromkeys(val, tune(list(per_split["dev"].values())))
-    else:
-        tuned_on = "the other validation speakers at K=4 (leave one speaker out)"
-        chosen = {spk: tune([v for other, v in val.items() if other != spk]) for spk in val}
+    rows = [r for r in read_manifest(manifest) if r.label in predictor.labels and r.split == "val"]
+    encoded = store.encode_rows(rows, desc="features")[0]  # (row, features) pairs
+    speakers = sorted({row.speaker for row, _ in encoded})
+    if not speakers:
+        raise EmoWebError(f"no validation speakers in {manifest}")
     table = []
-    for k in ks:
-        for spk, (lg, ky, lb) in val.items():
-            alpha, beta = chosen[spk]
-            c, b = _speaker_trials(lg, ky, lb, predictor.labels, k, alpha, beta, seeds)
-            table.append({"speaker": spk, "k": k, "alpha": alpha, "beta": beta, "with_cache": round(c, 4), "without_cache": round(b, 4)})
-    summary = {
+    for spk in speakers:
+        items = [(row, feats) for row, feats in encoded if row.speaker == spk]
+        logits, keys = _embed(loaded[0], predictor.backbones.dims, predictor.labels, [feats for _, feats in items])
+        for k in ks:
+            trial = _speaker_trials(model_name, logits, keys, [row.label for row, _ in items], predictor.labels, k, seeds)
+            table.append({"speaker": spk, "k": k, **{m: round(v, 4) for m, v in trial.items()}})
+    return {"model": model_name, "keys": sorted(keys), "seeds": seeds, "per_speaker": table, "mean": _summary(table, ks)}
+
+
+def _summary(table: list[dict], ks: tuple[int, ...]) -> dict:
+    """Mean accuracies (and median alpha/beta) over speakers, per K."""
+    return {
         k: {
             "with_cache": round(float(np.mean([r["with_cache"] for r in table if r["k"] == k])), 4),
             "without_cache": round(float(np.mean([r["without_cache"] for r in table if r["k"] == k])), 4),
+            "alpha": float(np.median([r["alpha"] for r in table if r["k"] == k])),
+            "beta": float(np.median([r["beta"] for r in table if r["k"] == k])),
         }
         for k in ks
     }
-    keys = sorted(next(iter(val.values()))[1])
-    return {"model": model_name, "keys": keys, "alpha_beta": {spk: list(ab) for spk, ab in chosen.items()}, "seeds": seeds,
-            "tuned_on": tuned_on, "per_speaker": table, "mean": summary}
+
+
+def crossval_study(settings: Settings, manifest: str, folds: int = 5, epochs: int = 40, ema: float = 0.98,
+                   ks: tuple[int, ...] = (1, 2, 4, 8), seeds: int = 5, spreads: tuple[float, ...] = (8, 16, 32, 64, 128),
+                   betas: tuple[float, ...] = (4, 8, 16, 32)) -> dict:
+    """Recipe and cache choices made on the training speakers only (validation speakers never loaded).
+
+    Speaker-grouped folds: EmoAsst's audio branch is trained (the shipped recipe: SupCon + CE, moving
+    average, fixed epochs) on the other folds' speakers, then on each held-out speaker: audio UAR, the
+    caregiver K-shot gain with caches built as the app builds them, and the K=4 gain for fixed alpha
+    (in units of the logit spread) x beta, the grid behind `models.cache.ALPHA_PER_SPREAD`/`SPREAD_BETA`."""
+    predictor = Predictor(settings)
+    bb = predictor.backbones
+    store = FeatureStore(predictor.extractor, settings.feature_cache)
+    rows = [r for r in read_manifest(manifest) if r.label in predictor.labels and r.split == "train"]
+    encoded = store.encode_rows(rows, desc="features")[0]
+    speakers = sorted({row.speaker for row, _ in encoded})
+    if len(speakers) < folds:
+        raise EmoWebError(f"{len(speakers)} training speakers in {manifest}: too few for {folds} folds")
+    table, grid, reports = [], [], []
+    for fold in range(folds):
+        held = set(speakers[fold::folds])
+        samples = [Sample(row, feats, "dev" if row.speaker in held else "train") for row, feats in encoded]
+        torch.manual_seed(fold)
+        model = registry.build("emoasst", bb.dims)
+        model.attach_text_encoder(lambda texts: bb.text(texts).embedding, bb.text_encoder)  # a lambda: the moving average deep-copies the model
+        train(model, [s for s in samples if s.split == "train"], bb.dims, predictor.labels, model.param_groups(), epochs,
+              seed=fold, ema_decay=ema)
+        reports.append({"fold": fold, "held": sorted(held), **evaluate(model, [s for s in samples if s.split == "dev"], bb.dims, predictor.labels)["audio"]})
+        for spk in sorted(held):
+            items = [s for s in samples if s.row.speaker == spk]
+            logits, keys = _embed(model, bb.dims, predictor.labels, [s.features for s in items])
+            labels = [s.row.label for s in items]
+            for k in ks:
+                trial = _speaker_trials("emoasst", logits, keys, labels, predictor.labels, k, seeds)
+                table.append({"speaker": spk, "k": k, **{m: round(v, 4) for m, v in trial.items()}})
+            for spread, beta in itertools.product(spreads, betas):
+                trial = _speaker_trials("emoasst", logits, keys, labels, predictor.labels, 4, seeds, fixed=(spread, beta))
+                grid.append({"speaker": spk, "spreads": spread, "beta": beta, "gain": round(trial["with_cache"] - trial["without_cache"], 4)})
+    gains = {(g["spreads"], g["beta"]): [] for g in grid}
+    for g in grid:
+        gains[(g["spreads"], g["beta"])].append(g["gain"])
+    return {"folds": reports, "audio_uar": round(float(np.mean([r["uar"] for r in reports])), 4), "mean": _summary(table, ks),
+            "fixed_k4": [{"spreads": a, "beta": b, "gain": round(float(np.mean(v)), 4)} for (a, b), v in gains.items()],
+            "per_speaker": table, "epochs": epochs, "ema": ema, "seeds": seeds}
 
 
 def egemaps_baseline(manifest: str, cache_dir: Path, labels: list[str]) -> dict:
@@ -152,11 +183,27 @@ def _ravdess() -> str:
 
 
 def _kshot_text(r: dict) -> str:
-    chosen = ", ".join(f"{spk}: {a:g}/{b:g}" for spk, (a, b) in r["alpha_beta"].items())
-    lines = [f"K-shot caregiver cache, {r['model']} on speech clips (keys: {', '.join(r['keys'])}), per validation speaker, {r['seeds']} draws; "
-             f"alpha/beta tuned on {r['tuned_on']} ({chosen})", "| K | no cache | with cache | gain |", "|---|---|---|---|"]
+    lines = [f"K-shot caregiver cache, {r['model']} on speech clips (keys: {', '.join(r['keys'])}), per validation speaker, "
+             f"{r['seeds']} draws; caches built by the app's rebuild (median alpha/beta shown)",
+             "| K | no cache | with cache | gain | alpha / beta |", "|---|---|---|---|---|"]
     for k, m in r["mean"].items():
-        lines.append(f"| {k} | {100 * m['without_cache']:.1f} | {100 * m['with_cache']:.1f} | {100 * (m['with_cache'] - m['without_cache']):+.1f} |")
+        lines.append(f"| {k} | {100 * m['without_cache']:.1f} | {100 * m['with_cache']:.1f} | "
+                     f"{100 * (m['with_cache'] - m['without_cache']):+.1f} | {m['alpha']:.0f} / {m['beta']:g} |")
+    return "\n".join(lines)
+
+
+def _crossval_text(r: dict) -> str:
+    per_fold = " / ".join(f"{100 * f['uar']:.1f}" for f in r["folds"])
+    lines = [f"Speaker-grouped cross-validation on the training speakers ({len(r['folds'])} folds, {r['epochs']} epochs, "
+             f"moving average {r['ema']}): held-out audio UAR {100 * r['audio_uar']:.1f} (per fold: {per_fold})", "",
+             "Caregiver cache as the app builds it, per held-out speaker:", "| K | no cache | with cache | gain | alpha / beta (median) |",
+             "|---|---|---|---|---|"]
+    for k, m in r["mean"].items():
+        lines.append(f"| {k} | {100 * m['without_cache']:.1f} | {100 * m['with_cache']:.1f} | "
+                     f"{100 * (m['with_cache'] - m['without_cache']):+.1f} | {m['alpha']:.0f} / {m['beta']:g} |")
+    lines += ["", "K = 4 gain with fixed alpha (x logit spread) and beta:"]
+    for g in sorted(r["fixed_k4"], key=lambda g: -g["gain"]):
+        lines.append(f"  alpha {g['spreads']:g} spreads, beta {g['beta']:g}: {100 * g['gain']:+.1f}")
     return "\n".join(lines)
 
 
@@ -177,6 +224,11 @@ def _register() -> None:
     def _kshot(args) -> dict:
         torch.set_num_threads(args.threads)
         return kshot_study(replace(get_settings(), device=args.device), _ravdess())
+
+    @bench("crossval", "EmoAsst audio recipe and cache defaults, cross-validated on the training speakers only", _crossval_text)
+    def _crossval(args) -> dict:
+        torch.set_num_threads(args.threads)
+        return crossval_study(replace(get_settings(), device=args.device), _ravdess())
 
     @bench("baseline", "EmoAsst audio vs openSMILE eGeMAPS + logistic regression on unseen RAVDESS speakers", _baseline_text)
     def _baseline(args) -> dict:

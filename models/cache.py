@@ -22,9 +22,11 @@ zero-shot logits are: ``100 * cos(embedding, label_text)`` (``logit_scale`` = 10
 head's pre-softmax logits, or ``log(probs)`` (softmax is shift-invariant, so log-probabilities
 are valid logits; see :func:`logits_from_probs`). Do NOT pass bare cosines in [-1, 1] or
 probabilities: against those, ``alpha`` ~ 1 would swamp the model. ``affinity @ V`` for a class is
-roughly "how many of its examples look like this query" (each counts at most 1), so with the
-default alpha = 1.17 one identical example moves its class by 1.17 logits, and several close
-examples by proportionally more. Use :func:`search_hyperparameters` to fit alpha/beta to the data.
+roughly "how many of its examples look like this query" (each counts at most 1), so alpha = 1.17
+moves a class by 1.17 logits per identical example. How many logits matter depends on the model:
+:func:`default_hyperparameters` sets alpha in units of the base logits' own spread
+(:func:`logit_spread`), and :func:`search_hyperparameters` fits alpha/beta to labelled data on a
+grid around that default.
 
 New labels. :meth:`FewShotCache.add_label` appends a column (e.g. a child's own word for a
 feeling). The base model has no logit for it, so :meth:`FewShotCache.logits` accepts base logits
@@ -41,6 +43,7 @@ This module is torch only: it never imports gradio, sqlalchemy or emoweb.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -49,9 +52,17 @@ import torch.nn.functional as F
 
 DEFAULT_ALPHA = 1.17
 DEFAULT_BETA = 1.0
-# Tip-Adapter searches beta in [0.1, 7) and alpha in [0.1, 3); a coarse 12 x 12 grid over the same ranges.
-DEFAULT_BETAS: tuple[float, ...] = tuple(round(0.1 + i * (7.0 - 0.1) / 12, 4) for i in range(12))
-DEFAULT_ALPHAS: tuple[float, ...] = tuple(round(0.1 + i * (3.0 - 0.1) / 12, 4) for i in range(12))
+# alpha/beta for a cache whose base model is known only by its logits. Tip-Adapter's alpha range
+# (0.1-3) suits CLIP zero-shot logits, whose classes differ by a few units; a trained EmoAsst's
+# differ by ~10 (its rows' std over the label set), and there those alphas change no decision.
+# So alpha is set in units of the base logits' spread (`logit_spread`): the model's own scale.
+# Chosen on the 14 RAVDESS training speakers with EmoAsst cross-validation models (each speaker's
+# K=4 clips per class cached, the rest scored): 16-128 spreads at beta 16 all gave +9.1 to +9.7
+# points; Tip-Adapter's range gave +0.0.
+ALPHA_PER_SPREAD = 32.0
+SPREAD_BETA = 16.0
+# The search tries these multiples of both around that default (5 x 5).
+SEARCH_FACTORS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 LOO_MAX_EXAMPLES = 200  # up to this many labelled examples the search uses leave-one-out
 _CHUNK = 2048  # rows per block in the search and LOO, so 10k examples never need a 10k x 10k matrix at once
 
@@ -62,6 +73,26 @@ BaseLogits = torch.Tensor | Callable[[dict[str, torch.Tensor]], torch.Tensor]
 def logits_from_probs(probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Log-probabilities as base logits, for models that only expose probabilities."""
     return probs.float().clamp_min(eps).log()
+
+
+def logit_spread(base_logits: torch.Tensor) -> float:
+    """Median over rows of the std of the logits across the label set: how far apart a model's classes
+    typically are, in its own units. 1.0 when that is not measurable (no rows, one class, constant)."""
+    if base_logits.dim() != 2 or base_logits.shape[0] == 0 or base_logits.shape[1] < 2:
+        return 1.0
+    spread = float(base_logits.float().std(dim=1).median())
+    return spread if math.isfinite(spread) and spread > 1e-6 else 1.0
+
+
+def default_hyperparameters(base_logits: torch.Tensor) -> tuple[float, float]:
+    """alpha/beta for base logits of this scale, before (or without) a search on labelled data."""
+    return ALPHA_PER_SPREAD * logit_spread(base_logits), SPREAD_BETA
+
+
+def search_grid(base_logits: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The alpha and beta values `search_hyperparameters` tries by default: multiples of the default."""
+    alpha, beta = default_hyperparameters(base_logits)
+    return tuple(alpha * f for f in SEARCH_FACTORS), tuple(beta * f for f in SEARCH_FACTORS)
 
 
 def normalise_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -335,8 +366,8 @@ class FewShotCache:
         self,
         base_logits: BaseLogits,
         base_labels: Sequence[str] | None = None,
-        alphas: Sequence[float] = DEFAULT_ALPHAS,
-        betas: Sequence[float] = DEFAULT_BETAS,
+        alphas: Sequence[float] | None = None,
+        betas: Sequence[float] | None = None,
         folds: int | None = None,
         seed: int = 0,
     ) -> SearchResult:
@@ -404,8 +435,8 @@ def search_hyperparameters(
     keys: Query,
     labels: Sequence[str],
     base_logits: BaseLogits,
-    alphas: Sequence[float] = DEFAULT_ALPHAS,
-    betas: Sequence[float] = DEFAULT_BETAS,
+    alphas: Sequence[float] | None = None,
+    betas: Sequence[float] | None = None,
     folds: int | None = None,
     label_set: Sequence[str] | None = None,
     base_labels: Sequence[str] | None = None,
@@ -419,6 +450,7 @@ def search_hyperparameters(
     ``folds=None``: leave-one-out up to LOO_MAX_EXAMPLES examples, otherwise 5 folds (stratified).
     ``label_set`` orders the columns (default: the sorted distinct labels); ``base_labels`` names
     the base columns as in :meth:`FewShotCache.expand_base`.
+    ``alphas``/``betas`` default to `search_grid` of the base logits (multiples of the default).
     ``base_logits``: [N, C'] logits of the labelled examples, or a callable mapping the keys dict
     to them (called once: a training-free base model does not depend on the folds). Evaluation
     data is never passed here, so it cannot influence the choice. Ties in accuracy are broken by
@@ -427,10 +459,10 @@ def search_hyperparameters(
     """
     labels = list(labels)
     n = len(labels)
-    if n < 2:
-        return SearchResult(DEFAULT_ALPHA, DEFAULT_BETA, float("nan"), float("nan"), 0)
-    cache = FewShotCache.build(keys, labels, label_set if label_set is not None else sorted(set(labels)))
     logits_in = base_logits(dict(keys)) if callable(base_logits) else base_logits
+    if n < 2:
+        return SearchResult(*default_hyperparameters(logits_in.detach()), float("nan"), float("nan"), 0)
+    cache = FewShotCache.build(keys, labels, label_set if label_set is not None else sorted(set(labels)))
     base = cache.expand_base(logits_in.detach(), base_labels)
     if base.shape[0] != n:
         raise ValueError(f"{base.shape[0]} base rows for {n} labelled examples")
@@ -445,7 +477,9 @@ def search_hyperparameters(
         eval_rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))[:max_eval].sort().values
     else:
         eval_rows = torch.arange(n)
-    a_list, b_list = [float(x) for x in alphas], [float(x) for x in betas]
+    grid = search_grid(base)
+    a_list = [float(x) for x in (alphas if alphas is not None else grid[0])]
+    b_list = [float(x) for x in (betas if betas is not None else grid[1])]
     a = torch.tensor(a_list, dtype=torch.float32)
     correct = torch.zeros(len(b_list), len(a))
     loglik = torch.zeros(len(b_list), len(a))

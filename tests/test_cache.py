@@ -8,7 +8,10 @@ import time
 import pytest
 import torch
 
-from models.cache import FewShotCache, _fold_ids, logits_from_probs, search_hyperparameters
+from models.cache import (
+    ALPHA_PER_SPREAD, SPREAD_BETA, FewShotCache, _fold_ids, default_hyperparameters, logit_spread, logits_from_probs,
+    search_hyperparameters,
+)
 
 NAN = float("nan")
 
@@ -198,6 +201,25 @@ def test_search_picks_useful_values_and_only_sees_the_labelled_set() -> None:
     # tune() on the cache gives the same answer and sets it
     cache2 = FewShotCache.build({"fused": x}, names, labels)
     assert cache2.tune(base) == res and (cache2.alpha, cache2.beta) == (res.alpha, res.beta)
+
+
+def test_default_search_follows_the_base_logit_scale() -> None:
+    # A trained EmoAsst's logits are 100 x cosine: classes ~10 apart. Searched in the logits' own
+    # units, the cache must help as much there as at scale 1 (a fixed Tip-Adapter range, alpha < 3,
+    # left every EmoAsst decision unchanged).
+    x, y = clustered(30, 4, 32, seed=1)
+    g = torch.Generator().manual_seed(2)
+    base = torch.randn(len(y), 4, generator=g)
+    base[torch.arange(len(y)), y] += 0.8
+    names = [["w", "x", "y", "z"][i] for i in y]
+    small = search_hyperparameters({"fused": x}, names, base)
+    large = search_hyperparameters({"fused": x}, names, 100 * base)
+    assert large.accuracy == small.accuracy > large.base_accuracy + 0.2
+    assert large.alpha == pytest.approx(100 * small.alpha) and large.beta == small.beta
+    alpha, beta = default_hyperparameters(100 * base)
+    assert alpha == pytest.approx(ALPHA_PER_SPREAD * logit_spread(100 * base)) and beta == SPREAD_BETA
+    assert logit_spread(100 * base) == pytest.approx(100 * logit_spread(base))
+    assert logit_spread(torch.zeros(5, 4)) == logit_spread(torch.zeros(0, 4)) == 1.0  # nothing to measure
 
 
 def test_search_never_scores_an_example_with_itself() -> None:
