@@ -1,0 +1,38 @@
+"""The caregiver K-shot study scores caches built by the app's own rebuild code."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from emoweb.studies import _speaker_trials
+
+LABELS = ["anger", "calm", "joy"]
+
+
+def _speaker(per_class: int = 12, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
+    """One synthetic speaker: audio keys cluster by class; base logits at EmoAsst's scale (100 x cosine)
+    are noisy, so the base model is often wrong and only a cache of this speaker's clips can fix it."""
+    g = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(len(LABELS), 48, generator=g), dim=-1)
+    y = torch.arange(len(LABELS)).repeat_interleave(per_class)
+    keys = centres[y] + 0.03 * torch.randn(len(y), 48, generator=g)
+    logits = 100 * (0.05 * torch.randn(len(y), len(LABELS), generator=g))
+    logits[torch.arange(len(y)), y] += 3.0
+    return logits, {"audio": keys}, [LABELS[i] for i in y]
+
+
+def test_kshot_trials_use_the_apps_cache_at_the_models_logit_scale() -> None:
+    logits, keys, labels = _speaker()
+    for k in (2, 8):  # 6 cached clips: the default alpha/beta; 24: leave-one-out tuning on them
+        trial = _speaker_trials("emoasst", logits, keys, labels, LABELS, k, seeds=3)
+        assert trial["without_cache"] < 0.75
+        assert trial["with_cache"] > trial["without_cache"] + 0.2
+        assert trial["alpha"] > 10  # in the logits' units, not Tip-Adapter's 0.1-3
+
+
+def test_fixed_hyperparameters_are_in_units_of_the_logit_spread() -> None:
+    logits, keys, labels = _speaker(seed=1)
+    off = _speaker_trials("emoasst", logits, keys, labels, LABELS, 4, seeds=2, fixed=(0.0, 16.0))
+    assert off["with_cache"] == off["without_cache"]  # alpha 0: the cache changes nothing
+    on = _speaker_trials("emoasst", logits, keys, labels, LABELS, 4, seeds=2, fixed=(32.0, 16.0))
+    assert on["with_cache"] > on["without_cache"] + 0.2
