@@ -18,6 +18,7 @@ from emoweb.featstore import FeatureStore
 from emoweb.inference import Predictor
 from emoweb.manifests import read_manifests
 from emoweb.metrics import classification_report
+from emoweb.services import cachebuild
 from models.cache import FewShotCache
 
 
@@ -31,8 +32,9 @@ def k_shot(items: list, k: int, seed: int = 0) -> list:
 
 
 @torch.no_grad()
-def build_cache(predictor: Predictor, name: str, items: list, tune: bool = True) -> FewShotCache:
-    """Cache keys = the model's fused and per-modality embeddings of labelled items."""
+def build_cache(predictor: Predictor, name: str, items: list) -> FewShotCache:
+    """Cache keys = the model's fused and per-modality embeddings of labelled items; built and tuned by the
+    app's own rebuild (`cachebuild.build`), so `eval --cache` scores the cache a caregiver would get."""
     model, _ = predictor.model(name)
     dims = predictor.backbones.dims
     keys: dict[str, list[torch.Tensor]] = {}
@@ -44,10 +46,8 @@ def build_cache(predictor: Predictor, name: str, items: list, tune: bool = True)
         for m, z in {"fused": out.embedding, **out.modality_embeddings}.items():
             present = torch.ones(len(chunk), dtype=torch.bool) if m == "fused" else torch.tensor([f.modalities.get(m, True) for _, f in chunk])  # extra keys: zero rows are missing
             keys.setdefault(m, []).append(torch.where(present.unsqueeze(1), z, torch.full_like(z, float("nan"))))
-    cache = FewShotCache.build({m: torch.cat(v) for m, v in keys.items()}, [r.label for r, _ in items], predictor.labels)
-    if tune and len(items) >= 4:
-        cache.tune(torch.cat(base), predictor.labels)
-    return cache
+    data = cachebuild.assemble_arrays([r.label for r, _ in items], {m: torch.cat(v) for m, v in keys.items()}, torch.cat(base))
+    return cachebuild.build(name, data, predictor.labels).cache
 
 
 def evaluate_manifest(settings: Settings, manifest: str, models: str = "all", split: str = "val", cache_k: int = 0) -> dict:

@@ -102,8 +102,11 @@ class FeatureStore:
             if row.path is None:
                 skipped.append("text-only row (no media)")
                 continue
+            if not row.path.is_file():  # a manifest naming a file that is not there: skip it, say so
+                skipped.append(f"{row.path.name}: file not found ({row.path})")
+                continue
             try:
                 out.append((row, self.get(row.path)))
-            except EmoWebError as exc:
+            except (EmoWebError, OSError) as exc:
                 skipped.append(f"{row.path.name}: {exc}")
         return out, skipped

@@ -183,3 +183,41 @@ def test_training_keeps_the_moving_average_of_the_weights():
     audio = [k for k in runs[0.0] if k.startswith("auditory_adapter.")]
     assert audio and any(not torch.equal(runs[0.0][k], runs[0.9][k]) for k in audio)
     assert all(torch.isfinite(v).all() for v in runs[0.9].values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_eval_cli_scores_real_speech_with_the_apps_cache(shared_data, tmp_path, monkeypatch, capsys):
+    """`eval --cache K` on real RAVDESS clips: the report fields, the skipped row and why, and a cache
+    built by the app's rebuild (alpha at the checkpoint's logit scale, not Tip-Adapter's 0.1-3)."""
+    import csv
+    import json
+
+    from emoweb import cli
+
+    if registry.load("emoasst", "embedded") is None:
+        pytest.skip("no shipped EmoAsst checkpoint for the embedded profile")
+    monkeypatch.setenv("EMOWEB_FEATURE_CACHE", str(tmp_path / "features"))
+    ravdess = shared_data / "speech" / "ravdess"
+    with open(ravdess / "manifest.csv", newline="") as f:
+        source = list(csv.DictReader(f))
+    rows, taken = [], {}
+    for r in source:  # train: actor 1, 2 clips per label; val: actor 15, 1 clip per label
+        want = {"1": 2, "15": 1}.get(r["actor"], 0)
+        if taken.get((r["actor"], r["label7"]), 0) < want:
+            taken[(r["actor"], r["label7"])] = taken.get((r["actor"], r["label7"]), 0) + 1
+            rows.append({"path": str(ravdess / r["path"]), "label": r["label7"], "speaker": f"actor{r['actor']}", "split": r["split"]})
+    rows.append({"path": "missing.flac", "label": "joy", "speaker": "actor15", "split": "val"})
+    manifest = tmp_path / "small.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label", "speaker", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    assert cli.main(["eval", str(manifest), "--models", "emoasst", "--cache", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    report = result["reports"]["emoasst"]
+    assert result["n"] == report["n"] == 7
+    assert len(result["skipped"]) == 1 and "missing.flac" in result["skipped"][0]
+    assert set(report) >= {"accuracy", "weighted_f1", "uar", "per_class_recall", "confusion"}
+    assert sum(map(sum, report["confusion"])) == 7 and 0.0 <= report["accuracy"] <= 1.0
+    cache = result["cache"]["emoasst"]
+    assert cache["size"] == 14 and cache["alpha"] > 10 and cache["beta"] == 16
