@@ -57,8 +57,8 @@ DEFAULT_BETA = 1.0
 # differ by ~10 (its rows' std over the label set), and there those alphas change no decision.
 # So alpha is set in units of the base logits' spread (`logit_spread`): the model's own scale.
 # Chosen on the 14 RAVDESS training speakers with EmoAsst cross-validation models (each speaker's
-# K=4 clips per class cached, the rest scored): 16-128 spreads at beta 16 all gave +9.1 to +9.7
-# points; Tip-Adapter's range gave +0.0.
+# K=4 clips per class cached, the rest scored; `python -m emoweb bench crossval`): the gain is flat
+# over 8-128 spreads x beta 8-32 (+8.6 to +9.4 points; 32 / 16: +8.7); Tip-Adapter's range: +0.0.
 ALPHA_PER_SPREAD = 32.0
 SPREAD_BETA = 16.0
 # The search tries these multiples of both around that default (5 x 5).

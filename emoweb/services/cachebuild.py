@@ -27,8 +27,9 @@ from models.cache import DEFAULT_ALPHA, DEFAULT_BETA, FewShotCache, default_hype
 LOGITS = "logits"  # feature suffix of the base logits; every other suffix is a cache key modality
 # Fewer labelled clips than this: alpha/beta stay at the default for the model's logit scale
 # (`models.cache.default_hyperparameters`). Leave-one-out on a few clips per class picks worse than
-# that default: on the 14 RAVDESS training speakers (EmoAsst cross-validation models) it gave +7.9
-# points at 4 clips per class (28) vs +9.6 for the default, and +11.5 vs +10.2 at 8 per class (56).
+# that default: on the 14 RAVDESS training speakers (EmoAsst cross-validation models of an experiment
+# script) it gave +7.9 points at 4 clips per class (28) vs +9.6 for the default, and +11.5 vs +10.2
+# at 8 per class (56). `bench crossval` (the repo's own folds): +8.7 at K=4, +15.1 at K=8 tuned.
 MIN_TUNE_EXAMPLES = 40
 TUNE_EVAL_ROWS = 500  # above this many examples, tuning scores a seeded subset of held-out rows
 LOO_EVAL_ROWS = 500  # ... and the leave-one-out accuracy too (the cache still holds every example)
