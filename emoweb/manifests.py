@@ -25,7 +25,8 @@ class Row:
     text: str
     speaker: str
     split: str
-    source: str  # manifest file name: provenance in checkpoint cards
+    source: str  # manifest file name; part of the dev-split hash, so it stays the bare name
+    manifest: str  # "folder/file name" of the manifest: tells two `manifest.csv` apart in cards
 
     @property
     def modality(self) -> str:
@@ -69,6 +70,7 @@ def read_manifest(path: str | Path) -> list[Row]:
                     speaker=_speaker(raw),
                     split=(raw.get("split") or "").strip(),
                     source=path.name,
+                    manifest=f"{path.parent.name}/{path.name}",
                 )
             )
     return rows

@@ -35,6 +35,7 @@ def composite_row(face: Row, speech: Row) -> Row:
         speaker=speech.speaker,
         split=speech.split,
         source=SOURCE,
+        manifest=SOURCE,
     )
 
 

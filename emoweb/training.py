@@ -230,10 +230,10 @@ def train(
 
 
 def data_card(samples: list[Sample]) -> dict:
-    """What the model saw: counts per source, split and label (for the checkpoint card)."""
+    """What the model saw: counts per manifest, split and label (for the checkpoint card)."""
     card: dict[str, dict] = {}
     for s in samples:
-        key = f"{s.row.source}:{s.split}"
+        key = f"{s.row.manifest}:{s.split}"
         card.setdefault(key, {})
         card[key][s.row.label] = card[key].get(s.row.label, 0) + 1
     return card

@@ -144,7 +144,7 @@ def _speech_samples(dims, speakers=8, per_label=3, split="train"):
             for i in range(per_label):
                 f = ClipFeatures(source="x", sha256="0", kind="audio", profile="embedded", device="cpu", duration=1.0, full_duration=1.0)
                 f.audio_tokens = {"audio": torch.randn(12, dims["audio"], generator=g) + (2 * k - 1)}
-                out.append((Row(Path(f"a{s}_{label}_{i}.flac"), label, "", f"{split}_actor_{s}", split, "speech.csv"), f))
+                out.append((Row(Path(f"a{s}_{label}_{i}.flac"), label, "", f"{split}_actor_{s}", split, "speech.csv", "speech/speech.csv"), f))
     return out
 
 
@@ -162,6 +162,19 @@ def test_splits_keep_speakers_apart_and_dev_can_be_switched_off():
     without = assign_splits(rows, seed=0, dev_fraction=0.0)
     assert {s.split for s in without} == {"train", "val"}
     assert [s.split == "val" for s in without] == [s.split == "val" for s in with_dev]  # val never moves
+
+
+def test_data_card_keeps_two_manifests_of_the_same_name_apart(tmp_path):
+    """The card counts per manifest: speech/manifest.csv and faces/manifest.csv are not merged."""
+    from emoweb.manifests import read_manifests
+    from emoweb.training import Sample, data_card
+
+    for folder, label in (("speech", "joy"), ("faces", "anger")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "manifest.csv").write_text(f"path,label,text\n,{label},hello\n,{label},hi\n")
+    rows = read_manifests(f"{tmp_path / 'speech' / 'manifest.csv'},{tmp_path / 'faces' / 'manifest.csv'}")
+    card = data_card([Sample(r, None, "train") for r in rows])
+    assert card == {"speech/manifest.csv:train": {"joy": 2}, "faces/manifest.csv:train": {"anger": 2}}
 
 
 def test_training_keeps_the_moving_average_of_the_weights():

@@ -194,9 +194,9 @@ def test_composite_pairs_keep_label_and_split():
     for split in ("train", "dev", "val"):
         for label in ("joy", "fear"):
             for i in range(3):
-                samples.append(Sample(Row(Path(f"{label}/{split}_{i}.jpg"), label, "", f"face{split}{i}", split, "faces.csv"), feats("image", visual=True), split))
-        samples.append(Sample(Row(Path(f"{split}_joy.flac"), "joy", "kids", f"actor_{split}", split, "ravdess.csv"), feats("audio", audio=True), split))
-    samples.append(Sample(Row(Path("lonely.flac"), "anger", "", "actor_x", "train", "ravdess.csv"), feats("audio", audio=True), "train"))
+                samples.append(Sample(Row(Path(f"{label}/{split}_{i}.jpg"), label, "", f"face{split}{i}", split, "faces.csv", "faces/faces.csv"), feats("image", visual=True), split))
+        samples.append(Sample(Row(Path(f"{split}_joy.flac"), "joy", "kids", f"actor_{split}", split, "ravdess.csv", "ravdess/ravdess.csv"), feats("audio", audio=True), split))
+    samples.append(Sample(Row(Path("lonely.flac"), "anger", "", "actor_x", "train", "ravdess.csv", "ravdess/ravdess.csv"), feats("audio", audio=True), "train"))
     comps = composite_samples(samples, per_speech=2, seed=0)
     assert len(comps) == 6  # 2 per joy speech clip; anger has no face photo: no composite
     for c in comps:
