@@ -31,11 +31,16 @@ class Prediction:
     outputs: dict[str, ModelOutput]
     latency: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def decided(self) -> bool:
+        """False when the clip had no voice, no frames and no words: every model's answer is uniform."""
+        return any(self.features.modalities.values())
+
     def to_summary(self) -> dict:
         models = {}
         for name, out in self.outputs.items():
             models[name] = {
-                "label": out.label,
+                "label": out.label if self.decided else None,
                 "probs": {lab: round(float(p), 4) for lab, p in zip(out.labels, out.probs[0])},
                 "modality_probs": {
                     m: {lab: round(float(p), 4) for lab, p in zip(out.labels, probs[0])}

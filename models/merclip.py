@@ -303,7 +303,11 @@ class MERCLIP(nn.Module):
         w = self.label_embeddings(labels).to(x.audio.device)
         scale = self.scale()
         z, attention = self.decode(x, mem)
-        logits = scale * z @ w.T
+        anything = torch.zeros(x.batch_size, dtype=torch.bool, device=z.device)
+        for _, _, present in mem.values():
+            anything |= present
+        # a row with no audio, frames or transcript decodes the learned query alone: no decision (uniform)
+        logits = (scale * z @ w.T).masked_fill(~anything[:, None], 0.0)
         modality_logits, modality_emb = {}, {}
         for m in mem:  # per-modality decision: the query decoded with that modality alone
             z_m, _ = self.decode(x, {m: mem[m]})
@@ -327,6 +331,8 @@ class MERCLIP(nn.Module):
         if self.config.multi_label:
             out.similarity["label_sigmoid"] = {lab: round(float(v), 4) for lab, v in zip(labels, logits[0].sigmoid().tolist())}
         out.notes.append(f"fusion order {' -> '.join(PAPER_NAMES[m] for m in self.decoder.order)}; present: {', '.join(mem) or 'none'}")
+        if not anything[0]:
+            out.notes.append("no audio, frames or transcript: no decision (uniform probabilities)")
         return out
 
     def _ticks(self, x: ModelInput, m: str, mask: torch.Tensor) -> list[list]:

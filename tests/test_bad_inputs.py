@@ -127,6 +127,9 @@ def check_result(case: Case, result: Any, models: set[str], data_dir: Path) -> l
     for name, p in result.predictions.items():
         if not all(math.isfinite(v) for v in p.probs.values()) or abs(sum(p.probs.values()) - 1) > 1e-3:
             problems.append(f"{name}: probabilities are not a distribution: {p.probs}")
+    if not any(used.values()):  # nothing to go on: no model may pass a guess off as an answer
+        problems += [f"{name}: decided with no input: {p.probs}" for name, p in result.predictions.items()
+                     if max(p.probs.values()) - min(p.probs.values()) > 1e-4]
     if result.clip.original_name != case.path.name:
         problems.append(f"original name stored as {result.clip.original_name!r}")
     if not (data_dir / result.clip.media_path).is_file():

@@ -112,6 +112,19 @@ def test_silence_gives_warning_and_no_transcript(extractor, tmp_path: Path) -> N
     assert any("silent" in w or "speech" in w for w in feats.warnings), feats.warnings
 
 
+def test_cli_predict_on_silence_names_no_label(tmp_path: Path, capsys) -> None:
+    """Nothing to recognise: every model answers with no label and uniform probabilities, not a guess."""
+    from emoweb.cli import main
+
+    path = write_wav(tmp_path / "silence.wav", np.zeros(32_000))
+    assert main(["predict", str(path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["models"] and not any(summary["clip"]["modalities"].values())
+    for name, answer in summary["models"].items():
+        assert answer["label"] is None, name
+        assert max(answer["probs"].values()) - min(answer["probs"].values()) < 1e-3, (name, answer["probs"])
+
+
 def test_image_gives_visual_only(extractor, joy_face: Path) -> None:
     feats = extractor(joy_face)
     assert feats.kind == "image"

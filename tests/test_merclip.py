@@ -70,6 +70,19 @@ def test_fusion_order_changes_the_output(tokenizer):
     assert torch.allclose(lva.modality_probs["audio"], ava.modality_probs["audio"], atol=1e-6)
 
 
+def test_a_row_with_nothing_present_gets_no_decision(tokenizer):
+    """Silence with no video: the learned query alone must not pass for an answer (it said 'sadness' 48%)."""
+    model = small_model(tokenizer)
+    x = random_input(SMALL, b=2)
+    for m in ("audio", "visual", "text"):
+        x.present[m][0] = False  # row 0 has nothing; row 1 keeps every modality
+    out = model(x)
+    assert torch.allclose(out.probs[0], torch.full((len(out.labels),), 1 / len(out.labels)))
+    assert out.probs[1].max() > 1 / len(out.labels) + 1e-3
+    assert any("no decision" in n for n in out.notes)
+    assert not any("no decision" in n for n in model(random_input(SMALL, b=1)).notes)
+
+
 def test_emotion_query_and_label_prompts_come_from_the_label_encoder(tokenizer):
     model = small_model(tokenizer)
     enc = model.label_encoder

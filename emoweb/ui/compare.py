@@ -132,7 +132,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         for m, out in pred.outputs.items():
             p = {lab: float(v) for lab, v in zip(out.labels, out.probs[0].tolist())}
             probs[m] = p
-            rows.append([m, out.label, round(p[out.label], 3), round(1000 * pred.latency.get(m, 0.0), 2),
+            rows.append([m, out.label if pred.decided else "no decision", round(p[out.label], 3), round(1000 * pred.latency.get(m, 0.0), 2),
                          ", ".join(out.modality_probs) or "-", "; ".join(out.notes)])
         stages = {k: v for k, v in pred.features.timings.items() if k != "total"}
         return rows, C.probability_figure(probs), C.latency_figure(stages, dict(pred.latency))

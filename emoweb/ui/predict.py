@@ -80,7 +80,10 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
         p = probs[m]
         best = max(p, key=p.get) if p else "?"
         top.append(f"**{C.esc(m)}**: {C.esc(best)} ({100 * p.get(best, 0):.0f}%)")
-    lines.append("### " + " · ".join(top) if top else "### no model answered")
+    if not prediction.decided:
+        lines.append("### No decision: nothing to recognise in this clip (no voice, no frames, no words)")
+    else:
+        lines.append("### " + " · ".join(top) if top else "### no model answered")
     lines.append(
         f"{C.esc(feats.source)}: {C.esc(feats.kind)}"
         + ("" if feats.kind == "image" else f", {feats.duration:.1f} s analysed")
