@@ -39,14 +39,24 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dev-fraction", type=float, default=DEV_FRACTION,
                    help=f"share of training speakers held out for early stopping (default {DEV_FRACTION}; "
                    "0: train on all of them for --epochs, for a recipe chosen beforehand)")
+    p.add_argument("--audio-crop", type=float, default=0.0, metavar="F",
+                   help="train on a random contiguous (1-F)..100%% of each clip's audio tokens (0: off)")
+    p.add_argument("--audio-drop", type=float, default=0.0, metavar="P", help="leave out each audio token with probability P")
+    p.add_argument("--audio-noise", type=float, default=0.0, metavar="S",
+                   help="add Gaussian noise of S x the clip's token std to the audio tokens")
     p.add_argument("--out", type=Path, default=registry.CHECKPOINT_ROOT, help="checkpoint root")
     p.add_argument("--device", default=None)
 
 
 @command("train", "train a model's heads on cached backbone features; writes checkpoint + card")(_train_args)
 def _train(args: argparse.Namespace) -> int:
+    from emoweb.augment import AudioAugment
     from emoweb.training import assign_splits, data_card, evaluate, train
 
+    try:
+        augment = AudioAugment(crop=args.audio_crop, drop=args.audio_drop, noise=args.audio_noise)
+    except ValueError as exc:
+        raise EmoWebError(str(exc)) from None
     settings = _settings(args)
     store = FeatureStore(FeatureExtractor(settings), settings.feature_cache)
     bb = store.extractor.backbones
@@ -62,7 +72,7 @@ def _train(args: argparse.Namespace) -> int:
         samples = samples + composite_samples(samples, seed=args.seed)
     labels = list(LABEL7)
     result = train(model, samples, bb.dims, labels, model.param_groups(), args.epochs, args.batch_size, args.patience, args.seed,
-                   ema_decay=args.ema)
+                   ema_decay=args.ema, augment=augment)
     metrics = {split: evaluate(model, chosen, bb.dims, labels) for split in ("val", "dev")
                if (chosen := [s for s in samples if s.split == split])}
     stopping = (f"dev = {args.dev_fraction:.0%} of training speakers by hash, used for early stopping" if args.dev_fraction
@@ -73,11 +83,13 @@ def _train(args: argparse.Namespace) -> int:
         "data": {"manifests": args.data.split(","), "counts": data_card(samples), "skipped": len(skipped)},
         "splits": f"val = the manifest's val split (unseen speakers / identities), reported only; {stopping}",
         "training": {"epochs_run": len(result.history), "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1),
-                     "ema": args.ema, "dev_fraction": args.dev_fraction, "history": result.history},
+                     "ema": args.ema, "dev_fraction": args.dev_fraction, "audio_augment": augment.to_dict(),
+                     "history": result.history},
         "metrics": _slim(metrics),
         "command": f"python -m emoweb train {args.model} --profile {bb.name} --data {args.data} --seed {args.seed} "
         f"--epochs {args.epochs} --patience {args.patience} --batch-size {args.batch_size} --ema {args.ema} "
-        f"--dev-fraction {args.dev_fraction}",
+        f"--dev-fraction {args.dev_fraction}"
+        + "".join(f" --audio-{k} {v}" for k, v in augment.to_dict().items() if k != "min_tokens" and v),
     }
     path = registry.save(model, args.model, bb.name, card, args.out)
     print(json.dumps({"checkpoint": str(path), "metrics": card["metrics"]["val"]}, indent=2))

@@ -15,6 +15,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from emoweb.augment import AudioAugment
 from emoweb.batching import to_input
 from emoweb.features import ClipFeatures
 from emoweb.manifests import Row
@@ -159,6 +160,7 @@ def train(
     seed: int = 0,
     weight_decay: float = 0.01,
     ema_decay: float = 0.0,
+    augment: AudioAugment | None = None,
 ) -> TrainResult:
     """AdamW over `param_groups`, early stopping on dev UAR; keeps the best epoch's weights.
 
@@ -166,9 +168,12 @@ def train(
     every step), not the weights of the last step. On a few hundred clips the dev score of the raw
     weights jumps by several points from one epoch to the next, so the epoch it picks is partly luck;
     the average moves slowly and generalises better to unseen speakers. Without a dev split (all
-    training speakers used for training), every epoch runs and the last weights are kept."""
+    training speakers used for training), every epoch runs and the last weights are kept.
+    `augment`: varies each training clip's audio tokens per step (never the dev or val clips)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    augment = augment if augment is not None and augment.active else None
     train_set = [s for s in samples if s.split == "train"]
     dev_set = [s for s in samples if s.split == "dev"]
     label_ids = {label: i for i, label in enumerate(labels)}
@@ -189,7 +194,8 @@ def train(
             epoch_batches = list(batches(epoch_samples, batch_size))
         bar = tqdm(epoch_batches, desc=f"epoch {epoch}", unit="batch", leave=False)
         for chunk in bar:
-            x = to_input([s.features for s in chunk], dims)
+            feats = [augment(s.features, rng, generator) if augment else s.features for s in chunk]
+            x = to_input(feats, dims)
             y = torch.tensor([label_ids[s.row.label] for s in chunk])
             loss = model.training_loss(x, y, [s.row for s in chunk])
             opt.zero_grad()

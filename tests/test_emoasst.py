@@ -198,6 +198,35 @@ def test_training_keeps_the_moving_average_of_the_weights():
     assert all(torch.isfinite(v).all() for v in runs[0.9].values() if v.is_floating_point())
 
 
+def test_training_with_audio_augmentation_sees_varied_tokens():
+    """`augment` changes what the adapter trains on (same seed, different weights) and nothing else."""
+    from emoweb.augment import AudioAugment
+    from emoweb.training import assign_splits, train
+
+    dims = {"audio": 32, "visual": 8, "text": 16, "text_tokens": 16}
+    samples = assign_splits(_speech_samples(dims), seed=0, dev_fraction=0.0)
+    cached = [s.features.audio_tokens["audio"].clone() for s in samples]
+    runs = {}
+    for name, augment in (("plain", None), ("augmented", AudioAugment(crop=0.3, drop=0.1, noise=0.2))):
+        torch.manual_seed(0)
+        cfg = EmoAsstConfig(visual_dim=8, audio_dim=32, text_dim=16, heads=2, num_queries=2, audio_pool=2, labels=["joy", "anger"])
+        model = EmoAsst(cfg)
+        model.attach_text_encoder(FixedTextEncoder(16))
+        train(model, samples, dims, ["joy", "anger"], model.param_groups(), epochs=2, batch_size=8, seed=0, augment=augment)
+        runs[name] = model.state_dict()
+    audio = [k for k in runs["plain"] if k.startswith("auditory_adapter.")]
+    assert any(not torch.equal(runs["plain"][k], runs["augmented"][k]) for k in audio)
+    assert all(torch.equal(c, s.features.audio_tokens["audio"]) for c, s in zip(cached, samples))  # cache untouched
+
+
+def test_train_cli_refuses_a_bad_augmentation_in_one_line(capsys):
+    from emoweb.cli import main
+
+    assert main(["train", "emoasst", "--data", "none.csv", "--audio-crop", "1.5"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "audio augmentation crop" in err[0]
+
+
 @pytest.mark.slow
 def test_eval_cli_scores_real_speech_with_the_apps_cache(shared_data, tmp_path, monkeypatch, capsys):
     """`eval --cache K` on real RAVDESS clips: the report fields, the skipped row and why, and a cache
