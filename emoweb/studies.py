@@ -106,8 +106,8 @@ def crossval_study(settings: Settings, manifest: str, folds: int = 5, epochs: in
                    betas: tuple[float, ...] = (4, 8, 16, 32)) -> dict:
     """Recipe and cache choices made on the training speakers only (validation speakers never loaded).
 
-    Speaker-grouped folds: EmoAsst's audio branch is trained (the shipped recipe: SupCon + CE, moving
-    average, fixed epochs) on the other folds' speakers, then on each held-out speaker: audio UAR, the
+    Speaker-grouped folds: EmoAsst's audio branch is trained (SupCon + CE, moving average, fixed epochs;
+    no audio augmentation, as for the checkpoint before the shipped one) on the other folds' speakers, then on each held-out speaker: audio UAR, the
     caregiver K-shot gain with caches built as the app builds them, and the K=4 gain for fixed alpha
     (in units of the logit spread) x beta, the grid behind `models.cache.ALPHA_PER_SPREAD`/`SPREAD_BETA`."""
     predictor = Predictor(settings)
@@ -185,11 +185,14 @@ def _ravdess() -> str:
 def _kshot_text(r: dict) -> str:
     lines = [f"K-shot caregiver cache, {r['model']} on speech clips (keys: {', '.join(r['keys'])}), per validation speaker, "
              f"{r['seeds']} draws; caches built by the app's rebuild (median alpha/beta shown)",
-             "| K | no cache | with cache | gain | alpha / beta |", "|---|---|---|---|---|"]
-    for k, m in r["mean"].items():
-        lines.append(f"| {k} | {100 * m['without_cache']:.1f} | {100 * m['with_cache']:.1f} | "
-                     f"{100 * (m['with_cache'] - m['without_cache']):+.1f} | {m['alpha']:.0f} / {m['beta']:g} |")
+             "| K | no cache | with cache | gain | alpha / beta |", "|---|---|---|---|---|", *_kshot_rows(r["mean"])]
     return "\n".join(lines)
+
+
+def _kshot_rows(mean: dict) -> list[str]:
+    """One markdown row per K of a `_summary`: accuracies without/with the cache, the gain, alpha/beta."""
+    return [f"| {k} | {100 * m['without_cache']:.1f} | {100 * m['with_cache']:.1f} | "
+            f"{100 * (m['with_cache'] - m['without_cache']):+.1f} | {m['alpha']:.0f} / {m['beta']:g} |" for k, m in mean.items()]
 
 
 def _crossval_text(r: dict) -> str:
@@ -197,10 +200,7 @@ def _crossval_text(r: dict) -> str:
     lines = [f"Speaker-grouped cross-validation on the training speakers ({len(r['folds'])} folds, {r['epochs']} epochs, "
              f"moving average {r['ema']}): held-out audio UAR {100 * r['audio_uar']:.1f} (per fold: {per_fold})", "",
              "Caregiver cache as the app builds it, per held-out speaker:", "| K | no cache | with cache | gain | alpha / beta (median) |",
-             "|---|---|---|---|---|"]
-    for k, m in r["mean"].items():
-        lines.append(f"| {k} | {100 * m['without_cache']:.1f} | {100 * m['with_cache']:.1f} | "
-                     f"{100 * (m['with_cache'] - m['without_cache']):+.1f} | {m['alpha']:.0f} / {m['beta']:g} |")
+             "|---|---|---|---|---|", *_kshot_rows(r["mean"])]
     lines += ["", "K = 4 gain with fixed alpha (x logit spread) and beta:"]
     for g in sorted(r["fixed_k4"], key=lambda g: -g["gain"]):
         lines.append(f"  alpha {g['spreads']:g} spreads, beta {g['beta']:g}: {100 * g['gain']:+.1f}")

@@ -173,7 +173,6 @@ def train(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
-    augment = augment if augment is not None and augment.active else None
     train_set = [s for s in samples if s.split == "train"]
     dev_set = [s for s in samples if s.split == "dev"]
     label_ids = {label: i for i, label in enumerate(labels)}
