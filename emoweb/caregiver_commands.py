@@ -22,6 +22,8 @@ def _service():
 
 
 def _fmt_probs(p) -> str:
+    if not p.decided:
+        return f"{p.model} -> no decision (no voice, face or words)"
     return f"{p.model} -> {p.label} ({max(p.probs.values()):.2f}{', cache' if p.cache_snapshot is not None else ''})"
 
 
@@ -90,7 +92,10 @@ def _ingest(args: argparse.Namespace) -> int:
                 lines.append(f"{Path(r['path']).name}: error: {r['error']}")
                 continue
             c = r["clip"]
-            answers = ", ".join(f"{m} -> {p['label']} ({max(p['probs'].values()):.2f})" for m, p in r["predictions"].items())
+            answers = ", ".join(
+                f"{m} -> {p['label']} ({max(p['probs'].values()):.2f})" if p["decided"] else f"{m} -> no decision"
+                for m, p in r["predictions"].items()
+            )
             lines.append(f"clip {c['id']} ({'new' if r['new'] else 'already stored'}): {c['original_name']}: {answers}")
         return "\n".join(lines)
 

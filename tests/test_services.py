@@ -23,6 +23,7 @@ import pytest
 import torch
 from sqlalchemy.orm import SessionTransaction
 
+from conftest import write_wav
 from emoweb.errors import EmoWebError, MediaError, NotFoundError
 from emoweb.services import CaregiverService
 from emoweb.services import cachebuild, memofile
@@ -290,6 +291,26 @@ def test_rebuild_from_real_clips_is_used_by_predictions(service, real, no_decodi
     assert service.repo.latest_predictions(real["video"].clip.id)["emoasst"].model_version == f"embedded+cache{result.snapshot_id}"
     again = service.rebuild_cache("family")["emoasst"]  # a newer snapshot: the in-memory cache follows
     assert service.predict(real["video"].clip.id, "family").predictions["emoasst"].cache_snapshot == again.snapshot_id
+
+
+@pytest.mark.slow
+def test_silent_clip_gets_no_decision_even_with_a_cache(service, happy_speech, tmp_path) -> None:
+    """A clip with no voice, face or words must not take the cache's majority label: with zero keys
+    every cached clip is equally near, so a cache would otherwise 'decide' for it."""
+    service.create_profile("quiet")
+    speech = service.ingest(happy_speech, "quiet")
+    service.record_correction(speech.clip.id, "joy")
+    assert service.rebuild_cache("quiet")["emoasst"].n == 1
+    silent = service.ingest(write_wav(tmp_path / "silence.wav", np.zeros(3 * 16_000)), "quiet")
+    for result in (silent, service.predict(silent.clip.id, "quiet")):  # fresh decode, then stored features
+        p = result.predictions["emoasst"]
+        assert not p.decided and p.label is None and p.cache_snapshot is None and not p.nearest
+        assert max(p.probs.values()) - min(p.probs.values()) < 1e-4
+    assert service.repo.latest_predictions(silent.clip.id) == {}  # nothing stored for the queue to show
+    entry = next(e for e in service.labelling_queue("quiet") if e.clip_id == silent.clip.id)
+    assert entry.top_labels == {} and entry.margin is None
+    voiced = service.predict(speech.clip.id, "quiet").predictions["emoasst"]
+    assert voiced.decided and voiced.label in LABEL7 and voiced.cache_snapshot is not None
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ import torch
 from models.cache import DEFAULT_ALPHA, DEFAULT_BETA, FewShotCache, default_hyperparameters, normalise_rows, search_hyperparameters
 
 LOGITS = "logits"  # feature suffix of the base logits; every other suffix is a cache key modality
+FUSED = "fused"  # the fused embedding: stored for every clip, even one with nothing to recognise
 # Fewer labelled clips than this: alpha/beta stay at the default for the model's logit scale
 # (`models.cache.default_hyperparameters`). Leave-one-out on a few clips per class picks worse than
 # that default: on the 14 RAVDESS training speakers (EmoAsst cross-validation models of an experiment
@@ -42,6 +43,12 @@ RETUNE_FRACTION = 0.1
 
 def logits_name(model: str) -> str:
     return f"{model}.{LOGITS}"
+
+
+def has_modality(parts: Iterable[str]) -> bool:
+    """Whether a model's stored parts hold a modality's key: a clip with no voice, no face and no words
+    stores only the fused embedding and the (uniform) logits, and no model can decide on it."""
+    return any(part not in (FUSED, LOGITS) for part in parts)
 
 
 def split_name(name: str) -> tuple[str, str]:

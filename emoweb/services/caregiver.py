@@ -135,6 +135,12 @@ def _align(base: torch.Tensor, labels: Sequence[str], label_set: Sequence[str]) 
     return np.asarray([float(values[index[label]]) if label in index else mean for label in label_set], np.float32)
 
 
+def _answers(predictions: dict[str, ModelPrediction]) -> list[tuple[str, ModelPrediction]]:
+    """The predictions worth storing: a clip with nothing to recognise gets none, so its queue row
+    shows no answers rather than a uniform guess."""
+    return [(model, p) for model, p in predictions.items() if p.decided]
+
+
 def _margin(probs: Sequence[float]) -> float:
     top = sorted(probs, reverse=True)
     return float(top[0] - (top[1] if len(top) > 1 else 0.0))
@@ -381,7 +387,7 @@ class CaregiverService:
         result = self.predictor.run_models(feats, names, progress=progress, labels=list(prof.label_set))
         arrays: dict[str, np.ndarray] = {}
         for model, out in result.outputs.items():
-            arrays[f"{model}.fused"] = out.embedding[0].detach().float().cpu().numpy()
+            arrays[f"{model}.{cachebuild.FUSED}"] = out.embedding[0].detach().float().cpu().numpy()
             for modality, z in out.modality_embeddings.items():
                 if feats.modalities.get(modality, True) and bool(z[0].any()):  # a zero row: the clip lacks it
                     arrays[f"{model}.{modality}"] = z[0].detach().float().cpu().numpy()
@@ -433,7 +439,7 @@ class CaregiverService:
                 if not new:
                     raise _AlreadyStored(clip)
                 repo.put_features(clip.id, self.backbone, arrays)
-                for model, p in predictions.items():
+                for model, p in _answers(predictions):
                     repo.add_prediction(clip.id, model, p.probs, self._version(p))
                 info = clip_info(clip)
                 os.replace(tmp, final)  # last step before the commit
@@ -461,7 +467,7 @@ class CaregiverService:
         with self._sessions() as session, session.begin():
             repo = CaregiverRepository(session)
             repo.put_features(clip.id, self.backbone, arrays)
-            for model, p in predictions.items():
+            for model, p in _answers(predictions):
                 repo.add_prediction(clip.id, model, p.probs, self._version(p))
         return ClipResult(clip_info(clip), False, predictions, outputs)
 
@@ -485,7 +491,7 @@ class CaregiverService:
     def _record_predictions(self, clip_id: int, predictions: dict[str, ModelPrediction]) -> None:
         """Store an answer only when it may differ from the latest stored one (other model version or cache)."""
         latest = self.repo.latest_predictions(clip_id)
-        for model, p in predictions.items():
+        for model, p in _answers(predictions):
             old = latest.get(model)
             if old is None or old.model_version != self._version(p) or old.probs != p.probs:
                 self.repo.add_prediction(clip_id, model, p.probs, self._version(p))
@@ -545,13 +551,14 @@ class CaregiverService:
             base_labels = list(prof.label_set[: base.numel()])
             base = base[: len(base_labels)]
             query = {m: torch.from_numpy(np.asarray(a, np.float32).reshape(1, -1)) for m, a in parts.items() if m != cachebuild.LOGITS}
-            snapshot_id, cache, clip_ids = caches.get(model, (None, None, []))
+            decided = cachebuild.has_modality(parts)
+            snapshot_id, cache, clip_ids = caches.get(model, (None, None, [])) if decided else (None, None, [])
             labels, logits, nearest = cachebuild.score(base, base_labels, query, cache, clip_ids)
             used = snapshot_id if cache is not None and len(cache) else None
             probs = logits.softmax(-1)[0].tolist()
             predictions[model] = ModelPrediction(
-                model=model, label=labels[int(np.argmax(probs))], probs=dict(zip(labels, probs)),
-                margin=_margin(probs), cache_snapshot=used, nearest=nearest[0],
+                model=model, label=labels[int(np.argmax(probs))] if decided else None, probs=dict(zip(labels, probs)),
+                margin=_margin(probs), cache_snapshot=used, nearest=nearest[0], decided=decided,
             )
         return predictions
 

@@ -54,11 +54,12 @@ class ModelPrediction(_Record):
     """One model's answer on one clip, with the profile's cache applied when it has one."""
 
     model: str
-    label: str
+    label: str | None  # None: no decision (see `decided`)
     probs: dict[str, float]
     margin: float  # top1 - top2
     cache_snapshot: int | None = None  # id of the cache snapshot used; None: the bare model
     nearest: list[dict[str, Any]] = field(default_factory=list)  # closest labelled clips in the cache
+    decided: bool = True  # False: the clip has no voice, face or words, so `label` is None
 
 
 @dataclass(frozen=True)

@@ -153,12 +153,15 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                  + (f", {clip.duration:.1f} s" if clip.duration else "")
                  + f" · current label: **{C.esc(current) if current else 'none'}**"]
         for m, p in result.predictions.items():
+            if not p.decided:
+                lines.append(f"- **{C.esc(m)}**: no decision (the clip has no voice, no face and no words)")
+                continue
             cache = f" (with cache snapshot {p.cache_snapshot})" if p.cache_snapshot is not None else ""
             lines.append(f"- **{C.esc(m)}** says **{C.esc(p.label)}** ({100 * p.probs.get(p.label, 0):.0f}%, margin {p.margin:.2f}){cache}")
         if not result.predictions:
             lines.append("- no model answer stored for this clip")
         hist = [[c.created.strftime("%Y-%m-%d %H:%M:%S"), c.label, c.annotator, c.note] for c in ctx.service.corrections(clip.id)]
-        fig = C.probability_figure({m: p.probs for m, p in result.predictions.items()}, title="What each model said (with the profile's cache)")
+        fig = C.probability_figure({m: p.probs for m, p in result.predictions.items() if p.decided}, title="What each model said (with the profile's cache)")
         return (*players, "\n".join(lines), fig, hist)
 
     def _apply(profile_ref, clip_id, label, note_text, new_ok, request):
