@@ -44,6 +44,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio-drop", type=float, default=0.0, metavar="P", help="leave out each audio token with probability P")
     p.add_argument("--audio-noise", type=float, default=0.0, metavar="S",
                    help="add Gaussian noise of S x the clip's token std to the audio tokens")
+    p.add_argument("--audio-splice", type=float, default=0.0, metavar="P",
+                   help="with probability P, join part of a clip's audio tokens to part of a same-label clip by another "
+                   "training speaker")
     p.add_argument("--out", type=Path, default=registry.CHECKPOINT_ROOT, help="checkpoint root")
     p.add_argument("--device", default=None)
 
@@ -54,7 +57,7 @@ def _train(args: argparse.Namespace) -> int:
     from emoweb.training import assign_splits, data_card, evaluate, train
 
     try:
-        augment = AudioAugment(crop=args.audio_crop, drop=args.audio_drop, noise=args.audio_noise)
+        augment = AudioAugment(crop=args.audio_crop, drop=args.audio_drop, noise=args.audio_noise, splice=args.audio_splice)
     except ValueError as exc:
         raise EmoWebError(str(exc)) from None
     settings = _settings(args)

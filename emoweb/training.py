@@ -15,7 +15,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from emoweb.augment import AudioAugment
+from emoweb.augment import AudioAugment, SplicePartners
 from emoweb.batching import to_input
 from emoweb.features import ClipFeatures
 from emoweb.manifests import Row
@@ -169,13 +169,15 @@ def train(
     weights jumps by several points from one epoch to the next, so the epoch it picks is partly luck;
     the average moves slowly and generalises better to unseen speakers. Without a dev split (all
     training speakers used for training), every epoch runs and the last weights are kept.
-    `augment`: varies each training clip's audio tokens per step (never the dev or val clips)."""
+    `augment`: varies each training clip's audio tokens per step (never the dev or val clips); its
+    splice partners are training clips only."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     train_set = [s for s in samples if s.split == "train"]
     dev_set = [s for s in samples if s.split == "dev"]
     label_ids = {label: i for i, label in enumerate(labels)}
+    partners = SplicePartners((s.row, s.features) for s in train_set) if augment and augment.splice else None
     opt = torch.optim.AdamW(param_groups, weight_decay=weight_decay)
     averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay else None
     scored = averaged.module if averaged is not None else model
@@ -193,7 +195,8 @@ def train(
             epoch_batches = list(batches(epoch_samples, batch_size))
         bar = tqdm(epoch_batches, desc=f"epoch {epoch}", unit="batch", leave=False)
         for chunk in bar:
-            feats = [augment(s.features, rng, generator) if augment else s.features for s in chunk]
+            feats = [augment(s.features, rng, generator, partners.pick(s.row, rng) if partners else None) if augment else s.features
+                     for s in chunk]
             x = to_input(feats, dims)
             y = torch.tensor([label_ids[s.row.label] for s in chunk])
             loss = model.training_loss(x, y, [s.row for s in chunk])

@@ -207,7 +207,8 @@ def test_training_with_audio_augmentation_sees_varied_tokens():
     samples = assign_splits(_speech_samples(dims), seed=0, dev_fraction=0.0)
     cached = [s.features.audio_tokens["audio"].clone() for s in samples]
     runs = {}
-    for name, augment in (("plain", None), ("augmented", AudioAugment(crop=0.3, drop=0.1, noise=0.2))):
+    variants = (("plain", None), ("augmented", AudioAugment(crop=0.3, drop=0.1, noise=0.2)), ("spliced", AudioAugment(splice=1.0)))
+    for name, augment in variants:
         torch.manual_seed(0)
         cfg = EmoAsstConfig(visual_dim=8, audio_dim=32, text_dim=16, heads=2, num_queries=2, audio_pool=2, labels=["joy", "anger"])
         model = EmoAsst(cfg)
@@ -215,7 +216,7 @@ def test_training_with_audio_augmentation_sees_varied_tokens():
         train(model, samples, dims, ["joy", "anger"], model.param_groups(), epochs=2, batch_size=8, seed=0, augment=augment)
         runs[name] = model.state_dict()
     audio = [k for k in runs["plain"] if k.startswith("auditory_adapter.")]
-    assert any(not torch.equal(runs["plain"][k], runs["augmented"][k]) for k in audio)
+    assert all(any(not torch.equal(runs["plain"][k], runs[name][k]) for k in audio) for name in ("augmented", "spliced"))
     assert all(torch.equal(c, s.features.audio_tokens["audio"]) for c, s in zip(cached, samples))  # cache untouched
 
 
