@@ -115,6 +115,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default="all")
     p.add_argument("--split", default="val", help="rows of this split only ('' = all rows)")
     p.add_argument("--cache", type=int, default=0, metavar="K", help="K-shot cache from the manifest's train rows")
+    p.add_argument("--composites", action="store_true",
+                   help="score composites instead: each speech clip of the split with a face photo of the same label "
+                   "(needs a speech and a face manifest)")
     p.add_argument("--profile", default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true")
@@ -124,7 +127,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from emoweb.evaluation import evaluate_manifest
 
-    result = evaluate_manifest(_settings(args), args.manifest, args.models, args.split, args.cache)
+    result = evaluate_manifest(_settings(args), args.manifest, args.models, args.split, args.cache, args.composites)
     emit(result, args.json, lambda r: comparison_table(r["reports"]) + f"\n\nrows used {r['n']}, skipped {len(r['skipped'])}")
     return 0
 

@@ -2,7 +2,9 @@
 
 Features come from the FeatureStore (each clip encoded once). With `cache_k`, a K-shot cache per
 model is built from the manifest's *train* rows and its alpha/beta tuned by cross-validation on
-those rows only; evaluation rows never touch it.
+those rows only; evaluation rows never touch it. With `composites`, the rows scored are composites
+of the split's speech clips and face photos of the same label (`emoweb.pairs`: the data has no real
+audio-visual clip), which is how the fused path of the models is measured.
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from emoweb.featstore import FeatureStore
 from emoweb.inference import Predictor
 from emoweb.manifests import read_manifests
 from emoweb.metrics import classification_report
+from emoweb.pairs import composite_samples
 from emoweb.services import cachebuild
+from emoweb.training import Sample
 from models.cache import FewShotCache
 
 
@@ -50,7 +54,15 @@ def build_cache(predictor: Predictor, name: str, items: list) -> FewShotCache:
     return cachebuild.build(name, data, predictor.labels).cache
 
 
-def evaluate_manifest(settings: Settings, manifest: str, models: str = "all", split: str = "val", cache_k: int = 0) -> dict:
+def composite_items(items: list) -> list:
+    """(row, features) of one composite per speech clip: a face photo of the same label and split
+    (seeded), so the same manifests always give the same pairs."""
+    return [(c.row, c.features) for c in composite_samples([Sample(r, f, r.split) for r, f in items], seed=0)]
+
+
+def evaluate_manifest(
+    settings: Settings, manifest: str, models: str = "all", split: str = "val", cache_k: int = 0, composites: bool = False
+) -> dict:
     predictor = Predictor(settings)
     names = predictor.model_names(models)
     if not names:
@@ -61,6 +73,10 @@ def evaluate_manifest(settings: Settings, manifest: str, models: str = "all", sp
     if not wanted:
         raise EmoWebError(f"no rows with split {split!r} in {manifest}")
     items, skipped = store.encode_rows(wanted, desc="features")
+    if composites:
+        items = composite_items(items)
+        if not items:
+            raise EmoWebError(f"no composites: {manifest} has no speech clip and face photo with the same label in split {split!r}")
     caches = {}
     if cache_k:
         train_items, _ = store.encode_rows([r for r in rows if r.split == "train"], desc="cache features")
@@ -78,7 +94,7 @@ def evaluate_manifest(settings: Settings, manifest: str, models: str = "all", sp
         reports[n] = classification_report(truth, preds[n], predictor.labels)
         reports[n]["latency_ms_per_clip"] = round(1000 * latency[n] / max(1, len(items)), 3)
     return {
-        "manifest": manifest, "split": split, "cache_k": cache_k, "profile": predictor.backbones.name,
+        "manifest": manifest, "split": split, "composites": composites, "cache_k": cache_k, "profile": predictor.backbones.name,
         "n": len(items), "skipped": skipped, "reports": reports,
         "cache": {n: {"size": len(c), "alpha": c.alpha, "beta": c.beta} for n, c in caches.items()},
         "measured_at": time.strftime("%Y-%m-%d %H:%M"),

@@ -264,3 +264,45 @@ def test_eval_cli_scores_real_speech_with_the_apps_cache(shared_data, tmp_path, 
     assert sum(map(sum, report["confusion"])) == 7 and 0.0 <= report["accuracy"] <= 1.0
     cache = result["cache"]["emoasst"]
     assert cache["size"] == 14 and cache["alpha"] > 10 and cache["beta"] == 16
+
+
+@pytest.mark.slow
+def test_eval_cli_scores_composites_of_speech_and_faces(shared_data, tmp_path, monkeypatch, capsys):
+    """`eval --composites`: each val speech clip with a val face photo of its label, scored on the fused
+    path; labels without a face photo get no composite, and a manifest without faces is refused."""
+    import csv
+    import json
+
+    from emoweb import cli
+
+    if registry.load("emoasst", "embedded") is None:
+        pytest.skip("no shipped EmoAsst checkpoint for the embedded profile")
+    monkeypatch.setenv("EMOWEB_FEATURE_CACHE", str(tmp_path / "features"))
+    speech_rows, face_rows = [], []
+    with open(shared_data / "speech" / "ravdess" / "manifest.csv", newline="") as f:
+        for r in csv.DictReader(f):  # actor 15: one clip of each of 3 labels
+            if r["actor"] == "15" and r["label7"] in ("joy", "anger", "fear") and r["label7"] not in [x["label"] for x in speech_rows]:
+                speech_rows.append({"path": str(shared_data / "speech" / "ravdess" / r["path"]), "label": r["label7"],
+                                    "speaker": "actor15", "split": "val"})
+    with open(shared_data / "faces" / "facial_expressions" / "manifest.csv", newline="") as f:
+        for r in csv.DictReader(f):  # val faces of two of those labels, none for fear
+            if r["split"] == "val" and r["label7"] in ("joy", "anger") and sum(x["label"] == r["label7"] for x in face_rows) < 2:
+                face_rows.append({"path": str(shared_data / "faces" / "facial_expressions" / r["path"]), "label": r["label7"],
+                                  "speaker": r["source_name"], "split": "val"})
+    manifests = []
+    for name, rows in (("speech.csv", speech_rows), ("faces.csv", face_rows)):
+        manifests.append(tmp_path / name)
+        with open(manifests[-1], "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["path", "label", "speaker", "split"])
+            writer.writeheader()
+            writer.writerows(rows)
+    assert len(speech_rows) == 3 and len(face_rows) == 4
+    both = ",".join(map(str, manifests))
+    assert cli.main(["eval", both, "--models", "emoasst", "--composites", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    report = result["reports"]["emoasst"]
+    assert result["composites"] and result["n"] == report["n"] == 2  # joy and anger; fear has no face
+    assert report["support"]["joy"] == report["support"]["anger"] == 1 and report["support"]["fear"] == 0
+    assert cli.main(["eval", str(manifests[0]), "--models", "emoasst", "--composites"]) != 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "clip/s]" not in line]  # progress bars aside
+    assert len(err) == 1 and "no composites" in err[0] and "speech.csv" in err[0]
