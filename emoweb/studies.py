@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emoweb.augment import AudioAugment
 from emoweb.batching import to_input
 from emoweb.config import Settings
 from emoweb.errors import EmoWebError
@@ -101,16 +102,26 @@ def _summary(table: list[dict], ks: tuple[int, ...]) -> dict:
     }
 
 
+def card_augment(card: dict | None) -> AudioAugment:
+    """The audio augmentation a checkpoint card records (none for an older card or no checkpoint),
+    so the study cross-validates the recipe that is shipped."""
+    return AudioAugment(**(((card or {}).get("training") or {}).get("audio_augment") or {}))
+
+
 def crossval_study(settings: Settings, manifest: str, folds: int = 5, epochs: int = 40, ema: float = 0.98,
                    ks: tuple[int, ...] = (1, 2, 4, 8), seeds: int = 5, spreads: tuple[float, ...] = (8, 16, 32, 64, 128),
-                   betas: tuple[float, ...] = (4, 8, 16, 32)) -> dict:
+                   betas: tuple[float, ...] = (4, 8, 16, 32), augment: AudioAugment | None = None) -> dict:
     """Recipe and cache choices made on the training speakers only (validation speakers never loaded).
 
-    Speaker-grouped folds: EmoAsst's audio branch is trained (SupCon + CE, moving average, fixed epochs;
-    no audio augmentation, as for the checkpoint before the shipped one) on the other folds' speakers, then on each held-out speaker: audio UAR, the
-    caregiver K-shot gain with caches built as the app builds them, and the K=4 gain for fixed alpha
-    (in units of the logit spread) x beta, the grid behind `models.cache.ALPHA_PER_SPREAD`/`SPREAD_BETA`."""
+    Speaker-grouped folds: EmoAsst's audio branch is trained (SupCon + CE, moving average, fixed epochs,
+    `augment` or else the shipped checkpoint's audio augmentation) on the other folds' speakers, then on
+    each held-out speaker: audio UAR, the caregiver K-shot gain with caches built as the app builds them,
+    and the K=4 gain for fixed alpha (in units of the logit spread) x beta, the grid behind
+    `models.cache.ALPHA_PER_SPREAD`/`SPREAD_BETA`."""
     predictor = Predictor(settings)
+    if augment is None:
+        loaded = predictor.model("emoasst")
+        augment = card_augment(loaded[1] if loaded else None)
     bb = predictor.backbones
     store = FeatureStore(predictor.extractor, settings.feature_cache)
     rows = [r for r in read_manifest(manifest) if r.label in predictor.labels and r.split == "train"]
@@ -126,7 +137,7 @@ def crossval_study(settings: Settings, manifest: str, folds: int = 5, epochs: in
         model = registry.build("emoasst", bb.dims)
         model.attach_text_encoder(lambda texts: bb.text(texts).embedding, bb.text_encoder)  # a lambda: the moving average deep-copies the model
         train(model, [s for s in samples if s.split == "train"], bb.dims, predictor.labels, model.param_groups(), epochs,
-              seed=fold, ema_decay=ema)
+              seed=fold, ema_decay=ema, augment=augment)
         reports.append({"fold": fold, "held": sorted(held), **evaluate(model, [s for s in samples if s.split == "dev"], bb.dims, predictor.labels)["audio"]})
         for spk in sorted(held):
             items = [s for s in samples if s.row.speaker == spk]
@@ -143,7 +154,7 @@ def crossval_study(settings: Settings, manifest: str, folds: int = 5, epochs: in
         gains[(g["spreads"], g["beta"])].append(g["gain"])
     return {"folds": reports, "audio_uar": round(float(np.mean([r["uar"] for r in reports])), 4), "mean": _summary(table, ks),
             "fixed_k4": [{"spreads": a, "beta": b, "gain": round(float(np.mean(v)), 4)} for (a, b), v in gains.items()],
-            "per_speaker": table, "epochs": epochs, "ema": ema, "seeds": seeds}
+            "per_speaker": table, "epochs": epochs, "ema": ema, "seeds": seeds, "audio_augment": augment.to_dict()}
 
 
 def egemaps_baseline(manifest: str, cache_dir: Path, labels: list[str]) -> dict:
@@ -197,8 +208,9 @@ def _kshot_rows(mean: dict) -> list[str]:
 
 def _crossval_text(r: dict) -> str:
     per_fold = " / ".join(f"{100 * f['uar']:.1f}" for f in r["folds"])
+    augment = ", ".join(f"{k} {v:g}" for k, v in r["audio_augment"].items() if k != "min_tokens" and v) or "none"
     lines = [f"Speaker-grouped cross-validation on the training speakers ({len(r['folds'])} folds, {r['epochs']} epochs, "
-             f"moving average {r['ema']}): held-out audio UAR {100 * r['audio_uar']:.1f} (per fold: {per_fold})", "",
+             f"moving average {r['ema']}, audio augmentation: {augment}): held-out audio UAR {100 * r['audio_uar']:.1f} (per fold: {per_fold})", "",
              "Caregiver cache as the app builds it, per held-out speaker:", "| K | no cache | with cache | gain | alpha / beta (median) |",
              "|---|---|---|---|---|", *_kshot_rows(r["mean"])]
     lines += ["", "K = 4 gain with fixed alpha (x logit spread) and beta:"]

@@ -36,3 +36,14 @@ def test_fixed_hyperparameters_are_in_units_of_the_logit_spread() -> None:
     assert off["with_cache"] == off["without_cache"]  # alpha 0: the cache changes nothing
     on = _speaker_trials("emoasst", logits, keys, labels, LABELS, 4, seeds=2, fixed=(32.0, 16.0))
     assert on["with_cache"] > on["without_cache"] + 0.2
+
+
+def test_crossval_trains_with_the_augmentation_the_card_records() -> None:
+    from emoweb.augment import AudioAugment
+    from emoweb.studies import card_augment
+
+    assert card_augment(None) == AudioAugment() and card_augment({"training": {}}) == AudioAugment()
+    recorded = {"training": {"audio_augment": {"crop": 0.3, "drop": 0.1, "noise": 0.0, "splice": 0.5, "min_tokens": 4}}}
+    assert card_augment(recorded) == AudioAugment(crop=0.3, drop=0.1, splice=0.5)
+    older = {"training": {"audio_augment": {"crop": 0.3, "drop": 0.1, "noise": 0.0, "min_tokens": 4}}}  # before splicing
+    assert card_augment(older) == AudioAugment(crop=0.3, drop=0.1)
