@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_wav
 from ui_helpers import PREDICT_TIMEOUT_S, RunningApp, job_result, shared_app
 
 
@@ -19,7 +20,7 @@ def ui_app(request, tmp_path_factory) -> RunningApp:
     return shared_app(request, tmp_path_factory)
 
 
-def test_api_predict_label_rebuild(ui_app: RunningApp, composite_clip: Path):
+def test_api_predict_label_rebuild(ui_app: RunningApp, composite_clip: Path, tmp_path: Path):
     from gradio_client import Client, handle_file
 
     client = Client(ui_app.url, verbose=False, download_files=False)
@@ -59,6 +60,14 @@ def test_api_predict_label_rebuild(ui_app: RunningApp, composite_clip: Path):
     assert "snapshots 0 → " in md, md
     assert re.search(r"snapshots 0 → [1-9]", md), md
     assert "**0**" not in snapshots, snapshots
+
+    # a silent clip in the same profile (which now has a cache): no model may name a label for it
+    silent = write_wav(tmp_path / "silence.wav", [0.0] * 48_000)
+    silent_id = job_result(client.submit(handle_file(str(silent)), None, None, profile, api_name="/predict"), PREDICT_TIMEOUT_S)[12]
+    shown = job_result(client.submit(profile, silent_id, api_name="/show_clip"), 120)[3]
+    assert "no decision" in shown and " says " not in shown, shown
+    rows = job_result(client.submit(profile, None, api_name="/queue"), 120)[0]
+    assert [r[3] for r in rows["data"] if str(r[0]) == silent_id] == ["-"], rows
 
     exported = job_result(client.submit(profile, "csv", api_name="/export_labels"), 120)
     text = Path(exported if isinstance(exported, str) else exported["path"]).read_text()
