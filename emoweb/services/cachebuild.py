@@ -22,7 +22,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.cache import DEFAULT_ALPHA, DEFAULT_BETA, FewShotCache, default_hyperparameters, normalise_rows, search_hyperparameters
+from models.cache import (
+    ALPHA_PER_SPREAD,
+    DEFAULT_ALPHA,
+    DEFAULT_BETA,
+    SPREAD_BETA,
+    FewShotCache,
+    default_hyperparameters,
+    normalise_rows,
+    search_hyperparameters,
+)
 
 LOGITS = "logits"  # feature suffix of the base logits; every other suffix is a cache key modality
 FUSED = "fused"  # the fused embedding: stored for every clip, even one with nothing to recognise
@@ -39,6 +48,12 @@ LOO_EVAL_ROWS = 500  # ... and the leave-one-out accuracy too (the cache still h
 # correction barely moves them, and tuning is most of a large rebuild's time.
 RETUNE_MIN_EXAMPLES = 200
 RETUNE_FRACTION = 0.1
+
+
+def tuning_defaults() -> dict[str, float]:
+    """What a rebuild uses before it tunes: alpha in units of the logit spread, beta, and the number of
+    labelled clips from which it tunes alpha/beta instead (shown in the Models tab)."""
+    return {"alpha_per_spread": ALPHA_PER_SPREAD, "beta": SPREAD_BETA, "min_tune_examples": MIN_TUNE_EXAMPLES}
 
 
 def logits_name(model: str) -> str:

@@ -58,12 +58,12 @@ def models_info(ctx: C.AppContext, profile_ref, request) -> tuple:
         f"**Checkpoints:** {C.esc(_short(predictor.checkpoint_root))}/{C.esc(bb.name)}/ (weights + JSON card per model)",
         f"**Models answering now:** {', '.join(C.esc(n) for n in predictor.model_names('all')) or 'none (no trained checkpoint for this profile)'}",
     ]
-    from emoweb.services.cachebuild import MIN_TUNE_EXAMPLES
-    from models.cache import ALPHA_PER_SPREAD, SPREAD_BETA
+    from emoweb.services.cachebuild import tuning_defaults
 
-    lines.append(f"**Few-shot cache defaults:** alpha {ALPHA_PER_SPREAD:g} x the spread of the model's logits over the "
-                 f"label set, beta {SPREAD_BETA:g}; alpha/beta are tuned by cross-validation on the profile's labelled "
-                 f"clips once there are at least {MIN_TUNE_EXAMPLES}.")
+    d = tuning_defaults()
+    lines.append(f"**Few-shot cache defaults:** alpha {d['alpha_per_spread']:g} x the spread of the model's logits over the "
+                 f"label set, beta {d['beta']:g}; alpha/beta are tuned by cross-validation on the profile's labelled "
+                 f"clips once there are at least {d['min_tune_examples']:g}.")
     cache_rows = []
     if profile_ref and profile_ref != C.NO_PROFILE:
         profile = ctx.profile(profile_ref, request)
