@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -210,12 +211,12 @@ def train(
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         result.history.append({"epoch": epoch, "loss": sum(losses) / max(1, len(losses))})
         if not dev_set:
-            print(f"epoch {epoch}: loss {result.history[-1]['loss']:.4f}", flush=True)
+            print(f"epoch {epoch}: loss {result.history[-1]['loss']:.4f}", file=sys.stderr, flush=True)
             continue
         report = evaluate(scored, dev_set, dims, labels)
         score = dev_score(report)
         result.history[-1].update(dev_uar=score, **{f"dev_uar_{m}": r["uar"] for m, r in report.items() if m != "fused"})
-        print(f"epoch {epoch}: loss {result.history[-1]['loss']:.4f} dev UAR {score:.4f}", flush=True)
+        print(f"epoch {epoch}: loss {result.history[-1]['loss']:.4f} dev UAR {score:.4f}", file=sys.stderr, flush=True)
         improved = branches.update(report, epoch)
         if score > best:
             best, result.best_epoch = score, epoch

@@ -198,8 +198,9 @@ def test_training_keeps_the_moving_average_of_the_weights():
     assert all(torch.isfinite(v).all() for v in runs[0.9].values() if v.is_floating_point())
 
 
-def test_training_with_audio_augmentation_sees_varied_tokens():
-    """`augment` changes what the adapter trains on (same seed, different weights) and nothing else."""
+def test_training_with_audio_augmentation_sees_varied_tokens(capsys):
+    """`augment` changes what the adapter trains on (same seed, different weights) and nothing else.
+    Progress goes to stderr: stdout stays free for the JSON of `bench crossval --json`."""
     from emoweb.augment import AudioAugment
     from emoweb.training import assign_splits, train
 
@@ -218,6 +219,8 @@ def test_training_with_audio_augmentation_sees_varied_tokens():
     audio = [k for k in runs["plain"] if k.startswith("auditory_adapter.")]
     assert all(any(not torch.equal(runs["plain"][k], runs[name][k]) for k in audio) for name in ("augmented", "spliced"))
     assert all(torch.equal(c, s.features.audio_tokens["audio"]) for c, s in zip(cached, samples))  # cache untouched
+    out = capsys.readouterr()
+    assert out.out == "" and "epoch 2: loss" in out.err
 
 
 def test_train_cli_refuses_a_bad_augmentation_in_one_line(capsys):
