@@ -21,10 +21,11 @@ def _service():
     return CaregiverService(get_settings())
 
 
-def _fmt_probs(p) -> str:
-    if not p.decided:
-        return f"{p.model} -> no decision (no voice, face or words)"
-    return f"{p.model} -> {p.label} ({max(p.probs.values()):.2f}{', cache' if p.cache_snapshot is not None else ''})"
+def _answer_text(model: str, p: dict) -> str:
+    """One model's answer (a `ModelPrediction.to_dict()`) in the ingest summary."""
+    if not p["decided"]:
+        return f"{model} -> no decision"
+    return f"{model} -> {p['label']} ({max(p['probs'].values()):.2f})"
 
 
 # -- profile ----------------------------------------------------------------------------------
@@ -92,10 +93,7 @@ def _ingest(args: argparse.Namespace) -> int:
                 lines.append(f"{Path(r['path']).name}: error: {r['error']}")
                 continue
             c = r["clip"]
-            answers = ", ".join(
-                f"{m} -> {p['label']} ({max(p['probs'].values()):.2f})" if p["decided"] else f"{m} -> no decision"
-                for m, p in r["predictions"].items()
-            )
+            answers = ", ".join(_answer_text(m, p) for m, p in r["predictions"].items())
             lines.append(f"clip {c['id']} ({'new' if r['new'] else 'already stored'}): {c['original_name']}: {answers}")
         return "\n".join(lines)
 
