@@ -52,12 +52,13 @@ class AudioAugment:
     def __call__(
         self, feats: ClipFeatures, rng: random.Random, generator: torch.Generator, partner: ClipFeatures | None = None
     ) -> ClipFeatures:
-        """A copy of `feats` with the primary audio tokens (and their times) varied; the rest shared.
+        """A copy of `feats` with its audio tokens (and their times) varied; the rest shared. Every token
+        sequence on the primary one's time axis (other layers of the same encoder) gets the same cut.
         `partner`: the clip to splice with (see `SplicePartners`); None: no splicing."""
         tokens = feats.audio_tokens.get("audio")
         if not self.active or tokens is None:
             return feats
-        if self.splice and partner is not None and "audio" in partner.audio_tokens and rng.random() < self.splice:
+        if self.splice and partner is not None and _aligned(feats) <= _aligned(partner) and rng.random() < self.splice:
             feats = _spliced(feats, partner, rng)
             tokens = feats.audio_tokens["audio"]
         n = tokens.shape[0]
@@ -69,21 +70,29 @@ class AudioAugment:
         if self.drop:
             kept = keep[torch.rand(len(keep), generator=generator) >= self.drop]
             keep = kept if len(kept) >= self.min_tokens else keep
-        out = tokens[keep].float()
-        if self.noise:
-            out = out + self.noise * out.std() * torch.randn(out.shape, generator=generator)
+        varied = {}
+        for key in sorted(_aligned(feats)):
+            out = feats.audio_tokens[key][keep].float()
+            if self.noise:
+                out = out + self.noise * out.std() * torch.randn(out.shape, generator=generator)
+            varied[key] = out.to(feats.audio_tokens[key].dtype)
         times = [feats.audio_token_times[i] for i in keep.tolist()] if len(feats.audio_token_times) == n else feats.audio_token_times
-        return replace(feats, audio_tokens={**feats.audio_tokens, "audio": out.to(tokens.dtype)}, audio_token_times=times)
+        return replace(feats, audio_tokens={**feats.audio_tokens, **varied}, audio_token_times=times)
 
 
-def _stretch(feats: ClipFeatures, fraction: float, rng: random.Random) -> tuple[torch.Tensor, list[float]]:
-    """A random contiguous `fraction` of the clip's tokens, with their times starting at 0."""
-    tokens = feats.audio_tokens["audio"]
-    n = tokens.shape[0]
+def _aligned(feats: ClipFeatures) -> set[str]:
+    """The audio token keys as long as the primary "audio" sequence: one encoder's layers, one time axis."""
+    n = feats.audio_tokens["audio"].shape[0]
+    return {k for k, v in feats.audio_tokens.items() if v.shape[0] == n}
+
+
+def _stretch(feats: ClipFeatures, fraction: float, rng: random.Random, keys: set[str]) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """A random contiguous `fraction` of the clip's token sequences `keys`, with their times starting at 0."""
+    n = feats.audio_tokens["audio"].shape[0]
     length = max(1, min(n, round(n * fraction)))
     start = rng.randint(0, n - length)
     times = feats.audio_token_times[start : start + length] if len(feats.audio_token_times) == n else []
-    return tokens[start : start + length], [t - times[0] for t in times]
+    return {k: feats.audio_tokens[k][start : start + length] for k in keys}, [t - times[0] for t in times]
 
 
 def _spliced(feats: ClipFeatures, partner: ClipFeatures, rng: random.Random) -> ClipFeatures:
@@ -91,14 +100,15 @@ def _spliced(feats: ClipFeatures, partner: ClipFeatures, rng: random.Random) -> 
     the second part's times continue after the first's."""
     own = rng.uniform(0.3, 0.7)
     rest = (1.0 - own) * feats.audio_tokens["audio"].shape[0] / partner.audio_tokens["audio"].shape[0]
-    parts = [_stretch(feats, own, rng), _stretch(partner, rest, rng)]
+    keys = _aligned(feats)
+    parts = [_stretch(feats, own, rng, keys), _stretch(partner, rest, rng, keys)]
     rng.shuffle(parts)
     (first, first_times), (second, second_times) = parts
     step = first_times[1] - first_times[0] if len(first_times) > 1 else 0.02
     offset = (first_times[-1] + step) if first_times else 0.0
     times = first_times + [offset + t for t in second_times] if first_times and second_times else []
-    tokens = torch.cat([first, second.to(first.dtype)])
-    return replace(feats, audio_tokens={**feats.audio_tokens, "audio": tokens}, audio_token_times=times)
+    tokens = {k: torch.cat([first[k], second[k].to(first[k].dtype)]) for k in keys}
+    return replace(feats, audio_tokens={**feats.audio_tokens, **tokens}, audio_token_times=times)
 
 
 class SplicePartners:

@@ -47,8 +47,21 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio-splice", type=float, default=0.0, metavar="P",
                    help="with probability P, join part of a clip's audio tokens to part of a same-label clip by another "
                    "training speaker")
+    p.add_argument("--audio-source", default=None, metavar="KEY",
+                   help="the audio tokens the model reads (its config's audio_source; default: the profile's primary "
+                   "encoder, 'audio'; the embedded profile also has 'whisper_layer4')")
     p.add_argument("--out", type=Path, default=registry.CHECKPOINT_ROOT, help="checkpoint root")
     p.add_argument("--device", default=None)
+
+
+def _audio_source(args: argparse.Namespace, encoded: list) -> dict:
+    """The config override for `--audio-source`, checked against the encoded clips."""
+    if not args.audio_source:
+        return {}
+    lacking = sum(1 for _, f in encoded if "audio" in f.audio_tokens and args.audio_source not in f.audio_tokens)
+    if lacking:
+        raise EmoWebError(f"--audio-source {args.audio_source}: {lacking} clips have no such audio tokens in this backbone profile")
+    return {"audio_source": args.audio_source}
 
 
 @command("train", "train a model's heads on cached backbone features; writes checkpoint + card")(_train_args)
@@ -60,6 +73,8 @@ def _train(args: argparse.Namespace) -> int:
         augment = AudioAugment(crop=args.audio_crop, drop=args.audio_drop, noise=args.audio_noise, splice=args.audio_splice)
     except ValueError as exc:
         raise EmoWebError(str(exc)) from None
+    if args.audio_source and "audio_source" not in registry.config_fields(args.model):
+        raise EmoWebError(f"--audio-source: {args.model} has no audio_source option")
     settings = _settings(args)
     store = FeatureStore(FeatureExtractor(settings), settings.feature_cache)
     bb = store.extractor.backbones
@@ -67,7 +82,10 @@ def _train(args: argparse.Namespace) -> int:
     encoded, skipped = store.encode_rows(rows, desc="backbone features (cached)")
     samples = assign_splits(encoded, args.seed, args.dev_fraction)
     torch.manual_seed(args.seed)
-    model = registry.build(args.model, bb.dims)
+    try:
+        model = registry.build(args.model, bb.dims, **_audio_source(args, encoded))
+    except ValueError as exc:  # a config value the model refuses (e.g. an audio source it cannot read)
+        raise EmoWebError(f"{args.model}: {exc}") from None
     model.attach_text_encoder(lambda texts: bb.text(texts).embedding, bb.text_encoder)
     if getattr(model, "uses_composites", False):  # face photo + speech clip pairs, same label and split
         from emoweb.pairs import composite_samples
@@ -92,7 +110,8 @@ def _train(args: argparse.Namespace) -> int:
         "command": f"python -m emoweb train {args.model} --profile {bb.name} --data {args.data} --seed {args.seed} "
         f"--epochs {args.epochs} --patience {args.patience} --batch-size {args.batch_size} --ema {args.ema} "
         f"--dev-fraction {args.dev_fraction}"
-        + "".join(f" --audio-{k} {v}" for k, v in augment.to_dict().items() if k != "min_tokens" and v),
+        + "".join(f" --audio-{k} {v}" for k, v in augment.to_dict().items() if k != "min_tokens" and v)
+        + (f" --audio-source {args.audio_source}" if args.audio_source else ""),
     }
     path = registry.save(model, args.model, bb.name, card, args.out)
     print(json.dumps({"checkpoint": str(path), "metrics": card["metrics"]["val"]}, indent=2))

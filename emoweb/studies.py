@@ -108,6 +108,12 @@ def card_augment(card: dict | None) -> AudioAugment:
     return AudioAugment(**(((card or {}).get("training") or {}).get("audio_augment") or {}))
 
 
+def card_audio_source(card: dict | None) -> dict:
+    """The Auditory Adapter's input a checkpoint card records, as a config override (none: the default)."""
+    source = ((card or {}).get("config") or {}).get("audio_source")
+    return {"audio_source": source} if source else {}
+
+
 def crossval_study(settings: Settings, manifest: str, folds: int = 5, epochs: int = 40, ema: float = 0.98,
                    ks: tuple[int, ...] = (1, 2, 4, 8), seeds: int = 5, spreads: tuple[float, ...] = (8, 16, 32, 64, 128),
                    betas: tuple[float, ...] = (4, 8, 16, 32), augment: AudioAugment | None = None) -> dict:
@@ -119,9 +125,11 @@ def crossval_study(settings: Settings, manifest: str, folds: int = 5, epochs: in
     and the K=4 gain for fixed alpha (in units of the logit spread) x beta, the grid behind
     `models.cache.ALPHA_PER_SPREAD`/`SPREAD_BETA`."""
     predictor = Predictor(settings)
+    loaded = predictor.model("emoasst")
+    card = loaded[1] if loaded else None
     if augment is None:
-        loaded = predictor.model("emoasst")
-        augment = card_augment(loaded[1] if loaded else None)
+        augment = card_augment(card)
+    source = card_audio_source(card)
     bb = predictor.backbones
     store = FeatureStore(predictor.extractor, settings.feature_cache)
     rows = [r for r in read_manifest(manifest) if r.label in predictor.labels and r.split == "train"]
@@ -134,7 +142,7 @@ def crossval_study(settings: Settings, manifest: str, folds: int = 5, epochs: in
         held = set(speakers[fold::folds])
         samples = [Sample(row, feats, "dev" if row.speaker in held else "train") for row, feats in encoded]
         torch.manual_seed(fold)
-        model = registry.build("emoasst", bb.dims)
+        model = registry.build("emoasst", bb.dims, **source)
         model.attach_text_encoder(lambda texts: bb.text(texts).embedding, bb.text_encoder)  # a lambda: the moving average deep-copies the model
         train(model, [s for s in samples if s.split == "train"], bb.dims, predictor.labels, model.param_groups(), epochs,
               seed=fold, ema_decay=ema, augment=augment)
@@ -154,7 +162,8 @@ def crossval_study(settings: Settings, manifest: str, folds: int = 5, epochs: in
         gains[(g["spreads"], g["beta"])].append(g["gain"])
     return {"folds": reports, "audio_uar": round(float(np.mean([r["uar"] for r in reports])), 4), "mean": _summary(table, ks),
             "fixed_k4": [{"spreads": a, "beta": b, "gain": round(float(np.mean(v)), 4)} for (a, b), v in gains.items()],
-            "per_speaker": table, "epochs": epochs, "ema": ema, "seeds": seeds, "audio_augment": augment.to_dict()}
+            "per_speaker": table, "epochs": epochs, "ema": ema, "seeds": seeds, "audio_augment": augment.to_dict(),
+            "audio_source": source.get("audio_source", "audio")}
 
 
 def egemaps_baseline(manifest: str, cache_dir: Path, labels: list[str]) -> dict:
@@ -210,7 +219,7 @@ def _crossval_text(r: dict) -> str:
     per_fold = " / ".join(f"{100 * f['uar']:.1f}" for f in r["folds"])
     augment = ", ".join(f"{k} {v:g}" for k, v in r["audio_augment"].items() if k != "min_tokens" and v) or "none"
     lines = [f"Speaker-grouped cross-validation on the training speakers ({len(r['folds'])} folds, {r['epochs']} epochs, "
-             f"moving average {r['ema']}, audio augmentation: {augment}): held-out audio UAR {100 * r['audio_uar']:.1f} (per fold: {per_fold})", "",
+             f"moving average {r['ema']}, audio tokens: {r['audio_source']}, audio augmentation: {augment}): held-out audio UAR {100 * r['audio_uar']:.1f} (per fold: {per_fold})", "",
              "Caregiver cache as the app builds it, per held-out speaker:", "| K | no cache | with cache | gain | alpha / beta (median) |",
              "|---|---|---|---|---|", *_kshot_rows(r["mean"])]
     lines += ["", "K = 4 gain with fixed alpha (x logit spread) and beta:"]

@@ -74,6 +74,10 @@ class EmoAsstConfig:
     # speaker lifted accuracy by +10.0 points with the adapter key alone and +14.7 with both (K=1:
     # -4.3 vs +4.0), the same alpha/beta search for both.
     audio_backbone_key: bool = True
+    # Which audio token sequence the Auditory Adapter reads: "audio" (the profile's primary encoder, as
+    # the paper profile's wav2vec 2.0) or another key the profile provides (`ModelInput.extra`), e.g. the
+    # embedded profile's "whisper_layer4". Cards written before this field read "audio".
+    audio_source: str = "audio"
     labels: list[str] = field(default_factory=lambda: ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"])
 
 
@@ -214,7 +218,7 @@ class EmoAsst(nn.Module):
         text = x.text if query_text is None else query_text
         branches = {
             "visual": lambda rows: self.vfm(x.visual[rows], x.visual_mask[rows], text[rows]),
-            "audio": lambda rows: self.auditory_adapter(x.audio[rows], x.audio_mask[rows]),
+            "audio": lambda rows: self.auditory_adapter(*(t[rows] for t in self._audio_tokens(x))),
         }
         for modality, branch in branches.items():
             rows = x.present[modality]
@@ -222,6 +226,16 @@ class EmoAsst(nn.Module):
                 z = branch(rows)
                 out[modality] = z.new_zeros(x.batch_size, z.shape[1]).index_copy(0, rows.nonzero().squeeze(1), z)
         return out
+
+    def _audio_tokens(self, x: ModelInput) -> tuple[torch.Tensor, torch.Tensor]:
+        """The token sequence and mask named by `audio_source`."""
+        source = self.config.audio_source
+        if source == "audio":
+            return x.audio, x.audio_mask
+        if source not in x.extra:
+            raise ValueError(f"EmoAsst reads audio tokens {source!r}, which this backbone profile does not provide "
+                             f"(it has: audio{''.join(', ' + k for k in sorted(x.extra))})")
+        return x.extra[source], x.extra_mask[source] & x.present["audio"].unsqueeze(1)
 
     def prompt_embeddings(self, rows: list, labels: list[str]) -> torch.Tensor:
         """Encode one random emotion prompt per training row (`rows` expose speaker and text)."""

@@ -45,10 +45,15 @@ def _classes(name: str):
     return getattr(mod, model_cls), getattr(mod, cfg_cls)
 
 
+def config_fields(name: str) -> set[str]:
+    """The field names of a model's config (what `build` overrides may set)."""
+    return {f.name for f in dataclasses.fields(_classes(name)[1])}
+
+
 def build(name: str, dims: dict[str, int], **overrides) -> nn.Module:
     """A freshly initialised model sized for a backbone profile's dims."""
     model_cls, cfg_cls = _classes(name)
-    names = {f.name for f in dataclasses.fields(cfg_cls)}
+    names = config_fields(name)
     kwargs = {f: dims[role] for f, role in DIM_FIELDS.items() if f in names and role in dims}
     kwargs.update(overrides)
     return model_cls(cfg_cls(**kwargs))

@@ -43,6 +43,22 @@ def test_crop_keeps_a_contiguous_stretch_with_its_times():
     assert out.audio_tokens["wavlm"] is f.audio_tokens["wavlm"]  # other streams shared, not copied
 
 
+def test_layers_of_the_same_encoder_get_the_same_cut():
+    """EmoAsst reads Whisper's 4th layer: it must be cut exactly like the last-layer "audio" tokens."""
+    f = clip()
+    f.audio_tokens["whisper_layer4"] = f.audio_tokens["audio"] + 1000
+    for seed in range(10):
+        out = run(AudioAugment(crop=0.4, drop=0.2), f, seed)
+        assert torch.equal(out.audio_tokens["whisper_layer4"], out.audio_tokens["audio"] + 1000)
+        assert out.audio_tokens["audio"].shape[0] < 50
+        assert out.audio_tokens["wavlm"] is f.audio_tokens["wavlm"]  # another time axis: left alone
+    partner = clip(first=500)
+    partner.audio_tokens["whisper_layer4"] = partner.audio_tokens["audio"] + 1000
+    out = run(AudioAugment(splice=1.0), f, 0, partner)
+    assert torch.equal(out.audio_tokens["whisper_layer4"], out.audio_tokens["audio"] + 1000)
+    assert (out.audio_tokens["audio"][:, 0] >= 500).any() and (out.audio_tokens["audio"][:, 0] < 500).any()
+
+
 def test_drop_leaves_out_tokens_but_never_below_the_minimum():
     out = run(AudioAugment(drop=0.5), clip(200))
     assert 60 < out.audio_tokens["audio"].shape[0] < 140

@@ -97,6 +97,29 @@ def test_audio_backbone_key_is_the_frozen_encoders_mean_token():
     assert "audio_backbone" not in model(x).modality_embeddings
 
 
+def test_auditory_adapter_reads_the_configured_audio_tokens():
+    """`audio_source`: the adapter reads that extra token sequence (e.g. Whisper's 4th layer) instead of
+    the primary one; the cache's backbone key stays the primary encoder's; an absent key is named."""
+    from dataclasses import replace
+
+    dims = {"audio": 32, "visual": 16, "text": 24, "text_tokens": 24}
+    torch.manual_seed(0)
+    model = EmoAsst(EmoAsstConfig(visual_dim=16, audio_dim=32, text_dim=24, heads=2, num_queries=2)).eval()
+    model.attach_text_encoder(FixedTextEncoder(24))
+    x = _random_input(dims, present=("audio",))
+    x.extra["layer4"], x.extra_mask["layer4"] = torch.randn_like(x.audio), x.audio_mask.clone()
+    primary = model(x)
+    model.config = replace(model.config, audio_source="layer4")
+    other = model(x)
+    assert not torch.allclose(primary.modality_probs["audio"], other.modality_probs["audio"])
+    assert torch.equal(primary.modality_embeddings["audio_backbone"], other.modality_embeddings["audio_backbone"])
+    x.extra["layer4"] = x.audio
+    assert torch.allclose(model(x).modality_probs["audio"], primary.modality_probs["audio"], atol=1e-6)
+    del x.extra["layer4"]
+    with pytest.raises(ValueError, match="'layer4', which this backbone profile does not provide"):
+        model(x)
+
+
 def test_training_step_reduces_loss():
     dims = {"audio": 32, "visual": 16, "text": 24, "text_tokens": 24}
     torch.manual_seed(0)
@@ -229,6 +252,17 @@ def test_train_cli_refuses_a_bad_augmentation_in_one_line(capsys):
     assert main(["train", "emoasst", "--data", "none.csv", "--audio-crop", "1.5"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "audio augmentation crop" in err[0]
+
+
+def test_train_cli_refuses_an_audio_source_the_model_lacks(capsys, tmp_path):
+    """Checked before any training, in one line: SEM-MBT has no audio_source option."""
+    from emoweb.cli import main
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("label,text,split\njoy,what a day,train\n")
+    assert main(["train", "sem_mbt", "--data", str(manifest), "--audio-source", "whisper_layer4"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sem_mbt has no audio_source option" in err[-1]
 
 
 @pytest.mark.slow

@@ -47,3 +47,10 @@ def test_crossval_trains_with_the_augmentation_the_card_records() -> None:
     assert card_augment(recorded) == AudioAugment(crop=0.3, drop=0.1, splice=0.5)
     older = {"training": {"audio_augment": {"crop": 0.3, "drop": 0.1, "noise": 0.0, "min_tokens": 4}}}  # before splicing
     assert card_augment(older) == AudioAugment(crop=0.3, drop=0.1)
+
+
+def test_crossval_reads_the_audio_tokens_the_card_records() -> None:
+    from emoweb.studies import card_audio_source
+
+    assert card_audio_source(None) == {} and card_audio_source({"config": {}}) == {}  # older cards: the default
+    assert card_audio_source({"config": {"audio_source": "whisper_layer4"}}) == {"audio_source": "whisper_layer4"}
