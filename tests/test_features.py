@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import HAPPY_SENTENCE, TORCH_THREADS, write_wav
 from emoweb.errors import MediaError
@@ -65,6 +66,8 @@ def test_feature_shapes(clip_features) -> None:
     assert tokens.ndim == 2 and tokens.shape[1] == 512
     assert abs(tokens.shape[0] - feats.duration / 0.02) <= 2, (tokens.shape, feats.duration)
     assert len(feats.audio_token_times) == tokens.shape[0]
+    layer4 = feats.audio_tokens["whisper_layer4"]  # EmoAsst's input: the same pass, one layer down, same time axis
+    assert layer4.shape == tokens.shape and not torch.allclose(layer4, tokens)
     assert feats.text_embedding is not None and tuple(feats.text_embedding.shape) == (384,)
     assert feats.text_tokens is not None and feats.text_tokens.shape[1] == 384
     assert tuple(feats.visual_features.shape) == (16, 128)
