@@ -88,7 +88,7 @@ class EmbeddedBackbones(Backbones):
 
     # Whisper's 4th of 6 layers keeps more of the tone of voice than its last, which is tuned for words:
     # EmoAsst's Auditory Adapter reads it (as the paper reads wav2vec 2.0's 9th of 12 layers). On held-out
-    # training speakers it beat the last layer in every fold (README, "Auditory Adapter input").
+    # training speakers it beat the last layer in 4 of 5 folds, +4.2 mean UAR (README, "Auditory Adapter input").
     emotion_layer = 4
 
     def audio_tokens(self, audio: np.ndarray, asr: AsrResult) -> dict[str, torch.Tensor]:
