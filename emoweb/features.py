@@ -15,12 +15,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from emoweb import faces, media
+from emoweb import faces, media, quality
 from emoweb.config import Settings, get_settings
 from models.backbones import Backbones, get_backbones
 
 MIN_AUDIO_SECONDS = 0.3  # shorter audio carries no usable speech or prosody
-SILENCE_RMS = 1e-4  # below this (-80 dBFS) the track is silent; quiet real speech sits near 1e-3
 
 Progress = Callable[[str], None]
 
@@ -134,13 +133,7 @@ class FeatureExtractor:
             with stage("faces"):
                 found = faces.detect_and_crop(clip.frames, faces.detection_stride(clip.frame_times))
             feats.face_boxes, feats.face_crops = found.boxes, found.crops
-            if not any(found.found):
-                feats.warnings.append("no face found: the visual models used whole frames")
-            with stage("visual"):
-                vis = bb.visual(found.crops)
-            feats.visual_features, feats.visual_maps = vis.features.cpu(), {k: v.cpu() for k, v in vis.maps.items()}
-            feats.visual_logits = None if vis.logits is None else vis.logits.cpu()
-            feats.visual_logit_labels = vis.logit_labels
+            self._visual(found, feats, stage)
         self._audio(clip, feats, stage)
         if feats.transcript:
             with stage("text"):
@@ -151,6 +144,20 @@ class FeatureExtractor:
         timings["total"] = sum(v for k, v in timings.items() if k != "total")
         return feats
 
+    def _visual(self, found: faces.FaceResult, feats: ClipFeatures, stage) -> None:
+        # a face that is mostly sensor noise (or washed out) still gets a confident answer: not evidence
+        exposure = quality.exposure_note(found.crops)
+        if exposure:
+            feats.warnings.append(exposure)
+            return
+        if not any(found.found):
+            feats.warnings.append("no face found: the visual models used whole frames")
+        with stage("visual"):
+            vis = self.backbones.visual(found.crops)
+        feats.visual_features, feats.visual_maps = vis.features.cpu(), {k: v.cpu() for k, v in vis.maps.items()}
+        feats.visual_logits = None if vis.logits is None else vis.logits.cpu()
+        feats.visual_logit_labels = vis.logit_labels
+
     def _audio(self, clip: media.DecodedClip, feats: ClipFeatures, stage) -> None:
         if not clip.has_audio:
             return
@@ -158,9 +165,12 @@ class FeatureExtractor:
         if audio.size < MIN_AUDIO_SECONDS * media.SAMPLE_RATE:
             feats.warnings.append(f"audio shorter than {MIN_AUDIO_SECONDS} s: audio models skipped")
             return
-        if float(np.sqrt(np.mean(audio**2))) < SILENCE_RMS:
+        if float(np.sqrt(np.mean(audio**2))) < media.SILENCE_RMS:
             feats.warnings.append("the audio track is silent: audio and text models skipped")
             return
+        audio, quiet = quality.normalise_level(audio, media.SAMPLE_RATE)
+        if quiet:
+            feats.warnings.append(quiet)
         with stage("asr"):
             asr = self.backbones.transcribe(audio)
         feats.audio, feats.log_mel = audio, asr.log_mel

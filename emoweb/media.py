@@ -24,6 +24,9 @@ MIN_DURATION = 0.05
 # A video whose frames end less than this before its declared end is not called truncated: a file that
 # declares (almost) no duration, e.g. every frame stamped 0, has degenerate timing, not a cut-off tail.
 TRUNCATED_GAP = 0.1
+SILENCE_RMS = 1e-4  # below this (-80 dBFS) a track is silent; quiet real speech sits near 1e-3
+ACTIVE_CHANNEL = 0.1  # a channel under a tenth of the loudest one's RMS (-20 dB) carries nothing to mix in
+INVERTED_CORR = -0.5  # a channel this anti-correlated with the loudest one is out of phase: inverted, not averaged
 MAX_NAME_CHARS = 120  # longest file name quoted in a message; longer ones keep their start and extension
 _JOINERS = {"\u200c", "\u200d"}  # format characters that are part of normal text (scripts, emoji sequences)
 
@@ -113,6 +116,20 @@ def _stream_duration(container: av.container.InputContainer, stream: av.stream.S
     return 0.0
 
 
+def _upright(frame: av.VideoFrame, stream: av.stream.Stream) -> np.ndarray:
+    """RGB pixels as they are meant to be shown: phones store portrait video as landscape pixels plus a
+    rotation (display-matrix side data, counter-clockwise degrees; older files a clockwise `rotate` tag)."""
+    ccw = frame.rotation
+    if not ccw:
+        try:
+            ccw = -int(float(stream.metadata.get("rotate", 0)))
+        except ValueError:
+            ccw = 0
+    turns = round(ccw / 90) % 4
+    arr = frame.to_ndarray(format="rgb24")
+    return _downscale(np.ascontiguousarray(np.rot90(arr, turns)) if turns else arr)
+
+
 def _sample_times(duration: float, n: int) -> list[float]:
     """Centres of n equal slices of the clip: uniform coverage, never the very first/last frame."""
     return [duration * (i + 0.5) / n for i in range(n)]
@@ -139,9 +156,11 @@ class _Frames:
             yield from decoded
 
 
-def _read_frames(container, stream, times: list[float]) -> tuple[list[np.ndarray], list[float], int]:
-    """One sequential pass, keeping only the frame at or after each target time; also the number of
-    undecodable packets skipped."""
+def _read_frames(
+    container, stream, times: list[float], origin: float
+) -> tuple[list[np.ndarray], list[float], int]:
+    """One sequential pass, keeping only the frame at or after each target time (seconds from `origin`,
+    the clip's first timestamp); also the number of undecodable packets skipped."""
     stream.thread_type = "AUTO"
     frames: list[np.ndarray] = []
     stamps: list[float] = []
@@ -149,10 +168,10 @@ def _read_frames(container, stream, times: list[float]) -> tuple[list[np.ndarray
     i = 0
     decoded = _Frames(container, stream)
     for frame in decoded:
-        t = float(frame.time) if frame.time is not None else (len(stamps) and stamps[-1])
+        t = float(frame.time) - origin if frame.time is not None else (len(stamps) and stamps[-1])
         last = (frame, t)
         while i < len(times) and t + 1e-6 >= times[i]:
-            frames.append(_downscale(frame.to_ndarray(format="rgb24")))
+            frames.append(_upright(frame, stream))
             stamps.append(round(t, 3))
             i += 1
         if i >= len(times):
@@ -162,44 +181,118 @@ def _read_frames(container, stream, times: list[float]) -> tuple[list[np.ndarray
         # targets that close (short clips, low frame rates); later targets are missing (truncated file)
         interval = 1.0 / float(stream.average_rate) if stream.average_rate else 0.1
         while i < len(times) and times[i] <= last[1] + 1.5 * interval:
-            frames.append(_downscale(last[0].to_ndarray(format="rgb24")))
+            frames.append(_upright(last[0], stream))
             stamps.append(round(last[1], 3))
             i += 1
     if not frames and last is not None:  # a one-frame or very short video: use what there is
-        frames.append(_downscale(last[0].to_ndarray(format="rgb24")))
+        frames.append(_upright(last[0], stream))
         stamps.append(round(last[1], 3))
     return frames, stamps, decoded.skipped
 
 
-def _demuxed_duration(container, streams) -> float:
-    """End time of the last packet: for files whose header carries no duration (browser MediaRecorder webm)."""
-    end = 0.0
+def _timeline(container, streams) -> tuple[float, float]:
+    """(origin, seconds): the first timestamp of the chosen streams and the clip's length from it.
+
+    Webcam and conference recorders start their clocks at 30-60 s, edit lists shift a track, a codec's
+    priming samples start it below 0: every time in the clip is counted from `origin`. A header's
+    duration cannot be trusted then (Matroska's is the end time, MPEG-TS's the span), so such files and
+    files with no declared duration (browser MediaRecorder webm) are measured from their packets.
+    """
+    starts = [float(s.start_time * s.time_base) for s in streams if s.start_time is not None and s.time_base]
+    origin = min(starts) if starts else 0.0
+    full = max(_stream_duration(container, s) for s in streams) if origin == 0 else 0.0
+    if full > 0:
+        return origin, full
+    end = None
     for packet in container.demux(*streams):
         if packet.pts is not None and packet.time_base is not None:
-            end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+            t = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+            end = t if end is None else max(end, t)
     container.seek(0)
-    return end
+    return origin, max(0.0, end - origin) if end is not None else 0.0
 
 
-def _read_audio(container, stream, max_seconds: float) -> tuple[np.ndarray, int]:
-    """Mono 16 kHz samples up to `max_seconds`; also the number of undecodable packets skipped."""
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+def _read_audio(container, stream, max_seconds: float, lead: float) -> tuple[np.ndarray, int]:
+    """Every channel at 16 kHz, [C, S], up to `max_seconds` after the clip's origin, with `lead` seconds of
+    silence first when the track starts after the video (keeps sound and frames in step); also the number
+    of undecodable packets skipped."""
+    resampler = av.AudioResampler(format="fltp", layout=None, rate=SAMPLE_RATE)  # keep the channels
     limit = int(max_seconds * SAMPLE_RATE)
+    pad = min(limit, int(round(lead * SAMPLE_RATE)))
     chunks: list[np.ndarray] = []
-    total = 0
+    total = pad
     decoded = _Frames(container, stream)
     for frame in decoded:
         for out in resampler.resample(frame):
-            chunk = out.to_ndarray().reshape(-1)
-            chunks.append(chunk)
-            total += chunk.size
+            chunks.append(out.to_ndarray())
+            total += chunks[-1].shape[1]
         if total >= limit:
             break
     else:
-        for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1))
-    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    return np.clip(audio[:limit].astype(np.float32), -1.0, 1.0), decoded.skipped
+        chunks += [out.to_ndarray() for out in resampler.resample(None)]
+    if not chunks:
+        return np.zeros((1, 0), np.float32), decoded.skipped
+    audio = np.concatenate(chunks, axis=1).astype(np.float32)
+    if pad and audio.shape[1]:
+        audio = np.concatenate([np.zeros((audio.shape[0], pad), np.float32), audio], axis=1)
+    return np.clip(audio[:, :limit], -1.0, 1.0), decoded.skipped
+
+
+def _mix_down(channels: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """Mono from [C, S] channels without losing what one channel says clearly.
+
+    A plain mean cancels speech recorded in antiphase (a mis-wired microphone: L = speech, R = -speech)
+    and halves a voice on one channel only. So only channels within 20 dB of the loudest are mixed, and
+    a channel strongly anti-correlated with the loudest is inverted first; the note says so.
+    """
+    if channels.shape[0] == 1:
+        return channels[0], None
+    rms = np.sqrt(np.mean(channels.astype(np.float64) ** 2, axis=1))
+    loud = int(np.argmax(rms))
+    if rms[loud] == 0:
+        return channels[0], None
+    active = rms >= ACTIVE_CHANNEL * rms[loud]
+    corr = channels.astype(np.float64) @ channels[loud] / np.maximum(rms * rms[loud] * channels.shape[1], 1e-20)
+    inverted = active & (corr < INVERTED_CORR)
+    signs = np.where(inverted, -1.0, 1.0)
+    mono = (channels[active] * signs[active, None]).mean(axis=0).astype(np.float32)
+    note = None
+    if inverted.any():
+        note = f"{int(inverted.sum())} of {channels.shape[0]} audio channels out of phase: inverted before mixing to mono"
+    return mono, note
+
+
+def _is_default(stream: av.stream.Stream) -> bool:
+    return bool(stream.disposition & av.stream.Disposition.default)
+
+
+def _choose_audio(container, streams, max_seconds: float, origin: float) -> tuple[np.ndarray | None, int, list[str]]:
+    """The sound to analyse from one or more audio tracks: the default one, else (or when it is silent)
+    the first with sound; (mono 16 kHz or None, skipped packets, notes naming the track used)."""
+    ranked = sorted(streams, key=lambda s: not _is_default(s))  # stable: file order after the default
+    tried = []
+    for stream in ranked:
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else origin
+        channels, skipped = _read_audio(container, stream, max_seconds, start - origin)
+        container.seek(0)
+        wav, note = _mix_down(channels)
+        sound = bool(wav.size) and float(np.sqrt(np.mean(wav**2))) >= SILENCE_RMS
+        tried.append((stream, wav, skipped, note, sound))
+        if sound or len(streams) == 1:
+            break
+    stream, wav, skipped, note, sound = next((t for t in tried if t[4]), tried[0])
+    notes = [note] if note else []
+    if len(streams) > 1:
+        has_default = _is_default(ranked[0])
+        if not sound:
+            why = ("the default" if has_default else "the first") + "; every track is silent"
+        elif _is_default(stream):
+            why = "the default"
+        else:
+            why = "the first with sound; " + ("the default track is silent" if has_default else "none is marked default")
+        number = [s.index for s in streams].index(stream.index) + 1
+        notes.insert(0, f"{len(streams)} audio tracks: used track {number} ({why})")
+    return (wav if wav.size else None), skipped, notes
 
 
 def _open(path: Path) -> av.container.InputContainer:
@@ -227,26 +320,30 @@ def decode(path: str | Path, n_frames: int = 16, max_seconds: float = 60.0) -> D
         container.close()
 
 
+def _is_cover(stream: av.stream.Stream) -> bool:
+    """Cover art of an m4a/mp3 (an attached picture): a still shown by players, never the clip's video."""
+    return bool(stream.disposition & av.stream.Disposition.attached_pic)
+
+
 def _decode_container(container, path: Path, sha: str, n_frames: int, max_seconds: float) -> DecodedClip:
-    video = next((s for s in container.streams.video if s.codec_context is not None), None)
-    audio = next((s for s in container.streams.audio if s.codec_context is not None), None)
+    pictures = [s for s in container.streams.video if not _is_cover(s)]
+    video = next((s for s in pictures if s.codec_context is not None), None)
+    audios = [s for s in container.streams.audio if s.codec_context is not None]
     # a stream FFmpeg can demux but has no decoder for has no codec context
-    unsupported = sorted({s.type for s in (*container.streams.video, *container.streams.audio) if s.codec_context is None})
-    if video is None and audio is None:
+    unsupported = sorted({s.type for s in (*pictures, *container.streams.audio) if s.codec_context is None})
+    if video is None and not audios:
         if unsupported:
             raise MediaError(f"unsupported codec: no decoder for the {' or '.join(unsupported)} stream in {display_name(path)}")
         raise MediaError(f"no audio or video stream in {display_name(path)}")
     warnings: list[str] = []
-    full = max(_stream_duration(container, video), _stream_duration(container, audio))
-    if full <= 0:
-        full = _demuxed_duration(container, [s for s in (video, audio) if s is not None])
+    origin, full = _timeline(container, [s for s in (video, *audios) if s is not None])
     if full > max_seconds:
         warnings.append(f"clip is {full:.1f} s long: only the first {max_seconds:.0f} s were analysed")
     span = min(full, max_seconds) if full > 0 else max_seconds
 
     frames = stamps = None
     if video is not None:
-        got, got_t, skipped = _read_frames(container, video, _sample_times(span, n_frames))
+        got, got_t, skipped = _read_frames(container, video, _sample_times(span, n_frames), origin)
         if got:
             frames, stamps = np.stack(_same_size(got)), got_t
             if skipped:
@@ -255,10 +352,10 @@ def _decode_container(container, path: Path, sha: str, n_frames: int, max_second
             warnings.append("the video stream has no decodable frames" + (" (corrupt)" if skipped else ""))
         container.seek(0)
     wav = None
-    if audio is not None:
-        wav, skipped = _read_audio(container, audio, max_seconds)
-        if wav.size == 0:
-            wav = None
+    if audios:
+        wav, skipped, notes = _choose_audio(container, audios, max_seconds, origin)
+        warnings += notes
+        if wav is None:
             warnings.append("the audio stream has no decodable samples" + (" (corrupt)" if skipped else ""))
         elif skipped:
             warnings.append(f"corrupt audio stream: {skipped} undecodable packets skipped")
@@ -272,14 +369,18 @@ def _decode_container(container, path: Path, sha: str, n_frames: int, max_second
         video_seconds = stamps[-1]
         if span - video_seconds > TRUNCATED_GAP:  # the stream ended well before its declared end
             warnings.append(f"truncated or corrupt video: only {video_seconds:.1f} s of {span:.1f} s could be decoded")
-    if wav is not None and audio_seconds < min(span, _stream_duration(container, audio) or span) - 0.5:
+    if wav is not None and audio_seconds < span - 0.5:
         warnings.append(f"truncated or corrupt audio: only {audio_seconds:.1f} s of {span:.1f} s could be decoded")
     duration = max(audio_seconds, video_seconds)
     if duration < MIN_DURATION and frames is None:
         raise MediaError(f"zero-length clip: {display_name(path)}")
     if frames is None and video is None:
-        warnings.append("video codec not supported: audio only" if "video" in unsupported else "no video track: audio only")
-    if wav is None and audio is None:
+        if "video" in unsupported:
+            warnings.append("video codec not supported: audio only")
+        else:
+            warnings.append(("only a cover picture, no video track" if len(pictures) < len(container.streams.video)
+                             else "no video track") + ": audio only")
+    if wav is None and not audios:
         warnings.append("audio codec not supported: video only" if "audio" in unsupported else "no audio track: video only")
     kind = "video" if frames is not None else "audio"
     return DecodedClip(path, sha, kind, round(duration, 3), round(full, 3), frames, stamps or [], wav, warnings)
