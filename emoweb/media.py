@@ -108,21 +108,14 @@ def _decode_image(path: Path, sha: str) -> DecodedClip:
     return DecodedClip(path, sha, "image", 0.0, 0.0, frame[None], [0.0], None, ["still image: no audio"])
 
 
-def _stream_duration(container: av.container.InputContainer, stream: av.stream.Stream | None) -> float:
-    if stream is not None and stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return container.duration / av.time_base
-    return 0.0
-
-
 def _upright(frame: av.VideoFrame, stream: av.stream.Stream) -> np.ndarray:
     """RGB pixels as they are meant to be shown: phones store portrait video as landscape pixels plus a
     rotation (display-matrix side data, counter-clockwise degrees; older files a clockwise `rotate` tag)."""
     ccw = frame.rotation
     if not ccw:
+        tag = next((v for k, v in stream.metadata.items() if k.lower() == "rotate"), "0")
         try:
-            ccw = -int(float(stream.metadata.get("rotate", 0)))
+            ccw = -round(float(tag))
         except ValueError:
             ccw = 0
     turns = round(ccw / 90) % 4
@@ -190,6 +183,17 @@ def _read_frames(
     return frames, stamps, decoded.skipped
 
 
+def _start(stream: av.stream.Stream) -> float | None:
+    """The stream's first timestamp in seconds, when the file says."""
+    return float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else None
+
+
+def _end(stream: av.stream.Stream) -> float | None:
+    """The stream's last timestamp in seconds (first timestamp + declared duration), when the file says."""
+    start = _start(stream)
+    return start + float(stream.duration * stream.time_base) if start is not None and stream.duration else None
+
+
 def _timeline(container, streams) -> tuple[float, float]:
     """(origin, seconds): the first timestamp of the chosen streams and the clip's length from it.
 
@@ -198,11 +202,12 @@ def _timeline(container, streams) -> tuple[float, float]:
     duration cannot be trusted then (Matroska's is the end time, MPEG-TS's the span), so such files and
     files with no declared duration (browser MediaRecorder webm) are measured from their packets.
     """
-    starts = [float(s.start_time * s.time_base) for s in streams if s.start_time is not None and s.time_base]
-    origin = min(starts) if starts else 0.0
-    full = max(_stream_duration(container, s) for s in streams) if origin == 0 else 0.0
-    if full > 0:
-        return origin, full
+    origin = min((t for t in map(_start, streams) if t is not None), default=0.0)
+    ends = [t for t in map(_end, streams) if t is not None]
+    if len(ends) == len(streams):
+        return origin, max(ends) - origin
+    if origin == 0 and container.duration:
+        return origin, container.duration / av.time_base
     end = None
     for packet in container.demux(*streams):
         if packet.pts is not None and packet.time_base is not None:
@@ -266,14 +271,14 @@ def _is_default(stream: av.stream.Stream) -> bool:
     return bool(stream.disposition & av.stream.Disposition.default)
 
 
-def _choose_audio(container, streams, max_seconds: float, origin: float) -> tuple[np.ndarray | None, int, list[str]]:
+def _choose_audio(container, streams, max_seconds: float, origin: float) -> tuple[av.stream.Stream, np.ndarray | None, int, list[str]]:
     """The sound to analyse from one or more audio tracks: the default one, else (or when it is silent)
-    the first with sound; (mono 16 kHz or None, skipped packets, notes naming the track used)."""
+    the first with sound; (the track, its mono 16 kHz samples or None, skipped packets, notes naming it)."""
     ranked = sorted(streams, key=lambda s: not _is_default(s))  # stable: file order after the default
     tried = []
     for stream in ranked:
-        start = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else origin
-        channels, skipped = _read_audio(container, stream, max_seconds, start - origin)
+        start = _start(stream)
+        channels, skipped = _read_audio(container, stream, max_seconds, 0.0 if start is None else start - origin)
         container.seek(0)
         wav, note = _mix_down(channels)
         sound = bool(wav.size) and float(np.sqrt(np.mean(wav**2))) >= SILENCE_RMS
@@ -292,7 +297,7 @@ def _choose_audio(container, streams, max_seconds: float, origin: float) -> tupl
             why = "the first with sound; " + ("the default track is silent" if has_default else "none is marked default")
         number = [s.index for s in streams].index(stream.index) + 1
         notes.insert(0, f"{len(streams)} audio tracks: used track {number} ({why})")
-    return (wav if wav.size else None), skipped, notes
+    return stream, (wav if wav.size else None), skipped, notes
 
 
 def _open(path: Path) -> av.container.InputContainer:
@@ -318,6 +323,13 @@ def decode(path: str | Path, n_frames: int = 16, max_seconds: float = 60.0) -> D
         raise MediaError(f"corrupt or truncated media: {display_name(path)} ({exc.strerror or exc.__class__.__name__})") from None
     finally:
         container.close()
+
+
+def _declared(stream: av.stream.Stream, origin: float, span: float) -> float:
+    """Where the stream says it ends on the clip's timeline (capped at the analysed span): a track that
+    starts or ends at another time than the clip is not truncated."""
+    end = _end(stream)
+    return span if end is None else min(span, end - origin)
 
 
 def _is_cover(stream: av.stream.Stream) -> bool:
@@ -353,7 +365,7 @@ def _decode_container(container, path: Path, sha: str, n_frames: int, max_second
         container.seek(0)
     wav = None
     if audios:
-        wav, skipped, notes = _choose_audio(container, audios, max_seconds, origin)
+        track, wav, skipped, notes = _choose_audio(container, audios, max_seconds, origin)
         warnings += notes
         if wav is None:
             warnings.append("the audio stream has no decodable samples" + (" (corrupt)" if skipped else ""))
@@ -367,9 +379,10 @@ def _decode_container(container, path: Path, sha: str, n_frames: int, max_second
     video_seconds = min(span, full) if full > 0 else 0.0
     if frames is not None and len(frames) < n_frames:  # fewer frames than targets
         video_seconds = stamps[-1]
-        if span - video_seconds > TRUNCATED_GAP:  # the stream ended well before its declared end
+        shown = 1.0 / float(video.average_rate) if video.average_rate else 0.0  # how long the last frame shows
+        if _declared(video, origin, span) - video_seconds - shown > TRUNCATED_GAP:  # ended well before its end
             warnings.append(f"truncated or corrupt video: only {video_seconds:.1f} s of {span:.1f} s could be decoded")
-    if wav is not None and audio_seconds < span - 0.5:
+    if wav is not None and audio_seconds < _declared(track, origin, span) - 0.5:
         warnings.append(f"truncated or corrupt audio: only {audio_seconds:.1f} s of {span:.1f} s could be decoded")
     duration = max(audio_seconds, video_seconds)
     if duration < MIN_DURATION and frames is None:

@@ -8,7 +8,7 @@ face photo and one speech clip of the shared data, small enough to build in seco
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -34,6 +34,9 @@ class Case:
     where it shows that the picture was handled (EXIF rotation applied, 4K downscaled).
     outcome "error": one `EmoWebError` line matching `expect`, nothing stored.
     `limit_s`: the time bound for the whole ingest (a hang is a failure, not a wait).
+    `duration_s`: the analysed duration (within 0.1 s); `distinct_frames`: at least this many sampled frames
+    with distinct timestamps and distinct pixels; `same_as`: the case whose every model's top label this
+    one must give (the same content, filed differently).
     """
 
     name: str
@@ -44,6 +47,9 @@ class Case:
     present: frozenset[str] = frozenset()
     frame_hw: tuple[int, int] | None = None
     limit_s: float = 90.0
+    duration_s: float | None = None
+    distinct_frames: int = 0
+    same_as: str = ""
 
 
 def _result(
@@ -224,8 +230,82 @@ def build_corpus(directory: Path, shared_data: Path) -> list[Case]:
     ffmpeg("-i", speech, "-c:a", "libmp3lame", "-b:a", "64k", "-f", "mp3", mp3)
     cases.append(_result("mp3_named_mp4", mp3, r"no video track", ("visual",)))
 
+    cases += _real_world_media_cases(d / "real_world", face, speech)
+
     for helper in (base, faststart, still):
         helper.unlink()  # building blocks, not cases
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), names
+    return cases
+
+
+def _real_world_media_cases(d: Path, face: Image.Image, speech: Path) -> list[Case]:
+    """Issue 17, kinds 1-3 and 5: phone, webcam and memo recordings as they really arrive - a display-matrix
+    rotation, several audio tracks, cover art, antiphase stereo, a clock that starts at 30 s, a face in the
+    dark, a voice across the room. Each is the example of a whole kind, with the right value asserted."""
+    d.mkdir(parents=True, exist_ok=True)
+    upright = d / "upright.png"
+    _on_canvas(face, 240, 320).save(upright)
+    voice = ("-i", speech, "-c:a", "aac", "-shortest")
+    cases: list[Case] = []
+
+    # orientation: a portrait phone clip stores landscape pixels (turned clockwise) plus a 90-degree
+    # counter-clockwise display matrix; decoded upright it must answer as the upright clip does
+    reference = d / "portrait_upright.mp4"
+    ffmpeg("-loop", "1", "-framerate", "10", "-i", upright, *voice, *H264, reference)
+    cases.append(_result("portrait_upright_reference", reference, frame_hw=(320, 240)))
+    sideways = d / "sideways.png"
+    with Image.open(upright) as im:
+        im.transpose(Image.Transpose.ROTATE_270).save(sideways)
+    stored = d / "stored_landscape.mp4"
+    ffmpeg("-loop", "1", "-framerate", "10", "-i", sideways, *voice, *H264, stored)
+    rotated = d / "display_matrix_90.mp4"
+    ffmpeg("-display_rotation:v:0", "90", "-i", stored, "-c", "copy", rotated)
+    with av.open(str(rotated)) as c:
+        first = next(c.decode(video=0))
+        assert (first.width, first.height, first.rotation) == (320, 240, 90), (first.width, first.height, first.rotation)
+    cases.append(replace(_result("display_matrix_90", rotated, frame_hw=(320, 240)),
+                                     same_as="portrait_upright_reference"))
+
+    # stream choice: the first audio track silent and not default, the second the voice and default
+    two = d / "two_audio_tracks.mp4"
+    ffmpeg("-i", reference, "-f", "lavfi", "-i", "anullsrc=r=44100:cl=mono", "-map", "0:v", "-map", "1:a", "-map", "0:a",
+           "-c:v", "copy", "-c:a", "aac", "-shortest", "-disposition:a:0", "0", "-disposition:a:1", "default", two)
+    cases.append(_result("two_audio_tracks_default_2nd", two, r"2 audio tracks: used track 2 \(the default\)"))
+    cover = d / "voice_memo_cover_art.m4a"
+    ffmpeg("-i", speech, "-i", upright, "-map", "0:a", "-map", "1:v", "-c:a", "aac", "-c:v", "mjpeg",
+           "-disposition:v:0", "attached_pic", cover)
+    cases.append(_result("cover_art_m4a", cover, r"only a cover picture, no video track: audio only", ("visual",)))
+    antiphase = d / "stereo_antiphase.m4a"  # L = speech, R = -speech: a plain mean is silence
+    ffmpeg("-i", speech, "-af", "pan=stereo|c0=c0|c1=-1*c0", "-c:a", "aac", "-b:a", "96k", antiphase)
+    cases.append(_result("stereo_antiphase", antiphase, r"out of phase: inverted", ("visual",)))
+
+    # timelines: a 3.5-s webcam recording whose video and audio clocks both start at 30 s
+    canvas = np.asarray(_on_canvas(face, 160, 160))
+    moving = _write_video(d / "moving.mp4", [np.roll(canvas, 4 * i, axis=1) for i in range(35)], [i / 10 for i in range(35)])
+    late = d / "starts_at_30s.mkv"
+    ffmpeg("-i", moving, "-i", speech, "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-af", "apad", "-c:a", "aac",
+           "-t", "3.5", "-output_ts_offset", "30", late)
+    with av.open(str(late)) as c:
+        assert all(abs(float(s.start_time * s.time_base) - 30) < 0.05 for s in c.streams), "the clocks do not start at 30 s"
+    cases.append(replace(_result("starts_at_30s_mkv", late), duration_s=3.5, distinct_frames=16))
+
+    # capture quality: the upright face at 5% brightness with sensor noise, alone (nothing to go on: no
+    # decision) and with the voice (the answer of the well-lit clip); a voice recorded 30 dB too quiet
+    lit = np.asarray(Image.open(upright), dtype=np.float32)
+    noise = np.random.default_rng(17).normal(0.0, 3.0, lit.shape)
+    Image.fromarray(np.clip(lit * 0.05 + noise, 0, 255).astype(np.uint8)).save(d / "dark.png")
+    dark = d / "dark_face.mp4"
+    ffmpeg("-loop", "1", "-framerate", "10", "-i", d / "dark.png", "-t", "3.5", *H264, dark)
+    cases.append(_result("dark_face_5pct", dark, r"too dark to trust", MODALITIES))
+    dark_voice = d / "dark_face_voice.mp4"
+    ffmpeg("-loop", "1", "-framerate", "10", "-i", d / "dark.png", *voice, *H264, dark_voice)
+    cases.append(replace(_result("dark_face_5pct_voice", dark_voice, r"too dark to trust", ("visual",)),
+                                     same_as="portrait_upright_reference"))
+    quiet = d / "quiet_voice.wav"
+    ffmpeg("-i", speech, "-af", "volume=-30dB", "-ac", "1", "-c:a", "pcm_s16le", quiet)
+    cases.append(_result("quiet_voice", quiet, r"very quiet audio .* level raised", ("visual",)))
+
+    for helper in (upright, sideways, stored, moving, d / "dark.png"):
+        helper.unlink()
     return cases

@@ -122,6 +122,13 @@ def check_result(case: Case, result: Any, models: set[str], data_dir: Path) -> l
         problems.append(f"nothing was missing, yet notes: {feats.warnings}")
     if case.frame_hw is not None and (feats.frames is None or tuple(feats.frames.shape[1:3]) != case.frame_hw):
         problems.append(f"frames {None if feats.frames is None else feats.frames.shape} are not {case.frame_hw}")
+    if case.duration_s is not None and abs(feats.duration - case.duration_s) > 0.1:
+        problems.append(f"duration {feats.duration} s, expected {case.duration_s} s")
+    if case.distinct_frames:
+        pixels = {f.tobytes() for f in feats.frames} if feats.frames is not None else set()
+        if min(len(set(feats.frame_times)), len(pixels)) < case.distinct_frames:
+            problems.append(f"{len(set(feats.frame_times))} distinct times, {len(pixels)} distinct frames: "
+                            f"expected {case.distinct_frames} ({feats.frame_times})")
     if set(result.predictions) != models:
         problems.append(f"answers from {sorted(result.predictions)}, expected {sorted(models)}")
     for name, p in result.predictions.items():
@@ -217,6 +224,7 @@ def test_every_bad_input_gives_a_result_or_one_clear_error(
     db = service.data_dir / "emoweb.sqlite3"
     models = set(service.predictor.model_names("all"))
     outcomes: list[Outcome] = []
+    top_labels: dict[str, dict[str, str | None]] = {}  # case -> model -> label, for `same_as`
     for case in corpus:
         before = row_counts(db)
         result, exc, hung, seconds = bounded(lambda: service.ingest(case.path, PROFILE), case.limit_s)
@@ -235,6 +243,9 @@ def test_every_bad_input_gives_a_result_or_one_clear_error(
             outcomes.append(Outcome(case, "crash" if crashed else "error", seconds, line[0], problems))
             continue
         problems = check_result(case, result, models, service.data_dir)
+        top_labels[case.name] = {name: p.label for name, p in result.predictions.items()}
+        if case.same_as and top_labels[case.name] != top_labels.get(case.same_as):
+            problems.append(f"answers {top_labels[case.name]} differ from {case.same_as}'s {top_labels.get(case.same_as)}")
         if case.outcome != "result":
             problems.append("expected an error")
         answers = sum(p.decided for p in result.predictions.values())  # none stored for a clip with no input
