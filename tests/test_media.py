@@ -297,3 +297,110 @@ def test_frames_all_stamped_zero_are_not_called_truncated(tmp_path: Path) -> Non
     clip = media.decode(_write_video(tmp_path / "zero_fps.mp4", frames, [0.0] * len(frames)), n_frames=8)
     assert clip.has_video and len(clip.frames) >= 1
     assert not any("truncated" in w for w in clip.warnings), clip.warnings
+
+
+# issue 17: clips as phones, webcams and voice memos really write them
+
+H264_ARGS = ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p")
+
+
+@pytest.fixture(scope="module")
+def portrait_png(joy_face: Path, tmp_path_factory) -> Path:
+    """The smiling face upright on a 240x320 (portrait) grey canvas."""
+    img = Image.open(joy_face).convert("RGB")
+    img.thumbnail((150, 200))
+    canvas = Image.new("RGB", (240, 320), (118, 118, 118))
+    canvas.paste(img, ((240 - img.width) // 2, (320 - img.height) // 2))
+    path = tmp_path_factory.mktemp("portrait") / "upright.png"
+    canvas.save(path)
+    return path
+
+
+def _still_clip(png: Path, out: Path, *extra: str) -> Path:
+    ffmpeg("-loop", "1", "-framerate", "5", "-i", png, "-t", "1", *H264_ARGS, *extra, out)
+    return out
+
+
+@pytest.mark.parametrize("ccw", [90, 180, 270])
+def test_display_matrix_rotation_gives_upright_frames(portrait_png: Path, tmp_path: Path, ccw: int) -> None:
+    """Pixels stored turned clockwise by `ccw` degrees plus a display matrix turning them back decode as
+    the upright clip does (a wrong turn differs by tens of grey levels)."""
+    upright = media.decode(_still_clip(portrait_png, tmp_path / "upright.mp4"), n_frames=4)
+    with Image.open(portrait_png) as im:
+        im.rotate(-ccw, expand=True).save(tmp_path / "stored.png")
+    stored = _still_clip(tmp_path / "stored.png", tmp_path / "stored.mp4")
+    tagged = tmp_path / "tagged.mp4"
+    ffmpeg("-display_rotation:v:0", str(ccw), "-i", stored, "-c", "copy", tagged)
+    clip = media.decode(tagged, n_frames=4)
+    assert clip.frames.shape == upright.frames.shape == (4, 320, 240, 3)
+    assert np.abs(clip.frames.astype(int) - upright.frames).mean() < 3
+    assert clip.warnings == ["no audio track: video only"]
+
+
+def test_legacy_rotate_tag_gives_upright_frames(portrait_png: Path, tmp_path: Path) -> None:
+    """Older files carry a clockwise `rotate` tag (kept by Matroska) instead of a display matrix."""
+    upright = media.decode(_still_clip(portrait_png, tmp_path / "upright.mp4"), n_frames=4)
+    with Image.open(portrait_png) as im:
+        im.rotate(90, expand=True).save(tmp_path / "stored.png")  # the phone's sensor: head to the left
+    tagged = _still_clip(tmp_path / "stored.png", tmp_path / "tagged.mkv", "-metadata:s:v:0", "rotate=90")
+    clip = media.decode(tagged, n_frames=4)
+    assert clip.frames.shape == (4, 320, 240, 3)
+    assert np.abs(clip.frames.astype(int) - upright.frames).mean() < 3
+
+
+def test_silent_default_track_gives_way_to_the_one_with_sound(composite_clip: Path, tmp_path: Path) -> None:
+    """The first track is marked default but silent: the second, with the voice, is used and named."""
+    two = tmp_path / "two.mp4"
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-i", composite_clip, "-map", "1:v", "-map", "0:a",
+           "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-shortest", "-disposition:a:0", "default",
+           "-disposition:a:1", "0", two)
+    clip = media.decode(two)
+    assert clip.has_audio and float(np.sqrt(np.mean(clip.audio**2))) > 1e-3
+    assert "2 audio tracks: used track 2 (the first with sound; the default track is silent)" in clip.warnings
+
+
+def test_cover_art_is_not_the_video(happy_speech: Path, portrait_png: Path, tmp_path: Path) -> None:
+    mp3 = tmp_path / "memo.mp3"
+    ffmpeg("-i", happy_speech, "-i", portrait_png, "-map", "0:a", "-map", "1:v", "-c:a", "libmp3lame", "-c:v", "mjpeg",
+           "-disposition:v:0", "attached_pic", mp3)
+    clip = media.decode(mp3)
+    assert clip.kind == "audio" and clip.frames is None and clip.has_audio
+    assert "only a cover picture, no video track: audio only" in clip.warnings
+
+
+def test_downmix_keeps_speech_clear_in_each_channel() -> None:
+    """Antiphase channels are inverted, not averaged to silence; a voice on one channel keeps its level;
+    ordinary stereo is the mean."""
+    t = np.arange(16_000) / 16_000
+    voice = (0.3 * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 3 * t)).astype(np.float32)
+    mono, note = media._mix_down(np.stack([voice, -voice]))
+    assert np.allclose(mono, voice, atol=1e-6) and note and "out of phase" in note
+    mono, note = media._mix_down(np.stack([np.zeros_like(voice), voice]))
+    assert np.allclose(mono, voice, atol=1e-6) and note is None
+    other = np.roll(voice, 4000)
+    mono, note = media._mix_down(np.stack([voice, other]))
+    assert np.allclose(mono, (voice + other) / 2, atol=1e-6) and note is None
+
+
+def test_audio_starting_after_the_video_keeps_its_place(composite_clip: Path, tmp_path: Path) -> None:
+    """An edit list starts the sound 1 s after the pictures: 1 s of silence first, no truncation note."""
+    shifted = tmp_path / "shifted.mp4"
+    ffmpeg("-i", composite_clip, "-itsoffset", "1", "-i", composite_clip, "-map", "0:v", "-map", "1:a", "-c", "copy", shifted)
+    plain, late = media.decode(composite_clip), media.decode(shifted)
+    onset = [int(np.argmax(np.abs(c.audio) > 0.01)) / media.SAMPLE_RATE for c in (plain, late)]
+    assert abs(onset[1] - onset[0] - 1.0) < 0.05, onset
+    assert late.duration == pytest.approx(plain.duration + 1.0, abs=0.1)
+    assert not late.warnings
+
+
+@pytest.mark.parametrize("suffix,offset", [("mkv", 45.0), ("ts", None)])
+def test_clock_not_starting_at_zero(composite_clip: Path, tmp_path: Path, suffix: str, offset: float | None) -> None:
+    """A recorder whose clock starts at 45 s, and MPEG-TS (starts at 1.4 s): times count from the first
+    timestamp, the length is the clip's own."""
+    moved = tmp_path / f"moved.{suffix}"
+    ffmpeg("-i", composite_clip, "-c", "copy", *(("-output_ts_offset", offset) if offset else ()), moved)
+    plain, clip = media.decode(composite_clip), media.decode(moved)
+    assert clip.duration == pytest.approx(plain.duration, abs=0.15)
+    _check_frames(clip, 16, clip.duration)
+    assert clip.frame_times[-1] > 0.8 * clip.duration
+    assert not clip.warnings
