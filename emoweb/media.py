@@ -221,23 +221,24 @@ def _read_audio(container, stream, max_seconds: float, lead: float) -> tuple[np.
     """Every channel at 16 kHz, [C, S], up to `max_seconds` after the clip's origin, with `lead` seconds of
     silence first when the track starts after the video (keeps sound and frames in step); also the number
     of undecodable packets skipped."""
-    resampler = av.AudioResampler(format="fltp", layout=None, rate=SAMPLE_RATE)  # keep the channels
+    # interleaved, every channel kept: PyAV lists a bogus extra plane for planar 7.1 (reading it crashes)
+    resampler = av.AudioResampler(format="flt", layout=None, rate=SAMPLE_RATE)
     limit = int(max_seconds * SAMPLE_RATE)
     pad = min(limit, int(round(lead * SAMPLE_RATE)))
-    chunks: list[np.ndarray] = []
+    chunks: list[np.ndarray] = []  # [samples, C] each
     total = pad
     decoded = _Frames(container, stream)
     for frame in decoded:
         for out in resampler.resample(frame):
-            chunks.append(out.to_ndarray())
-            total += chunks[-1].shape[1]
+            chunks.append(out.to_ndarray().reshape(-1, out.layout.nb_channels))
+            total += len(chunks[-1])
         if total >= limit:
             break
     else:
-        chunks += [out.to_ndarray() for out in resampler.resample(None)]
+        chunks += [out.to_ndarray().reshape(-1, out.layout.nb_channels) for out in resampler.resample(None)]
     if not chunks:
         return np.zeros((1, 0), np.float32), decoded.skipped
-    audio = np.concatenate(chunks, axis=1).astype(np.float32)
+    audio = np.concatenate(chunks).T.astype(np.float32)
     if pad and audio.shape[1]:
         audio = np.concatenate([np.zeros((audio.shape[0], pad), np.float32), audio], axis=1)
     return np.clip(audio[:, :limit], -1.0, 1.0), decoded.skipped
@@ -339,7 +340,7 @@ def _is_cover(stream: av.stream.Stream) -> bool:
 
 def _decode_container(container, path: Path, sha: str, n_frames: int, max_seconds: float) -> DecodedClip:
     pictures = [s for s in container.streams.video if not _is_cover(s)]
-    video = next((s for s in pictures if s.codec_context is not None), None)
+    video = next((s for s in sorted(pictures, key=lambda s: not _is_default(s)) if s.codec_context is not None), None)
     audios = [s for s in container.streams.audio if s.codec_context is not None]
     # a stream FFmpeg can demux but has no decoder for has no codec context
     unsupported = sorted({s.type for s in (*pictures, *container.streams.audio) if s.codec_context is None})
@@ -353,6 +354,9 @@ def _decode_container(container, path: Path, sha: str, n_frames: int, max_second
         warnings.append(f"clip is {full:.1f} s long: only the first {max_seconds:.0f} s were analysed")
     span = min(full, max_seconds) if full > 0 else max_seconds
 
+    if video is not None and len(pictures) > 1:
+        warnings.append(f"{len(pictures)} video tracks: used track {pictures.index(video) + 1}"
+                        + (" (the default)" if _is_default(video) else ""))
     frames = stamps = None
     if video is not None:
         got, got_t, skipped = _read_frames(container, video, _sample_times(span, n_frames), origin)
