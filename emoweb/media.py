@@ -272,7 +272,9 @@ def _is_default(stream: av.stream.Stream) -> bool:
     return bool(stream.disposition & av.stream.Disposition.default)
 
 
-def _choose_audio(container, streams, max_seconds: float, origin: float) -> tuple[av.stream.Stream, np.ndarray | None, int, list[str]]:
+def _choose_audio(
+    container, streams, max_seconds: float, origin: float
+) -> tuple[av.stream.Stream, np.ndarray | None, int, list[str]]:
     """The sound to analyse from one or more audio tracks: the default one, else (or when it is silent)
     the first with sound; (the track, its mono 16 kHz samples or None, skipped packets, notes naming it)."""
     ranked = sorted(streams, key=lambda s: not _is_default(s))  # stable: file order after the default
