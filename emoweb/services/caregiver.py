@@ -218,15 +218,15 @@ class CaregiverService:
 
     # -- lookups ----------------------------------------------------------------------------
 
-    def _profile(self, ref: int | str | ProfileInfo) -> Profile:
-        """A profile by id, name, or a name that is an id ('3')."""
+    def _profile(self, ref: int | str | ProfileInfo, owner: str | None = None) -> Profile:
+        """A profile by id, name, or a name that is an id ('3'); with `owner`, only among theirs."""
         if isinstance(ref, ProfileInfo):
             ref = ref.id
         if isinstance(ref, str):
             ref = ref.strip()
-        found = self.repo.find_profile(ref)
+        found = self.repo.find_profile(ref, owner)
         if found is None and isinstance(ref, str) and _CLIP_ID.fullmatch(ref):
-            found = self.repo.find_profile(int(ref))
+            found = self.repo.find_profile(int(ref), owner)
         if found is None:
             raise NotFoundError(f"no profile {ref!r}")
         return found
@@ -284,8 +284,9 @@ class CaregiverService:
         return [profile_info(p) for p in self.repo.list_profiles(owner)]
 
     @_storage_errors
-    def get_profile(self, ref: int | str) -> ProfileInfo:
-        return profile_info(self._profile(ref))
+    def get_profile(self, ref: int | str, owner: str | None = None) -> ProfileInfo:
+        """A profile by id or name; with `owner`, another owner's profile is 'no profile'."""
+        return profile_info(self._profile(ref, owner))
 
     @_storage_errors
     def delete_profile(self, ref: int | str) -> dict[str, Any]:
