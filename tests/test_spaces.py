@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import write_wav
-from ui_helpers import PREDICT_TIMEOUT_S, RunningApp, job_result, profile_value, start_app, stop_app
+from ui_helpers import (PREDICT_TIMEOUT_S, RunningApp, assert_refused, job_result, profile_value, refused_calls,
+                        start_app, stop_app)
 
 pytestmark = pytest.mark.slow
 
@@ -57,32 +58,6 @@ def visitor_a(spaces_app: RunningApp, composite_clip: Path) -> dict:
     md = job_result(a.submit(profile, api_name="/rebuild_cache"), 300)[0]
     assert re.search(r"snapshots 0 → [1-9]", md), md
     return {"client": a, "profile": profile, "clip": clip}
-
-
-def refused_calls(profile: str, clip: str, label_file, audio) -> list[tuple[tuple, str]]:
-    """Every endpoint that reads or changes a profile, aimed at `profile` (someone else's)."""
-    return [
-        ((profile, None), "/queue"),
-        ((profile, clip), "/show_clip"),
-        ((profile, clip, "anger", "", False), "/label"),
-        ((profile, clip, ""), "/label_key_1"),
-        ((profile, clip), "/undo"),
-        ((profile,), "/rebuild_cache"),
-        ((profile, "csv"), "/export_labels"),
-        ((profile, label_file, False), "/import_labels"),
-        ((profile, clip, True), "/delete_clip"),
-        ((profile, True), "/delete_profile"),
-        ((profile,), "/models_info"),
-        (("profile's labelled clips", profile, None, None, "", 10), "/compare_set"),
-        ((None, audio, None, profile), "/predict"),
-    ]
-
-
-def assert_refused(c, calls, match: str) -> None:
-    for args, api_name in calls:
-        with pytest.raises(Exception, match=match) as info:
-            job_result(c.submit(*args, api_name=api_name), 120)
-        assert "\n" not in str(info.value).strip(), f"{api_name}: not one line: {info.value}"
 
 
 def test_visitors_see_only_their_own_data_through_the_api(spaces_app: RunningApp, visitor_a: dict, tmp_path: Path):
@@ -146,6 +121,67 @@ def test_visitor_limits_answer_in_one_line(spaces_app: RunningApp, visitor_a: di
     assert "\n" not in str(info.value).strip()
     clips = job_result(visitor_a["client"].submit(visitor_a["profile"], None, api_name="/queue"), 120)[0]["data"]
     assert len(clips) == MAX_CLIPS  # nothing stored past the limit
+
+
+@pytest.mark.browser
+def test_two_browsers_see_only_their_own_profiles(spaces_app: RunningApp, visitor_a: dict):
+    """Two browser contexts (two visitors, each with its own local storage): C's profile is neither listed
+    for D nor reachable by its id; C's key outlives a reload; C deletes everything of C's."""
+    from test_ui_browser import CHROMIUM, CHROMIUM_ARGS
+
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    expect = sync_api.expect
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, timeout=60_000)
+        try:
+            c, d = (browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(2))
+            for context in (c, d):
+                context.set_default_timeout(60_000)
+            page_c, page_d = c.new_page(), d.new_page()
+            for page in (page_c, page_d):
+                page.goto(spaces_app.url, wait_until="domcontentloaded", timeout=120_000)
+                expect(page.locator("#privacy-notice")).to_contain_text("deleted 24 hours after your last visit", timeout=120_000)
+            key_c, key_d = (page.evaluate("localStorage.getItem('emoweb-owner')") for page in (page_c, page_d))
+            assert key_c and key_d and key_c != key_d
+
+            page_c.locator("#new-profile textarea, #new-profile input").first.fill("Leo at school")
+            page_c.locator("#create-profile").click()
+            expect(page_c.locator("#profile-status")).to_contain_text("Created profile Leo at school", timeout=60_000)
+            c_profile = re.search(r"id (\d+)", page_c.locator("#profile-status").inner_text()).group(1)
+
+            page_d.locator("#profiles-refresh").click()
+            assert profile_options(page_d) == ["(don't save)"]  # neither C's nor A's (API) profile
+            # D types C's profile id as a custom value: every action on it is refused
+            page_d.locator("#profile input").fill(c_profile)
+            page_d.locator("#profile input").press("Enter")
+            page_d.get_by_role("tab", name="Label", exact=True).click()
+            page_d.locator("#queue-refresh").click()
+            expect(page_d.get_by_text(f"no profile '{c_profile}'").first).to_be_visible(timeout=60_000)
+
+            page_c.reload(wait_until="domcontentloaded")  # the key stays in C's local storage
+            expect(page_c.locator("#create-profile")).to_be_visible(timeout=120_000)
+            expect(page_c.locator("#profile input")).to_have_value("Leo at school", timeout=60_000)
+            assert page_c.evaluate("localStorage.getItem('emoweb-owner')") == key_c
+
+            page_c.locator("#delete-mine-box").get_by_text("Delete everything of mine").first.click()
+            page_c.locator("#delete-mine-confirm input").check()
+            page_c.locator("#delete-mine").click()
+            expect(page_c.locator("#profile-status")).to_contain_text("Deleted everything of yours: 1 profile(s)", timeout=60_000)
+            assert profile_options(page_c) == ["(don't save)"]
+        finally:
+            browser.close()
+
+
+def profile_options(page) -> list[str]:
+    """The names the profile dropdown offers."""
+    page.locator("#profile input").click()
+    options = page.get_by_role("option")
+    options.first.wait_for(timeout=30_000)
+    names = [t.strip() for t in options.all_inner_texts()]
+    page.keyboard.press("Escape")
+    return names
 
 
 def test_idle_visitor_data_is_deleted_from_database_and_disk(spaces_app: RunningApp, visitor_a: dict,
