@@ -150,6 +150,7 @@ def test_two_browsers_see_only_their_own_profiles(spaces_app: RunningApp, visito
             page_c.locator("#create-profile").click()
             expect(page_c.locator("#profile-status")).to_contain_text("Created profile Leo at school", timeout=60_000)
             c_profile = re.search(r"id (\d+)", page_c.locator("#profile-status").inner_text()).group(1)
+            assert profile_options(page_c) == ["(don't save)", "Leo at school"]
 
             page_d.locator("#profiles-refresh").click()
             assert profile_options(page_d) == ["(don't save)"]  # neither C's nor A's (API) profile
@@ -179,7 +180,7 @@ def profile_options(page) -> list[str]:
     page.locator("#profile input").click()
     options = page.get_by_role("option")
     options.first.wait_for(timeout=30_000)
-    names = [t.strip() for t in options.all_inner_texts()]
+    names = [t.strip().splitlines()[-1].strip() for t in options.all_inner_texts()]  # without the "✓" of the chosen one
     page.keyboard.press("Escape")
     return names
 
