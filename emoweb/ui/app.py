@@ -26,6 +26,8 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
     model_concurrency = model_concurrency or C.env_int("EMOWEB_CONCURRENCY", 1)
     default_concurrency = default_concurrency or C.env_int("EMOWEB_UI_CONCURRENCY", 4)
     heavy = {"concurrency_id": "models", "concurrency_limit": model_concurrency}
+    if settings.public and not settings.shared:
+        ctx.start_expiry()  # on every request too (AppContext.owner)
 
     with gr.Blocks(title="EmoWeb", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         gr.Markdown(

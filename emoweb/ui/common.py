@@ -203,6 +203,20 @@ class AppContext:
             self.visitors.expire()
         return owner
 
+    def start_expiry(self, every_s: float = 600) -> None:
+        """Also delete idle visitors' data every `every_s` seconds from a background thread, so it goes
+        on time when no one makes a request."""
+
+        def loop() -> None:
+            while True:
+                try:
+                    self.visitors.expire()
+                except Exception:  # noqa: BLE001 - housekeeping: logged, tried again next round
+                    log.exception("deleting idle visitors' data failed")
+                time.sleep(every_s)
+
+        threading.Thread(target=loop, name="emoweb-visitor-expiry", daemon=True).start()
+
     def profiles(self, request: gr.Request | None) -> list:
         """Profiles this person may see: their own (all of them in a shared deployment)."""
         return self.service.list_profiles(owner=self.owner(request))
