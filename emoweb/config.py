@@ -85,6 +85,11 @@ class Settings:
         return not self.space_id and is_loopback(self.host)
 
     @property
+    def visitors(self) -> bool:
+        """Whether each browser (or API client) owns its data: no login, and not one shared family."""
+        return not self.auth and not self.shared
+
+    @property
     def public(self) -> bool:
         """A public demo (a Space, or EMOWEB_PUBLIC=1): visitor limits, expiry, privacy notice."""
         return self.public_flag if self.public_flag is not None else bool(self.space_id)

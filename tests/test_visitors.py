@@ -33,6 +33,7 @@ def test_which_deployments_are_one_shared_family(monkeypatch, env: dict, shared:
         monkeypatch.setenv(name, value)
     settings = config.get_settings()
     assert (settings.shared, settings.public) == (shared, public)
+    assert settings.visitors == (not shared and "EMOWEB_AUTH" not in env)  # each browser owns its data
 
 
 def test_a_space_with_persistent_storage_keeps_its_data_there(monkeypatch, tmp_path: Path) -> None:
@@ -87,7 +88,7 @@ def test_limits_refuse_a_clip_in_one_line(service: CaregiverService, tmp_path: P
     assert "\n" not in str(info.value)
     add_clip(service, profile.id, "a", 1000)
     add_clip(service, profile.id, "b", 1000)
-    assert visitors.usage(owner) == (2, 2000)
+    assert service.owner_usage(owner) == (2, 2000)
     with pytest.raises(EmoWebError, match="at most 2 clips per visitor") as info:
         visitors.check_room(owner, profile.id, small)
     assert "\n" not in str(info.value)

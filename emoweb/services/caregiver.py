@@ -308,6 +308,13 @@ class CaregiverService:
         uploads.forget_copies(self.settings.upload_dir, {Path(p).name.split(".")[0] for p in paths})
         return {"profile": profile.name, "id": profile.id, "clips": len(paths), "files_removed": removed}
 
+    @_storage_errors
+    def owner_usage(self, owner: str) -> tuple[int, int]:
+        """(clips, bytes of their media files) in all of `owner`'s profiles."""
+        paths = self.repo.owner_media(owner)
+        targets = [t for t in map(self._inside, paths) if t is not None and t.is_file()]
+        return len(paths), sum(t.stat().st_size for t in targets)
+
     # -- clips ------------------------------------------------------------------------------
 
     @_storage_errors

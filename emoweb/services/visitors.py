@@ -81,23 +81,13 @@ class Visitors:
             self._touched[owner] = now
         self.service.repo.touch_owner(owner, datetime.now(timezone.utc))
 
-    def usage(self, owner: str) -> tuple[int, int]:
-        """(clips, bytes of media) stored for `owner`."""
-        paths = self.service.repo.owner_media(owner)
-        size = 0
-        for relative in paths:
-            target = self.service._inside(relative)
-            if target is not None and target.is_file():
-                size += target.stat().st_size
-        return len(paths), size
-
     def check_room(self, owner: str, profile_id: int, upload: str | Path) -> None:
         """Refuse (one line) a new clip that would take `owner` past the demo's limits (content the
         profile already holds is no new clip)."""
         upload = Path(upload)
         if not upload.is_file() or self.service.repo.find_clip(profile_id, file_sha256(upload)) is not None:
             return
-        clips, size = self.usage(owner)
+        clips, size = self.service.owner_usage(owner)
         new = upload.stat().st_size
         max_clips, max_mb = self.settings.visitor_max_clips, self.settings.visitor_max_mb
         if clips + 1 > max_clips:

@@ -26,7 +26,7 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
     model_concurrency = model_concurrency or C.env_int("EMOWEB_CONCURRENCY", 1)
     default_concurrency = default_concurrency or C.env_int("EMOWEB_UI_CONCURRENCY", 4)
     heavy = {"concurrency_id": "models", "concurrency_limit": model_concurrency}
-    if settings.public and not settings.shared:
+    if settings.public and settings.visitors:
         ctx.start_expiry()  # on every request too (AppContext.owner)
 
     with gr.Blocks(title="EmoWeb", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
@@ -34,7 +34,7 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
             "# EmoWeb\nEmotion recognition in short clips (face, voice and words) with several published models side "
             "by side. Everything runs on this machine; nothing leaves it."
         )
-        if settings.public:
+        if settings.public and settings.visitors:
             from emoweb.services.visitors import privacy_notice
 
             gr.Markdown(privacy_notice(settings), elem_id="privacy-notice")
