@@ -3,8 +3,10 @@
 Settings come from the environment (EMOWEB_DATA_DIR, EMOWEB_DATABASE_URL, EMOWEB_PROFILE,
 EMOWEB_DEVICE, EMOWEB_MAX_SECONDS, EMOWEB_MAX_UPLOAD_MB, ...; see emoweb/config.py). Optional login:
 EMOWEB_AUTH="user1:pass1,user2:pass2" turns on Gradio auth, and each caregiver then sees only their
-own profiles. Listens on 127.0.0.1:7860 by default (EMOWEB_HOST / EMOWEB_PORT; on Spaces the
-GRADIO_SERVER_NAME the platform sets), never shares a public link, sends no analytics.
+own profiles. Without login each browser has its own profiles (an owner key the browser keeps), except
+on a loopback host outside Spaces or with EMOWEB_SHARED=1 (one shared family). Listens on
+127.0.0.1:7860 by default (EMOWEB_HOST / EMOWEB_PORT; on Spaces the GRADIO_SERVER_NAME the platform
+sets), never shares a public link, sends no analytics.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.upload_dir))
 
 from emoweb.ui import build_app  # noqa: E402
+from emoweb.ui.common import OWNER_JS  # noqa: E402
 
 
 def parse_auth(text: str | None) -> list[tuple[str, str]] | None:
@@ -41,19 +44,18 @@ demo = build_app(settings)  # models load lazily, once per process
 
 
 def main() -> None:
-    host = os.environ.get("EMOWEB_HOST") or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
-    port = int(os.environ.get("EMOWEB_PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860)
-    auth = parse_auth(os.environ.get("EMOWEB_AUTH"))
+    auth = parse_auth(settings.auth)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a clean exit: temp files removed, database closed
     demo.launch(
-        server_name=host,
-        server_port=port,
+        server_name=settings.host,
+        server_port=settings.port,
         share=False,
         auth=auth,
         auth_message="EmoWeb: log in as a caregiver" if auth else None,
         max_file_size=f"{settings.max_upload_mb:g}mb",
         show_error=False,
         footer_links=["api", "settings"],
+        head=OWNER_JS,  # the browser's owner key (visitors without login each see only their own data)
     )
 
 

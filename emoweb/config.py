@@ -1,25 +1,56 @@
 """All settings in one place, read from the environment so Spaces, the CLI and tests agree."""
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+SPACES_STORAGE = Path("/data")  # a Hugging Face Space's persistent storage, when the Space has it
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"EMOWEB_{name}", default)
 
 
+def _flag(name: str) -> bool | None:
+    """EMOWEB_<name> as a yes/no; None when unset or empty."""
+    value = _env(name, "").strip().lower()
+    return None if not value else value in ("1", "true", "yes", "on")
+
+
+def _space_id() -> str:
+    return os.environ.get("SPACE_ID", "").strip()  # set by Hugging Face Spaces in every Space
+
+
+def _default_data_dir() -> str:
+    """~/.emoweb; on a Space with persistent storage, /data/emoweb (the rest of a Space's disk is
+    wiped at every restart)."""
+    if _space_id() and SPACES_STORAGE.is_dir():
+        return str(SPACES_STORAGE / "emoweb")
+    return str(Path.home() / ".emoweb")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address is reachable from this machine only."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Runtime settings; every field has an `EMOWEB_<NAME>` environment variable."""
+    """Runtime settings; every field has an `EMOWEB_<NAME>` environment variable, except `space_id`
+    (Spaces' own SPACE_ID) and the `_flag` ones (EMOWEB_SHARED, EMOWEB_PUBLIC; unset: the default)."""
 
     profile: str = field(default_factory=lambda: _env("PROFILE", "embedded"))
     device: str = field(default_factory=lambda: _env("DEVICE", "auto"))
-    data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", str(Path.home() / ".emoweb"))))
+    data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", "") or _default_data_dir()))
     database_url: str = field(default_factory=lambda: _env("DATABASE_URL", ""))
     max_seconds: float = field(default_factory=lambda: float(_env("MAX_SECONDS", "60")))
     max_upload_mb: float = field(default_factory=lambda: float(_env("MAX_UPLOAD_MB", "200")))
@@ -29,6 +60,39 @@ class Settings:
     feature_cache: Path = field(
         default_factory=lambda: Path(_env("FEATURE_CACHE", str(Path.home() / ".cache" / "emoweb" / "features")))
     )
+    # where the web app listens (EMOWEB_HOST / EMOWEB_PORT; else what Spaces sets in GRADIO_SERVER_*)
+    host: str = field(default_factory=lambda: _env("HOST", "") or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1")
+    port: int = field(default_factory=lambda: int(_env("PORT", "") or os.environ.get("GRADIO_SERVER_PORT") or 7860))
+    auth: str = field(default_factory=lambda: _env("AUTH", ""))  # 'user1:pass1,user2:pass2': login on
+    space_id: str = field(default_factory=_space_id)
+    # Without login, every browser (and API client) has its own profiles unless the deployment asks
+    # for one shared family (EMOWEB_SHARED=1); by default shared only on a loopback host outside Spaces.
+    shared_flag: bool | None = field(default_factory=lambda: _flag("SHARED"))
+    public_flag: bool | None = field(default_factory=lambda: _flag("PUBLIC"))
+    # a public demo's limits per visitor, and how long a visitor's data outlives their last visit
+    visitor_max_clips: int = field(default_factory=lambda: int(_env("VISITOR_MAX_CLIPS", "50")))
+    visitor_max_mb: float = field(default_factory=lambda: float(_env("VISITOR_MAX_MB", "500")))
+    visitor_ttl_hours: float = field(default_factory=lambda: float(_env("VISITOR_TTL_HOURS", "24")))
+
+    @property
+    def shared(self) -> bool:
+        """One shared family (everyone sees every profile): only without login, and only when asked
+        for or when the app listens on loopback outside Spaces."""
+        if self.auth:
+            return False
+        if self.shared_flag is not None:
+            return self.shared_flag
+        return not self.space_id and is_loopback(self.host)
+
+    @property
+    def visitors(self) -> bool:
+        """Whether each browser (or API client) owns its data: no login, and not one shared family."""
+        return not self.auth and not self.shared
+
+    @property
+    def public(self) -> bool:
+        """A public demo (a Space, or EMOWEB_PUBLIC=1): visitor limits, expiry, privacy notice."""
+        return self.public_flag if self.public_flag is not None else bool(self.space_id)
 
     @property
     def upload_dir(self) -> Path:

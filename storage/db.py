@@ -101,9 +101,21 @@ def upgrade(engine_or_url: Engine | str | os.PathLike[str]) -> None:
     """Bring the database to the newest schema revision; a no-op when it is already there."""
     engine = engine_or_url if isinstance(engine_or_url, Engine) else make_engine(engine_or_url)
     try:
-        with engine.begin() as connection:
-            _lock_for_migration(connection)
-            command.upgrade(alembic_config(connection), "head")
+        with engine.connect() as connection:
+            sqlite_db = connection.dialect.name == "sqlite"
+            if sqlite_db:  # a table rebuilt by a migration must not cascade-delete its children
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")  # only outside a transaction
+                connection.commit()  # ends SQLAlchemy's autobegun one (the driver began none for a PRAGMA)
+            try:
+                with connection.begin():
+                    _lock_for_migration(connection)
+                    command.upgrade(alembic_config(connection), "head")
+                    if sqlite_db and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                        raise RuntimeError("a migration left rows whose parent row is gone; nothing was changed")
+            finally:
+                if sqlite_db:
+                    connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                    connection.commit()
     finally:
         if engine is not engine_or_url:
             engine.dispose()

@@ -87,14 +87,19 @@ class Repository:
         raise Invalid(f"unsupported database backend: {dialect}")
 
     @staticmethod
-    def _profile(session: Session, ref: ProfileRef, lock: bool = False) -> Profile:
+    def _profile(session: Session, ref: ProfileRef, lock: bool = False, owner: str | None = None) -> Profile:
+        """A profile by id or name; with `owner`, only among that owner's profiles."""
         query = select(Profile).where(Profile.id == ref if isinstance(ref, int) else Profile.name == ref)
+        if owner is not None:
+            query = query.where(Profile.owner == owner)
         if lock:  # PostgreSQL row lock; on SQLite the write transaction already excludes others
             query = query.with_for_update().execution_options(populate_existing=True)
-        profile = session.scalars(query).one_or_none()
-        if profile is None:
+        found = list(session.scalars(query.limit(2)))
+        if len(found) > 1:  # names are unique per owner only
+            raise Invalid(f"several profiles are named {ref!r}: name the profile by its id")
+        if not found:
             raise NotFound(f"no profile {ref!r}")
-        return profile
+        return found[0]
 
     @staticmethod
     def _clip(session: Session, clip_id: int) -> Clip:

@@ -77,11 +77,15 @@ class Profile(Base):
     """A child or a setting: its own clips, labels and caches."""
 
     __tablename__ = "profiles"
+    # names are unique per owner (profiles without an owner count as one owner)
+    __table_args__ = (Index("uq_profiles_owner_name", text("coalesce(owner, '')"), "name", unique=True),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
-    owner: Mapped[str | None] = mapped_column(String(200))  # login user name; None: shared
+    name: Mapped[str] = mapped_column(String(200))
+    # login user name, or a visitor's "visitor:<hash of the browser's owner key>"; None: shared
+    owner: Mapped[str | None] = mapped_column(String(200), index=True)
     label_set: Mapped[list[str]]
     created: Mapped[datetime] = mapped_column(default=utcnow)
+    last_active: Mapped[datetime] = mapped_column(default=utcnow)  # its owner's last request (public demos)
 
 
 class Clip(Base):

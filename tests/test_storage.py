@@ -13,9 +13,11 @@ import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -110,6 +112,22 @@ def test_upgrade_brings_an_empty_database_to_head(url: str) -> None:
     engine.dispose()
 
 
+def test_upgrade_keeps_the_rows_of_a_rebuilt_table(tmp_path: Path) -> None:
+    """0002 rebuilds `profiles` on SQLite: its clips and caches (ON DELETE CASCADE) must survive."""
+    engine = make_engine(tmp_path / "old.sqlite3")
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0001")
+        connection.exec_driver_sql("INSERT INTO profiles (name, owner, label_set, created) VALUES ('Anna', NULL, '[]', '2025-01-02')")
+        connection.exec_driver_sql("INSERT INTO clips (profile_id, sha256, media_path, original_name, kind, source, created) "
+                                   "VALUES (1, 'ab', 'media/1/ab.mp4', 'a.mp4', 'video', 'upload', '2025-01-02')")
+    upgrade(engine)
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM clips").scalar() == 1
+        assert connection.exec_driver_sql("SELECT last_active = created FROM profiles").scalar() == 1
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1  # back on for the app
+    engine.dispose()
+
+
 def test_alembic_config_needs_no_ini_file(engine: Engine) -> None:
     with engine.connect() as connection:
         config = alembic_config(connection)
@@ -175,7 +193,14 @@ def test_profiles_round_trip(repo: Repository) -> None:
     assert [p.name for p in repo.list_profiles()] == ["Anna", "Classroom"]
     assert [p.name for p in repo.list_profiles(owner="mum")] == ["Anna"]
     with pytest.raises(Invalid, match="already exists"):
-        repo.create_profile("Anna")
+        repo.create_profile("Anna", owner="mum")
+    with pytest.raises(Invalid, match="already exists"):
+        repo.create_profile("Classroom")  # profiles without an owner count as one owner
+    # names are unique per owner only: another owner's "Anna" neither clashes nor shows
+    other = repo.create_profile("Anna", owner="visitor:b")
+    assert other.id != anna.id and [p.id for p in repo.list_profiles(owner="visitor:b")] == [other.id]
+    with pytest.raises(Invalid, match="several profiles are named"):
+        repo.get_profile("Anna")
     with pytest.raises(Invalid, match="empty"):
         repo.create_profile("   ")
     with pytest.raises(Invalid, match="duplicates"):

@@ -90,11 +90,11 @@ def _hashes(folder: Path) -> set[str]:
 
 
 def test_api_login_isolation(tmp_path: Path):
-    """With login on (EMOWEB_AUTH), a caregiver sees only their own profiles and cannot read, label,
-    rebuild, export or delete another caregiver's profile through the API."""
-    from gradio_client import Client
+    """With login on (EMOWEB_AUTH), a caregiver sees only their own profiles and cannot list, read, label,
+    export, import into, rebuild or delete another caregiver's profile through any endpoint."""
+    from gradio_client import Client, handle_file
 
-    from ui_helpers import start_app, stop_app
+    from ui_helpers import assert_refused, profile_value, refused_calls, start_app, stop_app
 
     app = start_app(tmp_path / "auth_app", {"EMOWEB_AUTH": "alice:pw-a,bob:pw-b"})
     try:
@@ -108,11 +108,15 @@ def test_api_login_isolation(tmp_path: Path):
         names = [c[0] for c in (seen_by_bob["choices"] if isinstance(seen_by_bob, dict) else [])]
         assert "bob-home" in names and "alice-home" not in names, seen_by_bob
 
-        for args, api_name in [((alice_profile, None), "/queue"), ((alice_profile, "1", "joy", "", False), "/label"),
-                               ((alice_profile,), "/rebuild_cache"), ((alice_profile, "csv"), "/export_labels"),
-                               ((alice_profile, True), "/delete_profile"), (("alice-home", "csv"), "/export_labels")]:
-            with pytest.raises(Exception, match="no profile"):
-                job_result(bob.submit(*args, api_name=api_name), 60)
+        label_file = tmp_path / "labels.csv"
+        label_file.write_text("sha256,label\n" + "0" * 64 + ",joy\n", encoding="utf-8")
+        audio = write_wav(tmp_path / "bob.wav", [0.1, -0.1] * 8_000)
+        assert_refused(bob, refused_calls(alice_profile, "1", handle_file(str(label_file)), handle_file(str(audio))),
+                       "no profile")
+        assert_refused(bob, [(("alice-home", "csv"), "/export_labels")], "no profile")
+        # names are per caregiver: bob may have an "alice-home" too, and it is not alice's
+        bob_copy = profile_value(job_result(bob.submit("alice-home", "", api_name="/create_profile"), 120))
+        assert bob_copy != str(alice_profile)
         still = job_result(alice.submit(None, api_name="/profiles"), 60)
         assert "alice-home" in [c[0] for c in still["choices"]], still
     finally:

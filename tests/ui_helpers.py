@@ -189,6 +189,32 @@ def profile_value(created) -> str:
     return str(first["value"] if isinstance(first, dict) else first)
 
 
+def refused_calls(profile: str, clip: str, label_file, audio) -> list[tuple[tuple, str]]:
+    """Every endpoint that reads or changes a profile, aimed at `profile` (someone else's)."""
+    return [
+        ((profile, None), "/queue"),
+        ((profile, clip), "/show_clip"),
+        ((profile, clip, "anger", "", False), "/label"),
+        ((profile, clip, ""), "/label_key_1"),
+        ((profile, clip), "/undo"),
+        ((profile,), "/rebuild_cache"),
+        ((profile, "csv"), "/export_labels"),
+        ((profile, label_file, False), "/import_labels"),
+        ((profile, clip, True), "/delete_clip"),
+        ((profile, True), "/delete_profile"),
+        ((profile,), "/models_info"),
+        (("profile's labelled clips", profile, None, None, "", 10), "/compare_set"),
+        ((None, audio, None, profile), "/predict"),
+    ]
+
+
+def assert_refused(c, calls, match: str) -> None:
+    for args, api_name in calls:
+        with pytest.raises(Exception, match=match) as info:
+            job_result(c.submit(*args, api_name=api_name), 120)
+        assert "\n" not in str(info.value).strip(), f"{api_name}: not one line: {info.value}"
+
+
 def rss_kb(pid: int) -> int:
     """Resident memory of one process (kB), from /proc (psutil is not a dependency)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -218,15 +218,15 @@ class CaregiverService:
 
     # -- lookups ----------------------------------------------------------------------------
 
-    def _profile(self, ref: int | str | ProfileInfo) -> Profile:
-        """A profile by id, name, or a name that is an id ('3')."""
+    def _profile(self, ref: int | str | ProfileInfo, owner: str | None = None) -> Profile:
+        """A profile by id, name, or a name that is an id ('3'); with `owner`, only among theirs."""
         if isinstance(ref, ProfileInfo):
             ref = ref.id
         if isinstance(ref, str):
             ref = ref.strip()
-        found = self.repo.find_profile(ref)
+        found = self.repo.find_profile(ref, owner)
         if found is None and isinstance(ref, str) and _CLIP_ID.fullmatch(ref):
-            found = self.repo.find_profile(int(ref))
+            found = self.repo.find_profile(int(ref), owner)
         if found is None:
             raise NotFoundError(f"no profile {ref!r}")
         return found
@@ -284,8 +284,9 @@ class CaregiverService:
         return [profile_info(p) for p in self.repo.list_profiles(owner)]
 
     @_storage_errors
-    def get_profile(self, ref: int | str) -> ProfileInfo:
-        return profile_info(self._profile(ref))
+    def get_profile(self, ref: int | str, owner: str | None = None) -> ProfileInfo:
+        """A profile by id or name; with `owner`, another owner's profile is 'no profile'."""
+        return profile_info(self._profile(ref, owner))
 
     @_storage_errors
     def delete_profile(self, ref: int | str) -> dict[str, Any]:
@@ -306,6 +307,13 @@ class CaregiverService:
         self._features.drop(profile.id)
         uploads.forget_copies(self.settings.upload_dir, {Path(p).name.split(".")[0] for p in paths})
         return {"profile": profile.name, "id": profile.id, "clips": len(paths), "files_removed": removed}
+
+    @_storage_errors
+    def owner_usage(self, owner: str) -> tuple[int, int]:
+        """(clips, bytes of their media files) in all of `owner`'s profiles."""
+        paths = self.repo.owner_media(owner)
+        targets = [t for t in map(self._inside, paths) if t is not None and t.is_file()]
+        return len(paths), sum(t.stat().st_size for t in targets)
 
     # -- clips ------------------------------------------------------------------------------
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Select, String, delete, select, type_coerce
+from sqlalchemy import Select, String, delete, func, select, type_coerce, update
 from sqlalchemy.orm import Session
 
-from storage import Repository
+from storage import NotFound, Repository
 from storage.arrays import unpack
 from storage.repo import ProfileRef, _effective
 from storage.schema import CacheSnapshot, Clip, ClipFeature, Correction, Profile
@@ -25,11 +26,34 @@ _CHUNK = 500  # ids per IN (...): well under every backend's bound-parameter lim
 class CaregiverRepository(Repository):
     """`Repository` plus bulk reads for cache rebuilds, lookups by content hash and snapshot pruning."""
 
-    def find_profile(self, ref: ProfileRef) -> Profile | None:
-        """A profile by id or name, or None."""
+    def find_profile(self, ref: ProfileRef, owner: str | None = None) -> Profile | None:
+        """A profile by id or name (of `owner`'s profiles when given), or None. Names are unique
+        per owner only: a name several owners use is refused without an owner."""
         with self._tx() as session:
-            query = select(Profile).where(Profile.id == ref if isinstance(ref, int) else Profile.name == ref)
-            return session.scalars(query).one_or_none()
+            try:
+                return self._profile(session, ref, owner=owner)
+            except NotFound:
+                return None
+
+    # -- owners (a public demo's visitors) --------------------------------------------------
+
+    def touch_owner(self, owner: str, when: datetime) -> None:
+        """Record activity of `owner` on all their profiles."""
+        with self._tx(write=True) as session:
+            session.execute(update(Profile).where(Profile.owner == owner).values(last_active=when))
+
+    def idle_owners(self, prefix: str, before: datetime) -> list[str]:
+        """Owners whose name starts with `prefix` and whose profiles all were last active before `before`."""
+        query = (select(Profile.owner).where(Profile.owner.startswith(prefix, autoescape=True))
+                 .group_by(Profile.owner).having(func.max(Profile.last_active) < before))
+        with self._tx() as session:
+            return list(session.scalars(query))
+
+    def owner_media(self, owner: str) -> list[str]:
+        """The media paths of every clip in `owner`'s profiles."""
+        query = select(Clip.media_path).join(Profile, Profile.id == Clip.profile_id).where(Profile.owner == owner)
+        with self._tx() as session:
+            return list(session.scalars(query))
 
     def find_clip(self, profile_id: int, sha256: str) -> Clip | None:
         """The clip of a profile with this content hash, or None."""

@@ -12,7 +12,7 @@ from emoweb.ui import compare, label, models_tab, predict
 
 API_NAMES = (
     "profiles", "create_profile", "predict", "queue", "show_clip", "label", "undo", "rebuild_cache", "export_labels",
-    "import_labels", "delete_clip", "delete_profile", "compare_clip", "compare_set", "models_info",
+    "import_labels", "delete_clip", "delete_profile", "delete_my_data", "compare_clip", "compare_set", "models_info",
 )
 
 
@@ -26,12 +26,18 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
     model_concurrency = model_concurrency or C.env_int("EMOWEB_CONCURRENCY", 1)
     default_concurrency = default_concurrency or C.env_int("EMOWEB_UI_CONCURRENCY", 4)
     heavy = {"concurrency_id": "models", "concurrency_limit": model_concurrency}
+    if settings.public and settings.visitors:
+        ctx.start_expiry()  # on every request too (AppContext.owner)
 
     with gr.Blocks(title="EmoWeb", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         gr.Markdown(
             "# EmoWeb\nEmotion recognition in short clips (face, voice and words) with several published models side "
             "by side. Everything runs on this machine; nothing leaves it."
         )
+        if settings.public and settings.visitors:
+            from emoweb.services.visitors import privacy_notice
+
+            gr.Markdown(privacy_notice(settings), elem_id="privacy-notice")
         with gr.Row(equal_height=True):
             profile_dd = gr.Dropdown(label="Caregiver profile (a child or a setting)", choices=[(C.NO_PROFILE, C.NO_PROFILE)],
                                      value=C.NO_PROFILE, elem_id="profile", scale=3,
@@ -41,6 +47,11 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
             create_btn = gr.Button("Create profile", elem_id="create-profile", scale=1)
             refresh_btn = gr.Button("↻", elem_id="profiles-refresh", scale=0, min_width=40)
         profile_status = gr.Markdown("", elem_id="profile-status")
+        with gr.Accordion("Delete everything of mine", open=False, visible=settings.public, elem_id="delete-mine-box"):
+            with gr.Row():
+                confirm_mine = gr.Checkbox(label="yes, delete all my profiles, clips, labels and caches now", value=False,
+                                           elem_id="delete-mine-confirm")
+                delete_mine_btn = gr.Button("Delete everything of mine", variant="stop", elem_id="delete-mine")
 
         with gr.Tabs(elem_id="tabs"):
             p = predict.build(ctx, profile_dd, heavy)
@@ -50,7 +61,7 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
 
         @C.user_errors
         def profiles(current, request: gr.Request):
-            """The profiles this person may see (all of them without login; their own with login)."""
+            """The profiles this person may see: their own (all of them in a shared deployment)."""
             choices = ctx.profile_choices(request)
             ids = [c[1] for c in choices]
             value = str(current) if current is not None and str(current) in ids else (ids[0] if ids else C.NO_PROFILE)
@@ -63,10 +74,22 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
             if not name:
                 raise EmoWebError("type a name for the new profile")
             labels = [x.strip() for x in (labels_text or "").split(",") if x.strip()] or None
-            info = ctx.service.create_profile(name, labels, owner=ctx.user(request))
+            info = ctx.service.create_profile(name, labels, owner=ctx.owner(request))
             choices = ctx.profile_choices(request)
             return (gr.update(choices=[(C.NO_PROFILE, C.NO_PROFILE), *choices], value=str(info.id)), "", "",
                     f"Created profile **{C.esc(info.name)}** (id {info.id}) with labels: {', '.join(C.esc(x) for x in info.labels)}")
+
+        @C.user_errors
+        def delete_my_data(confirm, request: gr.Request):
+            """Delete every profile of the person asking (a visitor's browser, or a logged-in caregiver)."""
+            owner = ctx.owner(request)
+            if owner is None:
+                raise EmoWebError("this deployment is one shared family: delete profiles one by one in the Label tab")
+            if not confirm:
+                raise EmoWebError("tick the box to confirm deleting everything of yours")
+            r = ctx.visitors.delete_owner(owner)
+            return (gr.update(choices=[(C.NO_PROFILE, C.NO_PROFILE)], value=C.NO_PROFILE), False,
+                    f"Deleted everything of yours: {r['profiles']} profile(s), {r['clips']} clip(s).")
 
         def queue_after(event, current=None):
             return event.then(lab["load_queue"], [profile_dd, current or lab["clip_dd"]], lab["queue_outputs"],
@@ -76,6 +99,8 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
         refresh_btn.click(profiles, [profile_dd], profile_dd, api_name="profiles")
         create_btn.click(create_profile, [new_name, new_labels], [profile_dd, new_name, new_labels, profile_status],
                          api_name="create_profile")
+        delete_mine_btn.click(delete_my_data, [confirm_mine], [profile_dd, confirm_mine, profile_status],
+                              api_name="delete_my_data")
         changed = profile_dd.change(m["fn"], [profile_dd], m["outputs"], api_visibility="undocumented")
         queue_after(changed)
         queue_after(p["event"], p["clip_out"])

@@ -45,6 +45,32 @@ MODEL_COLOURS: tuple[str, ...] = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#
 BEFORE_AFTER = {"before": "#b0b0b0", "after": "#4c72b0"}
 MAX_LABEL_BUTTONS = 12  # one-click label buttons (keys 1-9 for the first nine)
 NO_PROFILE = "(don't save)"
+OWNER_HEADER = "x-emoweb-owner"  # the visitor's owner key, sent by the browser (OWNER_JS) or an API client
+OWNER_STORAGE = "emoweb-owner"  # the browser's local-storage entry holding it
+
+# Runs before the app's own scripts (launch(head=...)): a random owner key kept in this browser's local
+# storage, sent with every request to this server. Without local storage, a key per page load.
+OWNER_JS = f"""<script>
+(() => {{
+  const valid = (k) => typeof k === "string" && /^[A-Za-z0-9_-]{{22,128}}$/.test(k);
+  let key = null;
+  try {{ key = window.localStorage.getItem("{OWNER_STORAGE}"); }} catch (e) {{}}
+  if (!valid(key)) {{
+    const bytes = new Uint8Array(24);
+    window.crypto.getRandomValues(bytes);
+    key = btoa(String.fromCharCode(...bytes)).replace(/\\+/g, "-").replace(/\\//g, "_").replace(/=+$/, "");
+    try {{ window.localStorage.setItem("{OWNER_STORAGE}", key); }} catch (e) {{}}
+  }}
+  const send = window.fetch.bind(window);
+  window.fetch = (input, init) => {{
+    const url = new URL(input instanceof Request ? input.url : String(input), window.location.href);
+    if (url.origin !== window.location.origin) return send(input, init);
+    const headers = new Headers((init && init.headers) || (input instanceof Request ? input.headers : undefined));
+    headers.set("X-EmoWeb-Owner", key);
+    return send(input, {{ ...(init || {{}}), headers }});
+  }};
+}})();
+</script>"""
 
 
 def ordered_labels(labels: Sequence[str]) -> list[str]:
@@ -120,6 +146,7 @@ class AppContext:
         self.settings = settings
         self._predictor = predictor
         self._service = service
+        self._visitors = None
         self._lock = threading.RLock()
         self.tmp_dir = Path(tempfile.mkdtemp(prefix="emoweb-ui-"))
         atexit.register(shutil.rmtree, self.tmp_dir, ignore_errors=True)
@@ -142,27 +169,78 @@ class AppContext:
 
     @staticmethod
     def user(request: gr.Request | None) -> str | None:
-        """The logged-in caregiver (None when the app runs without login)."""
+        """The logged-in caregiver (None when the app runs without login): the annotator of labels."""
         name = getattr(request, "username", None) if request is not None else None
         return name or None
 
+    @property
+    def visitors(self):
+        """A public demo's visitor housekeeping (limits, expiry, deleting a visitor's data)."""
+        with self._lock:
+            if self._visitors is None:
+                from emoweb.services.visitors import Visitors
+
+                self._visitors = Visitors(self.service, self.settings)
+            return self._visitors
+
+    def owner(self, request: gr.Request | None) -> str | None:
+        """Whose data a request may see: the logged-in caregiver; else, unless the deployment is one shared
+        family (None: everything), the visitor whose browser sent the owner key (header X-EmoWeb-Owner),
+        or, without a key, the request's own session. On a public demo, notes the visitor's activity
+        and deletes the data of visitors idle past the stated time."""
+        user = self.user(request)
+        if user is not None:
+            return user
+        if self.settings.shared:
+            return None
+        from emoweb.services import visitors
+
+        headers = getattr(request, "headers", None) or {}
+        key = headers.get(OWNER_HEADER) if hasattr(headers, "get") else None
+        owner = visitors.visitor_owner(key) if key else visitors.session_owner(getattr(request, "session_hash", None) or "")
+        if self.settings.public:
+            self.visitors.touch(owner)
+            self.visitors.expire()
+        return owner
+
+    def start_expiry(self, every_s: float = 600) -> None:
+        """Also delete idle visitors' data every `every_s` seconds from a background thread, so it goes
+        on time when no one makes a request."""
+
+        def loop() -> None:
+            while True:
+                try:
+                    self.visitors.expire()
+                except Exception:  # noqa: BLE001 - housekeeping: logged, tried again next round
+                    log.exception("deleting idle visitors' data failed")
+                time.sleep(every_s)
+
+        threading.Thread(target=loop, name="emoweb-visitor-expiry", daemon=True).start()
+
     def profiles(self, request: gr.Request | None) -> list:
-        """Profiles this person may see: with login on, only their own."""
-        return self.service.list_profiles(owner=self.user(request))
+        """Profiles this person may see: their own (all of them in a shared deployment)."""
+        return self.service.list_profiles(owner=self.owner(request))
 
     def profile(self, ref: Any, request: gr.Request | None):
-        """A profile by id or name, refused (as 'no profile') when it belongs to another caregiver."""
+        """A profile by id or name, refused (as 'no profile') when it belongs to someone else."""
         if ref is None or str(ref).strip() in ("", NO_PROFILE):
             raise EmoWebError("choose or create a profile first")
         ref = str(ref).strip()
+        owner = self.owner(request)
         try:
-            info = self.service.get_profile(int(ref) if ref.isdigit() else ref)
+            info = self.service.get_profile(int(ref) if ref.isdigit() else ref, owner=owner)
         except NotFoundError:
             raise NotFoundError(f"no profile {ref[:80]!r}") from None
-        user = self.user(request)
-        if user is not None and info.owner != user:
+        if owner is not None and info.owner != owner:
             raise NotFoundError(f"no profile {ref[:80]!r}")
         return info
+
+    def check_room(self, profile, upload: Path) -> None:
+        """On a public demo, refuse (one line) a visitor's clip past the per-visitor limits."""
+        from emoweb.services.visitors import VISITOR
+
+        if self.settings.public and (profile.owner or "").startswith(VISITOR):
+            self.visitors.check_room(profile.owner, profile.id, upload)
 
     def clip_in(self, profile, clip_id: Any):
         """A clip of the given (already authorised) profile."""

@@ -40,17 +40,19 @@ def _inside(path: Path, roots: list[Path]) -> bool:
 
 def capped_manifest(ctx: C.AppContext, source: Path, split: str, max_rows: int, uploaded: bool) -> tuple[Path, int, int]:
     """A temporary manifest of at most `max_rows` rows of `split` (stratified by label, seeded), with
-    absolute paths that must lie in the data dir or the shared data folder."""
+    absolute paths that must lie in the shared data folder (or, in a shared deployment, the data dir)."""
     from emoweb.manifests import read_manifest
 
     rows = read_manifest(source)
     if uploaded:  # paths of an uploaded manifest are absolute or relative to the shared data folder
         rows = [replace(r, path=SHARED_DATA / r.path.relative_to(source.parent))
                 if r.path is not None and r.path.is_relative_to(source.parent) else r for r in rows]
-    roots = [Path(ctx.settings.data_dir), SHARED_DATA]
+    # the data dir holds every owner's media: only a shared (single-family) deployment may name it
+    roots = [Path(ctx.settings.data_dir), SHARED_DATA] if ctx.settings.shared else [SHARED_DATA]
     outside = [r for r in rows if r.path is not None and not _inside(r.path, roots)]
     if outside:
-        raise EmoWebError(f"{len(outside)} manifest row(s) point outside the data dir and the shared data folder "
+        where = "the data dir and the shared data folder" if ctx.settings.shared else "the shared data folder"
+        raise EmoWebError(f"{len(outside)} manifest row(s) point outside {where} "
                           f"(first: {outside[0].path.name!r}); refused")
     total = len(rows)
     if split:

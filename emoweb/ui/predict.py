@@ -249,15 +249,16 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         size_mb = path.stat().st_size / 2**20
         if size_mb > ctx.settings.max_upload_mb:
             raise MediaError(f"file too large: {size_mb:.0f} MB, the limit is {ctx.settings.max_upload_mb:g} MB")
+        profile = None
+        if profile_ref and str(profile_ref) != C.NO_PROFILE:
+            profile = ctx.profile(profile_ref, request)
+            ctx.check_room(profile, path)
         progress(0.0, desc="loading models")
         predictor = ctx.predictor
         names = predictor.model_names("all")
         if not names:
             raise EmoWebError(f"no trained model is available for the {ctx.settings.profile!r} backbone profile")
         report = stage_progress(progress, names)
-        profile = None
-        if profile_ref and str(profile_ref) != C.NO_PROFILE:
-            profile = ctx.profile(profile_ref, request)
         if profile is None:
             prediction = predictor.predict(path, "all", progress=report)
             return explain(ctx, prediction, None, None, None, None)
