@@ -181,7 +181,7 @@ def _cache(args: argparse.Namespace) -> int:
             return "-" if x is None else f"{100 * x:.1f}%"
 
         lines = [
-            f"{m}: {d['n']} clip(s) {d['n_per_label']}; alpha {d['alpha']:.3g}, beta {d['beta']:.3g} ({d['tuning']}); "
+            f"{m}: {d['outcome']}\n  {d['n']} clip(s) {d['n_per_label']}; alpha {d['alpha']:.3g}, beta {d['beta']:.3g} ({d['tuning']}); "
             f"leave-one-out accuracy {pct(d['before'])} -> {pct(d['after'])}; {d['seconds']:.3f} s; snapshot {d['snapshot_id']}"
             + (f"; {d['skipped']} labelled clip(s) without stored features" if d["skipped"] else "")
             for m, d in r.items()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,8 @@ from emoweb.services import cachebuild
 from emoweb.training import Sample, evaluate, train
 from models import registry
 from models.cache import logit_spread
+
+KSHOT_MODELS = ("emoasst", "merclip", "sem_mbt", "foalnet")
 
 
 @torch.no_grad()
@@ -66,40 +69,54 @@ def _speaker_trials(model_name: str, logits: torch.Tensor, keys: dict[str, torch
             "alpha": float(np.median([a for a, _ in chosen])), "beta": float(np.median([b for _, b in chosen]))}
 
 
-def kshot_study(settings: Settings, manifest: str, model_name: str = "emoasst",
-                ks: tuple[int, ...] = (1, 2, 4, 8), seeds: int = 5) -> dict:
-    """The caregiver effect on the validation speakers, with caches built as the app builds them."""
+def kshot_study(settings: Settings, manifests: Sequence[str], models: Sequence[str] = KSHOT_MODELS,
+                ks: tuple[int, ...] = (1, 2, 4), seeds: int = 3, split: str = "val", max_speakers: int | None = None) -> dict:
+    """The caregiver effect per speaker of `split` in each manifest, for each model, with caches built as
+    the app builds them (careful mode, leave-one-out choice, the guard that keeps a cache off). Per K:
+    mean accuracy without/with the cache over speakers, the share of speakers that lose accuracy, and
+    the worst speaker's change. `max_speakers`: the first N speakers (sorted) of each manifest."""
     predictor = Predictor(settings)
-    loaded = predictor.model(model_name)
-    if loaded is None:
-        raise EmoWebError(f"no trained {model_name} checkpoint for profile {predictor.backbones.name}")
     store = FeatureStore(predictor.extractor, settings.feature_cache)
-    rows = [r for r in read_manifest(manifest) if r.label in predictor.labels and r.split == "val"]
-    encoded = store.encode_rows(rows, desc="features")[0]  # (row, features) pairs
-    speakers = sorted({row.speaker for row, _ in encoded})
-    if not speakers:
-        raise EmoWebError(f"no validation speakers in {manifest}")
-    table = []
-    for spk in speakers:
-        items = [(row, feats) for row, feats in encoded if row.speaker == spk]
-        logits, keys = _embed(loaded[0], predictor.backbones.dims, predictor.labels, [feats for _, feats in items])
-        for k in ks:
-            trial = _speaker_trials(model_name, logits, keys, [row.label for row, _ in items], predictor.labels, k, seeds)
-            table.append({"speaker": spk, "k": k, **{m: round(v, 4) for m, v in trial.items()}})
-    return {"model": model_name, "keys": sorted(keys), "seeds": seeds, "per_speaker": table, "mean": _summary(table, ks)}
+    by_speaker: dict[tuple[str, str], list] = {}
+    for manifest in manifests:
+        rows = [r for r in read_manifest(manifest) if r.label in predictor.labels and r.split == split]
+        keep = sorted({r.speaker for r in rows})[:max_speakers]
+        encoded = store.encode_rows([r for r in rows if r.speaker in keep], desc=Path(manifest).parent.name)[0]
+        for row, feats in encoded:
+            by_speaker.setdefault((Path(manifest).parent.name, row.speaker), []).append((row, feats))
+    if not by_speaker:
+        raise EmoWebError(f"no {split} speakers with encoded clips in {', '.join(manifests)}")
+    out: dict = {"split": split, "seeds": seeds, "ks": list(ks), "speakers": len(by_speaker), "models": {}}
+    for model_name in models:
+        loaded = predictor.model(model_name)
+        if loaded is None:
+            raise EmoWebError(f"no trained {model_name} checkpoint for profile {predictor.backbones.name}")
+        table = []
+        for (corpus, spk), items in sorted(by_speaker.items()):
+            logits, keys = _embed(loaded[0], predictor.backbones.dims, predictor.labels, [feats for _, feats in items])
+            for k in ks:
+                trial = _speaker_trials(model_name, logits, keys, [row.label for row, _ in items], predictor.labels, k, seeds)
+                table.append({"corpus": corpus, "speaker": spk, "k": k, **{m: round(v, 4) for m, v in trial.items()}})
+        out["models"][model_name] = {"keys": sorted(keys), "per_speaker": table, "mean": _summary(table, ks)}
+    return out
 
 
 def _summary(table: list[dict], ks: tuple[int, ...]) -> dict:
-    """Mean accuracies (and median alpha/beta) over speakers, per K."""
-    return {
-        k: {
-            "with_cache": round(float(np.mean([r["with_cache"] for r in table if r["k"] == k])), 4),
-            "without_cache": round(float(np.mean([r["without_cache"] for r in table if r["k"] == k])), 4),
-            "alpha": float(np.median([r["alpha"] for r in table if r["k"] == k])),
-            "beta": float(np.median([r["beta"] for r in table if r["k"] == k])),
+    """Per K over speakers: mean accuracies, mean gain, share of speakers that lose, worst change, median alpha/beta."""
+    out = {}
+    for k in ks:
+        rows = [r for r in table if r["k"] == k]
+        gains = [r["with_cache"] - r["without_cache"] for r in rows]
+        out[k] = {
+            "without_cache": round(float(np.mean([r["without_cache"] for r in rows])), 4),
+            "with_cache": round(float(np.mean([r["with_cache"] for r in rows])), 4),
+            "gain": round(float(np.mean(gains)), 4),
+            "losing_share": round(float(np.mean([g < -1e-9 for g in gains])), 4),
+            "worst": round(float(min(gains)), 4),
+            "alpha": float(np.median([r["alpha"] for r in rows])),
+            "beta": float(np.median([r["beta"] for r in rows])),
         }
-        for k in ks
-    }
+    return out
 
 
 def card_augment(card: dict | None) -> AudioAugment:
@@ -193,19 +210,26 @@ def egemaps_baseline(manifest: str, cache_dir: Path, labels: list[str]) -> dict:
     return classification_report([rows[i].label for i in val], list(pred), labels)
 
 
-def _ravdess() -> str:
+def _shared_manifest(folder: str) -> str:
     from emoweb.config import SHARED_DATA
 
-    path = SHARED_DATA / "speech" / "ravdess" / "manifest.csv"
+    path = SHARED_DATA / folder / "manifest.csv"
     if not path.is_file():
-        raise EmoWebError(f"RAVDESS manifest not found at {path} (the shared data folder is needed)")
+        raise EmoWebError(f"{folder} manifest not found at {path} (the shared data folder is needed)")
     return str(path)
 
 
+def _ravdess() -> str:
+    return _shared_manifest("speech/ravdess")
+
+
 def _kshot_text(r: dict) -> str:
-    lines = [f"K-shot caregiver cache, {r['model']} on speech clips (keys: {', '.join(r['keys'])}), per validation speaker, "
-             f"{r['seeds']} draws; caches built by the app's rebuild (median alpha/beta shown)",
-             "| K | no cache | with cache | gain | alpha / beta |", "|---|---|---|---|---|", *_kshot_rows(r["mean"])]
+    lines = [f"K-shot caregiver cache on {r['speakers']} {r['split']} speakers (K clips per label of one speaker in the "
+             f"cache, the rest of that speaker's clips scored, {r['seeds']} draws; caches built by the app's rebuild)",
+             "| model | K | no cache | with cache | gain | speakers losing | worst speaker |", "|---|---|---|---|---|---|---|"]
+    for model, m in r["models"].items():
+        lines += [f"| {model} | {k} | {100 * v['without_cache']:.1f} | {100 * v['with_cache']:.1f} | {100 * v['gain']:+.1f} | "
+                  f"{100 * v['losing_share']:.0f}% | {100 * v['worst']:+.1f} |" for k, v in m["mean"].items()]
     return "\n".join(lines)
 
 
@@ -241,10 +265,12 @@ def _register() -> None:
     from emoweb.evaluation import evaluate_manifest
     from models import LABEL7
 
-    @bench("kshot", "caregiver effect: K = 1,2,4,8 clips of a held-back RAVDESS speaker in the cache", _kshot_text)
+    @bench("kshot", "caregiver effect, all four models: K = 1,2,4 clips per label of one unseen RAVDESS or CREMA-D "
+                    "speaker in the cache (--corpora, --split, --speakers)", _kshot_text)
     def _kshot(args) -> dict:
         torch.set_num_threads(args.threads)
-        return kshot_study(replace(get_settings(), device=args.device), _ravdess())
+        manifests = [_shared_manifest(f"speech/{c.strip()}") for c in args.corpora.split(",") if c.strip()]
+        return kshot_study(replace(get_settings(), device=args.device), manifests, split=args.split, max_speakers=args.speakers)
 
     @bench("crossval", "EmoAsst audio recipe and cache defaults, cross-validated on the training speakers only", _crossval_text)
     def _crossval(args) -> dict:

@@ -8,7 +8,15 @@ Maths (per modality ``m``; ``q`` and ``K_m`` L2-normalised, ``V`` one-hot labels
 
     A_m      = exp(-beta * (1 - q @ K_m^T))                      [B, N], in (exp(-2 beta), 1]
     affinity = mean of A_m over the modalities that BOTH the query row and the example have
-    logits   = base_logits + alpha * affinity @ V                [B, C]
+    logits   = base_logits + alpha * affinity @ V                [B, C]   (vote "sum", Tip-Adapter)
+    logits   = base_logits + alpha * (affinity @ V) / n_c        [B, C]   (vote "mean")
+
+Votes. With ``vote="sum"`` a class gains up to alpha per cached example that looks like the query, so a
+class with more examples gains more. With ``vote="mean"`` each class gets its examples' *mean* affinity,
+in (0, 1]: the cache moves one class against another by less than ``alpha``, however many clips are
+cached, and classes with unequal numbers of examples are on an equal footing (which also makes a
+leave-one-out judgement fair: the left-out clip's class is not one example short). That bound is what
+makes a cache with very few examples safe: see :func:`cannot_flip_above`.
 
 Missing modalities. An example (or a query row) may lack a modality: pass a row of NaN (or of
 zeros) for it, or leave the modality out of the dict entirely. Such rows are recorded in a
@@ -63,6 +71,7 @@ ALPHA_PER_SPREAD = 32.0
 SPREAD_BETA = 16.0
 # The search tries these multiples of both around that default (5 x 5).
 SEARCH_FACTORS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+VOTES = ("sum", "mean")
 LOO_MAX_EXAMPLES = 200  # up to this many labelled examples the search uses leave-one-out
 _CHUNK = 2048  # rows per block in the search and LOO, so 10k examples never need a 10k x 10k matrix at once
 
@@ -93,6 +102,18 @@ def search_grid(base_logits: torch.Tensor) -> tuple[tuple[float, ...], tuple[flo
     """The alpha and beta values `search_hyperparameters` tries by default: multiples of the default."""
     alpha, beta = default_hyperparameters(base_logits)
     return tuple(alpha * f for f in SEARCH_FACTORS), tuple(beta * f for f in SEARCH_FACTORS)
+
+
+def no_flip_alpha(confidence: float) -> float:
+    """The largest alpha of a ``vote="mean"`` cache that can never change an answer the base model gives
+    with top-1 probability >= `confidence` (0.5 < confidence < 1), whatever the cache holds.
+
+    Why: mean votes lie in [0, 1], so the cache raises one class against another by less than alpha;
+    overturning the top-1 class needs alpha above its logit margin over the runner-up, and
+    p1 >= c implies p2 <= 1 - c, so that margin is at least log(c / (1 - c)). Raises ValueError outside (0.5, 1)."""
+    if not 0.5 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0.5, 1), not {confidence}")
+    return math.log(confidence / (1.0 - confidence))
 
 
 def normalise_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,8 +150,13 @@ class FewShotCache:
         example_labels: Sequence[str] = (),
         alpha: float = DEFAULT_ALPHA,
         beta: float = DEFAULT_BETA,
+        vote: str = "sum",
     ) -> None:
-        """Low-level constructor for already-normalised keys; use :meth:`build` for raw embeddings."""
+        """Low-level constructor for already-normalised keys; use :meth:`build` for raw embeddings.
+        `vote`: "sum" or "mean" (module docstring); raises ValueError for anything else."""
+        if vote not in VOTES:
+            raise ValueError(f"vote must be one of {VOTES}, not {vote!r}")
+        self.vote = vote
         self.labels: list[str] = []
         self._index: dict[str, int] = {}
         for name in labels:
@@ -154,6 +180,7 @@ class FewShotCache:
         label_set: Sequence[str],
         alpha: float = DEFAULT_ALPHA,
         beta: float = DEFAULT_BETA,
+        vote: str = "sum",
     ) -> FewShotCache:
         """Build from raw embeddings: ``keys[m]`` is [N, D_m]; a NaN (or zero) row means "no such modality".
 
@@ -167,7 +194,7 @@ class FewShotCache:
             if k.shape[0] != n:
                 raise ValueError(f"modality {name!r} has {k.shape[0]} rows for {n} labels")
             norm_keys[name], masks[name] = normalise_rows(k.detach())
-        return cls(label_set, norm_keys, masks, labels, alpha=alpha, beta=beta)
+        return cls(label_set, norm_keys, masks, labels, alpha=alpha, beta=beta, vote=vote)
 
     def _check(self) -> None:
         n = len(self.example_labels)
@@ -186,7 +213,7 @@ class FewShotCache:
 
     def add(self, keys: Mapping[str, torch.Tensor], labels: Sequence[str]) -> None:
         """Append labelled examples (one new correction) without rebuilding; unknown labels become columns."""
-        extra = FewShotCache.build(keys, labels, self.labels, self.alpha, self.beta)
+        extra = FewShotCache.build(keys, labels, self.labels, self.alpha, self.beta, self.vote)
         n_old, n_new = len(self), len(labels)
         for name in set(self.keys) | set(extra.keys):
             old_k, old_m = self.keys.get(name), self.masks.get(name)
@@ -222,6 +249,13 @@ class FewShotCache:
     def values(self) -> torch.Tensor:
         """One-hot [N, C] float32 over the current label set (recomputed, so new columns are always in)."""
         return F.one_hot(self._label_idx, len(self.labels)).float() if len(self) else torch.zeros(0, len(self.labels))
+
+    def class_votes(self, affinity: torch.Tensor) -> torch.Tensor:
+        """[B, N] affinities -> [B, C] votes per class: their sum, or their mean over the class's examples."""
+        votes = affinity @ self.values.to(affinity.device)
+        if self.vote == "mean":
+            votes = votes / self.values.sum(0).clamp_min(1.0).to(votes.device)
+        return votes
 
     # ------------------------------------------------------------------ inference
     def _similarities(self, query: Query) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -301,7 +335,7 @@ class FewShotCache:
         if not len(self):
             return base
         aff = self.affinity(query)
-        return base + self.alpha * (aff @ self.values.to(aff.device)).to(base.device)
+        return base + self.alpha * self.class_votes(aff).to(base.device)
 
     def probs(self, base_logits: torch.Tensor, query: Query, base_labels: Sequence[str] | None = None) -> torch.Tensor:
         """Softmax of :meth:`logits`: what the UI shows, over ``self.labels``."""
@@ -353,7 +387,12 @@ class FewShotCache:
             aff = self.affinity({m: q[start:stop] for m, q in own.items()})
             rows = torch.arange(stop - start, device=aff.device)
             aff[rows, rows + start] = 0.0  # mask the diagonal: an example never votes for itself
-            cache_logits.append(aff @ values.to(aff.device))
+            votes = aff @ values.to(aff.device)
+            if self.vote == "mean":  # each row's own class has one example fewer without it
+                counts = values.sum(0).to(aff.device)[None].expand(len(rows), -1).clone()
+                counts[rows, self._label_idx[start:stop].to(aff.device)] -= 1.0
+                votes = votes / counts.clamp_min(1.0)
+            cache_logits.append(votes)
         after = base + self.alpha * torch.cat(cache_logits).to(base.device)
         y = self._label_idx.to(base.device)
         return {
@@ -374,7 +413,7 @@ class FewShotCache:
         """Pick alpha/beta by cross-validation on the cache's own examples and set them; returns the result."""
         res = search_hyperparameters(
             self._own_query(), self.example_labels, base_logits, alphas, betas, folds,
-            label_set=self.labels, base_labels=base_labels, seed=seed,
+            label_set=self.labels, base_labels=base_labels, seed=seed, vote=self.vote,
         )
         self.alpha, self.beta = res.alpha, res.beta
         return res
@@ -387,6 +426,7 @@ class FewShotCache:
             "example_labels": list(self.example_labels),
             "alpha": self.alpha,
             "beta": self.beta,
+            "vote": self.vote,
         }
         for m, k in self.keys.items():
             state[f"keys.{m}"] = k.detach().to("cpu", torch.float16).contiguous()
@@ -405,7 +445,7 @@ class FewShotCache:
                 keys[m], masks[m] = k * mask[:, None], mask
         return cls(
             state["labels"], keys, masks, state["example_labels"],
-            alpha=float(state["alpha"]), beta=float(state["beta"]),
+            alpha=float(state["alpha"]), beta=float(state["beta"]), vote=str(state.get("vote", "sum")),
         )
 
 
@@ -442,6 +482,7 @@ def search_hyperparameters(
     base_labels: Sequence[str] | None = None,
     seed: int = 0,
     max_eval: int | None = 2000,
+    vote: str = "sum",
 ) -> SearchResult:
     """Choose alpha and beta by k-fold cross-validation on the labelled set only.
 
@@ -454,7 +495,8 @@ def search_hyperparameters(
     ``base_logits``: [N, C'] logits of the labelled examples, or a callable mapping the keys dict
     to them (called once: a training-free base model does not depend on the folds). Evaluation
     data is never passed here, so it cannot influence the choice. Ties in accuracy are broken by
-    the mean held-out log-likelihood of the true label, then by the smaller alpha. Above
+    the mean held-out log-likelihood of the true label, then by the smaller alpha. `vote` as in
+    :class:`FewShotCache` (a "mean" vote divides by the examples of each class in the other folds). Above
     ``max_eval`` examples only that many held-out rows (seeded) are scored, to bound the cost.
     """
     labels = list(labels)
@@ -462,7 +504,7 @@ def search_hyperparameters(
     logits_in = base_logits(dict(keys)) if callable(base_logits) else base_logits
     if n < 2:
         return SearchResult(*default_hyperparameters(logits_in.detach()), float("nan"), float("nan"), 0)
-    cache = FewShotCache.build(keys, labels, label_set if label_set is not None else sorted(set(labels)))
+    cache = FewShotCache.build(keys, labels, label_set if label_set is not None else sorted(set(labels)), vote=vote)
     base = cache.expand_base(logits_in.detach(), base_labels)
     if base.shape[0] != n:
         raise ValueError(f"{base.shape[0]} base rows for {n} labelled examples")
@@ -487,6 +529,8 @@ def search_hyperparameters(
         rows = eval_rows[start:start + _CHUNK]
         sims, pairs = cache._similarities({m: q[rows] for m, q in own.items()})
         train = fold[rows, None] != fold[None, :]  # [b, N]: only other folds may vote
+        # "mean" votes: divide by the examples of each class in the other folds, per scored row
+        per_class = (train.float() @ values).clamp_min(1.0) if vote == "mean" else None
         pairs = [p & train for p in pairs]
         count = torch.stack([p.float() for p in pairs]).sum(0).clamp_min(1.0)
         weights = [p.float() / count for p in pairs]  # averaging over shared modalities, folded in once
@@ -497,6 +541,8 @@ def search_hyperparameters(
             for d, w in zip(shifted, weights):
                 aff.addcmul_(torch.mul(d, beta).exp_(), w)
             cache_logits = aff @ values  # [b, C]
+            if per_class is not None:
+                cache_logits = cache_logits / per_class
             scored = base_r[None] + a[:, None, None] * cache_logits[None]  # [A, b, C]
             correct[i] += (scored.argmax(-1) == y_r[None]).float().sum(1)
             loglik[i] += scored.log_softmax(-1).gather(-1, y_r[None, :, None].expand(len(a), -1, 1)).squeeze(-1).sum(1)

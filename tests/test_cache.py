@@ -10,7 +10,7 @@ import torch
 
 from models.cache import (
     ALPHA_PER_SPREAD, SPREAD_BETA, FewShotCache, _fold_ids, default_hyperparameters, logit_spread, logits_from_probs,
-    search_hyperparameters,
+    no_flip_alpha, search_hyperparameters,
 )
 
 NAN = float("nan")
@@ -319,3 +319,44 @@ def test_row_blocks_give_the_same_results(monkeypatch: pytest.MonkeyPatch) -> No
     assert search_hyperparameters({"fused": x}, names, base, folds=3) == whole_cv
     sub = search_hyperparameters({"fused": x}, names, base, folds=3, max_eval=10)
     assert sub.folds == 3 and (sub.accuracy * 10) == pytest.approx(round(sub.accuracy * 10))
+
+
+def test_mean_votes_bound_the_cache_and_no_flip_alpha_keeps_confident_answers() -> None:
+    """Issue 19's careful mode: class-mean votes lie in [0, 1], so alpha = log(c / (1 - c)) can never overturn
+    an answer given with probability >= c, however the cached clips lie; below c it can."""
+    assert no_flip_alpha(0.6) == pytest.approx(math.log(1.5)) and no_flip_alpha(0.8) == pytest.approx(math.log(4.0))
+    for bad in (0.5, 1.0, 0.3):
+        with pytest.raises(ValueError, match="confidence"):
+            no_flip_alpha(bad)
+    g = torch.Generator().manual_seed(0)
+    confidence, flipped_below = 0.6, 0
+    for _ in range(200):
+        n, c = int(torch.randint(1, 12, (1,), generator=g)), 5
+        keys = torch.randn(n, 8, generator=g)
+        labels = [str(int(i)) for i in torch.randint(0, c, (n,), generator=g)]
+        cache = FewShotCache.build({"fused": keys}, labels, [str(i) for i in range(c)], alpha=no_flip_alpha(confidence),
+                                   beta=float(torch.rand(1, generator=g)) * 20, vote="mean")
+        query = {"fused": torch.cat([keys, torch.randn(16, 8, generator=g)])}
+        base = torch.randn(n + 16, c, generator=g) * 2
+        p = base.softmax(-1)
+        moved = cache.logits(base, query).argmax(-1) != base.argmax(-1)
+        assert not bool((moved & (p.max(-1).values >= confidence)).any())
+        flipped_below += int(moved.sum())
+    assert flipped_below > 0  # the bound is not vacuous: unsure answers can be changed
+
+
+def test_mean_vote_leave_one_out_matches_explicit_rebuilds() -> None:
+    keys = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6]])
+    names, base = ["A", "B", "A", "B"], torch.tensor([[0.3, 0.0]]).repeat(4, 1)
+    cache = FewShotCache.build({"fused": keys}, names, ["A", "B"], alpha=1.0, beta=2.0, vote="mean")
+    hits = 0
+    for i in range(4):
+        keep = [j for j in range(4) if j != i]
+        sub = FewShotCache.build({"fused": keys[keep]}, [names[j] for j in keep], ["A", "B"], 1.0, 2.0, vote="mean")
+        hits += int(sub.logits(base[i:i + 1], {"fused": keys[i:i + 1]}).argmax() == ["A", "B"].index(names[i]))
+    assert cache.leave_one_out_accuracy(base) == {"n": 4, "before": 0.5, "after": pytest.approx(hits / 4)}
+    # search_hyperparameters scores the same held-out logits (leave-one-out up to 200 examples)
+    res = search_hyperparameters({"fused": keys}, names, base, alphas=[1.0], betas=[2.0], label_set=["A", "B"], vote="mean")
+    assert res.accuracy == pytest.approx(hits / 4) and res.folds == 4
+    with pytest.raises(ValueError, match="vote"):
+        FewShotCache.build({"fused": keys}, names, ["A", "B"], vote="median")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -97,13 +98,17 @@ def files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
-def add_synthetic(service: CaregiverService, profile: str, n: int, labels: list[str], seed: int = 0, noise: float = 2.0) -> list[int]:
+def add_synthetic(service: CaregiverService, profile: str, n: int, labels: list[str], seed: int = 0, noise: float = 2.0,
+                  centroid_seed: int | None = None, key_shift: int = 0, base_right: bool = False) -> list[int]:
     """n labelled clips with stored EmoAsst-shaped features (clustered by label, some modalities
-    missing) written through the Repository; no media file (a rebuild never needs one)."""
+    missing) written through the Repository; no media file (a rebuild never needs one).
+    `key_shift`: a clip's keys lie at the centroid of the label `key_shift` places further on (keys that
+    mislead); `base_right`: base logits that favour the true label by 20 (a model already right)."""
     rng = np.random.default_rng(seed)
     prof = service.get_profile(profile)
     dim = 384
-    centroids = {m: rng.standard_normal((len(prof.labels), dim)) for m in ("fused", "audio", "visual")}
+    crng = rng if centroid_seed is None else np.random.default_rng(centroid_seed)
+    centroids = {m: crng.standard_normal((len(prof.labels), dim)) for m in ("fused", "audio", "visual")}
     ids = []
     for i in range(n):
         label = labels[i % len(labels)]
@@ -114,8 +119,11 @@ def add_synthetic(service: CaregiverService, profile: str, n: int, labels: list[
         for m, c in centroids.items():
             if m == "audio" and i % 5 == 4:
                 continue
-            feats[f"emoasst.{m}"] = (c[k] + noise * rng.standard_normal(dim)).astype(np.float32)
+            kk = prof.labels.index(labels[(labels.index(label) + key_shift) % len(labels)])
+            feats[f"emoasst.{m}"] = (c[kk] + noise * rng.standard_normal(dim)).astype(np.float32)
         feats["emoasst.logits"] = rng.standard_normal(len(prof.labels)).astype(np.float32) * 3
+        if base_right:
+            feats["emoasst.logits"][k] += 20.0
         service.repo.put_features(clip.id, "embedded", feats)
         service.repo.add_correction(clip.id, label, annotator="test")
         ids.append(clip.id)
@@ -352,6 +360,48 @@ def test_rebuild_tunes_reports_loo_and_reuses_hyperparameters(service: Caregiver
     assert service.rebuild_cache("synthetic", tune=False)["emoasst"].tuning == "default"
     # old snapshots are pruned to the active one + KEEP_SNAPSHOTS
     assert len(service.snapshots("synthetic")) == 3
+
+
+def test_a_rebuild_that_would_lower_accuracy_keeps_the_previous_cache_and_says_so(service: CaregiverService, no_decoding) -> None:
+    """Issue 19: a cache is switched on only when leave-one-out shows it helps; otherwise the cache in use
+    stays in use (the same snapshot answers) and the outcome says so in plain words."""
+    labels = ["calm", "upset", "playful"]
+    service.create_profile("guard", labels)
+    ids = add_synthetic(service, "guard", 30, labels, seed=11, noise=0.5)  # clustered keys, random base: the cache helps
+    first = service.rebuild_cache("guard")["emoasst"]
+    assert first.active and first.tuning == "cv" and first.after >= first.before + 2 / 30
+    assert first.outcome.startswith("cache on: +") and "your 30 labelled clips" in first.outcome
+    used = service.predict(ids[0], "guard").predictions["emoasst"].cache_snapshot
+    assert used == first.snapshot_id
+    # 120 more clips the model already gets right, whose keys sit at another label's cluster: any cache misleads
+    add_synthetic(service, "guard", 120, labels, seed=12, noise=0.5, centroid_seed=11, key_shift=1, base_right=True)
+    second = service.rebuild_cache("guard")["emoasst"]
+    assert not second.active and second.alpha == 0.0 and second.after <= second.before + 1 / 150
+    assert second.outcome.startswith("kept off: it would not make answers better") and second.outcome.endswith(
+        "the cache you had stays in use")
+    assert service.repo.active_snapshot("guard", "emoasst").id == first.snapshot_id
+    assert service.predict(ids[0], "guard").predictions["emoasst"].cache_snapshot == first.snapshot_id
+    service.delete_profile("guard")
+
+
+def test_a_careful_cache_never_overturns_a_confident_answer(service: CaregiverService, no_decoding) -> None:
+    """One labelled clip per label is too few to judge a cache: it is built in careful mode, and an answer
+    the model gives with at least `SAFE_CONFIDENCE` stays the answer however close the labelled clips are."""
+    labels = ["calm", "upset"]
+    service.create_profile("careful", labels)
+    ids = add_synthetic(service, "careful", 2, labels, seed=13, noise=0.0)  # keys exactly at the two clusters
+    built = service.rebuild_cache("careful")["emoasst"]
+    assert built.tuning == "careful" and built.active and built.alpha == pytest.approx(math.log(0.6 / 0.4))
+    assert built.outcome.startswith("careful mode: too few labelled clips to measure (needs 2 of every label)")
+    prof = service._profile("careful")
+    keys = service.repo.get_features(ids[0], "embedded")  # a query identical to the "calm" clip
+    for p_upset in (0.61, 0.75, 0.99):  # the model says "upset" with p >= 0.6: the cache must not overturn it
+        base = np.log(np.asarray([1 - p_upset, p_upset], np.float32))  # [calm, upset]
+        stored = {**keys, "emoasst.logits": base}
+        assert service._score(prof, stored)["emoasst"].label == "upset"
+    stored = {**keys, "emoasst.logits": np.log(np.asarray([0.45, 0.55], np.float32))}  # unsure: the cache may decide
+    assert service._score(prof, stored)["emoasst"].label == "calm"
+    service.delete_profile("careful")
 
 
 def test_a_snapshot_refers_to_stored_features_and_loads_in_another_process(service: CaregiverService, no_decoding) -> None:

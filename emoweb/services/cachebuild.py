@@ -23,24 +23,38 @@ import numpy as np
 import torch
 
 from models.cache import (
-    ALPHA_PER_SPREAD,
     DEFAULT_ALPHA,
     DEFAULT_BETA,
-    SPREAD_BETA,
     FewShotCache,
-    default_hyperparameters,
+    logit_spread,
+    no_flip_alpha,
     normalise_rows,
     search_hyperparameters,
 )
 
 LOGITS = "logits"  # feature suffix of the base logits; every other suffix is a cache key modality
 FUSED = "fused"  # the fused embedding: stored for every clip, even one with nothing to recognise
-# Fewer labelled clips than this: alpha/beta stay at the default for the model's logit scale
-# (`models.cache.default_hyperparameters`). Leave-one-out on a few clips per class picks worse than
-# that default: on the 14 RAVDESS training speakers (EmoAsst cross-validation models of an experiment
-# script) it gave +7.9 points at 4 clips per class (28) vs +9.6 for the default, and +11.5 vs +10.2
-# at 8 per class (56). `bench crossval` (the repo's own folds): +8.7 at K=4, +15.1 at K=8 tuned.
-MIN_TUNE_EXAMPLES = 40
+# A caregiver's corrections must never make a model worse (issue 19). Every cache votes by class *mean*
+# affinity (`FewShotCache` vote "mean"), so alpha bounds how far it can move one label against another.
+# - Too few clips to judge (a label with fewer than JUDGE_MIN_PER_LABEL clips: leave-one-out would score
+#   a clip whose label then has no other example): "careful" mode, alpha = no_flip_alpha(SAFE_CONFIDENCE),
+#   so the cache can only change answers the model gives with less than SAFE_CONFIDENCE probability.
+# - Enough clips: alpha (in units of the base logits' spread, 0 = off) and beta are chosen by leave-one-out
+#   on the labelled clips, and the cache is switched on only when it gets at least JUDGE_MARGIN_CLIPS more
+#   of them right than the model alone (one clip is within the noise of 14-28 clips). Otherwise the
+#   rebuild keeps what was in use before and says so.
+# Chosen on 3 CREMA-D training actors no model was trained on (K = 1, 2, 4 clips per label, 3 draws;
+# `bench kshot --split train`), never on the validation speakers that `bench kshot` reports.
+SAFE_CONFIDENCE = 0.6
+SAFE_BETA = 4.0
+JUDGE_MIN_PER_LABEL = 2
+JUDGE_MARGIN_CLIPS = 2
+ALPHA_SPREADS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
+BETAS: tuple[float, ...] = (1.0, 4.0, 16.0)
+# Keys that say *what* was said, not how: cached clips that share a sentence would vote for each other's
+# label whatever the emotion (the acted corpora's fixed sentences showed it). The text's emotion still
+# reaches every answer through the model's base logits.
+NON_EMOTION_KEYS = frozenset({"text"})
 TUNE_EVAL_ROWS = 500  # above this many examples, tuning scores a seeded subset of held-out rows
 LOO_EVAL_ROWS = 500  # ... and the leave-one-out accuracy too (the cache still holds every example)
 # With tune="auto", alpha/beta found by cross-validation are reused while the labelled set stays
@@ -50,10 +64,12 @@ RETUNE_MIN_EXAMPLES = 200
 RETUNE_FRACTION = 0.1
 
 
-def tuning_defaults() -> dict[str, float]:
-    """What a rebuild uses before it tunes: alpha in units of the logit spread, beta, and the number of
-    labelled clips from which it tunes alpha/beta instead (shown in the Models tab)."""
-    return {"alpha_per_spread": ALPHA_PER_SPREAD, "beta": SPREAD_BETA, "min_tune_examples": MIN_TUNE_EXAMPLES}
+def tuning_defaults() -> dict[str, Any]:
+    """The rules a rebuild follows (shown in the Models tab): careful mode's confidence and alpha, the
+    clips per label needed to judge a cache, the margin it must win by, and the alpha grid it searches."""
+    return {"safe_confidence": SAFE_CONFIDENCE, "safe_alpha": no_flip_alpha(SAFE_CONFIDENCE),
+            "judge_min_per_label": JUDGE_MIN_PER_LABEL, "judge_margin_clips": JUDGE_MARGIN_CLIPS,
+            "alpha_spreads": list(ALPHA_SPREADS), "betas": list(BETAS)}
 
 
 def logits_name(model: str) -> str:
@@ -251,7 +267,7 @@ def assemble(model: str, clip_labels: Mapping[int, str], stored: StoredArrays) -
     keys, masks = {}, {}
     for feature, unit in stored.units.items():
         owner, part = split_name(feature)
-        mask = stored.present[feature][index] if owner == model else None
+        mask = stored.present[feature][index] if owner == model and part not in NON_EMOTION_KEYS else None
         if mask is not None and bool(mask.any()):  # a modality no labelled clip has is left out
             keys[part], masks[part] = unit[index], mask
     return Assembled(held, [clip_labels[c] for c in held], keys, masks, base, len(clip_labels) - len(held), stored.tokens[rows])
@@ -262,14 +278,17 @@ def assemble_arrays(labels: Sequence[str], keys: Mapping[str, torch.Tensor], bas
     `assemble` would align stored ones: for studies that must build caches exactly as the app does."""
     units, masks = {}, {}
     for name, k in keys.items():
-        units[name], masks[name] = normalise_rows(k)
+        if name not in NON_EMOTION_KEYS:
+            units[name], masks[name] = normalise_rows(k)
     ids = list(range(len(labels)))
     return Assembled(ids, list(labels), units, masks, base.float(), 0, np.arange(len(labels), dtype=np.int64))
 
 
-def make_cache(data: Assembled, label_set: Sequence[str], alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA) -> FewShotCache:
-    """The cache of assembled examples: what a rebuild builds and what loading its snapshot rebuilds."""
-    return FewShotCache(label_set, data.keys, data.masks, data.labels if data.keys else (), alpha=alpha, beta=beta)
+def make_cache(data: Assembled, label_set: Sequence[str], alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA,
+               vote: str = "mean") -> FewShotCache:
+    """The cache of assembled examples: what a rebuild builds and what loading its snapshot rebuilds
+    (snapshots written before class-mean votes load with vote "sum")."""
+    return FewShotCache(label_set, data.keys, data.masks, data.labels if data.keys else (), alpha=alpha, beta=beta, vote=vote)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -429,6 +448,10 @@ def loo_accuracy(
     # values are one-hot: aff @ values sums each label's columns (index_add_: half the time of the matmul)
     votes = torch.zeros(len(rows), len(cache.labels)).index_add_(1, y, aff)
     votes[torch.arange(len(rows)), y[rows]] -= aff[torch.arange(len(rows)), rows]  # an example never votes for itself
+    if cache.vote == "mean":  # each class's mean over its examples, the row's own class one example short
+        counts = torch.bincount(y, minlength=len(cache.labels)).float()[None].repeat(len(rows), 1)
+        counts[torch.arange(len(rows)), y[rows]] -= 1.0
+        votes /= counts.clamp_min_(1.0)
     after = base[rows] + cache.alpha * votes
     before = int((base[rows].argmax(1) == y[rows]).sum())
     correct = int((after.argmax(1) == y[rows]).sum())
@@ -444,6 +467,7 @@ class Built:
     clip_ids: list[int]
     hyper: dict[str, Any]
     metrics: dict[str, Any]
+    keep_previous: bool = False  # kept off, and the profile's cache in use before stays in use
 
 
 def reusable(previous: Mapping[str, Any] | None, n: int, label_set: Sequence[str]) -> bool:
@@ -464,24 +488,28 @@ def build(
     seed: int = 0,
     memo: AffinityMemo | None = None,
 ) -> Built:
-    """Build the cache, choose alpha/beta, and measure leave-one-out accuracy.
+    """Build the cache, choose alpha/beta, measure leave-one-out accuracy, and decide whether it may be
+    used (`hyper["active"]`; see the rules above SAFE_CONFIDENCE).
 
-    `tune`: True: cross-validation on the labelled clips (leave-one-out up to 200 examples, else
-    5 folds) when there are enough of them; "auto": the same, unless the `previous` snapshot's
-    hyper-parameters are still `reusable`; False: the defaults. `memo`: see `loo_accuracy`.
+    `tune`: True: alpha/beta by leave-one-out on the labelled clips (5 folds above 200) when every label
+    has JUDGE_MIN_PER_LABEL clips; "auto": the same, unless the `previous` snapshot's are still
+    `reusable`; False: careful mode's settings, still judged when there are enough clips. `memo`: see
+    `loo_accuracy`.
     """
     t0 = time.perf_counter()
-    cache = make_cache(data, label_set, *default_hyperparameters(data.base))
+    cache = make_cache(data, label_set, no_flip_alpha(SAFE_CONFIDENCE), SAFE_BETA)
     t1 = time.perf_counter()
-    tuning, cv, tuned_n = "default", None, None
-    enough = len(data.labels) >= MIN_TUNE_EXAMPLES and len(set(data.labels)) >= 2
-    if tune == "auto" and enough and cache.keys and reusable(previous, len(cache), cache.labels):
+    counts = Counter(data.labels)
+    judged = len(counts) >= 2 and min(counts.values()) >= JUDGE_MIN_PER_LABEL and bool(cache.keys)
+    tuning, cv, tuned_n = ("default" if judged else "careful"), None, None
+    if tune == "auto" and judged and reusable(previous, len(cache), cache.labels):
         cache.alpha, cache.beta = float(previous["alpha"]), float(previous["beta"])  # type: ignore[index]
         tuning, tuned_n = "reused", int(previous["tuned_n"])  # type: ignore[index]
-    elif tune and enough and cache.keys:
+    elif tune and judged:
+        spread = logit_spread(data.base)
         result = search_hyperparameters(
-            own_query(cache), cache.example_labels, data.base, label_set=cache.labels, seed=seed,
-            max_eval=TUNE_EVAL_ROWS,
+            own_query(cache), cache.example_labels, data.base, alphas=[a * spread for a in ALPHA_SPREADS],
+            betas=BETAS, label_set=cache.labels, seed=seed, max_eval=TUNE_EVAL_ROWS, vote=cache.vote,
         )
         cache.alpha, cache.beta, tuning, cv, tuned_n = result.alpha, result.beta, "cv", result.accuracy, len(cache)
     t2 = time.perf_counter()
@@ -496,8 +524,31 @@ def build(
         seconds=round(t3 - t0, 4),
         timings={"build": round(t1 - t0, 4), "tune": round(t2 - t1, 4), "loo": round(t3 - t2, 4)},
     )
-    hyper = {"alpha": cache.alpha, "beta": cache.beta, "tuning": tuning, "tuned_n": tuned_n, "label_set": list(cache.labels)}
+    if judged:
+        gained = round((metrics["after"] - metrics["before"]) * metrics["scored"])
+        active = cache.alpha > 0 and gained >= JUDGE_MARGIN_CLIPS
+        if not active:  # kept off: the snapshot answers as the model alone (alpha 0), its metrics say why
+            cache.alpha = 0.0
+    else:
+        active = bool(cache.keys)  # careful mode: safe by construction (`no_flip_alpha`)
+    hyper = {"alpha": cache.alpha, "beta": cache.beta, "vote": cache.vote, "tuning": tuning, "tuned_n": tuned_n,
+             "label_set": list(cache.labels), "active": active, "judged": judged}
     return Built(model, cache, list(data.clip_ids) if cache.keys else [], hyper, metrics)
+
+
+def outcome(hyper: Mapping[str, Any], metrics: Mapping[str, Any], kept_previous: bool = False) -> str:
+    """What a rebuild did to one model, in a caregiver's words (the Label tab and `cache rebuild`)."""
+    n, before, after = metrics.get("n") or 0, metrics.get("before"), metrics.get("after")
+    if not n:
+        return "no cache: no labelled clip has what this model reads"
+    if not hyper.get("judged"):
+        return (f"careful mode: too few labelled clips to measure (needs {JUDGE_MIN_PER_LABEL} of every label); "
+                f"it only changes answers the model is less than {100 * SAFE_CONFIDENCE:.0f}% sure of")
+    change = f"{100 * before:.0f}% → {100 * after:.0f}% right on your {n} labelled clips"
+    if hyper.get("active"):
+        return f"cache on: {100 * (after - before):+.0f} points ({change})"
+    kept = "the cache you had stays in use" if kept_previous else "answers come from the model alone"
+    return f"kept off: it would not make answers better ({change}); {kept}"
 
 
 def payload(built: Built) -> dict[str, np.ndarray]:
@@ -530,7 +581,7 @@ def from_features(
     clip_ids = [int(c) for c in arrays.get("clip_ids", np.zeros(0, np.int64))]
     data = assemble(model, dict(zip(clip_ids, example_labels)), stored)
     alpha, beta = float(hyper.get("alpha", DEFAULT_ALPHA)), float(hyper.get("beta", DEFAULT_BETA))
-    cache = make_cache(data, _snapshot_labels(example_labels, hyper), alpha, beta)
+    cache = make_cache(data, _snapshot_labels(example_labels, hyper), alpha, beta, str(hyper.get("vote", "sum")))
     return cache, list(data.clip_ids) if cache.keys else []
 
 
@@ -541,6 +592,7 @@ def from_snapshot(arrays: Mapping[str, np.ndarray], example_labels: Sequence[str
         "example_labels": list(example_labels),
         "alpha": float(hyper.get("alpha", DEFAULT_ALPHA)),
         "beta": float(hyper.get("beta", DEFAULT_BETA)),
+        "vote": str(hyper.get("vote", "sum")),
     }
     for name, value in arrays.items():
         if name.startswith(("keys.", "mask.")):

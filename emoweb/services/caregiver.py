@@ -562,7 +562,7 @@ class CaregiverService:
             decided = cachebuild.has_modality(parts)
             snapshot_id, cache, clip_ids = caches.get(model, (None, None, [])) if decided else (None, None, [])
             labels, logits, nearest = cachebuild.score(base, base_labels, query, cache, clip_ids)
-            used = snapshot_id if cache is not None and len(cache) else None
+            used = snapshot_id if cache is not None and len(cache) and cache.alpha > 0 else None
             probs = logits.softmax(-1)[0].tolist()
             predictions[model] = ModelPrediction(
                 model=model, label=labels[int(np.argmax(probs))] if decided else None, probs=dict(zip(labels, probs)),
@@ -665,6 +665,8 @@ class CaregiverService:
         built = []
         for model in wanted:
             b = cachebuild.build(model, assembled[model], prof.label_set, tune, previous.get(model), memo=memos[model])
+            # only a cache that passed the same judgement is worth keeping (older snapshots were never judged)
+            b.keep_previous = not b.hyper["active"] and bool((previous.get(model) or {}).get("active"))
             b.hyper["backbone_profile"] = self.backbone  # where `_load_snapshot` finds the features
             b.metrics["timings"] = {"load": round(load, 4), "assemble": round(seconds[model], 4), **b.metrics["timings"]}
             built.append(b)
@@ -676,14 +678,16 @@ class CaregiverService:
         with self._lock:
             self._invalidate(prof.id)
             for b in built:
-                self._caches[(prof.id, b.model)] = (results[b.model].snapshot_id, b.cache, b.clip_ids)
+                if not b.keep_previous:  # a kept previous cache is reloaded from its (still active) snapshot
+                    self._caches[(prof.id, b.model)] = (results[b.model].snapshot_id, b.cache, b.clip_ids)
 
     def _save(self, repo: CaregiverRepository, prof: Profile, built: list[cachebuild.Built]) -> dict[str, ModelRebuild]:
         results = {}
         for b in built:
             t0 = time.perf_counter()
             snapshot = repo.save_snapshot(
-                prof.id, b.model, cachebuild.payload(b), b.cache.example_labels, b.hyper, b.metrics, activate=True
+                prof.id, b.model, cachebuild.payload(b), b.cache.example_labels, b.hyper, b.metrics,
+                activate=not b.keep_previous,
             )
             repo.prune_snapshots(prof.id, b.model, KEEP_SNAPSHOTS)
             m = b.metrics
@@ -692,6 +696,7 @@ class CaregiverService:
                 model=b.model, snapshot_id=snapshot.id, n=len(b.cache), n_per_label=cachebuild.n_per_label(b.cache.example_labels),
                 alpha=b.cache.alpha, beta=b.cache.beta, tuning=b.hyper["tuning"], before=m["before"], after=m["after"],
                 skipped=m["skipped"], seconds=round(sum(timings.values()), 4), timings=timings, scored=m["scored"],
+                active=bool(b.hyper["active"]), outcome=cachebuild.outcome(b.hyper, m, b.keep_previous),
             )
         _test_pause(REBUILD_PAUSE_ENV, "commit", "rebuild: paused before commit")
         return results

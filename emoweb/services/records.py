@@ -111,13 +111,15 @@ class ModelRebuild(_Record):
     n_per_label: dict[str, int]
     alpha: float
     beta: float
-    tuning: str  # how alpha/beta were set: "cv" (cross-validation now), "reused" (from the last one), "default"
+    tuning: str  # how alpha/beta were set: "cv" (leave-one-out now), "reused" (from the last one), "careful" (too few clips to judge), "default"
     before: float | None  # leave-one-out accuracy on the labelled clips: model alone
     after: float | None  # ... model + this cache (each clip's own entry excluded)
     skipped: int  # labelled clips without stored features for this model (never re-encoded)
     seconds: float  # this model's share: load and commit (shared by all models) + assemble + build + tune + loo + save
     timings: dict[str, float] = field(default_factory=dict)
     scored: int | None = None  # clips `before`/`after` were measured on: all, or a seeded subset of 500 above that
+    active: bool = True  # whether answers now use this cache (False: kept off, see `outcome`)
+    outcome: str = ""  # what the rebuild did, in a caregiver's words (`cachebuild.outcome`)
 
 
 @dataclass(frozen=True)

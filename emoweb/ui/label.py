@@ -216,16 +216,22 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         def pct(v):
             return "n/a" if v is None else f"{100 * v:.1f}%"
 
-        lines = [f"Rebuilt {len(results)} cache(s) of **{C.esc(profile.name)}**; snapshots {before} → {after}.", "",
-                 "| model | examples | per label | alpha | beta | alpha/beta from | accuracy before | after | seconds |",
-                 "|---|---:|---|---:|---:|---|---:|---:|---:|"]
+        lines = [f"Rebuilt the caches of **{C.esc(profile.name)}** from its labelled clips:", "",
+                 "| model | what the rebuild did |", "|---|---|"]
+        for m, r in results.items():
+            lines.append(f"| {C.esc(m)} | {C.esc(r.outcome)} |")
+            if r.skipped:
+                lines.append(f"\n⚠ {C.esc(m)}: {r.skipped} labelled clip(s) without stored features were skipped")
+        lines += ["", "<details><summary>Details (alpha, beta, snapshots)</summary>", "",
+                  f"Cache snapshots {before} → {after}. Accuracy is leave-one-out on the profile's labelled clips (each clip's "
+                  "own entry excluded).", "",
+                  "| model | examples | per label | alpha | beta | alpha/beta from | accuracy before | after | seconds |",
+                  "|---|---:|---|---:|---:|---|---:|---:|---:|"]
         for m, r in results.items():
             per = ", ".join(f"{C.esc(k)} {v}" for k, v in r.n_per_label.items()) or "-"
             lines.append(f"| {C.esc(m)} | {r.n} | {per} | {r.alpha:.2f} | {r.beta:.2f} | {C.esc(tuning_of(r))} | "
                          f"{pct(r.before)} | {pct(r.after)} | {r.seconds:.3f} |")
-            if r.skipped:
-                lines.append(f"\n⚠ {C.esc(m)}: {r.skipped} labelled clip(s) without stored features were skipped")
-        lines.append("\nAccuracy is leave-one-out on the profile's labelled clips (each clip's own entry excluded).")
+        lines.append("\n</details>")
         fig = C.before_after_figure({m: (r.before, r.after) for m, r in results.items()})
         return "\n".join(lines), fig, _snapshot_text(profile)
 

@@ -61,9 +61,12 @@ def models_info(ctx: C.AppContext, profile_ref, request) -> tuple:
     from emoweb.services.cachebuild import tuning_defaults
 
     d = tuning_defaults()
-    lines.append(f"**Few-shot cache defaults:** alpha {d['alpha_per_spread']:g} x the spread of the model's logits over the "
-                 f"label set, beta {d['beta']:g}; alpha/beta are tuned by cross-validation on the profile's labelled "
-                 f"clips once there are at least {d['min_tune_examples']:g}.")
+    lines.append(f"**Few-shot cache rules:** each label gets the mean similarity of its labelled clips. With fewer than "
+                 f"{d['judge_min_per_label']} labelled clips of some label the cache is careful: it can only change answers "
+                 f"a model gives with less than {100 * d['safe_confidence']:.0f}% probability (alpha {d['safe_alpha']:.2f}). "
+                 f"With more, alpha (0 = off, up to {max(d['alpha_spreads']):g} x the spread of the model's logits) is chosen "
+                 f"by leave-one-out on the labelled clips, and the cache is used only when it gets at least "
+                 f"{d['judge_margin_clips']} more of them right than the model alone.")
     cache_rows = []
     if profile_ref and profile_ref != C.NO_PROFILE:
         profile = ctx.profile(profile_ref, request)
