@@ -232,6 +232,17 @@ class FewShotCache:
         self.example_labels.extend(labels)
         self._label_idx = torch.tensor([self._index[n] for n in self.example_labels], dtype=torch.long)
 
+    def without(self, rows: Sequence[int]) -> FewShotCache:
+        """A copy without the examples at `rows` (same labels, alpha, beta and vote): e.g. to answer for a clip
+        that is itself cached without its own entry voting."""
+        drop = set(rows)
+        keep = torch.tensor([i for i in range(len(self)) if i not in drop], dtype=torch.long)
+        return FewShotCache(
+            self.labels, {m: k[keep.to(k.device)] for m, k in self.keys.items()},
+            {m: v[keep.to(v.device)] for m, v in self.masks.items()}, [self.example_labels[i] for i in keep.tolist()],
+            alpha=self.alpha, beta=self.beta, vote=self.vote,
+        )
+
     def to(self, device: torch.device | str) -> FewShotCache:
         """Move keys to a device once, instead of copying them on every query."""
         self.keys = {m: k.to(device) for m, k in self.keys.items()}

@@ -295,7 +295,8 @@ def test_rebuild_from_real_clips_is_used_by_predictions(service, real, no_decodi
     assert active.id == result.snapshot_id and sorted(active.labels) == ["joy", "joy", "sadness"]
     assert set(active.payload_arrays()["clip_ids"].tolist()) == {r.clip.id for r in real.values()}
     p = service.predict(real["video"].clip.id, "family").predictions["emoasst"]
-    assert p.cache_snapshot == result.snapshot_id and p.nearest and p.nearest[0]["clip_id"] == real["video"].clip.id
+    # a labelled clip is answered by the others' entries, never its own (its own label read back)
+    assert p.cache_snapshot == result.snapshot_id and {n["clip_id"] for n in p.nearest} == {real["image"].clip.id, real["audio"].clip.id}
     assert service.repo.latest_predictions(real["video"].clip.id)["emoasst"].model_version == f"embedded+cache{result.snapshot_id}"
     again = service.rebuild_cache("family")["emoasst"]  # a newer snapshot: the in-memory cache follows
     assert service.predict(real["video"].clip.id, "family").predictions["emoasst"].cache_snapshot == again.snapshot_id
@@ -455,8 +456,15 @@ def test_a_warm_rebuild_sees_what_another_process_added_deleted_or_replaced(serv
         other.close()
     rebuilt = service.rebuild_cache("replicas")["emoasst"]
     assert rebuilt.n == 34
+    # the cache holds the clip's new (negated) features, and a labelled clip is answered without its own entry
+    _, cache, clip_ids = service._caches[(service._profile("replicas").id, "emoasst")]
+    row = clip_ids.index(again.id)
+    for name, value in features.items():
+        part = name.split(".", 1)[1]
+        if part in cache.keys and bool(cache.masks[part][row]):
+            assert cache.keys[part][row].numpy() == pytest.approx(-value / np.linalg.norm(value), abs=1e-3)
     p = service.predict(again.id, "replicas").predictions["emoasst"]
-    assert p.nearest[0]["clip_id"] == again.id and p.nearest[0]["similarity"] == pytest.approx(1.0, abs=1e-4)  # its new features
+    assert p.nearest and again.id not in [n["clip_id"] for n in p.nearest]
     service.delete_profile("replicas")
 
 

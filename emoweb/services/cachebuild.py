@@ -613,11 +613,18 @@ def score(
     cache: FewShotCache | None,
     clip_ids: Sequence[int] = (),
     k: int = 5,
+    exclude: int | None = None,
 ) -> tuple[list[str], torch.Tensor, list[list[dict]]]:
     """Logits [B, C] over the returned labels: the base logits plus the cache when it has entries;
-    with the nearest labelled clips per row ({clip_id, label, similarity}).
+    with the nearest labelled clips per row ({clip_id, label, similarity}). `exclude`: a clip id whose
+    own entry must neither vote nor be listed (answering for a clip that is itself labelled and cached).
     The cache must already know every label in `base_labels` (see `FewShotCache.add_label`)."""
     base = (base if base.dim() == 2 else base[None]).float()
+    if cache is not None and exclude is not None and exclude in clip_ids:
+        own = [i for i, c in enumerate(clip_ids) if c == exclude]
+        cache, clip_ids = cache.without(own), [c for c in clip_ids if c != exclude]
+        if not len(cache):  # its own was the only entry: the profile's labels still all get a column
+            return list(cache.labels), cache.expand_base(base, list(base_labels)), [[] for _ in range(base.shape[0])]
     if cache is None or not len(cache):
         return list(base_labels), base, [[] for _ in range(base.shape[0])]
     query = {m: q if q.dim() == 2 else q[None] for m, q in query.items() if m in cache.keys}
