@@ -30,6 +30,11 @@ from faster_whisper.vad import SpeechTimestampsMap, VadOptions, collect_chunks, 
 
 from models.backbones.whisper_encoder import WhisperEncoder
 
+# ONNX Runtime, which runs the Silero VAD, ships telemetry that is on by default on Linux (it uploads
+# usage events and leaves a session file in TMPDIR). Its opt-out must be set before ONNX Runtime is
+# first loaded, which happens on the first VAD call: nothing may leave the machine.
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+
 JOINED_SIZE = 145_217_532
 JOINED_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 TOKEN_SECONDS = 0.02  # one encoder frame per 20 ms
