@@ -26,6 +26,7 @@ from badinputs import Case, build_corpus
 from emoweb.errors import EmoWebError
 from emoweb.media import display_name
 from emoweb.services import CaregiverService, cachebuild
+from emoweb.services.safetext import clean
 from models import registry
 
 pytestmark = pytest.mark.slow
@@ -122,6 +123,10 @@ def check_result(case: Case, result: Any, models: set[str], data_dir: Path) -> l
         problems.append(f"nothing was missing, yet notes: {feats.warnings}")
     if case.frame_hw is not None and (feats.frames is None or tuple(feats.frames.shape[1:3]) != case.frame_hw):
         problems.append(f"frames {None if feats.frames is None else feats.frames.shape} are not {case.frame_hw}")
+    if case.transcript and not re.search(case.transcript, feats.transcript, re.I):
+        problems.append(f"transcript {feats.transcript!r} does not match /{case.transcript}/")
+    if case.language and feats.language != case.language:
+        problems.append(f"language {feats.language!r}, expected {case.language!r}")
     if set(result.predictions) != models:
         problems.append(f"answers from {sorted(result.predictions)}, expected {sorted(models)}")
     for name, p in result.predictions.items():
@@ -133,7 +138,7 @@ def check_result(case: Case, result: Any, models: set[str], data_dir: Path) -> l
     else:
         problems += [f"{name}: no decision although {sorted(m for m, v in used.items() if v)} was used"
                      for name, p in result.predictions.items() if not p.decided or p.label is None]
-    if result.clip.original_name != case.path.name:
+    if result.clip.original_name != clean(case.path.name):  # bytes that are not UTF-8 stored as U+FFFD
         problems.append(f"original name stored as {result.clip.original_name!r}")
     if not (data_dir / result.clip.media_path).is_file():
         problems.append(f"stored media missing: {result.clip.media_path}")
