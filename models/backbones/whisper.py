@@ -9,8 +9,10 @@ What the decoder hears is speech only: faster-whisper's bundled Silero VAD finds
 transcript at all), and when it cuts more than a pause from the clip, language detection and decoding
 run on the speech alone (one more encoder pass over it); the audio tokens always cover the whole clip.
 A decoded segment counts as text only if Whisper's own tests pass: not no-speech (no-speech
-probability > 0.6 with mean log-probability < -1), not a repetition loop (compression ratio > 2.4,
-or a few words repeated over and over), and not punctuation only ("... ... ...").
+probability > 0.6 with mean log-probability < -1), not a repetition loop (the segment's text
+compresses more than 2.4 times, or a few words repeat over and over), and not punctuation only
+("... ... ..."). Repetition is judged per segment, not per 30-s window: a phrase said again and
+again, each time in its own segment (echolalia), is speech; a loop inside one segment is not.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import ctranslate2
 import numpy as np
 import torch
 from faster_whisper import WhisperModel
+from faster_whisper.transcribe import get_compression_ratio
 from faster_whisper.vad import SpeechTimestampsMap, VadOptions, collect_chunks, get_speech_timestamps
 
 from models.backbones.whisper_encoder import WhisperEncoder
@@ -45,7 +48,7 @@ VAD = VadOptions()  # faster-whisper's defaults: speech above 0.5, pauses under 
 KEEP_WHOLE_SECONDS = VAD.min_silence_duration_ms / 1000  # VAD cuts less than a pause it would keep: decode the clip as is
 NO_SPEECH_PROB = 0.6  # Whisper's no-speech test: above this probability ...
 NO_SPEECH_LOGPROB = -1.0  # ... unless the text's mean token log-probability is above this
-MAX_COMPRESSION = 2.4  # Whisper's repetition test: text that zlib compresses more than this is a loop
+MAX_COMPRESSION = 2.4  # Whisper's repetition test: a segment that zlib compresses more than this is a loop
 LOOP_WORDS = 8  # at least this many words, each repeated 4 times on average: a loop too short to compress
 
 
@@ -64,14 +67,14 @@ class AsrResult:
     dropped: list[dict] = field(default_factory=list)  # decoded but not trusted: {"start", "end", "text", "reason"}
 
 
-def untrusted(text: str, compression_ratio: float, no_speech_prob: float, avg_logprob: float) -> str | None:
+def untrusted(text: str, no_speech_prob: float, avg_logprob: float) -> str | None:
     """Why a decoded segment does not count as text (None: it does); see the module docstring."""
     if no_speech_prob > NO_SPEECH_PROB and avg_logprob < NO_SPEECH_LOGPROB:
         return f"Whisper's no-speech probability {no_speech_prob:.2f}"
     if not any(ch.isalnum() for ch in text):
         return "punctuation only"
     words = "".join(ch if ch.isalnum() else " " for ch in text.lower()).split()
-    if compression_ratio > MAX_COMPRESSION or (len(words) >= LOOP_WORDS and 4 * len(set(words)) <= len(words)):
+    if get_compression_ratio(text) > MAX_COMPRESSION or (len(words) >= LOOP_WORDS and 4 * len(set(words)) <= len(words)):
         return "repeated tokens"
     return None
 
@@ -239,7 +242,7 @@ class WhisperBackbone:
                 if restore is not None:  # back to the clip's time line
                     start, end = restore.get_original_time(start), restore.get_original_time(end, is_end=True)
                 seg = {"start": round(start, 2), "end": round(end, 2), "text": s.text.strip()}
-                reason = untrusted(seg["text"], s.compression_ratio, s.no_speech_prob, s.avg_logprob)
+                reason = untrusted(seg["text"], s.no_speech_prob, s.avg_logprob)  # s.compression_ratio is the window's
                 if reason is None:
                     result.segments.append(seg)
                 elif seg["text"]:
