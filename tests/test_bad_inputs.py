@@ -26,7 +26,7 @@ from badinputs import Case, build_corpus
 from emoweb.errors import EmoWebError
 from emoweb.media import display_name
 from emoweb.services import CaregiverService, cachebuild
-from emoweb.services.safetext import clean
+from emoweb.safetext import clean
 from models import registry
 
 pytestmark = pytest.mark.slow

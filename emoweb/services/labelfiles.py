@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 
 from emoweb.errors import EmoWebError
-from emoweb.services.safetext import clean
+from emoweb.safetext import clean
 
 FIELDS = ("sha256", "original_name", "label", "annotator", "note", "created")
 FORMATS = ("csv", "json")

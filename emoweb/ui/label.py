@@ -6,7 +6,7 @@ from pathlib import Path
 import gradio as gr
 
 from emoweb.errors import EmoWebError
-from emoweb.services.safetext import decode
+from emoweb.safetext import decode
 from emoweb.ui import common as C
 
 QUEUE_HEADERS = ["clip", "name", "label", "models' answers", "margin", "disputed"]

@@ -4,7 +4,8 @@ Python turns bytes that are not UTF-8 into lone surrogates (command-line argumen
 use surrogateescape: byte 0xff becomes U+DCFF), and JSON may spell one ("\\ud800"). No database
 driver can encode a lone surrogate, and PostgreSQL refuses NUL, so such text ended in a traceback
 at the insert. The services pass every piece of free text through `clean` before using it, and
-label files given as bytes through `decode`: each bad character becomes U+FFFD, the rest is kept.
+text files given as bytes (label files, training manifests) through `decode`: each bad character
+becomes U+FFFD, the rest is kept.
 """
 from __future__ import annotations
 
