@@ -47,8 +47,8 @@ from sqlalchemy.exc import DBAPIError
 from emoweb.config import Settings, get_settings
 from emoweb.errors import EmoWebError, MediaError, NotFoundError
 from emoweb.media import display_name, file_sha256  # display_name: uploaded names may hold newlines
-from emoweb.services import cachebuild, labelfiles, tempfiles, uploads
 from emoweb.safetext import clean, decode
+from emoweb.services import cachebuild, labelfiles, tempfiles, uploads
 from emoweb.services.records import (
     ClipInfo,
     ClipResult,
