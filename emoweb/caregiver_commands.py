@@ -87,10 +87,12 @@ def _ingest(args: argparse.Namespace) -> int:
             results.append({"path": path, "error": str(exc)})
 
     def text(rows: list) -> str:
+        from emoweb.media import display_name  # a name's undecodable bytes shown escaped, not printed raw
+
         lines = []
         for r in rows:
             if "error" in r:
-                lines.append(f"{Path(r['path']).name}: error: {r['error']}")
+                lines.append(f"{display_name(r['path'])}: error: {r['error']}")
                 continue
             c = r["clip"]
             answers = ", ".join(_answer_text(m, p) for m, p in r["predictions"].items())
@@ -219,9 +221,9 @@ def _labels(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(text)
         return 0
-    try:
-        data = sys.stdin.read() if not args.file or args.file == "-" else Path(args.file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    try:  # bytes: the service reads them as UTF-8, an invalid byte becoming U+FFFD
+        data = sys.stdin.buffer.read() if not args.file or args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
         raise EmoWebError(f"cannot read {args.file}: {exc.__class__.__name__}") from None
     report = service.import_labels(args.profile, data, fmt, args.annotator, args.allow_new_labels)
     emit(report.to_dict(), args.json, lambda d: "\n".join(

@@ -1,8 +1,9 @@
 """ClipFeatures: everything the four models need from one clip, computed once and shared.
 
 decode -> faces -> Whisper (transcript + audio tokens, one encoder pass) -> text encoder -> visual
-encoder. Missing modalities are normal: a silent clip has no transcript, an image has no audio,
-a clip with no face uses whole frames (flagged). Each stage's time is recorded.
+encoder. Missing modalities are normal: a clip with no speech (or only untrusted ASR output) has no
+transcript, an image has no audio, a clip with no face uses whole frames (flagged). Each stage's
+time is recorded.
 """
 from __future__ import annotations
 
@@ -17,11 +18,25 @@ import torch
 
 from emoweb import faces, media, quality
 from emoweb.config import Settings, get_settings
-from models.backbones import Backbones, get_backbones
+from models.backbones import AsrResult, Backbones, get_backbones
 
 MIN_AUDIO_SECONDS = 0.3  # shorter audio carries no usable speech or prosody
 
 Progress = Callable[[str], None]
+QUOTE_CHARS = 60  # of an untrusted transcript shown in a note
+
+
+def transcript_notes(asr: AsrResult) -> list[str]:
+    """What a person should know about the transcript: text left out as untrusted, and why there is none."""
+    notes = []
+    for seg in asr.dropped:
+        text = seg["text"] if len(seg["text"]) <= QUOTE_CHARS else seg["text"][: QUOTE_CHARS - 1] + "…"
+        notes.append(f"transcript left out as unreliable ({seg['reason']}): {text!r}")
+    if not asr.speech_seconds:
+        notes.append("no speech found by voice-activity detection: text models skipped")
+    elif not asr.text:
+        notes.append("no speech recognised: text models skipped")
+    return notes
 
 
 @dataclass
@@ -175,8 +190,7 @@ class FeatureExtractor:
             asr = self.backbones.transcribe(audio)
         feats.audio, feats.log_mel = audio, asr.log_mel
         feats.transcript, feats.segments, feats.language = asr.text, asr.segments, asr.language
-        if not asr.text:
-            feats.warnings.append("no speech recognised: text models skipped")
+        feats.warnings += transcript_notes(asr)
         with stage("audio_encoder"):
             tokens = self.backbones.audio_tokens(audio, asr)
         feats.audio_tokens = {k: v.float().cpu() for k, v in tokens.items()}

@@ -8,12 +8,14 @@ audio file = audio only, image = visual only, no path but `text` = text only.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from emoweb.errors import EmoWebError
 from emoweb.media import IMAGE_SUFFIXES
+from emoweb.safetext import decode
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".aac"}
 
@@ -53,7 +55,7 @@ def read_manifest(path: str | Path) -> list[Row]:
     path = Path(path)
     if not path.is_file():
         raise EmoWebError(f"manifest not found: {path}")
-    with open(path, newline="", encoding="utf-8") as fh:
+    with io.StringIO(decode(path.read_bytes()), newline="") as fh:  # an invalid byte becomes U+FFFD
         reader = csv.DictReader(fh)
         fields = set(reader.fieldnames or [])
         label_col = "label" if "label" in fields else "label7" if "label7" in fields else None

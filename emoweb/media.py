@@ -68,10 +68,11 @@ def display_name(path: str | Path) -> str:
 
     Uploaded names are arbitrary: a newline, carriage return, terminal escape or bidi override in one
     would split the error line or disguise it, so control and format characters are shown escaped
-    (\\n, \\x1b, \\u202e); a name of hundreds of characters is cut, keeping its start and extension.
+    (\\n, \\x1b, \\u202e), and so are the lone surrogates that stand for bytes that are not UTF-8
+    (\\udcff); a name of hundreds of characters is cut, keeping its start and extension.
     """
     name = "".join(
-        ascii(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") and ch not in _JOINERS else ch
+        ascii(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") and ch not in _JOINERS else ch
         for ch in Path(path).name
     )
     if len(name) > MAX_NAME_CHARS:

@@ -37,6 +37,8 @@ class Case:
     `duration_s`: the analysed duration (within 0.1 s); `distinct_frames`: at least this many sampled frames
     with distinct timestamps and distinct pixels; `same_as`: the case whose every model's top label this
     one must give (the same content, filed differently).
+    `transcript`, `language`: when set, the result's transcript must match this regex and be in this
+    language (issue 17: a sentence after long room tone is heard, in English).
     """
 
     name: str
@@ -50,6 +52,8 @@ class Case:
     duration_s: float | None = None
     distinct_frames: int = 0
     same_as: str = ""
+    transcript: str = ""
+    language: str | None = None
 
 
 def _result(
@@ -232,6 +236,7 @@ def build_corpus(directory: Path, shared_data: Path) -> list[Case]:
 
     cases += _real_world_media_cases(d / "real_world", face, speech)
 
+    cases += _transcript_and_text_cases(d, shared_data, face)
     for helper in (base, faststart, still):
         helper.unlink()  # building blocks, not cases
     names = [c.name for c in cases]
@@ -308,4 +313,67 @@ def _real_world_media_cases(d: Path, face: Image.Image, speech: Path) -> list[Ca
 
     for helper in (upright, sideways, stored, moving, d / "dark.png"):
         helper.unlink()
+# -- issue 17, kinds 4 and 6: transcripts you can trust; text that is not valid UTF-8 ---------------
+
+
+def _music(seconds: float, rate: int = 16_000, seed: int = 1) -> np.ndarray:
+    """Instrumental music, no voice: plucked chords with harmonics, a sine lead with vibrato, kick and hats
+    (16th notes at 60 bpm). Whisper base invents a sentence for this one when it decodes it."""
+    rng = np.random.default_rng(seed)
+    step, t = 0.25, np.arange(int(seconds * rate)) / rate
+    out = np.zeros_like(t)
+    chords = [[130.81, 164.81, 196.0], [110.0, 130.81, 164.81], [87.31, 110.0, 130.81], [98.0, 123.47, 146.83]]
+    scale = [261.63, 293.66, 329.63, 349.23, 392.0, 440.0, 493.88, 523.25]
+    for i in range(int(seconds / step)):
+        s, e = int(i * step * rate), int((i + 1) * step * rate)
+        tt = t[s:e] - t[s]
+        for f in chords[(i // 2) % 4]:
+            for h, a in ((1, 1.0), (2, 0.5), (3, 0.3), (4, 0.15), (5, 0.1)):
+                out[s:e] += 0.3 * a * np.exp(-1.5 * tt) * np.sin(2 * np.pi * f * h * tt)
+        phase = 2 * np.pi * np.cumsum(scale[rng.integers(len(scale))] * (1 + 0.01 * np.sin(2 * np.pi * 6 * tt))) / rate
+        out[s:e] += 0.8 * np.minimum(1, tt / 0.03) * np.exp(-0.8 * tt) * (np.sin(phase) + 0.3 * np.sin(2 * phase))
+        out[s:e] += 1.2 * np.exp(-25 * tt) * np.sin(2 * np.pi * 55 * tt * (1 + np.exp(-20 * tt)))
+        if i % 2:
+            out[s:e] += 0.4 * np.exp(-30 * tt) * rng.standard_normal(e - s)
+        hat = tt < 0.05
+        out[s:e][hat] += 0.1 * rng.standard_normal(hat.sum())
+    return 0.3 * out / np.abs(out).max()
+
+
+def _room_tone(seconds: float, rate: int = 16_000, dbfs: float = -55.0) -> np.ndarray:
+    """A quiet room: noise falling off above 200 Hz plus mains hum, at about `dbfs`."""
+    rng = np.random.default_rng(17)
+    spectrum = np.fft.rfft(rng.standard_normal(int(seconds * rate)))
+    noise = np.fft.irfft(spectrum / (1 + np.fft.rfftfreq(int(seconds * rate), 1 / rate) / 200), int(seconds * rate))
+    noise += 0.3 * np.sqrt(np.mean(noise**2)) * np.sin(2 * np.pi * 50 * np.arange(noise.size) / rate)
+    return noise / np.sqrt(np.mean(noise**2)) * 10 ** (dbfs / 20)
+
+
+def _transcript_and_text_cases(d: Path, shared_data: Path, face: Image.Image) -> list[Case]:
+    """Issue 17 kind 4 (music is not speech; a sentence after long room tone is heard, in English) and
+    kind 6 (a file name holding a byte that is not UTF-8 is stored with U+FFFD, or named in one error line)."""
+    import dataclasses
+    import os
+
+    from conftest import HAPPY_SENTENCE
+    from emoweb import composite, media
+
+    cases = []
+    music_wav = write_wav(d / "music.wav", _music(6.0))
+    music = composite.render(shared_data / JOY_FACE, music_wav, d / "music_no_voice.mp4")
+    cases.append(_result("music_no_voice", music, r"no speech found", ("text",)))
+    late_wav = write_wav(d / "late.wav", np.concatenate([_room_tone(40.0), media.decode(shared_data / HAPPY_SPEECH).audio]))
+    late = d / "room_tone_then_speech.m4a"  # a voice memo
+    ffmpeg("-i", late_wav, "-c:a", "aac", "-b:a", "64k", late)
+    cases.append(dataclasses.replace(_result("speech_after_40s_room_tone", late, r"no video track", ("visual",)),
+                                     transcript=HAPPY_SENTENCE, language="en"))
+    for helper in (music_wav, late_wav):
+        helper.unlink()
+
+    bad_name = d / os.fsdecode(b"photo \xff\xe9t\xe9.png")  # Latin-1 bytes: Python holds them as lone surrogates
+    _on_canvas(face, 200, 240).save(bad_name)
+    cases.append(_result("non_utf8_name", bad_name, r"no audio", ("audio", "text")))
+    empty = d / os.fsdecode(b"empty \xff.mp4")
+    empty.write_bytes(b"")
+    cases.append(_error("non_utf8_name_empty", empty, r"empty"))
     return cases

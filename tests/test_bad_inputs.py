@@ -26,6 +26,7 @@ from badinputs import Case, build_corpus
 from emoweb.errors import EmoWebError
 from emoweb.media import display_name
 from emoweb.services import CaregiverService, cachebuild
+from emoweb.safetext import clean
 from models import registry
 
 pytestmark = pytest.mark.slow
@@ -129,6 +130,10 @@ def check_result(case: Case, result: Any, models: set[str], data_dir: Path) -> l
         if min(len(set(feats.frame_times)), len(pixels)) < case.distinct_frames:
             problems.append(f"{len(set(feats.frame_times))} distinct times, {len(pixels)} distinct frames: "
                             f"expected {case.distinct_frames} ({feats.frame_times})")
+    if case.transcript and not re.search(case.transcript, feats.transcript, re.I):
+        problems.append(f"transcript {feats.transcript!r} does not match /{case.transcript}/")
+    if case.language and feats.language != case.language:
+        problems.append(f"language {feats.language!r}, expected {case.language!r}")
     if set(result.predictions) != models:
         problems.append(f"answers from {sorted(result.predictions)}, expected {sorted(models)}")
     for name, p in result.predictions.items():
@@ -140,7 +145,7 @@ def check_result(case: Case, result: Any, models: set[str], data_dir: Path) -> l
     else:
         problems += [f"{name}: no decision although {sorted(m for m, v in used.items() if v)} was used"
                      for name, p in result.predictions.items() if not p.decided or p.label is None]
-    if result.clip.original_name != case.path.name:
+    if result.clip.original_name != clean(case.path.name):  # bytes that are not UTF-8 stored as U+FFFD
         problems.append(f"original name stored as {result.clip.original_name!r}")
     if not (data_dir / result.clip.media_path).is_file():
         problems.append(f"stored media missing: {result.clip.media_path}")

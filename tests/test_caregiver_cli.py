@@ -114,3 +114,39 @@ def test_errors_are_one_line_with_a_nonzero_exit(env: Path) -> None:
     proc = subprocess.run(cmd, cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr == "error: no profile 'nobody'\n" and proc.stdout == ""
+
+
+def test_argument_bytes_that_are_not_utf8_are_stored_replaced_or_one_error_line(env: Path, tmp_path: Path) -> None:
+    """Real subprocesses given raw bytes (0xff is never UTF-8): Python hands them over as lone surrogates."""
+    import sqlite3
+
+    from emoweb.config import get_settings
+    from emoweb.services import CaregiverService
+    from test_services import add_synthetic
+
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+    def emoweb(*argv: str | bytes) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "emoweb", *argv], cwd=REPO, env=environment, capture_output=True, timeout=300)
+
+    created = emoweb("profile", "create", b"kid\xff", "--labels", b"calm,up\xffset", "--json")
+    assert created.returncode == 0, created.stderr
+    assert (json.loads(created.stdout)["name"], json.loads(created.stdout)["labels"]) == ("kid\ufffd", ["calm", "up\ufffdset"])
+    service = CaregiverService(get_settings())
+    clip_id = add_synthetic(service, "kid\ufffd", 1, ["calm"], seed=31)[0]
+    sha = service.get_clip(clip_id).sha256
+    service.close()
+
+    labelled = emoweb("label", str(clip_id), b"up\xffset", "--profile", b"kid\xff", "--annotator", b"mum\xfe", "--note", b"caf\xe9 =1")
+    assert (labelled.returncode, labelled.stdout, labelled.stderr) == (0, f"clip {clip_id} labelled 'up\ufffdset'\n".encode(), b"")
+    refused = emoweb("label", str(clip_id), b"x\xff", "--profile", b"kid\xff")
+    assert refused.returncode == 2 and refused.stdout == b""
+    assert refused.stderr.decode().startswith("error: label 'x\ufffd' is not in the label set") and refused.stderr.count(b"\n") == 1
+    label_file = tmp_path / "labels.csv"
+    label_file.write_bytes(b"sha256,label,annotator,note\n" + sha.encode() + b",calm,gran\xe9,\xff\xfe\n")
+    imported = emoweb("labels", "import", str(label_file), "--profile", b"kid\xff", "--json")
+    assert imported.returncode == 0 and json.loads(imported.stdout)["imported"] == 1, imported.stderr
+
+    with sqlite3.connect(env / "emoweb.sqlite3") as connection:
+        rows = connection.execute("SELECT label, annotator, note FROM corrections WHERE clip_id = ? ORDER BY id", (clip_id,)).fetchall()
+    assert rows[1:] == [("up\ufffdset", "mum\ufffd", "caf\ufffd =1"), ("calm", "gran\ufffd", "\ufffd\ufffd")]

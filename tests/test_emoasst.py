@@ -200,6 +200,15 @@ def test_data_card_keeps_two_manifests_of_the_same_name_apart(tmp_path):
     assert card == {"speech/manifest.csv:train": {"joy": 2}, "faces/manifest.csv:train": {"anger": 2}}
 
 
+def test_a_manifest_that_is_not_valid_utf8_is_read_with_the_bad_bytes_replaced(tmp_path):
+    """A manifest saved by a spreadsheet: a byte-order mark, Latin-1 bytes in the text column."""
+    from emoweb.manifests import read_manifest
+
+    (tmp_path / "m.csv").write_bytes(b"\xef\xbb\xbfpath,label,text\r\n,joy,caf\xe9 \xff\r\n")
+    (row,) = read_manifest(tmp_path / "m.csv")
+    assert (row.path, row.label, row.text) == (None, "joy", "caf\ufffd \ufffd")
+
+
 def test_training_keeps_the_moving_average_of_the_weights():
     """`ema_decay`: the kept weights are the average (they differ from plain training on the same seed,
     which follows the same steps); without a dev split every epoch runs and the last is kept."""

@@ -128,6 +128,33 @@ def test_cli_predict_on_silence_names_no_label(tmp_path: Path, capsys) -> None:
         assert max(answer["probs"].values()) - min(answer["probs"].values()) < 1e-3, (name, answer["probs"])
 
 
+@pytest.mark.parametrize("text, no_speech, logprob, reason", [
+    ("Kids are talking by the door.", 0.16, -0.53, None),  # the RAVDESS sentence, as decoded
+    ("No, no, no, no!", 0.2, -0.4, None),  # a child's real refusal is not a loop
+    ("... ... ...", 0.14, -0.95, "punctuation only"),  # 40 s of room tone, decoded today
+    ("♪ ♪", 0.3, -0.8, "punctuation only"),
+    ("4-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0", 0.97, -0.06, "repeated tokens"),
+    ("I'm sorry, I'm sorry, I'm sorry, I'm sorry, I'm sorry, I'm sorry,", 0.7, -0.14, "repeated tokens"),  # music
+    ("you you you you you you you you", 0.3, -0.5, "repeated tokens"),  # too short for zlib to tell
+    ("Thank you very much.", 0.74, -1.14, "no-speech probability 0.74"),  # music, decoded without the test
+])
+def test_untrusted_asr_output_never_counts_as_text(text, no_speech, logprob, reason) -> None:
+    from models.backbones.whisper import untrusted
+
+    found = untrusted(text, no_speech, logprob)
+    assert found == reason if reason is None else reason in found
+
+
+def test_a_phrase_said_again_and_again_is_speech(extractor, happy_speech: Path, tmp_path: Path) -> None:
+    """Echolalia: the same sentence five times over is kept (repetition is judged per segment)."""
+    from emoweb import media
+
+    audio = media.decode(happy_speech).audio
+    feats = extractor(write_wav(tmp_path / "again.wav", np.concatenate([audio] * 5)))
+    assert _words(feats.transcript).count(HAPPY_SENTENCE) >= 4, (feats.transcript, feats.warnings)
+    assert not any("unreliable" in w for w in feats.warnings), feats.warnings
+
+
 def test_image_gives_visual_only(extractor, joy_face: Path) -> None:
     feats = extractor(joy_face)
     assert feats.kind == "image"

@@ -36,8 +36,12 @@ BLOCKED_RUN = textwrap.dedent(
 
 
 def test_embedded_prediction_with_network_blocked(composite_clip: Path, tmp_path: Path) -> None:
+    """Sockets are blocked in Python only; a native uploader (ONNX Runtime's telemetry, behind the VAD)
+    would pass them, so its opt-out is checked by what it leaves: a session file in TMPDIR."""
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
     env = {"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "EMOWEB_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE",
-           "EMOWEB_DATA_DIR": str(tmp_path), "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}
+           "EMOWEB_DATA_DIR": str(tmp_path), "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "TMPDIR": str(private_tmp)}
     proc = subprocess.run([sys.executable, "-c", BLOCKED_RUN, str(composite_clip)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -45,3 +49,4 @@ def test_embedded_prediction_with_network_blocked(composite_clip: Path, tmp_path
     assert out["attempts"] == [], f"network connections attempted: {out['attempts']}"
     assert out["models"], "no model ran"
     assert "door" in out["transcript"].lower()
+    assert not list(private_tmp.rglob("*.ses")), "ONNX Runtime's telemetry session file: its opt-out was not set in time"

@@ -822,6 +822,72 @@ def test_uploaded_file_names_never_choose_the_stored_path(service, real, joy_fac
     service.delete_profile("names")
 
 
+# -- text that is not valid UTF-8; spreadsheet formulas in exports ----------------------------
+
+BAD = "\udcff"  # what Python makes of byte 0xff in an argument or a file name (surrogateescape)
+FFFD = "\ufffd"
+
+
+def stored_corrections(service: CaregiverService, clip_id: int) -> list[tuple[str, str, str]]:
+    """(label, annotator, note) of every correction row, read back from the database file itself."""
+    with db(service) as connection:
+        return connection.execute("SELECT label, annotator, note FROM corrections WHERE clip_id = ? ORDER BY id", (clip_id,)).fetchall()
+
+
+def test_text_that_is_not_utf8_is_stored_with_the_bad_character_replaced(service: CaregiverService) -> None:
+    info = service.create_profile(f"kid{BAD}", ["calm", f"up{BAD}set"], owner=f"mum\ud800")
+    assert (info.name, info.labels, info.owner) == (f"kid{FFFD}", ["calm", f"up{FFFD}set"], f"mum{FFFD}")
+    assert service.get_profile(f"kid{BAD}").id == info.id  # a lookup with the same bytes finds it
+    assert [p.id for p in service.list_profiles(owner=f"mum\ud800")] == [info.id]
+    clip_id = add_synthetic(service, info.name, 1, ["calm"], seed=21)[0]
+
+    service.record_correction(clip_id, f"up{BAD}set", annotator=f"dad{BAD}", note=f"a{BAD}b\ud83d\ude00 nul\x00.", profile=f"kid{BAD}")
+    service.record_correction(clip_id, f"new{BAD}", allow_new_label=True)
+    service.undo_last_correction(clip_id, annotator=f"{BAD}")
+    rows = stored_corrections(service, clip_id)
+    assert rows[1:] == [(f"up{FFFD}set", f"dad{FFFD}", f"a{FFFD}b\U0001f600 nul{FFFD}."), (f"new{FFFD}", "", ""), (f"new{FFFD}", FFFD, "")]
+    assert service.get_profile(info.id).labels[-1] == f"new{FFFD}" and service.current_label(clip_id) == f"up{FFFD}set"
+
+    sha = service.get_clip(clip_id).sha256
+    as_json = json.dumps({"rows": [{"sha256": sha, "label": "calm", "annotator": "\ud800x", "note": "j\udfff"}]})
+    assert "\\ud800" in as_json  # the file spells the lone surrogate as an escape
+    assert service.import_labels(info.id, as_json, "json").imported == 1
+    assert stored_corrections(service, clip_id)[-1] == ("calm", f"{FFFD}x", f"j{FFFD}")
+    as_bytes = b"\xef\xbb\xbfsha256,label,annotator,note\n" + sha.encode() + b",up\xffset,gran\xe9,caf\xc3\xa9 \xc3\n"
+    assert service.import_labels(info.id, as_bytes, "csv").imported == 1  # a byte-order mark, invalid bytes
+    assert stored_corrections(service, clip_id)[-1] == (f"up{FFFD}set", f"gran{FFFD}", f"café {FFFD}")
+    with pytest.raises(EmoWebError, match=f"label 'x{FFFD}' is not in the label set") as refused:
+        service.record_correction(clip_id, f"x{BAD}")
+    assert len(str(refused.value).splitlines()) == 1
+    service.delete_profile(info.id)
+
+
+def test_csv_export_defuses_formulas_and_import_reads_them_back_exactly(service: CaregiverService) -> None:
+    import csv
+    import io
+
+    from emoweb.services import labelfiles
+
+    cells = ["=HYPERLINK(\"http://x\",\"y\")", "+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "'=already", "'", "＝1", "plain", ""]
+    rows = [{"sha256": "s", "original_name": v, "label": "l", "annotator": v, "note": v, "created": "c"} for v in cells]
+    text = labelfiles.render("p", ["l"], rows, "csv")
+    written = list(csv.reader(io.StringIO(text)))[1:]
+    for value, row in zip(cells, written):
+        assert all(not cell.startswith(labelfiles.FORMULA_START) for cell in row), row  # nothing a spreadsheet runs
+        assert row[4] == ("'" + value if value.startswith((*labelfiles.FORMULA_START, "'")) else value)
+    assert labelfiles.parse(text, "csv") == rows  # exactly what was exported
+
+    service.create_profile("formulas", ["calm", "upset"])
+    clip_id = add_synthetic(service, "formulas", 1, ["calm"], seed=23)[0]
+    service.record_correction(clip_id, "=cmd|' /C calc'!A0", annotator="@mum", note="-1 +1 =1", allow_new_label=True)
+    exported = service.export_labels("formulas", "csv")
+    assert "\n" + service.get_clip(clip_id).sha256 + ",s0.mp4,'=cmd|' /C calc'!A0,'@mum,'-1 +1 =1," in exported
+    service.record_correction(clip_id, "upset", annotator="dad", note="changed")
+    assert service.import_labels("formulas", exported, "csv").imported == 1
+    assert stored_corrections(service, clip_id)[-1] == ("=cmd|' /C calc'!A0", "@mum", "-1 +1 =1")
+    service.delete_profile("formulas")
+
+
 # -- PostgreSQL -------------------------------------------------------------------------------
 
 PG_URL = os.environ.get("EMOWEB_TEST_PG_URL", "")

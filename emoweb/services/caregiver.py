@@ -47,6 +47,7 @@ from sqlalchemy.exc import DBAPIError
 from emoweb.config import Settings, get_settings
 from emoweb.errors import EmoWebError, MediaError, NotFoundError
 from emoweb.media import display_name, file_sha256  # display_name: uploaded names may hold newlines
+from emoweb.safetext import clean, decode
 from emoweb.services import cachebuild, labelfiles, tempfiles, uploads
 from emoweb.services.records import (
     ClipInfo,
@@ -223,7 +224,7 @@ class CaregiverService:
         if isinstance(ref, ProfileInfo):
             ref = ref.id
         if isinstance(ref, str):
-            ref = ref.strip()
+            ref = clean(ref).strip()
         found = self.repo.find_profile(ref, owner)
         if found is None and isinstance(ref, str) and _CLIP_ID.fullmatch(ref):
             found = self.repo.find_profile(int(ref), owner)
@@ -276,12 +277,13 @@ class CaregiverService:
 
     @_storage_errors
     def create_profile(self, name: str, labels: Sequence[str] | None = None, owner: str | None = None) -> ProfileInfo:
-        """A new profile; its label set defaults to the models' seven emotions."""
-        return profile_info(self.repo.create_profile(name, list(labels) if labels else list(LABEL7), owner))
+        """A new profile; its label set defaults to the models' seven emotions. Text is stored `clean`."""
+        labels = [clean(label) for label in labels] if labels else list(LABEL7)
+        return profile_info(self.repo.create_profile(clean(name or ""), labels, None if owner is None else clean(owner)))
 
     @_storage_errors
     def list_profiles(self, owner: str | None = None) -> list[ProfileInfo]:
-        return [profile_info(p) for p in self.repo.list_profiles(owner)]
+        return [profile_info(p) for p in self.repo.list_profiles(None if owner is None else clean(owner))]
 
     @_storage_errors
     def get_profile(self, ref: int | str, owner: str | None = None) -> ProfileInfo:
@@ -362,7 +364,7 @@ class CaregiverService:
         path = Path(path)
         self._check_upload(path)
         sha = file_sha256(path)
-        name = original_name if original_name is not None else path.name
+        name = clean(original_name if original_name is not None else path.name)
         existing = self.repo.find_clip(prof.id, sha)
         if existing is not None:
             return self._known(prof, existing, explain, progress)
@@ -597,22 +599,23 @@ class CaregiverService:
         profile: int | str | None = None,
     ) -> CorrectionInfo:
         """Label a clip (append-only history). A label outside the profile's set is refused unless
-        `allow_new_label`, which adds it to the set."""
+        `allow_new_label`, which adds it to the set. Text is stored `clean`."""
         clip, prof = self._clip(clip_id, profile)
-        label = (label or "").strip()
+        label, annotator, note = (clean(x or "") for x in (label, annotator, note))
+        label = label.strip()
         if label and label not in prof.label_set and not allow_new_label:
             raise EmoWebError(
                 f"label {label!r} is not in the label set of profile {prof.name!r} ({', '.join(prof.label_set)}); "
                 "to add it, allow a new label explicitly (--allow-new-label)"
             )
-        c = self.repo.add_correction(clip.id, label, annotator or "", note or "", allow_new_label)
+        c = self.repo.add_correction(clip.id, label, annotator, note, allow_new_label)
         return CorrectionInfo(c.id, c.clip_id, c.label, c.annotator, c.note, c.created)
 
     @_storage_errors
     def undo_last_correction(self, clip_id: int | str, annotator: str = "", profile: int | str | None = None) -> dict[str, Any]:
         """Withdraw the clip's current label; the one before it (or none) is current again."""
         clip, _ = self._clip(clip_id, profile)
-        undo = self.repo.undo_last_correction(clip.id, annotator or "")
+        undo = self.repo.undo_last_correction(clip.id, clean(annotator or ""))
         return {"clip_id": clip.id, "undone": undo.label, "current": self.repo.current_label(clip.id)}
 
     @_storage_errors
@@ -775,14 +778,15 @@ class CaregiverService:
 
     @_storage_errors
     def import_labels(
-        self, profile: int | str, text: str, fmt: str = "csv", annotator: str | None = None, allow_new_labels: bool = False
+        self, profile: int | str, text: str | bytes, fmt: str = "csv", annotator: str | None = None, allow_new_labels: bool = False
     ) -> ImportReport:
         """Apply a label file to the profile's clips matched by sha256 (in one transaction). A row whose
         label already is the clip's current label changes nothing; unmatched rows are reported.
         `annotator` (when not empty) replaces the file's annotators; the import time is recorded,
-        not the file's `created`."""
+        not the file's `created`. `text` as bytes: the file's content, read as UTF-8 (`safetext.decode`)."""
         prof = self._profile(profile)
-        rows = labelfiles.parse(text, fmt)
+        rows = labelfiles.parse(decode(text) if isinstance(text, bytes) else text, fmt)
+        annotator = clean(annotator or "")
         clips = {c.sha256: c for c in self.repo.list_clips(prof.id)}
         current = self.repo.current_labels(prof.id)
         label_set = list(prof.label_set)

@@ -2,6 +2,9 @@
 
 Only the format lives here; matching rows to clips and storing corrections is the service's job.
 Clips are named by content hash (sha256), so a file exported from one machine applies on another.
+A CSV file is opened in spreadsheets: a cell that would start a formula is written with a leading
+apostrophe (OWASP's CSV-injection advice) and read back without it, so import returns exactly what
+was exported. Values read are passed through `safetext.clean` (a JSON file may spell a lone surrogate).
 """
 from __future__ import annotations
 
@@ -11,9 +14,24 @@ import json
 from collections.abc import Sequence
 
 from emoweb.errors import EmoWebError
+from emoweb.safetext import clean
 
 FIELDS = ("sha256", "original_name", "label", "annotator", "note", "created")
 FORMATS = ("csv", "json")
+# what makes a spreadsheet read a cell as a formula (OWASP: = + - @ tab CR, and their full-width forms)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+GUARD = "'"  # a leading apostrophe: the cell is text
+
+
+def inert_cell(value: str) -> str:
+    """A CSV cell no spreadsheet runs: a formula start gets the guard, and so does a value that already
+    starts with it, so that `restore_cell` gives back exactly `value`."""
+    return GUARD + value if value.startswith((*FORMULA_START, GUARD)) else value
+
+
+def restore_cell(value: str) -> str:
+    """The value `inert_cell` was given."""
+    return value[len(GUARD):] if value.startswith(GUARD) else value
 
 
 def _check(fmt: str) -> None:
@@ -27,9 +45,9 @@ def render(profile: str, labels: Sequence[str], rows: list[dict[str, str]], fmt:
     if fmt == "json":
         return json.dumps({"profile": profile, "labels": list(labels), "rows": rows}, ensure_ascii=False, indent=2) + "\n"
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\r\n")  # RFC 4180: a CR in a value is quoted too
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: inert_cell(str(v)) for k, v in row.items()} for row in rows)
     return buffer.getvalue()
 
 
@@ -50,5 +68,5 @@ def parse(text: str, fmt: str = "csv") -> list[dict[str, str]]:
         missing = {"sha256", "label"} - set(reader.fieldnames or ())
         if missing:
             raise EmoWebError(f"not a CSV label file: missing column(s) {', '.join(sorted(missing))}")
-        rows = list(reader)
-    return [{k: "" if v is None else str(v) for k, v in r.items() if k is not None} for r in rows]
+        rows = [{k: restore_cell(v) if isinstance(v, str) else v for k, v in r.items()} for r in reader]
+    return [{clean(k): "" if v is None else clean(str(v)) for k, v in r.items() if k is not None} for r in rows]

@@ -6,6 +6,7 @@ from pathlib import Path
 import gradio as gr
 
 from emoweb.errors import EmoWebError
+from emoweb.safetext import decode
 from emoweb.ui import common as C
 
 QUEUE_HEADERS = ["clip", "name", "label", "models' answers", "margin", "disputed"]
@@ -250,10 +251,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         path = Path(file if isinstance(file, str) else getattr(file, "name", ""))
         if path.stat().st_size > MAX_IMPORT_BYTES:
             raise EmoWebError(f"label file too large (limit {MAX_IMPORT_BYTES // 2**20} MB)")
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError:
-            raise EmoWebError("the label file is not UTF-8 text") from None
+        text = decode(path.read_bytes())  # an invalid byte becomes U+FFFD, as everywhere text comes in
         fmt_value = "json" if path.suffix.lower() == ".json" or text.lstrip().startswith(("{", "[")) else "csv"
         report = ctx.service.import_labels(profile.id, text, fmt_value, annotator=ctx.user(request) or "",
                                            allow_new_labels=bool(allow_new_labels))

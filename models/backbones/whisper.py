@@ -4,6 +4,15 @@ One encoder pass per 30-s window feeds both uses: we encode each window ourselve
 (`whisper_encoder.py`, the same weights), which gives the last output and every layer's states,
 then run faster-whisper's decoder with that last output handed back whenever it asks to encode
 the same window. `encoder_passes` counts real passes so tests can prove it.
+
+What the decoder hears is speech only: faster-whisper's bundled Silero VAD finds it first (none: no
+transcript at all), and when it cuts more than a pause from the clip, language detection and decoding
+run on the speech alone (one more encoder pass over it); the audio tokens always cover the whole clip.
+A decoded segment counts as text only if Whisper's own tests pass: not no-speech (no-speech
+probability > 0.6 with mean log-probability < -1), not a repetition loop (the segment's text
+compresses more than 2.4 times, or a few words repeat over and over), and not punctuation only
+("... ... ..."). Repetition is judged per segment, not per 30-s window: a phrase said again and
+again, each time in its own segment (echolalia), is speech; a loop inside one segment is not.
 """
 from __future__ import annotations
 
@@ -19,14 +28,28 @@ import ctranslate2
 import numpy as np
 import torch
 from faster_whisper import WhisperModel
+from faster_whisper.transcribe import get_compression_ratio
+from faster_whisper.vad import SpeechTimestampsMap, VadOptions, collect_chunks, get_speech_timestamps
 
 from models.backbones.whisper_encoder import WhisperEncoder
+
+# ONNX Runtime, which runs the Silero VAD, ships telemetry that is on by default on Linux (it uploads
+# usage events and leaves a session file in TMPDIR). Its opt-out must be set before ONNX Runtime is
+# first loaded, which happens on the first VAD call: nothing may leave the machine.
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 JOINED_SIZE = 145_217_532
 JOINED_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 TOKEN_SECONDS = 0.02  # one encoder frame per 20 ms
 WINDOW_SECONDS = 30
 SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+SAMPLE_RATE = 16_000
+VAD = VadOptions()  # faster-whisper's defaults: speech above 0.5, pauses under 2 s kept, 0.4 s padding
+KEEP_WHOLE_SECONDS = VAD.min_silence_duration_ms / 1000  # VAD cuts less than a pause it would keep: decode the clip as is
+NO_SPEECH_PROB = 0.6  # Whisper's no-speech test: above this probability ...
+NO_SPEECH_LOGPROB = -1.0  # ... unless the text's mean token log-probability is above this
+MAX_COMPRESSION = 2.4  # Whisper's repetition test: a segment that zlib compresses more than this is a loop
+LOOP_WORDS = 8  # at least this many words, each repeated 4 times on average: a loop too short to compress
 
 
 @dataclass
@@ -40,6 +63,20 @@ class AsrResult:
     token_times: list[float]
     log_mel: np.ndarray  # [80, frames] at 10 ms: the encoder's input, reused by spectrogram models
     layer_tokens: list[torch.Tensor] = field(default_factory=list)  # each encoder layer's [T, 512] states
+    speech_seconds: float = 0.0  # how much of the audio the voice-activity detector called speech
+    dropped: list[dict] = field(default_factory=list)  # decoded but not trusted: {"start", "end", "text", "reason"}
+
+
+def untrusted(text: str, no_speech_prob: float, avg_logprob: float) -> str | None:
+    """Why a decoded segment does not count as text (None: it does); see the module docstring."""
+    if no_speech_prob > NO_SPEECH_PROB and avg_logprob < NO_SPEECH_LOGPROB:
+        return f"Whisper's no-speech probability {no_speech_prob:.2f}"
+    if not any(ch.isalnum() for ch in text):
+        return "punctuation only"
+    words = "".join(ch if ch.isalnum() else " " for ch in text.lower()).split()
+    if get_compression_ratio(text) > MAX_COMPRESSION or (len(words) >= LOOP_WORDS and 4 * len(set(words)) <= len(words)):
+        return "repeated tokens"
+    return None
 
 
 def _package_data(name: str) -> Path:
@@ -168,27 +205,50 @@ class WhisperBackbone:
         return self.model.feature_extractor(audio)
 
     def __call__(self, audio: np.ndarray, language: str | None = None) -> AsrResult:
-        seconds = audio.size / 16_000
+        """Transcript of the speech in `audio` ([S] float32, 16 kHz mono) and the whole clip's tokens."""
+        seconds = audio.size / SAMPLE_RATE
         features = self.log_mel(audio)
-        outputs = self.model.encode_windows(features)
-        n = max(1, int(np.ceil(seconds / TOKEN_SECONDS)))
-        tokens = torch.cat([w.last for w in outputs])[:n]
-        layers = [torch.cat(per_window)[:n] for per_window in zip(*(w.states for w in outputs))]
-        if language is None:  # detect from the first window's stored output: no extra pass
-            language = self.model.model.detect_language(outputs[0].view)[0][0][0][2:-2]
         try:
+            outputs = self.model.encode_windows(features)
+            n = max(1, int(np.ceil(seconds / TOKEN_SECONDS)))
+            tokens = torch.cat([w.last for w in outputs])[:n]
+            layers = [torch.cat(per_window)[:n] for per_window in zip(*(w.states for w in outputs))]
+            times = [round(i * TOKEN_SECONDS, 2) for i in range(tokens.shape[0])]
+            result = AsrResult("", [], None, tokens, times, features[:, :-1], layers)
+            chunks = get_speech_timestamps(audio, VAD, sampling_rate=SAMPLE_RATE)
+            result.speech_seconds = round(sum(c["end"] - c["start"] for c in chunks) / SAMPLE_RATE, 2)
+            if not chunks:
+                return result
+            if audio.size - SAMPLE_RATE * result.speech_seconds < SAMPLE_RATE * KEEP_WHOLE_SECONDS:
+                speech, restore = audio, None  # hardly anything to cut: the stored pass serves the decoder
+            else:
+                speech = np.concatenate(collect_chunks(audio, chunks, sampling_rate=SAMPLE_RATE)[0])
+                restore = SpeechTimestampsMap(chunks, SAMPLE_RATE)
+                outputs = self.model.encode_windows(self.log_mel(speech))
+            if language is None:  # from the first window of speech, already encoded
+                language = self.model.model.detect_language(outputs[0].view)[0][0][0][2:-2]
             segments, info = self.model.transcribe(
-                audio,
+                speech,
                 language=language,
                 beam_size=self.beam_size,
                 temperature=0.0,  # no temperature fallback: a retry re-decodes the window (up to 6x the latency)
                 condition_on_previous_text=False,
                 vad_filter=False,
-                clip_timestamps=_window_bounds(seconds),
+                no_speech_threshold=None,  # Whisper's no-speech test is applied below, where it can be reported
+                clip_timestamps=_window_bounds(speech.size / SAMPLE_RATE),
             )
-            segs = [{"start": round(s.start, 2), "end": round(s.end, 2), "text": s.text.strip()} for s in segments]
+            for s in segments:
+                start, end = s.start, s.end
+                if restore is not None:  # back to the clip's time line
+                    start, end = restore.get_original_time(start), restore.get_original_time(end, is_end=True)
+                seg = {"start": round(start, 2), "end": round(end, 2), "text": s.text.strip()}
+                reason = untrusted(seg["text"], s.no_speech_prob, s.avg_logprob)  # s.compression_ratio is the window's
+                if reason is None:
+                    result.segments.append(seg)
+                elif seg["text"]:
+                    result.dropped.append({**seg, "reason": reason})
         finally:
             self.model.forget()
-        text = " ".join(s["text"] for s in segs if s["text"]).strip()
-        times = [round(i * TOKEN_SECONDS, 2) for i in range(tokens.shape[0])]
-        return AsrResult(text, segs, info.language, tokens, times, features[:, :-1], layers)
+        result.text = " ".join(s["text"] for s in result.segments).strip()
+        result.language = info.language if result.text else None
+        return result
