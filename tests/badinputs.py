@@ -235,8 +235,8 @@ def build_corpus(directory: Path, shared_data: Path) -> list[Case]:
     cases.append(_result("mp3_named_mp4", mp3, r"no video track", ("visual",)))
 
     cases += _real_world_media_cases(d / "real_world", face, speech)
-
     cases += _transcript_and_text_cases(d, shared_data, face)
+
     for helper in (base, faststart, still):
         helper.unlink()  # building blocks, not cases
     names = [c.name for c in cases]
@@ -313,6 +313,9 @@ def _real_world_media_cases(d: Path, face: Image.Image, speech: Path) -> list[Ca
 
     for helper in (upright, sideways, stored, moving, d / "dark.png"):
         helper.unlink()
+    return cases
+
+
 # -- issue 17, kinds 4 and 6: transcripts you can trust; text that is not valid UTF-8 ---------------
 
 
