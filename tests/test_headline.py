@@ -1,0 +1,58 @@
+"""The Predict page's headline (a vote of the models, how sure in words) and honest attention maps:
+flat attention renders flat on a fixed colour range, a peaked one renders peaked, and each map's
+one-line reading says which."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emoweb.services import attention
+from emoweb.services.headline import FAIRLY_SURE, NO_ANSWER, NOT_SURE, PROBABLY, headline
+
+
+def test_every_model_agreeing_is_fairly_sure_and_the_vote_counts_models_not_probabilities() -> None:
+    h = headline({"a": {"joy": 0.6, "neutral": 0.4}, "b": {"joy": 0.9, "neutral": 0.1}})
+    assert (h.label, h.confidence, h.agree, h.models) == ("joy", FAIRLY_SURE, 2, 2)
+    assert h.mean_prob == pytest.approx(0.75)
+    # the issue's example: one model very sure of neutral, three of joy -> joy, a majority but not all
+    h = headline({"emoasst": {"neutral": 0.92, "joy": 0.08}, "merclip": {"joy": 0.94, "neutral": 0.06},
+                  "sem_mbt": {"joy": 0.56, "neutral": 0.44}, "foalnet": {"joy": 1.0, "neutral": 0.0}})
+    assert (h.label, h.confidence, h.agree, h.models) == ("joy", PROBABLY, 3, 4)
+
+
+def test_disagreement_one_model_untrained_and_nothing_are_not_sure() -> None:
+    split = headline({"a": {"joy": 0.9, "anger": 0.1}, "b": {"joy": 0.2, "anger": 0.8}})
+    assert split.confidence == NOT_SURE and split.label == "joy"  # tie on votes: higher average probability (0.55 vs 0.45)
+    assert headline({"a": {"joy": 0.99, "anger": 0.01}}).confidence == NOT_SURE
+    assert headline({"a": {"joy": 0.9}, "b": {"joy": 0.8}}, untrained=True).confidence == NOT_SURE
+    none = headline({"a": {}, "b": {}})
+    assert (none.label, none.confidence, none.models) == (None, NO_ANSWER, 0)
+
+
+def test_flat_attention_reads_equal_and_colours_at_the_middle_of_a_fixed_range() -> None:
+    rng = np.random.default_rng(0)
+    flat = np.full((3, 16), 0.0625) + rng.uniform(0, 0.0003, (3, 16))  # the issue's 0.0625-0.0628 spread
+    z = attention.colour_values(flat)
+    assert np.abs(z).max() < 0.01  # every frame at an equal share: one colour
+    assert attention.reading(flat, "frame", [i * 0.25 for i in range(16)]) == "weighed all 16 frames about equally"
+
+
+def test_peaked_attention_reads_its_span_in_seconds_and_saturates_the_colour() -> None:
+    times = [i * 0.4 for i in range(10)]
+    peaked = np.full((2, 10), 0.02)
+    peaked[:, 3:6] = 0.3  # 1.2-2.0 s
+    z = attention.colour_values(peaked)
+    assert z[0, 4] == pytest.approx(np.log2(0.3 / (1.04 / 10)))  # 2.9x an equal share (row sum 1.04 over 10)
+    assert z[0, 0] == -np.log2(attention.COLOUR_RANGE)  # 0.19x: clipped at the fixed range's end
+    line = attention.reading(peaked, "frame", times)
+    assert line.startswith("focused on 1.2-2.0 s"), line
+
+
+def test_word_attention_names_the_words() -> None:
+    w = np.array([[0.05, 0.8, 0.05, 0.1]])
+    assert attention.reading(w, "text", ["kids", "door", "are", "by"]).startswith("focused on “door”")
+
+
+def test_bad_attention_shapes_are_refused() -> None:
+    with pytest.raises(ValueError, match="rows, columns"):
+        attention.relative_to_equal(np.zeros(4))
