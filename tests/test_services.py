@@ -287,7 +287,8 @@ def test_rebuild_from_real_clips_is_used_by_predictions(service, real, no_decodi
     assert active.id == result.snapshot_id and sorted(active.labels) == ["joy", "joy", "sadness"]
     assert set(active.payload_arrays()["clip_ids"].tolist()) == {r.clip.id for r in real.values()}
     p = service.predict(real["video"].clip.id, "family").predictions["emoasst"]
-    assert p.cache_snapshot == result.snapshot_id and p.nearest and p.nearest[0]["clip_id"] == real["video"].clip.id
+    assert p.cache_snapshot == result.snapshot_id and p.nearest  # the other labelled clips, never the clip itself
+    assert real["video"].clip.id not in [n["clip_id"] for n in p.nearest], p.nearest
     assert service.repo.latest_predictions(real["video"].clip.id)["emoasst"].model_version == f"embedded+cache{result.snapshot_id}"
     again = service.rebuild_cache("family")["emoasst"]  # a newer snapshot: the in-memory cache follows
     assert service.predict(real["video"].clip.id, "family").predictions["emoasst"].cache_snapshot == again.snapshot_id
@@ -352,6 +353,24 @@ def test_rebuild_tunes_reports_loo_and_reuses_hyperparameters(service: Caregiver
     assert service.rebuild_cache("synthetic", tune=False)["emoasst"].tuning == "default"
     # old snapshots are pruned to the active one + KEEP_SNAPSHOTS
     assert len(service.snapshots("synthetic")) == 3
+
+
+def test_a_labelled_clips_answer_with_the_cache_never_comes_from_its_own_entry(service: CaregiverService, no_decoding) -> None:
+    """Answering a stored, labelled clip "with the cache" leaves its own entry out: over all labelled
+    clips, the answers are exactly the rebuild's leave-one-out accuracy (an own entry, similarity 1,
+    would echo every label back and score far above it)."""
+    service.create_profile("own-entry", ["calm", "upset", "playful"])
+    ids = add_synthetic(service, "own-entry", 30, ["calm", "upset", "playful"], seed=3, noise=6.0)
+    rebuilt = service.rebuild_cache("own-entry", tune=False)["emoasst"]
+    assert rebuilt.after < 0.95, "the clusters must overlap, or an own-entry echo could not show"
+    right = 0
+    for cid in ids:
+        p = service.predict(cid, "own-entry").predictions["emoasst"]
+        assert p.cache_snapshot == rebuilt.snapshot_id and p.nearest
+        assert cid not in [n["clip_id"] for n in p.nearest], p.nearest
+        right += p.label == service.current_label(cid)
+    assert right / len(ids) == pytest.approx(rebuilt.after)
+    service.delete_profile("own-entry")
 
 
 def test_a_snapshot_refers_to_stored_features_and_loads_in_another_process(service: CaregiverService, no_decoding) -> None:

@@ -553,6 +553,21 @@ def n_per_label(labels: Sequence[str]) -> dict[str, int]:
     return dict(Counter(labels))
 
 
+
+def without_clip(cache: FewShotCache | None, clip_ids: Sequence[int], clip_id: int | None) -> tuple[FewShotCache | None, list[int]]:
+    """The cache and its row clip ids without the rows of `clip_id`: a stored clip's answer "with the
+    cache" must come from the other labelled clips, never from its own entry (which would only echo
+    its label back). The cache itself is not changed."""
+    clip_ids = list(clip_ids)
+    if cache is None or clip_id is None or clip_id not in clip_ids:
+        return cache, clip_ids
+    keep = [i for i, c in enumerate(clip_ids) if c != clip_id]
+    index = torch.tensor(keep, dtype=torch.long)
+    rest = FewShotCache(cache.labels, {m: k[index] for m, k in cache.keys.items()},
+                        {m: k[index] for m, k in cache.masks.items()}, [cache.example_labels[i] for i in keep],
+                        alpha=cache.alpha, beta=cache.beta)
+    return rest, [clip_ids[i] for i in keep]
+
 @torch.no_grad()
 def score(
     base: torch.Tensor,

@@ -375,7 +375,7 @@ class CaregiverService:
         stored = self.repo.get_features(clip.id, self.backbone)
         if not any(cachebuild.split_name(n)[1] == cachebuild.LOGITS for n in stored):
             return self._encode_stored(prof, clip, progress)  # stored under another backbone profile only
-        predictions = self._score(prof, stored)
+        predictions = self._score(prof, stored, clip.id)
         self._record_predictions(clip.id, predictions)
         outputs = None
         if explain:
@@ -470,7 +470,7 @@ class CaregiverService:
         if not media.is_file():
             raise MediaError(f"the media file of clip {clip.id} is missing")
         arrays, _, _, outputs = self._compute(prof, media, None, progress)
-        predictions = self._score(prof, arrays)
+        predictions = self._score(prof, arrays, clip.id)
         self._apply_to_outputs(outputs, predictions, prof)
         with self._sessions() as session, session.begin():
             repo = CaregiverRepository(session)
@@ -544,8 +544,9 @@ class CaregiverService:
             stored = self._features.read(repo, prof.id, backbone, clip_ids)
             return cachebuild.from_features(model, arrays, snapshot.labels, snapshot.hyper, stored.arrays)
 
-    def _score(self, prof: Profile, stored: dict[str, np.ndarray]) -> dict[str, ModelPrediction]:
-        """Each stored model's answer from its stored arrays plus the profile's active cache."""
+    def _score(self, prof: Profile, stored: dict[str, np.ndarray], clip_id: int | None = None) -> dict[str, ModelPrediction]:
+        """Each stored model's answer from its stored arrays plus the profile's active cache; for a
+        stored clip (`clip_id`), the cache without that clip's own entry."""
         caches = self._active_caches(prof)
         by_model: dict[str, dict[str, np.ndarray]] = {}
         for name, array in stored.items():
@@ -561,6 +562,7 @@ class CaregiverService:
             query = {m: torch.from_numpy(np.asarray(a, np.float32).reshape(1, -1)) for m, a in parts.items() if m != cachebuild.LOGITS}
             decided = cachebuild.has_modality(parts)
             snapshot_id, cache, clip_ids = caches.get(model, (None, None, [])) if decided else (None, None, [])
+            cache, clip_ids = cachebuild.without_clip(cache, clip_ids, clip_id)
             labels, logits, nearest = cachebuild.score(base, base_labels, query, cache, clip_ids)
             used = snapshot_id if cache is not None and len(cache) else None
             probs = logits.softmax(-1)[0].tolist()
