@@ -56,3 +56,20 @@ def test_word_attention_names_the_words() -> None:
 def test_bad_attention_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="rows, columns"):
         attention.relative_to_equal(np.zeros(4))
+
+
+def test_the_attention_figure_draws_flat_flat_and_peaked_peaked_on_one_fixed_range() -> None:
+    from emoweb.ui.common import attention_figure
+
+    flat = np.full((1, 16), 0.0625) + np.linspace(0, 0.0003, 16)[None]
+    peaked = np.full((1, 16), 0.01)
+    peaked[0, 5] = 0.85
+    times = {"frame": [i * 0.25 for i in range(16)]}
+    fig = attention_figure([("a · flat", flat, ("query", "frame"), times), ("b · peaked", peaked, ("query", "frame"), times)])
+    flat_map, peaked_map = fig.data
+    for trace in fig.data:  # the same fixed range for every map, with an equal share (0) in its middle
+        assert (trace.zmin, trace.zmax, trace.zmid) == (-2.0, 2.0, 0)
+    assert np.ptp(np.asarray(flat_map.z)) < 0.01  # one colour
+    assert np.asarray(peaked_map.z)[0, 5] == 2.0 and np.asarray(peaked_map.z)[0, 0] < -1.5
+    assert "weighed all 16 frames about equally" in fig.layout.xaxis.title.text
+    assert "focused on 1.2 s" in fig.layout.xaxis2.title.text
