@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from emoweb.services import attention
-from emoweb.services.headline import FAIRLY_SURE, NO_ANSWER, NOT_SURE, PROBABLY, headline
+from emoweb.services.headline import FAIRLY_SURE, NO_ANSWER, NOT_SURE, PROBABLY, RULE, headline
 
 
 def test_every_model_agreeing_is_fairly_sure_and_the_vote_counts_models_not_probabilities() -> None:
@@ -73,3 +73,14 @@ def test_the_attention_figure_draws_flat_flat_and_peaked_peaked_on_one_fixed_ran
     assert np.asarray(peaked_map.z)[0, 5] == 2.0 and np.asarray(peaked_map.z)[0, 0] < -1.5
     assert "weighed all 16 frames about equally" in fig.layout.xaxis.title.text
     assert "focused on 1.2 s" in fig.layout.xaxis2.title.text
+
+
+def test_the_readme_states_the_shortcut_keys_and_the_answer_rule_as_the_ui_does() -> None:
+    from pathlib import Path
+
+    from emoweb.ui.label import SHORTCUTS
+
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8").split())
+    assert SHORTCUTS in readme
+    for phrase in ("votes for its own top label", "fairly sure", "more than half agree", "not sure"):
+        assert phrase in readme and phrase in " ".join(RULE.split())

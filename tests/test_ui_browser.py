@@ -158,12 +158,13 @@ def test_browser_predict_label_rebuild(page, ui_app: RunningApp, composite_clip:
     assert not DEVELOPER_WORDS.search(page.locator("body").inner_text())
     page.locator("#predict-video input[type=file]").set_input_files(str(composite_clip))
     expect(page.locator("#predict-video video")).to_have_count(1, timeout=60_000)
-    expect(page.locator("#predict-run")).to_be_in_viewport()  # Analyse stays in view after choosing a video
+    expect(page.locator("#predict-run")).to_be_in_viewport(ratio=1)  # Analyse stays in view after choosing a video
 
     # One answer first, then the table; everything else folded; warnings apart from information
     clip_id = analyse(page)
     check_answer_first(page)
     expect(page.locator("#prob-chart")).to_be_hidden()  # details on request
+    shot(page, shots, "predict")
     open_fold(page, "predict-how")
     expect(page.locator("#predict-how")).to_contain_text("votes for its own top label")
     open_fold(page, "fold-info")
@@ -179,7 +180,6 @@ def test_browser_predict_label_rebuild(page, ui_app: RunningApp, composite_clip:
     expect(page.locator("#transcript")).to_contain_text(re.compile("door", re.I))
     expect(page.locator("#timeline .js-plotly-plot")).to_be_visible()
     expect(page.locator("#frames img").first).to_be_visible()
-    shot(page, shots, "predict")
 
     # Label: buttons in view, no expert words on the main view; label with the key "4" (joy) and a note
     # holding an HTML payload (must show as text, once: in the history)
@@ -189,7 +189,7 @@ def test_browser_predict_label_rebuild(page, ui_app: RunningApp, composite_clip:
     expect(page.locator("#label-answers")).to_contain_text(CONFIDENCE)
     page.evaluate("window.scrollTo(0, 0)")
     for i in (1, 7):  # every label button visible without scrolling
-        expect(page.locator(f"#label-btn-{i}")).to_be_in_viewport()
+        expect(page.locator(f"#label-btn-{i}")).to_be_in_viewport(ratio=1)
     main_view = page.locator("#label-tab").inner_text()
     assert not EXPERT_WORDS.search(main_view), main_view
     page.locator("#label-note textarea").fill(XSS_NOTE)
@@ -229,6 +229,7 @@ def test_browser_predict_label_rebuild(page, ui_app: RunningApp, composite_clip:
 
     assert page.evaluate("window.__emowebXss") is None
     assert not getattr(page, "errors", []), page.errors
+    assert not DEVELOPER_WORDS.search(ui_app.log_tail(20_000)), ui_app.log_tail()  # no share-link hint in the console
 
 
 def fits_width(page) -> None:
@@ -245,7 +246,8 @@ def test_phone_predict_and_label(phone, ui_app: RunningApp, composite_clip: Path
     fits_width(phone)
     phone.locator("#predict-video input[type=file]").set_input_files(str(composite_clip))
     expect(phone.locator("#predict-video video")).to_have_count(1, timeout=60_000)
-    expect(phone.locator("#predict-run")).to_be_in_viewport()
+    phone.evaluate("document.querySelector('#predict-kind').scrollIntoView({block: 'start'})")
+    expect(phone.locator("#predict-run")).to_be_in_viewport(ratio=1)  # the choice, the clip and Analyse on one screen
     clip_id = analyse(phone)
     check_answer_first(phone)
     fits_width(phone)
@@ -256,7 +258,7 @@ def test_phone_predict_and_label(phone, ui_app: RunningApp, composite_clip: Path
     expect(phone.locator("#label-btn-7")).to_be_visible()
     phone.evaluate("document.querySelector('#label-clip').scrollIntoView({block: 'start'})")
     for i in (1, 7):  # the clip, then every label button within one screen
-        expect(phone.locator(f"#label-btn-{i}")).to_be_in_viewport()
+        expect(phone.locator(f"#label-btn-{i}")).to_be_in_viewport(ratio=1)
     fits_width(phone)
     phone.locator("#label-btn-4").tap()
     expect(phone.locator("#label-status")).to_contain_text(f"Clip #{clip_id} labelled joy", timeout=60_000)

@@ -43,7 +43,7 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
                                      value=C.NO_PROFILE, elem_id="profile", scale=4, min_width=200,
                                      allow_custom_value=True)  # API clients name a profile by id or name
             refresh_btn = gr.Button("↻", elem_id="profiles-refresh", scale=0, min_width=40)
-        with gr.Accordion("New profile", open=False, elem_id="new-profile-box"):
+        with gr.Accordion("New profile", open=False, elem_id="new-profile-box") as new_box:
             with gr.Row(equal_height=True):
                 new_name = gr.Textbox(label="Name", elem_id="new-profile", scale=2, min_width=160)
                 new_labels = gr.Textbox(label="Its labels (comma-separated; empty: the seven emotions)", elem_id="new-labels",
@@ -80,7 +80,8 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
             info = ctx.service.create_profile(name, labels, owner=ctx.owner(request))
             choices = ctx.profile_choices(request)
             return (gr.update(choices=[(C.NO_PROFILE, C.NO_PROFILE), *choices], value=str(info.id)), "", "",
-                    f"Created profile **{C.esc(info.name)}** (id {info.id}) with labels: {', '.join(C.esc(x) for x in info.labels)}")
+                    f"Created profile **{C.esc(info.name)}** (id {info.id}) with labels: {', '.join(C.esc(x) for x in info.labels)}",
+                    gr.update(open=False))
 
         @C.user_errors
         def delete_my_data(confirm, request: gr.Request):
@@ -100,7 +101,7 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
                 lab["show_clip"], [profile_dd, lab["clip_dd"]], lab["clip_outputs"], api_visibility="undocumented")
 
         refresh_btn.click(profiles, [profile_dd], profile_dd, api_name="profiles")
-        create_btn.click(create_profile, [new_name, new_labels], [profile_dd, new_name, new_labels, profile_status],
+        create_btn.click(create_profile, [new_name, new_labels], [profile_dd, new_name, new_labels, profile_status, new_box],
                          api_name="create_profile")
         delete_mine_btn.click(delete_my_data, [confirm_mine], [profile_dd, confirm_mine, profile_status],
                               api_name="delete_my_data")

@@ -76,15 +76,14 @@ OWNER_JS = f"""<script>
 </script>"""
 
 
-# Page styles (launch(css=...)): the answer in large type, warnings apart from information, the
-# Analyse button in reach while a clip is chosen, and phone widths (caregivers label on phones).
+# Page styles (launch(css=...)): the answer in large type, warnings apart from information, label
+# buttons big enough to tap, and phone widths (caregivers label on phones).
 CSS = """
 .emoweb-answer { padding: 4px 0 4px 14px; margin: 4px 0; }
 .emoweb-answer-label { font-size: 2.2rem; font-weight: 700; }
 .emoweb-answer-sure { font-size: 1.5rem; }
 .emoweb-warning { background: #fff4d6; border: 1px solid #e0b400; border-radius: 8px; padding: 4px 12px; color: #3d3000; }
 .emoweb-small { font-size: 0.85rem; opacity: 0.8; }
-#predict-run { position: sticky; bottom: 8px; z-index: 20; }
 #label-buttons button { min-height: 44px; font-size: 1rem; }
 @media (max-width: 600px) {
   .gradio-container { padding: 4px !important; }
@@ -382,6 +381,9 @@ def _axis_title(axis: str) -> str:
     return titles.get(axis, axis.replace("_", " "))
 
 
+ATTENTION_MAP_PX, ATTENTION_GAP_PX = 320, 120  # per map; the gap holds its reading and the next map's title
+
+
 def attention_figure(maps: list[tuple[str, np.ndarray, tuple[str, str], dict[str, list]]]) -> go.Figure:
     """One heatmap per (model, attention map) with the real axes (frame times, words, layers, queries).
     Colour is each weight relative to an equal share of its row on one fixed range for every map
@@ -391,7 +393,7 @@ def attention_figure(maps: list[tuple[str, np.ndarray, tuple[str, str], dict[str
         return empty_figure("no attention maps (no model exposes one for this clip)")
     limit = float(np.log2(attention.COLOUR_RANGE))
     fig = make_subplots(rows=len(maps), cols=1, subplot_titles=[ptext(t) for t, *_ in maps],
-                        vertical_spacing=0.2 / max(1, len(maps) - 1) if len(maps) > 1 else 0.1)
+                        vertical_spacing=ATTENTION_GAP_PX / (ATTENTION_MAP_PX * len(maps)))
     for row, (_title, w, axes, ticks) in enumerate(maps, start=1):
         y_axis, x_axis = axes
         x_ticks = ticks.get(x_axis) or list(range(w.shape[1]))
@@ -417,7 +419,7 @@ def attention_figure(maps: list[tuple[str, np.ndarray, tuple[str, str], dict[str
         fig.update_yaxes(tickmode="array", tickvals=list(range(0, w.shape[0], ystep)), ticktext=y_text[::ystep],
                          title_text=_axis_title(y_axis), autorange="reversed", row=row, col=1)
     fig.update_layout(title="Where each model looked (red: more than an equal share, blue: less)",
-                      height=max(320, 300 * len(maps)), **_LAYOUT)
+                      height=max(320, ATTENTION_MAP_PX * len(maps)), **_LAYOUT)
     return fig
 
 
