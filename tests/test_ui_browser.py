@@ -243,6 +243,10 @@ def test_phone_predict_and_label(phone, ui_app: RunningApp, composite_clip: Path
 
     start(phone, ui_app.url)
     new_profile(phone, "phone-family")
+    # another browser's profile and clip were shown first (one shared family on localhost): switching
+    # to the new profile must not report that clip as missing
+    phone.wait_for_timeout(3000)
+    assert not phone.locator(".toast-body.error").all_inner_texts(), phone.locator(".toast-body.error").all_inner_texts()
     fits_width(phone)
     phone.locator("#predict-video input[type=file]").set_input_files(str(composite_clip))
     expect(phone.locator("#predict-video video")).to_have_count(1, timeout=60_000)
@@ -264,6 +268,7 @@ def test_phone_predict_and_label(phone, ui_app: RunningApp, composite_clip: Path
     expect(phone.locator("#label-status")).to_contain_text(f"Clip #{clip_id} labelled joy", timeout=60_000)
     shot(phone, shots, "label-phone")
     assert not getattr(phone, "errors", []), phone.errors
+    expect(phone.locator(".toast-body.error")).to_have_count(0)
 
 
 def test_record_with_webcam_and_microphone(recording_page, ui_app: RunningApp):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from emoweb.errors import EmoWebError
+from emoweb.errors import EmoWebError, NotFoundError
 from emoweb.services.headline import headline
 from emoweb.ui import common as C
 
@@ -63,6 +63,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         with gr.Row():
             with gr.Column(scale=2, min_width=280):
                 clip_dd = gr.Dropdown(label="Clip", choices=[], value=None, elem_id="label-clip", allow_custom_value=True)
+                show_api = gr.Button(visible=False)  # carries the /show_clip API endpoint only
                 player = gr.Video(label="Clip", interactive=False, height=240, elem_id="label-video")
                 player_audio = gr.Audio(label="Clip (audio)", interactive=False, visible=False, elem_id="label-audio")
                 player_image = gr.Image(label="Clip (image)", interactive=False, visible=False, height=240, elem_id="label-image")
@@ -138,13 +139,33 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         return [_queue_rows(entries), gr.update(choices=choices, value=value), gr.update(choices=labels),
                 _snapshot_text(profile), *btns]
 
+    def no_clip() -> tuple:
+        none = (gr.update(value=None, visible=True), gr.update(value=None, visible=False), gr.update(value=None, visible=False))
+        return (*none, "Pick a clip.", C.empty_figure("no clip"), [])
+
     @C.user_errors
     def show_clip(profile_ref, clip_id, request: gr.Request):
-        none = (gr.update(value=None, visible=True), gr.update(value=None, visible=False), gr.update(value=None, visible=False))
+        """A clip of a profile: the player, what the models think, its label history. A clip of another
+        profile is refused (one line)."""
         if not profile_ref or profile_ref == C.NO_PROFILE or not clip_id:
-            return (*none, "Pick a clip.", C.empty_figure("no clip"), [])
+            return no_clip()
         profile = ctx.profile(profile_ref, request)
-        clip = ctx.clip_in(profile, clip_id)
+        return clip_view(profile, ctx.clip_in(profile, clip_id))
+
+    @C.user_errors
+    def show_current(profile_ref, clip_id, request: gr.Request):
+        """After an action or a profile switch: the chosen clip's view, or "Pick a clip." when the choice
+        is left over from the profile shown before (two event chains may interleave)."""
+        if not profile_ref or profile_ref == C.NO_PROFILE or not clip_id:
+            return no_clip()
+        profile = ctx.profile(profile_ref, request)
+        try:
+            return clip_view(profile, ctx.clip_in(profile, clip_id))
+        except NotFoundError:
+            return no_clip()
+
+    def clip_view(profile, clip) -> tuple:
+        """The Label tab's view of a clip of `profile` (both already authorised)."""
         media = ctx.temp_copy(ctx.service.media_path(clip.id), f"clip{clip.id}{Path(clip.media_path).suffix}")
         players = (
             gr.update(value=media if clip.kind == "video" else None, visible=clip.kind == "video"),
@@ -295,10 +316,13 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     def reload(event):
         """After an action: the queue, then the clip's view."""
         return event.then(load_queue, [profile_dd, clip_dd], queue_outputs, api_visibility="undocumented").then(
-            show_clip, [profile_dd, clip_dd], clip_outputs, api_visibility="undocumented")
+            show_current, [profile_dd, clip_dd], clip_outputs, api_visibility="undocumented")
 
     refresh_event = refresh.click(load_queue, [profile_dd, clip_dd], queue_outputs, api_name="queue")
-    clip_dd.change(show_clip, [profile_dd, clip_dd], clip_outputs, api_name="show_clip")
+    # Picking a clip shows it; a pick left over from the profile shown before (another event chain moved
+    # on) shows "Pick a clip." The /show_clip endpoint refuses a clip outside the profile (one line).
+    clip_dd.change(show_current, [profile_dd, clip_dd], clip_outputs, api_visibility="undocumented")
+    show_api.click(show_clip, [profile_dd, clip_dd], clip_outputs, api_name="show_clip")
     def pick_row(evt: gr.SelectData, rows):
         try:
             row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
@@ -320,4 +344,4 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     delete_profile_btn.click(delete_profile, [profile_dd, confirm_profile], [delete_md, confirm_profile, profile_dd],
                              api_name="delete_profile")
     return {"load_queue": load_queue, "queue_inputs": [profile_dd, clip_dd], "queue_outputs": queue_outputs,
-            "show_clip": show_clip, "clip_outputs": clip_outputs, "clip_dd": clip_dd, "refresh_event": refresh_event}
+            "show_clip": show_current, "clip_outputs": clip_outputs, "clip_dd": clip_dd, "refresh_event": refresh_event}
