@@ -311,7 +311,8 @@ def test_silent_clip_gets_no_decision_even_with_a_cache(service, happy_speech, t
     entry = next(e for e in service.labelling_queue("quiet") if e.clip_id == silent.clip.id)
     assert entry.top_labels == {} and entry.margin is None
     voiced = service.predict(speech.clip.id, "quiet").predictions["emoasst"]
-    assert voiced.decided and voiced.label in LABEL7 and voiced.cache_snapshot is not None
+    assert voiced.decided and voiced.label in LABEL7
+    assert voiced.cache_snapshot is None and not voiced.nearest  # its own entry, the cache's only one, is left out
 
 
 @pytest.mark.slow
@@ -326,14 +327,15 @@ def test_explain_runs_the_models_on_the_stored_media(service, real) -> None:
 
 
 @pytest.mark.slow
-def test_a_new_label_reaches_the_cache_and_predictions(service, real, composite_clip, no_decoding) -> None:
+def test_a_new_label_reaches_the_cache_and_predictions(service, real, composite_clip, joy_face, no_decoding) -> None:
     service.create_profile("newlabel")
     clip = service.ingest(composite_clip, "newlabel").clip
+    other = service.ingest(joy_face, "newlabel").clip
     service.record_correction(clip.id, "overwhelmed", allow_new_label=True)
     assert service.get_profile("newlabel").labels == [*LABEL7, "overwhelmed"]
     assert service.rebuild_cache("newlabel")["emoasst"].n_per_label == {"overwhelmed": 1}
-    probs = service.predict(clip.id, "newlabel").predictions["emoasst"].probs
-    assert list(probs) == [*LABEL7, "overwhelmed"]
+    p = service.predict(other.id, "newlabel").predictions["emoasst"]  # another clip: the labelled one is in its cache
+    assert list(p.probs) == [*LABEL7, "overwhelmed"] and [n["clip_id"] for n in p.nearest] == [clip.id]
     service.delete_profile("newlabel")
 
 
@@ -424,8 +426,9 @@ def test_a_warm_rebuild_sees_what_another_process_added_deleted_or_replaced(serv
         other.close()
     rebuilt = service.rebuild_cache("replicas")["emoasst"]
     assert rebuilt.n == 34
-    p = service.predict(again.id, "replicas").predictions["emoasst"]
-    assert p.nearest[0]["clip_id"] == again.id and p.nearest[0]["similarity"] == pytest.approx(1.0, abs=1e-4)  # its new features
+    _, cache, clip_ids = service._active_caches(service._profile("replicas"))["emoasst"]
+    key = cache.keys["fused"][clip_ids.index(again.id)]  # the cache holds its new features
+    assert float(torch.nn.functional.cosine_similarity(key, torch.from_numpy(-features["emoasst.fused"]), dim=0)) == pytest.approx(1.0, abs=1e-4)
     service.delete_profile("replicas")
 
 
