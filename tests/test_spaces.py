@@ -127,7 +127,7 @@ def test_visitor_limits_answer_in_one_line(spaces_app: RunningApp, visitor_a: di
 def test_two_browsers_see_only_their_own_profiles(spaces_app: RunningApp, visitor_a: dict):
     """Two browser contexts (two visitors, each with its own local storage): C's profile is neither listed
     for D nor reachable by its id; C's key outlives a reload; C deletes everything of C's."""
-    from test_ui_browser import CHROMIUM, CHROMIUM_ARGS, new_profile
+    from test_ui_browser import CHROMIUM, CHROMIUM_ARGS, new_profile, open_fold
 
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
@@ -155,6 +155,7 @@ def test_two_browsers_see_only_their_own_profiles(spaces_app: RunningApp, visito
             page_d.locator("#profile input").fill(c_profile)
             page_d.locator("#profile input").press("Enter")
             page_d.get_by_role("tab", name="Label", exact=True).click()
+            open_fold(page_d, "fold-queue")
             page_d.locator("#queue-refresh").click()
             expect(page_d.get_by_text(f"no profile '{c_profile}'").first).to_be_visible(timeout=60_000)
 
