@@ -23,7 +23,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.upload_dir))
 
 from emoweb.ui import build_app  # noqa: E402
-from emoweb.ui.common import OWNER_JS  # noqa: E402
+from emoweb.ui.common import CSS, OWNER_JS  # noqa: E402
 
 
 def parse_auth(text: str | None) -> list[tuple[str, str]] | None:
@@ -46,6 +46,7 @@ demo = build_app(settings)  # models load lazily, once per process
 def main() -> None:
     auth = parse_auth(settings.auth)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a clean exit: temp files removed, database closed
+    print(f"EmoWeb: starting on http://{settings.host}:{settings.port}/ (Ctrl+C stops it)", flush=True)
     demo.launch(
         server_name=settings.host,
         server_port=settings.port,
@@ -56,6 +57,8 @@ def main() -> None:
         show_error=False,
         footer_links=["api", "settings"],
         head=OWNER_JS,  # the browser's owner key (visitors without login each see only their own data)
+        css=CSS,
+        quiet=True,  # no share-link hint: this app never shares a public link
     )
 
 

@@ -319,7 +319,8 @@ def test_silent_clip_gets_no_decision_even_with_a_cache(service, happy_speech, t
     entry = next(e for e in service.labelling_queue("quiet") if e.clip_id == silent.clip.id)
     assert entry.top_labels == {} and entry.margin is None
     voiced = service.predict(speech.clip.id, "quiet").predictions["emoasst"]
-    assert voiced.decided and voiced.label in LABEL7 and voiced.cache_snapshot is not None
+    assert voiced.decided and voiced.label in LABEL7
+    assert voiced.cache_snapshot is None and not voiced.nearest  # its own entry, the cache's only one, is left out
 
 
 @pytest.mark.slow
@@ -334,14 +335,15 @@ def test_explain_runs_the_models_on_the_stored_media(service, real) -> None:
 
 
 @pytest.mark.slow
-def test_a_new_label_reaches_the_cache_and_predictions(service, real, composite_clip, no_decoding) -> None:
+def test_a_new_label_reaches_the_cache_and_predictions(service, real, composite_clip, joy_face, no_decoding) -> None:
     service.create_profile("newlabel")
     clip = service.ingest(composite_clip, "newlabel").clip
+    other = service.ingest(joy_face, "newlabel").clip
     service.record_correction(clip.id, "overwhelmed", allow_new_label=True)
     assert service.get_profile("newlabel").labels == [*LABEL7, "overwhelmed"]
     assert service.rebuild_cache("newlabel")["emoasst"].n_per_label == {"overwhelmed": 1}
-    probs = service.predict(clip.id, "newlabel").predictions["emoasst"].probs
-    assert list(probs) == [*LABEL7, "overwhelmed"]
+    p = service.predict(other.id, "newlabel").predictions["emoasst"]  # another clip: the labelled one is in its cache
+    assert list(p.probs) == [*LABEL7, "overwhelmed"] and [n["clip_id"] for n in p.nearest] == [clip.id]
     service.delete_profile("newlabel")
 
 
@@ -403,6 +405,24 @@ def test_a_careful_cache_never_overturns_a_confident_answer(service: CaregiverSe
     stored = {**keys, "emoasst.logits": np.log(np.asarray([0.45, 0.55], np.float32))}  # unsure: the cache may decide
     assert service._score(prof, stored)["emoasst"].label == "calm"
     service.delete_profile("careful")
+
+
+def test_a_labelled_clips_answer_with_the_cache_never_comes_from_its_own_entry(service: CaregiverService, no_decoding) -> None:
+    """Answering a stored, labelled clip "with the cache" leaves its own entry out: over all labelled
+    clips, the answers are exactly the rebuild's leave-one-out accuracy (an own entry, similarity 1,
+    would echo every label back and score far above it)."""
+    service.create_profile("own-entry", ["calm", "upset", "playful"])
+    ids = add_synthetic(service, "own-entry", 30, ["calm", "upset", "playful"], seed=3, noise=6.0)
+    rebuilt = service.rebuild_cache("own-entry")["emoasst"]
+    assert rebuilt.active and rebuilt.after < 0.95, "the cache must be on, and the clusters overlap, or an echo could not show"
+    right = 0
+    for cid in ids:
+        p = service.predict(cid, "own-entry").predictions["emoasst"]
+        assert p.cache_snapshot == rebuilt.snapshot_id and p.nearest
+        assert cid not in [n["clip_id"] for n in p.nearest], p.nearest
+        right += p.label == service.current_label(cid)
+    assert right / len(ids) == pytest.approx(rebuilt.after)
+    service.delete_profile("own-entry")
 
 
 def test_a_snapshot_refers_to_stored_features_and_loads_in_another_process(service: CaregiverService, no_decoding) -> None:

@@ -127,7 +127,7 @@ def test_visitor_limits_answer_in_one_line(spaces_app: RunningApp, visitor_a: di
 def test_two_browsers_see_only_their_own_profiles(spaces_app: RunningApp, visitor_a: dict):
     """Two browser contexts (two visitors, each with its own local storage): C's profile is neither listed
     for D nor reachable by its id; C's key outlives a reload; C deletes everything of C's."""
-    from test_ui_browser import CHROMIUM, CHROMIUM_ARGS
+    from test_ui_browser import CHROMIUM, CHROMIUM_ARGS, new_profile, open_fold
 
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
@@ -146,10 +146,7 @@ def test_two_browsers_see_only_their_own_profiles(spaces_app: RunningApp, visito
             key_c, key_d = (page.evaluate("localStorage.getItem('emoweb-owner')") for page in (page_c, page_d))
             assert key_c and key_d and key_c != key_d
 
-            page_c.locator("#new-profile textarea, #new-profile input").first.fill("Leo at school")
-            page_c.locator("#create-profile").click()
-            expect(page_c.locator("#profile-status")).to_contain_text("Created profile Leo at school", timeout=60_000)
-            c_profile = re.search(r"id (\d+)", page_c.locator("#profile-status").inner_text()).group(1)
+            c_profile = new_profile(page_c, "Leo at school")
             assert profile_options(page_c) == ["(don't save)", "Leo at school"]
 
             page_d.locator("#profiles-refresh").click()
@@ -158,11 +155,12 @@ def test_two_browsers_see_only_their_own_profiles(spaces_app: RunningApp, visito
             page_d.locator("#profile input").fill(c_profile)
             page_d.locator("#profile input").press("Enter")
             page_d.get_by_role("tab", name="Label", exact=True).click()
+            open_fold(page_d, "fold-queue")
             page_d.locator("#queue-refresh").click()
             expect(page_d.get_by_text(f"no profile '{c_profile}'").first).to_be_visible(timeout=60_000)
 
             page_c.reload(wait_until="domcontentloaded")  # the key stays in C's local storage
-            expect(page_c.locator("#create-profile")).to_be_visible(timeout=120_000)
+            expect(page_c.locator("#profile")).to_be_visible(timeout=120_000)
             expect(page_c.locator("#profile input")).to_have_value("Leo at school", timeout=60_000)
             assert page_c.evaluate("localStorage.getItem('emoweb-owner')") == key_c
 

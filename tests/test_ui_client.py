@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -37,9 +38,16 @@ def test_api_predict_label_rebuild(ui_app: RunningApp, composite_clip: Path, tmp
 
     out = job_result(client.submit(handle_file(str(composite_clip)), None, None, profile,
                                 api_name="/predict"), PREDICT_TIMEOUT_S)
-    summary, raw, clip_id = out[0], out[11], out[12]
+    summary, raw, clip_id, table = out[0], out[11], out[12], out[14]
     assert re.fullmatch(r"\d+", clip_id), out[0]
     assert f"#{clip_id}" in summary
+    # the headline is the models' vote, stated with its agreement; the table has one row per model
+    head = raw["headline"]
+    tops = {m: max(v["probs"], key=v["probs"].get) for m, v in raw["stored"]["answers"].items() if v["decided"]}
+    votes = Counter(tops.values())
+    assert votes[head["label"]] == max(votes.values()) == head["agree"] and head["models"] == len(tops), (head, tops)
+    assert head["label"] in summary and head["confidence"] in summary
+    assert [r[0] for r in table["data"]] == list(raw["models"]), table
     assert raw["stored"]["clip_id"] == int(clip_id)
     models = raw["models"]
     assert models, "no model answered"
@@ -51,7 +59,7 @@ def test_api_predict_label_rebuild(ui_app: RunningApp, composite_clip: Path, tmp
 
     status, _ = job_result(client.submit(profile, clip_id, "joy", "api <note>", False, api_name="/label"), 120)
     assert "labelled" in status and "joy" in status
-    assert "&lt;note&gt;" in status  # user text is escaped when rendered
+    assert "with your note" in status and "<note>" not in status  # the note is shown once: in the history
 
     rows = job_result(client.submit(profile, None, api_name="/queue"), 120)[0]
     assert any(str(r[0]) == clip_id and r[2] == "joy" for r in rows["data"]), rows

@@ -605,6 +605,18 @@ def n_per_label(labels: Sequence[str]) -> dict[str, int]:
     return dict(Counter(labels))
 
 
+
+def without_clip(cache: FewShotCache | None, clip_ids: Sequence[int], clip_id: int | None) -> tuple[FewShotCache | None, list[int]]:
+    """The cache and its row clip ids without the rows of `clip_id`: a stored clip's answer "with the
+    cache" must come from the other labelled clips, never from its own entry (which would only echo
+    its label back). The cache itself is not changed."""
+    clip_ids = list(clip_ids)
+    if cache is None or clip_id is None or clip_id not in clip_ids:
+        return cache, clip_ids
+    own = [i for i, c in enumerate(clip_ids) if c == clip_id]
+    return cache.without(own), [c for c in clip_ids if c != clip_id]
+
+
 @torch.no_grad()
 def score(
     base: torch.Tensor,
@@ -613,20 +625,15 @@ def score(
     cache: FewShotCache | None,
     clip_ids: Sequence[int] = (),
     k: int = 5,
-    exclude: int | None = None,
 ) -> tuple[list[str], torch.Tensor, list[list[dict]]]:
     """Logits [B, C] over the returned labels: the base logits plus the cache when it has entries;
-    with the nearest labelled clips per row ({clip_id, label, similarity}). `exclude`: a clip id whose
-    own entry must neither vote nor be listed (answering for a clip that is itself labelled and cached).
+    with the nearest labelled clips per row ({clip_id, label, similarity}).
     The cache must already know every label in `base_labels` (see `FewShotCache.add_label`)."""
     base = (base if base.dim() == 2 else base[None]).float()
-    if cache is not None and exclude is not None and exclude in clip_ids:
-        own = [i for i, c in enumerate(clip_ids) if c == exclude]
-        cache, clip_ids = cache.without(own), [c for c in clip_ids if c != exclude]
-        if not len(cache):  # its own was the only entry: the profile's labels still all get a column
-            return list(cache.labels), cache.expand_base(base, list(base_labels)), [[] for _ in range(base.shape[0])]
-    if cache is None or not len(cache):
+    if cache is None:
         return list(base_labels), base, [[] for _ in range(base.shape[0])]
+    if not len(cache):  # e.g. a clip's own entry was the only one: every label of the profile still gets a column
+        return list(cache.labels), cache.expand_base(base, list(base_labels)), [[] for _ in range(base.shape[0])]
     query = {m: q if q.dim() == 2 else q[None] for m, q in query.items() if m in cache.keys}
     if not query:
         return list(base_labels), base, [[] for _ in range(base.shape[0])]

@@ -564,7 +564,8 @@ class CaregiverService:
             query = {m: torch.from_numpy(np.asarray(a, np.float32).reshape(1, -1)) for m, a in parts.items() if m != cachebuild.LOGITS}
             decided = cachebuild.has_modality(parts)
             snapshot_id, cache, clip_ids = caches.get(model, (None, None, [])) if decided else (None, None, [])
-            labels, logits, nearest = cachebuild.score(base, base_labels, query, cache, clip_ids, exclude=clip_id)
+            cache, clip_ids = cachebuild.without_clip(cache, clip_ids, clip_id)
+            labels, logits, nearest = cachebuild.score(base, base_labels, query, cache, clip_ids)
             used = snapshot_id if cache is not None and len(cache) and cache.alpha > 0 else None
             probs = logits.softmax(-1)[0].tolist()
             predictions[model] = ModelPrediction(

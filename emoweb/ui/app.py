@@ -31,21 +31,24 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
 
     with gr.Blocks(title="EmoWeb", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         gr.Markdown(
-            "# EmoWeb\nEmotion recognition in short clips (face, voice and words) with several published models side "
-            "by side. Everything runs on this machine; nothing leaves it."
+            "# EmoWeb\nWhat feeling a short clip shows, from the face, the voice and the words. Everything runs on this "
+            "machine; nothing leaves it."
         )
         if settings.public and settings.visitors:
             from emoweb.services.visitors import privacy_notice
 
             gr.Markdown(privacy_notice(settings), elem_id="privacy-notice")
         with gr.Row(equal_height=True):
-            profile_dd = gr.Dropdown(label="Caregiver profile (a child or a setting)", choices=[(C.NO_PROFILE, C.NO_PROFILE)],
-                                     value=C.NO_PROFILE, elem_id="profile", scale=3,
+            profile_dd = gr.Dropdown(label="Profile (a child or a setting)", choices=[(C.NO_PROFILE, C.NO_PROFILE)],
+                                     value=C.NO_PROFILE, elem_id="profile", scale=4, min_width=200,
                                      allow_custom_value=True)  # API clients name a profile by id or name
-            new_name = gr.Textbox(label="New profile name", elem_id="new-profile", scale=2)
-            new_labels = gr.Textbox(label="Its labels (comma-separated; empty: the seven emotions)", elem_id="new-labels", scale=3)
-            create_btn = gr.Button("Create profile", elem_id="create-profile", scale=1)
             refresh_btn = gr.Button("↻", elem_id="profiles-refresh", scale=0, min_width=40)
+        with gr.Accordion("New profile", open=False, elem_id="new-profile-box") as new_box:
+            with gr.Row(equal_height=True):
+                new_name = gr.Textbox(label="Name", elem_id="new-profile", scale=2, min_width=160)
+                new_labels = gr.Textbox(label="Its labels (comma-separated; empty: the seven emotions)", elem_id="new-labels",
+                                        scale=3, min_width=200)
+                create_btn = gr.Button("Create profile", elem_id="create-profile", scale=1, min_width=120)
         profile_status = gr.Markdown("", elem_id="profile-status")
         with gr.Accordion("Delete everything of mine", open=False, visible=settings.public, elem_id="delete-mine-box"):
             with gr.Row():
@@ -77,7 +80,8 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
             info = ctx.service.create_profile(name, labels, owner=ctx.owner(request))
             choices = ctx.profile_choices(request)
             return (gr.update(choices=[(C.NO_PROFILE, C.NO_PROFILE), *choices], value=str(info.id)), "", "",
-                    f"Created profile **{C.esc(info.name)}** (id {info.id}) with labels: {', '.join(C.esc(x) for x in info.labels)}")
+                    f"Created profile **{C.esc(info.name)}** (id {info.id}) with labels: {', '.join(C.esc(x) for x in info.labels)}",
+                    gr.update(open=False))
 
         @C.user_errors
         def delete_my_data(confirm, request: gr.Request):
@@ -97,7 +101,7 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
                 lab["show_clip"], [profile_dd, lab["clip_dd"]], lab["clip_outputs"], api_visibility="undocumented")
 
         refresh_btn.click(profiles, [profile_dd], profile_dd, api_name="profiles")
-        create_btn.click(create_profile, [new_name, new_labels], [profile_dd, new_name, new_labels, profile_status],
+        create_btn.click(create_profile, [new_name, new_labels], [profile_dd, new_name, new_labels, profile_status, new_box],
                          api_name="create_profile")
         delete_mine_btn.click(delete_my_data, [confirm_mine], [profile_dd, confirm_mine, profile_status],
                               api_name="delete_my_data")

@@ -25,6 +25,7 @@ from plotly.subplots import make_subplots
 
 from emoweb.config import Settings
 from emoweb.errors import EmoWebError, NotFoundError
+from emoweb.services import attention
 
 log = logging.getLogger("emoweb.ui")
 
@@ -42,6 +43,8 @@ PALETTE: dict[str, str] = {
 }
 EXTRA_COLOURS: tuple[str, ...] = ("#2ca02c", "#e377c2", "#bcbd22", "#ff7f0e", "#393b79", "#637939", "#843c39", "#7b4173")
 MODEL_COLOURS: tuple[str, ...] = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3")
+LABEL_EMOJI: dict[str, str] = {"anger": "😠", "disgust": "🤢", "fear": "😨", "joy": "😊", "neutral": "😐", "sadness": "😢",
+                               "surprise": "😮"}
 BEFORE_AFTER = {"before": "#b0b0b0", "after": "#4c72b0"}
 MAX_LABEL_BUTTONS = 12  # one-click label buttons (keys 1-9 for the first nine)
 NO_PROFILE = "(don't save)"
@@ -71,6 +74,24 @@ OWNER_JS = f"""<script>
   }};
 }})();
 </script>"""
+
+
+# Page styles (launch(css=...)): the answer in large type, warnings apart from information, label
+# buttons big enough to tap, and phone widths (caregivers label on phones).
+CSS = """
+.emoweb-answer { padding: 4px 0 4px 14px; margin: 4px 0; }
+.emoweb-answer-label { font-size: 2.2rem; font-weight: 700; }
+.emoweb-answer-sure { font-size: 1.5rem; }
+.emoweb-warning { background: #fff4d6; border: 1px solid #e0b400; border-radius: 8px; padding: 4px 12px; color: #3d3000; }
+.emoweb-small { font-size: 0.85rem; opacity: 0.8; }
+#label-buttons button { min-height: 44px; font-size: 1rem; }
+@media (max-width: 600px) {
+  .gradio-container { padding: 4px !important; }
+  .emoweb-answer-label { font-size: 1.8rem; }
+  #label-buttons { gap: 6px; }
+  #label-buttons button { flex: 1 1 40% !important; min-width: 40% !important; }
+}
+"""
 
 
 def ordered_labels(labels: Sequence[str]) -> list[str]:
@@ -360,31 +381,45 @@ def _axis_title(axis: str) -> str:
     return titles.get(axis, axis.replace("_", " "))
 
 
+ATTENTION_MAP_PX, ATTENTION_GAP_PX = 320, 120  # per map; the gap holds its reading and the next map's title
+
+
 def attention_figure(maps: list[tuple[str, np.ndarray, tuple[str, str], dict[str, list]]]) -> go.Figure:
-    """One heatmap per (model, attention map) with the real axes (frame times, words, layers, queries)."""
+    """One heatmap per (model, attention map) with the real axes (frame times, words, layers, queries).
+    Colour is each weight relative to an equal share of its row on one fixed range for every map
+    (`services.attention`), so flat attention looks flat; under each map, one line reading it."""
     maps = [m for m in maps if m[1].ndim == 2 and m[1].size]
     if not maps:
         return empty_figure("no attention maps (no model exposes one for this clip)")
-    fig = make_subplots(rows=len(maps), cols=1, subplot_titles=[ptext(t) for t, *_ in maps], vertical_spacing=0.12 / max(1, len(maps) - 1) if len(maps) > 1 else 0.1)
+    limit = float(np.log2(attention.COLOUR_RANGE))
+    fig = make_subplots(rows=len(maps), cols=1, subplot_titles=[ptext(t) for t, *_ in maps],
+                        vertical_spacing=ATTENTION_GAP_PX / (ATTENTION_MAP_PX * len(maps)))
     for row, (_title, w, axes, ticks) in enumerate(maps, start=1):
         y_axis, x_axis = axes
         x_ticks = ticks.get(x_axis) or list(range(w.shape[1]))
         y_ticks = ticks.get(y_axis) or [f"{y_axis} {i + 1}" for i in range(w.shape[0])]
         n_x = min(w.shape[1], len(x_ticks))
         w = w[:, :n_x]
+        rel = attention.relative_to_equal(w)
         x_text, y_text = _ticks(x_ticks[:n_x], x_axis), _ticks(y_ticks[: w.shape[0]], y_axis)
         fig.add_heatmap(
-            z=w, x=list(range(n_x)), y=list(range(w.shape[0])), colorscale="Viridis", showscale=row == 1,
-            customdata=[[f"{y_text[i] if i < len(y_text) else i} → {x_text[j]}" for j in range(n_x)] for i in range(w.shape[0])],
-            hovertemplate="%{customdata}: %{z:.3f}<extra></extra>", row=row, col=1,
+            z=attention.colour_values(w), x=list(range(n_x)), y=list(range(w.shape[0])), colorscale="RdBu_r",
+            zmin=-limit, zmax=limit, zmid=0, showscale=row == 1,
+            colorbar=dict(title="× an equal share", tickvals=[-limit, -1, 0, 1, limit], len=min(1.0, 1.2 / len(maps)), y=1,
+                          yanchor="top", ticktext=[f"1/{attention.COLOUR_RANGE:g}", "1/2", "equal", "2", f"{attention.COLOUR_RANGE:g}"]),
+            customdata=[[f"{y_text[i] if i < len(y_text) else i} → {x_text[j]}: weight {w[i, j]:.4f}, {rel[i, j]:.2f}× an equal share"
+                         for j in range(n_x)] for i in range(w.shape[0])],
+            hovertemplate="%{customdata}<extra></extra>", row=row, col=1,
         )
         step = max(1, n_x // 16)
+        line = attention.reading(w, x_axis, x_ticks[:n_x])
         fig.update_xaxes(tickmode="array", tickvals=list(range(0, n_x, step)), ticktext=x_text[::step],
-                         title_text=_axis_title(x_axis), row=row, col=1)
+                         title_text=f"{_axis_title(x_axis)}: <b>{ptext(line)}</b>", row=row, col=1)
         ystep = max(1, w.shape[0] // 10)
         fig.update_yaxes(tickmode="array", tickvals=list(range(0, w.shape[0], ystep)), ticktext=y_text[::ystep],
                          title_text=_axis_title(y_axis), autorange="reversed", row=row, col=1)
-    fig.update_layout(title="Attention (rows attend to columns)", height=max(300, 260 * len(maps)), **_LAYOUT)
+    fig.update_layout(title="Where each model looked (red: more than an equal share, blue: less)",
+                      height=max(320, ATTENTION_MAP_PX * len(maps)), **_LAYOUT)
     return fig
 
 

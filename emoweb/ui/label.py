@@ -1,15 +1,18 @@
-"""Label tab (caregiver session): the profile's queue (least certain / most disputed first), play a clip,
-see each model's answer, label it in one click (keys 1-9), note, undo, rebuild the cache with
-before/after accuracy, export/import labels, delete a clip or the profile."""
+"""Label tab (caregiver session), in a parent's words: play a clip, see what the models think, label it
+in one tap (keys 1-9), note, undo. The queue with its margins, the cache rebuild with before/after
+accuracy, export/import and deleting are in folded sections."""
 from pathlib import Path
 
 import gradio as gr
 
-from emoweb.errors import EmoWebError
+from emoweb.errors import EmoWebError, NotFoundError
 from emoweb.safetext import decode
+from emoweb.services.cachebuild import tuning_defaults as cachebuild_rules
+from emoweb.services.headline import headline
 from emoweb.ui import common as C
 
 QUEUE_HEADERS = ["clip", "name", "label", "models' answers", "margin", "disputed"]
+SHORTCUTS = "keys 1-9 pick the first nine labels"  # stated the same in the README
 HISTORY_HEADERS = ["when", "label", "annotator", "note"]
 MAX_IMPORT_BYTES = 10 * 2**20
 
@@ -55,41 +58,44 @@ def _clip_choice(e) -> tuple[str, str]:
 
 
 def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
-    with gr.Tab("Label", id="label"):
+    with gr.Tab("Label", id="label", elem_id="label-tab"):
         gr.Markdown(
-            "Caregiver session for the profile chosen at the top: clips nobody labelled come first, then those the "
-            "models disagree on, then the least certain. Click a label (or press its key **1–9**) to confirm or correct."
-        )
+            f"Watch a clip, then tap what the child felt (on a keyboard: {SHORTCUTS}). Clips nobody labelled come "
+            "first, then those the models were least sure about.", elem_classes="emoweb-small")
         with gr.Row():
-            with gr.Column(scale=3):
-                queue = gr.Dataframe(headers=QUEUE_HEADERS, datatype=["number", "str", "str", "str", "number", "str"],
-                                     label="Queue", interactive=False, elem_id="queue", max_height=260, wrap=True)
-            with gr.Column(scale=1):
-                refresh = gr.Button("Refresh queue", elem_id="queue-refresh")
+            with gr.Column(scale=2, min_width=280):
                 clip_dd = gr.Dropdown(label="Clip", choices=[], value=None, elem_id="label-clip", allow_custom_value=True)
-                snapshot_md = gr.Markdown("", elem_id="snapshot-count")
-        with gr.Row():
-            with gr.Column(scale=2):
-                player = gr.Video(label="Clip", interactive=False, elem_id="label-video")
+                show_api = gr.Button(visible=False)  # carries the /show_clip API endpoint only
+                player = gr.Video(label="Clip", interactive=False, height=240, elem_id="label-video")
                 player_audio = gr.Audio(label="Clip (audio)", interactive=False, visible=False, elem_id="label-audio")
-                player_image = gr.Image(label="Clip (image)", interactive=False, visible=False, elem_id="label-image")
-            with gr.Column(scale=3):
+                player_image = gr.Image(label="Clip (image)", interactive=False, visible=False, height=240, elem_id="label-image")
+            with gr.Column(scale=3, min_width=280):
                 answers_md = gr.Markdown("Pick a clip.", elem_id="label-answers")
-                answers_plot = gr.Plot(label="What each model said", elem_id="label-answers-chart")
-        with gr.Row(elem_id="label-buttons"):
-            buttons = [gr.Button(f"{i + 1} · ?", visible=False, elem_id=f"label-btn-{i + 1}", min_width=90, size="sm")
-                       for i in range(C.MAX_LABEL_BUTTONS)]
-        with gr.Row():
-            note = gr.Textbox(label="Note (optional)", elem_id="label-note", scale=3)
-            label_dd = gr.Dropdown(label="Or another label", choices=[], allow_custom_value=True, elem_id="label-choice", scale=2)
-            allow_new = gr.Checkbox(label="add it to the label set if new", value=False, scale=1)
-        with gr.Row():
-            apply_btn = gr.Button("Apply label", variant="primary", elem_id="label-apply")
-            undo_btn = gr.Button("Undo last label", elem_id="label-undo")
-        status = gr.Markdown("", elem_id="label-status")
-        history = gr.Dataframe(headers=HISTORY_HEADERS, label="Label history of this clip", interactive=False,
-                               elem_id="label-history", max_height=200, wrap=True)
-        with gr.Accordion("Few-shot cache", open=True):
+                with gr.Row(elem_id="label-buttons"):
+                    buttons = [gr.Button(f"{i + 1} · ?", visible=False, elem_id=f"label-btn-{i + 1}", min_width=90, size="sm")
+                               for i in range(C.MAX_LABEL_BUTTONS)]
+                note = gr.Textbox(label="Note (optional, saved with the label)", elem_id="label-note", lines=1)
+                status = gr.Markdown("", elem_id="label-status")
+                undo_btn = gr.Button("Undo my last label on this clip", elem_id="label-undo", size="sm")
+        with gr.Accordion("Another label (or a new one)", open=False, elem_id="fold-other-label"):
+            with gr.Row():
+                label_dd = gr.Dropdown(label="Label", choices=[], allow_custom_value=True, elem_id="label-choice", scale=2)
+                allow_new = gr.Checkbox(label="add it to the profile's labels if new", value=False, scale=1)
+                apply_btn = gr.Button("Apply label", variant="primary", elem_id="label-apply", scale=1)
+        with gr.Accordion("This clip's labels so far, and what each model said", open=False, elem_id="fold-history"):
+            history = gr.Dataframe(headers=HISTORY_HEADERS, label="Label history of this clip", interactive=False,
+                                   elem_id="label-history", max_height=200, wrap=True)
+            answers_plot = gr.Plot(label="What each model said", elem_id="label-answers-chart")
+        with gr.Accordion("All clips of this profile (the queue)", open=False, elem_id="fold-queue"):
+            refresh = gr.Button("Refresh", elem_id="queue-refresh", size="sm")
+            queue = gr.Dataframe(headers=QUEUE_HEADERS, datatype=["number", "str", "str", "str", "number", "str"],
+                                 label="Queue: unlabelled first, then disputed (the models disagree), then the smallest margin "
+                                       "(top probability minus the next)", interactive=False, elem_id="queue", max_height=260,
+                                 wrap=True)
+        with gr.Accordion("Teach the models this profile's labels (few-shot cache)", open=False, elem_id="fold-cache"):
+            gr.Markdown("The models learn from the labelled clips of this profile when the cache is rebuilt; a clip's own "
+                        "label never decides its own answer.", elem_classes="emoweb-small")
+            snapshot_md = gr.Markdown("", elem_id="snapshot-count")
             rebuild_btn = gr.Button("Rebuild cache", variant="primary", elem_id="rebuild")
             rebuild_md = gr.Markdown("", elem_id="rebuild-result")
             rebuild_plot = gr.Plot(label="Before / after", elem_id="rebuild-chart")
@@ -135,13 +141,33 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         return [_queue_rows(entries), gr.update(choices=choices, value=value), gr.update(choices=labels),
                 _snapshot_text(profile), *btns]
 
+    def no_clip() -> tuple:
+        none = (gr.update(value=None, visible=True), gr.update(value=None, visible=False), gr.update(value=None, visible=False))
+        return (*none, "Pick a clip.", C.empty_figure("no clip"), [])
+
     @C.user_errors
     def show_clip(profile_ref, clip_id, request: gr.Request):
-        none = (gr.update(value=None, visible=True), gr.update(value=None, visible=False), gr.update(value=None, visible=False))
+        """A clip of a profile: the player, what the models think, its label history. A clip of another
+        profile is refused (one line)."""
         if not profile_ref or profile_ref == C.NO_PROFILE or not clip_id:
-            return (*none, "Pick a clip.", C.empty_figure("no clip"), [])
+            return no_clip()
         profile = ctx.profile(profile_ref, request)
-        clip = ctx.clip_in(profile, clip_id)
+        return clip_view(profile, ctx.clip_in(profile, clip_id))
+
+    @C.user_errors
+    def show_current(profile_ref, clip_id, request: gr.Request):
+        """After an action or a profile switch: the chosen clip's view, or "Pick a clip." when the choice
+        is left over from the profile shown before (two event chains may interleave)."""
+        if not profile_ref or profile_ref == C.NO_PROFILE or not clip_id:
+            return no_clip()
+        profile = ctx.profile(profile_ref, request)
+        try:
+            return clip_view(profile, ctx.clip_in(profile, clip_id))
+        except NotFoundError:
+            return no_clip()
+
+    def clip_view(profile, clip) -> tuple:
+        """The Label tab's view of a clip of `profile` (both already authorised)."""
         media = ctx.temp_copy(ctx.service.media_path(clip.id), f"clip{clip.id}{Path(clip.media_path).suffix}")
         players = (
             gr.update(value=media if clip.kind == "video" else None, visible=clip.kind == "video"),
@@ -152,18 +178,24 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         current = ctx.service.current_label(clip.id)
         lines = [f"**Clip #{clip.id}** {C.esc(clip.original_name)} · {C.esc(clip.kind)}"
                  + (f", {clip.duration:.1f} s" if clip.duration else "")
-                 + f" · current label: **{C.esc(current) if current else 'none'}**"]
+                 + f" · label now: **{C.esc(current) if current else 'not labelled yet'}**"]
+        decided = {m: p.probs for m, p in result.predictions.items() if p.decided}
+        head = headline(decided)
+        if head.label is not None:
+            emoji = C.LABEL_EMOJI.get(head.label, "🏷️")
+            lines.append(f"The models think: {emoji} **{C.esc(head.label)}**, {C.esc(head.confidence)} ({C.esc(head.reason)})")
+            lines.append(" · ".join(f"{C.esc(m)}: {C.esc(p.label)} {100 * p.probs.get(p.label, 0):.0f}%"
+                                    for m, p in result.predictions.items() if p.decided))
         for m, p in result.predictions.items():
             if not p.decided:
                 lines.append(f"- **{C.esc(m)}**: no decision (the clip has no voice, no face and no words)")
-                continue
-            cache = f" (with cache snapshot {p.cache_snapshot})" if p.cache_snapshot is not None else ""
-            lines.append(f"- **{C.esc(m)}** says **{C.esc(p.label)}** ({100 * p.probs.get(p.label, 0):.0f}%, margin {p.margin:.2f}){cache}")
         if not result.predictions:
             lines.append("- no model answer stored for this clip")
+        if any(p.cache_snapshot is not None for p in result.predictions.values()):
+            lines.append("(Answers use this profile's other labelled clips, never this clip's own label.)")
         hist = [[c.created.strftime("%Y-%m-%d %H:%M:%S"), c.label, c.annotator, c.note] for c in ctx.service.corrections(clip.id)]
-        fig = C.probability_figure({m: p.probs for m, p in result.predictions.items() if p.decided}, title="What each model said (with the profile's cache)")
-        return (*players, "\n".join(lines), fig, hist)
+        fig = C.probability_figure(decided, title="What each model said (with the profile's other labelled clips)")
+        return (*players, "\n\n".join(lines), fig, hist)
 
     def _apply(profile_ref, clip_id, label, note_text, new_ok, request):
         profile = ctx.profile(profile_ref, request)
@@ -175,7 +207,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
             raise EmoWebError("choose a label")
         c = ctx.service.record_correction(clip.id, label, annotator=ctx.user(request) or "", note=note_text or "",
                                           allow_new_label=bool(new_ok), profile=profile.id)
-        return f"Clip #{clip.id} labelled **{C.esc(c.label)}**" + (f" — note: {C.esc(c.note)}" if c.note else "")
+        return f"Clip #{clip.id} labelled **{C.esc(c.label)}**" + (" (with your note, in the history below)" if c.note else "")
 
     @C.user_errors
     def label(profile, clip_id, label, note, allow_new_label, request: gr.Request):
@@ -233,7 +265,10 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
             lines.append(f"| {C.esc(m)} | {r.n} | {per} | {r.alpha:.2f} | {r.beta:.2f} | {C.esc(tuning_of(r))} | "
                          f"{pct(r.before)} | {pct(r.after)} | {r.seconds:.3f} |")
         lines.append("\n</details>")
-        fig = C.before_after_figure({m: (r.before, r.after) for m, r in results.items()})
+        # before/after only where it means something: careful mode had too few clips of some label to measure
+        judged = {m: (r.before, r.after) for m, r in results.items() if r.tuning != "careful" and r.n}
+        fig = C.before_after_figure(judged) if judged else C.empty_figure(
+            f"accuracy before/after is shown once every label has {cachebuild_rules()['judge_min_per_label']} labelled clips")
         return "\n".join(lines), fig, _snapshot_text(profile)
 
     @C.user_errors
@@ -289,10 +324,13 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     def reload(event):
         """After an action: the queue, then the clip's view."""
         return event.then(load_queue, [profile_dd, clip_dd], queue_outputs, api_visibility="undocumented").then(
-            show_clip, [profile_dd, clip_dd], clip_outputs, api_visibility="undocumented")
+            show_current, [profile_dd, clip_dd], clip_outputs, api_visibility="undocumented")
 
     refresh_event = refresh.click(load_queue, [profile_dd, clip_dd], queue_outputs, api_name="queue")
-    clip_dd.change(show_clip, [profile_dd, clip_dd], clip_outputs, api_name="show_clip")
+    # Picking a clip shows it; a pick left over from the profile shown before (another event chain moved
+    # on) shows "Pick a clip." The /show_clip endpoint refuses a clip outside the profile (one line).
+    clip_dd.change(show_current, [profile_dd, clip_dd], clip_outputs, api_visibility="undocumented")
+    show_api.click(show_clip, [profile_dd, clip_dd], clip_outputs, api_name="show_clip")
     def pick_row(evt: gr.SelectData, rows):
         try:
             row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
@@ -314,4 +352,4 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     delete_profile_btn.click(delete_profile, [profile_dd, confirm_profile], [delete_md, confirm_profile, profile_dd],
                              api_name="delete_profile")
     return {"load_queue": load_queue, "queue_inputs": [profile_dd, clip_dd], "queue_outputs": queue_outputs,
-            "show_clip": show_clip, "clip_outputs": clip_outputs, "clip_dd": clip_dd, "refresh_event": refresh_event}
+            "show_clip": show_current, "clip_outputs": clip_outputs, "clip_dd": clip_dd, "refresh_event": refresh_event}

@@ -1,5 +1,6 @@
-"""Predict tab: upload or record a clip (video, audio or image), progress stage by stage, and every
-model's answer with the plots that explain it."""
+"""Predict tab: upload or record a clip (video, audio or image), progress stage by stage, then one answer
+first (a vote of the models, how sure in words, who, what was heard) and a compact table of the models;
+the plots that explain each model's decision are in folded sections."""
 import inspect
 from pathlib import Path
 from typing import Any
@@ -8,6 +9,7 @@ import gradio as gr
 import numpy as np
 
 from emoweb.errors import EmoWebError, MediaError
+from emoweb.services.headline import RULE, Headline, headline
 from emoweb.ui import common as C
 
 STAGE_NAMES = {
@@ -19,6 +21,8 @@ STAGE_NAMES = {
     "text": "text encoder",
 }
 TRANSCRIPT_HEADERS = ["start (s)", "end (s)", "text"]
+MODEL_HEADERS = ["model", "answer", "probability", "used the profile's examples"]
+KINDS = ("Video", "Audio only", "Image only")
 
 
 def stage_progress(progress: Any, models: list[str]):
@@ -66,52 +70,85 @@ def _row(probs_tensor: Any, labels: list[str]) -> dict[str, float]:
     return {lab: float(p) for lab, p in zip(labels, values)}
 
 
+def _face_thumbnail(feats: Any) -> np.ndarray | None:
+    """The face the clip is about: the crop of the first frame with a face box (None: no face found)."""
+    if feats.face_crops is None:
+        return None
+    for i, box in enumerate(feats.face_boxes):
+        if box is not None and i < len(feats.face_crops):
+            return np.asarray(feats.face_crops[i])
+    return None
+
+
+def headline_markdown(head: Headline, labels: list[str]) -> str:
+    """The answer in large type with its emoji and colour, and how sure, in words."""
+    if head.label is None:
+        return "## No answer\nNothing to recognise in this clip: no face, no voice and no words."
+    emoji = C.LABEL_EMOJI.get(head.label, "🏷️")
+    colour = C.label_colour(head.label, labels)
+    return (f'<div class="emoweb-answer" style="border-left: 10px solid {colour}">'
+            f'<span class="emoweb-answer-label">{emoji} {C.esc(head.label)}</span>'
+            f'<span class="emoweb-answer-sure"> — {C.esc(head.confidence)}</span></div>\n\n'
+            f"{C.esc(head.reason)} (average probability {100 * head.mean_prob:.0f}%; how this is formed: below)")
+
+
 def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: Any, clip: Any, new: bool | None) -> tuple:
     """The Predict tab's outputs from a Prediction (features + model outputs) and, when the clip was
     stored in a profile, the service's answers (with the profile's cache)."""
     feats, outputs = prediction.features, prediction.outputs
     models = list(outputs)
     probs = {m: dict(answers[m].probs) if answers and m in answers else _row(out.probs, out.labels) for m, out in outputs.items()}
+    decided = {m: prediction.decided and (answers[m].decided if answers and m in answers else True) for m in models}
+    labels = C.ordered_labels([lab for p in probs.values() for lab in p])
 
-    # summary
-    lines = []
-    top = []
+    # the one answer, then who, what was heard, whether the profile's examples were used, where it is stored
+    head = headline({m: probs[m] for m in models if decided[m]}, untrained=feats.untrained_weights)
+    lines = [headline_markdown(head, labels)]
+    face = _face_thumbnail(feats)
+    if feats.kind != "audio":
+        lines.append(f"**Who:** {'the face shown here' if face is not None else 'no face found'}"
+                     f" (a face in {feats.faces_found} of {len(feats.frame_times)} frames)")
+    if feats.transcript:
+        lines.append(f"**Heard:** “{C.esc(feats.transcript)}”")
+    elif feats.kind != "image":
+        lines.append("**Heard:** no words recognised")
+    snaps = {m: answers[m].cache_snapshot for m in models if answers and m in answers}
+    if profile is None:
+        lines.append("**Profile:** none chosen, so nothing was saved and no labelled examples were used.")
+    else:
+        used = [m for m, s in snaps.items() if s is not None]
+        lines.append(f"**Profile {C.esc(profile.name)}:** " + (
+            f"its labelled examples were used by {len(used)} of {len(models)} models." if used else
+            "its labelled examples were not used (none in its cache yet: label clips, then rebuild in the Label tab)."))
+        what = "Saved as new clip" if new else "Already saved as clip"
+        lines.append(f"{what} **#{clip.id}**: label it in the Label tab.")
+    summary = "\n\n".join(lines)
+
+    table = []
     for m in models:
         p = probs[m]
-        best = max(p, key=p.get) if p else "?"
-        top.append(f"**{C.esc(m)}**: {C.esc(best)} ({100 * p.get(best, 0):.0f}%)")
-    if not prediction.decided:
-        lines.append("### No decision: nothing to recognise in this clip (no voice, no frames, no words)")
-    else:
-        lines.append("### " + " · ".join(top) if top else "### no model answered")
-    lines.append(
+        best = max(p, key=p.get) if p and decided[m] else None
+        table.append([m, f"{C.LABEL_EMOJI.get(best, '')} {best}".strip() if best else "no decision",
+                      f"{100 * p[best]:.0f}%" if best else "-",
+                      "-" if profile is None else ("yes" if snaps.get(m) is not None else "no")])
+
+    # warnings (something missing or unreliable) apart from information (how each model works)
+    warnings = list(feats.warnings)
+    if feats.untrained_weights:
+        warnings.append("the models run on random (untrained) weights: answers are meaningless")
+    warnings_md = ("⚠️ **Something was missing or unreliable:**\n" + "\n".join(f"- {C.esc(w)}" for w in warnings)) if warnings else ""
+    for w in feats.warnings[:3]:
+        gr.Warning(w)
+    info = [
         f"{C.esc(feats.source)}: {C.esc(feats.kind)}"
         + ("" if feats.kind == "image" else f", {feats.duration:.1f} s analysed")
         + (f" of {feats.full_duration:.1f} s" if feats.full_duration > feats.duration + 0.05 else "")
-        + f" · backbone profile **{C.esc(feats.profile)}** on {C.esc(feats.device)}"
-        + f" · faces in {feats.faces_found}/{len(feats.frame_times)} frames"
-        + " · modalities: " + ", ".join(f"{C.esc(k)} {'✓' if v else '✗'}" for k, v in feats.modalities.items())
-    )
-    if clip is not None and profile is not None:
-        what = "stored as new clip" if new else "already stored (same content)"
-        lines.append(f"Clip **#{clip.id}** {what} in profile **{C.esc(profile.name)}**: label it in the Label tab.")
-    else:
-        lines.append("Not saved (no profile chosen).")
-    if feats.transcript:
-        lines.append(f"Transcript ({C.esc(feats.language or '?')}): “{C.esc(feats.transcript)}”")
-    notes = list(feats.warnings)
-    if feats.untrained_weights:
-        notes.append("backbones run on random (untrained) weights: answers are meaningless")
+        + f"; backbone profile {C.esc(feats.profile)} on {C.esc(feats.device)}; transcript language {C.esc(feats.language or '-')}"
+        + "; modalities: " + ", ".join(f"{C.esc(k)} {'yes' if v else 'no'}" for k, v in feats.modalities.items())
+    ]
     for m, out in outputs.items():
-        notes += [f"{m}: {n}" for n in out.notes]
-        snap = answers[m].cache_snapshot if answers and m in answers else None
-        if snap is not None:
-            notes.append(f"{m}: few-shot cache of this profile applied (snapshot {snap})")
-    for w in feats.warnings[:3]:
-        gr.Warning(w)
-    if notes:
-        lines.append("**Notes — what was missing or special:**\n" + "\n".join(f"- ⚠ {C.esc(n)}" for n in notes))
-    summary = "\n\n".join(lines)
+        info += [f"{C.esc(m)}: {C.esc(n)}" for n in out.notes]
+    info_md = "\n".join(f"- ℹ️ {line}" for line in info)
 
     # per-modality decisions
     decisions = {}
@@ -121,7 +158,6 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
         decisions[m] = d
 
     # similarities: to label texts and to the nearest labelled clips of the profile
-    labels = C.ordered_labels([lab for p in probs.values() for lab in p])
     tables = []
     nearest_items: dict[int, tuple[str, float, str]] = {}
     for m, out in outputs.items():
@@ -144,10 +180,10 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
     if profile is not None:
         for cid, (lab, sim, m) in sorted(nearest_items.items(), key=lambda kv: -kv[1][1])[:6]:
             try:
-                info = ctx.clip_in(profile, cid)
-                if info.kind not in ("video", "image"):
+                info_clip = ctx.clip_in(profile, cid)
+                if info_clip.kind not in ("video", "image"):
                     continue
-                gallery_near.append((ctx.temp_copy(ctx.service.media_path(cid), f"clip{cid}{Path(info.media_path).suffix}"),
+                gallery_near.append((ctx.temp_copy(ctx.service.media_path(cid), f"clip{cid}{Path(info_clip.media_path).suffix}"),
                                      f"clip {cid} · {lab} · similarity {sim:.2f} ({m})"))
             except (EmoWebError, OSError):
                 continue
@@ -173,12 +209,14 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
 
     raw = prediction.to_summary()
     raw["clip"].pop("sha256", None)
+    raw["headline"] = {"label": head.label, "confidence": head.confidence, "agree": head.agree, "models": head.models,
+                       "mean_prob": round(head.mean_prob, 4), "rule": RULE}
     if clip is not None:
         raw["stored"] = {"clip_id": clip.id, "profile": profile.name, "new": new,
                          "answers": {m: a.to_dict() for m, a in (answers or {}).items()}}
     return (
         summary,
-        C.probability_figure(probs),
+        C.probability_figure({m: p for m, p in probs.items() if decided[m]}),
         C.modality_figure(decisions),
         C.attention_figure(_attention_maps(outputs)),
         C.similarity_figure(tables, labels),
@@ -190,6 +228,10 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
         C.latency_figure({k: v for k, v in feats.timings.items() if k != "total"}, dict(prediction.latency)),
         raw,
         str(clip.id) if clip is not None else "",
+        face,
+        table,
+        gr.update(value=warnings_md, visible=bool(warnings)),
+        info_md,
     )
 
 
@@ -204,42 +246,58 @@ def pick_input(video: Any, audio: Any, image: Any) -> tuple[Path, str]:
 
 def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     with gr.Tab("Predict", id="predict"):
-        gr.Markdown(
-            "Upload or record a short clip. The backbones run **once** and every available model answers; "
-            "the plots show how each decided. Choose a profile at the top to store the clip for labelling."
-        )
+        gr.Markdown("Choose or record a short clip, then press **Analyse**. Choose a profile at the top to keep the clip "
+                    "for labelling.")
         with gr.Row():
-            with gr.Column(scale=1):
-                with gr.Tabs():
-                    with gr.Tab("Video (upload or webcam)"):
-                        video = gr.Video(label="Clip", sources=["upload", "webcam"], include_audio=True, elem_id="predict-video")
-                    with gr.Tab("Audio only (upload or microphone)"):
-                        audio = gr.Audio(label="Audio", sources=["upload", "microphone"], type="filepath", elem_id="predict-audio")
-                    with gr.Tab("Image only"):
-                        image = gr.Image(label="Image", type="filepath", sources=["upload", "webcam"], elem_id="predict-image")
+            with gr.Column(scale=1, min_width=300):
+                kind = gr.Radio(list(KINDS), value=KINDS[0], label="What to analyse", elem_id="predict-kind")
+                video = gr.Video(label="Video (upload or webcam)", sources=["upload", "webcam"], include_audio=True,
+                                 height=280, elem_id="predict-video")
+                audio = gr.Audio(label="Audio (upload or microphone)", sources=["upload", "microphone"], type="filepath",
+                                 visible=False, elem_id="predict-audio")
+                image = gr.Image(label="Image (upload or webcam)", type="filepath", sources=["upload", "webcam"], height=280,
+                                 visible=False, elem_id="predict-image")
                 run = gr.Button("Analyse", variant="primary", elem_id="predict-run")
-                gr.Markdown(
-                    f"Clips longer than {ctx.settings.max_seconds:g} s are analysed up to that point; files over "
-                    f"{ctx.settings.max_upload_mb:g} MB are refused. Test clips are **composites** (a face photo + a voice)."
-                )
-            with gr.Column(scale=2):
-                summary = gr.Markdown("No clip analysed yet.", elem_id="predict-summary")
-                prob_plot = gr.Plot(label="Probabilities (all models)", elem_id="prob-chart")
-        transcript = gr.Dataframe(headers=TRANSCRIPT_HEADERS, datatype=["number", "number", "str"], label="Transcript with timestamps",
-                                  interactive=False, elem_id="transcript", wrap=True)
-        with gr.Row():
-            frames = gr.Gallery(label="Sampled frames with the face box", columns=8, height=220, elem_id="frames")
-            crops = gr.Gallery(label="Face crops (what the visual encoder saw)", columns=8, height=220, elem_id="crops")
-        timeline = gr.Plot(label="Per-frame timeline", elem_id="timeline")
-        modality_plot = gr.Plot(label="Per-modality decisions", elem_id="modality-chart")
-        attention_plot = gr.Plot(label="Attention", elem_id="attention-chart")
-        with gr.Row():
+                gr.Markdown(f"Up to {ctx.settings.max_seconds:g} s of a clip is analysed; files up to "
+                            f"{ctx.settings.max_upload_mb:g} MB.", elem_classes="emoweb-small")
+            with gr.Column(scale=2, min_width=300):
+                with gr.Row(equal_height=False):
+                    summary = gr.Markdown("No clip analysed yet.", elem_id="predict-summary")
+                    face = gr.Image(label="Who", interactive=False, height=140, width=140, scale=0, min_width=140,
+                                    elem_id="predict-face", buttons=[])
+                models_table = gr.Dataframe(headers=MODEL_HEADERS, datatype=["str"] * 4, label="Each model's answer",
+                                            interactive=False, elem_id="predict-models", wrap=True)
+                warnings_md = gr.Markdown("", visible=False, elem_id="predict-warnings", elem_classes="emoweb-warning")
+                with gr.Accordion("How the answer is formed", open=False, elem_id="predict-how"):
+                    gr.Markdown(RULE)
+        with gr.Accordion("All probabilities", open=False, elem_id="fold-probs"):
+            prob_plot = gr.Plot(label="Probabilities (all models)", elem_id="prob-chart")
+        with gr.Accordion("What the face, the voice and the words each said", open=False, elem_id="fold-modality"):
+            modality_plot = gr.Plot(label="Per-modality decisions", elem_id="modality-chart")
+        with gr.Accordion("Where the models looked (attention)", open=False, elem_id="fold-attention"):
+            attention_plot = gr.Plot(label="Attention", elem_id="attention-chart")
+        with gr.Accordion("Similar labelled clips and label texts", open=False, elem_id="fold-similar"):
+            nearest = gr.Gallery(label="Nearest labelled clips of the profile", columns=3, height=220, elem_id="nearest")
             similarity_plot = gr.Plot(label="Similarities", elem_id="similarity-chart")
-            nearest = gr.Gallery(label="Nearest labelled clips of the profile", columns=3, height=260, elem_id="nearest")
-        latency_plot = gr.Plot(label="Latency", elem_id="latency-chart")
+        with gr.Accordion("Transcript, frames and the per-frame timeline", open=False, elem_id="fold-frames"):
+            transcript = gr.Dataframe(headers=TRANSCRIPT_HEADERS, datatype=["number", "number", "str"],
+                                      label="Transcript with timestamps", interactive=False, elem_id="transcript", wrap=True)
+            with gr.Row():
+                frames = gr.Gallery(label="Sampled frames with the face box", columns=8, height=220, elem_id="frames")
+                crops = gr.Gallery(label="Face crops (what the visual encoder saw)", columns=8, height=220, elem_id="crops")
+            timeline = gr.Plot(label="Per-frame timeline", elem_id="timeline")
+        with gr.Accordion("How each model worked, and how long it took", open=False, elem_id="fold-info"):
+            info_md = gr.Markdown("", elem_id="predict-info")
+            latency_plot = gr.Plot(label="Latency", elem_id="latency-chart")
         with gr.Accordion("Raw result (JSON)", open=False):
             raw = gr.JSON(label="summary")
         clip_out = gr.Textbox(visible=False, elem_id="predict-clip-id")
+
+    def choose(which):
+        """Show the chosen input only, and empty the others: Analyse takes what is shown."""
+        return [gr.update(visible=True) if which == k else gr.update(visible=False, value=None) for k in KINDS]
+
+    kind.change(choose, kind, [video, audio, image], api_visibility="undocumented")
 
     @C.user_errors
     def predict(video, audio, image, profile_ref, request: gr.Request, progress=gr.Progress()):
@@ -276,6 +334,6 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         return explain(ctx, prediction, result.predictions, profile, result.clip, result.new)
 
     outputs = [summary, prob_plot, modality_plot, attention_plot, similarity_plot, nearest, timeline, transcript, frames, crops,
-               latency_plot, raw, clip_out]
+               latency_plot, raw, clip_out, face, models_table, warnings_md, info_md]
     event = run.click(predict, [video, audio, image, profile_dd], outputs, api_name="predict", **heavy)
     return {"event": event, "clip_out": clip_out, "run": run}

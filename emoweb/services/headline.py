@@ -1,0 +1,65 @@
+"""The clip's one answer for a parent: a vote of the models that answered, and how sure it is in words.
+
+The models are not calibrated yet, so a model's own probability says little about how often it is
+right; how sure the headline is comes only from how many models agree. The rule, in `RULE`, is shown
+in the UI and the README word for word.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+FAIRLY_SURE = "fairly sure"
+PROBABLY = "probably"
+NOT_SURE = "not sure"
+NO_ANSWER = "no answer"
+
+RULE = (
+    "Each model that answered votes for its own top label; the answer is the label with the most votes "
+    "(a tie goes to the higher average probability over the models). Until the models are calibrated, how "
+    "sure comes only from agreement: **fairly sure** when every model (at least two) agrees, **probably** "
+    "when more than half agree, otherwise **not sure** (also with a single model, or with untrained weights)."
+)
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The one answer shown first. `label` None: no model had anything to go by."""
+
+    label: str | None
+    confidence: str  # FAIRLY_SURE, PROBABLY, NOT_SURE or NO_ANSWER
+    agree: int  # models whose own top label is `label`
+    models: int  # models that answered
+    mean_prob: float  # average probability of `label` over the models that answered, 0..1
+    reason: str  # one line: why this confidence
+
+
+def _top(probs: Mapping[str, float]) -> str:
+    return max(probs, key=lambda lab: probs[lab])
+
+
+def headline(answers: Mapping[str, Mapping[str, float]], untrained: bool = False) -> Headline:
+    """The headline from each answering model's probabilities ({model: {label: p}}); models with no
+    probabilities (no decision) are left out. `untrained`: the backbones run on random weights."""
+    answers = {m: p for m, p in answers.items() if p}
+    n = len(answers)
+    if not n:
+        return Headline(None, NO_ANSWER, 0, 0, 0.0, "no model had a face, a voice or words to go by")
+    votes: dict[str, int] = {}
+    for p in answers.values():
+        votes[_top(p)] = votes.get(_top(p), 0) + 1
+    labels = {lab for p in answers.values() for lab in p}
+    mean = {lab: sum(p.get(lab, 0.0) for p in answers.values()) / n for lab in labels}
+    label = max(votes, key=lambda lab: (votes[lab], mean[lab]))
+    agree = votes[label]
+    if untrained:
+        confidence, reason = NOT_SURE, "the models run on untrained weights"
+    elif n == 1:
+        confidence, reason = NOT_SURE, "only one model answered, so there is no agreement to go by"
+    elif agree == n:
+        confidence, reason = FAIRLY_SURE, f"all {n} models agree"
+    elif 2 * agree > n:
+        confidence, reason = PROBABLY, f"{agree} of {n} models agree"
+    else:
+        confidence, reason = NOT_SURE, f"the models disagree (only {agree} of {n} say this)"
+    return Headline(label, confidence, agree, n, float(mean[label]), reason)

@@ -1,0 +1,86 @@
+"""The Predict page's headline (a vote of the models, how sure in words) and honest attention maps:
+flat attention renders flat on a fixed colour range, a peaked one renders peaked, and each map's
+one-line reading says which."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emoweb.services import attention
+from emoweb.services.headline import FAIRLY_SURE, NO_ANSWER, NOT_SURE, PROBABLY, RULE, headline
+
+
+def test_every_model_agreeing_is_fairly_sure_and_the_vote_counts_models_not_probabilities() -> None:
+    h = headline({"a": {"joy": 0.6, "neutral": 0.4}, "b": {"joy": 0.9, "neutral": 0.1}})
+    assert (h.label, h.confidence, h.agree, h.models) == ("joy", FAIRLY_SURE, 2, 2)
+    assert h.mean_prob == pytest.approx(0.75)
+    # the issue's example: one model very sure of neutral, three of joy -> joy, a majority but not all
+    h = headline({"emoasst": {"neutral": 0.92, "joy": 0.08}, "merclip": {"joy": 0.94, "neutral": 0.06},
+                  "sem_mbt": {"joy": 0.56, "neutral": 0.44}, "foalnet": {"joy": 1.0, "neutral": 0.0}})
+    assert (h.label, h.confidence, h.agree, h.models) == ("joy", PROBABLY, 3, 4)
+
+
+def test_disagreement_one_model_untrained_and_nothing_are_not_sure() -> None:
+    split = headline({"a": {"joy": 0.9, "anger": 0.1}, "b": {"joy": 0.2, "anger": 0.8}})
+    assert split.confidence == NOT_SURE and split.label == "joy"  # tie on votes: higher average probability (0.55 vs 0.45)
+    assert headline({"a": {"joy": 0.99, "anger": 0.01}}).confidence == NOT_SURE
+    assert headline({"a": {"joy": 0.9}, "b": {"joy": 0.8}}, untrained=True).confidence == NOT_SURE
+    none = headline({"a": {}, "b": {}})
+    assert (none.label, none.confidence, none.models) == (None, NO_ANSWER, 0)
+
+
+def test_flat_attention_reads_equal_and_colours_at_the_middle_of_a_fixed_range() -> None:
+    rng = np.random.default_rng(0)
+    flat = np.full((3, 16), 0.0625) + rng.uniform(0, 0.0003, (3, 16))  # the issue's 0.0625-0.0628 spread
+    z = attention.colour_values(flat)
+    assert np.abs(z).max() < 0.01  # every frame at an equal share: one colour
+    assert attention.reading(flat, "frame", [i * 0.25 for i in range(16)]) == "weighed all 16 frames about equally"
+
+
+def test_peaked_attention_reads_its_span_in_seconds_and_saturates_the_colour() -> None:
+    times = [i * 0.4 for i in range(10)]
+    peaked = np.full((2, 10), 0.02)
+    peaked[:, 3:6] = 0.3  # 1.2-2.0 s
+    z = attention.colour_values(peaked)
+    assert z[0, 4] == pytest.approx(np.log2(0.3 / (1.04 / 10)))  # 2.9x an equal share (row sum 1.04 over 10)
+    assert z[0, 0] == -np.log2(attention.COLOUR_RANGE)  # 0.19x: clipped at the fixed range's end
+    line = attention.reading(peaked, "frame", times)
+    assert line.startswith("focused on 1.2-2.0 s"), line
+
+
+def test_word_attention_names_the_words() -> None:
+    w = np.array([[0.05, 0.8, 0.05, 0.1]])
+    assert attention.reading(w, "text", ["kids", "door", "are", "by"]).startswith("focused on “door”")
+
+
+def test_bad_attention_shapes_are_refused() -> None:
+    with pytest.raises(ValueError, match="rows, columns"):
+        attention.relative_to_equal(np.zeros(4))
+
+
+def test_the_attention_figure_draws_flat_flat_and_peaked_peaked_on_one_fixed_range() -> None:
+    from emoweb.ui.common import attention_figure
+
+    flat = np.full((1, 16), 0.0625) + np.linspace(0, 0.0003, 16)[None]
+    peaked = np.full((1, 16), 0.01)
+    peaked[0, 5] = 0.85
+    times = {"frame": [i * 0.25 for i in range(16)]}
+    fig = attention_figure([("a · flat", flat, ("query", "frame"), times), ("b · peaked", peaked, ("query", "frame"), times)])
+    flat_map, peaked_map = fig.data
+    for trace in fig.data:  # the same fixed range for every map, with an equal share (0) in its middle
+        assert (trace.zmin, trace.zmax, trace.zmid) == (-2.0, 2.0, 0)
+    assert np.ptp(np.asarray(flat_map.z)) < 0.01  # one colour
+    assert np.asarray(peaked_map.z)[0, 5] == 2.0 and np.asarray(peaked_map.z)[0, 0] < -1.5
+    assert "weighed all 16 frames about equally" in fig.layout.xaxis.title.text
+    assert "focused on 1.2 s" in fig.layout.xaxis2.title.text
+
+
+def test_the_readme_states_the_shortcut_keys_and_the_answer_rule_as_the_ui_does() -> None:
+    from pathlib import Path
+
+    from emoweb.ui.label import SHORTCUTS
+
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8").split())
+    assert SHORTCUTS in readme
+    for phrase in ("votes for its own top label", "fairly sure", "more than half agree", "not sure"):
+        assert phrase in readme and phrase in " ".join(RULE.split())
