@@ -16,13 +16,16 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
+import torch
 
-from models.backbones.blazeface import BlazeFaceDetector, Detection, load_blazeface
+from models.backbones.blazeface import BlazeFaceDetector, Detection, load_blazeface, weighted_nms
 
 CROP_SIZE = 160  # RGB crop side kept per frame; each backbone resizes to its own input
 MARGIN = 0.15  # context added around the detected box, each side
 PAD_RETRY = 0.5  # black border (fraction of the longer side) for the tight-crop retry
 MIN_INSIDE = 0.6  # a box with less of its area inside the frame is a face mostly out of the picture: not used
+TILE_ZOOM = 2  # the small-face retry looks at squares of half the frame's shorter side
+TILE_PROBES = 4  # frames tiled first when no frame shows a face (a clip without anyone costs only these)
 LINK_IOU = 0.3  # a detection continues a track when it overlaps the track's last box by more than this
 
 Box = tuple[int, int, int, int]  # x, y, w, h in frame pixels
@@ -69,6 +72,7 @@ def detector() -> BlazeFaceDetector:
 
 
 def _inside_fraction(det: Detection, h: int, w: int) -> float:
+    """Share of the detection's box inside an h x w picture."""
     x0, y0, x1, y1 = det.box
     area = max(x1 - x0, 1e-6) * max(y1 - y0, 1e-6)
     ix = max(0.0, min(x1, w) - max(x0, 0.0))
@@ -76,16 +80,55 @@ def _inside_fraction(det: Detection, h: int, w: int) -> float:
     return ix * iy / area
 
 
+def _tiles(h: int, w: int) -> list[tuple[int, int, int]]:
+    """Overlapping squares (x, y, side) of 1/TILE_ZOOM of the shorter side, covering the frame; neighbours
+    overlap by a third, so a face smaller than that lies whole in at least one."""
+    side = max(1, min(h, w) // TILE_ZOOM)
+    step = max(1, side * 2 // 3)
+
+    def starts(length: int) -> list[int]:
+        out = list(range(0, length - side + 1, step))
+        return out if out[-1] == length - side else out + [length - side]
+
+    return [(x, y, side) for y in starts(h) for x in starts(w)]
+
+
+def _shifted(det: Detection, dx: float, dy: float) -> Detection:
+    x0, y0, x1, y1 = det.box
+    return Detection((x0 + dx, y0 + dy, x1 + dx, y1 + dy), det.keypoints + (dx, dy), det.score)
+
+
+def _tiled(frame: np.ndarray) -> list[Detection]:
+    """Faces too small for the whole-frame pass (a person across the room): the detector on zoomed tiles,
+    partial faces at a tile's edge dropped, the same face from overlapping tiles merged."""
+    tiles = _tiles(*frame.shape[:2])
+    found = detector()([frame[y : y + side, x : x + side] for x, y, side in tiles])
+    dets = [_shifted(d, x, y) for (x, y, side), ds in zip(tiles, found) for d in ds if _inside_fraction(d, side, side) >= MIN_INSIDE]
+    if not dets:
+        return []
+    merged = weighted_nms(torch.tensor([d.score for d in dets]), torch.tensor([d.box for d in dets]),
+                          torch.from_numpy(np.stack([d.keypoints for d in dets])), min_score=0.0)
+    return [Detection(tuple(box.tolist()), kp.numpy(), score) for score, box, kp in merged]  # type: ignore[arg-type]
+
+
 def detect(frames: np.ndarray | list[np.ndarray]) -> list[list[Detection]]:
-    """Faces per RGB frame (best first), a frame without one retried with a black border; faces with
-    less than MIN_INSIDE of their box inside the frame are dropped."""
+    """Faces per RGB frame (best first). A frame without one is retried with a black border (a tight face
+    crop); when no frame has a face, zoomed tiles look for small ones (TILE_PROBES frames first, all frames
+    only if those show a face). Faces with less than MIN_INSIDE of their box inside the frame are dropped."""
     found = detector()(list(frames))
     retry = [i for i, dets in enumerate(found) if not dets]
     if retry:
         pads = [int(PAD_RETRY * max(frames[i].shape[:2])) for i in retry]
         padded = [cv2.copyMakeBorder(frames[i], p, p, p, p, cv2.BORDER_CONSTANT, value=0) for i, p in zip(retry, pads)]
         for i, pad, dets in zip(retry, pads, detector()(padded)):
-            found[i] = [Detection(tuple(v - pad for v in d.box), d.keypoints - pad, d.score) for d in dets]  # type: ignore[arg-type]
+            found[i] = [_shifted(d, -pad, -pad) for d in dets]
+    if not any(found):  # small faces only, or none: probe a few frames on tiles before tiling them all
+        probes = sorted({round(k * (len(found) - 1) / max(1, TILE_PROBES - 1)) for k in range(TILE_PROBES)})
+        for i in probes:
+            found[i] = _tiled(frames[i])
+        if any(found):
+            for i in (i for i in range(len(found)) if i not in probes):
+                found[i] = _tiled(frames[i])
     return [[d for d in dets if _inside_fraction(d, *frames[i].shape[:2]) >= MIN_INSIDE] for i, dets in enumerate(found)]
 
 

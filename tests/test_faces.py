@@ -195,3 +195,14 @@ def test_dark_face_is_equalised_and_a_too_dark_one_is_not_used(extractor, shared
     feats = extractor(path)
     assert not feats.modalities["visual"]
     assert any("too dark to trust" in w for w in feats.warnings), feats.warnings
+
+
+def test_small_face_in_a_wide_frame_is_found_on_tiles(shared_data: Path) -> None:
+    """A face 9% of a 640x360 frame's width (someone across the room) is too small for the whole-frame pass;
+    the tiled retry finds it once, where it is."""
+    frame = _scene(640, 360, [(_photo(shared_data, JOY_FACE), 300, 150, 58)])
+    assert faces.detector()([frame]) == [[]]  # the whole-frame pass alone misses it
+    found = faces.detect_and_crop(np.stack([frame] * 4))
+    assert [t["frames"] for t in found.tracks] == [4], found.tracks
+    x, y, w, h = found.boxes[0]
+    assert 290 <= x and x + w <= 370 and 140 <= y and y + h <= 220, found.boxes[0]
