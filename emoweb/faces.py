@@ -21,7 +21,8 @@ import torch
 from models.backbones.blazeface import BlazeFaceDetector, Detection, load_blazeface, weighted_nms
 
 CROP_SIZE = 160  # RGB crop side kept per frame; each backbone resizes to its own input
-MARGIN = 0.15  # context added around the detected box, each side
+MARGIN = 0.1  # context added around the detected box, each side
+RAISE = 0.1  # crop centre moved up by this share of the box height
 PAD_RETRY = 0.5  # black border (fraction of the longer side) for the tight-crop retry
 MIN_INSIDE = 0.6  # a box with less of its area inside the frame is a face mostly out of the picture: not used
 TILE_ZOOM = 2  # the small-face retry looks at squares of half the frame's shorter side
@@ -186,7 +187,8 @@ def aligned_crop(frame: np.ndarray, det: Detection, size: int = CROP_SIZE) -> np
     side = max(x1 - x0, y1 - y0) * (1 + 2 * MARGIN)
     (rx, ry), (lx, ly) = det.keypoints[0], det.keypoints[1]  # the subject's right eye is on the image's left
     angle = math.degrees(math.atan2(ly - ry, lx - rx))
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    up = RAISE * (y1 - y0)  # move the centre towards the forehead, along the face's own vertical
+    cx, cy = (x0 + x1) / 2 + up * math.sin(math.radians(angle)), (y0 + y1) / 2 - up * math.cos(math.radians(angle))
     m = cv2.getRotationMatrix2D((cx, cy), angle, size / side)
     m[:, 2] += (size / 2 - cx, size / 2 - cy)
     return cv2.warpAffine(frame, m, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
