@@ -2,6 +2,7 @@
 several people, no face, a face at the frame's edge, a dark face, an EXIF-rotated portrait."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +48,10 @@ def test_blazeface_matches_the_tflite_reference_on_real_photos(shared_data: Path
     """The torch detector gives the boxes, keypoints and scores the TFLite interpreter's raw outputs give
     (same letterbox, decoding and suppression), on face photos as they are and on a frame with two faces."""
     litert = pytest.importorskip("ai_edge_litert.interpreter", reason="ai-edge-litert (requirements-dev.txt) not installed")
-    wheel = sorted(Path("/tmp/mp").glob("mediapipe-0.10.21-*.whl")) if Path("/tmp/mp").is_dir() else []
+    where = Path(os.environ.get("EMOWEB_MEDIAPIPE_WHEELS", "/tmp/mp"))  # the folder `pip download` wrote to
+    wheel = sorted(where.glob("mediapipe-0.10.21-*.whl")) if where.is_dir() else []
     if not wheel:
-        pytest.skip("the mediapipe 0.10.21 wheel is not in /tmp/mp (pip download mediapipe==0.10.21 --no-deps -d /tmp/mp)")
+        pytest.skip(f"no mediapipe 0.10.21 wheel in {where} (pip download mediapipe==0.10.21 --no-deps -d {where})")
     import zipfile
 
     from models.backbones.convert_blazeface import TFLITE_MEMBER
@@ -206,3 +208,30 @@ def test_small_face_in_a_wide_frame_is_found_on_tiles(shared_data: Path) -> None
     assert [t["frames"] for t in found.tracks] == [4], found.tracks
     x, y, w, h = found.boxes[0]
     assert 290 <= x and x + w <= 370 and 140 <= y and y + h <= 220, found.boxes[0]
+
+
+def test_bench_faces_counts_recall_of_both_detectors(monkeypatch, shared_data: Path, tmp_path: Path, capsys) -> None:
+    """`bench faces` on a 4-row validation manifest (3 face photos, 1 empty room) run against the same images:
+    recall counts photos with a box, both detectors timed."""
+    import json
+
+    import emoweb.config
+    from emoweb.bench import FACES_MANIFEST
+    from emoweb.cli import main
+
+    folder = (tmp_path / FACES_MANIFEST).parent
+    folder.mkdir(parents=True)
+    rows = ["path,label7,split"]
+    for i, rel in enumerate(PHOTOS[:3]):
+        _photo(shared_data, rel).save(folder / f"face{i}.png")
+        rows.append(f"face{i}.png,joy,val")
+    Image.new("RGB", (200, 200), GREY).save(folder / "room.png")
+    rows += ["room.png,neutral,val", "face0.png,joy,train"]  # a train row is not counted
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    monkeypatch.setattr(emoweb.config, "SHARED_DATA", tmp_path)
+    assert main(["bench", "faces", "--threads", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 4 and out["detectors"]["blazeface"]["found"] == 3
+    assert out["detectors"]["blazeface"]["recall"] == pytest.approx(0.75)
+    assert 0 <= out["detectors"]["haar"]["found"] <= 3 and out["detectors"]["haar"]["ms_mean"] > 0
+    assert out["haar_only"] + out["detectors"]["blazeface"]["found"] - out["blazeface_only"] == out["detectors"]["haar"]["found"]
