@@ -49,6 +49,7 @@ def composite(face: ClipFeatures, speech: ClipFeatures) -> ClipFeatures:
         source=f"composite:{face.source}+{speech.source}",
         kind="video",
         frame_times=face.frame_times, frames=face.frames, face_boxes=face.face_boxes, face_crops=face.face_crops,
+        face_tracks=face.face_tracks,
         visual_features=face.visual_features, visual_maps=face.visual_maps, visual_logits=face.visual_logits,
         visual_logit_labels=face.visual_logit_labels,
     )

@@ -19,7 +19,7 @@ from emoweb.errors import EmoWebError
 from emoweb.features import ClipFeatures, FeatureExtractor
 from emoweb.manifests import Row
 
-VERSION = 2  # bump when the pipeline's output changes (2: torch Whisper encoder, float32, + layer 4)
+VERSION = 3  # bump when the pipeline's output changes (2: torch Whisper encoder, float32, + layer 4; 3: BlazeFace tracks, aligned + CLAHE faces)
 STORED_CROP = 64
 _DROP = {"frames", "audio"}
 

@@ -2,8 +2,8 @@
 
 decode -> faces -> Whisper (transcript + audio tokens, one encoder pass) -> text encoder -> visual
 encoder. Missing modalities are normal: a clip with no speech (or only untrusted ASR output) has no
-transcript, an image has no audio, a clip with no face uses whole frames (flagged). Each stage's
-time is recorded.
+transcript, an image has no audio, a clip where no face is found has no visual input (whole frames
+are not a face). Each stage's time is recorded.
 """
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ class ClipFeatures:
     frame_times: list[float] = field(default_factory=list)
     frames: np.ndarray | None = None  # [N, H, W, 3] uint8 (display)
     face_boxes: list[tuple[int, int, int, int] | None] = field(default_factory=list)
-    face_crops: np.ndarray | None = None  # [N, S, S, 3] uint8
+    face_crops: np.ndarray | None = None  # [N, S, S, 3] uint8, the main person's; None: no face found
+    face_tracks: list[dict] = field(default_factory=list)  # every person seen, main first (faces.FaceResult.tracks)
     transcript: str = ""
     segments: list[dict] = field(default_factory=list)
     language: str | None = None
@@ -102,7 +103,7 @@ class ClipFeatures:
             "full_duration": self.full_duration,
             "modalities": self.modalities,
             "frames": {"count": len(self.frame_times), "times": self.frame_times, "shape": shape(self.frames)},
-            "faces": {"found": self.faces_found, "boxes": self.face_boxes},
+            "faces": {"found": self.faces_found, "boxes": self.face_boxes, "tracks": self.face_tracks},
             "transcript": {"text": self.transcript, "language": self.language, "segments": self.segments},
             "audio_tokens": {k: shape(v) for k, v in self.audio_tokens.items()},
             "text_embedding": shape(self.text_embedding),
@@ -146,8 +147,10 @@ class FeatureExtractor:
         )
         if clip.has_video:
             with stage("faces"):
-                found = faces.detect_and_crop(clip.frames, faces.detection_stride(clip.frame_times))
-            feats.face_boxes, feats.face_crops = found.boxes, found.crops
+                found = faces.detect_and_crop(clip.frames)
+            feats.face_boxes, feats.face_crops, feats.face_tracks = found.boxes, found.crops, found.tracks
+            if found.note:
+                feats.warnings.append(found.note)
             self._visual(found, feats, stage)
         self._audio(clip, feats, stage)
         if feats.transcript:
@@ -160,13 +163,14 @@ class FeatureExtractor:
         return feats
 
     def _visual(self, found: faces.FaceResult, feats: ClipFeatures, stage) -> None:
+        if not found.found:  # a guess from a frame without a face is not a visual decision
+            feats.warnings.append(quality.exposure_note(feats.frames) or "no face found: visual models skipped")
+            return
         # a face that is mostly sensor noise (or washed out) still gets a confident answer: not evidence
         exposure = quality.exposure_note(found.crops)
         if exposure:
             feats.warnings.append(exposure)
             return
-        if not any(found.found):
-            feats.warnings.append("no face found: the visual models used whole frames")
         with stage("visual"):
             vis = self.backbones.visual(found.crops)
         feats.visual_features, feats.visual_maps = vis.features.cpu(), {k: v.cpu() for k, v in vis.maps.items()}

@@ -81,7 +81,7 @@ def _face(shared_data: Path) -> Image.Image:
 
 
 def _on_canvas(face: Image.Image, width: int, height: int) -> Image.Image:
-    """The face photo centred on a grey canvas (context for the Haar detector), at any frame size."""
+    """The face photo centred on a grey canvas (a scene around the face), at any frame size."""
     img = face.copy()
     img.thumbnail((width * 3 // 5, height * 3 // 5))
     canvas = Image.new("RGB", (width, height), (118, 118, 118))
@@ -287,7 +287,8 @@ def _real_world_media_cases(d: Path, face: Image.Image, speech: Path) -> list[Ca
 
     # timelines: a 3.5-s webcam recording whose video and audio clocks both start at 30 s
     canvas = np.asarray(_on_canvas(face, 160, 160))
-    moving = _write_video(d / "moving.mp4", [np.roll(canvas, 4 * i, axis=1) for i in range(35)], [i / 10 for i in range(35)])
+    # the face drifts 1 px a frame: rolled further it would wrap round, split over both edges (two part-faces)
+    moving = _write_video(d / "moving.mp4", [np.roll(canvas, i, axis=1) for i in range(35)], [i / 10 for i in range(35)])
     late = d / "starts_at_30s.mkv"
     ffmpeg("-i", moving, "-i", speech, "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-af", "apad", "-c:a", "aac",
            "-t", "3.5", "-output_ts_offset", "30", late)

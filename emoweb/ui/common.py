@@ -463,7 +463,7 @@ def timeline_figure(times: Sequence[float], probs: np.ndarray | None, labels: Se
         )
     no_face = [t for t, f in zip(times, faces) if not f]
     if no_face:
-        fig.add_scatter(x=no_face, y=[0.0] * len(no_face), mode="markers", name="no face (whole frame)",
+        fig.add_scatter(x=no_face, y=[0.0] * len(no_face), mode="markers", name="main face not seen (nearest frame's crop)",
                         marker=dict(symbol="x", color="black", size=8))
     fig.update_layout(title="Per-frame emotion timeline (facial expression of each sampled frame; grey: speech)",
                       xaxis=dict(title="time (s)", range=[0, duration] if duration else None),

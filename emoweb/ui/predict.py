@@ -193,7 +193,7 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
     if feats.frames is not None:
         for i, t in enumerate(feats.frame_times):
             box = feats.face_boxes[i] if i < len(feats.face_boxes) else None
-            frames_gallery.append((C.draw_boxes(feats.frames[i], box), f"{t:.2f} s · {'face' if box else 'no face: whole frame'}"))
+            frames_gallery.append((C.draw_boxes(feats.frames[i], box), f"{t:.2f} s · {'face' if box else 'no face'}"))
             if feats.face_crops is not None and i < len(feats.face_crops):
                 crops_gallery.append((np.asarray(feats.face_crops[i]), f"{t:.2f} s"))
     timeline_probs = None

@@ -108,7 +108,7 @@ class EmbeddedBackbones(Backbones):
     def visual(self, crops: np.ndarray) -> VisualEncoding:
         from models.backbones.fer_xception import FER_LABEL7, preprocess
 
-        out = self.fer(preprocess(crops).to(self.device))
+        out = self.fer(preprocess(crops, equalise=True).to(self.device))  # CLAHE: exposure-normalised faces
         return VisualEncoding(out.features, dict(out.maps), out.logits, FER_LABEL7)
 
 

@@ -26,6 +26,11 @@ from torch import nn
 
 from models import LABEL7
 
+# CLAHE settings chosen on 1,200 training-split face photos (the backbone's own 7-way accuracy, never the
+# validation split): clip 1.0 on 2x2 tiles 65.4% vs 62.2% without (UAR 39.2 vs 39.8); stronger settings
+# (clip 2.0, 4x4 or 8x8 tiles) raise noise more than contrast
+CLAHE_CLIP = 1.0
+CLAHE_TILES = 2
 DEFAULT_WEIGHTS: Path = Path(__file__).resolve().parents[1] / "weights" / "fer_mini_xception.safetensors"
 
 INPUT_SIZE: int = 64
@@ -162,14 +167,17 @@ class MiniXception(nn.Module):
         return MiniXceptionOutput(logits=logits, features=h.mean(dim=(2, 3)), maps=maps)
 
 
-def preprocess(crops_rgb_uint8: np.ndarray | Sequence[np.ndarray], size: int = INPUT_SIZE) -> torch.Tensor:
+def preprocess(crops_rgb_uint8: np.ndarray | Sequence[np.ndarray], size: int = INPUT_SIZE, equalise: bool = False) -> torch.Tensor:
     """RGB uint8 face crops [N, H, W, 3] (or a list of differently sized crops) -> [N, 1, 64, 64] in [-1, 1].
 
     Matches fer: BT.601 luma grey, resize to 64x64, x / 255, then (x - 0.5) * 2. INTER_AREA is
     used for the resize because crops are usually much larger than 64 px (fer itself uses the
     cv2 default, bilinear, which aliases on large crops). 2-D items are taken as grey already.
+    `equalise`: CLAHE on the grey crop first (at its own resolution), so a dim or flat-lit face
+    reaches the CNN with the contrast of FER2013's faces.
     """
     out = np.empty((len(crops_rgb_uint8), 1, size, size), dtype=np.float32)
+    clahe = cv2.createCLAHE(clipLimit=CLAHE_CLIP, tileGridSize=(CLAHE_TILES, CLAHE_TILES)) if equalise else None  # one per call: not thread-safe
     for i, crop in enumerate(crops_rgb_uint8):
         crop = np.ascontiguousarray(crop)
         if crop.dtype != np.uint8:
@@ -180,6 +188,8 @@ def preprocess(crops_rgb_uint8: np.ndarray | Sequence[np.ndarray], size: int = I
             grey = crop
         else:
             raise ValueError(f"expected an [H, W, 3] RGB or [H, W] grey crop, got shape {crop.shape}")
+        if clahe is not None:
+            grey = clahe.apply(grey)
         if grey.shape != (size, size):
             grey = cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA)
         out[i, 0] = grey
