@@ -48,7 +48,7 @@ from emoweb.config import Settings, get_settings
 from emoweb.errors import EmoWebError, MediaError, NotFoundError
 from emoweb.media import display_name, file_sha256  # display_name: uploaded names may hold newlines
 from emoweb.safetext import clean, decode
-from emoweb.services import cachebuild, labelfiles, tempfiles, uploads
+from emoweb.services import cachebuild, labelfiles, lessons, tempfiles, uploads
 from emoweb.services.records import (
     ClipInfo,
     ClipResult,
@@ -307,6 +307,7 @@ class CaregiverService:
             shutil.rmtree(folder, ignore_errors=True)  # temp files of an interrupted upload, if any
         self._invalidate(profile.id)
         self._features.drop(profile.id)
+        lessons.forget_profile(self.data_dir, profile.id)
         uploads.forget_copies(self.settings.upload_dir, {Path(p).name.split(".")[0] for p in paths})
         return {"profile": profile.name, "id": profile.id, "clips": len(paths), "files_removed": removed}
 
@@ -758,8 +759,69 @@ class CaregiverService:
         self._features.forget_clips(self.repo, prof.id, {clip.id})  # in memory, and in the file on disk
         if target is not None:
             target.unlink(missing_ok=True)
+        lessons.forget_clip(self.data_dir, prof.id, clip.id)
         uploads.forget_copies(self.settings.upload_dir, {clip.sha256})
         return {"clip_id": clip.id, "profile": prof.name, "rebuilt": {m: r.to_dict() for m, r in rebuilt.items()}}
+
+    # -- lessons ----------------------------------------------------------------------------
+
+    def _lesson_part(self, clip: Clip, label: str, who: str, seconds: float) -> lessons.Part:
+        """A labelled video clip's lesson part: its stretch read from the stored media."""
+        if clip.kind != "video":
+            raise EmoWebError(f"clip {clip.id} is {'an' if clip.kind == 'image' else 'a'} {clip.kind}: a lesson needs a video clip")
+        path = self._media_file(clip.media_path)
+        if not path.is_file():
+            raise MediaError(f"the media file of clip {clip.id} is missing")
+        who = who.strip() or Path(clip.original_name).stem or f"clip {clip.id}"
+        return lessons.Part(path, label, f"{who[:40]} - {label}", lessons.choose(*lessons.timeline(path), seconds=seconds))
+
+    @_storage_errors
+    def export_lesson(self, clip_id: int | str, profile: int | str | None = None, slow: float = 1.0,
+                      seconds: float = lessons.STRETCH_SECONDS, progress: Progress | None = None) -> lessons.Lesson:
+        """Write (or rewrite) the lesson clip of a labelled video clip, stored with its profile.
+        `slow` >= 1 slows it down; `seconds` is the length of the stretch that shows the word."""
+        clip, prof = self._clip(clip_id, profile)
+        current = self.repo.current_corrections(prof.id).get(clip.id)
+        if current is None:
+            raise EmoWebError(f"clip {clip.id} has no label yet: label it before making a lesson")
+        if progress:
+            progress("timeline")
+        part = self._lesson_part(clip, current.label, current.note, seconds)
+        return lessons.render([part], lessons.clip_file(self.data_dir, prof.id, clip.id), slow, progress=progress)
+
+    @_storage_errors
+    def export_lesson_set(self, profile: int | str, clip_ids: Sequence[int | str] | None = None, label: str | None = None,
+                          slow: float = 1.0, seconds: float = lessons.STRETCH_SECONDS, progress: Progress | None = None) -> lessons.Lesson:
+        """Several labelled video clips joined, each after a title card ("<note or name> - <label>"):
+        the given `clip_ids`, else up to `lessons.MAX_SET_CLIPS` clips labelled `label`, else the first
+        labelled video clip of each label in the profile's label set."""
+        prof = self._profile(profile)
+        current = self.repo.current_corrections(prof.id)
+        if clip_ids:
+            ids = [self._clip(c, prof.id)[0].id for c in clip_ids]
+            missing = [i for i in ids if i not in current]
+            if missing:
+                raise EmoWebError(f"clip {missing[0]} has no label yet: label it before making a lesson")
+        else:
+            clips = self.repo.clips_by_ids(current)
+            videos = [c for c in sorted(current) if clips[c].kind == "video"]
+            if label is not None:
+                ids = [c for c in videos if current[c].label == clean(label).strip()][: lessons.MAX_SET_CLIPS]
+            else:
+                ids = [next(c for c in videos if current[c].label == lab) for lab in prof.label_set
+                       if any(current[c].label == lab for c in videos)]
+            if not ids:
+                raise EmoWebError(f"no labelled video clip{' labelled ' + repr(label) if label else ''} in profile {prof.name!r}")
+        clips = self.repo.clips_by_ids(ids)
+        if progress:
+            progress("timeline")
+        parts = [self._lesson_part(clips[i], current[i].label, current[i].note, seconds) for i in ids]
+        return lessons.render(parts, lessons.set_file(self.data_dir, prof.id, ids), slow, titles=True, progress=progress)
+
+    @_storage_errors
+    def list_lessons(self, profile: int | str) -> list[Path]:
+        """The profile's stored lesson files, newest first."""
+        return lessons.listed(self.data_dir, self._profile(profile).id)
 
     # -- label files ------------------------------------------------------------------------
 

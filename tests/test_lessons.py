@@ -1,0 +1,161 @@
+"""Lesson clips on real composite clips: trimmed stretch, word banner, end card, sound, storage and deletion.
+
+The clips are stored through the real storage layer (no backbones run: a lesson needs only the media
+and the caregiver's label); every lesson is written by moviepy and read back with PyAV.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import write_wav
+from emoweb import composite, media
+from emoweb.config import get_settings
+from emoweb.errors import EmoWebError
+from emoweb.media import file_sha256
+from emoweb.services import CaregiverService
+from emoweb.services import lessons
+
+SILENT_LEAD = 1.5  # seconds of silence before the voice in the faceless clip
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    settings = dataclasses.replace(get_settings(), data_dir=tmp_path_factory.mktemp("emoweb-data"), database_url="")
+    svc = CaregiverService(settings)
+    yield svc
+    svc.close()
+
+
+def store(service: CaregiverService, profile: str, path: Path, label: str | None, note: str = "") -> int:
+    """Store `path` as a clip of `profile` the way ingest lays it out, labelled `label` (if any)."""
+    prof = service.get_profile(profile)
+    sha = file_sha256(path)
+    relative = f"media/{prof.id}/{sha}.mp4"
+    (service.data_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, service.data_dir / relative)
+    clip, _ = service.repo.add_clip(prof.id, sha, relative, "video", "upload", path.name, media.decode(path).full_duration)
+    if label:
+        service.record_correction(clip.id, label, annotator="mum", note=note)
+    return clip.id
+
+
+@pytest.fixture(scope="module")
+def faceless_clip(happy_speech: Path, tmp_path_factory) -> Path:
+    """A grey picture (no face) with the happy voice starting after `SILENT_LEAD` s of silence."""
+    folder = tmp_path_factory.mktemp("faceless")
+    grey = folder / "grey.png"
+    Image.new("RGB", (160, 160), (90, 90, 90)).save(grey)
+    voice = media.decode(happy_speech).audio
+    wav = write_wav(folder / "late_voice.wav", np.concatenate([np.zeros(int(SILENT_LEAD * media.SAMPLE_RATE), np.float32), voice]))
+    return composite.render(grey, wav, folder / "grey_voice.mp4")
+
+
+@pytest.fixture(scope="module")
+def clips(service: CaregiverService, composite_clip: Path, faceless_clip: Path) -> dict[str, int]:
+    service.create_profile("lessons")
+    return {"joy": store(service, "lessons", composite_clip, "joy", note="Mum"),
+            "faceless": store(service, "lessons", faceless_clip, "joy")}
+
+
+def frames(path: Path) -> tuple[list[np.ndarray], float]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        out = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        return out, float(stream.average_rate)
+
+
+def banner_shown(frame: np.ndarray) -> bool:
+    """The banner colour fills the bottom-left corner of the banner (left of the centred word)."""
+    h, w, _ = frame.shape
+    top = h - int(h * lessons.BANNER_FRACTION)
+    region = frame[top + 3 : h - 3, 2 : int(w * 0.06)].reshape(-1, 3).astype(float)
+    return bool(np.abs(region.mean(0) - lessons.BANNER_RGB).max() < 20)
+
+
+@pytest.mark.parametrize("slow", [1.0, 2.0])
+def test_lesson_has_the_asked_duration_and_the_word_exactly_over_the_stretch(service, clips, slow) -> None:
+    lesson = service.export_lesson(clips["joy"], "lessons", slow=slow, seconds=2.0)
+    stretch = lesson.stretches[0]
+    assert stretch.end - stretch.start == pytest.approx(2.0) and stretch.chosen_by == "face and voice"
+    decoded, fps = frames(lesson.path)
+    asked = (stretch.cut_end - stretch.cut_start) * slow + lessons.END_CARD_SECONDS
+    assert abs(len(decoded) / fps - asked) <= 1 / fps
+    assert abs(media.decode(lesson.path).full_duration - asked) <= 1 / fps
+    (start, end), = lesson.overlay
+    shown = [banner_shown(f) for f in decoded]
+    assert shown == [start <= i / fps < end for i in range(len(decoded))]
+    assert abs(sum(shown) / fps - 2.0 * slow) <= 1 / fps  # the word shows over the (slowed) stretch
+    assert abs(shown.index(True) / fps - (stretch.start - stretch.cut_start) * slow) <= 1 / fps
+    card = decoded[-1]  # the end card: its own background, no banner
+    assert np.abs(card[2:10, 2:10].reshape(-1, 3).mean(0) - lessons.CARD_RGB).max() < 20
+
+
+def test_the_sound_is_kept_and_in_sync(service, clips, composite_clip) -> None:
+    lesson = service.export_lesson(clips["joy"], "lessons", seconds=2.0)
+    stretch = lesson.stretches[0]
+    rate = media.SAMPLE_RATE
+    original = media.decode(composite_clip).audio[int(stretch.cut_start * rate) : int(stretch.cut_end * rate)]
+    kept = media.decode(lesson.path).audio
+    assert kept is not None and kept.size >= original.size - rate // 25
+    reach = int(0.2 * rate)
+    core = original[reach:-reach]
+    scores = [float(np.dot(core, kept[reach + lag : reach + lag + core.size])) for lag in range(-reach, reach + 1, 8)]
+    best = int(np.argmax(scores))
+    lag = (best * 8 - reach) / rate
+    similarity = scores[best] / (np.linalg.norm(core) * np.linalg.norm(kept[reach + best * 8 - reach :][: core.size]) + 1e-9)
+    assert similarity > 0.8  # the same sound ...
+    assert abs(lag) <= 1 / lesson.fps  # ... within one frame
+
+
+def test_a_clip_without_a_face_is_cut_where_the_voice_is_and_says_so(service, clips) -> None:
+    lesson = service.export_lesson(clips["faceless"], "lessons", seconds=1.5)
+    stretch = lesson.stretches[0]
+    assert stretch.chosen_by == "voice"
+    assert stretch.start >= SILENT_LEAD - 0.1
+    assert any("no face found" in n and "voice chose" in n for n in lesson.notes)
+    decoded, fps = frames(lesson.path)
+    assert abs(len(decoded) / fps - lesson.duration) <= 1 / fps
+
+
+def test_a_lesson_set_has_a_title_card_per_clip(service, clips) -> None:
+    lesson = service.export_lesson_set("lessons", [clips["joy"], clips["faceless"]], seconds=1.0)
+    decoded, fps = frames(lesson.path)
+    asked = sum(lessons.TITLE_CARD_SECONDS + s.cut_end - s.cut_start + lessons.END_CARD_SECONDS for s in lesson.stretches)
+    assert abs(len(decoded) / fps - asked) <= 1 / fps
+    assert len(lesson.overlay) == 2 and lesson.overlay[0][0] >= lessons.TITLE_CARD_SECONDS
+    assert np.abs(decoded[0][2:10, 2:10].reshape(-1, 3).mean(0) - lessons.CARD_RGB).max() < 20  # the title card
+    assert lesson.path in service.list_lessons("lessons")
+
+
+def test_unlabelled_and_unknown_clips_are_refused_in_one_line(service, clips, composite_clip, tmp_path) -> None:
+    service.create_profile("unlabelled")
+    copy = tmp_path / "copy.mp4"
+    copy.write_bytes(composite_clip.read_bytes() + b"\0")  # other content, so a new clip
+    clip_id = store(service, "unlabelled", copy, None)
+    with pytest.raises(EmoWebError, match=f"clip {clip_id} has no label yet"):
+        service.export_lesson(clip_id)
+    with pytest.raises(EmoWebError, match="slow-down must be between"):
+        service.export_lesson(clips["joy"], slow=0.5)
+    assert not list(lessons.folder(service.data_dir, service.get_profile("unlabelled").id).glob("*"))
+
+
+def test_deleting_a_clip_or_the_profile_deletes_its_lessons(service, composite_clip, faceless_clip) -> None:
+    service.create_profile("gone")
+    keep = store(service, "gone", faceless_clip, "joy")
+    drop = store(service, "gone", composite_clip, "joy")
+    own = service.export_lesson(drop, "gone", seconds=1.0).path
+    joined = service.export_lesson_set("gone", label="joy", seconds=1.0).path
+    other = service.export_lesson(keep, "gone", seconds=1.0).path
+    assert own.is_file() and joined.is_file() and other.is_file()
+    service.delete_clip(drop)
+    assert not own.exists() and not joined.exists() and other.is_file()
+    folder = other.parent
+    service.delete_profile("gone")
+    assert not folder.exists()
