@@ -1,4 +1,4 @@
-"""Caregiver subcommands: profiles, ingest, labels, the queue, cache rebuilds, label files, deletion.
+"""Caregiver subcommands: profiles, ingest, labels, the queue, cache rebuilds, label files, lessons, deletion.
 
 `--profile` here names a caregiver profile (a child or a setting), by name or id; the backbone
 profile comes from EMOWEB_PROFILE. Every command prints one line per result (or JSON with --json)
@@ -7,6 +7,7 @@ and a one-line error with a non-zero exit status for unknown ids, profiles or ba
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -230,6 +231,39 @@ def _labels(args: argparse.Namespace) -> int:
         [f"imported {d['imported']}, unchanged {d['unchanged']}, unmatched {len(d['unmatched'])}, refused {len(d['refused'])}"]
         + [f"unmatched: {u}" for u in d["unmatched"]] + [f"refused: {r}" for r in d["refused"]]
     ))
+    return 0
+
+
+# -- lesson -----------------------------------------------------------------------------------
+
+
+def _lesson_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("clip_ids", metavar="CLIP_ID", nargs="*",
+                   help="one clip: its lesson; several: a lesson set; none: a set of --label clips, or one clip per label")
+    p.add_argument("--profile", required=True, help="caregiver profile name or id (the clips must be in it)")
+    p.add_argument("--label", default=None, help="with no CLIP_ID: a set of the clips labelled this")
+    p.add_argument("--slow", type=float, default=1.0, help="slow-down factor, 1 (real time) to 4")
+    p.add_argument("--seconds", type=float, default=None, help="length of the stretch that shows the word (default 3)")
+    p.add_argument("-o", "--output", type=Path, default=None, help="also copy the lesson to this file")
+    p.add_argument("--json", action="store_true")
+
+
+@command("lesson", "export a lesson video (the labelled emotion named on screen), stored with the profile")(_lesson_args)
+def _lesson(args: argparse.Namespace) -> int:
+    service = _service()
+    length = {} if args.seconds is None else {"seconds": args.seconds}
+    if len(args.clip_ids) == 1 and args.label is None:
+        lesson = service.export_lesson(args.clip_ids[0], args.profile, args.slow, **length)
+    else:
+        lesson = service.export_lesson_set(args.profile, args.clip_ids or None, args.label, args.slow, **length)
+    result = lesson.to_dict()
+    if args.output is not None:
+        try:
+            shutil.copyfile(lesson.path, args.output)
+        except OSError as exc:
+            raise EmoWebError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+        result["copied_to"] = str(args.output)
+    emit(result, args.json, lambda d: "\n".join([f"lesson {d.get('copied_to', d['path'])} ({d['duration']:.1f} s, stretch chosen by {', '.join(d['chosen_by'])})", *d["notes"]]))
     return 0
 
 

@@ -159,3 +159,18 @@ def test_deleting_a_clip_or_the_profile_deletes_its_lessons(service, composite_c
     folder = other.parent
     service.delete_profile("gone")
     assert not folder.exists()
+
+
+def test_the_lesson_command_writes_the_file_and_its_copy(service, clips, monkeypatch, capsys, tmp_path) -> None:
+    from emoweb import cli
+
+    monkeypatch.setenv("EMOWEB_DATA_DIR", str(service.data_dir))
+    copy = tmp_path / "mine.mp4"
+    assert cli.main(["lesson", str(clips["faceless"]), "--profile", "lessons", "--seconds", "1", "-o", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert f"lesson {copy}" in out and "chosen by voice" in out and "no face found" in out
+    assert copy.read_bytes() == lessons.clip_file(service.data_dir, service.get_profile("lessons").id, clips["faceless"]).read_bytes()
+    assert cli.main(["lesson", "999999", "--profile", "lessons"]) == 2
+    assert capsys.readouterr().err.strip() == "error: no clip 999999"
+    assert cli.main(["lesson", str(clips["joy"]), "--profile", "lessons", "--seconds", "0"]) == 2
+    assert "positive number of seconds" in capsys.readouterr().err

@@ -140,7 +140,10 @@ def timeline(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
 def choose(grid: np.ndarray, face: np.ndarray, voice: np.ndarray, duration: float,
            seconds: float = STRETCH_SECONDS, context: float = CONTEXT_SECONDS) -> Stretch:
     """The `seconds`-long window with the most face + voice (the earliest of equals), widened by
-    `context` either side within the clip. A clip shorter than `seconds` is used whole."""
+    `context` either side within the clip. A clip shorter than `seconds` is used whole.
+    Raises EmoWebError for a length that is not a positive number of seconds."""
+    if not 0 < seconds < float("inf"):
+        raise EmoWebError(f"the stretch must last a positive number of seconds, got {seconds:g}")
     length = min(seconds, duration)
     n = max(1, int(round(length * GRID_HZ)))
     score = face + voice
