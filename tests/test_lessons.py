@@ -154,8 +154,12 @@ def test_deleting_a_clip_or_the_profile_deletes_its_lessons(service, composite_c
     joined = service.export_lesson_set("gone", label="joy", seconds=1.0).path
     other = service.export_lesson(keep, "gone", seconds=1.0).path
     assert own.is_file() and joined.is_file() and other.is_file()
+    served = service.settings.upload_dir / "served" / "lesson.mp4"  # the web server's copy handed to a browser
+    served.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(joined, served)
     service.delete_clip(drop)
     assert not own.exists() and not joined.exists() and other.is_file()
+    assert not served.exists()
     folder = other.parent
     service.delete_profile("gone")
     assert not folder.exists()
@@ -174,3 +178,29 @@ def test_the_lesson_command_writes_the_file_and_its_copy(service, clips, monkeyp
     assert capsys.readouterr().err.strip() == "error: no clip 999999"
     assert cli.main(["lesson", str(clips["joy"]), "--profile", "lessons", "--seconds", "0"]) == 2
     assert "positive number of seconds" in capsys.readouterr().err
+
+
+def test_the_label_tab_makes_and_lists_lessons_through_the_api(service, composite_clip, tmp_path) -> None:
+    from gradio_client import Client
+
+    from ui_helpers import start_app, stop_app
+
+    workdir = tmp_path / "app"
+    settings = dataclasses.replace(service.settings, data_dir=workdir / "data")
+    local = CaregiverService(settings)
+    prof = local.create_profile("tab")
+    clip_id = store(local, "tab", composite_clip, "joy", note="Mum")
+    local.close()
+    app = start_app(workdir)
+    try:
+        client = Client(app.url, verbose=False, download_files=False)
+        md, files = client.predict(str(prof.id), str(clip_id), "clip", 1.5, api_name="/lesson")
+        assert "Made **clip-" in md
+        md, files = client.predict(str(prof.id), str(clip_id), "same", 1, api_name="/lesson")
+        assert "Made **set-" in md and len(files) == 2
+        stored = lessons.listed(workdir / "data", prof.id)
+        assert [Path(f["path"] if isinstance(f, dict) else f).read_bytes() for f in files] == [p.read_bytes() for p in stored]
+        with pytest.raises(Exception, match="no clip 424242"):
+            client.predict(str(prof.id), "424242", "clip", 1, api_name="/lesson")
+    finally:
+        stop_app(app)

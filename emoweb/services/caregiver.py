@@ -307,8 +307,8 @@ class CaregiverService:
             shutil.rmtree(folder, ignore_errors=True)  # temp files of an interrupted upload, if any
         self._invalidate(profile.id)
         self._features.drop(profile.id)
-        lessons.forget_profile(self.data_dir, profile.id)
-        uploads.forget_copies(self.settings.upload_dir, {Path(p).name.split(".")[0] for p in paths})
+        derived = lessons.forget_profile(self.data_dir, profile.id)
+        uploads.forget_copies(self.settings.upload_dir, {Path(p).name.split(".")[0] for p in paths} | derived)
         return {"profile": profile.name, "id": profile.id, "clips": len(paths), "files_removed": removed}
 
     @_storage_errors
@@ -759,8 +759,8 @@ class CaregiverService:
         self._features.forget_clips(self.repo, prof.id, {clip.id})  # in memory, and in the file on disk
         if target is not None:
             target.unlink(missing_ok=True)
-        lessons.forget_clip(self.data_dir, prof.id, clip.id)
-        uploads.forget_copies(self.settings.upload_dir, {clip.sha256})
+        derived = lessons.forget_clip(self.data_dir, prof.id, clip.id)
+        uploads.forget_copies(self.settings.upload_dir, {clip.sha256} | derived)  # copies handed to the browser too
         return {"clip_id": clip.id, "profile": prof.name, "rebuilt": {m: r.to_dict() for m, r in rebuilt.items()}}
 
     # -- lessons ----------------------------------------------------------------------------

@@ -331,14 +331,26 @@ def listed(data_dir: Path, profile_id: int) -> list[Path]:
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def forget_clip(data_dir: Path, profile_id: int, clip_id: int) -> int:
-    """Delete every lesson made from the clip (its own and the sets holding it); how many."""
-    gone = [p for p in listed(data_dir, profile_id) if clip_id in clip_ids(p)]
-    for p in gone:
-        p.unlink(missing_ok=True)
-    return len(gone)
+def forget_clip(data_dir: Path, profile_id: int, clip_id: int) -> set[str]:
+    """Delete every lesson made from the clip (its own and the sets holding it); the sha256s of the
+    files deleted, so copies handed to the browser can be found too."""
+    return _delete([p for p in listed(data_dir, profile_id) if clip_id in clip_ids(p)])
 
 
-def forget_profile(data_dir: Path, profile_id: int) -> None:
-    """Delete the profile's lesson folder (lessons and any half-written temp files)."""
+def forget_profile(data_dir: Path, profile_id: int) -> set[str]:
+    """Delete the profile's lesson folder (lessons and any half-written temp files); the deleted
+    lessons' sha256s."""
+    hashes = _delete(listed(data_dir, profile_id))
     shutil.rmtree(folder(data_dir, profile_id), ignore_errors=True)
+    return hashes
+
+
+def _delete(paths: Sequence[Path]) -> set[str]:
+    hashes = set()
+    for p in paths:
+        try:
+            hashes.add(media.file_sha256(p))
+        except OSError:
+            pass
+        p.unlink(missing_ok=True)
+    return hashes

@@ -1,6 +1,6 @@
 """Label tab (caregiver session), in a parent's words: play a clip, see what the models think, label it
 in one tap (keys 1-9), note, undo. The queue with its margins, the cache rebuild with before/after
-accuracy, export/import and deleting are in folded sections."""
+accuracy, lesson videos, export/import and deleting are in folded sections."""
 from pathlib import Path
 
 import gradio as gr
@@ -8,6 +8,7 @@ import gradio as gr
 from emoweb.errors import EmoWebError, NotFoundError
 from emoweb.safetext import decode
 from emoweb.services.cachebuild import tuning_defaults as cachebuild_rules
+from emoweb.services import lessons
 from emoweb.services.headline import headline
 from emoweb.ui import common as C
 
@@ -15,6 +16,8 @@ QUEUE_HEADERS = ["clip", "name", "label", "models' answers", "margin", "disputed
 SHORTCUTS = "keys 1-9 pick the first nine labels"  # stated the same in the README
 HISTORY_HEADERS = ["when", "label", "annotator", "note"]
 MAX_IMPORT_BYTES = 10 * 2**20
+LESSON_CLIP, LESSON_SAME, LESSON_EACH = "this clip", "all clips with this clip's label", "one clip of each label"
+MAX_LESSONS_SHOWN = 10
 
 KEYBOARD_JS = """
 () => {
@@ -99,6 +102,19 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
             rebuild_btn = gr.Button("Rebuild cache", variant="primary", elem_id="rebuild")
             rebuild_md = gr.Markdown("", elem_id="rebuild-result")
             rebuild_plot = gr.Plot(label="Before / after", elem_id="rebuild-chart")
+        with gr.Accordion("Lesson video: the emotion named on screen", open=False, elem_id="fold-lesson"):
+            gr.Markdown("A short video to watch with the child: the part of the clip where the face and voice show "
+                        "most, with the label as a big word and a face while it plays, then a card with the word. "
+                        "Kept with this profile; deleting the clip or the profile deletes it.", elem_classes="emoweb-small")
+            with gr.Row():
+                lesson_kind = gr.Radio([(LESSON_CLIP, "clip"), (LESSON_SAME, "same"), (LESSON_EACH, "each")], value="clip",
+                                       label="What to put in it", elem_id="lesson-kind")
+                lesson_slow = gr.Slider(1, lessons.MAX_SLOW, value=1, step=0.25, label="Slow down (1 = real speed)",
+                                        elem_id="lesson-slow")
+                lesson_btn = gr.Button("Make a lesson video", variant="primary", elem_id="lesson-make")
+            lesson_md = gr.Markdown("", elem_id="lesson-result")
+            lesson_files = gr.File(label="This profile's lesson videos (newest first)", file_count="multiple",
+                                   interactive=False, elem_id="lesson-files")
         with gr.Accordion("Export / import labels", open=False):
             with gr.Row():
                 fmt = gr.Radio(["csv", "json"], value="csv", label="Format")
@@ -297,6 +313,31 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         return "\n".join(lines)
 
     @C.user_errors
+    def make_lesson(profile_ref, clip_id, kind, slow, request: gr.Request, progress=gr.Progress()):
+        profile = ctx.profile(profile_ref, request)
+        steps = {"timeline": (0.1, "finding where the emotion shows"), "render": (0.3, "writing the video")}
+
+        def report(stage: str) -> None:
+            if stage in steps:
+                progress(steps[stage][0], desc=steps[stage][1])
+
+        if kind == "each":
+            lesson = ctx.service.export_lesson_set(profile.id, slow=float(slow), progress=report)
+        else:
+            clip = ctx.clip_in(profile, clip_id)
+            if kind == "same":
+                label = ctx.service.current_label(clip.id)
+                if not label:
+                    raise EmoWebError(f"clip #{clip.id} has no label yet: label it before making a lesson")
+                lesson = ctx.service.export_lesson_set(profile.id, label=label, slow=float(slow), progress=report)
+            else:
+                lesson = ctx.service.export_lesson(clip.id, profile.id, slow=float(slow), progress=report)
+        stored = ctx.service.list_lessons(profile.id)[:MAX_LESSONS_SHOWN]
+        lines = [f"Made **{C.esc(lesson.path.name)}** ({lesson.duration:.1f} s)."]
+        lines += [f"- {C.esc(n)}" for n in lesson.notes]
+        return "\n".join(lines), [ctx.temp_copy(p) for p in stored]
+
+    @C.user_errors
     def delete_clip(profile_ref, clip_id, confirm, request: gr.Request):
         profile = ctx.profile(profile_ref, request)
         if not confirm:
@@ -346,6 +387,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                          api_visibility="undocumented"))
     reload(undo_btn.click(undo, [profile_dd, clip_dd], status, api_name="undo"))
     reload(rebuild_btn.click(rebuild, [profile_dd], [rebuild_md, rebuild_plot, snapshot_md], api_name="rebuild_cache", **heavy))
+    lesson_btn.click(make_lesson, [profile_dd, clip_dd, lesson_kind, lesson_slow], [lesson_md, lesson_files], api_name="lesson", **heavy)
     export_btn.click(export_labels, [profile_dd, fmt], export_file, api_name="export_labels")
     reload(import_btn.click(import_labels, [profile_dd, import_file, import_new], import_md, api_name="import_labels"))
     reload(delete_clip_btn.click(delete_clip, [profile_dd, clip_dd, confirm_clip], [delete_md, confirm_clip], api_name="delete_clip"))
