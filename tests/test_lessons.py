@@ -33,14 +33,14 @@ def service(tmp_path_factory):
     svc.close()
 
 
-def store(service: CaregiverService, profile: str, path: Path, label: str | None, note: str = "") -> int:
+def store(service: CaregiverService, profile: str, path: Path, label: str | None, note: str = "", kind: str = "video") -> int:
     """Store `path` as a clip of `profile` the way ingest lays it out, labelled `label` (if any)."""
     prof = service.get_profile(profile)
     sha = file_sha256(path)
-    relative = f"media/{prof.id}/{sha}.mp4"
+    relative = f"media/{prof.id}/{sha}{path.suffix}"
     (service.data_dir / relative).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, service.data_dir / relative)
-    clip, _ = service.repo.add_clip(prof.id, sha, relative, "video", "upload", path.name, media.decode(path).full_duration)
+    clip, _ = service.repo.add_clip(prof.id, sha, relative, kind, "upload", path.name, media.decode(path).full_duration)
     if label:
         service.record_correction(clip.id, label, annotator="mum", note=note)
     return clip.id
@@ -134,13 +134,18 @@ def test_a_lesson_set_has_a_title_card_per_clip(service, clips) -> None:
     assert lesson.path in service.list_lessons("lessons")
 
 
-def test_unlabelled_and_unknown_clips_are_refused_in_one_line(service, clips, composite_clip, tmp_path) -> None:
+def test_unlabelled_photo_and_bad_requests_are_refused_in_one_line(service, clips, composite_clip, joy_face, tmp_path) -> None:
     service.create_profile("unlabelled")
     copy = tmp_path / "copy.mp4"
     copy.write_bytes(composite_clip.read_bytes() + b"\0")  # other content, so a new clip
     clip_id = store(service, "unlabelled", copy, None)
     with pytest.raises(EmoWebError, match=f"clip {clip_id} has no label yet"):
         service.export_lesson(clip_id)
+    photo = store(service, "unlabelled", joy_face, "joy", kind="image")
+    with pytest.raises(EmoWebError, match=f"clip {photo} is image only: a lesson needs a video clip"):
+        service.export_lesson(photo)
+    with pytest.raises(EmoWebError, match="no labelled video clip in profile 'unlabelled'"):
+        service.export_lesson_set("unlabelled")
     with pytest.raises(EmoWebError, match="slow-down must be between"):
         service.export_lesson(clips["joy"], slow=0.5)
     assert not list(lessons.folder(service.data_dir, service.get_profile("unlabelled").id).glob("*"))

@@ -768,7 +768,7 @@ class CaregiverService:
     def _lesson_part(self, clip: Clip, label: str, who: str, seconds: float) -> lessons.Part:
         """A labelled video clip's lesson part: its stretch read from the stored media."""
         if clip.kind != "video":
-            raise EmoWebError(f"clip {clip.id} is {'an' if clip.kind == 'image' else 'a'} {clip.kind}: a lesson needs a video clip")
+            raise EmoWebError(f"clip {clip.id} is {clip.kind} only: a lesson needs a video clip")
         path = self._media_file(clip.media_path)
         if not path.is_file():
             raise MediaError(f"the media file of clip {clip.id} is missing")
