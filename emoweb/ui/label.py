@@ -209,6 +209,11 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
             lines.append("- no model answer stored for this clip")
         if any(p.cache_snapshot is not None for p in result.predictions.values()):
             lines.append("(Answers use this profile's other labelled clips, never this clip's own label.)")
+        details = [f"- **{C.esc(m)}** says **{C.esc(p.label)}** ({100 * p.probs.get(p.label, 0):.0f}%, margin {p.margin:.2f})"
+                   + (f" (with cache snapshot {p.cache_snapshot})" if p.cache_snapshot is not None else " (model alone)")
+                   for m, p in result.predictions.items() if p.decided]
+        if details:
+            lines.append("<details><summary>Details per model</summary>\n\n" + "\n".join(details) + "\n\n</details>")
         hist = [[c.created.strftime("%Y-%m-%d %H:%M:%S"), c.label, c.annotator, c.note] for c in ctx.service.corrections(clip.id)]
         fig = C.probability_figure(decided, title="What each model said (with the profile's other labelled clips)")
         return (*players, "\n\n".join(lines), fig, hist)
