@@ -6,6 +6,7 @@ and the caregiver's label); every lesson is written by moviepy and read back wit
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 
@@ -95,6 +96,9 @@ def test_lesson_has_the_asked_duration_and_the_word_exactly_over_the_stretch(ser
     assert abs(shown.index(True) / fps - (stretch.start - stretch.cut_start) * slow) <= 1 / fps
     card = decoded[-1]  # the end card: its own background, no banner
     assert np.abs(card[2:10, 2:10].reshape(-1, 3).mean(0) - lessons.CARD_RGB).max() < 20
+    if slow == 1.0 and os.environ.get("EMOWEB_REFRESH_SCREENSHOTS") == "1":  # README's frame of a lesson clip
+        middle = decoded[(shown.index(True) + len(shown) - 1 - shown[::-1].index(True)) // 2]
+        Image.fromarray(middle).quantize(256).save(Path(__file__).parent / "screenshots" / "lesson.png", optimize=True)
 
 
 def test_the_sound_is_kept_and_in_sync(service, clips, composite_clip) -> None:
