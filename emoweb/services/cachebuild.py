@@ -44,7 +44,8 @@ FUSED = "fused"  # the fused embedding: stored for every clip, even one with not
 #   of them right than the model alone (one clip is within the noise of 14-28 clips). Otherwise the
 #   rebuild keeps what was in use before and says so.
 # Chosen on 3 CREMA-D training actors no model was trained on (K = 1, 2, 4 clips per label, 3 draws;
-# `bench kshot --split train`), never on the validation speakers that `bench kshot` reports.
+# `bench kshot --corpora cremad --split train --speakers 3`), never on the validation speakers that
+# `bench kshot` reports (docs/CACHE.md).
 SAFE_CONFIDENCE = 0.6
 SAFE_BETA = 4.0
 JUDGE_MIN_PER_LABEL = 2
