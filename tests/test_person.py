@@ -110,6 +110,9 @@ def test_api_predict_person(request, tmp_path_factory, two_people: Path) -> None
     visual = {m: v["modality_probs"]["visual"] for m, v in raw["models"].items()}
     assert visual != {m: v["modality_probs"]["visual"] for m, v in out[11]["models"].items()}
 
+    back = job_result(client.submit(1, api_name="/predict_person"), 120)  # the main person again: the first answer
+    assert back[0] == out[0] and back[11] == out[11] and back[17]["value"] == 1
+
     fresh = Client(app.url, verbose=False, download_files=False)  # another session: nothing analysed there
     with pytest.raises(Exception, match="analyse a clip first|not in the list of choices"):
         job_result(fresh.submit(2, api_name="/predict_person"), 120)
