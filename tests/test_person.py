@@ -113,6 +113,9 @@ def test_api_predict_person(request, tmp_path_factory, two_people: Path) -> None
     back = job_result(client.submit(1, api_name="/predict_person"), 120)  # the main person again: the first answer
     assert back[0] == out[0] and back[11] == out[11] and back[17]["value"] == 1
 
-    fresh = Client(app.url, verbose=False, download_files=False)  # another session: nothing analysed there
-    with pytest.raises(Exception, match="analyse a clip first|not in the list of choices"):
+    # someone not seen, and another session (nothing analysed there): refused by the selector's own choices
+    with pytest.raises(Exception, match=r"Value: 3 .* is not in the list of choices: \[1, 2\]"):
+        job_result(client.submit(3, api_name="/predict_person"), 120)
+    fresh = Client(app.url, verbose=False, download_files=False)
+    with pytest.raises(Exception, match=r"Value: 2 .* is not in the list of choices: \[\]"):
         job_result(fresh.submit(2, api_name="/predict_person"), 120)
