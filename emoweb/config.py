@@ -57,6 +57,9 @@ class Settings:
     n_frames: int = field(default_factory=lambda: int(_env("N_FRAMES", "16")))
     threads: int = field(default_factory=lambda: int(_env("THREADS", "0")))  # 0: torch's default
     asr_beam: int = field(default_factory=lambda: int(_env("ASR_BEAM", "1")))
+    # how long the Predict tab keeps a session's last analysed clip (frames, audio, features) in memory for
+    # its "Whose face" selector; never on disk
+    analysed_minutes: float = field(default_factory=lambda: float(_env("ANALYSED_MINUTES", "30")))
     feature_cache: Path = field(
         default_factory=lambda: Path(_env("FEATURE_CACHE", str(Path.home() / ".cache" / "emoweb" / "features")))
     )

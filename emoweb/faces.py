@@ -3,7 +3,7 @@
 Home video shows several people, faces half out of the picture, or nobody. Detections are linked over
 the sampled frames by overlap into tracks (one per person); the main person is the track seen in most
 frames (ties: the larger face, then the more central). Only that track feeds the visual models; the
-others are listed. Crops are rotated so the eyes lie level. No track means no face: the caller then
+others are listed, and any of them can be chosen instead (`person`) to ask about that face. Crops are rotated so the eyes lie level. No track means no face: the caller then
 leaves the visual modality out instead of reading whole frames. A tight face-crop image (a face filling
 the picture, as in face datasets) is too close for the short-range detector, so a frame without a face
 is retried once on a copy with a black border around it.
@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from emoweb.errors import EmoWebError
 from models.backbones.blazeface import BlazeFaceDetector, Detection, load_blazeface, weighted_nms
 
 CROP_SIZE = 160  # RGB crop side kept per frame; each backbone resizes to its own input
@@ -199,25 +200,41 @@ def _box(det: Detection) -> Box:
     return int(round(x0)), int(round(y0)), int(round(x1 - x0)), int(round(y1 - y0))
 
 
-def detect_and_crop(frames: np.ndarray) -> FaceResult:
-    """Face tracks over the sampled RGB frames [N, H, W, 3]; the main person's crops for every frame (a frame
-    where that person is not seen takes the nearest frame's detection). No face in any frame: crops None."""
+def people_note(tracks: list[dict], person: int = 1) -> str | None:
+    """The note naming everyone seen and whose face the answer is about (`person`: 1 = the main person, as
+    numbered in `tracks`); None when one person or nobody was seen."""
+    if len(tracks) < 2:
+        return None
+    chosen, n = tracks[person - 1], tracks[0]["of"]
+    others = ", ".join(f"the person {t['position']} ({t['frames']}/{n})" for t in tracks if t is not chosen)
+    if person == 1:
+        return (f"{len(tracks)} people seen; the answer is about the person {chosen['position']}, seen in "
+                f"{chosen['frames']}/{n} frames (also seen: {others})")
+    return (f"{len(tracks)} people seen; this answer is about the person {chosen['position']}, seen in "
+            f"{chosen['frames']}/{n} frames, chosen instead of the main person (also seen: {others}); "
+            "the voice and the words may belong to someone else")
+
+
+def detect_and_crop(frames: np.ndarray, person: int = 1) -> FaceResult:
+    """Face tracks over the sampled RGB frames [N, H, W, 3]; the crops of `person` (1 = the main person, the
+    numbering of `tracks`) for every frame (a frame where that person is not seen takes the nearest frame's
+    detection). No face in any frame: crops None. Raises EmoWebError when `person` is not one of those seen."""
     n = len(frames)
     tracks = rank(link(detect(frames)), frames.shape[2], frames.shape[1]) if n else []
     if not tracks:
+        if person != 1:
+            raise EmoWebError(f"person {person} not seen: no face in this clip")
         return FaceResult([None] * n, None, [])
-    main = tracks[0]
-    nearest = [main.seen[min(main.seen, key=lambda j: (abs(j - i), j))] for i in range(n)]
+    if not 1 <= person <= len(tracks):
+        raise EmoWebError(f"person {person} not seen: this clip shows {len(tracks)} "
+                          f"{'person' if len(tracks) == 1 else 'people'} (1 to {len(tracks)})")
+    chosen = tracks[person - 1]
+    nearest = [chosen.seen[min(chosen.seen, key=lambda j: (abs(j - i), j))] for i in range(n)]
     crops = np.stack([aligned_crop(f, d) for f, d in zip(frames, nearest)])
-    positions = _positions(tracks)
     listed = [
         {"person": k + 1, "position": pos, "frames": len(t.seen), "of": n,
          "box": [round(v) for v in t.mean_box()], "main": k == 0}
-        for k, (t, pos) in enumerate(zip(tracks, positions))
+        for k, (t, pos) in enumerate(zip(tracks, _positions(tracks)))
     ]
-    note = None
-    if len(tracks) > 1:
-        others = ", ".join(f"the person {p['position']} ({p['frames']}/{n})" for p in listed[1:])
-        note = (f"{len(tracks)} people seen; the answer is about the person {positions[0]}, seen in "
-                f"{len(main.seen)}/{n} frames (also seen: {others})")
-    return FaceResult([_box(main.seen[i]) if i in main.seen else None for i in range(n)], crops, listed, note)
+    boxes = [_box(chosen.seen[i]) if i in chosen.seen else None for i in range(n)]
+    return FaceResult(boxes, crops, listed, people_note(listed, person))

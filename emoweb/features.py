@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +18,7 @@ import torch
 
 from emoweb import faces, media, quality
 from emoweb.config import Settings, get_settings
+from emoweb.errors import EmoWebError
 from models.backbones import AsrResult, Backbones, get_backbones
 
 MIN_AUDIO_SECONDS = 0.3  # shorter audio carries no usable speech or prosody
@@ -55,6 +56,7 @@ class ClipFeatures:
     face_boxes: list[tuple[int, int, int, int] | None] = field(default_factory=list)
     face_crops: np.ndarray | None = None  # [N, S, S, 3] uint8, the main person's; None: no face found
     face_tracks: list[dict] = field(default_factory=list)  # every person seen, main first (faces.FaceResult.tracks)
+    person: int = 1  # whose face the crops and visual features are (1 = the main person; numbering of face_tracks)
     transcript: str = ""
     segments: list[dict] = field(default_factory=list)
     language: str | None = None
@@ -103,7 +105,7 @@ class ClipFeatures:
             "full_duration": self.full_duration,
             "modalities": self.modalities,
             "frames": {"count": len(self.frame_times), "times": self.frame_times, "shape": shape(self.frames)},
-            "faces": {"found": self.faces_found, "boxes": self.face_boxes, "tracks": self.face_tracks},
+            "faces": {"found": self.faces_found, "boxes": self.face_boxes, "tracks": self.face_tracks, "person": self.person},
             "transcript": {"text": self.transcript, "language": self.language, "segments": self.segments},
             "audio_tokens": {k: shape(v) for k, v in self.audio_tokens.items()},
             "text_embedding": shape(self.text_embedding),
@@ -113,6 +115,20 @@ class ClipFeatures:
             "warnings": self.warnings,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }
+
+
+def _stages(timings: dict[str, float], progress: Progress | None):
+    """A `stage(name)` context manager that reports the stage and adds its seconds to `timings`."""
+
+    @contextmanager
+    def stage(name: str):
+        if progress:
+            progress(name)
+        t0 = time.perf_counter()
+        yield
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+
+    return stage
 
 
 class FeatureExtractor:
@@ -128,15 +144,7 @@ class FeatureExtractor:
 
     def __call__(self, path: str | Path, progress: Progress | None = None) -> ClipFeatures:
         timings: dict[str, float] = {}
-
-        @contextmanager
-        def stage(name: str):
-            if progress:
-                progress(name)
-            t0 = time.perf_counter()
-            yield
-            timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
-
+        stage = _stages(timings, progress)
         with stage("decode"):
             clip = media.decode(path, self.settings.n_frames, self.settings.max_seconds)
         bb = self.backbones
@@ -161,6 +169,32 @@ class FeatureExtractor:
             feats.text_words = enc.words[0]
         timings["total"] = sum(v for k, v in timings.items() if k != "total")
         return feats
+
+    def with_person(self, feats: ClipFeatures, person: int, progress: Progress | None = None) -> ClipFeatures:
+        """The same clip's features with `person`'s face (numbering of `feats.face_tracks`; 1 = the main
+        person) as the visual input: faces found again on the kept frames and that track's crops encoded;
+        audio, transcript and text features are reused, not recomputed (no decoding, no Whisper). The new
+        timings hold only the faces and visual stages. Raises EmoWebError when the clip has no frames or
+        `person` is not one of those seen."""
+        if feats.frames is None or not feats.face_tracks:
+            raise EmoWebError(f"no face to choose in {feats.source}: {'no frames' if feats.frames is None else 'no face found'}")
+        if person == feats.person:
+            return feats
+        timings: dict[str, float] = {}
+        stage = _stages(timings, progress)
+        with stage("faces"):
+            found = faces.detect_and_crop(feats.frames, person)
+        # the notes about the face used before (who, its exposure) give way to the chosen person's
+        stale = {faces.people_note(feats.face_tracks, feats.person),
+                 None if feats.face_crops is None else quality.exposure_note(feats.face_crops)}
+        out = replace(
+            feats, face_boxes=found.boxes, face_crops=found.crops, face_tracks=found.tracks, person=person,
+            visual_features=None, visual_maps={}, visual_logits=None, visual_logit_labels=(),
+            warnings=[w for w in feats.warnings if w not in stale] + [n for n in (found.note,) if n], timings=timings,
+        )
+        self._visual(found, out, stage)
+        timings["total"] = sum(timings.values())
+        return out
 
     def _visual(self, found: faces.FaceResult, feats: ClipFeatures, stage) -> None:
         if not found.found:  # a guess from a frame without a face is not a visual decision

@@ -96,6 +96,13 @@ class Predictor:
             raise EmoWebError(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(registry.MODELS)}")
         return [n for n in names if self.model(n) is not None]
 
+    def required_models(self, spec: str = "all") -> list[str]:
+        """`model_names(spec)`, or EmoWebError when none of them is trained for this profile."""
+        names = self.model_names(spec)
+        if not names:
+            raise EmoWebError("no trained model is available for this profile")
+        return names
+
     def run_models(
         self,
         features: ClipFeatures,
@@ -122,11 +129,19 @@ class Predictor:
         return Prediction(features, outputs, latency)
 
     def predict(self, path: str | Path, models: str = "all", caches=None, progress: Progress | None = None) -> Prediction:
-        names = self.model_names(models)
-        if not names:
-            raise EmoWebError("no trained model is available for this profile")
+        names = self.required_models(models)
         features = self.extractor(path, progress)
         return self.run_models(features, names, caches, progress)
+
+    def predict_person(
+        self, features: ClipFeatures, person: int, models: str = "all", progress: Progress | None = None
+    ) -> Prediction:
+        """Every model's answer about another face of an analysed clip: `person` numbers
+        `features.face_tracks` (1 = the main person). Only the faces and the visual encoder run again (on the
+        kept frames); the voice and words are the clip's, which the result's notes say may be someone
+        else's. Raises EmoWebError for a clip without that person or without a trained model."""
+        names = self.required_models(models)
+        return self.run_models(self.extractor.with_person(features, person, progress), names, progress=progress)
 
 
 def apply_cache(out: ModelOutput, cache: FewShotCache, k: int = 5) -> None:

@@ -1,6 +1,7 @@
 """Predict tab: upload or record a clip (video, audio or image), progress stage by stage, then one answer
 first (a vote of the models, how sure in words, who, what was heard) and a compact table of the models;
-the plots that explain each model's decision are in folded sections."""
+the plots that explain each model's decision are in folded sections. When several people are seen, a
+"Whose face" selector asks the models about another one (the session keeps the analysed features)."""
 import inspect
 from pathlib import Path
 from typing import Any
@@ -105,15 +106,24 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
     head = headline({m: probs[m] for m in models if decided[m]}, untrained=feats.untrained_weights)
     lines = [headline_markdown(head, labels)]
     face = _face_thumbnail(feats)
-    if feats.kind != "audio":
+    other = feats.person != 1
+    if other:
+        track = feats.face_tracks[feats.person - 1]
+        lines.append(f"**Who:** the person {C.esc(track['position'])} (seen in {track['frames']} of {track['of']} frames), "
+                     "chosen instead of the main person. **The voice and the words may belong to someone else.**")
+    elif feats.kind != "audio":
         lines.append(f"**Who:** {'the face shown here' if face is not None else 'no face found'}"
-                     f" (a face in {feats.faces_found} of {len(feats.frame_times)} frames)")
+                     f" (a face in {feats.faces_found} of {len(feats.frame_times)} frames)"
+                     + ("; another person can be chosen under “Whose face”" if len(feats.face_tracks) > 1 else ""))
     if feats.transcript:
         lines.append(f"**Heard:** “{C.esc(feats.transcript)}”")
     elif feats.kind != "image":
         lines.append("**Heard:** no words recognised")
     snaps = {m: answers[m].cache_snapshot for m in models if answers and m in answers}
-    if profile is None:
+    if other:
+        lines.append("**Not saved:** this answer about another person is shown here only; no profile's labelled "
+                     "examples were used.")
+    elif profile is None:
         lines.append("**Profile:** none chosen, so nothing was saved and no labelled examples were used.")
     else:
         used = [m for m, s in snaps.items() if s is not None]
@@ -235,6 +245,15 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
     )
 
 
+def person_choices(feats: Any) -> dict:
+    """The 'Whose face' selector: one choice per person seen (value = their number, 1 = the main person),
+    shown only when there is more than one, set to the person the answer is about."""
+    tracks = feats.face_tracks if feats is not None else []
+    choices = [(f"the person {t['position']} ({t['frames']}/{t['of']} frames)" + (", the main person" if t["main"] else ""),
+                t["person"]) for t in tracks]
+    return gr.update(choices=choices, value=feats.person if len(tracks) > 1 else None, visible=len(tracks) > 1)
+
+
 def pick_input(video: Any, audio: Any, image: Any) -> tuple[Path, str]:
     for value, source in ((video, "video"), (audio, "audio"), (image, "image")):
         if isinstance(value, dict):  # gradio_client may send {"video": ..., "subtitles": ...}
@@ -267,6 +286,8 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                                     elem_id="predict-face", buttons=[])
                 models_table = gr.Dataframe(headers=MODEL_HEADERS, datatype=["str"] * 4, label="Each model's answer",
                                             interactive=False, elem_id="predict-models", wrap=True)
+                person = gr.Radio([], label="Whose face (the voice and the words stay the clip's)", visible=False,
+                                  elem_id="predict-person")
                 warnings_md = gr.Markdown("", visible=False, elem_id="predict-warnings", elem_classes="emoweb-warning")
                 with gr.Accordion("How the answer is formed", open=False, elem_id="predict-how"):
                     gr.Markdown(RULE)
@@ -292,6 +313,8 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         with gr.Accordion("Raw result (JSON)", open=False):
             raw = gr.JSON(label="summary")
         clip_out = gr.Textbox(visible=False, elem_id="predict-clip-id")
+        # the last analysed clip's features and answer (the main person's), for the selector; in memory only, for a while
+        analysed = gr.State(None, time_to_live=60 * ctx.settings.analysed_minutes)
 
     def choose(which):
         """Show the chosen input only, and empty the others: Analyse takes what is shown."""
@@ -319,7 +342,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         report = stage_progress(progress, names)
         if profile is None:
             prediction = predictor.predict(path, "all", progress=report)
-            return explain(ctx, prediction, None, None, None, None)
+            return remembered(prediction, explain(ctx, prediction, None, None, None, None))
         service = ctx.service
         kwargs = {"source": "upload", "original_name": path.name}
         if accepts(service.ingest, "progress"):
@@ -331,9 +354,33 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         if prediction is None:  # known clip: answers come from stored features; decode again only to explain
             prediction = predictor.predict(path, "all", progress=report)
         progress(1.0, desc="done")
-        return explain(ctx, prediction, result.predictions, profile, result.clip, result.new)
+        return remembered(prediction, explain(ctx, prediction, result.predictions, profile, result.clip, result.new))
+
+    def remembered(prediction: Any, shown: tuple) -> tuple:
+        """The outputs with the selector, and the session's memory of them: the features to ask about another
+        person, and the answer shown, given back as it was when the main person is chosen again."""
+        return (*shown, person_choices(prediction.features), {"features": prediction.features, "shown": shown})
+
+    @C.user_errors
+    def predict_person(choice, last, progress=gr.Progress()):
+        """The answer about the chosen person of the last analysed clip (1 = the main person: the answer shown first)."""
+        if last is None:
+            raise EmoWebError("analyse a clip first, then choose whose face")
+        if choice is None or str(choice).strip() == "":
+            raise EmoWebError("choose whose face: a person's number, 1 = the main person")
+        try:
+            number = int(choice)
+        except (TypeError, ValueError):
+            raise EmoWebError(f"whose face: {choice!r} is not a person's number (1 = the main person)") from None
+        feats = last["features"]
+        if number == feats.person:
+            return (*last["shown"], person_choices(feats))
+        predictor = ctx.predictor
+        prediction = predictor.predict_person(feats, number, progress=stage_progress(progress, predictor.required_models()))
+        return (*explain(ctx, prediction, None, None, None, None), person_choices(prediction.features))
 
     outputs = [summary, prob_plot, modality_plot, attention_plot, similarity_plot, nearest, timeline, transcript, frames, crops,
-               latency_plot, raw, clip_out, face, models_table, warnings_md, info_md]
-    event = run.click(predict, [video, audio, image, profile_dd], outputs, api_name="predict", **heavy)
+               latency_plot, raw, clip_out, face, models_table, warnings_md, info_md, person]
+    event = run.click(predict, [video, audio, image, profile_dd], outputs + [analysed], api_name="predict", **heavy)
+    person.input(predict_person, [person, analysed], outputs, api_name="predict_person", **heavy)
     return {"event": event, "clip_out": clip_out, "run": run}
