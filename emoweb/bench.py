@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from emoweb.cli import command, emit
+from emoweb.cli import add_backbones, add_device, add_json, command, emit, settings_from
 from emoweb.errors import EmoWebError
 
 BenchFn = Callable[[argparse.Namespace], dict]
@@ -41,16 +41,20 @@ def bench(name: str, help: str, text: Formatter):
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("what", choices=sorted(BENCHES), help="; ".join(f"{k}: {h}" for k, (h, _, _) in sorted(BENCHES.items())))
     p.add_argument("--seconds", type=float, default=4.0, help="length of the composite test clip (default 4)")
-    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    add_backbones(p)
+    add_device(p)
     p.add_argument("--threads", type=int, default=2, help="torch / CTranslate2 CPU threads (default 2)")
     p.add_argument("--repeat", type=int, default=5, help="warm runs after the cold one (default 5)")
     p.add_argument("--split", default="val", help="kshot: the speakers scored (default val; train = speakers chosen on)")
     p.add_argument("--speakers", type=int, default=None, help="kshot: only the first N speakers of each corpus")
     p.add_argument("--corpora", default="ravdess,cremad", help="kshot: speech corpora in the shared data (default ravdess,cremad)")
-    p.add_argument("--json", action="store_true")
+    add_json(p)
 
 
-@command("bench", "benchmarks: extract, models, cache, faces, lesson, kshot, crossval, baseline (python -m emoweb bench -h)")(_bench_args)
+@command("bench", "benchmarks: extract, models, cache, faces, lesson, kshot, crossval, baseline (python -m emoweb bench -h)",
+         prints="the measured numbers as the README's tables, with the machine they were measured on",
+         takes="extract, models, faces, lesson, cache: 10 s to 2 min; kshot and baseline: about 5-20 min; "
+         "crossval: 20-45 min (2-CPU machine, features cached)")(_bench_args)
 def _bench(args: argparse.Namespace) -> int:
     _, fn, text = BENCHES[args.what]
     emit(fn(args), args.json, text)
@@ -161,14 +165,13 @@ def bench_settings(args: argparse.Namespace):
     """Checked settings for a timed run: the device must exist, threads are applied to torch."""
     import torch
 
-    from emoweb.config import get_settings
-
-    if args.device == "cuda" and not torch.cuda.is_available():
+    settings = settings_from(args)
+    if settings.device == "cuda" and not torch.cuda.is_available():
         raise EmoWebError("--device cuda: no CUDA device is available on this machine")
     if args.threads < 1 or args.repeat < 1:
         raise EmoWebError("--threads and --repeat must be at least 1")
     torch.set_num_threads(args.threads)
-    return dataclasses.replace(get_settings(), device=args.device, threads=args.threads)
+    return dataclasses.replace(settings, threads=args.threads)
 
 
 @bench("extract", "per-stage time of the shared feature pipeline on a composite clip", _fmt_table)
@@ -191,7 +194,7 @@ def bench_extract(args: argparse.Namespace) -> dict:
             feats = extractor(clip)
             walls.append(time.perf_counter() - t0)
             runs.append(feats.timings)
-    device = resolve_device(args.device)
+    device = resolve_device(settings.device)
     return {
         "clip_seconds": first.duration,
         "profile": extractor.backbones.name,
@@ -271,7 +274,7 @@ def bench_models(args: argparse.Namespace) -> dict:
         "profile": predictor.backbones.name,
         "models": names,
         "repeat": args.repeat,
-        "machine": machine(resolve_device(args.device), args.threads),
+        "machine": machine(resolve_device(settings.device), args.threads),
         "cold_s": round(cold, 4),
         "warm_stages": {s: round(med(r.get(s, 0.0) for r in stages), 4) for s in STAGES},
         "warm_models": {n: round(med(r[n] for r in per_model), 4) for n in names},

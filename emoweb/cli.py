@@ -1,7 +1,10 @@
 """`python -m emoweb ...`: one entry point for inspect, predict, train, eval, storage and benchmarks.
 
 Every command prints a readable one-line error and exits non-zero on bad input; `--json` gives
-machine-readable output. Subcommands register themselves in `COMMANDS` (name -> (setup, run)).
+machine-readable output. Subcommands register themselves in `COMMANDS` (name -> (help, setup, run)).
+Command modules import torch, gradio and the models only inside their runners, so `--help` and a
+mistyped command answer in about a second; the shared options (`--json`, `--device`, `--models`,
+`--backbones`) are added by the `add_*` helpers so they read the same everywhere.
 """
 from __future__ import annotations
 
@@ -14,15 +17,17 @@ from emoweb.errors import EmoWebError
 
 Setup = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
-COMMANDS: dict[str, tuple[str, Setup, Run]] = {}
+COMMANDS: dict[str, tuple[str, str, Setup, Run]] = {}  # name -> (help, description, setup, run)
+DEVICES = ("auto", "cpu", "cuda")
 
 
-def command(name: str, help: str):
-    """Register `setup` (adds arguments) and returns a decorator for the runner."""
+def command(name: str, help: str, prints: str, takes: str):
+    """Register `setup` (adds arguments) and return a decorator for the runner. `prints` and `takes`
+    (what the command prints, how long it takes) go into the subcommand's `--help`."""
 
     def wrap(setup: Setup):
         def deco(run: Run) -> Run:
-            COMMANDS[name] = (help, setup, run)
+            COMMANDS[name] = (help, f"{help[0].upper()}{help[1:]}. Prints {prints}. Takes {takes}.", setup, run)
             return run
 
         return deco
@@ -37,20 +42,69 @@ def emit(obj, as_json: bool, text: Callable[[dict], str] | None = None) -> None:
         print(text(obj))
 
 
+def add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=DEVICES, default=None,
+                   help="where backbones and models run (default: EMOWEB_DEVICE, else auto = cuda when present)")
+
+
+def add_models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", default="all", metavar="NAMES",
+                   help="comma-separated models (emoasst, merclip, sem_mbt, foalnet) or 'all' (default: every "
+                   "model with a checkpoint for the backbone set)")
+
+
+class _Deprecated(argparse.Action):
+    """An old option spelling that still works: stores like `new` and prints a one-line note on stderr."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} is deprecated for the backbone set; use {self.new} "
+              f"(--profile now names a caregiver profile only)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_backbones(p: argparse.ArgumentParser) -> None:
+    """`--backbones NAME`; the old `--profile NAME` still works, with a deprecation note."""
+    p.add_argument("--backbones", default=None, metavar="NAME",
+                   help="backbone set: embedded or paper (default: EMOWEB_PROFILE, else embedded)")
+    p.add_argument("--profile", dest="backbones", action=_Deprecated, new="--backbones", metavar="NAME", help=argparse.SUPPRESS)
+
+
+def settings_from(args: argparse.Namespace | None):
+    """The settings with the command's `--backbones` / `--device` overrides (when it has them)."""
+    from dataclasses import replace
+
+    from emoweb.config import get_settings
+
+    overrides = {"profile": getattr(args, "backbones", None), "device": getattr(args, "device", None)}
+    return replace(get_settings(), **{k: v for k, v in overrides.items() if v})
+
+
 def _inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path")
-    p.add_argument("--json", action="store_true")
+    add_backbones(p)
+    add_device(p)
+    add_json(p)
 
 
-@command("inspect", "decode a clip and print its shared features (shapes, transcript, timings)")(_inspect_args)
+@command("inspect", "decode a clip and print its shared features (shapes, transcript, timings)",
+         prints="the clip's kind, duration, frames, faces found, transcript and per-stage timings",
+         takes="about 1 s for a 4-s clip once the backbones are loaded, plus 2-10 s to load them")(_inspect_args)
 def _inspect(args: argparse.Namespace) -> int:
     from emoweb.features import FeatureExtractor
 
-    summary = FeatureExtractor()(args.path).to_summary()
+    summary = FeatureExtractor(settings_from(args))(args.path).to_summary()
 
     def text(s: dict) -> str:
         lines = [
-            f"{s['source']}: {s['kind']}, {s['duration']} s, profile {s['profile']} on {s['device']}",
+            f"{s['source']}: {s['kind']}, {s['duration']} s, backbones {s['profile']} on {s['device']}",
             f"frames {s['frames']['count']}, faces found {s['faces']['found']}",
             f"transcript ({s['transcript']['language']}): {s['transcript']['text']!r}",
             "timings: " + ", ".join(f"{k} {v:.3f}s" for k, v in s["timings"].items()),
@@ -63,10 +117,12 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     _load_command_modules()
-    parser = argparse.ArgumentParser(prog="python -m emoweb", description="EmoWeb: emotion recognition in short clips")
+    parser = argparse.ArgumentParser(
+        prog="python -m emoweb", description="EmoWeb: emotion recognition in short clips",
+        epilog="Each command's --help says what it prints and how long it takes.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_text, setup, run) in sorted(COMMANDS.items()):
-        p = sub.add_parser(name, help=help_text)
+    for name, (help_text, description, setup, run) in sorted(COMMANDS.items()):
+        p = sub.add_parser(name, help=help_text, description=description)
         setup(p)
         p.set_defaults(run=run)
     return parser
@@ -76,7 +132,7 @@ def _load_command_modules() -> None:
     """Modules that register more subcommands (imported lazily so `--help` stays fast)."""
     import importlib
 
-    for module in ("emoweb.bench", "emoweb.commands", "emoweb.studies", "emoweb.caregiver_commands"):
+    for module in ("emoweb.bench", "emoweb.commands", "emoweb.study_benches", "emoweb.caregiver_commands"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -9,6 +9,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 SPACES_STORAGE = Path("/data")  # a Hugging Face Space's persistent storage, when the Space has it
+DEV_FRACTION = 0.15  # share of training speakers held out for early stopping (`train --dev-fraction`)
 
 
 def _env(name: str, default: str) -> str:

@@ -60,18 +60,29 @@ def composite_items(items: list) -> list:
     return [(c.row, c.features) for c in composite_samples([Sample(r, f, r.split) for r, f in items], seed=0)]
 
 
+def default_split(rows: list) -> str:
+    """'val' when the manifest names splits, else '' (every row): a manifest without a split column
+    is a test set of its own."""
+    return "val" if any(r.split for r in rows) else ""
+
+
 def evaluate_manifest(
-    settings: Settings, manifest: str, models: str = "all", split: str = "val", cache_k: int = 0, composites: bool = False
+    settings: Settings, manifest: str, models: str = "all", split: str | None = None, cache_k: int = 0, composites: bool = False,
+    rows: list | None = None,
 ) -> dict:
+    """Per-model reports on `split`'s rows (None: `default_split`; '': every row). `rows`: the manifest
+    already read (else read here). Raises EmoWebError when no model has a checkpoint or no row is left."""
     predictor = Predictor(settings)
     names = predictor.model_names(models)
     if not names:
-        raise EmoWebError("no trained model is available for this profile")
+        raise EmoWebError(f"no trained model is available for the {settings.profile!r} backbone set")
     store = FeatureStore(predictor.extractor, settings.feature_cache)
-    rows = [r for r in read_manifests(manifest) if r.label in predictor.labels]
+    rows = [r for r in (read_manifests(manifest) if rows is None else rows) if r.label in predictor.labels]
+    if split is None:
+        split = default_split(rows)
     wanted = [r for r in rows if not split or r.split == split]
     if not wanted:
-        raise EmoWebError(f"no rows with split {split!r} in {manifest}")
+        raise EmoWebError(f"no rows with split {split!r} in {manifest}" if split else f"no labelled rows in {manifest}")
     items, skipped = store.encode_rows(wanted, desc="features")
     if composites:
         items = composite_items(items)

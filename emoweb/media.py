@@ -81,7 +81,8 @@ def display_name(path: str | Path) -> str:
     return name
 
 
-def _check_file(path: Path) -> None:
+def check_file(path: Path) -> None:
+    """Raise MediaError when `path` is missing, not a file or empty (cheap: before anything loads)."""
     if not path.exists():
         raise MediaError(f"file not found: {display_name(path)}")
     if not path.is_file():
@@ -316,7 +317,7 @@ def _open(path: Path) -> av.container.InputContainer:
 def decode(path: str | Path, n_frames: int = 16, max_seconds: float = 60.0) -> DecodedClip:
     """Decode `path`: up to `n_frames` uniformly sampled frames and mono 16 kHz audio, capped at `max_seconds`."""
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     sha = file_sha256(path)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return _decode_image(path, sha)

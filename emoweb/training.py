@@ -18,11 +18,10 @@ from tqdm import tqdm
 
 from emoweb.augment import AudioAugment, SplicePartners
 from emoweb.batching import to_input
+from emoweb.config import DEV_FRACTION
 from emoweb.features import ClipFeatures
 from emoweb.manifests import Row
 from emoweb.metrics import classification_report
-
-DEV_FRACTION = 0.15
 
 
 @dataclass

@@ -15,13 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from models import MODELS
+
 CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
-MODELS: dict[str, str] = {  # name -> "module:ModelClass:ConfigClass"
-    "emoasst": "models.emoasst:EmoAsst:EmoAsstConfig",
-    "merclip": "models.merclip:MERCLIP:MERCLIPConfig",
-    "sem_mbt": "models.sem_mbt:MERSEMMBT:MERSEMMBTConfig",
-    "foalnet": "models.foalnet:FoalNet:FoalNetConfig",
-}
 DIM_FIELDS = {"audio_dim": "audio", "visual_dim": "visual", "text_dim": "text", "text_token_dim": "text_tokens"}
 
 

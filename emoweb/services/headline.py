@@ -33,6 +33,11 @@ class Headline:
     mean_prob: float  # average probability of `label` over the models that answered, 0..1
     reason: str  # one line: why this confidence
 
+    def to_dict(self) -> dict:
+        """The headline as JSON (the UI's raw output and `predict --json`), with the rule that formed it."""
+        return {"label": self.label, "confidence": self.confidence, "agree": self.agree, "models": self.models,
+                "mean_prob": round(self.mean_prob, 4), "reason": self.reason, "rule": RULE}
+
 
 def _top(probs: Mapping[str, float]) -> str:
     return max(probs, key=lambda lab: probs[lab])

@@ -219,8 +219,7 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
 
     raw = prediction.to_summary()
     raw["clip"].pop("sha256", None)
-    raw["headline"] = {"label": head.label, "confidence": head.confidence, "agree": head.agree, "models": head.models,
-                       "mean_prob": round(head.mean_prob, 4), "rule": RULE}
+    raw["headline"] = head.to_dict()
     if clip is not None:
         raw["stored"] = {"clip_id": clip.id, "profile": profile.name, "new": new,
                          "answers": {m: a.to_dict() for m, a in (answers or {}).items()}}

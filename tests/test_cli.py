@@ -1,0 +1,138 @@
+"""The command line's shared behaviour: a fast `--help` and bad-input exit (no torch imported), the
+deprecated `--profile` spelling of `--backbones`, `eval` on a manifest without splits, and the
+headline of `predict --json` (the UI's rule)."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emoweb import cli
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "gradio", "transformers", "sqlalchemy", "models.registry", "emoweb.inference")
+PROBE = (
+    "import sys\n"
+    "from emoweb import cli\n"
+    "try:\n    rc = cli.main(sys.argv[1:])\nexcept SystemExit as exc:\n    rc = exc.code\n"
+    f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules), 'RC', rc)\n"
+)
+
+
+def _probe(*argv: str) -> tuple[str, str]:
+    """Run the CLI in a fresh interpreter; (last stdout line, stderr)."""
+    done = subprocess.run([sys.executable, "-c", PROBE, *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return done.stdout.strip().splitlines()[-1], done.stderr
+
+
+@pytest.mark.parametrize("argv, rc, err", [
+    (["--help"], 0, ""),
+    (["eval", "--help"], 0, ""),
+    (["bench", "--help"], 0, ""),
+    (["nosuch"], 2, "invalid choice: 'nosuch'"),
+    (["eval", "/nonexistent/manifest.csv"], 2, "error: manifest not found: /nonexistent/manifest.csv"),
+    (["predict", "/nonexistent/clip.mp4"], 2, "error: file not found: clip.mp4"),
+])
+def test_help_and_bad_input_answer_without_torch(argv: list[str], rc: int, err: str) -> None:
+    line, stderr = _probe(*argv)
+    assert line == f"HEAVY [] RC {rc}", stderr
+    assert err in stderr
+
+
+def test_python_m_emoweb_help_imports_no_torch() -> None:
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "emoweb", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "predict" in done.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "emoweb.cli" in imported and not imported & {"torch", "gradio", "transformers"}
+
+
+def test_every_subcommand_help_says_what_it_prints_and_how_long() -> None:
+    parser = cli.build_parser()
+    for name, (_, description, _, _) in cli.COMMANDS.items():
+        assert " Prints " in description and " Takes " in description, name
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert "Takes about 1 s per clip" in sub.choices["eval"].format_help().replace("\n", " ")
+
+
+def test_deprecated_profile_spelling_still_sets_the_backbones(capsys) -> None:
+    for command in (["eval", "m.csv"], ["predict", "x.mp4"], ["train", "emoasst", "--data", "m.csv"], ["inspect", "x.mp4"]):
+        args = cli.build_parser().parse_args([*command, "--profile", "paper"])
+        assert args.backbones == "paper" and cli.settings_from(args).profile == "paper"
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("note: --profile is deprecated") and "--backbones" in err[0]
+        args = cli.build_parser().parse_args([*command, "--backbones", "paper"])
+        assert cli.settings_from(args).profile == "paper" and capsys.readouterr().err == ""
+    args = cli.build_parser().parse_args(["queue", "--profile", "Anna"])  # the caregiver's profile: no note
+    assert args.profile == "Anna" and capsys.readouterr().err == ""
+
+
+def _face_manifest(shared_data: Path, path: Path, n: int, split: bool) -> list[str]:
+    """`n` face photos of different labels (one of them val), plus a row whose file is missing."""
+    faces = shared_data / "faces" / "facial_expressions"
+    rows, labels = [], set()
+    with open(faces / "manifest.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            if r["label7"] not in labels and len(rows) < n:
+                labels.add(r["label7"])
+                rows.append({"path": str(faces / r["path"]), "label": r["label7"], "split": "val" if not rows else "train"})
+    rows.append({"path": "gone.jpg", "label": "joy", "split": "train"})
+    fields = ["path", "label", "split"] if split else ["path", "label"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return [r["label"] for r in rows[:n]]
+
+
+@pytest.mark.slow
+def test_eval_without_split_column_scores_every_row(shared_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from test_services import make_checkpoint_root
+
+    monkeypatch.setenv("EMOWEB_CHECKPOINT_ROOT", str(make_checkpoint_root(tmp_path / "checkpoints")))
+    monkeypatch.setenv("EMOWEB_FEATURE_CACHE", str(tmp_path / "features"))
+    plain = tmp_path / "plain.csv"
+    labels = _face_manifest(shared_data, plain, 3, split=False)
+    assert cli.main(["eval", str(plain), "--models", "emoasst", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["split"] == "" and result["n"] == 3 and result["reports"]["emoasst"]["n"] == 3
+    assert sorted(lab for lab, s in result["reports"]["emoasst"]["support"].items() for _ in range(s)) == sorted(labels)
+    assert len(result["skipped"]) == 1 and "gone.jpg: file not found" in result["skipped"][0]
+
+    assert cli.main(["eval", str(plain), "--models", "emoasst"]) == 0  # text: the skipped row's reason too
+    out = capsys.readouterr().out
+    assert "split (every row): rows used 3, skipped 1" in out and "skipped: gone.jpg: file not found" in out
+
+    split = tmp_path / "split.csv"
+    _face_manifest(shared_data, split, 3, split=True)  # with a split column: val only, unless asked
+    assert cli.main(["eval", str(split), "--models", "emoasst", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 1
+    assert cli.main(["eval", str(split), "--models", "emoasst", "--split", "", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 3
+    assert cli.main(["eval", str(plain), "--models", "emoasst", "--split", "val"]) == 2
+    assert f"no rows with split 'val' in {plain}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_predict_json_leads_with_the_headline(joy_face: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from emoweb.services.headline import RULE, headline
+    from test_services import make_checkpoint_root
+
+    monkeypatch.setenv("EMOWEB_CHECKPOINT_ROOT", str(make_checkpoint_root(tmp_path / "checkpoints")))
+    assert cli.main(["predict", str(joy_face), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert next(iter(result)) == "headline"
+    head, models = result["headline"], result["models"]
+    votes = [m["label"] for m in models.values()]
+    assert head["label"] in votes and head["agree"] == votes.count(head["label"]) and head["models"] == len(models)
+    expected = headline({m: o["probs"] for m, o in models.items()}, untrained=result["clip"]["untrained_weights"])
+    assert (head["label"], head["confidence"], head["reason"]) == (expected.label, expected.confidence, expected.reason)
+    assert head["rule"] == RULE
+    assert cli.main(["predict", str(joy_face)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{joy_face.name}: {head['label']} ({head['confidence']}: {head['reason']}); ")
