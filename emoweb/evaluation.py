@@ -66,6 +66,17 @@ def default_split(rows: list) -> str:
     return "val" if any(r.split for r in rows) else ""
 
 
+BACKBONE_REPORT = "visual backbone (its own output)"
+
+
+def backbone_label(feats) -> str:
+    """The visual backbone's own answer (the FER network's 7 logits, averaged over the clip's face crops),
+    or "no face" (an error in the report) when no face was found: what a trained visual path must beat."""
+    if feats.visual_logits is None or not len(feats.visual_logits):
+        return "no face"
+    return feats.visual_logit_labels[int(feats.visual_logits.float().mean(0).argmax())]
+
+
 def evaluate_manifest(
     settings: Settings, manifest: str, models: str = "all", split: str | None = None, cache_k: int = 0, composites: bool = False,
     rows: list | None = None,
@@ -104,6 +115,8 @@ def evaluate_manifest(
     for n in names:
         reports[n] = classification_report(truth, preds[n], predictor.labels)
         reports[n]["latency_ms_per_clip"] = round(1000 * latency[n] / max(1, len(items)), 3)
+    if any(feats.visual_logits is not None for _, feats in items):  # the yardstick every visual path must reach
+        reports[BACKBONE_REPORT] = classification_report(truth, [backbone_label(f) for _, f in items], predictor.labels)
     return {
         "manifest": manifest, "split": split, "composites": composites, "cache_k": cache_k, "profile": predictor.backbones.name,
         "n": len(items), "skipped": skipped, "reports": reports,

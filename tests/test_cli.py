@@ -103,6 +103,10 @@ def test_eval_without_split_column_scores_every_row(shared_data: Path, tmp_path:
     assert result["split"] == "" and result["n"] == 3 and result["reports"]["emoasst"]["n"] == 3
     assert sorted(lab for lab, s in result["reports"]["emoasst"]["support"].items() for _ in range(s)) == sorted(labels)
     assert len(result["skipped"]) == 1 and "gone.jpg: file not found" in result["skipped"][0]
+    # the visual backbone's own answer beside the model, on the same rows (issue 18's yardstick)
+    from emoweb.evaluation import BACKBONE_REPORT
+
+    assert result["reports"][BACKBONE_REPORT]["n"] == 3 and result["reports"][BACKBONE_REPORT]["n_pred_outside_labels"] == 0
 
     assert cli.main(["eval", str(plain), "--models", "emoasst"]) == 0  # text: the skipped row's reason too
     out = capsys.readouterr().out
