@@ -404,3 +404,20 @@ def test_clock_not_starting_at_zero(composite_clip: Path, tmp_path: Path, suffix
     _check_frames(clip, 16, clip.duration)
     assert clip.frame_times[-1] > 0.8 * clip.duration
     assert not clip.warnings
+
+
+def test_negative_start_from_a_cut_without_reencoding(composite_clip: Path, tmp_path: Path) -> None:
+    """A clip cut with `-ss 1.3 -c copy` starts on the keyframe before the cut: its first packets have
+    negative timestamps (pre-roll that an edit list hides). The clip is what comes after the cut."""
+    import av
+
+    cut = tmp_path / "cut.mp4"
+    ffmpeg("-ss", "1.3", "-i", composite_clip, "-c", "copy", cut)
+    with av.open(str(cut)) as c:
+        first = next(p for p in c.demux(video=0) if p.pts is not None)
+        assert float(first.pts * first.time_base) < -0.5, "the cut has no pre-roll: no negative start to test"
+    plain, clip = media.decode(composite_clip), media.decode(cut)
+    assert clip.duration == pytest.approx(plain.duration - 1.3, abs=0.15)
+    _check_frames(clip, 16, clip.duration)
+    assert min(clip.frame_times) >= 0 and clip.frame_times[-1] > 0.8 * clip.duration
+    assert not clip.warnings
