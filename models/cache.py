@@ -16,7 +16,7 @@ class with more examples gains more. With ``vote="mean"`` each class gets its ex
 in (0, 1]: the cache moves one class against another by less than ``alpha``, however many clips are
 cached, and classes with unequal numbers of examples are on an equal footing (which also makes a
 leave-one-out judgement fair: the left-out clip's class is not one example short). That bound is what
-makes a cache with very few examples safe: see :func:`cannot_flip_above`.
+makes a cache with very few examples safe: see :func:`no_flip_alpha`.
 
 Missing modalities. An example (or a query row) may lack a modality: pass a row of NaN (or of
 zeros) for it, or leave the modality out of the dict entirely. Such rows are recorded in a
@@ -261,6 +261,13 @@ class FewShotCache:
         """One-hot [N, C] float32 over the current label set (recomputed, so new columns are always in)."""
         return F.one_hot(self._label_idx, len(self.labels)).float() if len(self) else torch.zeros(0, len(self.labels))
 
+    def held_out_counts(self, rows: torch.Tensor) -> torch.Tensor:
+        """[len(rows), C] examples of each class without the example at each of `rows`: what a "mean" vote
+        divides by when that example is left out (leave-one-out)."""
+        counts = self.values.sum(0)[None].repeat(len(rows), 1)
+        counts[torch.arange(len(rows)), self._label_idx[rows]] -= 1.0
+        return counts.clamp_min_(1.0)
+
     def class_votes(self, affinity: torch.Tensor) -> torch.Tensor:
         """[B, N] affinities -> [B, C] votes per class: their sum, or their mean over the class's examples."""
         votes = affinity @ self.values.to(affinity.device)
@@ -400,9 +407,7 @@ class FewShotCache:
             aff[rows, rows + start] = 0.0  # mask the diagonal: an example never votes for itself
             votes = aff @ values.to(aff.device)
             if self.vote == "mean":  # each row's own class has one example fewer without it
-                counts = values.sum(0).to(aff.device)[None].expand(len(rows), -1).clone()
-                counts[rows, self._label_idx[start:stop].to(aff.device)] -= 1.0
-                votes = votes / counts.clamp_min(1.0)
+                votes = votes / self.held_out_counts(torch.arange(start, stop)).to(aff.device)
             cache_logits.append(votes)
         after = base + self.alpha * torch.cat(cache_logits).to(base.device)
         y = self._label_idx.to(base.device)

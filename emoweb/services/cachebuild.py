@@ -450,9 +450,7 @@ def loo_accuracy(
     votes = torch.zeros(len(rows), len(cache.labels)).index_add_(1, y, aff)
     votes[torch.arange(len(rows)), y[rows]] -= aff[torch.arange(len(rows)), rows]  # an example never votes for itself
     if cache.vote == "mean":  # each class's mean over its examples, the row's own class one example short
-        counts = torch.bincount(y, minlength=len(cache.labels)).float()[None].repeat(len(rows), 1)
-        counts[torch.arange(len(rows)), y[rows]] -= 1.0
-        votes /= counts.clamp_min_(1.0)
+        votes /= cache.held_out_counts(rows)
     after = base[rows] + cache.alpha * votes
     before = int((base[rows].argmax(1) == y[rows]).sum())
     correct = int((after.argmax(1) == y[rows]).sum())
