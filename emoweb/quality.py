@@ -33,13 +33,17 @@ def exposure_note(images: np.ndarray) -> str | None:
     return None
 
 
+def window_rms(audio: np.ndarray, n: int) -> np.ndarray:
+    """[ceil(S / n)] RMS of consecutive `n`-sample windows of [S] audio, the last one zero-padded."""
+    windows = np.pad(audio.astype(np.float64), (0, -audio.size % n)).reshape(-1, n)
+    return np.sqrt(np.mean(windows**2, axis=1))
+
+
 def speech_dbfs(audio: np.ndarray, rate: int) -> float:
     """Level of the loud part of a recording: the 90th percentile of 50-ms RMS windows, in dBFS.
 
     The whole-clip RMS would call a normal voice quiet when most of the clip is pause."""
-    n = max(1, int(WINDOW * rate))
-    windows = np.pad(audio.astype(np.float64), (0, -audio.size % n)).reshape(-1, n)
-    rms = np.sqrt(np.mean(windows**2, axis=1))
+    rms = window_rms(audio, max(1, int(WINDOW * rate)))
     return float(20 * np.log10(max(np.percentile(rms, 90), 1e-10)))
 
 

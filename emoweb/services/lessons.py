@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from emoweb import faces, media
 from emoweb.errors import EmoWebError
+from emoweb.quality import window_rms
 
 Progress = Callable[[str], None]
 
@@ -128,9 +129,8 @@ def timeline(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     voice = np.zeros_like(grid, np.float32)
     if clip.has_audio:
         win = media.SAMPLE_RATE // GRID_HZ
-        audio = clip.audio[: len(grid) * win]
-        audio = np.pad(audio, (0, len(grid) * win - audio.size))
-        rms = np.sqrt(np.mean(audio.reshape(len(grid), win) ** 2, axis=1))
+        rms = window_rms(clip.audio[: len(grid) * win], win)
+        rms = np.pad(rms, (0, len(grid) - rms.size))  # silence after the sound ends
         top = float(rms.max())
         if top > media.SILENCE_RMS:
             voice = (rms >= VOICE_REL * top).astype(np.float32)
