@@ -54,6 +54,37 @@ def _audio_source(args: argparse.Namespace, encoded: list) -> dict:
     return {"audio_source": args.audio_source}
 
 
+def _encode_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="MANIFEST[,MANIFEST...]")
+    add_backbones(p)
+    p.add_argument("--no-asr", action="store_true",
+                   help="no transcript (what `train` reads: the text path learns from text-only rows only)")
+    p.add_argument("--shard", default="1/1", metavar="I/N", help="encode only every N-th row from the I-th (parallel runs)")
+    add_device(p)
+
+
+@command("encode", "fill the feature cache for manifests (resumable: clips already cached are skipped)",
+         prints="how many rows were encoded and skipped (progress bar on stderr)",
+         takes="about 0.1-0.2 s per speech clip without ASR, ~1 s with it, ~0.03 s per face photo on a 2-CPU machine")(_encode_args)
+def _encode(args: argparse.Namespace) -> int:
+    from emoweb.features import FeatureExtractor
+    from emoweb.featstore import FeatureStore
+    from emoweb.manifests import read_manifests
+
+    try:
+        index, total = (int(x) for x in args.shard.split("/"))
+        if not 1 <= index <= total:
+            raise ValueError
+    except ValueError:
+        raise EmoWebError(f"--shard {args.shard!r}: expected I/N with 1 <= I <= N") from None
+    rows = read_manifests(args.data)[index - 1 :: total]
+    settings = settings_from(args)
+    store = FeatureStore(FeatureExtractor(settings, transcribe=not args.no_asr), settings.feature_cache)
+    encoded, skipped = store.encode_rows(rows, desc=f"encode {args.shard}")
+    print(json.dumps({"encoded": len(encoded), "skipped": len(skipped), "reasons": skipped[:20]}, indent=2))
+    return 0
+
+
 @command("train", "train a model's heads on cached backbone features; writes checkpoint + card",
          prints="the checkpoint's path and its validation metrics as JSON (progress bars on stderr)",
          takes="minutes: encoding every clip once (about 1 s per clip on a 2-CPU machine, cached for later runs), "
@@ -75,7 +106,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.audio_source and "audio_source" not in registry.config_fields(args.model):
         raise EmoWebError(f"--audio-source: {args.model} has no audio_source option")
     settings = settings_from(args)
-    store = FeatureStore(FeatureExtractor(settings), settings.feature_cache)
+    # media rows without ASR: scripted sentences carry no emotion, so text is learnt from text-only rows
+    store = FeatureStore(FeatureExtractor(settings, transcribe=False), settings.feature_cache)
     bb = store.extractor.backbones
     rows = [r for r in read_manifests(args.data) if r.label in LABEL7]
     encoded, skipped = store.encode_rows(rows, desc="backbone features (cached)")

@@ -18,14 +18,16 @@ from tqdm import tqdm
 from emoweb.errors import EmoWebError
 from emoweb.features import ClipFeatures, FeatureExtractor
 from emoweb.manifests import Row
+from emoweb.media import IMAGE_SUFFIXES
 
-VERSION = 3  # bump when the pipeline's output changes (2: torch Whisper encoder, float32, + layer 4; 3: BlazeFace tracks, aligned + CLAHE faces)
+VERSION = 4  # bump when the pipeline's output changes (2: torch Whisper encoder, float32, + layer 4; 3: BlazeFace tracks,
+# aligned + CLAHE faces; 4: Whisper window fitted to the clip)
 STORED_CROP = 64
 _DROP = {"frames", "audio"}
 
 
-def _key_path(root: Path, profile: str, sha: str) -> Path:
-    return root / f"{profile}-v{VERSION}" / sha[:2] / f"{sha}.pt"
+def _key_path(root: Path, namespace: str, sha: str) -> Path:
+    return root / f"{namespace}-v{VERSION}" / sha[:2] / f"{sha}.pt"
 
 
 def _to_record(f: ClipFeatures) -> dict:
@@ -79,7 +81,10 @@ class FeatureStore:
         return self._sha[path]
 
     def get(self, path: Path) -> ClipFeatures:
-        target = _key_path(self.root, self.extractor.backbones.name, self._sha_of(path))
+        # an image has no audio, so its features are the same with or without ASR: one entry serves both
+        with_text = self.extractor.transcribe or path.suffix.lower() in IMAGE_SUFFIXES
+        namespace = self.extractor.backbones.name + ("" if with_text else "-noasr")
+        target = _key_path(self.root, namespace, self._sha_of(path))
         if target.is_file():
             return _from_record(torch.load(target, weights_only=False))
         feats = self.extractor(path)

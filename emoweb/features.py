@@ -134,8 +134,11 @@ def _stages(timings: dict[str, float], progress: Progress | None):
 class FeatureExtractor:
     """Runs the shared pipeline with one profile's backbones (loaded once per process)."""
 
-    def __init__(self, settings: Settings | None = None, backbones: Backbones | None = None):
+    def __init__(self, settings: Settings | None = None, backbones: Backbones | None = None, transcribe: bool = True):
+        """`transcribe=False`: no ASR (no transcript, no text features), for corpora whose text is given
+        or carries no emotion (acted sentences); the audio tokens are the same either way."""
         self.settings = settings or get_settings()
+        self.transcribe = transcribe
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         self.backbones = backbones or get_backbones(
@@ -225,7 +228,7 @@ class FeatureExtractor:
         if quiet:
             feats.warnings.append(quiet)
         with stage("asr"):
-            asr = self.backbones.transcribe(audio)
+            asr = self.backbones.transcribe(audio, self.transcribe)
         feats.audio, feats.log_mel = audio, asr.log_mel
         feats.transcript, feats.segments, feats.language = asr.text, asr.segments, asr.language
         feats.warnings += transcript_notes(asr)

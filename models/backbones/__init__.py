@@ -61,9 +61,10 @@ class Backbones:
     def whisper(self) -> WhisperBackbone:
         return self._get("whisper", lambda: WhisperBackbone(self.device, self.asr_beam, self.threads))
 
-    def transcribe(self, audio: np.ndarray) -> AsrResult:
-        """Transcript + Whisper encoder tokens (one encoder pass per 30-s window)."""
-        return self.whisper(audio)
+    def transcribe(self, audio: np.ndarray, transcribe: bool = True) -> AsrResult:
+        """Whisper encoder tokens (a window fitted to the clip) and, unless `transcribe` is False, the
+        transcript (a 30-s window of speech, only when there is speech)."""
+        return self.whisper(audio, transcribe=transcribe)
 
     def audio_tokens(self, audio: np.ndarray, asr: AsrResult) -> dict[str, torch.Tensor]:
         """{encoder name: [T, D]}; key "audio" is the profile's primary audio encoder."""

