@@ -6,7 +6,9 @@ from dataclasses import replace
 import torch
 
 from emoweb.features import ClipFeatures
+from models import LABEL7
 from models.inputs import ModelInput, pad_sequences
+from models.residual import BACKBONE_LOGITS
 
 
 def to_input(clips: list[ClipFeatures], dims: dict[str, int]) -> ModelInput:
@@ -24,6 +26,9 @@ def to_input(clips: list[ClipFeatures], dims: dict[str, int]) -> ModelInput:
         flat, mask = pad_sequences([None if x is None else x.flatten(1) for x in crops], int(next(x for x in crops if x is not None)[0].numel()))
         side = next(x for x in crops if x is not None).shape[1:]
         extra["crops"], extra_mask["crops"] = flat.reshape(len(clips), -1, *side), mask
+    backbone = [_label7_logits(c) for c in clips]  # the face backbone's own decision (models/residual.py)
+    if any(x is not None for x in backbone):
+        extra[BACKBONE_LOGITS], extra_mask[BACKBONE_LOGITS] = pad_sequences(backbone, len(LABEL7))
     mels = [None if c.log_mel is None else torch.from_numpy(c.log_mel).float().T for c in clips]
     if any(m is not None for m in mels):
         extra["log_mel"], extra_mask["log_mel"] = pad_sequences(mels, 80)
@@ -36,6 +41,13 @@ def to_input(clips: list[ClipFeatures], dims: dict[str, int]) -> ModelInput:
         frame_times=[c.frame_times for c in clips], audio_times=[c.audio_token_times for c in clips],
         words=[c.text_words for c in clips], texts=[c.transcript for c in clips],
     )
+
+
+def _label7_logits(c: ClipFeatures) -> torch.Tensor | None:
+    """The backbone's per-frame logits [N, 7] in LABEL7 order (None: no logits, or other labels)."""
+    if c.visual_logits is None or sorted(c.visual_logit_labels) != sorted(LABEL7):
+        return None
+    return c.visual_logits[:, [c.visual_logit_labels.index(label) for label in LABEL7]]
 
 
 def composite(face: ClipFeatures, speech: ClipFeatures) -> ClipFeatures:

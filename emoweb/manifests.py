@@ -43,6 +43,8 @@ class Row:
 def _speaker(row: dict) -> str:
     if row.get("speaker"):
         return row["speaker"]
+    if row.get("identity"):  # FER2013: a group of exact and near-duplicate photos
+        return row["identity"]
     if row.get("actor"):
         return f"actor{int(row['actor']):02d}"
     if row.get("source_name"):  # face photos: "Aaron_Eckhart_0001.jpg" -> identity "Aaron_Eckhart"

@@ -26,6 +26,7 @@ from torch import nn
 
 from models.inputs import ModelInput, masked_mean
 from models.output import ModelOutput
+from models.residual import BackboneResidual
 
 TextEncoder = Callable[[list[str]], torch.Tensor]  # texts -> [B, D] normalised sentence embeddings
 
@@ -179,6 +180,8 @@ class EmoAsst(nn.Module):
         self.config = cfg
         self.vfm = VisualFusionModule(cfg)
         self.auditory_adapter = AuditoryAdapter(cfg)
+        # the face backbone's decision beside the VFM's (models/residual.py), in the classifier's logit units
+        self.visual_residual = BackboneResidual(len(cfg.labels), cfg.logit_scale / 20)
         self.encode_text: TextEncoder | None = None  # the frozen backbone's, attached by the caller
         self._label_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self._prompt_cache: dict[str, torch.Tensor] = {}
@@ -190,15 +193,17 @@ class EmoAsst(nn.Module):
         self._prompt_cache.clear()
 
     def param_groups(self) -> list[dict]:
-        """AdamW groups: 1e-3 for the Visual Fusion Module (the paper's), `audio_lr` for the Auditory Adapter."""
+        """AdamW groups: 1e-3 for the Visual Fusion Module (the paper's), `audio_lr` for the Auditory Adapter,
+        the backbone residual's own."""
         return [
             {"params": self.vfm.parameters(), "lr": 1e-3},
             {"params": self.auditory_adapter.parameters(), "lr": self.config.audio_lr},
+            self.visual_residual.param_group(),
         ]
 
     def branches(self) -> dict[str, nn.Module]:
         """Independent per-modality parts: the trainer early-stops each on its own dev score."""
-        return {"visual": self.vfm, "audio": self.auditory_adapter}
+        return {"visual": nn.ModuleList([self.vfm, self.visual_residual]), "audio": self.auditory_adapter}
 
     def label_weights(self, labels: list[str]) -> torch.Tensor:
         """Zero-shot classifier: per label, the mean of its prompt-ensemble embeddings, normalised ([C, D])."""
@@ -261,7 +266,10 @@ class EmoAsst(nn.Module):
             feats = torch.cat([z[keep], prompt_emb[keep]])
             total = total + supcon_loss(feats, torch.cat([labels[keep], labels[keep]]), self.config.temperature)
             if self.config.ce_weight:
-                total = total + self.config.ce_weight * F.cross_entropy(z[keep] @ classifier.T, labels[keep])
+                logits = z @ classifier.T
+                if modality == "visual":
+                    logits = self.visual_residual(logits, x)
+                total = total + self.config.ce_weight * F.cross_entropy(logits[keep], labels[keep])
         return total
 
     def forward(self, x: ModelInput, labels: list[str] | None = None) -> ModelOutput:
@@ -270,6 +278,8 @@ class EmoAsst(nn.Module):
         emb = self.embed(x)
         scale = self.config.logit_scale
         modality_logits = {m: scale * z @ w.T for m, z in emb.items()}
+        if "visual" in modality_logits and list(labels) == list(self.config.labels):
+            modality_logits["visual"] = self.visual_residual(modality_logits["visual"], x)
         if x.present["text"].any():
             modality_logits["text"] = scale * F.normalize(x.text, dim=-1) @ w.T
         fused, fused_emb = self._fuse(x, modality_logits, emb)

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.inputs import ModelInput, masked_mean
+from models.residual import BackboneResidual
 from models.output import ModelOutput
 
 LABELS7 = ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
@@ -204,14 +205,16 @@ class FoalNet(nn.Module):
         self.modality_heads = nn.ModuleDict({
             m: nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, len(cfg.labels))) for m in ("audio", "visual")
         })
+        self.visual_residual = BackboneResidual(len(cfg.labels))  # the face backbone's decision (models/residual.py)
         self.last_losses: dict[str, float] = {}  # the latest training_loss's parts (for logs and tests)
 
     def attach_text_encoder(self, encode=None, module=None) -> None:
         """Interface parity: Foal-Net uses neither the transcript nor label texts."""
 
     def param_groups(self) -> list[dict]:
-        """The reference's learning rate, 1e-4 (AdamW), for every parameter."""
-        return [{"params": list(self.parameters()), "lr": 1e-4}]
+        """The reference's learning rate, 1e-4 (AdamW), for every parameter but the backbone residual's."""
+        ids = {id(p) for p in self.visual_residual.parameters()}
+        return [{"params": [p for p in self.parameters() if id(p) not in ids], "lr": 1e-4}, self.visual_residual.param_group()]
 
     # -- projections -----------------------------------------------------------------------------
     def encode(self, x: ModelInput) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -236,6 +239,12 @@ class FoalNet(nn.Module):
             emb = F.normalize(masked_mean(z, mask), dim=-1) * present.unsqueeze(1)  # absent rows: zeros
             out[m] = (z, mask, present, emb)
         return out
+
+    def modality_logits(self, m: str, z: torch.Tensor, mask: torch.Tensor, x: ModelInput) -> torch.Tensor:
+        """One modality's own decision [B, C] from its projected tokens; the visual one keeps the face
+        backbone's decision as a residual."""
+        logits = self.modality_heads[m](masked_mean(z, mask))
+        return self.visual_residual(logits, x) if m == "visual" else logits
 
     def fuse_pairs(self, enc: dict, ia: torch.Tensor, iv: torch.Tensor, need_weights: bool = False):
         """Cross-attention fusion of audio rows `ia` with video rows `iv` (pairwise) -> [P, 2W], weights."""
@@ -293,8 +302,7 @@ class FoalNet(nn.Module):
         for m in ("audio", "visual"):
             z, mask, present, _ = enc[m]
             if bool(present.any()):
-                pooled = masked_mean(z, mask)[present]
-                head_ce = head_ce + F.cross_entropy(self.modality_heads[m](pooled), y[present])
+                head_ce = head_ce + F.cross_entropy(self.modality_logits(m, z, mask, x)[present], y[present])
         # AVEL over every audio row x every video row of the batch
         pa, pv = enc["audio"][2], enc["visual"][2]
         align = zero
@@ -352,7 +360,7 @@ class FoalNet(nn.Module):
         for m in ("audio", "visual"):
             z, mask, present, _ = enc[m]
             if bool(present.any()):
-                modality_logits[m] = self.modality_heads[m](masked_mean(z, mask))
+                modality_logits[m] = self.modality_logits(m, z, mask, x)
         if "audio" in modality_logits:
             logits = torch.where((pa & ~pv).unsqueeze(1), modality_logits["audio"], logits)
         if "visual" in modality_logits:

@@ -50,6 +50,7 @@ from torch import nn
 
 from models.inputs import ModelInput
 from models.output import ModelOutput
+from models.residual import BackboneResidual
 
 TextEncoder = Callable[[list[str]], torch.Tensor]
 MODALITY_AXIS = {"text": "word", "visual": "frame", "audio": "audio_token"}
@@ -206,6 +207,7 @@ class MERCLIP(nn.Module):
         self.label_prompts = LabelPromptLearner(cfg.context_length, d)
         self.head = nn.Linear(d, d)  # decoded query -> label-embedding space
         self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale_init)))
+        self.visual_residual = BackboneResidual(len(cfg.labels), 2.0)  # the face backbone's decision (models/residual.py)
         self.encode_text: TextEncoder | None = None
         object.__setattr__(self, "label_encoder", None)  # attached, not a submodule: never saved
         self._cache: dict[tuple, torch.Tensor] = {}
@@ -257,9 +259,10 @@ class MERCLIP(nn.Module):
     def param_groups(self) -> list[dict]:
         """AdamW groups (paper: AdamW, weight decay 1e-3): prompt context faster than the decoder."""
         ctx = [self.emotion_query.ctx, self.label_prompts.ctx]
-        ids = {id(p) for p in ctx}
+        ids = {id(p) for p in ctx + list(self.visual_residual.parameters())}
         rest = [p for p in self.parameters() if id(p) not in ids]
-        return [{"params": ctx, "lr": 2e-3, "weight_decay": 0.0}, {"params": rest, "lr": 5e-4, "weight_decay": 1e-3}]
+        return [{"params": ctx, "lr": 2e-3, "weight_decay": 0.0}, {"params": rest, "lr": 5e-4, "weight_decay": 1e-3},
+                self.visual_residual.param_group()]
 
     # -- modality encoders -----------------------------------------------------------------------
     def memories(self, x: ModelInput) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -290,7 +293,7 @@ class MERCLIP(nn.Module):
     def training_loss(self, x: ModelInput, labels: torch.Tensor, rows: list | None = None) -> torch.Tensor:
         """CE over scaled cosines (single-label), or BCE when `multi_label` (labels [B] ids or [B, C] multi-hot)."""
         z, _ = self.decode(x, self.memories(x))
-        logits = self.scale() * z @ self.label_embeddings(self.config.labels).to(z).T
+        logits = self.visual_residual(self.scale() * z @ self.label_embeddings(self.config.labels).to(z).T, x)
         labels = labels.to(logits.device)
         if self.config.multi_label:
             target = labels.float() if labels.dim() == 2 else F.one_hot(labels, logits.shape[1]).float()
@@ -307,11 +310,15 @@ class MERCLIP(nn.Module):
         for _, _, present in mem.values():
             anything |= present
         # a row with no audio, frames or transcript decodes the learned query alone: no decision (uniform)
-        logits = (scale * z @ w.T).masked_fill(~anything[:, None], 0.0)
+        own = labels == list(self.config.labels)  # the backbone residual speaks the training labels only
+        residual = self.visual_residual if own else (lambda logits, _: logits)
+        logits = residual(scale * z @ w.T, x).masked_fill(~anything[:, None], 0.0)
         modality_logits, modality_emb = {}, {}
         for m in mem:  # per-modality decision: the query decoded with that modality alone
             z_m, _ = self.decode(x, {m: mem[m]})
             modality_emb[m], modality_logits[m] = z_m, scale * z_m @ w.T
+        if "visual" in modality_logits:
+            modality_logits["visual"] = residual(modality_logits["visual"], x)
         out = ModelOutput(
             probs=logits.softmax(-1),
             labels=labels,

@@ -64,6 +64,7 @@ from torch import nn
 from models import LABEL7
 from models.inputs import ModelInput, masked_mean
 from models.output import ModelOutput
+from models.residual import BackboneResidual
 
 TextEncoder = Callable[[list[str]], torch.Tensor]
 MODALITIES: tuple[str, ...] = ("audio", "visual", "text")
@@ -413,6 +414,7 @@ class MERSEMMBT(nn.Module):
             "text": DecisionMLP(cfg.text_dim, d, c, cfg.dropout),
         })
         self.fusion = AttentiveDecisionFusion(c, cfg.fusion_hidden)
+        self.visual_residual = BackboneResidual(c)  # the face backbone's decision beside the visual MLP's (models/residual.py)
         self.register_buffer("label_counts", torch.zeros(c), persistent=False)
         self.encode_text: TextEncoder | None = None
 
@@ -432,11 +434,12 @@ class MERSEMMBT(nn.Module):
         self.encode_text = encode
 
     def param_groups(self) -> list[dict]:
-        """Encoders (audio CNN, SEMs, projections) at 1e-3; bottleneck transformer, decisions, fusion at 5e-4."""
+        """Encoders (audio CNN, SEMs, projections) at 1e-3; bottleneck transformer, decisions, fusion at 5e-4;
+        the backbone residual's own."""
         enc = [*self.audio_cnn.parameters(), *self.visual_sem.parameters(), *self.projections.parameters()]
-        ids = {id(p) for p in enc}
+        ids = {id(p) for p in enc + list(self.visual_residual.parameters())}
         rest = [p for p in self.parameters() if id(p) not in ids]
-        return [{"params": enc, "lr": 1e-3}, {"params": rest, "lr": 5e-4}]
+        return [{"params": enc, "lr": 1e-3}, {"params": rest, "lr": 5e-4}, self.visual_residual.param_group()]
 
     # -- unimodal encoders ------------------------------------------------------------------------
     def _audio_stream(self, x: ModelInput, notes: list[str]):
@@ -516,6 +519,8 @@ class MERSEMMBT(nn.Module):
             mask = streams[m][1]
             logits[m], hidden[m] = self.decisions[m](masked_mean(z, mask))
             present[m] = streams[m][2]
+        if "visual" in logits:
+            logits["visual"] = self.visual_residual(logits["visual"], x)
         if x.present["text"].any():
             logits["text"], hidden["text"] = self.decisions["text"](x.text)
             present["text"] = x.present["text"]
