@@ -1,0 +1,104 @@
+"""Model cards (`python -m emoweb cards`): the committed docs/models files are what the JSON cards give, a
+changed JSON card is caught by `--check` with the stale file named, and the command reads JSON only."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emoweb import cards, cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _copy_cards(tmp_path: Path) -> Path:
+    """The committed JSON cards (not the weights) under a temp checkpoint root."""
+    root = tmp_path / "checkpoints"
+    for path in cards.card_paths():
+        (root / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, root / path.parent.name / path.name)
+    return root
+
+
+def test_committed_model_cards_are_what_the_json_cards_give(tmp_path: Path) -> None:
+    out = tmp_path / "models"
+    assert cli.main(["cards", "--out", str(out)]) == 0
+    generated = {p.name: p.read_text(encoding="utf-8") for p in out.glob("*.md")}
+    committed = {p.name: p.read_text(encoding="utf-8") for p in cards.CARDS_DIR.glob("*.md")}
+    assert sorted(generated) == sorted(committed) == sorted(f"{p.stem}.md" for p in cards.card_paths())
+    for name, text in generated.items():
+        assert committed[name] == text, f"docs/models/{name} is stale: run python -m emoweb cards"
+    assert cli.main(["cards", "--check"]) == 0
+
+
+def test_a_changed_json_card_is_named_stale_and_regenerated_with_its_numbers(tmp_path: Path, capsys) -> None:
+    root, out = _copy_cards(tmp_path), tmp_path / "models"
+    assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out)]) == 0
+    capsys.readouterr()
+    card_path = root / "embedded" / "merclip.json"
+    card = json.loads(card_path.read_text())
+    card["metrics"]["val"]["audio"]["accuracy"] = 0.5123
+    card_path.write_text(json.dumps(card, indent=2))
+
+    assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out), "--check"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.startswith("stale:")] == [
+        f"stale: {out / 'merclip.md'} (run python -m emoweb cards)"]
+    assert "51.2" not in (out / "merclip.md").read_text()  # --check writes nothing
+
+    assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out)]) == 0
+    assert f"written: {out / 'merclip.md'}" in capsys.readouterr().out
+    text = (out / "merclip.md").read_text()
+    assert "| val | audio: the audio branch's own answer, rows with a voice | 480 | 51.2 | 68.6 | 69.5 |" in text
+    assert "{type: accuracy, value: 51.2, name: \"accuracy\"}" in text
+    assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out), "--check"]) == 0
+
+
+def test_a_removed_checkpoint_leaves_no_card_behind_and_a_hand_written_page_is_kept(tmp_path: Path, capsys) -> None:
+    root, out = _copy_cards(tmp_path), tmp_path / "models"
+    assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out)]) == 0
+    (out / "README.md").write_text("# hand-written index\n")
+    (root / "embedded" / "foalnet.json").unlink()
+    capsys.readouterr()
+    assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out), "--check"]) == 1
+    assert f"stale: {out / 'foalnet.md'}" in capsys.readouterr().out
+    assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out)]) == 0
+    assert f"removed: {out / 'foalnet.md'}" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("*.md")) == ["README.md", "emoasst.md", "merclip.md", "sem_mbt.md"]
+
+
+def test_a_card_of_another_backbone_set_gets_its_own_file(tmp_path: Path) -> None:
+    root, out = _copy_cards(tmp_path), tmp_path / "models"
+    card = json.loads((root / "embedded" / "emoasst.json").read_text())
+    (root / "paper").mkdir()
+    (root / "paper" / "emoasst.json").write_text(json.dumps({**card, "profile": "paper"}))
+    assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out)]) == 0
+    paper = (out / "emoasst-paper.md").read_text()
+    assert "# EmoAsst (`paper` backbones)" in paper and "none is shipped" in paper
+    assert "# EmoAsst (`embedded` backbones)" in (out / "emoasst.md").read_text()
+
+
+@pytest.mark.parametrize("content, error", [
+    ("{not json", "not valid JSON (line 1"),
+    ('{"model": "emoasst"}', "not a checkpoint card (missing profile, labels, data, metrics, command)"),
+    ("[1, 2]", "not a checkpoint card (missing model,"),
+])
+def test_a_broken_json_card_is_one_line_naming_the_file(tmp_path: Path, content: str, error: str, capsys) -> None:
+    root = tmp_path / "checkpoints" / "embedded"
+    root.mkdir(parents=True)
+    (root / "emoasst.json").write_text(content)
+    assert cli.main(["cards", "--checkpoints", str(root.parent), "--out", str(tmp_path / "models")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {root / 'emoasst.json'}: ") and error in err and "\n" not in err
+    assert not (tmp_path / "models").exists()
+
+
+def test_cards_reads_json_only_no_torch() -> None:
+    probe = ("import sys\nfrom emoweb import cli\nrc = cli.main(['cards', '--check'])\n"
+             "print(sorted(m for m in ('torch', 'gradio', 'models.registry') if m in sys.modules), rc)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "[] 0", done.stderr
