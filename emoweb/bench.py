@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from emoweb.cli import add_backbones, add_device, add_json, command, emit, settings_from
+from emoweb.cli import add_backbones, add_device, add_json, add_models, command, emit, settings_from
 from emoweb.errors import EmoWebError
 
 BenchFn = Callable[[argparse.Namespace], dict]
@@ -48,13 +48,14 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="val", help="kshot: the speakers scored (default val; train = speakers chosen on)")
     p.add_argument("--speakers", type=int, default=None, help="kshot: only the first N speakers of each corpus")
     p.add_argument("--corpora", default="ravdess,cremad", help="kshot: speech corpora in the shared data (default ravdess,cremad)")
+    add_models(p)
     add_json(p)
 
 
-@command("bench", "benchmarks: extract, models, cache, faces, lesson, kshot, crossval, baseline (python -m emoweb bench -h)",
+@command("bench", "benchmarks: extract, models, cache, faces, lesson, kshot, crossval, baseline, generalise (python -m emoweb bench -h)",
          prints="the measured numbers as the README's tables, with the machine they were measured on",
          takes="extract, models, faces, lesson, cache: 10 s to 2 min; kshot and baseline: about 5-20 min; "
-         "crossval: 20-45 min (2-CPU machine, features cached)")(_bench_args)
+         "crossval: 20-45 min; generalise: 2-5 min (2-CPU machine, features cached)")(_bench_args)
 def _bench(args: argparse.Namespace) -> int:
     _, fn, text = BENCHES[args.what]
     emit(fn(args), args.json, text)

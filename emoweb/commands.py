@@ -96,7 +96,7 @@ def _train(args: argparse.Namespace) -> int:
     from emoweb.features import FeatureExtractor
     from emoweb.featstore import FeatureStore
     from emoweb.manifests import read_manifests
-    from emoweb.training import assign_splits, data_card, evaluate, train
+    from emoweb.training import assign_splits, calibrate, data_card, evaluate, train
     from models import LABEL7, registry
 
     try:
@@ -127,6 +127,8 @@ def _train(args: argparse.Namespace) -> int:
                    ema_decay=args.ema, augment=augment)
     metrics = {split: evaluate(model, chosen, bb.dims, labels) for split in ("val", "dev")
                if (chosen := [s for s in samples if s.split == split])}
+    dev = [s for s in samples if s.split == "dev"]
+    calibration = calibrate(model, dev, bb.dims, labels) if dev else None
     stopping = (f"dev = {args.dev_fraction:.0%} of training speakers by hash, used for early stopping" if args.dev_fraction
                 else f"no dev split: all training speakers, {args.epochs} epochs, the last weights kept")
     card = {
@@ -138,6 +140,7 @@ def _train(args: argparse.Namespace) -> int:
                      "ema": args.ema, "dev_fraction": args.dev_fraction, "audio_augment": augment.to_dict(),
                      "history": result.history},
         "metrics": _slim(metrics),
+        **({"calibration": calibration} if calibration else {}),
         "command": f"python -m emoweb train {args.model} --backbones {bb.name} --data {args.data} --seed {args.seed} "
         f"--epochs {args.epochs} --patience {args.patience} --batch-size {args.batch_size} --ema {args.ema} "
         f"--dev-fraction {args.dev_fraction}"

@@ -90,3 +90,32 @@ def comparison_table(reports: Mapping[str, Mapping], per_class: bool = False) ->
         cells += [_pct(recalls.get(lab)) for lab in class_labels]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bool], bins: int = 15) -> float | None:
+    """ECE (Guo et al., 2017): over `bins` equal-width confidence bins, the row-weighted mean gap between
+    mean confidence and accuracy. 0 = a model right exactly as often as it says; None with no rows."""
+    conf, hit = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    if not conf.size:
+        return None
+    which = np.minimum((conf * bins).astype(np.int64), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        rows = which == b
+        if rows.any():
+            total += rows.sum() * abs(conf[rows].mean() - hit[rows].mean())
+    return float(total / conf.size)
+
+
+def selective_threshold(confidence: Sequence[float], correct: Sequence[bool], target: float) -> tuple[float, float]:
+    """(threshold, coverage): the lowest confidence threshold at which the answers at or above it are
+    right at least `target` of the time, and the share of rows it keeps. Below the threshold an answer
+    is "not sure". (1.0, 0.0) when no threshold reaches the target."""
+    conf, hit = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    order = np.argsort(-conf)
+    accuracy = np.cumsum(hit[order]) / np.arange(1, conf.size + 1)
+    reach = np.nonzero(accuracy >= target)[0]
+    if not reach.size:
+        return 1.0, 0.0
+    k = int(reach.max())
+    return float(conf[order][k]), float((k + 1) / conf.size)

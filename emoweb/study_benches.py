@@ -91,3 +91,16 @@ def _baseline(args) -> dict:
     ours = evaluate_manifest(settings, _ravdess(), "emoasst", "val")["reports"]["emoasst"]
     peer = egemaps_baseline(_ravdess(), settings.feature_cache.parent / "studies", list(LABEL7))
     return {"reports": {"emoasst (audio)": ours, "eGeMAPS + LogReg": peer}, "split": "RAVDESS val actors 15-18"}
+
+
+def _generalise_text(r: dict) -> str:
+    from emoweb.generalise import generalise_text
+
+    return generalise_text(r)
+
+
+@bench("generalise", "every model on every shared corpus's validation split: accuracy, UAR, weighted F1, ECE", _generalise_text)
+def _generalise(args: argparse.Namespace) -> dict:
+    from emoweb.generalise import generalise
+
+    return generalise(_settings(args), args.models)

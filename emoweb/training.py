@@ -21,7 +21,10 @@ from emoweb.batching import to_input
 from emoweb.config import DEV_FRACTION, EPOCH_ROWS_PER_MODALITY
 from emoweb.features import ClipFeatures
 from emoweb.manifests import Row
-from emoweb.metrics import classification_report
+from emoweb.metrics import classification_report, expected_calibration_error, selective_threshold
+
+
+CORPUS = "corpus "  # report keys "corpus <manifest>": the answer's report on one corpus's rows
 
 
 @dataclass
@@ -108,10 +111,14 @@ def evaluate(model, samples: list[Sample], dims: dict[str, int], labels: list[st
     """Per-modality and fused reports on `samples` (the modality a row has decides where it counts)."""
     y_true, y_pred = [], []
     per_mod: dict[str, tuple[list[str], list[str]]] = {}
+    per_corpus: dict[str, tuple[list[str], list[str]]] = {}
     for chunk, out in zip(batches(samples, 128), predict_samples(model, samples, dims, labels)):
         for i, s in enumerate(chunk):
             y_true.append(s.row.label)
             y_pred.append(labels[int(out.probs[i].argmax())])
+            t, p = per_corpus.setdefault(f"{CORPUS}{s.row.manifest}", ([], []))
+            t.append(y_true[-1])
+            p.append(y_pred[-1])
             for mod, probs in out.modality_probs.items():
                 if s.features.modalities.get(mod) and mod != "text":
                     t, p = per_mod.setdefault(mod, ([], []))
@@ -119,12 +126,15 @@ def evaluate(model, samples: list[Sample], dims: dict[str, int], labels: list[st
                     p.append(labels[int(probs[i].argmax())])
     report = {"fused": classification_report(y_true, y_pred, labels)}
     report.update({m: classification_report(t, p, labels) for m, (t, p) in per_mod.items()})
+    report.update({c: classification_report(t, p, labels) for c, (t, p) in per_corpus.items()})
     return report
 
 
 def dev_score(report: dict) -> float:
-    """Early-stopping criterion: mean UAR over the modalities evaluated (robust to class imbalance)."""
-    values = [r["uar"] for k, r in report.items() if k != "fused" and r["uar"] is not None]
+    """Early-stopping criterion: mean UAR over the corpora evaluated (each corpus counts the same, robust
+    to class imbalance); over the modalities for a report without corpora."""
+    corpora = [r["uar"] for k, r in report.items() if k.startswith(CORPUS) and r["uar"] is not None]
+    values = corpora or [r["uar"] for k, r in report.items() if k != "fused" and r["uar"] is not None]
     return sum(values) / len(values) if values else 0.0
 
 
@@ -249,3 +259,29 @@ def data_card(samples: list[Sample]) -> dict:
         card.setdefault(key, {})
         card[key][s.row.label] = card[key].get(s.row.label, 0) + 1
     return card
+
+
+NOT_SURE_TARGET = 0.8  # the selective accuracy the "not sure" threshold is chosen for
+
+
+def calibrate(model, samples: list[Sample], dims: dict[str, int], labels: list[str]) -> dict:
+    """Fit the model's temperature on `samples` (the dev rows; every corpus weighted the same) and say
+    what it did: ECE per corpus before and after, and the confidence below which an answer is "not sure"
+    for NOT_SURE_TARGET selective accuracy, with its coverage. For the card's `calibration`."""
+    from models.calibration import fit_temperature
+
+    logits = torch.cat([out.logits for out in predict_samples(model, samples, dims, labels)])
+    targets = torch.tensor([labels.index(s.row.label) for s in samples])
+    corpora = [s.row.manifest for s in samples]
+    counts = {c: corpora.count(c) for c in set(corpora)}
+    temperature = fit_temperature(logits, targets, torch.tensor([1.0 / counts[c] for c in corpora]))
+    report: dict = {"temperature": temperature, "fitted_on": "dev rows, every corpus weighted the same", "ece_dev": {}}
+    for name, t in (("before", 1.0), ("after", temperature)):
+        probs = (logits / t).softmax(-1)
+        conf, hit = probs.max(-1).values, probs.argmax(-1) == targets
+        for corpus in sorted(counts):
+            rows = torch.tensor([c == corpus for c in corpora])
+            report["ece_dev"].setdefault(corpus, {})[name] = round(expected_calibration_error(conf[rows].tolist(), hit[rows].tolist()), 4)
+    threshold, coverage = selective_threshold(conf.tolist(), hit.tolist(), NOT_SURE_TARGET)
+    report["not_sure"] = {"below": round(threshold, 4), "target_accuracy": NOT_SURE_TARGET, "coverage_dev": round(coverage, 4)}
+    return report

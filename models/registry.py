@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from models import MODELS
+from models.calibration import temperature_hook
 
 CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
 DIM_FIELDS = {"audio_dim": "audio", "visual_dim": "visual", "text_dim": "text", "text_token_dim": "text_tokens"}
@@ -80,4 +81,7 @@ def load(name: str, profile: str, root: Path = CHECKPOINT_ROOT) -> tuple[nn.Modu
     model = model_cls(cfg_cls(**card["config"]))
     state = {k: v.float() for k, v in load_file(str(weights)).items()}
     model.load_state_dict(state)
+    temperature = card.get("calibration", {}).get("temperature")
+    if temperature:  # the card's fitted temperature applies to every call (models/calibration.py)
+        model.register_forward_hook(temperature_hook(float(temperature)))
     return model.eval(), card

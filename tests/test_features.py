@@ -45,10 +45,40 @@ def test_transcript(clip_features) -> None:
     assert feats.segments and all(0 <= s["start"] <= s["end"] <= feats.duration + 0.5 for s in feats.segments)
 
 
-def test_one_whisper_encoder_pass(clip_features) -> None:
-    """ASR and the audio tokens share one encoder pass (a 3.5-s clip is one 30-s window)."""
+def test_whisper_encoder_passes(clip_features) -> None:
+    """Two passes for a 3.5-s clip with speech: the emotion tokens' (a window fitted to the clip) and the
+    decoder's (one 30-s window, reused by language detection and decoding: never encoded twice)."""
     _, passes = clip_features
-    assert passes == 1
+    assert passes == 2
+
+
+def test_tokens_without_asr_are_the_same(extractor, clip_features, composite_clip: Path) -> None:
+    """`transcribe=False` (what training reads) skips ASR only: no transcript, no text features, one encoder
+    pass, and the very same audio tokens as the app's."""
+    from emoweb.features import FeatureExtractor
+
+    feats, _ = clip_features
+    quiet = FeatureExtractor(extractor.settings, extractor.backbones, transcribe=False)
+    whisper = extractor.backbones.whisper
+    before = whisper.encoder_passes
+    bare = quiet(composite_clip)
+    assert whisper.encoder_passes - before == 1
+    assert bare.transcript == "" and bare.text_embedding is None and not bare.modalities["text"]
+    for key in ("audio", "whisper_layer4"):
+        assert torch.equal(bare.audio_tokens[key], feats.audio_tokens[key])
+
+
+def test_fitted_window_covers_long_clips(extractor, tmp_path: Path) -> None:
+    """A 70-s clip is encoded in pieces of at most 30 s (30 + 30 + 10, the last one cut to its length):
+    tokens for the whole clip at 20 ms, from every layer."""
+    rng = np.random.default_rng(0)
+    t = np.arange(70 * 16_000) / 16_000
+    audio = (0.1 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 0.5 * t)) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+    whisper = extractor.backbones.whisper
+    result = whisper(audio, transcribe=False)
+    assert abs(result.tokens.shape[0] - 3500) <= 1 and len(result.layer_tokens) == 6
+    assert all(x.shape == result.tokens.shape for x in result.layer_tokens)
+    assert np.isfinite(result.tokens.numpy()).all()
 
 
 def test_faces_found(clip_features) -> None:

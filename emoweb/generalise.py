@@ -1,0 +1,113 @@
+"""`python -m emoweb bench generalise`: every model on every corpus's validation split, side by side.
+
+Why: a recipe chosen on one corpus's validation speakers did not hold on other speakers and corpora
+(issue 21). This bench scores the shipped checkpoints (with their calibration) on the validation split
+of each shared corpus: speech (RAVDESS, CREMA-D, TESS), faces (web photos, FER2013), composites of
+validation speech and validation web photos of the same label (the fused path; `emoweb.pairs`) and,
+when the readers know them, text (MELD dev, GoEmotions valid). Per model and corpus: accuracy, UAR,
+weighted F1, and ECE with and without the card's temperature; per modality path where the row has more
+than one; the FER backbone's own answer on the face sets. Speech is encoded without ASR: the acted
+corpora's sentences carry no emotion. Recipes are compared on the mean over corpora, never on one.
+"""
+from __future__ import annotations
+
+import torch
+
+from emoweb.config import SHARED_DATA, Settings
+from emoweb.evaluation import BACKBONE_REPORT, backbone_label, composite_items
+from emoweb.features import FeatureExtractor
+from emoweb.inference import Predictor
+from emoweb.featstore import FeatureStore
+from emoweb.manifests import read_manifest
+from emoweb.metrics import classification_report, expected_calibration_error
+from emoweb.training import Sample, predict_samples
+from models import LABEL7
+
+SPEECH = {"RAVDESS": "speech/ravdess/manifest.csv", "CREMA-D": "speech/cremad/manifest.csv", "TESS": "speech/tess/manifest.csv"}
+FACES = {"web photos": "faces/facial_expressions/manifest.csv", "FER2013": "faces/fer2013/manifest.csv"}
+COMPOSITE_SPEECH = ("RAVDESS", "CREMA-D")  # validation speakers x validation web photos
+COMPOSITE_FACES = "web photos"
+
+
+def _val_items(store: FeatureStore, manifest: str) -> list:
+    path = SHARED_DATA / manifest
+    if not path.is_file():
+        return []
+    rows = [r for r in read_manifest(path) if r.split == "val" and r.label in LABEL7]
+    return store.encode_rows(rows, desc=f"features {manifest.split('/')[1]}")[0]
+
+
+def _score(model, card: dict, items: list, dims: dict[str, int]) -> dict:
+    """The model's fused report with ECE (calibrated and raw), and each modality path's report."""
+    samples = [Sample(r, f, "val") for r, f in items]
+    labels = list(LABEL7)
+    outs = predict_samples(model, samples, dims, labels)
+    logits = torch.cat([o.logits for o in outs])
+    truth = [s.row.label for s in samples]
+    temperature = float(card.get("calibration", {}).get("temperature") or 1.0)
+    report = classification_report(truth, [labels[int(i)] for i in logits.argmax(-1)], labels)
+    target = torch.tensor([labels.index(t) for t in truth])
+    for name, t in (("ece", 1.0), ("ece_uncalibrated", 1.0 / temperature)):  # the hook already divided by T
+        probs = (logits / t).softmax(-1)
+        report[name] = expected_calibration_error(probs.max(-1).values.tolist(), (probs.argmax(-1) == target).tolist())
+    paths = {}  # each sense alone, where rows have more than one (composites); otherwise the answer is that sense's
+    if any(sum(s.features.modalities.values()) > 1 for s in samples):
+        for m in ("audio", "visual", "text"):
+            found = [(s.row.label, labels[int(p.argmax())]) for o, chunk in zip(outs, _chunks(samples))
+                     for s, p in zip(chunk, o.modality_probs[m]) if s.features.modalities[m]] if all(m in o.modality_probs for o in outs) else []
+            if found:
+                paths[m] = classification_report([t for t, _ in found], [p for _, p in found], labels)
+    return {"fused": report, "paths": paths}
+
+
+def _chunks(samples: list) -> list[list]:
+    """`samples` in the batches `predict_samples` used."""
+    return [samples[i : i + 128] for i in range(0, len(samples), 128)]
+
+
+def generalise(settings: Settings, models: str = "all") -> dict:
+    """{corpus: {"n", model: {"fused": report, "paths": {...}}, BACKBONE_REPORT: report}} + per-model means.
+    `models`: comma-separated names or 'all' (the shipped checkpoints, with their calibration)."""
+    predictor = Predictor(settings)
+    bb = predictor.backbones
+    loaded = {n: predictor.model(n) for n in predictor.required_models(models)}
+    store = FeatureStore(FeatureExtractor(settings, bb, transcribe=False), settings.feature_cache)
+    corpora = {name: _val_items(store, path) for name, path in {**SPEECH, **FACES}.items()}
+    speech = [item for name in COMPOSITE_SPEECH for item in corpora.get(name, [])]
+    corpora["composites"] = composite_items(speech + corpora.get(COMPOSITE_FACES, [])) if speech else []
+    result: dict = {"corpora": {}, "backbones": bb.name}
+    for name, items in corpora.items():
+        if not items:
+            continue
+        entry: dict = {"n": len(items)}
+        for model_name, (model, card) in loaded.items():
+            entry[model_name] = _score(model, card, items, bb.dims)
+        if name in FACES:
+            entry[BACKBONE_REPORT] = classification_report([r.label for r, _ in items], [backbone_label(f) for _, f in items], list(LABEL7))
+        result["corpora"][name] = entry
+    result["mean"] = {n: {k: sum(c[n]["fused"][k] for c in result["corpora"].values()) / len(result["corpora"])
+                          for k in ("accuracy", "uar", "weighted_f1", "ece")} for n in loaded}
+    return result
+
+
+def generalise_text(r: dict) -> str:
+    """Markdown: one table per corpus (fused and per-path accuracy / UAR / weighted F1 / ECE), then the means."""
+    lines = []
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    for corpus, entry in r["corpora"].items():
+        lines += [f"### {corpus} (validation, n = {entry['n']})", "", "| model | path | accuracy | UAR | weighted F1 | ECE | ECE before calibration |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for model, scores in entry.items():
+            if model == "n":
+                continue
+            if model == BACKBONE_REPORT:
+                lines.append(f"| FER backbone | its own output | {pct(scores['accuracy'])} | {pct(scores['uar'])} | {pct(scores['weighted_f1'])} | | |")
+                continue
+            f = scores["fused"]
+            lines.append(f"| {model} | answer | {pct(f['accuracy'])} | {pct(f['uar'])} | {pct(f['weighted_f1'])} | {pct(f['ece'])} | {pct(f['ece_uncalibrated'])} |")
+            for path, p in scores["paths"].items():
+                lines.append(f"| {model} | {path} alone | {pct(p['accuracy'])} | {pct(p['uar'])} | {pct(p['weighted_f1'])} | | |")
+        lines.append("")
+    lines += ["### Mean over corpora", "", "| model | accuracy | UAR | weighted F1 | ECE |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {n} | {pct(m['accuracy'])} | {pct(m['uar'])} | {pct(m['weighted_f1'])} | {pct(m['ece'])} |" for n, m in r["mean"].items()]
+    return "\n".join(lines)

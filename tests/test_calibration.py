@@ -1,0 +1,75 @@
+"""Honest confidence: temperature scaling, ECE, the "not sure" threshold, and the card's temperature
+applied by every loaded model (issue 21 item 6)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from emoweb.metrics import expected_calibration_error, selective_threshold
+from models import LABEL7, registry
+from models.backbones import PROFILES
+from models.calibration import fit_temperature
+from models.inputs import ModelInput
+
+
+def test_ece_by_hand() -> None:
+    # two bins: conf 0.9 right 1/2 (gap 0.4), conf 0.6 right 1/1 (gap 0.4) -> weighted 0.4
+    assert abs(expected_calibration_error([0.9, 0.9, 0.6], [True, False, True], bins=10) - 0.4) < 1e-9
+    assert expected_calibration_error([0.75, 0.75, 0.75, 0.75], [True, True, True, False]) == 0.0
+    assert expected_calibration_error([], []) is None
+
+
+def test_selective_threshold_by_hand() -> None:
+    conf = [0.95, 0.9, 0.8, 0.7, 0.6, 0.5]
+    right = [True, True, True, False, True, False]
+    # top 3 all right; top 5 = 4/5 = 0.8 -> the lowest threshold reaching 80% is 0.6, keeping 5 of 6
+    assert selective_threshold(conf, right, 0.8) == (0.6, 5 / 6)
+    assert selective_threshold(conf, right, 1.0) == (0.8, 0.5)
+    assert selective_threshold([0.9], [False], 0.8) == (1.0, 0.0)
+
+
+def test_fitted_temperature_makes_an_overconfident_model_honest() -> None:
+    """Logits whose true calibration temperature is 3: the fit finds ~3 and ECE falls below 0.03."""
+    gen = torch.Generator().manual_seed(0)
+    n, c = 6000, 7
+    honest = torch.randn(n, c, generator=gen) * 1.5
+    targets = torch.multinomial(honest.softmax(-1), 1, generator=gen).squeeze(1)  # labels drawn from the honest probs
+    overconfident = honest * 3.0
+    t = fit_temperature(overconfident, targets)
+    assert 2.6 < t < 3.4, t
+
+    def ece(logits):
+        p = logits.softmax(-1)
+        return expected_calibration_error(p.max(-1).values.tolist(), (p.argmax(-1) == targets).tolist())
+
+    assert ece(overconfident) > 0.15
+    assert ece(overconfident / t) < 0.03
+
+
+def test_loaded_model_applies_the_cards_temperature(tmp_path) -> None:
+    torch.manual_seed(0)
+    dims = PROFILES["embedded"].dims
+    model = registry.build("foalnet", dims)
+    registry.save(model, "foalnet", "embedded", {"labels": list(LABEL7)}, tmp_path)
+    plain, _ = registry.load("foalnet", "embedded", tmp_path)
+    card_path = tmp_path / "embedded" / "foalnet.json"
+    card = json.loads(card_path.read_text())
+    card["calibration"] = {"temperature": 2.5}
+    card_path.write_text(json.dumps(card))
+    calibrated, _ = registry.load("foalnet", "embedded", tmp_path)
+    b, t = 3, 12
+    x = ModelInput(
+        audio=torch.randn(b, t, dims["audio"]), audio_mask=torch.ones(b, t, dtype=torch.bool),
+        visual=torch.zeros(b, 1, dims["visual"]), visual_mask=torch.zeros(b, 1, dtype=torch.bool),
+        text=torch.zeros(b, dims["text"]), text_tokens=torch.zeros(b, 1, dims["text_tokens"]),
+        text_mask=torch.zeros(b, 1, dtype=torch.bool),
+        present={"audio": torch.ones(b, dtype=torch.bool), "visual": torch.zeros(b, dtype=torch.bool), "text": torch.zeros(b, dtype=torch.bool)},
+    )
+    with torch.no_grad():
+        a, c = plain(x), calibrated(x)
+    assert torch.allclose(c.logits, a.logits / 2.5, atol=1e-5)
+    assert torch.allclose(c.probs, (a.logits / 2.5).softmax(-1), atol=1e-5)
+    assert torch.equal(a.probs.argmax(-1), c.probs.argmax(-1))  # same answers, humbler confidence
+    assert np.all(c.probs.max(-1).values.numpy() <= a.probs.max(-1).values.numpy() + 1e-6)
