@@ -1,0 +1,96 @@
+"""Text as a modality: the shared text corpora read as text-only rows, their features cached in shards."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from emoweb.errors import EmoWebError
+from emoweb.manifests import read_manifest, read_manifests
+
+MELD = "text/meld"
+GOEMOTIONS = "text/goemotions_ekman"
+
+
+def test_meld_rows_are_text_only_with_split_from_file_and_dialogue_as_speaker(shared_data: Path):
+    train = read_manifest(shared_data / MELD / "train_sent_emo.csv")
+    dev = read_manifest(shared_data / MELD / "dev_sent_emo.csv")
+    assert (len(train), len(dev)) == (9989, 1109)
+    assert {r.split for r in train} == {"train"} and {r.split for r in dev} == {"val"}
+    assert all(r.path is None and r.modality == "text" and r.text for r in train + dev)
+    row = next(r for r in dev if r.text.startswith("You had no right to tell me"))
+    assert (row.label, row.speaker, row.manifest) == ("anger", "meld_dialogue5", "meld/dev_sent_emo.csv")
+    assert sum(r.label == "disgust" for r in dev) == 22
+    assert len({r.speaker for r in dev}) == 114  # dialogues: a dev split by speaker keeps a conversation together
+
+
+def test_goemotions_keeps_only_one_label_rows_named_by_labels_txt(shared_data: Path):
+    train = read_manifest(shared_data / GOEMOTIONS / "train.tsv")
+    valid = read_manifest(shared_data / GOEMOTIONS / "valid.tsv")
+    assert (len(train), len(valid)) == (39555, 4946)  # of 43,410 and 5,426: the multi-label rows are left out
+    assert {r.split for r in train} == {"train"} and {r.split for r in valid} == {"val"}
+    by_id = {r.speaker: r for r in valid}
+    assert by_id["efg7lsu"].label == "fear" and by_id["efg7lsu"].text == "i have bought this but not played. i'm scared. hold me."
+    assert "ee84bjg" not in by_id  # labels "3,4"
+    assert {r.label for r in valid} == {"anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"}
+
+
+def _goemotions(folder: Path, lines: list[str], labels: str | None = "anger\njoy\n") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    if labels is not None:
+        (folder / "labels.txt").write_text(labels)
+    path = folder / "valid.tsv"
+    path.write_text("text\tlabel\tid\n" + "".join(f"{line}\n" for line in lines))
+    return path
+
+
+def test_goemotions_tsv_faults_are_one_clear_error(tmp_path: Path):
+    with pytest.raises(EmoWebError, match="labels.txt not found"):
+        read_manifest(_goemotions(tmp_path / "a", ["so glad\t1\tx1"], labels=None))
+    with pytest.raises(EmoWebError, match=r"valid.tsv line 3: label id '7' is not one of the 2"):
+        read_manifest(_goemotions(tmp_path / "b", ["so glad\t1\tx1", "what\t7\tx2"]))
+    rows = read_manifest(_goemotions(tmp_path / "c", ['"quoted" start\t1\tx1', "two\t0,1\tx2"]))
+    assert [(r.text, r.label, r.speaker, r.split) for r in rows] == [('"quoted" start', "joy", "x1", "val")]
+
+
+@pytest.fixture
+def text_manifest(tmp_path: Path) -> Path:
+    path = tmp_path / "texts.csv"
+    path.write_text("path,label,text,split\n,joy,I am so happy to see you!,val\n,anger,Get out of here now.,val\n"
+                    ",joy,I am so happy to see you!,val\n,sadness,,val\n")
+    return path
+
+
+def test_text_rows_get_text_features_cached_in_shards(extractor, text_manifest: Path, tmp_path: Path):
+    from emoweb.featstore import FeatureStore
+
+    rows = read_manifests(str(text_manifest))
+    store = FeatureStore(extractor, tmp_path / "cache")
+    pairs, skipped = store.encode_rows(rows)
+    assert skipped == ["text-only row with no text"]
+    assert [r.text for r, _ in pairs] == ["I am so happy to see you!", "Get out of here now.", "I am so happy to see you!"]
+    feats = pairs[1][1]
+    assert feats.kind == "text" and feats.modalities == {"audio": False, "visual": False, "text": True}
+    assert feats.transcript == "Get out of here now." and feats.text_words[1:4] == ["get", "out", "of"]
+    typed = extractor.from_text("Get out of here now.")
+    assert torch.allclose(feats.text_embedding, typed.text_embedding, atol=2e-3)
+    assert feats.text_tokens.shape == typed.text_tokens.shape
+    assert pairs[0][1] is not pairs[2][1]  # one object per row
+    shards = sorted((tmp_path / "cache").rglob("*.pt"))
+    assert len(shards) == 2 and not list((tmp_path / "cache").rglob("*.tmp"))  # one shard per distinct text here
+    stamps = {p: p.stat().st_mtime_ns for p in shards}
+    shards[0].unlink()  # an interrupted run: only the missing shard is encoded and written again
+    again, _ = FeatureStore(extractor, tmp_path / "cache").encode_rows(rows)
+    assert shards[0].is_file() and shards[1].stat().st_mtime_ns == stamps[shards[1]]
+    assert all(torch.allclose(a.text_embedding, b.text_embedding, atol=2e-3) for (_, a), (_, b) in zip(pairs, again))
+
+
+def test_many_texts_share_a_bounded_number_of_files(extractor, tmp_path: Path):
+    from emoweb.featstore import FeatureStore
+
+    texts = [f"message number {i} made me feel fine" for i in range(300)]
+    got = FeatureStore(extractor, tmp_path).get_texts(texts)
+    assert set(got) == set(texts) and all(got[t].transcript == t for t in texts)
+    files = list(tmp_path.rglob("*.pt"))
+    assert len(files) <= 256 and len(files) == len({got[t].sha256[:2] for t in texts})
