@@ -138,7 +138,7 @@ class FeatureStore:
                         out[feats.transcript] = _from_record(dict(record))
                     bar.update(len(new[i : i + TEXT_BATCH]))
                 for shard in step:
-                    _save_atomic(todo[shard], shard)
+                    _save_atomic(todo.pop(shard), shard)  # written: its records need not stay in memory
         return out
 
     def encode_rows(self, rows: Iterable[Row], desc: str = "features") -> tuple[list[tuple[Row, ClipFeatures]], list[str]]:

@@ -215,15 +215,18 @@ class FeatureExtractor:
         """The same clip's features with `text` (typed, or a person's correction) as its transcript: only the
         text encoder runs again; audio, faces and visual features are reused. The speech recogniser's notes
         and timed segments give way to a note that the words were typed; an empty `text` removes the words
-        (text models skipped). The new timings hold only the text stage."""
+        (text models skipped). The new timings hold only the text stage. Raises EmoWebError for an empty
+        `text` when `feats` is a text with no media (nothing would be left to answer from)."""
         text = normalise_text(text)
         if text == feats.transcript:
             return feats
+        if not text and feats.kind == TEXT_KIND:
+            raise EmoWebError("no text given: type at least one word")
         timings: dict[str, float] = {}
         kept = [w for w in feats.warnings if not w.startswith(_TEXT_NOTES)]
         note = "transcript typed by a person" if text else "transcript removed by a person: text models skipped"
         out = replace(feats, transcript=text, segments=[], text_embedding=None, text_tokens=None, text_words=[],
-                      warnings=kept + [note], timings=timings)
+                      warnings=kept + ([note] if feats.kind != TEXT_KIND else []), timings=timings)
         if text:
             with _stages(timings, progress)("text"):
                 self._set_text([out])

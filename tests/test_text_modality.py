@@ -94,3 +94,95 @@ def test_many_texts_share_a_bounded_number_of_files(extractor, tmp_path: Path):
     assert set(got) == set(texts) and all(got[t].transcript == t for t in texts)
     files = list(tmp_path.rglob("*.pt"))
     assert len(files) <= 256 and len(files) == len({got[t].sha256[:2] for t in texts})
+
+
+def test_typed_words_and_the_transcript_go_through_one_text_path(extractor, composite_clip: Path) -> None:
+    feats = extractor(composite_clip)
+    assert feats.transcript and feats.segments
+    alone = extractor.from_text(feats.transcript)
+    assert torch.equal(alone.text_embedding, feats.text_embedding) and alone.text_words == feats.text_words
+    assert alone.kind == "text" and alone.modalities == {"audio": False, "visual": False, "text": True}
+
+    fixed = extractor.with_text(feats, "  I lost my favourite toy and I miss it so much.  ")
+    assert fixed.transcript == "I lost my favourite toy and I miss it so much." and fixed.segments == []
+    assert torch.equal(fixed.text_embedding, extractor.from_text(fixed.transcript).text_embedding)
+    assert fixed.audio_tokens is feats.audio_tokens and fixed.visual_features is feats.visual_features  # reused
+    assert set(fixed.timings) == {"text", "total"} and fixed.warnings[-1] == "transcript typed by a person"
+    assert feats.transcript == extractor.with_text(feats, feats.transcript).transcript  # unchanged: the same features
+
+    removed = extractor.with_text(fixed, "")
+    assert removed.modalities == {"audio": True, "visual": True, "text": False} and removed.text_embedding is None
+    assert removed.warnings.count("transcript typed by a person") == 0  # the stale note gives way
+    assert removed.warnings[-1] == "transcript removed by a person: text models skipped"
+    with pytest.raises(EmoWebError, match="no text given"):
+        extractor.with_text(alone, " ")
+    with pytest.raises(EmoWebError, match="no text given"):
+        extractor.from_text(" \n ")
+
+
+def _checkpoints(tmp_path: Path, monkeypatch) -> None:
+    from test_services import make_checkpoint_root
+
+    monkeypatch.setenv("EMOWEB_CHECKPOINT_ROOT", str(make_checkpoint_root(tmp_path / "checkpoints")))
+    monkeypatch.setenv("EMOWEB_FEATURE_CACHE", str(tmp_path / "features"))
+
+
+@pytest.mark.slow
+def test_predict_text_answers_from_the_words_only(tmp_path: Path, monkeypatch, capsys) -> None:
+    import json
+
+    from emoweb import cli
+    from emoweb.services.headline import headline
+
+    _checkpoints(tmp_path, monkeypatch)
+    assert cli.main(["predict", "--text", "I am so happy to see you!", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    clip, models = result["clip"], result["models"]
+    assert clip["kind"] == "text" and clip["source"] == "typed text" and clip["transcript"]["text"] == "I am so happy to see you!"
+    assert clip["modalities"] == {"audio": False, "visual": False, "text": True}
+    readers = {m: o for m, o in models.items() if o["modality_probs"]}
+    assert readers and all(set(o["modality_probs"]) == {"text"} and o["label"] for o in readers.values())
+    for m, o in models.items():  # a model that reads no text has no answer (uniform probabilities are not one)
+        if m not in readers:
+            assert o["label"] is None and max(o["probs"].values()) - min(o["probs"].values()) < 1e-3, m
+    expected = headline({m: o["probs"] for m, o in readers.items()}, untrained=clip["untrained_weights"])
+    assert result["headline"]["label"] == expected.label and result["headline"]["models"] == len(readers)
+    assert cli.main(["predict", "--text", "I am so happy to see you!"]) == 0
+    assert capsys.readouterr().out.startswith(f"typed text: {expected.label} (")
+    assert cli.main(["predict", "--text", " \t"]) == 2 and "--text is empty" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_predict_clip_with_text_replaces_its_transcript(joy_face: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    import json
+
+    from emoweb import cli
+
+    _checkpoints(tmp_path, monkeypatch)
+    assert cli.main(["predict", str(joy_face), "--text", "This is disgusting.", "--json"]) == 0
+    clip = json.loads(capsys.readouterr().out)["clip"]
+    assert clip["kind"] == "image" and clip["transcript"]["text"] == "This is disgusting."
+    assert clip["modalities"] == {"audio": False, "visual": True, "text": True}
+    assert "transcript typed by a person" in clip["warnings"]
+
+
+@pytest.mark.slow
+def test_eval_scores_text_only_rows_as_predict_text_answers_them(text_manifest: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    import json
+
+    from emoweb import cli
+    from emoweb.inference import Predictor
+
+    _checkpoints(tmp_path, monkeypatch)
+    assert cli.main(["eval", str(text_manifest), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 3 and result["skipped"] == ["text-only row with no text"]
+    predictor = Predictor()
+    rows = [r for r in read_manifests(str(text_manifest)) if r.text]
+    for name, report in result["reports"].items():
+        labels = report["labels"]
+        expected = [[0] * len(labels) for _ in labels]
+        for row in rows:
+            said = predictor.predict_text(row.text, name).outputs[name].label
+            expected[labels.index(row.label)][labels.index(said)] += 1
+        assert report["n"] == 3 and report["confusion"] == expected, name
