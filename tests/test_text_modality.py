@@ -186,3 +186,36 @@ def test_eval_scores_text_only_rows_as_predict_text_answers_them(text_manifest: 
             said = predictor.predict_text(row.text, name).outputs[name].label
             expected[labels.index(row.label)][labels.index(said)] += 1
         assert report["n"] == 3 and report["confusion"] == expected, name
+
+
+@pytest.mark.slow
+def test_api_predict_words_types_or_corrects_the_words(request, tmp_path_factory, composite_clip: Path) -> None:
+    """Through gradio_client: /predict_words answers from a text alone in a fresh session; after /predict it
+    reads the corrected words with the clip's voice and face (only the text encoder runs), and the clip's
+    own words again give back the first answer."""
+    from gradio_client import Client, handle_file
+
+    from ui_helpers import PREDICT_TIMEOUT_S, job_result, shared_app
+
+    app = shared_app(request, tmp_path_factory)
+    client = Client(app.url, verbose=False, download_files=False)
+    alone = job_result(client.submit("I am so happy to see you!", api_name="/predict_words"), PREDICT_TIMEOUT_S)
+    assert len(alone) == 18 and "Words (typed):** “I am so happy to see you!”" in alone[0], alone[0]
+    assert alone[11]["clip"]["kind"] == "text" and alone[11]["clip"]["modalities"]["text"]
+    assert not alone[17]["visible"]  # no face to choose
+
+    out = job_result(client.submit(handle_file(str(composite_clip)), None, None, "(don't save)", api_name="/predict"),
+                     PREDICT_TIMEOUT_S)
+    heard = out[11]["clip"]["transcript"]["text"]
+    assert len(out) == 19 and out[18] == heard and heard  # the Words box holds what was heard
+    fixed = job_result(client.submit("I lost my favourite toy.", api_name="/predict_words"), PREDICT_TIMEOUT_S)
+    clip = fixed[11]["clip"]
+    assert clip["transcript"]["text"] == "I lost my favourite toy." and clip["kind"] == "video"
+    assert clip["modalities"] == {"audio": True, "visual": True, "text": True}
+    assert set(clip["timings"]) == {"text", "total"}  # no decoding, no Whisper, no faces
+    assert "Words (typed):** “I lost my favourite toy.”" in fixed[0] and "Not saved" in fixed[0]
+    assert "transcript typed by a person" in fixed[15]["value"]
+    back = job_result(client.submit(heard, api_name="/predict_words"), 120)
+    assert back[0] == out[0] and back[11] == out[11]
+    with pytest.raises(Exception, match="no text given"):
+        job_result(Client(app.url, verbose=False, download_files=False).submit(" ", api_name="/predict_words"), 120)
