@@ -203,7 +203,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="+", help="clip file(s) or folder(s)")
+    p.add_argument("paths", nargs="*", help="clip file(s) or folder(s); none with --text: the text alone")
+    p.add_argument("--text", default=None, metavar="WORDS",
+                   help="words to read: alone, or with clips in place of their transcript (the same text path)")
     add_models(p)
     add_backbones(p)
     add_device(p)
@@ -214,8 +216,7 @@ def _summary(prediction) -> dict:
     """A prediction's summary with the one answer first (`headline`: the UI's vote of the models)."""
     from emoweb.services.headline import headline
 
-    answers = ({m: dict(zip(out.labels, out.probs[0].tolist())) for m, out in prediction.outputs.items()}
-               if prediction.decided else {})
+    answers = {m: dict(zip(out.labels, out.probs[0].tolist())) for m, out in prediction.outputs.items() if prediction.model_decided(m)}
     head = headline(answers, untrained=prediction.features.untrained_weights)
     return {"headline": head.to_dict(), **prediction.to_summary()}
 
@@ -226,7 +227,8 @@ def _predict_line(item: dict) -> str:
         return f"{source}: error: {item['error']}"
     h = item["headline"]
     answer = f"{h['label']} ({h['confidence']}: {h['reason']})" if h["label"] else f"no answer ({h['reason']})"
-    models = ", ".join(f"{m} -> {o['label']} ({max(o['probs'].values()):.2f})" for m, o in item["models"].items())
+    models = ", ".join(f"{m} -> {o['label']} ({max(o['probs'].values()):.2f})" if o["label"] else f"{m} -> no decision"
+                       for m, o in item["models"].items())
     return f"{source}: {answer}; {models}"
 
 
@@ -235,18 +237,26 @@ def _predict_line(item: dict) -> str:
          takes="2-10 s to load the backbones and models, then about 1 s per 4-s clip (5 s per 60-s clip) on a 2-CPU machine")(_predict_args)
 def _predict(args: argparse.Namespace) -> int:
     from emoweb.media import check_file
+    from emoweb.safetext import clean
 
+    if not args.paths and args.text is None:
+        raise EmoWebError('nothing to predict: give clip file(s) or folder(s), or --text "..."')
+    if not args.paths and not clean(args.text).strip():
+        raise EmoWebError("--text is empty: type at least one word")  # before torch and the models load
     paths = [p for a in args.paths for p in (sorted(x for x in Path(a).iterdir() if x.is_file()) if Path(a).is_dir() else [Path(a)])]
     if len(paths) == 1:
         check_file(paths[0])  # a missing clip answers before torch and the models load
     from emoweb.inference import Predictor
 
     predictor = Predictor(settings_from(args))
+    if not paths:
+        emit(_summary(predictor.predict_text(args.text, args.models)), args.json, _predict_line)
+        return 0
     results, failed = [], 0
     start = time.perf_counter()
     for path in paths:
         try:
-            results.append(_summary(predictor.predict(path, args.models)))
+            results.append(_summary(predictor.predict(path, args.models, text=args.text)))
         except EmoWebError as exc:
             if len(paths) == 1:
                 raise

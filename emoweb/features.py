@@ -4,9 +4,13 @@ decode -> faces -> Whisper (transcript + audio tokens, one encoder pass) -> text
 encoder. Missing modalities are normal: a clip with no speech (or only untrusted ASR output) has no
 transcript, an image has no audio, a clip where no face is found has no visual input (whole frames
 are not a face). Each stage's time is recorded.
+
+Text has one path whatever its origin: a clip's transcript, a typed text (`from_texts`) and a person's
+correction of a transcript (`with_text`) all go through `_set_text`.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -19,12 +23,17 @@ import torch
 from emoweb import faces, media, quality
 from emoweb.config import Settings, get_settings
 from emoweb.errors import EmoWebError
+from emoweb.safetext import clean
 from models.backbones import AsrResult, Backbones, get_backbones
 
 MIN_AUDIO_SECONDS = 0.3  # shorter audio carries no usable speech or prosody
 
 Progress = Callable[[str], None]
 QUOTE_CHARS = 60  # of an untrusted transcript shown in a note
+TEXT_KIND = "text"  # ClipFeatures.kind of a text with no media
+# the start of every note about the transcript: a corrected transcript makes them stale
+_TEXT_NOTES = ("transcript left out as unreliable", "no speech found by", "no speech recognised", "text longer than",
+               "transcript typed", "transcript removed")
 
 
 def transcript_notes(asr: AsrResult) -> list[str]:
@@ -38,6 +47,16 @@ def transcript_notes(asr: AsrResult) -> list[str]:
     elif not asr.text:
         notes.append("no speech recognised: text models skipped")
     return notes
+
+
+def normalise_text(text: str) -> str:
+    """Text from outside as the text encoder reads it: storable (`safetext.clean`), stripped."""
+    return clean(text).strip()
+
+
+def text_sha256(text: str) -> str:
+    """The key of a text with no media (its UTF-8 bytes' SHA-256, hex)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -166,12 +185,66 @@ class FeatureExtractor:
         self._audio(clip, feats, stage)
         if feats.transcript:
             with stage("text"):
-                enc = bb.text([feats.transcript])
-            m = enc.mask[0]
-            feats.text_embedding, feats.text_tokens = enc.embedding[0].cpu(), enc.tokens[0][m].cpu()
-            feats.text_words = enc.words[0]
+                self._set_text([feats])
         timings["total"] = sum(v for k, v in timings.items() if k != "total")
         return feats
+
+    def from_texts(self, texts: list[str], source: str = "typed text") -> list[ClipFeatures]:
+        """Features of texts with no media (kind 'text': transcript = the text, text embedding [D] and token
+        states [L, D] from the profile's text encoder; no audio, no face), encoded in one batch of
+        len(texts). Each text is cleaned (`safetext.clean`) and stripped; raises EmoWebError for an empty
+        one (a guess from no words is not an answer)."""
+        texts = [normalise_text(t) for t in texts]
+        if not all(texts):
+            raise EmoWebError("no text given: type at least one word")
+        bb = self.backbones
+        t0 = time.perf_counter()
+        out = [
+            ClipFeatures(source=source, sha256=text_sha256(t), kind=TEXT_KIND, profile=bb.name, device=bb.device,
+                         duration=0.0, full_duration=0.0, transcript=t, untrained_weights=bb.untrained)
+            for t in texts
+        ]
+        self._set_text(out)
+        seconds = (time.perf_counter() - t0) / max(1, len(out))
+        for f in out:
+            f.timings = {"text": seconds, "total": seconds}
+        return out
+
+    def from_text(self, text: str, source: str = "typed text") -> ClipFeatures:
+        """`from_texts` of one text."""
+        return self.from_texts([text], source)[0]
+
+    def with_text(self, feats: ClipFeatures, text: str, progress: Progress | None = None) -> ClipFeatures:
+        """The same clip's features with `text` (typed, or a person's correction) as its transcript: only the
+        text encoder runs again; audio, faces and visual features are reused. The speech recogniser's notes
+        and timed segments give way to a note that the words were typed; an empty `text` removes the words
+        (text models skipped). The new timings hold only the text stage. Raises EmoWebError for an empty
+        `text` when `feats` is a text with no media (nothing would be left to answer from)."""
+        text = normalise_text(text)
+        if text == feats.transcript:
+            return feats
+        if not text and feats.kind == TEXT_KIND:
+            raise EmoWebError("no text given: type at least one word")
+        timings: dict[str, float] = {}
+        kept = [w for w in feats.warnings if not w.startswith(_TEXT_NOTES)]
+        note = "transcript typed by a person" if text else "transcript removed by a person: text models skipped"
+        out = replace(feats, transcript=text, segments=[], text_embedding=None, text_tokens=None, text_words=[],
+                      warnings=kept + ([note] if feats.kind != TEXT_KIND else []), timings=timings)
+        if text:
+            with _stages(timings, progress)("text"):
+                self._set_text([out])
+        timings["total"] = sum(timings.values())
+        return out
+
+    def _set_text(self, feats: list[ClipFeatures]) -> None:
+        """Encode each one's transcript (one batch) and set its text embedding, token states and words."""
+        encoder = self.backbones.text_encoder
+        enc = self.backbones.text([f.transcript for f in feats])
+        for i, f in enumerate(feats):
+            m = enc.mask[i]
+            f.text_embedding, f.text_tokens, f.text_words = enc.embedding[i].cpu(), enc.tokens[i][m].cpu(), enc.words[i]
+            if len(f.text_words) >= encoder.max_length:
+                f.warnings.append(f"text longer than {encoder.max_length} tokens: only its start is read")
 
     def with_person(self, feats: ClipFeatures, person: int, progress: Progress | None = None) -> ClipFeatures:
         """The same clip's features with `person`'s face (numbering of `feats.face_tracks`; 1 = the main

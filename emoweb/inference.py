@@ -36,11 +36,16 @@ class Prediction:
         """False when the clip had no voice, no frames and no words: every model's answer is uniform."""
         return any(self.features.modalities.values())
 
+    def model_decided(self, name: str) -> bool:
+        """Whether model `name` read an input the clip has: one that reads none of them (Foal-Net, which reads
+        no text, on a typed text) gives uniform probabilities, a guess from nothing, not an answer."""
+        return any(self.features.modalities.get(m, False) for m in self.outputs[name].modality_probs)
+
     def to_summary(self) -> dict:
         models = {}
         for name, out in self.outputs.items():
             models[name] = {
-                "label": out.label if self.decided else None,
+                "label": out.label if self.model_decided(name) else None,
                 "probs": {lab: round(float(p), 4) for lab, p in zip(out.labels, out.probs[0])},
                 "modality_probs": {
                     m: {lab: round(float(p), 4) for lab, p in zip(out.labels, probs[0])}
@@ -128,10 +133,29 @@ class Predictor:
             outputs[name] = out
         return Prediction(features, outputs, latency)
 
-    def predict(self, path: str | Path, models: str = "all", caches=None, progress: Progress | None = None) -> Prediction:
+    def predict(
+        self, path: str | Path, models: str = "all", caches=None, progress: Progress | None = None, text: str | None = None
+    ) -> Prediction:
+        """Every model's answer about a clip; `text` (when given) replaces its transcript (`with_text`)."""
         names = self.required_models(models)
         features = self.extractor(path, progress)
+        if text is not None:
+            features = self.extractor.with_text(features, text, progress)
         return self.run_models(features, names, caches, progress)
+
+    def predict_text(self, text: str, models: str = "all", progress: Progress | None = None) -> Prediction:
+        """Every model's answer from a text alone, through the same text path as a clip's transcript
+        (`FeatureExtractor.from_text`). Raises EmoWebError for an empty text or without a trained model."""
+        names = self.required_models(models)
+        return self.run_models(self.extractor.from_text(text), names, progress=progress)
+
+    def predict_transcript(
+        self, features: ClipFeatures, text: str, models: str = "all", progress: Progress | None = None
+    ) -> Prediction:
+        """Every model's answer about an analysed clip (or text) with `text` as its words (typed, or a person's
+        correction of the transcript): only the text encoder runs again (`FeatureExtractor.with_text`)."""
+        names = self.required_models(models)
+        return self.run_models(self.extractor.with_text(features, text, progress), names, progress=progress)
 
     def predict_person(
         self, features: ClipFeatures, person: int, models: str = "all", progress: Progress | None = None

@@ -93,7 +93,7 @@ def test_api_predict_person(request, tmp_path_factory, two_people: Path) -> None
     assert "/predict_person" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     out = job_result(client.submit(handle_file(str(two_people)), None, None, "(don't save)", api_name="/predict"),
                      PREDICT_TIMEOUT_S)
-    assert len(out) == 18, len(out)  # the 17 outputs documented before, then the person selector
+    assert len(out) == 19, len(out)  # the 17 outputs documented before, the person selector, the words heard
     selector = out[17]
     assert selector["visible"] and selector["value"] == 1, selector
     assert [c[0] for c in selector["choices"]] == ["the person on the left (16/16 frames), the main person",

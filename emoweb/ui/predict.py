@@ -1,7 +1,8 @@
 """Predict tab: upload or record a clip (video, audio or image), progress stage by stage, then one answer
 first (a vote of the models, how sure in words, who, what was heard) and a compact table of the models;
 the plots that explain each model's decision are in folded sections. When several people are seen, a
-"Whose face" selector asks the models about another one (the session keeps the analysed features)."""
+"Whose face" selector asks the models about another one, and the words heard can be corrected (or a text
+typed with no clip) and read again (the session keeps the analysed features: `services.reanalyse`)."""
 import inspect
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import gradio as gr
 import numpy as np
 
 from emoweb.errors import EmoWebError, MediaError
+from emoweb.services import reanalyse
 from emoweb.services.headline import RULE, Headline, headline
 from emoweb.ui import common as C
 
@@ -93,13 +95,14 @@ def headline_markdown(head: Headline, labels: list[str]) -> str:
             f"{C.esc(head.reason)} (average probability {100 * head.mean_prob:.0f}%; how this is formed: below)")
 
 
-def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: Any, clip: Any, new: bool | None) -> tuple:
+def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: Any, clip: Any, new: bool | None,
+            typed: bool = False) -> tuple:
     """The Predict tab's outputs from a Prediction (features + model outputs) and, when the clip was
-    stored in a profile, the service's answers (with the profile's cache)."""
+    stored in a profile, the service's answers (with the profile's cache). `typed`: the words were typed."""
     feats, outputs = prediction.features, prediction.outputs
     models = list(outputs)
     probs = {m: dict(answers[m].probs) if answers and m in answers else _row(out.probs, out.labels) for m, out in outputs.items()}
-    decided = {m: prediction.decided and (answers[m].decided if answers and m in answers else True) for m in models}
+    decided = {m: prediction.model_decided(m) and (answers[m].decided if answers and m in answers else True) for m in models}
     labels = C.ordered_labels([lab for p in probs.values() for lab in p])
 
     # the one answer, then who, what was heard, whether the profile's examples were used, where it is stored
@@ -111,18 +114,23 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
         track = feats.face_tracks[feats.person - 1]
         lines.append(f"**Who:** the person {C.esc(track['position'])} (seen in {track['frames']} of {track['of']} frames), "
                      "chosen instead of the main person. **The voice and the words may belong to someone else.**")
-    elif feats.kind != "audio":
+    elif feats.kind not in ("audio", "text"):
         lines.append(f"**Who:** {'the face shown here' if face is not None else 'no face found'}"
                      f" (a face in {feats.faces_found} of {len(feats.frame_times)} frames)"
                      + ("; another person can be chosen under “Whose face”" if len(feats.face_tracks) > 1 else ""))
     if feats.transcript:
-        lines.append(f"**Heard:** “{C.esc(feats.transcript)}”")
+        lines.append(f"**{'Words (typed)' if typed else 'Heard'}:** “{C.esc(feats.transcript)}”")
+    elif typed:
+        lines.append("**Words:** removed, so the words are not read")
     elif feats.kind != "image":
         lines.append("**Heard:** no words recognised")
     snaps = {m: answers[m].cache_snapshot for m in models if answers and m in answers}
     if other:
         lines.append("**Not saved:** this answer about another person is shown here only; no profile's labelled "
                      "examples were used.")
+    elif typed:
+        lines.append("**Not saved:** this answer with typed words is shown here only; no profile's labelled examples "
+                     "were used.")
     elif profile is None:
         lines.append("**Profile:** none chosen, so nothing was saved and no labelled examples were used.")
     else:
@@ -151,7 +159,7 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
         gr.Warning(w)
     info = [
         f"{C.esc(feats.source)}: {C.esc(feats.kind)}"
-        + ("" if feats.kind == "image" else f", {feats.duration:.1f} s analysed")
+        + ("" if feats.kind in ("image", "text") else f", {feats.duration:.1f} s analysed")
         + (f" of {feats.full_duration:.1f} s" if feats.full_duration > feats.duration + 0.05 else "")
         + f"; backbone profile {C.esc(feats.profile)} on {C.esc(feats.device)}; transcript language {C.esc(feats.language or '-')}"
         + "; modalities: " + ", ".join(f"{C.esc(k)} {'yes' if v else 'no'}" for k, v in feats.modalities.items())
@@ -215,7 +223,7 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
     )
     transcript = [[round(float(s.get("start", 0)), 2), round(float(s.get("end", 0)), 2), str(s.get("text", ""))] for s in feats.segments]
     if not transcript:
-        transcript = [[0.0, round(feats.duration, 2), "(no speech recognised)" if feats.modalities.get("audio") or feats.kind != "image" else "(no audio)"]]
+        transcript = [[0.0, round(feats.duration, 2), feats.transcript or "(no speech recognised)" if feats.modalities.get("audio") or feats.kind != "image" else "(no audio)"]]
 
     raw = prediction.to_summary()
     raw["clip"].pop("sha256", None)
@@ -287,6 +295,10 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                                             interactive=False, elem_id="predict-models", wrap=True)
                 person = gr.Radio([], label="Whose face (the voice and the words stay the clip's)", visible=False,
                                   elem_id="predict-person")
+                with gr.Row(equal_height=True):
+                    words = gr.Textbox(label="Words: type a text, or correct what was heard", lines=2, scale=4,
+                                       elem_id="predict-words")
+                    words_run = gr.Button("Read these words", scale=1, elem_id="predict-words-run")
                 warnings_md = gr.Markdown("", visible=False, elem_id="predict-warnings", elem_classes="emoweb-warning")
                 with gr.Accordion("How the answer is formed", open=False, elem_id="predict-how"):
                     gr.Markdown(RULE)
@@ -356,9 +368,21 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         return remembered(prediction, explain(ctx, prediction, result.predictions, profile, result.clip, result.new))
 
     def remembered(prediction: Any, shown: tuple) -> tuple:
-        """The outputs with the selector, and the session's memory of them: the features to ask about another
-        person, and the answer shown, given back as it was when the main person is chosen again."""
-        return (*shown, person_choices(prediction.features), {"features": prediction.features, "shown": shown})
+        """The outputs with the selector and the words heard, and the session's memory of them: the features to
+        ask about another person or other words, and the answer shown, given back as it was when the clip's
+        own person and words are chosen again."""
+        feats = prediction.features
+        return (*shown, person_choices(feats), feats.transcript,
+                {"analysed": reanalyse.Analysed(feats, feats), "shown": shown})
+
+    def shown_again(last: dict | None, prediction: Any, analysed: reanalyse.Analysed) -> tuple:
+        """The outputs and the session's memory after a second look (prediction None: the first analysis
+        again; `analysed.current is analysed.first`: a typed text, a first analysis of its own)."""
+        if prediction is None:
+            return (*last["shown"], person_choices(analysed.current), {**last, "analysed": analysed})
+        shown = explain(ctx, prediction, None, None, None, None, typed=analysed.typed)
+        first = analysed.current is analysed.first
+        return (*shown, person_choices(prediction.features), {"analysed": analysed, "shown": shown if first else last["shown"]})
 
     @C.user_errors
     def predict_person(choice, last, progress=gr.Progress()):
@@ -371,15 +395,20 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
             number = int(choice)
         except (TypeError, ValueError):
             raise EmoWebError(f"whose face: {choice!r} is not a person's number (1 = the main person)") from None
-        feats = last["features"]
-        if number == feats.person:
-            return (*last["shown"], person_choices(feats))
         predictor = ctx.predictor
-        prediction = predictor.predict_person(feats, number, progress=stage_progress(progress, predictor.required_models()))
-        return (*explain(ctx, prediction, None, None, None, None), person_choices(prediction.features))
+        report = stage_progress(progress, predictor.required_models())
+        return shown_again(last, *reanalyse.again(predictor, last["analysed"], person=number, progress=report))
+
+    @C.user_errors
+    def predict_words(text, last, progress=gr.Progress()):
+        """The answer with the typed words: in place of the last analysed clip's transcript, or alone."""
+        predictor = ctx.predictor
+        report = stage_progress(progress, predictor.required_models())
+        return shown_again(last, *reanalyse.words(predictor, last and last["analysed"], text or "", report))
 
     outputs = [summary, prob_plot, modality_plot, attention_plot, similarity_plot, nearest, timeline, transcript, frames, crops,
                latency_plot, raw, clip_out, face, models_table, warnings_md, info_md, person]
-    event = run.click(predict, [video, audio, image, profile_dd], outputs + [analysed], api_name="predict", **heavy)
-    person.input(predict_person, [person, analysed], outputs, api_name="predict_person", **heavy)
+    event = run.click(predict, [video, audio, image, profile_dd], outputs + [words, analysed], api_name="predict", **heavy)
+    person.input(predict_person, [person, analysed], outputs + [analysed], api_name="predict_person", **heavy)
+    words_run.click(predict_words, [words, analysed], outputs + [analysed], api_name="predict_words", **heavy)
     return {"event": event, "clip_out": clip_out, "run": run}

@@ -1,0 +1,52 @@
+"""The Predict tab's second looks at an analysed clip: another face, other words, or a typed text alone.
+
+The session keeps the clip's first analysis (`Analysed.first`, whose answer used the profile's examples)
+and the features now shown (`current`); each change starts from `current`, so a chosen face keeps typed
+words and typed words keep the chosen face. Only the changed part runs again (faces + visual encoder, or
+the text encoder); nothing is stored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from emoweb.features import TEXT_KIND, ClipFeatures, Progress
+from emoweb.inference import Prediction, Predictor
+
+
+@dataclass(frozen=True)
+class Analysed:
+    first: ClipFeatures  # the analysis whose answer was shown first
+    current: ClipFeatures  # the features of the answer shown now
+
+    @property
+    def typed(self) -> bool:
+        """Whether the words now read were typed (a text alone, or a correction of the transcript)."""
+        return self.current.kind == TEXT_KIND or self.current.transcript != self.first.transcript
+
+
+def words(
+    predictor: Predictor, analysed: Analysed | None, text: str, progress: Progress | None = None
+) -> tuple[Prediction | None, Analysed]:
+    """The answer with `text` as the words: in place of the analysed clip's transcript (`again`), or alone
+    when no clip was analysed or the last analysis was a typed text (then it is a first analysis of its own).
+    Raises EmoWebError for an empty text with no clip."""
+    if analysed is not None and analysed.first.kind != TEXT_KIND:
+        return again(predictor, analysed, text=text, progress=progress)
+    prediction = predictor.predict_text(text, progress=progress)
+    return prediction, Analysed(prediction.features, prediction.features)
+
+
+def again(
+    predictor: Predictor, analysed: Analysed, person: int | None = None, text: str | None = None, progress: Progress | None = None
+) -> tuple[Prediction | None, Analysed]:
+    """The answer with `person`'s face (numbering of the clip's face tracks) or `text` as the words (typed,
+    or a correction; '' removes them). The prediction is None when the result is the first analysis again
+    (its shown answer stands). Raises EmoWebError for a person not seen or an empty text with no clip."""
+    if person is not None:
+        prediction = predictor.predict_person(analysed.current, person, progress=progress)
+    else:
+        prediction = predictor.predict_transcript(analysed.current, text or "", progress=progress)
+    feats, first = prediction.features, analysed.first
+    if (feats.person, feats.transcript) == (first.person, first.transcript):
+        return None, Analysed(first, first)
+    return prediction, Analysed(first, feats)
