@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from emoweb.cli import add_backbones, add_device, add_json, add_models, command, emit, settings_from
-from emoweb.config import DEV_FRACTION
+from emoweb.config import DEV_FRACTION, EPOCH_ROWS_PER_MODALITY
 from emoweb.errors import EmoWebError
 from models import MODELS
 
@@ -22,6 +22,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="MANIFEST[,MANIFEST...] (CSV: path,label[,text,speaker,split])")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epoch-rows", type=int, default=EPOCH_ROWS_PER_MODALITY, metavar="N",
+                   help=f"rows per modality in one epoch, balanced over corpora and labels (default {EPOCH_ROWS_PER_MODALITY})")
     p.add_argument("--patience", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
@@ -111,6 +113,9 @@ def _train(args: argparse.Namespace) -> int:
     bb = store.extractor.backbones
     rows = [r for r in read_manifests(args.data) if r.label in LABEL7]
     encoded, skipped = store.encode_rows(rows, desc="backbone features (cached)")
+    if not registry.model_class(args.model).learns_from_text:  # text-only rows would teach it nothing
+        skipped += [f"text-only row: {args.model} has no trained text path"] * sum(1 for r, _ in encoded if r.modality == "text")
+        encoded = [(r, f) for r, f in encoded if r.modality != "text"]
     samples = assign_splits(encoded, args.seed, args.dev_fraction)
     torch.manual_seed(args.seed)
     try:
@@ -123,8 +128,8 @@ def _train(args: argparse.Namespace) -> int:
 
         samples = samples + composite_samples(samples, seed=args.seed)
     labels = list(LABEL7)
-    result = train(model, samples, bb.dims, labels, model.param_groups(), args.epochs, args.batch_size, args.patience, args.seed,
-                   ema_decay=args.ema, augment=augment)
+    result = train(model, samples, bb.dims, labels, model.param_groups(), args.epochs, args.batch_size, args.epoch_rows,
+                   args.patience, args.seed, ema_decay=args.ema, augment=augment)
     metrics = {split: evaluate(model, chosen, bb.dims, labels) for split in ("val", "dev")
                if (chosen := [s for s in samples if s.split == split])}
     dev = [s for s in samples if s.split == "dev"]
@@ -142,7 +147,7 @@ def _train(args: argparse.Namespace) -> int:
         "metrics": _slim(metrics),
         **({"calibration": calibration} if calibration else {}),
         "command": f"python -m emoweb train {args.model} --backbones {bb.name} --data {args.data} --seed {args.seed} "
-        f"--epochs {args.epochs} --patience {args.patience} --batch-size {args.batch_size} --ema {args.ema} "
+        f"--epochs {args.epochs} --patience {args.patience} --batch-size {args.batch_size} --epoch-rows {args.epoch_rows} --ema {args.ema} "
         f"--dev-fraction {args.dev_fraction}"
         + "".join(f" --audio-{k} {v}" for k, v in augment.to_dict().items() if k != "min_tokens" and v)
         + (f" --audio-source {args.audio_source}" if args.audio_source else ""),

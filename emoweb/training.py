@@ -170,6 +170,7 @@ def train(
     param_groups: list[dict],
     epochs: int = 40,
     batch_size: int = 64,
+    epoch_rows: int = EPOCH_ROWS_PER_MODALITY,
     patience: int = 6,
     seed: int = 0,
     weight_decay: float = 0.01,
@@ -201,7 +202,7 @@ def train(
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.train()
-        epoch_samples = balanced_epoch(train_set, rng)
+        epoch_samples = balanced_epoch(train_set, rng, epoch_rows)
         losses = []
         if getattr(model, "single_modality_batches", False):
             epoch_batches = single_modality_batches(epoch_samples, batch_size, rng)

@@ -173,6 +173,7 @@ class EmoAsst(nn.Module):
     """Visual Fusion Module + Auditory Adapter, scored against label prompts in the text space."""
 
     name = "emoasst"
+    learns_from_text = False  # its text decision is the frozen encoder against the label prompts: nothing to train
     single_modality_batches = True  # each branch's SupCon needs a full batch of its own modality
 
     def __init__(self, cfg: EmoAsstConfig):

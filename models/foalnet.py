@@ -189,6 +189,7 @@ class FoalNet(nn.Module):
     """Projections + AVEL + MEM + cross-attention fusion + pooled/concatenated classifier."""
 
     name = "foalnet"
+    learns_from_text = False  # it reads no text
     uses_composites = True  # train also on composite face+voice pairs (emoweb/pairs.py)
 
     def __init__(self, cfg: FoalNetConfig):

@@ -190,6 +190,7 @@ class MERCLIP(nn.Module):
     """Modality projections + cross-modal decoder, scored against LE label embeddings by cosine."""
 
     name = "merclip"
+    learns_from_text = True  # the transcript is one of the decoder's memories, trained on text-only rows
     uses_composites = True  # train also on composite face+voice pairs (emoweb/pairs.py)
 
     def __init__(self, cfg: MERCLIPConfig):

@@ -42,6 +42,11 @@ def _classes(name: str):
     return getattr(mod, model_cls), getattr(mod, cfg_cls)
 
 
+def model_class(name: str) -> type[nn.Module]:
+    """The model's class (its class attributes say how it trains: `learns_from_text`, `uses_composites`)."""
+    return _classes(name)[0]
+
+
 def config_fields(name: str) -> set[str]:
     """The field names of a model's config (what `build` overrides may set)."""
     return {f.name for f in dataclasses.fields(_classes(name)[1])}

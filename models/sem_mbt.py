@@ -388,6 +388,7 @@ class MERSEMMBT(nn.Module):
     """SEM-enhanced audio/visual CNNs -> bottleneck transformer -> per-modality MLPs -> attentive fusion."""
 
     name = "sem_mbt"
+    learns_from_text = True  # its text decision MLP is trained on text-only rows
     uses_composites = True  # train also on composite face+voice pairs (emoweb/pairs.py)
 
     def __init__(self, cfg: MERSEMMBTConfig):
