@@ -67,6 +67,7 @@ def default_split(rows: list) -> str:
 
 
 BACKBONE_REPORT = "visual backbone (its own output)"
+NO_DECISION = "no decision"  # a model that reads none of a row's inputs (Foal-Net on a text): an error, not a guess
 
 
 def backbone_label(feats) -> str:
@@ -108,7 +109,7 @@ def evaluate_manifest(
     for _, feats in items:
         result = predictor.run_models(feats, names, caches)
         for n in names:
-            preds[n].append(result.outputs[n].label)
+            preds[n].append(result.outputs[n].label if result.model_decided(n) else NO_DECISION)
             latency[n] += result.latency[n]
     truth = [r.label for r, _ in items]
     reports = {}

@@ -181,11 +181,15 @@ def test_eval_scores_text_only_rows_as_predict_text_answers_them(text_manifest: 
     rows = [r for r in read_manifests(str(text_manifest)) if r.text]
     for name, report in result["reports"].items():
         labels = report["labels"]
-        expected = [[0] * len(labels) for _ in labels]
+        expected, undecided = [[0] * len(labels) for _ in labels], 0
         for row in rows:
-            said = predictor.predict_text(row.text, name).outputs[name].label
-            expected[labels.index(row.label)][labels.index(said)] += 1
+            prediction = predictor.predict_text(row.text, name)
+            if prediction.model_decided(name):
+                expected[labels.index(row.label)][labels.index(prediction.outputs[name].label)] += 1
+            else:  # a model that reads no text: each row an error, not its uniform guess
+                undecided += 1
         assert report["n"] == 3 and report["confusion"] == expected, name
+        assert report["n_pred_outside_labels"] == undecided and undecided in (0, 3), name
 
 
 @pytest.mark.slow
