@@ -15,16 +15,16 @@ import torch
 
 from emoweb.config import SHARED_DATA, Settings
 from emoweb.evaluation import BACKBONE_REPORT, backbone_label, composite_items
-from emoweb.features import FeatureExtractor
 from emoweb.inference import Predictor
-from emoweb.featstore import FeatureStore
 from emoweb.manifests import read_manifest
 from emoweb.metrics import classification_report, expected_calibration_error
+from emoweb.studies import acted_speech_store
 from emoweb.training import Sample, predict_samples
 from models import LABEL7
 
 SPEECH = {"RAVDESS": "speech/ravdess/manifest.csv", "CREMA-D": "speech/cremad/manifest.csv", "TESS": "speech/tess/manifest.csv"}
 FACES = {"web photos": "faces/facial_expressions/manifest.csv", "FER2013": "faces/fer2013/manifest.csv"}
+TEXT = {"MELD": "text/meld/dev_sent_emo.csv", "GoEmotions": "text/goemotions_ekman/valid.tsv"}
 COMPOSITE_SPEECH = ("RAVDESS", "CREMA-D")  # validation speakers x validation web photos
 COMPOSITE_FACES = "web photos"
 
@@ -71,8 +71,8 @@ def generalise(settings: Settings, models: str = "all") -> dict:
     predictor = Predictor(settings)
     bb = predictor.backbones
     loaded = {n: predictor.model(n) for n in predictor.required_models(models)}
-    store = FeatureStore(FeatureExtractor(settings, bb, transcribe=False), settings.feature_cache)
-    corpora = {name: _val_items(store, path) for name, path in {**SPEECH, **FACES}.items()}
+    store = acted_speech_store(predictor, settings)
+    corpora = {name: _val_items(store, path) for name, path in {**SPEECH, **FACES, **TEXT}.items()}
     speech = [item for name in COMPOSITE_SPEECH for item in corpora.get(name, [])]
     corpora["composites"] = composite_items(speech + corpora.get(COMPOSITE_FACES, [])) if speech else []
     result: dict = {"corpora": {}, "backbones": bb.name}
@@ -85,8 +85,9 @@ def generalise(settings: Settings, models: str = "all") -> dict:
         if name in FACES:
             entry[BACKBONE_REPORT] = classification_report([r.label for r, _ in items], [backbone_label(f) for _, f in items], list(LABEL7))
         result["corpora"][name] = entry
-    result["mean"] = {n: {k: sum(c[n]["fused"][k] for c in result["corpora"].values()) / len(result["corpora"])
-                          for k in ("accuracy", "uar", "weighted_f1", "ece")} for n in loaded}
+    sensed = [c for name, c in result["corpora"].items() if name not in TEXT]  # every model has a voice or face path
+    result["mean"] = {n: {k: sum(c[n]["fused"][k] for c in sensed) / len(sensed) for k in ("accuracy", "uar", "weighted_f1", "ece")}
+                      for n in loaded} if sensed else {}
     return result
 
 
@@ -108,6 +109,6 @@ def generalise_text(r: dict) -> str:
             for path, p in scores["paths"].items():
                 lines.append(f"| {model} | {path} alone | {pct(p['accuracy'])} | {pct(p['uar'])} | {pct(p['weighted_f1'])} | | |")
         lines.append("")
-    lines += ["### Mean over corpora", "", "| model | accuracy | UAR | weighted F1 | ECE |", "|---|---:|---:|---:|---:|"]
+    lines += ["### Mean over the voice, face and composite corpora", "", "| model | accuracy | UAR | weighted F1 | ECE |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {n} | {pct(m['accuracy'])} | {pct(m['uar'])} | {pct(m['weighted_f1'])} | {pct(m['ece'])} |" for n, m in r["mean"].items()]
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from emoweb.augment import AudioAugment
 from emoweb.batching import to_input
 from emoweb.config import Settings
 from emoweb.errors import EmoWebError
+from emoweb.features import FeatureExtractor
 from emoweb.featstore import FeatureStore
 from emoweb.inference import Predictor
 from emoweb.manifests import read_manifest
@@ -69,6 +70,12 @@ def _speaker_trials(model_name: str, logits: torch.Tensor, keys: dict[str, torch
             "alpha": float(np.median([a for a, _ in chosen])), "beta": float(np.median([b for _, b in chosen]))}
 
 
+def acted_speech_store(predictor: Predictor, settings: Settings) -> FeatureStore:
+    """Features of acted speech as the models were trained on it: without ASR (the corpora's scripted
+    sentences carry no emotion, so no text path may read them)."""
+    return FeatureStore(FeatureExtractor(settings, predictor.backbones, transcribe=False), settings.feature_cache)
+
+
 def kshot_study(settings: Settings, manifests: Sequence[str], models: Sequence[str] = KSHOT_MODELS,
                 ks: tuple[int, ...] = (1, 2, 4), seeds: int = 3, split: str = "val", max_speakers: int | None = None) -> dict:
     """The caregiver effect per speaker of `split` in each manifest, for each model, with caches built as
@@ -76,7 +83,7 @@ def kshot_study(settings: Settings, manifests: Sequence[str], models: Sequence[s
     mean accuracy without/with the cache over speakers, the share of speakers that lose accuracy, and
     the worst speaker's change. `max_speakers`: the first N speakers (sorted) of each manifest."""
     predictor = Predictor(settings)
-    store = FeatureStore(predictor.extractor, settings.feature_cache)
+    store = acted_speech_store(predictor, settings)
     by_speaker: dict[tuple[str, str], list] = {}
     for manifest in manifests:
         rows = [r for r in read_manifest(manifest) if r.label in predictor.labels and r.split == split]
@@ -148,7 +155,7 @@ def crossval_study(settings: Settings, manifest: str, folds: int = 5, epochs: in
         augment = card_augment(card)
     source = card_audio_source(card)
     bb = predictor.backbones
-    store = FeatureStore(predictor.extractor, settings.feature_cache)
+    store = acted_speech_store(predictor, settings)
     rows = [r for r in read_manifest(manifest) if r.label in predictor.labels and r.split == "train"]
     encoded = store.encode_rows(rows, desc="features")[0]
     speakers = sorted({row.speaker for row, _ in encoded})
