@@ -45,12 +45,12 @@ def parse_auth(text: str | None) -> list[tuple[str, str]] | None:
 demo = build_app(settings)  # models load lazily, once per process
 
 
-def main(app: gr.Blocks = demo) -> None:
-    """Serve `app` (default: the app built from the environment's settings) until stopped."""
+def main(blocks: gr.Blocks = demo) -> None:
+    """Serve `blocks` (default: the app built from the environment's settings) until stopped."""
     auth = parse_auth(settings.auth)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a clean exit: temp files removed, database closed
     print(f"EmoWeb: starting on http://{settings.host}:{settings.port}/ (Ctrl+C stops it)", flush=True)
-    app.launch(
+    blocks.launch(
         server_name=settings.host,
         server_port=settings.port,
         share=False,
