@@ -22,6 +22,8 @@ settings = get_settings()
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.upload_dir))
 
+import gradio as gr  # noqa: E402
+
 from emoweb.ui import build_app  # noqa: E402
 from emoweb.ui.common import CSS, OWNER_JS  # noqa: E402
 
@@ -43,11 +45,12 @@ def parse_auth(text: str | None) -> list[tuple[str, str]] | None:
 demo = build_app(settings)  # models load lazily, once per process
 
 
-def main() -> None:
+def main(blocks: gr.Blocks = demo) -> None:
+    """Serve `blocks` (default: the app built from the environment's settings) until stopped."""
     auth = parse_auth(settings.auth)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a clean exit: temp files removed, database closed
     print(f"EmoWeb: starting on http://{settings.host}:{settings.port}/ (Ctrl+C stops it)", flush=True)
-    demo.launch(
+    blocks.launch(
         server_name=settings.host,
         server_port=settings.port,
         share=False,

@@ -17,10 +17,12 @@ from emoweb.errors import EmoWebError
 FAST = "under a second or two (storage only, no models)"
 
 
-def _service(args: argparse.Namespace | None = None):
-    from emoweb.services import CaregiverService
-
-    return CaregiverService(settings_from(args))
+def _service(args: argparse.Namespace):
+    """The command's service: from `cli.main`'s `make_service` when given, else a `CaregiverService`."""
+    make = getattr(args, "make_service", None)
+    if make is None:
+        from emoweb.services import CaregiverService as make
+    return make(settings_from(args))
 
 
 def _answer_text(model: str, p: dict) -> str:
@@ -51,7 +53,7 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
 @command("profile", "caregiver profiles: create, list, delete",
          prints="one line per profile (id, name, labels), or what a deletion removed", takes=FAST)(_profile_args)
 def _profile(args: argparse.Namespace) -> int:
-    service = _service()
+    service = _service(args)
     if args.action == "create":
         labels = [x.strip() for x in args.labels.split(",") if x.strip()] or None
         info = service.create_profile(args.name, labels, args.owner)
@@ -124,7 +126,7 @@ def _label_args(p: argparse.ArgumentParser) -> None:
 
 @command("label", "record a caregiver's label for a clip", prints="the clip and its new label", takes=FAST)(_label_args)
 def _label(args: argparse.Namespace) -> int:
-    c = _service().record_correction(args.clip_id, args.label, args.annotator, args.note, args.allow_new_label, args.profile)
+    c = _service(args).record_correction(args.clip_id, args.label, args.annotator, args.note, args.allow_new_label, args.profile)
     emit(c.to_dict(), args.json, lambda d: f"clip {d['clip_id']} labelled {d['label']!r}")
     return 0
 
@@ -137,7 +139,7 @@ def _undo_args(p: argparse.ArgumentParser) -> None:
 
 @command("undo", "withdraw a clip's latest label", prints="the label withdrawn and the clip's label now", takes=FAST)(_undo_args)
 def _undo(args: argparse.Namespace) -> int:
-    r = _service().undo_last_correction(args.clip_id, args.annotator)
+    r = _service(args).undo_last_correction(args.clip_id, args.annotator)
     emit(r, args.json, lambda d: f"clip {d['clip_id']}: withdrew {d['undone']!r}; current label: {d['current'] or 'none'}")
     return 0
 
@@ -152,7 +154,7 @@ def _queue_args(p: argparse.ArgumentParser) -> None:
          prints="one line per clip: id, label, margin, whether the models disagree, each model's top label",
          takes=FAST)(_queue_args)
 def _queue(args: argparse.Namespace) -> int:
-    rows = [e.to_dict() for e in _service().labelling_queue(args.profile, args.limit)]
+    rows = [e.to_dict() for e in _service(args).labelling_queue(args.profile, args.limit)]
 
     def text(r: list) -> str:
         lines = []
@@ -181,7 +183,7 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
          "or the snapshots",
          takes="a few seconds (stored features, no re-encoding; about 1 s for 1,000 clips once loaded)")(_cache_args)
 def _cache(args: argparse.Namespace) -> int:
-    service = _service()
+    service = _service(args)
     if args.action == "show":
         emit(service.snapshots(args.profile), args.json, lambda r: "\n".join(
             f"{s['id']:>5} {s['model']:<10} {'ACTIVE' if s['active'] else 'old   '} {s['built_at']}  {s['n_per_label']}" for s in r
@@ -225,7 +227,7 @@ def _labels_args(p: argparse.ArgumentParser) -> None:
          prints="export: the label file; import: counts imported, unchanged, unmatched, refused", takes=FAST)(_labels_args)
 def _labels(args: argparse.Namespace) -> int:
     fmt = args.format or ("json" if args.file and args.file.lower().endswith(".json") else "csv")
-    service = _service()
+    service = _service(args)
     if args.action == "export":
         text = service.export_labels(args.profile, fmt)
         if args.file and args.file != "-":
@@ -263,7 +265,7 @@ def _lesson_args(p: argparse.ArgumentParser) -> None:
          prints="the lesson file, its length and how its stretch was chosen",
          takes="about 2-5 s for a 10-s clip (2-CPU machine), plus a few seconds to load the models")(_lesson_args)
 def _lesson(args: argparse.Namespace) -> int:
-    service = _service()
+    service = _service(args)
     length = {} if args.seconds is None else {"seconds": args.seconds}
     if len(args.clip_ids) == 1 and args.label is None:
         lesson = service.export_lesson(args.clip_ids[0], args.profile, args.slow, **length)
@@ -296,7 +298,7 @@ def _clip_args(p: argparse.ArgumentParser) -> None:
 @command("clip", "list or delete clips", prints="one line per clip (id, kind, sha256, name), or what a deletion removed",
          takes=FAST + "; a deletion also rebuilds the profile's caches (seconds)")(_clip_args)
 def _clip(args: argparse.Namespace) -> int:
-    service = _service()
+    service = _service(args)
     if args.action == "list":
         rows = [c.to_dict() for c in service.list_clips(args.profile)]
         emit(rows, args.json, lambda r: "\n".join(f"{c['id']:>6}  {c['kind']:<6} {c['sha256'][:12]}  {c['original_name']}" for c in r) or "no clips")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from emoweb.errors import EmoWebError
 
@@ -140,8 +140,11 @@ def _load_command_modules() -> None:
                 raise
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, make_service: Callable[[Any], Any] | None = None) -> int:
+    """Run one command; its exit status. `make_service(settings)`: builds the caregiver service the
+    caregiver commands use (default `CaregiverService`), for code that runs the CLI with its own."""
     args = build_parser().parse_args(argv)
+    args.make_service = make_service
     try:
         return args.run(args)
     except EmoWebError as exc:

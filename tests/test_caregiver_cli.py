@@ -116,6 +116,43 @@ def test_errors_are_one_line_with_a_nonzero_exit(env: Path) -> None:
     assert proc.stderr == "error: no profile 'nobody'\n" and proc.stdout == ""
 
 
+NO_TORCH_CHECK = """
+import contextlib, io, json, sys
+from emoweb.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(argv)
+    results.append([argv, code, err.getvalue(), "torch" in sys.modules])
+print(json.dumps(results))
+"""
+
+
+def test_an_unknown_profile_or_clip_is_answered_without_importing_torch(env: Path, tmp_path: Path) -> None:
+    """Every caregiver command given a profile or clip that does not exist fails with its one line
+    before anything imports torch (which alone takes seconds): checked in a fresh process, per command."""
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(b"RIFF")  # never read: the profile is checked first
+    unknown_profile = [
+        ["profile", "delete", "nosuch"], ["ingest", str(clip), "--profile", "nosuch"],
+        ["label", "1", "joy", "--profile", "nosuch"], ["queue", "--profile", "nosuch"],
+        ["cache", "rebuild", "--profile", "nosuch"], ["cache", "show", "--profile", "nosuch"],
+        ["labels", "export", "--profile", "nosuch"], ["lesson", "1", "--profile", "nosuch"],
+        ["lesson", "--profile", "nosuch"], ["clip", "list", "--profile", "nosuch"],
+    ]
+    unknown_clip = [["undo", "9"], ["clip", "delete", "9"]]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH_CHECK, json.dumps(unknown_profile + unknown_clip)], cwd=REPO,
+                          env=environment, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    assert [r[0] for r in results] == unknown_profile + unknown_clip
+    for argv, code, err, torch_loaded in results:
+        expected = "error: no clip 9\n" if argv in unknown_clip else "error: no profile 'nosuch'\n"
+        assert (code, err, torch_loaded) == (2, expected, False), argv
+
+
 def test_argument_bytes_that_are_not_utf8_are_stored_replaced_or_one_error_line(env: Path, tmp_path: Path) -> None:
     """Real subprocesses given raw bytes (0xff is never UTF-8): Python hands them over as lone surrogates."""
     import sqlite3

@@ -7,8 +7,8 @@ must be sound (`data_dir_problems`: integrity, foreign keys, no half-written cli
 media file without a row and no row without its file), the previous cache must stay active, and the
 interrupted action must succeed when tried again.
 
-The kill points are exact: the services pause at a named stage when a test asks (EMOWEB_TEST_*_PAUSE)
-and announce it, and the test kills there. A full disk is a small tmpfs (mounting needs root) or, where
+The kill points are exact: the process runs through `tests/paused.py`, which injects a pause at a named
+stage of the service's write; it announces it, and the test kills there. A full disk is a small tmpfs (mounting needs root) or, where
 mounting is not permitted (or EMOWEB_TEST_NO_TMPFS=1), a file-size limit (RLIMIT_FSIZE) on a
 `python -m emoweb ingest`.
 """
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+import paused
 from ui_helpers import (
     DB_FILE,
     REPO,
@@ -46,8 +47,6 @@ pytestmark = pytest.mark.slow
 PROFILE = "faults"
 SEED_LABELS = ("joy", "sadness", "anger")
 STAGE_TIMEOUT_S = 240  # a CLI ingest imports torch and loads every model first
-INGEST_MARKERS = {"written": "ingest: paused with the media in a temp file", "commit": "ingest: paused before commit"}
-REBUILD_MARKER = "rebuild: paused before commit"
 DISK_FULL = "not enough disk space in the data folder"
 
 
@@ -84,11 +83,13 @@ def copy_seed(seed: Seed, workdir: Path) -> Path:
 
 
 def cli(workdir: Path, *args: str, env: dict[str, str] | None = None, preexec: Callable[[], None] | None = None,
-        log: Path | None = None) -> subprocess.Popen:
-    """`python -m emoweb ARGS` on `workdir/data` in its own session; output to `log`, else piped."""
+        log: Path | None = None, pause: str | None = None) -> subprocess.Popen:
+    """`python -m emoweb ARGS` on `workdir/data` in its own session; output to `log`, else piped.
+    `pause`: a stage of the service where it waits (`paused.py`) for the test to kill it."""
     out = open(log, "wb") if log else subprocess.PIPE
+    argv = paused.command(pause, "cli", *args) if pause else [sys.executable, "-m", "emoweb", *args]
     try:
-        return subprocess.Popen([sys.executable, "-m", "emoweb", *args], cwd=REPO, env=app_env(workdir, env),
+        return subprocess.Popen(argv, cwd=REPO, env=app_env(workdir, env),
                                 stdout=out, stderr=subprocess.STDOUT if log else subprocess.PIPE,
                                 start_new_session=True, preexec_fn=preexec)
     finally:
@@ -128,24 +129,22 @@ def seeded(clips: list[Path], predictor, tmp_path_factory: pytest.TempPathFactor
     return Seed(data, profile.id, ids, {m: r.snapshot_id for m, r in built.items()})
 
 
-@pytest.mark.parametrize("stage", sorted(INGEST_MARKERS))
+@pytest.mark.parametrize("stage", ["ingest.commit", "ingest.written"])
 def test_ingest_killed_mid_way_leaves_no_trace(stage: str, seeded: Seed, clips: list[Path], predictor, tmp_path: Path) -> None:
     """SIGKILL with the upload in its temp file ('written'), or renamed into place inside the uncommitted
     transaction ('commit'): after a restart there is no temp file, no orphan media file and no half row,
     and the same upload goes through."""
-    from emoweb.services.caregiver import INGEST_PAUSE_ENV
-
     data = copy_seed(seeded, tmp_path)
     log = tmp_path / "ingest.log"
-    proc = cli(tmp_path, "ingest", str(clips[3]), "--profile", PROFILE, env={INGEST_PAUSE_ENV: f"{stage}=120"}, log=log)
+    proc = cli(tmp_path, "ingest", str(clips[3]), "--profile", PROFILE, log=log, pause=stage)
     try:
-        wait_for_line(log, INGEST_MARKERS[stage], proc, STAGE_TIMEOUT_S)
+        wait_for_line(log, paused.marker(stage), proc, STAGE_TIMEOUT_S)
         left = sorted(p.name for p in (data / "media").rglob("*") if p.is_file())
     finally:
         kill_now(proc)
     assert proc.returncode == -signal.SIGKILL
     temp = [n for n in left if n.endswith(".part")]
-    assert temp if stage == "written" else len(left) == len(seeded.clip_ids) + 1 and not temp, left  # killed where meant
+    assert temp if stage == "ingest.written" else len(left) == len(seeded.clip_ids) + 1 and not temp, left  # killed where meant
 
     service = open_service(data, predictor)  # the restart
     try:
@@ -164,15 +163,13 @@ def test_app_killed_during_a_rebuild_keeps_the_previous_cache(seeded: Seed, tmp_
     rebuild through the API then works."""
     from gradio_client import Client
 
-    from emoweb.services.caregiver import REBUILD_PAUSE_ENV
-
     data = copy_seed(seeded, tmp_path)
     profile, clip_id = str(seeded.profile_id), str(seeded.clip_ids[0])
-    app = start_app(tmp_path, {REBUILD_PAUSE_ENV: "120"})
+    app = start_app(tmp_path, pause="rebuild.commit")
     try:
         client = Client(app.url, verbose=False, download_files=False)
         client.submit(profile, api_name="/rebuild_cache")
-        wait_for_line(app.log, REBUILD_MARKER, app.proc, STAGE_TIMEOUT_S)
+        wait_for_line(app.log, paused.marker("rebuild.commit"), app.proc, STAGE_TIMEOUT_S)
         kill_now(app.proc)
     finally:
         stop_app(app)

@@ -24,11 +24,12 @@ import pytest
 import torch
 from sqlalchemy.orm import SessionTransaction
 
+import paused
 from conftest import write_wav
 from emoweb.errors import EmoWebError, MediaError, NotFoundError
 from emoweb.services import CaregiverService
 from emoweb.services import cachebuild, memofile
-from emoweb.services.caregiver import REBUILD_PAUSE_ENV, safe_suffix
+from emoweb.services.ingest import safe_suffix
 from emoweb.services.store import CaregiverRepository
 from models import LABEL7, registry
 from models.backbones import EmbeddedBackbones
@@ -396,14 +397,14 @@ def test_a_careful_cache_never_overturns_a_confident_answer(service: CaregiverSe
     built = service.rebuild_cache("careful")["emoasst"]
     assert built.tuning == "careful" and built.active and built.alpha == pytest.approx(math.log(0.6 / 0.4))
     assert built.outcome.startswith("careful mode: too few labelled clips to measure (needs 2 of every label)")
-    prof = service._profile("careful")
+    prof = service.ctx.profile("careful")
     keys = service.repo.get_features(ids[0], "embedded")  # a query identical to the "calm" clip
     for p_upset in (0.61, 0.75, 0.99):  # the model says "upset" with p >= 0.6: the cache must not overturn it
         base = np.log(np.asarray([1 - p_upset, p_upset], np.float32))  # [calm, upset]
         stored = {**keys, "emoasst.logits": base}
-        assert service._score(prof, stored)["emoasst"].label == "upset"
+        assert service._predictions.score(prof, stored)["emoasst"].label == "upset"
     stored = {**keys, "emoasst.logits": np.log(np.asarray([0.45, 0.55], np.float32))}  # unsure: the cache may decide
-    assert service._score(prof, stored)["emoasst"].label == "calm"
+    assert service._predictions.score(prof, stored)["emoasst"].label == "calm"
     service.delete_profile("careful")
 
 
@@ -440,7 +441,7 @@ def test_a_snapshot_refers_to_stored_features_and_loads_in_another_process(servi
         theirs = other.predict(ids[0], "refs").predictions["emoasst"]  # re-assembled from clip_features
         assert theirs.cache_snapshot == mine.cache_snapshot == built.snapshot_id
         assert theirs.probs == pytest.approx(mine.probs, abs=1e-6) and theirs.nearest == mine.nearest
-        _, cache, clip_ids = service._caches[(snapshot.profile_id, "emoasst")]
+        _, cache, clip_ids = service.ctx.caches[(snapshot.profile_id, "emoasst")]
         legacy = service.repo.save_snapshot(  # the format before: float16 keys and masks in the payload
             snapshot.profile_id, "emoasst", {**{k: v.numpy() for k, v in cache.state_dict().items() if isinstance(v, torch.Tensor)},
                                              "clip_ids": np.asarray(clip_ids)}, cache.example_labels, snapshot.hyper,
@@ -477,7 +478,7 @@ def test_a_warm_rebuild_sees_what_another_process_added_deleted_or_replaced(serv
     rebuilt = service.rebuild_cache("replicas")["emoasst"]
     assert rebuilt.n == 34
     # the cache holds the clip's new (negated) features, and a labelled clip is answered without its own entry
-    _, cache, clip_ids = service._caches[(service._profile("replicas").id, "emoasst")]
+    _, cache, clip_ids = service.ctx.caches[(service.ctx.profile("replicas").id, "emoasst")]
     row = clip_ids.index(again.id)
     for name, value in features.items():
         part = name.split(".", 1)[1]
@@ -489,7 +490,7 @@ def test_a_warm_rebuild_sees_what_another_process_added_deleted_or_replaced(serv
 
 
 def memo_files(service: CaregiverService, profile_id: int) -> list[Path]:
-    service._features.flush()
+    service.ctx.features.flush()
     return sorted((service.data_dir / "memo").glob(memofile.profile_pattern(profile_id)))
 
 
@@ -500,7 +501,7 @@ def memo_clip_ids(path: Path) -> set[int]:
 
 def restarted_rebuild(service: CaregiverService, profile: str):
     """The first rebuild of a new service on the same data dir (an app restart); closing it writes its memo."""
-    service._features.flush()  # the memo file of its last rebuild is on disk
+    service.ctx.features.flush()  # the memo file of its last rebuild is on disk
     other = CaregiverService(service.settings, models="emoasst")
     try:
         return other.rebuild_cache(profile)["emoasst"]
@@ -535,7 +536,7 @@ def test_a_new_service_starts_from_the_memo_file_and_checks_it(service: Caregive
     service.record_correction(more[0], "upset")
     expected = service.rebuild_cache("restart")["emoasst"]
     for content in (stale, b"not a memo file"):  # older than the database; unreadable
-        service._features.flush()
+        service.ctx.features.flush()
         path.write_bytes(content)
         assert outcome(restarted_rebuild(service, "restart")) == outcome(expected)
         assert len(memo_clip_ids(path)) == 612  # written again, up to date
@@ -566,10 +567,10 @@ def test_a_rebuild_killed_before_commit_leaves_the_old_snapshot(service: Caregiv
     for clip_id in ids[:5]:
         service.record_correction(clip_id, "upset")
     env = {k: v for k, v in os.environ.items() if k not in ("EMOWEB_DATABASE_URL", "EMOWEB_PROFILE")}
-    env.update(EMOWEB_DATA_DIR=str(service.data_dir), EMOWEB_THREADS="1", OMP_WAIT_POLICY="PASSIVE", **{REBUILD_PAUSE_ENV: "120"})
+    env.update(EMOWEB_DATA_DIR=str(service.data_dir), EMOWEB_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "emoweb", "cache", "rebuild", "--profile", "killed", "--json"],
+        paused.command("rebuild.commit", "cli", "cache", "rebuild", "--profile", "killed", "--json"),
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -578,9 +579,9 @@ def test_a_rebuild_killed_before_commit_leaves_the_old_snapshot(service: Caregiv
         while time.monotonic() < deadline:
             line = proc.stderr.readline()
             seen.append(line)
-            if "paused before commit" in line or (not line and proc.poll() is not None):
+            if paused.marker("rebuild.commit") in line or (not line and proc.poll() is not None):
                 break
-        assert "paused before commit" in seen[-1], "".join(seen)
+        assert paused.marker("rebuild.commit") in seen[-1], "".join(seen)
         # inside the rebuild's transaction: the new snapshot rows exist, uncommitted
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(30) == -signal.SIGKILL

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+import paused
+
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 240  # importing torch + gradio on two busy cores
 PREDICT_TIMEOUT_S = 600  # first prediction loads Whisper, MiniLM and FER, then encodes the clip
@@ -102,15 +104,16 @@ def app_env(workdir: Path, extra_env: dict[str, str] | None = None) -> dict[str,
     return env
 
 
-def start_app(workdir: Path, extra_env: dict[str, str] | None = None) -> RunningApp:
-    """The app on a free port with its data in `workdir/data` (kept if it is already there)."""
+def start_app(workdir: Path, extra_env: dict[str, str] | None = None, pause: str | None = None) -> RunningApp:
+    """The app on a free port with its data in `workdir/data` (kept if it is already there). `pause`: a
+    stage of the service's writes where it waits to be killed (`paused.py`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = app_env(workdir, {"EMOWEB_HOST": "127.0.0.1", "EMOWEB_PORT": str(port), **(extra_env or {})})
     log = workdir / "app.log"
+    argv = paused.command(pause, "app") if pause else [sys.executable, str(REPO / "app.py")]
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     app = RunningApp(url, proc, log, workdir / "data")
     try:

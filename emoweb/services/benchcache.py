@@ -49,7 +49,7 @@ def _populate(service, profile: str, n: int, dim: int, model: str, seed: int, st
         rng = np.random.default_rng([seed, start])
     y = rng.integers(0, len(labels), n)
     prof = service.get_profile(profile)
-    with service._sessions() as session, session.begin():
+    with service.ctx.sessions() as session, session.begin():
         repo = CaregiverRepository(session)
         for i in range(n):
             sha = hashlib.sha256(f"{seed}/{profile}/{start + i}".encode()).hexdigest()

@@ -2,7 +2,7 @@
 
 Why: a cold 10,000-clip rebuild spends most of its time reading 40,000 feature blobs and normalising
 the keys. A clip's stored features never change (ingest writes them with the clip row;
-`_encode_stored` only adds those of a backbone profile the clip had none for, and a clip without
+`Ingest._encode_stored` only adds those of a backbone profile the clip had none for, and a clip without
 any is never kept here), so a warm rebuild reads only the clips it has not seen.
 
 Never trusted blindly: each use first reads every clip's (id, sha256), in the same transaction as

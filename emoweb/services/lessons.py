@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from emoweb import faces, media
+from emoweb import media
 from emoweb.errors import EmoWebError
 from emoweb.quality import window_rms
 
@@ -114,6 +114,8 @@ class Lesson:
 
 def timeline(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(grid times [T] s, face seen [T] 0/1, voice active [T] 0/1, duration s) from one decode."""
+    from emoweb import faces  # torch: imported when a lesson is made, not by every service command
+
     clip = media.decode(path, MAX_TIMELINE_FRAMES, max_seconds=MAX_SECONDS)
     if not clip.has_video:
         raise EmoWebError(f"a lesson needs a video: {media.display_name(path)} is {clip.kind} only")

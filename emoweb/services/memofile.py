@@ -32,7 +32,7 @@ from emoweb.services.cachebuild import AffinityMemo, StoredArrays
 FORMAT = 1
 MAGIC = b"EMOWEB-MEMO\n"  # then the header's length (8 bytes, little-endian), the JSON header, the arrays
 ALIGN = 64
-TEMP_KIND = "memo"
+TEMP_KIND = tempfiles.MEMO
 log = logging.getLogger(__name__)
 
 
@@ -170,10 +170,7 @@ class Writer:
         self._generation: dict[Path, int] = {}
         self._busy = False
         self._thread: threading.Thread | None = None
-        if folder.is_dir():  # what a process killed mid-write left
-            for temp in folder.glob(f".{TEMP_KIND}-*"):
-                if tempfiles.stale(temp, TEMP_KIND):
-                    temp.unlink(missing_ok=True)
+        tempfiles.sweep(folder, TEMP_KIND)  # what a process killed mid-write left
 
     def submit(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
         with self._cond:

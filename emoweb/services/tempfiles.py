@@ -8,6 +8,8 @@ import secrets
 from pathlib import Path
 
 PROCESS_TOKEN = secrets.token_hex(4)
+INGEST = "ingest"  # an upload on its way into the media folder
+MEMO = "memo"  # a feature memo file (`memofile`)
 
 
 def temp_prefix(kind: str) -> str:
@@ -30,3 +32,11 @@ def stale(path: Path, kind: str) -> bool:
     except OSError:
         return False  # it exists (another user's process)
     return False
+
+
+def sweep(folder: Path, kind: str) -> None:
+    """Delete the temp files of `kind` in `folder` that a process that is gone left."""
+    if folder.is_dir():
+        for path in folder.glob(f".{kind}-*"):
+            if stale(path, kind):
+                path.unlink(missing_ok=True)

@@ -1,0 +1,105 @@
+"""A caregiver's labels: corrections (append-only, with undo), the labelling queue, and label files.
+
+Storage only: no media, no models, no torch.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from emoweb.errors import EmoWebError
+from emoweb.safetext import clean, decode
+from emoweb.services import labelfiles
+from emoweb.services.context import ServiceContext
+from emoweb.services.records import CorrectionInfo, ImportReport, QueueEntry
+from emoweb.services.store import CaregiverRepository
+from storage.schema import Clip, Correction, Profile
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def correction_info(c: Correction) -> CorrectionInfo:
+    return CorrectionInfo(c.id, c.clip_id, c.label, c.annotator, c.note, c.created)
+
+
+class Corrections:
+    """Labels of one service's database; profiles and clips come resolved (`ServiceContext`)."""
+
+    def __init__(self, ctx: ServiceContext):
+        self.ctx = ctx
+
+    def record(self, clip: Clip, prof: Profile, label: str, annotator: str, note: str, allow_new_label: bool) -> CorrectionInfo:
+        """See `CaregiverService.record_correction`."""
+        label, annotator, note = (clean(x or "") for x in (label, annotator, note))
+        label = label.strip()
+        if label and label not in prof.label_set and not allow_new_label:
+            raise EmoWebError(
+                f"label {label!r} is not in the label set of profile {prof.name!r} ({', '.join(prof.label_set)}); "
+                "to add it, allow a new label explicitly (--allow-new-label)"
+            )
+        return correction_info(self.ctx.repo.add_correction(clip.id, label, annotator, note, allow_new_label))
+
+    def undo(self, clip: Clip, annotator: str) -> dict[str, Any]:
+        """Withdraw the clip's current label; the one before it (or none) is current again."""
+        undo = self.ctx.repo.undo_last_correction(clip.id, clean(annotator or ""))
+        return {"clip_id": clip.id, "undone": undo.label, "current": self.ctx.repo.current_label(clip.id)}
+
+    def history(self, clip: Clip) -> list[CorrectionInfo]:
+        return [correction_info(c) for c in self.ctx.repo.corrections(clip.id)]
+
+    def queue(self, prof: Profile, limit: int | None) -> list[QueueEntry]:
+        """Unlabelled first; then clips the models disagree on; then the least sure (smallest margin)."""
+        return [
+            QueueEntry(i.clip.id, i.clip.original_name, i.clip.created, i.label, dict(i.top_labels), i.margin, i.disagree)
+            for i in self.ctx.repo.labelling_queue(prof.id, limit)
+        ]
+
+    def export(self, prof: Profile, fmt: str) -> str:
+        """See `CaregiverService.export_labels`."""
+        current = self.ctx.repo.current_corrections(prof.id)
+        clips = self.ctx.repo.clips_by_ids(current)
+        rows = [
+            {"sha256": clips[cid].sha256, "original_name": clips[cid].original_name, "label": c.label,
+             "annotator": c.annotator, "note": c.note, "created": c.created.isoformat()}
+            for cid, c in sorted(current.items())
+        ]
+        return labelfiles.render(prof.name, prof.label_set, rows, fmt)
+
+    def import_file(self, prof: Profile, text: str | bytes, fmt: str, annotator: str | None, allow_new_labels: bool) -> ImportReport:
+        """See `CaregiverService.import_labels`."""
+        rows = labelfiles.parse(decode(text) if isinstance(text, bytes) else text, fmt)
+        annotator = clean(annotator or "")
+        clips = {c.sha256: c for c in self.ctx.repo.list_clips(prof.id)}
+        current = self.ctx.repo.current_labels(prof.id)
+        label_set = list(prof.label_set)
+        imported = unchanged = 0
+        unmatched: list[str] = []
+        refused: list[str] = []
+        with self.ctx.sessions() as session, session.begin():
+            repo = CaregiverRepository(session)
+            for number, row in enumerate(rows, start=1):
+                sha = row.get("sha256", "").strip().lower()
+                label = row.get("label", "").strip()
+                if not _SHA256.fullmatch(sha):
+                    refused.append(f"row {number}: not a sha256: {sha[:80]!r}")
+                    continue
+                clip = clips.get(sha)
+                if clip is None:
+                    unmatched.append(f"{sha} {row.get('original_name', '')}".strip())
+                    continue
+                if not label:
+                    refused.append(f"row {number}: empty label")
+                    continue
+                if current.get(clip.id) == label:
+                    unchanged += 1
+                    continue
+                if label not in label_set and not allow_new_labels:
+                    refused.append(f"row {number}: label {label!r} is not in the label set of {prof.name!r}")
+                    continue
+                repo.add_correction(clip.id, label, annotator or row.get("annotator", ""),
+                                    row.get("note", ""), allow_new_label=allow_new_labels)
+                if label not in label_set:
+                    label_set.append(label)
+                current[clip.id] = label
+                imported += 1
+        return ImportReport(imported, unchanged, unmatched, refused)
