@@ -98,7 +98,7 @@ def _train(args: argparse.Namespace) -> int:
     from emoweb.features import FeatureExtractor
     from emoweb.featstore import FeatureStore
     from emoweb.manifests import read_manifests
-    from emoweb.training import assign_splits, calibrate, data_card, evaluate, train
+    from emoweb.training import assign_splits, calibrate, cap_dev, data_card, evaluate, train
     from models import LABEL7, registry
 
     try:
@@ -109,14 +109,14 @@ def _train(args: argparse.Namespace) -> int:
         raise EmoWebError(f"--audio-source: {args.model} has no audio_source option")
     settings = settings_from(args)
     # media rows without ASR: scripted sentences carry no emotion, so text is learnt from text-only rows
-    store = FeatureStore(FeatureExtractor(settings, transcribe=False), settings.feature_cache)
+    store = FeatureStore(FeatureExtractor(settings, transcribe=False), settings.feature_cache, compact=True)
     bb = store.extractor.backbones
     rows = [r for r in read_manifests(args.data) if r.label in LABEL7]
     encoded, skipped = store.encode_rows(rows, desc="backbone features (cached)")
     if not registry.model_class(args.model).learns_from_text:  # text-only rows would teach it nothing
         skipped += [f"text-only row: {args.model} has no trained text path"] * sum(1 for r, _ in encoded if r.modality == "text")
         encoded = [(r, f) for r, f in encoded if r.modality != "text"]
-    samples = assign_splits(encoded, args.seed, args.dev_fraction)
+    samples = cap_dev(assign_splits(encoded, args.seed, args.dev_fraction), seed=args.seed)
     torch.manual_seed(args.seed)
     try:
         model = registry.build(args.model, bb.dims, **_audio_source(args, encoded))

@@ -72,27 +72,33 @@ def _to_record(f: ClipFeatures) -> dict:
     return rec
 
 
-def _from_record(rec: dict) -> ClipFeatures:
+def _from_record(rec: dict, compact: bool = False) -> ClipFeatures:
+    """`compact`: the sequences (audio tokens, log-mel, text tokens, visual maps) stay float16 as stored,
+    half the memory: training holds ~40k clips at once, and `to_input` pads them into float32 batches."""
     crops = rec.pop("face_crops", None)
     log_mel = rec.pop("log_mel", None)
     f = ClipFeatures(**rec)
     f.face_crops = None if crops is None else crops.permute(0, 2, 3, 1).numpy()
-    f.log_mel = None if log_mel is None else log_mel.float().numpy()
-    for name in ("text_embedding", "text_tokens", "visual_features", "visual_logits"):
+    wide = (lambda v: v) if compact else (lambda v: v.float())
+    f.log_mel = None if log_mel is None else wide(log_mel).numpy()
+    for name in ("text_embedding", "visual_features", "visual_logits"):
         value = getattr(f, name)
         if value is not None:
             setattr(f, name, value.float())
-    f.audio_tokens = {k: v.float() for k, v in f.audio_tokens.items()}
-    f.visual_maps = {k: v.float() for k, v in f.visual_maps.items()}
+    if f.text_tokens is not None:
+        f.text_tokens = wide(f.text_tokens)
+    f.audio_tokens = {k: wide(v) for k, v in f.audio_tokens.items()}
+    f.visual_maps = {k: wide(v) for k, v in f.visual_maps.items()}
     return f
 
 
 class FeatureStore:
     """`get(row)` returns cached features or computes and stores them (atomic write)."""
 
-    def __init__(self, extractor: FeatureExtractor, root: Path):
+    def __init__(self, extractor: FeatureExtractor, root: Path, compact: bool = False):
         self.extractor = extractor
         self.root = root
+        self.compact = compact
         self._sha: dict[Path, str] = {}
 
     def _sha_of(self, path: Path) -> str:
@@ -108,7 +114,7 @@ class FeatureStore:
         namespace = self.extractor.backbones.name + ("" if with_text else "-noasr")
         target = _key_path(self.root, namespace, self._sha_of(path))
         if target.is_file():
-            return _from_record(torch.load(target, weights_only=False))
+            return _from_record(torch.load(target, weights_only=False), self.compact)
         feats = self.extractor(path)
         _save_atomic(_to_record(feats), target)
         return _from_record(_to_record(feats))
@@ -127,7 +133,7 @@ class FeatureStore:
         todo: dict[Path, dict] = {}  # shard -> its records, for the shards with texts to encode
         for shard, shas in sorted(by_shard.items()):
             records = torch.load(shard, weights_only=False) if shard.is_file() else {}
-            out.update({text: _from_record(dict(records[sha])) for sha, text in shas.items() if sha in records})
+            out.update({text: _from_record(dict(records[sha]), self.compact) for sha, text in shas.items() if sha in records})
             if any(sha not in records for sha in shas):
                 todo[shard] = records
         shards = list(todo)
@@ -140,7 +146,7 @@ class FeatureStore:
                     for feats in self.extractor.from_texts(new[i : i + TEXT_BATCH], TEXT_SOURCE):
                         record = _to_record(feats)
                         todo[_text_shard_path(self.root, self.extractor.backbones.name, feats.sha256)][feats.sha256] = record
-                        out[feats.transcript] = _from_record(dict(record))
+                        out[feats.transcript] = _from_record(dict(record), self.compact)
                     bar.update(len(new[i : i + TEXT_BATCH]))
                 for shard in step:
                     _save_atomic(todo.pop(shard), shard)  # written: its records need not stay in memory
