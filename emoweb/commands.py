@@ -217,12 +217,12 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     add_json(p)
 
 
-def _summary(prediction) -> dict:
+def _summary(prediction, predictor) -> dict:
     """A prediction's summary with the one answer first (`headline`: the UI's vote of the models)."""
     from emoweb.services.headline import headline
 
     answers = {m: dict(zip(out.labels, out.probs[0].tolist())) for m, out in prediction.outputs.items() if prediction.model_decided(m)}
-    head = headline(answers, untrained=prediction.features.untrained_weights)
+    head = headline(answers, untrained=prediction.features.untrained_weights, confident_at=predictor.confident_at(list(answers)))
     return {"headline": head.to_dict(), **prediction.to_summary()}
 
 
@@ -255,13 +255,13 @@ def _predict(args: argparse.Namespace) -> int:
 
     predictor = Predictor(settings_from(args))
     if not paths:
-        emit(_summary(predictor.predict_text(args.text, args.models)), args.json, _predict_line)
+        emit(_summary(predictor.predict_text(args.text, args.models), predictor), args.json, _predict_line)
         return 0
     results, failed = [], 0
     start = time.perf_counter()
     for path in paths:
         try:
-            results.append(_summary(predictor.predict(path, args.models, text=args.text)))
+            results.append(_summary(predictor.predict(path, args.models, text=args.text), predictor))
         except EmoWebError as exc:
             if len(paths) == 1:
                 raise

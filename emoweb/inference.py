@@ -94,6 +94,17 @@ class Predictor:
                 self._models[name] = (model.to(self.backbones.device), card)
             return self._models[name]
 
+    def confident_at(self, names: list[str]) -> dict[str, float]:
+        """{model: the calibrated probability from which its answer counts as confident} for the models
+        whose card has a calibration (`headline`'s `confident_at`)."""
+        out = {}
+        for name in names:
+            loaded = self.model(name)
+            below = (loaded[1].get("calibration") or {}).get("not_sure", {}).get("below") if loaded else None
+            if below is not None:
+                out[name] = float(below)
+        return out
+
     def model_names(self, spec: str = "all") -> list[str]:
         names = registry.available() if spec == "all" else [n.strip() for n in spec.split(",") if n.strip()]
         unknown = [n for n in names if n not in registry.MODELS]

@@ -20,6 +20,23 @@ def test_every_model_agreeing_is_fairly_sure_and_the_vote_counts_models_not_prob
     assert (h.label, h.confidence, h.agree, h.models) == ("joy", PROBABLY, 3, 4)
 
 
+def test_calibrated_models_must_also_be_confident() -> None:
+    """With the cards' thresholds, agreement alone is not enough: a model confident enough to be right 8
+    times in 10 must back the answer."""
+    at = {"a": 0.7, "b": 0.8, "c": 0.6}
+    agree_unsure = {"a": {"joy": 0.55, "fear": 0.45}, "b": {"joy": 0.6, "fear": 0.4}}
+    h = headline(agree_unsure, confident_at=at)
+    assert (h.label, h.confidence) == ("joy", PROBABLY) and "none of them confident" in h.reason
+    agree_sure = {"a": {"joy": 0.75, "fear": 0.25}, "b": {"joy": 0.6, "fear": 0.4}}
+    h = headline(agree_sure, confident_at=at)
+    assert (h.confidence, h.reason) == (FAIRLY_SURE, "all 2 models agree, 1 of them confident")
+    majority = {**agree_unsure, "c": {"fear": 0.9, "joy": 0.1}}
+    assert headline(majority, confident_at=at).confidence == NOT_SURE  # 2 of 3 agree, neither confident
+    majority["a"] = {"joy": 0.71, "fear": 0.29}
+    assert headline(majority, confident_at=at).confidence == PROBABLY
+    assert headline(agree_unsure).confidence == FAIRLY_SURE  # no calibration: agreement alone, as before
+
+
 def test_disagreement_one_model_untrained_and_nothing_are_not_sure() -> None:
     split = headline({"a": {"joy": 0.9, "anger": 0.1}, "b": {"joy": 0.2, "anger": 0.8}})
     assert split.confidence == NOT_SURE and split.label == "joy"  # tie on votes: higher average probability (0.55 vs 0.45)
@@ -82,5 +99,5 @@ def test_the_readme_states_the_shortcut_keys_and_the_answer_rule_as_the_ui_does(
 
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8").split())
     assert SHORTCUTS in readme
-    for phrase in ("votes for its own top label", "fairly sure", "more than half agree", "not sure"):
+    for phrase in ("votes for its own top label", "fairly sure", "more than half agree", "not sure", "right 8 times in 10"):
         assert phrase in readme and phrase in " ".join(RULE.split())

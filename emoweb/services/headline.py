@@ -1,8 +1,9 @@
 """The clip's one answer for a parent: a vote of the models that answered, and how sure it is in words.
 
-The models are not calibrated yet, so a model's own probability says little about how often it is
-right; how sure the headline is comes only from how many models agree. The rule, in `RULE`, is shown
-in the UI and the README word for word.
+How sure comes from two things: how many models agree, and whether a model that says it is confident
+(its calibrated probability at or above the level at which it was right 8 times in 10 on held-out
+data, its card's `calibration.not_sure.below`). A model without a calibrated card counts by agreement
+alone. The rule, in `RULE`, is shown in the UI and the README word for word.
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ NO_ANSWER = "no answer"
 
 RULE = (
     "Each model that answered votes for its own top label; the answer is the label with the most votes "
-    "(a tie goes to the higher average probability over the models). Until the models are calibrated, how "
-    "sure comes only from agreement: **fairly sure** when every model (at least two) agrees, **probably** "
-    "when more than half agree, otherwise **not sure** (also with a single model, or with untrained weights)."
+    "(a tie goes to the higher average probability over the models). A model is *confident* when its "
+    "calibrated probability is at least the level at which it was right 8 times in 10 on held-out clips. "
+    "**fairly sure** when every model (at least two) agrees and one of them is confident, **probably** "
+    "when more than half agree (and, if every model agrees, none is confident), otherwise **not sure** "
+    "(also when more than half agree but none is confident, with a single model, or with untrained weights)."
 )
 
 
@@ -43,9 +46,12 @@ def _top(probs: Mapping[str, float]) -> str:
     return max(probs, key=lambda lab: probs[lab])
 
 
-def headline(answers: Mapping[str, Mapping[str, float]], untrained: bool = False) -> Headline:
+def headline(answers: Mapping[str, Mapping[str, float]], untrained: bool = False,
+             confident_at: Mapping[str, float] | None = None) -> Headline:
     """The headline from each answering model's probabilities ({model: {label: p}}); models with no
-    probabilities (no decision) are left out. `untrained`: the backbones run on random weights."""
+    probabilities (no decision) are left out. `untrained`: the backbones run on random weights.
+    `confident_at`: {model: the calibrated probability from which it counts as confident}; without it
+    (models not calibrated) how sure comes from agreement alone."""
     answers = {m: p for m, p in answers.items() if p}
     n = len(answers)
     if not n:
@@ -57,14 +63,20 @@ def headline(answers: Mapping[str, Mapping[str, float]], untrained: bool = False
     mean = {lab: sum(p.get(lab, 0.0) for p in answers.values()) / n for lab in labels}
     label = max(votes, key=lambda lab: (votes[lab], mean[lab]))
     agree = votes[label]
+    sure = [m for m, p in answers.items() if _top(p) == label and confident_at and m in confident_at and p[label] >= confident_at[m]]
+    calibrated = bool(confident_at) and any(m in confident_at for m in answers)
+    backed = not calibrated or bool(sure)
+    why = "" if not calibrated else f", {len(sure)} of them confident" if sure else ", none of them confident"
     if untrained:
         confidence, reason = NOT_SURE, "the models run on untrained weights"
     elif n == 1:
         confidence, reason = NOT_SURE, "only one model answered, so there is no agreement to go by"
     elif agree == n:
-        confidence, reason = FAIRLY_SURE, f"all {n} models agree"
+        confidence, reason = (FAIRLY_SURE if backed else PROBABLY), f"all {n} models agree{why}"
+    elif 2 * agree > n and backed:
+        confidence, reason = PROBABLY, f"{agree} of {n} models agree{why}"
     elif 2 * agree > n:
-        confidence, reason = PROBABLY, f"{agree} of {n} models agree"
+        confidence, reason = NOT_SURE, f"{agree} of {n} models agree{why}"
     else:
         confidence, reason = NOT_SURE, f"the models disagree (only {agree} of {n} say this)"
     return Headline(label, confidence, agree, n, float(mean[label]), reason)

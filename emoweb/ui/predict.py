@@ -106,7 +106,8 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
     labels = C.ordered_labels([lab for p in probs.values() for lab in p])
 
     # the one answer, then who, what was heard, whether the profile's examples were used, where it is stored
-    head = headline({m: probs[m] for m in models if decided[m]}, untrained=feats.untrained_weights)
+    head = headline({m: probs[m] for m in models if decided[m]}, untrained=feats.untrained_weights,
+                    confident_at=ctx.predictor.confident_at(models))
     lines = [headline_markdown(head, labels)]
     face = _face_thumbnail(feats)
     other = feats.person != 1
