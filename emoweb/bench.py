@@ -45,16 +45,17 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     add_device(p)
     p.add_argument("--threads", type=int, default=2, help="torch / CTranslate2 CPU threads (default 2)")
     p.add_argument("--repeat", type=int, default=5, help="warm runs after the cold one (default 5)")
-    p.add_argument("--split", default="val", help="kshot: the speakers scored (default val; train = speakers chosen on)")
+    p.add_argument("--split", default="val", help="kshot, asr: the speakers scored (default val; train = speakers chosen on)")
     p.add_argument("--speakers", type=int, default=None, help="kshot: only the first N speakers of each corpus")
-    p.add_argument("--corpora", default="ravdess,cremad", help="kshot: speech corpora in the shared data (default ravdess,cremad)")
+    p.add_argument("--corpora", default="ravdess,cremad", help="kshot, asr: speech corpora in the shared data (default ravdess,cremad)")
+    p.add_argument("--clips", type=int, default=40, help="asr: clips per corpus, a seeded draw (default 40)")
     add_models(p)
     add_json(p)
 
 
-@command("bench", "benchmarks: extract, models, cache, faces, lesson, kshot, crossval, baseline, generalise (python -m emoweb bench -h)",
+@command("bench", "benchmarks: extract, models, cache, faces, lesson, asr, kshot, crossval, baseline, generalise (python -m emoweb bench -h)",
          prints="the measured numbers as the README's tables, with the machine they were measured on",
-         takes="extract, models, faces, lesson, cache: 10 s to 2 min; kshot and baseline: about 5-20 min; "
+         takes="extract, models, faces, lesson, cache: 10 s to 2 min; asr: about 2-4 min; kshot and baseline: about 5-20 min; "
          "crossval: 20-45 min; generalise: 2-5 min (2-CPU machine, features cached)")(_bench_args)
 def _bench(args: argparse.Namespace) -> int:
     _, fn, text = BENCHES[args.what]

@@ -132,7 +132,7 @@ def _load_command_modules() -> None:
     """Modules that register more subcommands (imported lazily so `--help` stays fast)."""
     import importlib
 
-    for module in ("emoweb.bench", "emoweb.commands", "emoweb.study_benches", "emoweb.caregiver_commands", "emoweb.cards"):
+    for module in ("emoweb.bench", "emoweb.asr_bench", "emoweb.commands", "emoweb.study_benches", "emoweb.caregiver_commands", "emoweb.cards"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
