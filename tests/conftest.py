@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,10 @@ FACES = {"joy": SAMPLES / "faces" / "joy_eileen_collins.jpg", "neutral": SAMPLES
 JOY_FACE, OTHER_FACE = FACES["joy"], FACES["neutral"]
 FACE_PHOTOS = tuple(FACES.values())
 # one CREMA-D speaker saying one sentence: label7 -> clip
-VOICES = {label: SAMPLES / "speech" / f"1005_DFA_{code}_XX.opus"
+VOICES = {label: SAMPLES / "speech" / f"1005_MTI_{code}_XX.opus"
           for label, code in (("joy", "HAP"), ("sadness", "SAD"), ("anger", "ANG"), ("fear", "FEA"))}
-HAPPY_SPEECH = VOICES["joy"]  # "Don't forget a jacket!", 2.6 s
-HAPPY_SENTENCE = "don't forget a jacket"
+HAPPY_SPEECH = VOICES["joy"]  # "Maybe tomorrow it will be cold.", 3.5 s
+HAPPY_SENTENCE = "maybe tomorrow it will be cold"
 TORCH_THREADS = 2
 
 
@@ -47,6 +48,18 @@ def ffmpeg(*args: str | Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"ffmpeg failed: {' '.join(cmd)}\n{proc.stderr}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_dirs(tmp_path_factory) -> Iterator[None]:
+    """The app's data dir and feature cache in the session's temp dir unless the run sets them: a test run
+    never writes into someone's ~/.emoweb (real clips of a child) or ~/.cache/emoweb."""
+    with pytest.MonkeyPatch.context() as mp:
+        home = tmp_path_factory.mktemp("emoweb_home")
+        for name, folder in (("EMOWEB_DATA_DIR", "data"), ("EMOWEB_FEATURE_CACHE", "features")):
+            if not os.environ.get(name):
+                mp.setenv(name, str(home / folder))
+        yield
 
 
 def needs_corpus(path: Path) -> Path:
@@ -74,10 +87,10 @@ def happy_speech() -> Path:
 
 @pytest.fixture(scope="session")
 def composite_clip(joy_face: Path, happy_speech: Path, tmp_path_factory) -> Path:
-    """One H.264/AAC composite mp4 (~2.6 s): a smiling face + a CREMA-D 'happy' voice saying the sentence above."""
+    """One H.264/AAC composite mp4 (~3.5 s): a smiling face + a CREMA-D 'happy' voice saying the sentence above."""
     from emoweb import composite
 
-    out = tmp_path_factory.mktemp("composite") / "joy_jacket.mp4"
+    out = tmp_path_factory.mktemp("composite") / "joy_cold.mp4"
     return composite.render(joy_face, happy_speech, out)
 
 

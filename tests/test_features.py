@@ -46,7 +46,7 @@ def test_transcript(clip_features) -> None:
 
 
 def test_whisper_encoder_passes(clip_features) -> None:
-    """Two passes for a 2.6-s clip with speech: the emotion tokens' (a window fitted to the clip) and the
+    """Two passes for a 3.5-s clip with speech: the emotion tokens' (a window fitted to the clip) and the
     decoder's (one 30-s window, reused by language detection and decoding: never encoded twice)."""
     _, passes = clip_features
     assert passes == 2

@@ -159,7 +159,7 @@ def shared_app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 # -- helpers of the load and fault tests ---------------------------------------------------------
 
 def render_clips(out_dir: Path, n: int) -> list[Path]:
-    """`n` distinct composite clips (~2.6 s each, different content hashes: one voice of tests/data each),
+    """`n` distinct composite clips (~3.5 s each, different content hashes: one voice of tests/data each),
     rendered once into `out_dir`. A voice goes with the face photo of its label where tests/data has one,
     else the other face: these clips are uploads whose label no test reads."""
     from conftest import FACES, OTHER_FACE, VOICES
