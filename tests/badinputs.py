@@ -1,9 +1,9 @@
 """Issue 9's "bad inputs" corpus, generated on the fly (no committed binaries).
 
-`build_corpus(directory, shared_data)` writes every awkward upload the app must survive - broken, empty,
+`build_corpus(directory)` writes every awkward upload the app must survive - broken, empty,
 mislabelled, extreme or odd-named - and says for each what a correct answer is: a result that notes what
 was missing, or one readable error line. Built with the bundled ffmpeg, PyAV, numpy and Pillow from one
-face photo and one speech clip of the shared data, small enough to build in seconds on two slow cores.
+face photo and one speech clip of tests/data, small enough to build in seconds on two slow cores.
 """
 from __future__ import annotations
 
@@ -75,8 +75,8 @@ def _error(name: str, path: Path, expect: str) -> Case:
     return Case(name, path, "error", expect, limit_s=30.0)
 
 
-def _face(shared_data: Path) -> Image.Image:
-    with Image.open(shared_data / JOY_FACE) as im:
+def _face() -> Image.Image:
+    with Image.open(JOY_FACE) as im:
         return ImageOps.exif_transpose(im).convert("RGB")
 
 
@@ -120,12 +120,12 @@ def _corrupt_video_packets(src: Path, dst: Path, seed: int = 0) -> Path:
     return dst
 
 
-def build_corpus(directory: Path, shared_data: Path) -> list[Case]:
+def build_corpus(directory: Path) -> list[Case]:
     """Every bad-input case of issue 9 under `directory` (fresh files, unique content per case)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    speech = shared_data / HAPPY_SPEECH
-    face = _face(shared_data)
+    speech = HAPPY_SPEECH
+    face = _face()
     cases: list[Case] = []
 
     # refused outright: reuse the catalogue the media tests check at the decode level
@@ -135,7 +135,7 @@ def build_corpus(directory: Path, shared_data: Path) -> list[Case]:
     # the base clip: face + voice, H.264/AAC, index (moov) at the end; a faststart copy has it first
     from emoweb import composite
 
-    base = composite.render(shared_data / JOY_FACE, speech, d / "base.mp4")
+    base = composite.render(JOY_FACE, speech, d / "base.mp4")
     faststart = d / "faststart.mp4"
     ffmpeg("-i", base, "-c", "copy", "-movflags", "+faststart", faststart)
 
@@ -235,7 +235,7 @@ def build_corpus(directory: Path, shared_data: Path) -> list[Case]:
     cases.append(_result("mp3_named_mp4", mp3, r"no video track", ("visual",)))
 
     cases += _real_world_media_cases(d / "real_world", face, speech)
-    cases += _transcript_and_text_cases(d, shared_data, face)
+    cases += _transcript_and_text_cases(d, face)
 
     for helper in (base, faststart, still):
         helper.unlink()  # building blocks, not cases
@@ -353,7 +353,7 @@ def _room_tone(seconds: float, rate: int = 16_000, dbfs: float = -55.0) -> np.nd
     return noise / np.sqrt(np.mean(noise**2)) * 10 ** (dbfs / 20)
 
 
-def _transcript_and_text_cases(d: Path, shared_data: Path, face: Image.Image) -> list[Case]:
+def _transcript_and_text_cases(d: Path, face: Image.Image) -> list[Case]:
     """Issue 17 kind 4 (music is not speech; a sentence after long room tone is heard, in English) and
     kind 6 (a file name holding a byte that is not UTF-8 is stored with U+FFFD, or named in one error line)."""
     import dataclasses
@@ -364,9 +364,9 @@ def _transcript_and_text_cases(d: Path, shared_data: Path, face: Image.Image) ->
 
     cases = []
     music_wav = write_wav(d / "music.wav", _music(6.0))
-    music = composite.render(shared_data / JOY_FACE, music_wav, d / "music_no_voice.mp4")
+    music = composite.render(JOY_FACE, music_wav, d / "music_no_voice.mp4")
     cases.append(_result("music_no_voice", music, r"no speech found", ("text",)))
-    late_wav = write_wav(d / "late.wav", np.concatenate([_room_tone(40.0), media.decode(shared_data / HAPPY_SPEECH).audio]))
+    late_wav = write_wav(d / "late.wav", np.concatenate([_room_tone(40.0), media.decode(HAPPY_SPEECH).audio]))
     late = d / "room_tone_then_speech.m4a"  # a voice memo
     ffmpeg("-i", late_wav, "-c:a", "aac", "-b:a", "64k", late)
     cases.append(dataclasses.replace(_result("speech_after_40s_room_tone", late, r"no video track", ("visual",)),

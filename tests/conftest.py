@@ -1,7 +1,10 @@
-"""Shared fixtures: the real data folder, one composite clip per session, one feature extractor per session.
+"""Shared fixtures: the committed samples, the whole corpora, one composite clip and one feature extractor per session.
 
-Test clips are *composites* (a face photo + a RAVDESS voice of the same label), rendered once into a
-session temp dir. `make_bad_inputs` builds every kind of input the app must refuse with one clear line.
+Tests read real media from `tests/data/` (two face photos, four CREMA-D voices; licences in
+tests/data/README.md), so a fresh clone runs them. Only tests that read a whole corpus take `shared_data`
+(../shared/data) and skip without it, saying so. Test clips are *composites* (a face photo + a voice of the
+same label), rendered once into a session temp dir. `make_bad_inputs` builds every kind of input the app
+must refuse with one clear line.
 """
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import os
 import random
 import subprocess
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,9 +21,17 @@ import pytest
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-JOY_FACE = "faces/facial_expressions/joy/Aaron_Sorkin_0002.jpg"  # clearly smiling
-HAPPY_SPEECH = "speech/ravdess/Actor_01/03-01-03-01-01-01-01.flac"  # "Kids are talking by the door"
-HAPPY_SENTENCE = "kids are talking by the door"
+NEEDS_CORPUS = "needs ../shared/data (whole corpus)"  # the skip reason pytest's summary shows
+SAMPLES = Path(__file__).resolve().parent / "data"
+# label7 -> a face photo (tight crops, like the corpus's): a broad smile; another person, neutral
+FACES = {"joy": SAMPLES / "faces" / "joy_eileen_collins.jpg", "neutral": SAMPLES / "faces" / "neutral_grace_hopper.jpg"}
+JOY_FACE, OTHER_FACE = FACES["joy"], FACES["neutral"]
+FACE_PHOTOS = tuple(FACES.values())
+# one CREMA-D speaker saying one sentence: label7 -> clip
+VOICES = {label: SAMPLES / "speech" / f"1005_MTI_{code}_XX.opus"
+          for label, code in (("joy", "HAP"), ("sadness", "SAD"), ("anger", "ANG"), ("fear", "FEA"))}
+HAPPY_SPEECH = VOICES["joy"]  # "Maybe tomorrow it will be cold.", 3.5 s
+HAPPY_SENTENCE = "maybe tomorrow it will be cold"
 TORCH_THREADS = 2
 
 
@@ -38,29 +50,47 @@ def ffmpeg(*args: str | Path) -> None:
         raise RuntimeError(f"ffmpeg failed: {' '.join(cmd)}\n{proc.stderr}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_dirs(tmp_path_factory) -> Iterator[None]:
+    """The app's data dir and feature cache in the session's temp dir unless the run sets them: a test run
+    never writes into someone's ~/.emoweb (real clips of a child) or ~/.cache/emoweb."""
+    with pytest.MonkeyPatch.context() as mp:
+        home = tmp_path_factory.mktemp("emoweb_home")
+        for name, folder in (("EMOWEB_DATA_DIR", "data"), ("EMOWEB_FEATURE_CACHE", "features")):
+            if not os.environ.get(name):
+                mp.setenv(name, str(home / folder))
+        yield
+
+
+def needs_corpus(path: Path) -> Path:
+    """`path` if it exists; otherwise skip the test: it reads a corpus that is not in the repository."""
+    if not path.exists():
+        pytest.skip(f"{NEEDS_CORPUS}: {path} is absent")
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip("shared data folder ../shared/data is absent")
-    return SHARED_DATA
+    """The whole corpora (../shared/data), for tests that read a corpus or its manifests; skips without it."""
+    return needs_corpus(SHARED_DATA)
 
 
 @pytest.fixture(scope="session")
-def joy_face(shared_data: Path) -> Path:
-    return shared_data / JOY_FACE
+def joy_face() -> Path:
+    return JOY_FACE
 
 
 @pytest.fixture(scope="session")
-def happy_speech(shared_data: Path) -> Path:
-    return shared_data / HAPPY_SPEECH
+def happy_speech() -> Path:
+    return HAPPY_SPEECH
 
 
 @pytest.fixture(scope="session")
 def composite_clip(joy_face: Path, happy_speech: Path, tmp_path_factory) -> Path:
-    """One H.264/AAC composite mp4 (~3.5 s): a smiling face + a RAVDESS 'happy' voice saying the sentence above."""
+    """One H.264/AAC composite mp4 (~3.5 s): a smiling face + a CREMA-D 'happy' voice saying the sentence above."""
     from emoweb import composite
 
-    out = tmp_path_factory.mktemp("composite") / "joy_kids_door.mp4"
+    out = tmp_path_factory.mktemp("composite") / "joy_cold.mp4"
     return composite.render(joy_face, happy_speech, out)
 
 

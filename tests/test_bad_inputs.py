@@ -48,8 +48,8 @@ class Outcome:
 
 
 @pytest.fixture(scope="module")
-def corpus(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
-    return build_corpus(tmp_path_factory.mktemp("bad_inputs_corpus"), shared_data)
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
+    return build_corpus(tmp_path_factory.mktemp("bad_inputs_corpus"))
 
 
 @pytest.fixture(scope="module")

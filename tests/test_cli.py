@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import FACES
 from emoweb import cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,52 +73,47 @@ def test_deprecated_profile_spelling_still_sets_the_backbones(capsys) -> None:
     assert args.profile == "Anna" and capsys.readouterr().err == ""
 
 
-def _face_manifest(shared_data: Path, path: Path, n: int, split: bool) -> list[str]:
-    """`n` face photos of different labels (one of them val), plus a row whose file is missing."""
-    faces = shared_data / "faces" / "facial_expressions"
-    rows, labels = [], set()
-    with open(faces / "manifest.csv", newline="") as f:
-        for r in csv.DictReader(f):
-            if r["label7"] not in labels and len(rows) < n:
-                labels.add(r["label7"])
-                rows.append({"path": str(faces / r["path"]), "label": r["label7"], "split": "val" if not rows else "train"})
+def _face_manifest(path: Path, split: bool) -> list[str]:
+    """The face photos of tests/data (the first one val), plus a row whose file is missing."""
+    rows = [{"path": str(p), "label": label, "split": "val" if i == 0 else "train"} for i, (label, p) in enumerate(FACES.items())]
     rows.append({"path": "gone.jpg", "label": "joy", "split": "train"})
     fields = ["path", "label", "split"] if split else ["path", "label"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    return [r["label"] for r in rows[:n]]
+    return [r["label"] for r in rows[:-1]]
 
 
 @pytest.mark.slow
-def test_eval_without_split_column_scores_every_row(shared_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_eval_without_split_column_scores_every_row(tmp_path: Path, monkeypatch, capsys) -> None:
     from test_services import make_checkpoint_root
 
     monkeypatch.setenv("EMOWEB_CHECKPOINT_ROOT", str(make_checkpoint_root(tmp_path / "checkpoints")))
     monkeypatch.setenv("EMOWEB_FEATURE_CACHE", str(tmp_path / "features"))
     plain = tmp_path / "plain.csv"
-    labels = _face_manifest(shared_data, plain, 3, split=False)
+    labels = _face_manifest(plain, split=False)
+    n = len(labels)
     assert cli.main(["eval", str(plain), "--models", "emoasst", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["split"] == "" and result["n"] == 3 and result["reports"]["emoasst"]["n"] == 3
+    assert result["split"] == "" and result["n"] == n and result["reports"]["emoasst"]["n"] == n
     assert sorted(lab for lab, s in result["reports"]["emoasst"]["support"].items() for _ in range(s)) == sorted(labels)
     assert len(result["skipped"]) == 1 and "gone.jpg: file not found" in result["skipped"][0]
     # the visual backbone's own answer beside the model, on the same rows (issue 18's yardstick)
     from emoweb.evaluation import BACKBONE_REPORT
 
-    assert result["reports"][BACKBONE_REPORT]["n"] == 3 and result["reports"][BACKBONE_REPORT]["n_pred_outside_labels"] == 0
+    assert result["reports"][BACKBONE_REPORT]["n"] == n and result["reports"][BACKBONE_REPORT]["n_pred_outside_labels"] == 0
 
     assert cli.main(["eval", str(plain), "--models", "emoasst"]) == 0  # text: the skipped row's reason too
     out = capsys.readouterr().out
-    assert "split (every row): rows used 3, skipped 1" in out and "skipped: gone.jpg: file not found" in out
+    assert f"split (every row): rows used {n}, skipped 1" in out and "skipped: gone.jpg: file not found" in out
 
     split = tmp_path / "split.csv"
-    _face_manifest(shared_data, split, 3, split=True)  # with a split column: val only, unless asked
+    _face_manifest(split, split=True)  # with a split column: val only, unless asked
     assert cli.main(["eval", str(split), "--models", "emoasst", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 1
     assert cli.main(["eval", str(split), "--models", "emoasst", "--split", "", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["n"] == 3
+    assert json.loads(capsys.readouterr().out)["n"] == n
     assert cli.main(["eval", str(plain), "--models", "emoasst", "--split", "val"]) == 2
     assert f"no rows with split 'val' in {plain}" in capsys.readouterr().err
 

@@ -98,8 +98,8 @@ def cli(workdir: Path, *args: str, env: dict[str, str] | None = None, preexec: C
 
 
 @pytest.fixture(scope="module")
-def clips(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    return render_clips(shared_data, tmp_path_factory.mktemp("fault_clips"), 4)
+def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return render_clips(tmp_path_factory.mktemp("fault_clips"), 4)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import JOY_FACE, SHARED_DATA, needs_corpus
 from models import LABEL7
 from models.backbones.fer_xception import (
     DEFAULT_WEIGHTS,
@@ -21,8 +22,7 @@ from models.backbones.fer_xception import (
     to_label7_order,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-FACES = DATA / "faces" / "facial_expressions"
+FACES = SHARED_DATA / "faces" / "facial_expressions"
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +31,13 @@ def model() -> MiniXception:
 
 
 def _faces_manifest() -> list[dict[str, str]]:
-    manifest = FACES / "manifest.csv"
-    if not manifest.is_file():
-        pytest.skip(f"face photos not available ({manifest} missing): real-data checks skipped")
-    with manifest.open(newline="") as f:
+    with needs_corpus(FACES / "manifest.csv").open(newline="") as f:
         return list(csv.DictReader(f))
 
 
-def _load_rgb(rel: str) -> np.ndarray:
-    bgr = cv2.imread(str(FACES / rel))
-    assert bgr is not None, f"cannot read {FACES / rel}"
+def _load_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path))
+    assert bgr is not None, f"cannot read {path}"
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -117,12 +114,8 @@ def test_preprocess_scaling_and_label_mapping() -> None:
 
 
 def test_clearly_smiling_face_is_joy(model: MiniXception) -> None:
-    rows = {r["path"]: r for r in _faces_manifest()}
-    path = "joy/Aaron_Sorkin_0002.jpg"  # broad open-mouth smile
-    if path not in rows:
-        pytest.skip(f"{path} not in the faces manifest")
     with torch.no_grad():
-        out = model(preprocess(_load_rgb(path)[None]))
+        out = model(preprocess(_load_rgb(JOY_FACE)[None]))  # a broad smile
     assert FER_LABEL7[int(out.logits.argmax())] == "joy"
     assert float(out.probs[0, FER_LABEL7.index("joy")]) > 0.8
 
@@ -135,7 +128,7 @@ def test_most_joy_faces_are_joy(model: MiniXception) -> None:
     if len(rows) < 10:
         pytest.skip("fewer than 10 validation joy photos in the manifest")
     with torch.no_grad():
-        pred = model(preprocess([_load_rgb(r["path"]) for r in rows])).logits.argmax(-1)
+        pred = model(preprocess([_load_rgb(FACES / r["path"]) for r in rows])).logits.argmax(-1)
     n_joy = sum(FER_LABEL7[int(p)] == "joy" for p in pred)
     assert n_joy >= 0.7 * len(rows), f"only {n_joy}/{len(rows)} joy photos classified joy"
 

@@ -167,11 +167,11 @@ def load_app(tmp_path_factory: pytest.TempPathFactory) -> RunningApp:
     stop_app(app)
 
 
-def test_eight_clients_predict_and_label(load_app: RunningApp, shared_data: Path, tmp_path: Path,
+def test_eight_clients_predict_and_label(load_app: RunningApp, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     from gradio_client import Client, handle_file
 
-    clips = render_clips(shared_data, tmp_path / "clips", POOL)
+    clips = render_clips(tmp_path / "clips", POOL)
     big = tmp_path / "too_big.mp4"
     big.write_bytes(os.urandom(int(1.5 * UPLOAD_LIMIT_MB * 2**20)))
     warm = Client(load_app.url, verbose=False, download_files=False)

@@ -9,16 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import JOY_FACE, ffmpeg
+from conftest import JOY_FACE, OTHER_FACE, ffmpeg
 from emoweb import faces, media
 from emoweb.errors import EmoWebError
-from test_faces import H264_ARGS, OTHER_FACE, _photo, _scene
+from test_faces import H264_ARGS, _photo, _scene
 
 
 @pytest.fixture(scope="module")
-def two_people(shared_data: Path, happy_speech: Path, tmp_path_factory) -> Path:
-    """A 4-s clip: a smiling face on the left, a surprised one on the right, a happy voice."""
-    left, right = _photo(shared_data, JOY_FACE), _photo(shared_data, OTHER_FACE)
+def two_people(happy_speech: Path, tmp_path_factory) -> Path:
+    """A 4-s clip: a smiling face on the left, a neutral one on the right, a happy voice."""
+    left, right = _photo(JOY_FACE), _photo(OTHER_FACE)
     folder = tmp_path_factory.mktemp("two_people")
     for i in range(16):
         Image.fromarray(_scene(640, 360, [(left, 40 + i, 80, 190), (right, 400 - i, 100, 130)])).save(folder / f"{i:03d}.png")

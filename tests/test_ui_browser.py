@@ -200,7 +200,7 @@ def test_browser_predict_label_rebuild(page, ui_app: RunningApp, composite_clip:
     open_fold(page, "fold-history")
     expect(page.locator("#label-history")).to_contain_text("<img src=x", timeout=60_000)
     open_fold(page, "fold-queue")
-    expect(page.locator("#queue")).to_contain_text("joy_kids_door", timeout=60_000)
+    expect(page.locator("#queue")).to_contain_text("joy_cold", timeout=60_000)
     assert page.evaluate("window.__emowebXss") is None, "a note's or profile name's HTML ran in the page"
 
     # Rebuild the cache (in its fold): the snapshot count changes

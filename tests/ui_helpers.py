@@ -158,22 +158,19 @@ def shared_app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 
 # -- helpers of the load and fault tests ---------------------------------------------------------
 
-# (face folder, RAVDESS emotion code): a face photo and an Actor_01 voice of the same emotion
-CLIP_PAIRS = (("joy", "03"), ("sadness", "04"), ("anger", "05"), ("fear", "06"), ("neutral", "01"), ("surprise", "08"))
-
-
-def render_clips(shared_data: Path, out_dir: Path, n: int) -> list[Path]:
-    """`n` distinct composite clips (~3.5 s each, different content hashes), rendered once into `out_dir`."""
+def render_clips(out_dir: Path, n: int) -> list[Path]:
+    """`n` distinct composite clips (~3.5 s each, different content hashes: one voice of tests/data each),
+    rendered once into `out_dir`. A voice goes with the face photo of its label where tests/data has one,
+    else the other face: these clips are uploads whose label no test reads."""
+    from conftest import FACES, OTHER_FACE, VOICES
     from emoweb import composite
 
-    if n > len(CLIP_PAIRS):
-        raise ValueError(f"at most {len(CLIP_PAIRS)} distinct clips")
+    if n > len(VOICES):
+        raise ValueError(f"at most {len(VOICES)} distinct clips")
     out = []
-    for label, code in CLIP_PAIRS[:n]:
-        face = sorted((shared_data / "faces" / "facial_expressions" / label).glob("*.jpg"))[0]
-        speech = shared_data / "speech" / "ravdess" / "Actor_01" / f"03-01-{code}-01-01-01-01.flac"
+    for label, speech in list(VOICES.items())[:n]:
         target = out_dir / f"{label}.mp4"
-        out.append(target if target.is_file() else composite.render(face, speech, target))
+        out.append(target if target.is_file() else composite.render(FACES.get(label, OTHER_FACE), speech, target))
     return out
 
 
