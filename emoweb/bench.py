@@ -108,8 +108,9 @@ def render_bench_clip(seconds: float, out: Path) -> Path:
     """A composite clip of `seconds`: the smiling face + the RAVDESS sentence, looped to length if needed."""
     import numpy as np
 
-    from emoweb import composite, media
+    from emoweb import composite
     from emoweb.config import SHARED_DATA
+    from emoweb.pipeline import media
 
     face, speech = SHARED_DATA / BENCH_FACE, SHARED_DATA / BENCH_SPEECH
     if not SHARED_DATA.is_dir():
@@ -177,7 +178,7 @@ def bench_settings(args: argparse.Namespace):
 
 @bench("extract", "per-stage time of the shared feature pipeline on a composite clip", _fmt_table)
 def bench_extract(args: argparse.Namespace) -> dict:
-    from emoweb.features import FeatureExtractor
+    from emoweb.pipeline.features import FeatureExtractor
     from models.backbones import resolve_device
 
     settings = bench_settings(args)
@@ -245,7 +246,7 @@ def _fmt_models(result: dict) -> str:
 
 @bench("models", "per-stage and per-model latency, --models all vs emoasst, peak memory", _fmt_models)
 def bench_models(args: argparse.Namespace) -> dict:
-    from emoweb.inference import Predictor
+    from emoweb.pipeline.inference import Predictor
     from models.backbones import resolve_device
 
     settings = bench_settings(args)
@@ -330,9 +331,9 @@ def bench_faces(args: argparse.Namespace) -> dict:
     import torch
     from PIL import Image, ImageOps
 
-    from emoweb import faces, haar
     from emoweb.config import SHARED_DATA
     from emoweb.manifests import read_manifest
+    from emoweb.pipeline import faces, haar
 
     torch.set_num_threads(args.threads)
     rows = [r for r in read_manifest(SHARED_DATA / FACES_MANIFEST) if r.split == "val" and r.path is not None]

@@ -69,9 +69,9 @@ def _encode_args(p: argparse.ArgumentParser) -> None:
          prints="how many rows were encoded and skipped (progress bar on stderr)",
          takes="about 0.1-0.2 s per speech clip without ASR, ~1 s with it, ~0.03 s per face photo on a 2-CPU machine")(_encode_args)
 def _encode(args: argparse.Namespace) -> int:
-    from emoweb.features import FeatureExtractor
-    from emoweb.featstore import FeatureStore
     from emoweb.manifests import read_manifests
+    from emoweb.pipeline.featstore import FeatureStore
+    from emoweb.pipeline.features import FeatureExtractor
 
     try:
         index, total = (int(x) for x in args.shard.split("/"))
@@ -95,9 +95,9 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from emoweb.augment import AudioAugment
-    from emoweb.features import FeatureExtractor
-    from emoweb.featstore import FeatureStore
     from emoweb.manifests import read_manifests
+    from emoweb.pipeline.featstore import FeatureStore
+    from emoweb.pipeline.features import FeatureExtractor
     from emoweb.training import assign_splits, calibrate, cap_dev, data_card, evaluate, train
     from models import LABEL7, registry
 
@@ -241,7 +241,7 @@ def _predict_line(item: dict) -> str:
          prints="per clip the one answer (the models' vote, how sure in words) and each model's label and probability",
          takes="2-10 s to load the backbones and models, then about 1 s per 4-s clip (5 s per 60-s clip) on a 2-CPU machine")(_predict_args)
 def _predict(args: argparse.Namespace) -> int:
-    from emoweb.media import check_file
+    from emoweb.pipeline.media import check_file
     from emoweb.safetext import clean
 
     if not args.paths and args.text is None:
@@ -251,7 +251,7 @@ def _predict(args: argparse.Namespace) -> int:
     paths = [p for a in args.paths for p in (sorted(x for x in Path(a).iterdir() if x.is_file()) if Path(a).is_dir() else [Path(a)])]
     if len(paths) == 1:
         check_file(paths[0])  # a missing clip answers before torch and the models load
-    from emoweb.inference import Predictor
+    from emoweb.pipeline.inference import Predictor
 
     predictor = Predictor(settings_from(args))
     if not paths:

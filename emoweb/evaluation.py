@@ -13,14 +13,14 @@ import time
 
 import torch
 
-from emoweb.batching import to_input
 from emoweb.config import Settings
 from emoweb.errors import EmoWebError
-from emoweb.featstore import FeatureStore
-from emoweb.inference import Predictor
 from emoweb.manifests import read_manifests
 from emoweb.metrics import classification_report
 from emoweb.pairs import composite_samples
+from emoweb.pipeline.batching import to_input
+from emoweb.pipeline.featstore import FeatureStore
+from emoweb.pipeline.inference import Predictor
 from emoweb.services import cachebuild
 from emoweb.training import Sample
 from models.cache import FewShotCache

@@ -15,9 +15,9 @@ import torch
 
 from emoweb.config import SHARED_DATA, Settings
 from emoweb.evaluation import BACKBONE_REPORT, backbone_label, composite_items
-from emoweb.inference import Predictor
 from emoweb.manifests import read_manifest
 from emoweb.metrics import classification_report, expected_calibration_error
+from emoweb.pipeline.inference import Predictor
 from emoweb.studies import acted_speech_store
 from emoweb.training import Sample, predict_samples
 from models import LABEL7

@@ -4,7 +4,7 @@ The shared data has no real audio-visual clip: faces are photos (visual only) an
 (audio + transcript). A fusion model such as MER-CLIP also needs samples with both, so each speech
 sample is paired with random face photo(s) of the same label AND the same split (train with train,
 dev with dev, val with val), which keeps face identities and speakers disjoint across splits exactly
-as `emoweb.training.assign_splits` made them. The pair is built with `emoweb.batching.composite`
+as `emoweb.training.assign_splits` made them. The pair is built with `emoweb.pipeline.batching.composite`
 (the photo's visual features + the clip's audio and transcript features: no backbone is re-run).
 
 Composite rows are *composites*, never recordings: the face and the voice belong to different
@@ -17,8 +17,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from emoweb.batching import composite
 from emoweb.manifests import Row
+from emoweb.pipeline.batching import composite
 from emoweb.training import Sample
 
 SOURCE = "composite"

@@ -360,7 +360,8 @@ def _transcript_and_text_cases(d: Path, shared_data: Path, face: Image.Image) ->
     import os
 
     from conftest import HAPPY_SENTENCE
-    from emoweb import composite, media
+    from emoweb import composite
+    from emoweb.pipeline import media
 
     cases = []
     music_wav = write_wav(d / "music.wav", _music(6.0))

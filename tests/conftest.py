@@ -70,7 +70,7 @@ def extractor():
     import torch
 
     from emoweb.config import get_settings
-    from emoweb.features import FeatureExtractor
+    from emoweb.pipeline.features import FeatureExtractor
 
     torch.set_num_threads(TORCH_THREADS)
     settings = get_settings()

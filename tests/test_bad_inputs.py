@@ -24,9 +24,9 @@ import pytest
 
 from badinputs import Case, build_corpus
 from emoweb.errors import EmoWebError
-from emoweb.media import display_name
-from emoweb.services import CaregiverService, cachebuild
+from emoweb.pipeline.media import display_name
 from emoweb.safetext import clean
+from emoweb.services import CaregiverService, cachebuild
 from models import registry
 
 pytestmark = pytest.mark.slow
@@ -55,7 +55,7 @@ def corpus(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> list[
 @pytest.fixture(scope="module")
 def service(extractor, tmp_path_factory: pytest.TempPathFactory) -> CaregiverService:
     """All shipped models on the session's backbones, a fresh data dir: loaded once for the corpus."""
-    from emoweb.inference import Predictor
+    from emoweb.pipeline.inference import Predictor
 
     data = tmp_path_factory.mktemp("bad_inputs_data")
     settings = dataclasses.replace(extractor.settings, data_dir=data, database_url="", profile="embedded")

@@ -15,7 +15,7 @@ import pytest
 from emoweb import cli
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "gradio", "transformers", "sqlalchemy", "models.registry", "emoweb.inference")
+HEAVY = ("torch", "gradio", "transformers", "sqlalchemy", "models.registry", "emoweb.pipeline.inference")
 PROBE = (
     "import sys\n"
     "from emoweb import cli\n"

@@ -157,8 +157,8 @@ def _speech_samples(dims, speakers=8, per_label=3, split="train"):
     """Audio-only rows of two labels over several speakers, tokens shifted by label (learnable)."""
     from pathlib import Path
 
-    from emoweb.features import ClipFeatures
     from emoweb.manifests import Row
+    from emoweb.pipeline.features import ClipFeatures
 
     g = torch.Generator().manual_seed(0)
     out = []

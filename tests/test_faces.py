@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from conftest import JOY_FACE, ffmpeg
-from emoweb import faces
+from emoweb.pipeline import faces
 from models.backbones import blazeface
 
 OTHER_FACE = "faces/facial_expressions/surprise/Allison_Janney_0001.jpg"  # validation identity, surprised

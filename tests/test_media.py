@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import ffmpeg, write_wav
-from emoweb import media
 from emoweb.errors import MediaError
+from emoweb.pipeline import media
 
 CUT = 1.5  # seconds kept from the composite for the container variants
 

@@ -59,7 +59,7 @@ def checkpoints(tmp_path_factory) -> Path:
 def service(extractor, checkpoints, tmp_path_factory) -> CaregiverService:
     """One service per module on a fresh data dir, sharing the session's backbones; EmoAsst only
     (the services are model-agnostic; one model keeps the module cheap)."""
-    from emoweb.inference import Predictor
+    from emoweb.pipeline.inference import Predictor
 
     data = tmp_path_factory.mktemp("emoweb-data")
     settings = dataclasses.replace(extractor.settings, data_dir=data, database_url="", profile="embedded")

@@ -69,7 +69,7 @@ def measure_encode_seconds() -> float | None:
     """Per-clip feature extraction on a real composite clip (warm backbones), or None without the data."""
     from emoweb import composite
     from emoweb.config import SHARED_DATA
-    from emoweb.features import FeatureExtractor
+    from emoweb.pipeline.features import FeatureExtractor
 
     face = SHARED_DATA / "faces/facial_expressions/joy/Aaron_Sorkin_0002.jpg"
     speech = SHARED_DATA / "speech/ravdess/Actor_01/03-01-03-01-01-01-01.flac"

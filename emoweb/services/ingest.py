@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from emoweb.errors import EmoWebError, MediaError
-from emoweb.media import display_name, file_sha256  # display_name: uploaded names may hold newlines
+from emoweb.pipeline.media import display_name, file_sha256  # display_name: uploaded names may hold newlines
 from emoweb.safetext import clean
 from emoweb.services import cachebuild, tempfiles
 from emoweb.services.context import Progress, ServiceContext, clip_info

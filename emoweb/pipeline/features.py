@@ -20,9 +20,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from emoweb import faces, media, quality
 from emoweb.config import Settings, get_settings
 from emoweb.errors import EmoWebError
+from emoweb.pipeline import faces, media, quality
 from emoweb.safetext import clean
 from models.backbones import AsrResult, Backbones, get_backbones
 
