@@ -108,8 +108,8 @@ def render_bench_clip(seconds: float, out: Path) -> Path:
     """A composite clip of `seconds`: the smiling face + the RAVDESS sentence, looped to length if needed."""
     import numpy as np
 
-    from emoweb import composite
     from emoweb.config import SHARED_DATA
+    from emoweb.learning import composite
     from emoweb.pipeline import media
 
     face, speech = SHARED_DATA / BENCH_FACE, SHARED_DATA / BENCH_SPEECH
@@ -332,7 +332,7 @@ def bench_faces(args: argparse.Namespace) -> dict:
     from PIL import Image, ImageOps
 
     from emoweb.config import SHARED_DATA
-    from emoweb.manifests import read_manifest
+    from emoweb.learning.manifests import read_manifest
     from emoweb.pipeline import faces, haar
 
     torch.set_num_threads(args.threads)

@@ -133,7 +133,7 @@ def build_corpus(directory: Path, shared_data: Path) -> list[Case]:
         cases.append(_error(name, path, BAD_INPUT_ERRORS[name]))
 
     # the base clip: face + voice, H.264/AAC, index (moov) at the end; a faststart copy has it first
-    from emoweb import composite
+    from emoweb.learning import composite
 
     base = composite.render(shared_data / JOY_FACE, speech, d / "base.mp4")
     faststart = d / "faststart.mp4"
@@ -360,7 +360,7 @@ def _transcript_and_text_cases(d: Path, shared_data: Path, face: Image.Image) ->
     import os
 
     from conftest import HAPPY_SENTENCE
-    from emoweb import composite
+    from emoweb.learning import composite
     from emoweb.pipeline import media
 
     cases = []

@@ -58,7 +58,7 @@ def happy_speech(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def composite_clip(joy_face: Path, happy_speech: Path, tmp_path_factory) -> Path:
     """One H.264/AAC composite mp4 (~3.5 s): a smiling face + a RAVDESS 'happy' voice saying the sentence above."""
-    from emoweb import composite
+    from emoweb.learning import composite
 
     out = tmp_path_factory.mktemp("composite") / "joy_kids_door.mp4"
     return composite.render(joy_face, happy_speech, out)

@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from emoweb.augment import AudioAugment, SplicePartners
-from emoweb.manifests import Row
+from emoweb.learning.augment import AudioAugment, SplicePartners
+from emoweb.learning.manifests import Row
 from emoweb.pipeline.features import ClipFeatures
 
 

@@ -104,7 +104,7 @@ def test_eval_without_split_column_scores_every_row(shared_data: Path, tmp_path:
     assert sorted(lab for lab, s in result["reports"]["emoasst"]["support"].items() for _ in range(s)) == sorted(labels)
     assert len(result["skipped"]) == 1 and "gone.jpg: file not found" in result["skipped"][0]
     # the visual backbone's own answer beside the model, on the same rows (issue 18's yardstick)
-    from emoweb.evaluation import BACKBONE_REPORT
+    from emoweb.learning.evaluation import BACKBONE_REPORT
 
     assert result["reports"][BACKBONE_REPORT]["n"] == 3 and result["reports"][BACKBONE_REPORT]["n_pred_outside_labels"] == 0
 

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from conftest import write_wav
-from emoweb import composite
 from emoweb.config import get_settings
 from emoweb.errors import EmoWebError
+from emoweb.learning import composite
 from emoweb.pipeline import media
 from emoweb.pipeline.media import file_sha256
 from emoweb.services import CaregiverService

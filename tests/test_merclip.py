@@ -188,10 +188,10 @@ def test_training_reduces_loss_and_multilabel_bce(tokenizer):
 
 
 def test_composite_pairs_keep_label_and_split():
-    from emoweb.manifests import Row
-    from emoweb.pairs import composite_samples
+    from emoweb.learning.manifests import Row
+    from emoweb.learning.pairs import composite_samples
+    from emoweb.learning.training import Sample
     from emoweb.pipeline.features import ClipFeatures
-    from emoweb.training import Sample
 
     def feats(kind, audio=False, visual=False):
         f = ClipFeatures(source=kind, sha256="0", kind=kind, profile="embedded", device="cpu", duration=1.0, full_duration=1.0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from emoweb.errors import EmoWebError
-from emoweb.manifests import read_manifest, read_manifests
+from emoweb.learning.manifests import read_manifest, read_manifests
 
 MELD = "text/meld"
 GOEMOTIONS = "text/goemotions_ekman"

@@ -164,7 +164,7 @@ CLIP_PAIRS = (("joy", "03"), ("sadness", "04"), ("anger", "05"), ("fear", "06"),
 
 def render_clips(shared_data: Path, out_dir: Path, n: int) -> list[Path]:
     """`n` distinct composite clips (~3.5 s each, different content hashes), rendered once into `out_dir`."""
-    from emoweb import composite
+    from emoweb.learning import composite
 
     if n > len(CLIP_PAIRS):
         raise ValueError(f"at most {len(CLIP_PAIRS)} distinct clips")

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from emoweb.errors import EmoWebError
-from emoweb.manifests import Row
+from emoweb.learning.manifests import Row
 from emoweb.pipeline.features import ClipFeatures, FeatureExtractor, normalise_text, text_sha256
 from emoweb.pipeline.media import IMAGE_SUFFIXES
 

@@ -22,7 +22,7 @@ def server_manifests() -> dict[str, Path]:
     found: dict[str, Path] = {}
     if not SHARED_DATA.is_dir():
         return found
-    from emoweb.manifests import read_manifest
+    from emoweb.learning.manifests import read_manifest
 
     for path in sorted(SHARED_DATA.glob("**/manifest*.csv"))[:20]:
         try:
@@ -41,7 +41,7 @@ def _inside(path: Path, roots: list[Path]) -> bool:
 def capped_manifest(ctx: C.AppContext, source: Path, split: str, max_rows: int, uploaded: bool) -> tuple[Path, int, int]:
     """A temporary manifest of at most `max_rows` rows of `split` (stratified by label, seeded), with
     absolute paths that must lie in the shared data folder (or, in a shared deployment, the data dir)."""
-    from emoweb.manifests import read_manifest
+    from emoweb.learning.manifests import read_manifest
 
     rows = read_manifest(source)
     if uploaded:  # paths of an uploaded manifest are absolute or relative to the shared data folder
@@ -81,7 +81,7 @@ def capped_manifest(ctx: C.AppContext, source: Path, split: str, max_rows: int, 
 
 
 def _report_markdown(reports: dict, heading: str, latency: dict[str, float | None]) -> str:
-    from emoweb.metrics import comparison_table
+    from emoweb.learning.metrics import comparison_table
 
     lines = [heading, "", comparison_table(reports)]
     lat = [f"{C.esc(m)} {v:.1f} ms/clip" for m, v in latency.items() if v is not None]
@@ -142,7 +142,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     @C.user_errors
     def compare_set(source_value, profile_ref, server_value, upload_value, split_value, max_rows_value, request: gr.Request,
                     progress=gr.Progress(track_tqdm=True)):
-        from emoweb.metrics import classification_report
+        from emoweb.learning.metrics import classification_report
 
         if source_value == SOURCES[0]:
             profile = ctx.profile(profile_ref, request)
@@ -165,7 +165,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                     heading += (f"\n\nActive cache of {C.esc(s['model'])} (snapshot {s['id']}): leave-one-out accuracy "
                                 f"{fmt(m.get('before'))} alone → {fmt(m.get('after'))} with the cache.")
             return _report_markdown(reports, heading, {}), C.confusion_figure(reports)
-        from emoweb.evaluation import evaluate_manifest
+        from emoweb.learning.evaluation import evaluate_manifest
 
         if source_value == SOURCES[1]:
             if not server_value or server_value not in manifests:

@@ -3,7 +3,7 @@
 Features come from the FeatureStore (each clip encoded once). With `cache_k`, a K-shot cache per
 model is built from the manifest's *train* rows and its alpha/beta tuned by cross-validation on
 those rows only; evaluation rows never touch it. With `composites`, the rows scored are composites
-of the split's speech clips and face photos of the same label (`emoweb.pairs`: the data has no real
+of the split's speech clips and face photos of the same label (`emoweb.learning.pairs`: the data has no real
 audio-visual clip), which is how the fused path of the models is measured.
 """
 from __future__ import annotations
@@ -15,14 +15,14 @@ import torch
 
 from emoweb.config import Settings
 from emoweb.errors import EmoWebError
-from emoweb.manifests import read_manifests
-from emoweb.metrics import classification_report
-from emoweb.pairs import composite_samples
+from emoweb.learning.manifests import read_manifests
+from emoweb.learning.metrics import classification_report
+from emoweb.learning.pairs import composite_samples
+from emoweb.learning.training import Sample
 from emoweb.pipeline.batching import to_input
 from emoweb.pipeline.featstore import FeatureStore
 from emoweb.pipeline.inference import Predictor
 from emoweb.services import cachebuild
-from emoweb.training import Sample
 from models.cache import FewShotCache
 
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from emoweb.manifests import Row
+from emoweb.learning.manifests import Row
 from emoweb.pipeline.features import ClipFeatures
 
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 import torch
 
 from emoweb.config import SHARED_DATA, Settings
-from emoweb.evaluation import BACKBONE_REPORT, backbone_label, composite_items
-from emoweb.manifests import read_manifest
-from emoweb.metrics import classification_report, expected_calibration_error
+from emoweb.learning.evaluation import BACKBONE_REPORT, backbone_label, composite_items
+from emoweb.learning.manifests import read_manifest
+from emoweb.learning.metrics import classification_report, expected_calibration_error
+from emoweb.learning.studies import acted_speech_store
+from emoweb.learning.training import Sample, predict_samples
 from emoweb.pipeline.inference import Predictor
-from emoweb.studies import acted_speech_store
-from emoweb.training import Sample, predict_samples
 from models import LABEL7
 
 SPEECH = {"RAVDESS": "speech/ravdess/manifest.csv", "CREMA-D": "speech/cremad/manifest.csv", "TESS": "speech/tess/manifest.csv"}
