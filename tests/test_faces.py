@@ -216,8 +216,8 @@ def test_bench_faces_counts_recall_of_both_detectors(monkeypatch, shared_data: P
     import json
 
     import emoweb.config
-    from emoweb.bench import FACES_MANIFEST
     from emoweb.cli import main
+    from emoweb.cli.bench import FACES_MANIFEST
 
     folder = (tmp_path / FACES_MANIFEST).parent
     folder.mkdir(parents=True)

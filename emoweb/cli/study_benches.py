@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from emoweb.bench import bench
 from emoweb.cli import settings_from
+from emoweb.cli.bench import bench
 from emoweb.errors import EmoWebError
 
 
