@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from emoweb.errors import EmoWebError
-from emoweb.pipeline import media
+from emoweb.pipeline import media, tracks
 from emoweb.pipeline.quality import window_rms
 
 Progress = Callable[[str], None]
@@ -134,7 +134,7 @@ def timeline(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         rms = window_rms(clip.audio[: len(grid) * win], win)
         rms = np.pad(rms, (0, len(grid) - rms.size))  # silence after the sound ends
         top = float(rms.max())
-        if top > media.SILENCE_RMS:
+        if top > tracks.SILENCE_RMS:
             voice = (rms >= VOICE_REL * top).astype(np.float32)
     return grid, face, voice, duration
 
