@@ -22,7 +22,7 @@ from emoweb.learning.training import Sample
 from emoweb.pipeline.batching import to_input
 from emoweb.pipeline.featstore import FeatureStore
 from emoweb.pipeline.inference import Predictor
-from emoweb.services import cachebuild
+from emoweb.services import cachearrays, cachebuild
 from models.cache import FewShotCache
 
 
@@ -47,8 +47,8 @@ def build_cache(predictor: Predictor, name: str, items: list) -> FewShotCache:
         chunk = items[i : i + 128]
         out = model(to_input([f for _, f in chunk], dims), predictor.labels)
         base.append(out.logits)
-        for m, z in {cachebuild.FUSED: out.embedding, **out.modality_embeddings}.items():
-            present = torch.ones(len(chunk), dtype=torch.bool) if m == cachebuild.FUSED else torch.tensor([f.modalities.get(m, True) for _, f in chunk])  # extra keys: zero rows are missing
+        for m, z in {cachearrays.FUSED: out.embedding, **out.modality_embeddings}.items():
+            present = torch.ones(len(chunk), dtype=torch.bool) if m == cachearrays.FUSED else torch.tensor([f.modalities.get(m, True) for _, f in chunk])  # extra keys: zero rows are missing
             keys.setdefault(m, []).append(torch.where(present.unsqueeze(1), z, torch.full_like(z, float("nan"))))
     data = cachebuild.assemble_arrays([r.label for r, _ in items], {m: torch.cat(v) for m, v in keys.items()}, torch.cat(base))
     return cachebuild.build(name, data, predictor.labels).cache
