@@ -10,6 +10,7 @@ import gradio as gr
 from emoweb.config import SHARED_DATA
 from emoweb.errors import EmoWebError, MediaError
 from emoweb.ui import common as C
+from emoweb.ui import figures as F
 from emoweb.ui.predict import pick_input, stage_progress
 
 CLIP_HEADERS = ["model", "answer", "confidence", "latency (ms)", "modalities used", "notes"]
@@ -137,7 +138,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
             rows.append([m, out.label if pred.decided else "no decision", round(p[out.label], 3), round(1000 * pred.latency.get(m, 0.0), 2),
                          ", ".join(out.modality_probs) or "-", "; ".join(out.notes)])
         stages = {k: v for k, v in pred.features.timings.items() if k != "total"}
-        return rows, C.probability_figure(probs), C.latency_figure(stages, dict(pred.latency))
+        return rows, F.probability_figure(probs), F.latency_figure(stages, dict(pred.latency))
 
     @C.user_errors
     def compare_set(source_value, profile_ref, server_value, upload_value, split_value, max_rows_value, request: gr.Request,
@@ -164,7 +165,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                     fmt = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
                     heading += (f"\n\nActive cache of {C.esc(s['model'])} (snapshot {s['id']}): leave-one-out accuracy "
                                 f"{fmt(m.get('before'))} alone → {fmt(m.get('after'))} with the cache.")
-            return _report_markdown(reports, heading, {}), C.confusion_figure(reports)
+            return _report_markdown(reports, heading, {}), F.confusion_figure(reports)
         from emoweb.learning.evaluation import evaluate_manifest
 
         if source_value == SOURCES[1]:
@@ -188,7 +189,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         if skipped:
             heading += "\n\n" + "\n".join(f"- skipped: {C.esc(s)}" for s in skipped[:10])
         latency = {m: r.get("latency_ms_per_clip") for m, r in reports.items()}
-        return _report_markdown(reports, heading, latency), C.confusion_figure(reports)
+        return _report_markdown(reports, heading, latency), F.confusion_figure(reports)
 
     clip_btn.click(compare_clip, [clip], [clip_table, clip_probs, clip_latency], api_name="compare_clip", **heavy)
     set_btn.click(compare_set, [source, profile_dd, server, upload, split, max_rows], [set_md, confusion],

@@ -14,6 +14,7 @@ from emoweb.errors import EmoWebError, MediaError
 from emoweb.services import reanalyse
 from emoweb.services.headline import RULE, Headline, headline
 from emoweb.ui import common as C
+from emoweb.ui import figures as F
 
 STAGE_NAMES = {
     "decode": "decoding the clip",
@@ -211,13 +212,13 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
     if feats.frames is not None:
         for i, t in enumerate(feats.frame_times):
             box = feats.face_boxes[i] if i < len(feats.face_boxes) else None
-            frames_gallery.append((C.draw_boxes(feats.frames[i], box), f"{t:.2f} s · {'face' if box else 'no face'}"))
+            frames_gallery.append((F.draw_boxes(feats.frames[i], box), f"{t:.2f} s · {'face' if box else 'no face'}"))
             if feats.face_crops is not None and i < len(feats.face_crops):
                 crops_gallery.append((np.asarray(feats.face_crops[i]), f"{t:.2f} s"))
     timeline_probs = None
     if feats.visual_logits is not None and feats.visual_logit_labels:
         timeline_probs = C.softmax(feats.visual_logits.detach().float().cpu().numpy())
-    timeline = C.timeline_figure(
+    timeline = F.timeline_figure(
         feats.frame_times, timeline_probs, list(feats.visual_logit_labels), [b is not None for b in feats.face_boxes] or [True] * len(feats.frame_times),
         feats.segments, feats.duration,
     )
@@ -233,16 +234,16 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
                          "answers": {m: a.to_dict() for m, a in (answers or {}).items()}}
     return (
         summary,
-        C.probability_figure({m: p for m, p in probs.items() if decided[m]}),
-        C.modality_figure(decisions),
-        C.attention_figure(_attention_maps(outputs)),
-        C.similarity_figure(tables, labels),
+        F.probability_figure({m: p for m, p in probs.items() if decided[m]}),
+        F.modality_figure(decisions),
+        F.attention_figure(_attention_maps(outputs)),
+        F.similarity_figure(tables, labels),
         gallery_near or None,
         timeline,
         transcript,
         frames_gallery or None,
         crops_gallery or None,
-        C.latency_figure({k: v for k, v in feats.timings.items() if k != "total"}, dict(prediction.latency)),
+        F.latency_figure({k: v for k, v in feats.timings.items() if k != "total"}, dict(prediction.latency)),
         raw,
         str(clip.id) if clip is not None else "",
         face,
