@@ -3,9 +3,9 @@
 Every command prints a readable one-line error and exits non-zero on bad input; `--json` gives
 machine-readable output. Subcommands register themselves in `COMMANDS` (name -> (help, setup, run))
 from the modules of this package: `model_commands` (encode, train, eval, predict), `caregiver_commands`,
-`bench` and `study_benches`, `cards`. Command modules import torch, gradio and the models only inside their runners, so `--help` and a
-mistyped command answer in about a second; the shared options (`--json`, `--device`, `--models`,
-`--backbones`) are added by the `add_*` helpers so they read the same everywhere.
+`bench`, `service_benches` and `study_benches`, `cards`. Command modules import torch, gradio and the
+models only inside their runners, so `--help` and a mistyped command answer in about a second; the
+shared options (`--json`, `--device`, `--models`, `--backbones`) are added by the `add_*` helpers so they read the same everywhere.
 """
 from __future__ import annotations
 
@@ -133,7 +133,8 @@ def _load_command_modules() -> None:
     """Modules that register more subcommands (imported lazily so `--help` stays fast)."""
     import importlib
 
-    for module in ("emoweb.cli.bench", "emoweb.cli.model_commands", "emoweb.cli.study_benches", "emoweb.cli.caregiver_commands", "emoweb.cli.cards"):
+    for module in ("emoweb.cli.bench", "emoweb.cli.service_benches", "emoweb.cli.model_commands", "emoweb.cli.study_benches",
+                   "emoweb.cli.caregiver_commands", "emoweb.cli.cards"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
