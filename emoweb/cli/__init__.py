@@ -5,7 +5,8 @@ machine-readable output. Subcommands register themselves in `COMMANDS` (name -> 
 from the modules of this package: `model_commands` (encode, train, eval, predict), `caregiver_commands`,
 `bench`, `service_benches` and `study_benches`, `cards`. Command modules import torch, gradio and the
 models only inside their runners, so `--help` and a mistyped command answer in about a second; the
-shared options (`--json`, `--device`, `--models`, `--backbones`) are added by the `add_*` helpers so they read the same everywhere.
+shared options (`--json`, `--device`, `--models`, `--backbones`) are added by the `add_*` helpers so
+they read the same everywhere.
 """
 from __future__ import annotations
 
