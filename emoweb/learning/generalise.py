@@ -3,7 +3,7 @@
 Why: a recipe chosen on one corpus's validation speakers did not hold on other speakers and corpora
 (issue 21). This bench scores the shipped checkpoints (with their calibration) on the validation split
 of each shared corpus: speech (RAVDESS, CREMA-D, TESS), faces (web photos, FER2013), composites of
-validation speech and validation web photos of the same label (the fused path; `emoweb.pairs`) and,
+validation speech and validation web photos of the same label (the fused path; `emoweb.learning.pairs`) and,
 when the readers know them, text (MELD dev, GoEmotions valid). Per model and corpus: accuracy, UAR,
 weighted F1, and ECE with and without the card's temperature; per modality path where the row has more
 than one; the FER backbone's own answer on the face sets. Speech is encoded without ASR: the acted
