@@ -9,7 +9,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 SPACES_STORAGE = Path("/data")  # a Hugging Face Space's persistent storage, when the Space has it
-EPOCH_ROWS_PER_MODALITY = 6000  # rows per modality in one training epoch (balanced draws; emoweb/training.py)
+EPOCH_ROWS_PER_MODALITY = 6000  # rows per modality in one training epoch (balanced draws; emoweb/learning/training.py)
 DEV_ROWS_PER_GROUP = 60  # dev rows kept per (corpus, label) for early stopping and calibration
 DEV_FRACTION = 0.15  # share of training speakers held out for early stopping (`train --dev-fraction`)
 

@@ -190,7 +190,7 @@ class FoalNet(nn.Module):
 
     name = "foalnet"
     learns_from_text = False  # it reads no text
-    uses_composites = True  # train also on composite face+voice pairs (emoweb/pairs.py)
+    uses_composites = True  # train also on composite face+voice pairs (emoweb/learning/pairs.py)
 
     def __init__(self, cfg: FoalNetConfig):
         super().__init__()

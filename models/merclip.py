@@ -191,7 +191,7 @@ class MERCLIP(nn.Module):
 
     name = "merclip"
     learns_from_text = True  # the transcript is one of the decoder's memories, trained on text-only rows
-    uses_composites = True  # train also on composite face+voice pairs (emoweb/pairs.py)
+    uses_composites = True  # train also on composite face+voice pairs (emoweb/learning/pairs.py)
 
     def __init__(self, cfg: MERCLIPConfig):
         super().__init__()

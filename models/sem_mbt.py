@@ -40,7 +40,7 @@ Read top-down as in the paper (Sec. 3):
 Training: CE on the fused prediction (single-label data; the paper's data is multi-label, BCE) plus
 ``modality_loss_weight`` x CE on each present modality's decision (so every per-modality decision
 shown in the UI is itself a classifier), both weighted by inverse class frequency of the labels seen
-so far in training (the paper weights its loss by class ratios; `emoweb.training` also resamples
+so far in training (the paper weights its loss by class ratios; `emoweb.learning.training` also resamples
 classes per modality, so in practice the weights stay near 1).
 
 A closed-set classifier over its training labels (``config.labels``, label7): asked for other label
@@ -389,7 +389,7 @@ class MERSEMMBT(nn.Module):
 
     name = "sem_mbt"
     learns_from_text = True  # its text decision MLP is trained on text-only rows
-    uses_composites = True  # train also on composite face+voice pairs (emoweb/pairs.py)
+    uses_composites = True  # train also on composite face+voice pairs (emoweb/learning/pairs.py)
 
     def __init__(self, cfg: MERSEMMBTConfig):
         super().__init__()

@@ -133,7 +133,7 @@ def build_corpus(directory: Path) -> list[Case]:
         cases.append(_error(name, path, BAD_INPUT_ERRORS[name]))
 
     # the base clip: face + voice, H.264/AAC, index (moov) at the end; a faststart copy has it first
-    from emoweb import composite
+    from emoweb.learning import composite
 
     base = composite.render(JOY_FACE, speech, d / "base.mp4")
     faststart = d / "faststart.mp4"
@@ -360,7 +360,8 @@ def _transcript_and_text_cases(d: Path, face: Image.Image) -> list[Case]:
     import os
 
     from conftest import HAPPY_SENTENCE
-    from emoweb import composite, media
+    from emoweb.learning import composite
+    from emoweb.pipeline import media
 
     cases = []
     music_wav = write_wav(d / "music.wav", _music(6.0))

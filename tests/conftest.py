@@ -88,7 +88,7 @@ def happy_speech() -> Path:
 @pytest.fixture(scope="session")
 def composite_clip(joy_face: Path, happy_speech: Path, tmp_path_factory) -> Path:
     """One H.264/AAC composite mp4 (~3.5 s): a smiling face + a CREMA-D 'happy' voice saying the sentence above."""
-    from emoweb import composite
+    from emoweb.learning import composite
 
     out = tmp_path_factory.mktemp("composite") / "joy_cold.mp4"
     return composite.render(joy_face, happy_speech, out)
@@ -100,7 +100,7 @@ def extractor():
     import torch
 
     from emoweb.config import get_settings
-    from emoweb.features import FeatureExtractor
+    from emoweb.pipeline.features import FeatureExtractor
 
     torch.set_num_threads(TORCH_THREADS)
     settings = get_settings()

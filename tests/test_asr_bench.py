@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from emoweb import cli
-from emoweb.asr_bench import draw_clips, score_corpus, word_error_rate
+from emoweb.cli.asr_bench import draw_clips, score_corpus, word_error_rate
 from emoweb.errors import EmoWebError
 
 

@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from emoweb.augment import AudioAugment, SplicePartners
-from emoweb.features import ClipFeatures
-from emoweb.manifests import Row
+from emoweb.learning.augment import AudioAugment, SplicePartners
+from emoweb.learning.manifests import Row
+from emoweb.pipeline.features import ClipFeatures
 
 
 def clip(n: int = 50, d: int = 8, first: int = 0) -> ClipFeatures:

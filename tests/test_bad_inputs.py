@@ -24,9 +24,9 @@ import pytest
 
 from badinputs import Case, build_corpus
 from emoweb.errors import EmoWebError
-from emoweb.media import display_name
-from emoweb.services import CaregiverService, cachebuild
+from emoweb.pipeline.media import display_name
 from emoweb.safetext import clean
+from emoweb.services import CaregiverService, cachearrays
 from models import registry
 
 pytestmark = pytest.mark.slow
@@ -55,7 +55,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
 @pytest.fixture(scope="module")
 def service(extractor, tmp_path_factory: pytest.TempPathFactory) -> CaregiverService:
     """All shipped models on the session's backbones, a fresh data dir: loaded once for the corpus."""
-    from emoweb.inference import Predictor
+    from emoweb.pipeline.inference import Predictor
 
     data = tmp_path_factory.mktemp("bad_inputs_data")
     settings = dataclasses.replace(extractor.settings, data_dir=data, database_url="", profile="embedded")
@@ -163,7 +163,7 @@ def orphans(db: Path, data_dir: Path) -> list[str]:
         ).fetchall()
         names: dict[int, list[str]] = {}
         for clip_id, name in con.execute("SELECT clip_id, name FROM clip_features"):
-            names.setdefault(clip_id, []).append(cachebuild.split_name(name)[1])
+            names.setdefault(clip_id, []).append(cachearrays.split_name(name)[1])
         dangling = con.execute(
             "SELECT (SELECT count(*) FROM clip_features WHERE clip_id NOT IN (SELECT id FROM clips))"
             " + (SELECT count(*) FROM predictions WHERE clip_id NOT IN (SELECT id FROM clips))"
@@ -173,7 +173,7 @@ def orphans(db: Path, data_dir: Path) -> list[str]:
     for clip_id, media_path, n_features, n_models in rows:
         if not (data_dir / media_path).is_file():
             found.append(f"clip {clip_id}: no media file")
-        expected = len(registry.MODELS) if cachebuild.has_modality(names.get(clip_id, [])) else 0
+        expected = len(registry.MODELS) if cachearrays.has_modality(names.get(clip_id, [])) else 0
         if n_features == 0 or n_models != expected:
             found.append(f"clip {clip_id}: {n_features} features, predictions from {n_models} models")
     referenced = {data_dir / r[1] for r in rows}

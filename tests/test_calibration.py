@@ -7,7 +7,7 @@ import json
 import numpy as np
 import torch
 
-from emoweb.metrics import expected_calibration_error, selective_threshold
+from emoweb.learning.metrics import expected_calibration_error, selective_threshold
 from models import LABEL7, registry
 from models.backbones import PROFILES
 from models.calibration import fit_temperature

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from emoweb import cards, cli
+from emoweb import cli
+from emoweb.cli import cards
 
 REPO = Path(__file__).resolve().parents[1]
 

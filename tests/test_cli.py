@@ -16,7 +16,7 @@ from conftest import FACES
 from emoweb import cli
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "gradio", "transformers", "sqlalchemy", "models.registry", "emoweb.inference")
+HEAVY = ("torch", "gradio", "transformers", "sqlalchemy", "models.registry", "emoweb.pipeline.inference")
 PROBE = (
     "import sys\n"
     "from emoweb import cli\n"
@@ -100,7 +100,7 @@ def test_eval_without_split_column_scores_every_row(tmp_path: Path, monkeypatch,
     assert sorted(lab for lab, s in result["reports"]["emoasst"]["support"].items() for _ in range(s)) == sorted(labels)
     assert len(result["skipped"]) == 1 and "gone.jpg: file not found" in result["skipped"][0]
     # the visual backbone's own answer beside the model, on the same rows (issue 18's yardstick)
-    from emoweb.evaluation import BACKBONE_REPORT
+    from emoweb.learning.evaluation import BACKBONE_REPORT
 
     assert result["reports"][BACKBONE_REPORT]["n"] == n and result["reports"][BACKBONE_REPORT]["n_pred_outside_labels"] == 0
 

@@ -157,8 +157,8 @@ def _speech_samples(dims, speakers=8, per_label=3, split="train"):
     """Audio-only rows of two labels over several speakers, tokens shifted by label (learnable)."""
     from pathlib import Path
 
-    from emoweb.features import ClipFeatures
-    from emoweb.manifests import Row
+    from emoweb.learning.manifests import Row
+    from emoweb.pipeline.features import ClipFeatures
 
     g = torch.Generator().manual_seed(0)
     out = []
@@ -172,7 +172,7 @@ def _speech_samples(dims, speakers=8, per_label=3, split="train"):
 
 
 def test_splits_keep_speakers_apart_and_dev_can_be_switched_off():
-    from emoweb.training import assign_splits
+    from emoweb.learning.training import assign_splits
 
     dims = {"audio": 16}
     rows = _speech_samples(dims) + _speech_samples(dims, speakers=2, split="val")
@@ -189,8 +189,8 @@ def test_splits_keep_speakers_apart_and_dev_can_be_switched_off():
 
 def test_data_card_keeps_two_manifests_of_the_same_name_apart(tmp_path):
     """The card counts per manifest: speech/manifest.csv and faces/manifest.csv are not merged."""
-    from emoweb.manifests import read_manifests
-    from emoweb.training import Sample, data_card
+    from emoweb.learning.manifests import read_manifests
+    from emoweb.learning.training import Sample, data_card
 
     for folder, label in (("speech", "joy"), ("faces", "anger")):
         (tmp_path / folder).mkdir()
@@ -202,7 +202,7 @@ def test_data_card_keeps_two_manifests_of_the_same_name_apart(tmp_path):
 
 def test_a_manifest_that_is_not_valid_utf8_is_read_with_the_bad_bytes_replaced(tmp_path):
     """A manifest saved by a spreadsheet: a byte-order mark, Latin-1 bytes in the text column."""
-    from emoweb.manifests import read_manifest
+    from emoweb.learning.manifests import read_manifest
 
     (tmp_path / "m.csv").write_bytes(b"\xef\xbb\xbfpath,label,text\r\n,joy,caf\xe9 \xff\r\n")
     (row,) = read_manifest(tmp_path / "m.csv")
@@ -212,7 +212,7 @@ def test_a_manifest_that_is_not_valid_utf8_is_read_with_the_bad_bytes_replaced(t
 def test_training_keeps_the_moving_average_of_the_weights():
     """`ema_decay`: the kept weights are the average (they differ from plain training on the same seed,
     which follows the same steps); without a dev split every epoch runs and the last is kept."""
-    from emoweb.training import assign_splits, train
+    from emoweb.learning.training import assign_splits, train
 
     dims = {"audio": 32, "visual": 8, "text": 16, "text_tokens": 16}
     samples = assign_splits(_speech_samples(dims), seed=0, dev_fraction=0.0)
@@ -233,8 +233,8 @@ def test_training_keeps_the_moving_average_of_the_weights():
 def test_training_with_audio_augmentation_sees_varied_tokens(capsys):
     """`augment` changes what the adapter trains on (same seed, different weights) and nothing else.
     Progress goes to stderr: stdout stays free for the JSON of `bench crossval --json`."""
-    from emoweb.augment import AudioAugment
-    from emoweb.training import assign_splits, train
+    from emoweb.learning.augment import AudioAugment
+    from emoweb.learning.training import assign_splits, train
 
     dims = {"audio": 32, "visual": 8, "text": 16, "text_tokens": 16}
     samples = assign_splits(_speech_samples(dims), seed=0, dev_fraction=0.0)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from conftest import FACE_PHOTOS, JOY_FACE, OTHER_FACE, ffmpeg
-from emoweb import faces
+from emoweb.pipeline import faces
 from models.backbones import blazeface
 
 GREY = (118, 118, 118)
@@ -214,8 +214,8 @@ def test_bench_faces_counts_recall_of_both_detectors(monkeypatch, tmp_path: Path
     import json
 
     import emoweb.config
-    from emoweb.bench import FACES_MANIFEST
     from emoweb.cli import main
+    from emoweb.cli.bench import FACES_MANIFEST
 
     folder = (tmp_path / FACES_MANIFEST).parent
     folder.mkdir(parents=True)

@@ -107,7 +107,7 @@ def predictor(tmp_path_factory: pytest.TempPathFactory):
     """One Predictor (backbones + models, loaded on first use) for every in-process service here, with
     the checkpoints the CLI and the app get from `app_env`."""
     from emoweb.config import get_settings
-    from emoweb.inference import Predictor
+    from emoweb.pipeline.inference import Predictor
 
     return Predictor(get_settings(), checkpoint_root=app_env(tmp_path_factory.mktemp("faults_env")).get("EMOWEB_CHECKPOINT_ROOT"))
 

@@ -17,7 +17,7 @@ import torch
 
 from conftest import HAPPY_SENTENCE, TORCH_THREADS, write_wav
 from emoweb.errors import MediaError
-from emoweb.features import ClipFeatures
+from emoweb.pipeline.features import ClipFeatures
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def test_whisper_encoder_passes(clip_features) -> None:
 def test_tokens_without_asr_are_the_same(extractor, clip_features, composite_clip: Path) -> None:
     """`transcribe=False` (what training reads) skips ASR only: no transcript, no text features, one encoder
     pass, and the very same audio tokens as the app's."""
-    from emoweb.features import FeatureExtractor
+    from emoweb.pipeline.features import FeatureExtractor
 
     feats, _ = clip_features
     quiet = FeatureExtractor(extractor.settings, extractor.backbones, transcribe=False)
@@ -177,7 +177,7 @@ def test_untrusted_asr_output_never_counts_as_text(text, no_speech, logprob, rea
 
 def test_a_phrase_said_again_and_again_is_speech(extractor, happy_speech: Path, tmp_path: Path) -> None:
     """Echolalia: the same sentence five times over is kept (repetition is judged per segment)."""
-    from emoweb import media
+    from emoweb.pipeline import media
 
     audio = media.decode(happy_speech).audio
     feats = extractor(write_wav(tmp_path / "again.wav", np.concatenate([audio] * 5)))
@@ -213,7 +213,7 @@ def _cli(*args: str | Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def speech_wav(happy_speech: Path, tmp_path_factory) -> Path:
-    from emoweb import media
+    from emoweb.pipeline import media
 
     return write_wav(tmp_path_factory.mktemp("cli") / "speech.wav", media.decode(happy_speech).audio)
 
@@ -269,7 +269,7 @@ def test_cli_bad_inputs_in_process(bad_inputs, capsys) -> None:
 
 
 def test_bench_extract_json(extractor, shared_data, capsys) -> None:
-    from emoweb.bench import BENCH_SPEECH
+    from emoweb.cli.bench import BENCH_SPEECH
     from emoweb.cli import main
 
     # 2.5 s holds the whole sentence; a cut mid-word makes Whisper fall back through its temperatures (slow)

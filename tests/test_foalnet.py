@@ -219,7 +219,7 @@ def test_composite_clip_end_to_end(composite_clip, extractor):
     loaded = registry.load("foalnet", "embedded")
     if loaded is None:
         pytest.skip("no shipped Foal-Net checkpoint for the embedded profile")
-    from emoweb.batching import to_input
+    from emoweb.pipeline.batching import to_input
 
     model, card = loaded
     feats = extractor(composite_clip)

@@ -76,7 +76,7 @@ def test_bad_attention_shapes_are_refused() -> None:
 
 
 def test_the_attention_figure_draws_flat_flat_and_peaked_peaked_on_one_fixed_range() -> None:
-    from emoweb.ui.common import attention_figure
+    from emoweb.ui.figures import attention_figure
 
     flat = np.full((1, 16), 0.0625) + np.linspace(0, 0.0003, 16)[None]
     peaked = np.full((1, 16), 0.01)

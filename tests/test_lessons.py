@@ -16,10 +16,11 @@ import pytest
 from PIL import Image
 
 from conftest import write_wav
-from emoweb import composite, media
 from emoweb.config import get_settings
 from emoweb.errors import EmoWebError
-from emoweb.media import file_sha256
+from emoweb.learning import composite
+from emoweb.pipeline import media
+from emoweb.pipeline.media import file_sha256
 from emoweb.services import CaregiverService
 from emoweb.services import lessons
 

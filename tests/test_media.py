@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import ffmpeg, write_wav
-from emoweb import media
 from emoweb.errors import MediaError
+from emoweb.pipeline import media, tracks
 
 CUT = 1.5  # seconds kept from the composite for the container variants
 
@@ -373,12 +373,12 @@ def test_downmix_keeps_speech_clear_in_each_channel() -> None:
     ordinary stereo is the mean."""
     t = np.arange(16_000) / 16_000
     voice = (0.3 * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 3 * t)).astype(np.float32)
-    mono, note = media._mix_down(np.stack([voice, -voice]))
+    mono, note = tracks.mix_down(np.stack([voice, -voice]))
     assert np.allclose(mono, voice, atol=1e-6) and note and "out of phase" in note
-    mono, note = media._mix_down(np.stack([np.zeros_like(voice), voice]))
+    mono, note = tracks.mix_down(np.stack([np.zeros_like(voice), voice]))
     assert np.allclose(mono, voice, atol=1e-6) and note is None
     other = np.roll(voice, 4000)
-    mono, note = media._mix_down(np.stack([voice, other]))
+    mono, note = tracks.mix_down(np.stack([voice, other]))
     assert np.allclose(mono, (voice + other) / 2, atol=1e-6) and note is None
 
 

@@ -188,10 +188,10 @@ def test_training_reduces_loss_and_multilabel_bce(tokenizer):
 
 
 def test_composite_pairs_keep_label_and_split():
-    from emoweb.features import ClipFeatures
-    from emoweb.manifests import Row
-    from emoweb.pairs import composite_samples
-    from emoweb.training import Sample
+    from emoweb.learning.manifests import Row
+    from emoweb.learning.pairs import composite_samples
+    from emoweb.learning.training import Sample
+    from emoweb.pipeline.features import ClipFeatures
 
     def feats(kind, audio=False, visual=False):
         f = ClipFeatures(source=kind, sha256="0", kind=kind, profile="embedded", device="cpu", duration=1.0, full_duration=1.0)
@@ -241,7 +241,7 @@ def test_paper_profile_on_random_weights(tokenizer):
 
 
 def test_composite_clip_end_to_end(composite_clip, extractor):
-    from emoweb.batching import to_input
+    from emoweb.pipeline.batching import to_input
 
     feats = extractor(composite_clip)
     bb = extractor.backbones

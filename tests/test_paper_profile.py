@@ -36,7 +36,7 @@ def paper_backbones():
 @pytest.fixture(scope="module")
 def paper_features(composite_clip: Path, tmp_path_factory, paper_backbones):
     from emoweb.config import get_settings
-    from emoweb.features import FeatureExtractor
+    from emoweb.pipeline.features import FeatureExtractor
 
     clip = tmp_path_factory.mktemp("paper") / "two_seconds.mp4"
     ffmpeg("-i", composite_clip, "-t", SECONDS, "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", clip)
@@ -92,7 +92,7 @@ def test_every_model_runs_on_paper_features(name, paper_features, paper_backbone
     """Each registered model, randomly initialised at the paper profile's widths, on real paper-profile features."""
     import torch
 
-    from emoweb.batching import to_input
+    from emoweb.pipeline.batching import to_input
     from models import LABEL7, registry
 
     if name not in registry.available():

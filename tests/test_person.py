@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from conftest import JOY_FACE, OTHER_FACE, ffmpeg
-from emoweb import faces, media
 from emoweb.errors import EmoWebError
+from emoweb.pipeline import faces, media
 from test_faces import H264_ARGS, _photo, _scene
 
 
@@ -64,7 +64,7 @@ def test_second_person_features_come_from_their_crops(extractor, two_people: Pat
 def test_second_person_answer_uses_their_face_and_the_clips_voice(extractor, two_people: Path) -> None:
     """Predictor.predict_person: every model answers about the chosen face with the clip's voice and words
     (the same tensors; fusion models may still let the face change what their audio path says)."""
-    from emoweb.inference import Predictor
+    from emoweb.pipeline.inference import Predictor
 
     predictor = Predictor(extractor.settings)
     predictor.extractor = extractor

@@ -27,7 +27,7 @@ BLOCKED_RUN = textwrap.dedent(
     socket.create_connection = refuse
     socket.getaddrinfo = refuse
 
-    from emoweb.inference import Predictor
+    from emoweb.pipeline.inference import Predictor
 
     result = Predictor().predict(sys.argv[1], "all").to_summary()
     print(json.dumps({"attempts": attempts, "models": sorted(result["models"]), "transcript": result["clip"]["transcript"]["text"]}))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emoweb import quality
+from emoweb.pipeline import quality
 
 RATE = 16_000
 

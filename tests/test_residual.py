@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from emoweb.batching import to_input
-from emoweb.features import ClipFeatures
+from emoweb.pipeline.batching import to_input
+from emoweb.pipeline.features import ClipFeatures
 from models import LABEL7, registry
 from models.backbones import PROFILES
 from models.residual import BACKBONE_LOGITS, BackboneResidual

@@ -200,7 +200,7 @@ def test_paper_profile_resnet18_on_random_weights():
 
 
 def test_composite_clip_end_to_end(composite_clip, extractor):
-    from emoweb.batching import to_input
+    from emoweb.pipeline.batching import to_input
 
     loaded = registry.load("sem_mbt", "embedded")
     if loaded is None:

@@ -28,7 +28,7 @@ import paused
 from conftest import write_wav
 from emoweb.errors import EmoWebError, MediaError, NotFoundError
 from emoweb.services import CaregiverService
-from emoweb.services import cachebuild, memofile
+from emoweb.services import cachearrays, cacheloo, memofile
 from emoweb.services.ingest import safe_suffix
 from emoweb.services.store import CaregiverRepository
 from models import LABEL7, registry
@@ -59,7 +59,7 @@ def checkpoints(tmp_path_factory) -> Path:
 def service(extractor, checkpoints, tmp_path_factory) -> CaregiverService:
     """One service per module on a fresh data dir, sharing the session's backbones; EmoAsst only
     (the services are model-agnostic; one model keeps the module cheap)."""
-    from emoweb.inference import Predictor
+    from emoweb.pipeline.inference import Predictor
 
     data = tmp_path_factory.mktemp("emoweb-data")
     settings = dataclasses.replace(extractor.settings, data_dir=data, database_url="", profile="embedded")
@@ -527,7 +527,7 @@ def test_a_new_service_starts_from_the_memo_file_and_checks_it(service: Caregive
     assert first.scored == 500 and len(memo_clip_ids(path)) == 600
 
     no_reads = lambda *a, **k: pytest.fail("features read from the database")  # noqa: E731
-    monkeypatch.setattr(cachebuild, "pairwise_affinity", lambda *a, **k: pytest.fail("affinities recomputed"))
+    monkeypatch.setattr(cacheloo, "pairwise_affinity", lambda *a, **k: pytest.fail("affinities recomputed"))
     monkeypatch.setattr(CaregiverRepository, "feature_blobs", no_reads)
     assert outcome(restarted_rebuild(service, "restart")) == outcome(first)
     monkeypatch.undo()
@@ -606,13 +606,13 @@ def blob_rows(features: dict[int, dict[str, np.ndarray]]) -> list[tuple]:
 
 
 def test_cachebuild_pads_logits_of_clips_ingested_before_a_label_was_added() -> None:
-    stored = cachebuild.StoredArrays()
+    stored = cachearrays.StoredArrays()
     stored.add(blob_rows({
         1: {"m.logits": np.array([1.0, 2.0, 3.0], np.float32), "m.fused": np.ones(4, np.float32)},
         2: {"m.logits": np.array([1.0, 2.0, 3.0, 9.0], np.float32), "m.fused": np.ones(4, np.float32)},
     }))
     stored.add(blob_rows({3: {"m.logits": np.array([4.0, 6.0], np.float16), "m.fused": np.ones(3, np.float32)}}))  # a later read
-    data = cachebuild.assemble("m", {1: "a", 2: "b", 3: "a", 4: "b"}, stored)
+    data = cachearrays.assemble("m", {1: "a", 2: "b", 3: "a", 4: "b"}, stored)
     np.testing.assert_allclose(data.base, [[1, 2, 3, 2], [1, 2, 3, 9], [4, 6, 5, 5]])
     assert data.clip_ids == [1, 2, 3] and data.skipped == 1  # clip 4 has no stored features
     assert data.masks["fused"].tolist() == [True, True, False]  # a key of another width counts as missing
@@ -635,22 +635,22 @@ def test_loo_reuses_affinities_only_for_the_same_stored_arrays() -> None:
         keys["audio"][noise[:, 32] > 1.0] = float("nan")  # some clips without audio
         return FewShotCache.build(keys, [str(int(i)) for i in y], ["0", "1", "2", "3"], beta=2.0), noise[:, :4] * 3
 
-    memo = cachebuild.AffinityMemo()
+    memo = cacheloo.AffinityMemo()
     ids = list(range(100, 800))
     tokens = [i + 1 for i in ids]
     for step in range(4):
         cache, base = data(ids, tokens)
-        rows = cachebuild._eval_rows(ids, 500, 0)
-        fresh = cachebuild.pairwise_affinity(cache, rows)
+        rows = cacheloo._eval_rows(ids, 500, 0)
+        fresh = cacheloo.pairwise_affinity(cache, rows)
         torch.testing.assert_close(memo.affinity(cache, rows, np.asarray(tokens)), fresh, rtol=0, atol=1e-6)
-        ours = cachebuild.loo_accuracy(cache, base, clip_ids=ids, tokens=np.asarray(tokens), memo=memo)
-        assert ours == cachebuild.loo_accuracy(cache, base, clip_ids=ids) and ours["scored"] == 500
+        ours = cacheloo.loo_accuracy(cache, base, clip_ids=ids, tokens=np.asarray(tokens), memo=memo)
+        assert ours == cacheloo.loo_accuracy(cache, base, clip_ids=ids) and ours["scored"] == 500
         ids, tokens = ids[5:] + [900 + step, 901 + step], tokens[5:] + [10_000 + 2 * step, 10_001 + 2 * step]
         tokens[100] += 50_000  # the same clip read again: its affinities are recomputed
     cache, base = data(ids, tokens)
     before = memo._state
     cache.beta = 3.0  # other hyper-parameters: nothing is reused
-    assert cachebuild.loo_accuracy(cache, base, clip_ids=ids, tokens=np.asarray(tokens), memo=memo) == cachebuild.loo_accuracy(cache, base, clip_ids=ids)
+    assert cacheloo.loo_accuracy(cache, base, clip_ids=ids, tokens=np.asarray(tokens), memo=memo) == cacheloo.loo_accuracy(cache, base, clip_ids=ids)
     assert memo._state[3] is not before[3]
 
 
@@ -664,7 +664,7 @@ def test_loo_matches_the_cache_reference_implementation() -> None:
     keys["audio"][::4] = float("nan")
     cache = FewShotCache.build(keys, [str(int(i)) for i in y], ["0", "1", "2"], alpha=2.0, beta=3.0)
     base = torch.randn(60, 3, generator=g)
-    ours = cachebuild.loo_accuracy(cache, base, max_rows=1000)
+    ours = cacheloo.loo_accuracy(cache, base, max_rows=1000)
     reference = cache.leave_one_out_accuracy(base)
     assert ours["before"] == pytest.approx(reference["before"]) and ours["after"] == pytest.approx(reference["after"])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from emoweb.studies import _speaker_trials
+from emoweb.learning.studies import _speaker_trials
 
 LABELS = ["anger", "calm", "joy"]
 
@@ -39,8 +39,8 @@ def test_fixed_hyperparameters_are_in_units_of_the_logit_spread() -> None:
 
 
 def test_crossval_trains_with_the_augmentation_the_card_records() -> None:
-    from emoweb.augment import AudioAugment
-    from emoweb.studies import card_augment
+    from emoweb.learning.augment import AudioAugment
+    from emoweb.learning.studies import card_augment
 
     assert card_augment(None) == AudioAugment() and card_augment({"training": {}}) == AudioAugment()
     recorded = {"training": {"audio_augment": {"crop": 0.3, "drop": 0.1, "noise": 0.0, "splice": 0.5, "min_tokens": 4}}}
@@ -50,7 +50,7 @@ def test_crossval_trains_with_the_augmentation_the_card_records() -> None:
 
 
 def test_crossval_reads_the_audio_tokens_the_card_records() -> None:
-    from emoweb.studies import card_audio_source
+    from emoweb.learning.studies import card_audio_source
 
     assert card_audio_source(None) == {} and card_audio_source({"config": {}}) == {}  # older cards: the default
     assert card_audio_source({"config": {"audio_source": "whisper_layer4"}}) == {"audio_source": "whisper_layer4"}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from emoweb.errors import EmoWebError
-from emoweb.manifests import read_manifest, read_manifests
+from emoweb.learning.manifests import read_manifest, read_manifests
 
 MELD = "text/meld"
 GOEMOTIONS = "text/goemotions_ekman"
@@ -63,7 +63,7 @@ def text_manifest(tmp_path: Path) -> Path:
 
 
 def test_text_rows_get_text_features_cached_in_shards(extractor, text_manifest: Path, tmp_path: Path):
-    from emoweb.featstore import FeatureStore
+    from emoweb.pipeline.featstore import FeatureStore
 
     rows = read_manifests(str(text_manifest))
     store = FeatureStore(extractor, tmp_path / "cache")
@@ -87,7 +87,7 @@ def test_text_rows_get_text_features_cached_in_shards(extractor, text_manifest: 
 
 
 def test_many_texts_share_a_bounded_number_of_files(extractor, tmp_path: Path):
-    from emoweb.featstore import FeatureStore
+    from emoweb.pipeline.featstore import FeatureStore
 
     texts = [f"message number {i} made me feel fine" for i in range(300)]
     got = FeatureStore(extractor, tmp_path).get_texts(texts)
@@ -171,7 +171,7 @@ def test_eval_scores_text_only_rows_as_predict_text_answers_them(text_manifest: 
     import json
 
     from emoweb import cli
-    from emoweb.inference import Predictor
+    from emoweb.pipeline.inference import Predictor
 
     _checkpoints(tmp_path, monkeypatch)
     assert cli.main(["eval", str(text_manifest), "--json"]) == 0

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from emoweb.media import decode
+from emoweb.pipeline.media import decode
 from models.backbones.whisper import joined_model_dir
 from models.backbones.whisper_encoder import WhisperEncoder, read_ct2_variables
 

@@ -163,7 +163,7 @@ def render_clips(out_dir: Path, n: int) -> list[Path]:
     rendered once into `out_dir`. A voice goes with the face photo of its label where tests/data has one,
     else the other face: these clips are uploads whose label no test reads."""
     from conftest import FACES, OTHER_FACE, VOICES
-    from emoweb import composite
+    from emoweb.learning import composite
 
     if n > len(VOICES):
         raise ValueError(f"at most {len(VOICES)} distinct clips")

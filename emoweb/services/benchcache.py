@@ -67,9 +67,9 @@ def _populate(service, profile: str, n: int, dim: int, model: str, seed: int, st
 
 def measure_encode_seconds() -> float | None:
     """Per-clip feature extraction on a real composite clip (warm backbones), or None without the data."""
-    from emoweb import composite
     from emoweb.config import SHARED_DATA
-    from emoweb.features import FeatureExtractor
+    from emoweb.learning import composite
+    from emoweb.pipeline.features import FeatureExtractor
 
     face = SHARED_DATA / "faces/facial_expressions/joy/Aaron_Sorkin_0002.jpg"
     speech = SHARED_DATA / "speech/ravdess/Actor_01/03-01-03-01-01-01-01.flac"

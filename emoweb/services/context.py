@@ -36,7 +36,7 @@ _PG_DISK_FULL = "53100"  # PostgreSQL's SQLSTATE disk_full
 
 F = TypeVar("F", bound=Callable[..., Any])
 J = TypeVar("J")
-Progress = Callable[[str], None]  # as emoweb.features.Progress: called with a stage or model name
+Progress = Callable[[str], None]  # as emoweb.pipeline.features.Progress: called with a stage or model name
 # Called at a named point of a write, just before what it names: "ingest.written" (the upload is in its
 # temp file), "ingest.commit" (renamed into place, transaction not committed), "rebuild.commit". The
 # default does nothing; a test injects one that waits there, so it can kill the process at a known point.
@@ -110,7 +110,7 @@ class ServiceContext:
         """The shared Predictor (backbones + models), created on first need: only new media needs it."""
         with self.lock:
             if self._predictor is None:
-                from emoweb.inference import Predictor
+                from emoweb.pipeline.inference import Predictor
 
                 self._predictor = Predictor(self.settings)
             return self._predictor

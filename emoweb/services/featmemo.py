@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from emoweb.services import memofile
-from emoweb.services.cachebuild import AffinityMemo, StoredArrays
+from emoweb.services.cachearrays import StoredArrays
+from emoweb.services.cacheloo import AffinityMemo
 from emoweb.services.store import CaregiverRepository
 
 # (profile, backbone profile) entries kept. 10,000 clips: ~50 MB of EmoAsst's keys, + 20 MB of

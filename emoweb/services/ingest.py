@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from emoweb.errors import EmoWebError, MediaError
-from emoweb.media import display_name, file_sha256  # display_name: uploaded names may hold newlines
+from emoweb.pipeline.media import display_name, file_sha256  # display_name: uploaded names may hold newlines
 from emoweb.safetext import clean
-from emoweb.services import cachebuild, tempfiles
+from emoweb.services import cachearrays, tempfiles
 from emoweb.services.context import Progress, ServiceContext, clip_info
 from emoweb.services.predictions import Predictions, answers
 from emoweb.services.records import ClipResult
@@ -98,7 +98,7 @@ class Ingest:
         """A stored clip's answers from its stored features (`explain`: its media run through the models
         once more for the full outputs, storing nothing new)."""
         stored = self.ctx.repo.get_features(clip.id, self.ctx.backbone)
-        if not any(cachebuild.split_name(n)[1] == cachebuild.LOGITS for n in stored):
+        if not any(cachearrays.split_name(n)[1] == cachearrays.LOGITS for n in stored):
             return self._encode_stored(prof, clip, progress)  # stored under another backbone profile only
         predictions = self.predictions.score(prof, stored, clip.id)
         self.predictions.record(clip.id, predictions)
@@ -118,12 +118,12 @@ class Ingest:
         result = predictor.run_models(feats, names, progress=progress, labels=list(prof.label_set))
         arrays: dict[str, np.ndarray] = {}
         for model, out in result.outputs.items():
-            arrays[f"{model}.{cachebuild.FUSED}"] = out.embedding[0].detach().float().cpu().numpy()
+            arrays[f"{model}.{cachearrays.FUSED}"] = out.embedding[0].detach().float().cpu().numpy()
             for modality, z in out.modality_embeddings.items():
                 if feats.modalities.get(modality, True) and bool(z[0].any()):  # a zero row: the clip lacks it
                     arrays[f"{model}.{modality}"] = z[0].detach().float().cpu().numpy()
             base = out.logits if out.logits is not None else logits_from_probs(out.probs)
-            arrays[cachebuild.logits_name(model)] = _align(base[0], out.labels, prof.label_set)
+            arrays[cachearrays.logits_name(model)] = _align(base[0], out.labels, prof.label_set)
         return arrays, feats.kind, feats.duration, result
 
     def _reusable(self, prof: Profile, sha: str) -> tuple[dict[str, np.ndarray], str, float | None] | None:
@@ -134,7 +134,7 @@ class Ingest:
                 continue
             other_labels = repo.get_profile(other.profile_id).label_set
             stored = repo.get_features(other.id, self.ctx.backbone)
-            logits = [a for n, a in stored.items() if cachebuild.split_name(n)[1] == cachebuild.LOGITS]
+            logits = [a for n, a in stored.items() if cachearrays.split_name(n)[1] == cachearrays.LOGITS]
             if logits and all(a.size == len(prof.label_set) for a in logits) and other_labels[: len(prof.label_set)] == list(prof.label_set):
                 return stored, other.kind, other.duration
         return None

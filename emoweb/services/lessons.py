@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from emoweb import media
 from emoweb.errors import EmoWebError
-from emoweb.quality import window_rms
+from emoweb.pipeline import media, tracks
+from emoweb.pipeline.quality import window_rms
 
 Progress = Callable[[str], None]
 
@@ -114,7 +114,7 @@ class Lesson:
 
 def timeline(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(grid times [T] s, face seen [T] 0/1, voice active [T] 0/1, duration s) from one decode."""
-    from emoweb import faces  # torch: imported when a lesson is made, not by every service command
+    from emoweb.pipeline import faces  # torch: imported when a lesson is made, not by every service command
 
     clip = media.decode(path, MAX_TIMELINE_FRAMES, max_seconds=MAX_SECONDS)
     if not clip.has_video:
@@ -134,7 +134,7 @@ def timeline(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         rms = window_rms(clip.audio[: len(grid) * win], win)
         rms = np.pad(rms, (0, len(grid) - rms.size))  # silence after the sound ends
         top = float(rms.max())
-        if top > media.SILENCE_RMS:
+        if top > tracks.SILENCE_RMS:
             voice = (rms >= VOICE_REL * top).astype(np.float32)
     return grid, face, voice, duration
 

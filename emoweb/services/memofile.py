@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from emoweb.services import tempfiles
-from emoweb.services.cachebuild import AffinityMemo, StoredArrays
+from emoweb.services.cachearrays import StoredArrays
+from emoweb.services.cacheloo import AffinityMemo
 
 FORMAT = 1
 MAGIC = b"EMOWEB-MEMO\n"  # then the header's length (8 bytes, little-endian), the JSON header, the arrays

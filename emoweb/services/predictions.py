@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emoweb.services import cachebuild
+from emoweb.services import cachearrays, cachebuild
 from emoweb.services.context import ServiceContext
 from emoweb.services.records import ModelPrediction
 from emoweb.services.store import CaregiverRepository
@@ -93,17 +93,17 @@ class Predictions:
         caches = self.active_caches(prof)
         by_model: dict[str, dict[str, np.ndarray]] = {}
         for name, array in stored.items():
-            model, part = cachebuild.split_name(name)
+            model, part = cachearrays.split_name(name)
             by_model.setdefault(model, {})[part] = array
         predictions = {}
         for model, parts in sorted(by_model.items()):
-            if cachebuild.LOGITS not in parts:
+            if cachearrays.LOGITS not in parts:
                 continue
-            base = torch.from_numpy(np.asarray(parts[cachebuild.LOGITS], np.float32).reshape(-1))
+            base = torch.from_numpy(np.asarray(parts[cachearrays.LOGITS], np.float32).reshape(-1))
             base_labels = list(prof.label_set[: base.numel()])
             base = base[: len(base_labels)]
-            query = {m: torch.from_numpy(np.asarray(a, np.float32).reshape(1, -1)) for m, a in parts.items() if m != cachebuild.LOGITS}
-            decided = cachebuild.has_modality(parts)
+            query = {m: torch.from_numpy(np.asarray(a, np.float32).reshape(1, -1)) for m, a in parts.items() if m != cachearrays.LOGITS}
+            decided = cachearrays.has_modality(parts)
             snapshot_id, cache, clip_ids = caches.get(model, (None, None, [])) if decided else (None, None, [])
             cache, clip_ids = cachebuild.without_clip(cache, clip_ids, clip_id)
             labels, logits, nearest = cachebuild.score(base, base_labels, query, cache, clip_ids)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from emoweb.features import TEXT_KIND, ClipFeatures, Progress
-from emoweb.inference import Prediction, Predictor
+from emoweb.pipeline.features import TEXT_KIND, ClipFeatures, Progress
+from emoweb.pipeline.inference import Prediction, Predictor
 
 
 @dataclass(frozen=True)

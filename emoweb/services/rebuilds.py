@@ -11,7 +11,7 @@ import dataclasses
 import time
 from collections.abc import Iterable
 
-from emoweb.services import cachebuild
+from emoweb.services import cachearrays, cachebuild, cacheloo
 from emoweb.services.context import ServiceContext
 from emoweb.services.records import ModelRebuild
 from emoweb.services.store import CaregiverRepository
@@ -43,13 +43,13 @@ class Rebuilds:
                 # a held clip's names are in memory (its features never change); only the others are read
                 unheld = features.seen.keys() - features.arrays.row_of.keys()
                 names = features.arrays.names() | set(repo.feature_names(prof.id, ctx.backbone, unheld))
-                stored = {m for m, part in map(cachebuild.split_name, names) if part == cachebuild.LOGITS}
+                stored = {m for m, part in map(cachearrays.split_name, names) if part == cachearrays.LOGITS}
                 wanted = sorted(set(models) if models is not None else stored | set(previous))
                 load = time.perf_counter() - t0  # one read for all models
                 for model in wanted:
                     t1 = time.perf_counter()
-                    assembled[model] = cachebuild.assemble(model, labels, features.arrays)
-                    memos[model] = features.loo.setdefault(model, cachebuild.AffinityMemo())
+                    assembled[model] = cachearrays.assemble(model, labels, features.arrays)
+                    memos[model] = features.loo.setdefault(model, cacheloo.AffinityMemo())
                     seconds[model] = time.perf_counter() - t1
         built = []
         for model in wanted:

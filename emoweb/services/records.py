@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from emoweb.inference import Prediction
+    from emoweb.pipeline.inference import Prediction
 
 
 def _plain(value: Any) -> Any:

@@ -109,7 +109,7 @@ class CaregiverRepository(Repository):
     def feature_blobs(self, profile_id: int, backbone_profile: str, clip_ids: Iterable[int]) -> list[tuple[Any, ...]]:
         """(name, clip id, dtype, raw bytes) of every feature of the profile's clips `clip_ids` under a
         backbone profile, as the driver returns them: a cold 10,000-clip rebuild reads 40,000, and
-        decoding them a name at a time (`cachebuild.StoredArrays.add`) is several times cheaper than
+        decoding them a name at a time (`cachearrays.StoredArrays.add`) is several times cheaper than
         building one array per row."""
         query = select(ClipFeature.name, ClipFeature.clip_id, ClipFeature.dtype, ClipFeature.data)
         rows: list[tuple[Any, ...]] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from emoweb.media import file_sha256
+from emoweb.pipeline.media import file_sha256
 
 
 def forget_copies(folder: Path, sha256s: Iterable[str]) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 
 from emoweb.config import Settings
 from emoweb.errors import EmoWebError
-from emoweb.media import file_sha256
+from emoweb.pipeline.media import file_sha256
 
 VISITOR = "visitor:"  # prefix of a visitor's owner name (a login user name never gets it)
 OWNER_KEY = re.compile(r"[A-Za-z0-9_-]{22,128}")  # 22 base64url characters: 132 random bits at least

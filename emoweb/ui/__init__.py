@@ -1,5 +1,6 @@
-"""Gradio UI (Blocks): one module per tab (predict, label, compare, models_tab), shared plots and
-colours in `common`, the assembly in `app`. The UI only calls services."""
+"""Gradio UI (Blocks): one module per tab (predict, label, compare, models_tab), the Predict tab's answer
+shown by `explain`, the plotly figures in `figures`, shared colours and helpers in `common`, the
+assembly in `app`. The UI only calls services."""
 
 
 def build_app(*args, **kwargs):

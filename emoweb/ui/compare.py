@@ -10,6 +10,7 @@ import gradio as gr
 from emoweb.config import SHARED_DATA
 from emoweb.errors import EmoWebError, MediaError
 from emoweb.ui import common as C
+from emoweb.ui import figures as F
 from emoweb.ui.predict import pick_input, stage_progress
 
 CLIP_HEADERS = ["model", "answer", "confidence", "latency (ms)", "modalities used", "notes"]
@@ -22,7 +23,7 @@ def server_manifests() -> dict[str, Path]:
     found: dict[str, Path] = {}
     if not SHARED_DATA.is_dir():
         return found
-    from emoweb.manifests import read_manifest
+    from emoweb.learning.manifests import read_manifest
 
     for path in sorted(SHARED_DATA.glob("**/manifest*.csv"))[:20]:
         try:
@@ -41,7 +42,7 @@ def _inside(path: Path, roots: list[Path]) -> bool:
 def capped_manifest(ctx: C.AppContext, source: Path, split: str, max_rows: int, uploaded: bool) -> tuple[Path, int, int]:
     """A temporary manifest of at most `max_rows` rows of `split` (stratified by label, seeded), with
     absolute paths that must lie in the shared data folder (or, in a shared deployment, the data dir)."""
-    from emoweb.manifests import read_manifest
+    from emoweb.learning.manifests import read_manifest
 
     rows = read_manifest(source)
     if uploaded:  # paths of an uploaded manifest are absolute or relative to the shared data folder
@@ -81,7 +82,7 @@ def capped_manifest(ctx: C.AppContext, source: Path, split: str, max_rows: int, 
 
 
 def _report_markdown(reports: dict, heading: str, latency: dict[str, float | None]) -> str:
-    from emoweb.metrics import comparison_table
+    from emoweb.learning.metrics import comparison_table
 
     lines = [heading, "", comparison_table(reports)]
     lat = [f"{C.esc(m)} {v:.1f} ms/clip" for m, v in latency.items() if v is not None]
@@ -137,12 +138,12 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
             rows.append([m, out.label if pred.decided else "no decision", round(p[out.label], 3), round(1000 * pred.latency.get(m, 0.0), 2),
                          ", ".join(out.modality_probs) or "-", "; ".join(out.notes)])
         stages = {k: v for k, v in pred.features.timings.items() if k != "total"}
-        return rows, C.probability_figure(probs), C.latency_figure(stages, dict(pred.latency))
+        return rows, F.probability_figure(probs), F.latency_figure(stages, dict(pred.latency))
 
     @C.user_errors
     def compare_set(source_value, profile_ref, server_value, upload_value, split_value, max_rows_value, request: gr.Request,
                     progress=gr.Progress(track_tqdm=True)):
-        from emoweb.metrics import classification_report
+        from emoweb.learning.metrics import classification_report
 
         if source_value == SOURCES[0]:
             profile = ctx.profile(profile_ref, request)
@@ -164,8 +165,8 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                     fmt = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
                     heading += (f"\n\nActive cache of {C.esc(s['model'])} (snapshot {s['id']}): leave-one-out accuracy "
                                 f"{fmt(m.get('before'))} alone → {fmt(m.get('after'))} with the cache.")
-            return _report_markdown(reports, heading, {}), C.confusion_figure(reports)
-        from emoweb.evaluation import evaluate_manifest
+            return _report_markdown(reports, heading, {}), F.confusion_figure(reports)
+        from emoweb.learning.evaluation import evaluate_manifest
 
         if source_value == SOURCES[1]:
             if not server_value or server_value not in manifests:
@@ -188,7 +189,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         if skipped:
             heading += "\n\n" + "\n".join(f"- skipped: {C.esc(s)}" for s in skipped[:10])
         latency = {m: r.get("latency_ms_per_clip") for m, r in reports.items()}
-        return _report_markdown(reports, heading, latency), C.confusion_figure(reports)
+        return _report_markdown(reports, heading, latency), F.confusion_figure(reports)
 
     clip_btn.click(compare_clip, [clip], [clip_table, clip_probs, clip_latency], api_name="compare_clip", **heavy)
     set_btn.click(compare_set, [source, profile_dd, server, upload, split, max_rows], [set_md, confusion],

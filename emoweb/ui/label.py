@@ -11,6 +11,7 @@ from emoweb.services.cachebuild import tuning_defaults as cachebuild_rules
 from emoweb.services import lessons
 from emoweb.services.headline import headline
 from emoweb.ui import common as C
+from emoweb.ui import figures as F
 
 QUEUE_HEADERS = ["clip", "name", "label", "models' answers", "margin", "disputed"]
 SHORTCUTS = "keys 1-9 pick the first nine labels"  # stated the same in the README
@@ -159,7 +160,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
 
     def no_clip() -> tuple:
         none = (gr.update(value=None, visible=True), gr.update(value=None, visible=False), gr.update(value=None, visible=False))
-        return (*none, "Pick a clip.", C.empty_figure("no clip"), [])
+        return (*none, "Pick a clip.", F.empty_figure("no clip"), [])
 
     @C.user_errors
     def show_clip(profile_ref, clip_id, request: gr.Request):
@@ -215,7 +216,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         if details:
             lines.append("<details><summary>Details per model</summary>\n\n" + "\n".join(details) + "\n\n</details>")
         hist = [[c.created.strftime("%Y-%m-%d %H:%M:%S"), c.label, c.annotator, c.note] for c in ctx.service.corrections(clip.id)]
-        fig = C.probability_figure(decided, title="What each model said (with the profile's other labelled clips)")
+        fig = F.probability_figure(decided, title="What each model said (with the profile's other labelled clips)")
         return (*players, "\n\n".join(lines), fig, hist)
 
     def _apply(profile_ref, clip_id, label, note_text, new_ok, request):
@@ -264,7 +265,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         results = ctx.service.rebuild_cache(profile.id)
         after = len(ctx.service.snapshots(profile.id))
         if not results:
-            return ("Nothing to rebuild: this profile has no clip with stored features yet.", C.empty_figure("no cache"),
+            return ("Nothing to rebuild: this profile has no clip with stored features yet.", F.empty_figure("no cache"),
                     _snapshot_text(profile))
 
         def pct(v):
@@ -288,7 +289,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         lines.append("\n</details>")
         # before/after only where it means something: careful mode had too few clips of some label to measure
         judged = {m: (r.before, r.after) for m, r in results.items() if r.tuning != "careful" and r.n}
-        fig = C.before_after_figure(judged) if judged else C.empty_figure(
+        fig = F.before_after_figure(judged) if judged else F.empty_figure(
             f"accuracy before/after is shown once every label has {cachebuild_rules()['judge_min_per_label']} labelled clips")
         return "\n".join(lines), fig, _snapshot_text(profile)
 

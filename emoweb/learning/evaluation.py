@@ -3,7 +3,7 @@
 Features come from the FeatureStore (each clip encoded once). With `cache_k`, a K-shot cache per
 model is built from the manifest's *train* rows and its alpha/beta tuned by cross-validation on
 those rows only; evaluation rows never touch it. With `composites`, the rows scored are composites
-of the split's speech clips and face photos of the same label (`emoweb.pairs`: the data has no real
+of the split's speech clips and face photos of the same label (`emoweb.learning.pairs`: the data has no real
 audio-visual clip), which is how the fused path of the models is measured.
 """
 from __future__ import annotations
@@ -13,16 +13,16 @@ import time
 
 import torch
 
-from emoweb.batching import to_input
 from emoweb.config import Settings
 from emoweb.errors import EmoWebError
-from emoweb.featstore import FeatureStore
-from emoweb.inference import Predictor
-from emoweb.manifests import read_manifests
-from emoweb.metrics import classification_report
-from emoweb.pairs import composite_samples
-from emoweb.services import cachebuild
-from emoweb.training import Sample
+from emoweb.learning.manifests import read_manifests
+from emoweb.learning.metrics import classification_report
+from emoweb.learning.pairs import composite_samples
+from emoweb.learning.training import Sample
+from emoweb.pipeline.batching import to_input
+from emoweb.pipeline.featstore import FeatureStore
+from emoweb.pipeline.inference import Predictor
+from emoweb.services import cachearrays, cachebuild
 from models.cache import FewShotCache
 
 
@@ -47,8 +47,8 @@ def build_cache(predictor: Predictor, name: str, items: list) -> FewShotCache:
         chunk = items[i : i + 128]
         out = model(to_input([f for _, f in chunk], dims), predictor.labels)
         base.append(out.logits)
-        for m, z in {cachebuild.FUSED: out.embedding, **out.modality_embeddings}.items():
-            present = torch.ones(len(chunk), dtype=torch.bool) if m == cachebuild.FUSED else torch.tensor([f.modalities.get(m, True) for _, f in chunk])  # extra keys: zero rows are missing
+        for m, z in {cachearrays.FUSED: out.embedding, **out.modality_embeddings}.items():
+            present = torch.ones(len(chunk), dtype=torch.bool) if m == cachearrays.FUSED else torch.tensor([f.modalities.get(m, True) for _, f in chunk])  # extra keys: zero rows are missing
             keys.setdefault(m, []).append(torch.where(present.unsqueeze(1), z, torch.full_like(z, float("nan"))))
     data = cachebuild.assemble_arrays([r.label for r, _ in items], {m: torch.cat(v) for m, v in keys.items()}, torch.cat(base))
     return cachebuild.build(name, data, predictor.labels).cache

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from emoweb.bench import bench
 from emoweb.cli import settings_from
+from emoweb.cli.bench import bench
 from emoweb.errors import EmoWebError
 
 
@@ -68,7 +68,7 @@ def _baseline_text(r: dict) -> str:
 @bench("kshot", "caregiver effect, all four models: K = 1,2,4 clips per label of one unseen RAVDESS or CREMA-D "
                 "speaker in the cache (--corpora, --split, --speakers)", _kshot_text)
 def _kshot(args) -> dict:
-    from emoweb.studies import kshot_study
+    from emoweb.learning.studies import kshot_study
 
     manifests = [_shared_manifest(f"speech/{c.strip()}") for c in args.corpora.split(",") if c.strip()]
     return kshot_study(_settings(args), manifests, split=args.split, max_speakers=args.speakers)
@@ -76,15 +76,15 @@ def _kshot(args) -> dict:
 
 @bench("crossval", "EmoAsst audio recipe and cache defaults, cross-validated on the training speakers only", _crossval_text)
 def _crossval(args) -> dict:
-    from emoweb.studies import crossval_study
+    from emoweb.learning.studies import crossval_study
 
     return crossval_study(_settings(args), _ravdess())
 
 
 @bench("baseline", "EmoAsst audio vs openSMILE eGeMAPS + logistic regression on unseen RAVDESS speakers", _baseline_text)
 def _baseline(args) -> dict:
-    from emoweb.evaluation import evaluate_manifest
-    from emoweb.studies import egemaps_baseline
+    from emoweb.learning.evaluation import evaluate_manifest
+    from emoweb.learning.studies import egemaps_baseline
     from models import LABEL7
 
     settings = _settings(args)
@@ -94,13 +94,13 @@ def _baseline(args) -> dict:
 
 
 def _generalise_text(r: dict) -> str:
-    from emoweb.generalise import generalise_text
+    from emoweb.learning.generalise import generalise_text
 
     return generalise_text(r)
 
 
 @bench("generalise", "every model on every shared corpus's validation split: accuracy, UAR, weighted F1, ECE", _generalise_text)
 def _generalise(args: argparse.Namespace) -> dict:
-    from emoweb.generalise import generalise
+    from emoweb.learning.generalise import generalise
 
     return generalise(_settings(args), args.models)

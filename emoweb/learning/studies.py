@@ -16,17 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emoweb.augment import AudioAugment
-from emoweb.batching import to_input
 from emoweb.config import Settings
 from emoweb.errors import EmoWebError
-from emoweb.features import FeatureExtractor
-from emoweb.featstore import FeatureStore
-from emoweb.inference import Predictor
-from emoweb.manifests import read_manifest
-from emoweb.metrics import classification_report
+from emoweb.learning.augment import AudioAugment
+from emoweb.learning.manifests import read_manifest
+from emoweb.learning.metrics import classification_report
+from emoweb.learning.training import Sample, evaluate, train
+from emoweb.pipeline.batching import to_input
+from emoweb.pipeline.featstore import FeatureStore
+from emoweb.pipeline.features import FeatureExtractor
+from emoweb.pipeline.inference import Predictor
 from emoweb.services import cachebuild
-from emoweb.training import Sample, evaluate, train
 from models import registry
 from models.cache import logit_spread
 

@@ -69,9 +69,9 @@ def _encode_args(p: argparse.ArgumentParser) -> None:
          prints="how many rows were encoded and skipped (progress bar on stderr)",
          takes="about 0.1-0.2 s per speech clip without ASR, ~1 s with it, ~0.03 s per face photo on a 2-CPU machine")(_encode_args)
 def _encode(args: argparse.Namespace) -> int:
-    from emoweb.features import FeatureExtractor
-    from emoweb.featstore import FeatureStore
-    from emoweb.manifests import read_manifests
+    from emoweb.learning.manifests import read_manifests
+    from emoweb.pipeline.featstore import FeatureStore
+    from emoweb.pipeline.features import FeatureExtractor
 
     try:
         index, total = (int(x) for x in args.shard.split("/"))
@@ -94,11 +94,11 @@ def _encode(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from emoweb.augment import AudioAugment
-    from emoweb.features import FeatureExtractor
-    from emoweb.featstore import FeatureStore
-    from emoweb.manifests import read_manifests
-    from emoweb.training import assign_splits, calibrate, cap_dev, data_card, evaluate, train
+    from emoweb.learning.augment import AudioAugment
+    from emoweb.learning.manifests import read_manifests
+    from emoweb.learning.training import assign_splits, calibrate, cap_dev, data_card, evaluate, train
+    from emoweb.pipeline.featstore import FeatureStore
+    from emoweb.pipeline.features import FeatureExtractor
     from models import LABEL7, registry
 
     try:
@@ -124,7 +124,7 @@ def _train(args: argparse.Namespace) -> int:
         raise EmoWebError(f"{args.model}: {exc}") from None
     model.attach_text_encoder(lambda texts: bb.text(texts).embedding, bb.text_encoder)
     if getattr(model, "uses_composites", False):  # face photo + speech clip pairs, same label and split
-        from emoweb.pairs import composite_samples
+        from emoweb.learning.pairs import composite_samples
 
         samples = samples + composite_samples(samples, seed=args.seed)
     labels = list(LABEL7)
@@ -194,11 +194,11 @@ def _skipped_lines(reasons: list[str]) -> list[str]:
          prints="a table of accuracy, weighted F1 and UAR per model and modality, the rows used and why rows were skipped",
          takes="about 1 s per clip not yet in the feature cache (2-CPU machine), then seconds")(_eval_args)
 def _eval(args: argparse.Namespace) -> int:
-    from emoweb.manifests import read_manifests
+    from emoweb.learning.manifests import read_manifests
 
     rows = read_manifests(args.manifest)  # a missing or malformed manifest answers before torch and the models load
-    from emoweb.evaluation import evaluate_manifest
-    from emoweb.metrics import comparison_table
+    from emoweb.learning.evaluation import evaluate_manifest
+    from emoweb.learning.metrics import comparison_table
 
     result = evaluate_manifest(settings_from(args), args.manifest, args.models, args.split, args.cache, args.composites, rows)
     emit(result, args.json, lambda r: "\n".join([comparison_table(r["reports"]), "",
@@ -241,7 +241,7 @@ def _predict_line(item: dict) -> str:
          prints="per clip the one answer (the models' vote, how sure in words) and each model's label and probability",
          takes="2-10 s to load the backbones and models, then about 1 s per 4-s clip (5 s per 60-s clip) on a 2-CPU machine")(_predict_args)
 def _predict(args: argparse.Namespace) -> int:
-    from emoweb.media import check_file
+    from emoweb.pipeline.media import check_file
     from emoweb.safetext import clean
 
     if not args.paths and args.text is None:
@@ -251,7 +251,7 @@ def _predict(args: argparse.Namespace) -> int:
     paths = [p for a in args.paths for p in (sorted(x for x in Path(a).iterdir() if x.is_file()) if Path(a).is_dir() else [Path(a)])]
     if len(paths) == 1:
         check_file(paths[0])  # a missing clip answers before torch and the models load
-    from emoweb.inference import Predictor
+    from emoweb.pipeline.inference import Predictor
 
     predictor = Predictor(settings_from(args))
     if not paths:

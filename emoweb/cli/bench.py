@@ -2,7 +2,8 @@
 
 `extract`: per-stage time of the shared feature pipeline (decode, faces, visual, ASR, audio encoder,
 text, total) on a composite clip of a given length, cold (model load + first run) and warm (median of
-`--repeat` runs), with the machine described. More benches register with `@bench("name")`.
+`--repeat` runs), with the machine described. More benches register with `@bench("name")` (`service_benches`,
+`study_benches`).
 """
 from __future__ import annotations
 
@@ -109,8 +110,9 @@ def render_bench_clip(seconds: float, out: Path) -> Path:
     """A composite clip of `seconds`: the smiling face + the RAVDESS sentence, looped to length if needed."""
     import numpy as np
 
-    from emoweb import composite, media
     from emoweb.config import SHARED_DATA
+    from emoweb.learning import composite
+    from emoweb.pipeline import media
 
     face, speech = SHARED_DATA / BENCH_FACE, SHARED_DATA / BENCH_SPEECH
     if not SHARED_DATA.is_dir():
@@ -178,7 +180,7 @@ def bench_settings(args: argparse.Namespace):
 
 @bench("extract", "per-stage time of the shared feature pipeline on a composite clip", _fmt_table)
 def bench_extract(args: argparse.Namespace) -> dict:
-    from emoweb.features import FeatureExtractor
+    from emoweb.pipeline.features import FeatureExtractor
     from models.backbones import resolve_device
 
     settings = bench_settings(args)
@@ -246,7 +248,7 @@ def _fmt_models(result: dict) -> str:
 
 @bench("models", "per-stage and per-model latency, --models all vs emoasst, peak memory", _fmt_models)
 def bench_models(args: argparse.Namespace) -> dict:
-    from emoweb.inference import Predictor
+    from emoweb.pipeline.inference import Predictor
     from models.backbones import resolve_device
 
     settings = bench_settings(args)
@@ -288,27 +290,6 @@ def bench_models(args: argparse.Namespace) -> dict:
     }
 
 
-# --- cache ----------------------------------------------------------------------------------------------
-
-
-def _fmt_cache(result: dict) -> str:
-    from emoweb.services.benchcache import text
-
-    return text(result)
-
-
-@bench("cache", "few-shot cache rebuild from stored features (100/1,000/10,000 clips) vs re-encoding; one correction", _fmt_cache)
-def bench_cache(args: argparse.Namespace) -> dict:
-    import torch
-
-    from emoweb.services.benchcache import bench_cache as run
-
-    torch.set_num_threads(args.threads)
-    result = run(repeats=min(args.repeat, 3), measure_encode=True)
-    result["machine"] = machine("cpu", args.threads)
-    return result
-
-
 # --- faces ----------------------------------------------------------------------------------------------
 
 FACES_MANIFEST = "faces/facial_expressions/manifest.csv"
@@ -331,9 +312,9 @@ def bench_faces(args: argparse.Namespace) -> dict:
     import torch
     from PIL import Image, ImageOps
 
-    from emoweb import faces, haar
     from emoweb.config import SHARED_DATA
-    from emoweb.manifests import read_manifest
+    from emoweb.learning.manifests import read_manifest
+    from emoweb.pipeline import faces, haar
 
     torch.set_num_threads(args.threads)
     rows = [r for r in read_manifest(SHARED_DATA / FACES_MANIFEST) if r.split == "val" and r.path is not None]
@@ -358,47 +339,3 @@ def bench_faces(args: argparse.Namespace) -> dict:
     result["blazeface_only"] = sum(b and not h for h, b in zip(found["haar"], found["blazeface"]))
     result["machine"] = machine("cpu", args.threads)
     return result
-
-
-# --- lesson clips ---------------------------------------------------------------------------------------
-
-
-def _fmt_lesson(result: dict) -> str:
-    lines = [f"bench lesson: {result['clip_seconds']:.1f}-s composite clip, {result['machine']['threads']} thread(s), "
-             f"{result['repeat']} warm runs; machine: {result['machine']['cpu']} ({result['machine']['cpu_count']} logical CPUs)",
-             f"{'lesson':<34}{'video s':>9}{'timeline s':>12}{'render s':>10}{'total s':>9}{'cold s':>9}"]
-    for name, r in result["runs"].items():
-        lines.append(f"{name:<34}{r['lesson_seconds']:>9.2f}{r['timeline_s']:>12.3f}{r['render_s']:>10.3f}{r['total_s']:>9.3f}{r['cold_s']:>9.3f}")
-    return "\n".join(lines)
-
-
-@bench("lesson", "lesson clip export (timeline + moviepy H.264/AAC render) of a --seconds composite clip", _fmt_lesson)
-def bench_lesson(args: argparse.Namespace) -> dict:
-    """Warm median seconds (after one cold run) to choose the stretch and write the lesson: the default
-    3-s stretch, the whole clip as the stretch, and the whole clip slowed down 2x."""
-    import torch
-
-    from emoweb.services import lessons
-
-    if args.threads < 1 or args.repeat < 1:
-        raise EmoWebError("--threads and --repeat must be at least 1")
-    torch.set_num_threads(args.threads)
-    runs: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="emoweb-bench-") as tmp:
-        clip = render_bench_clip(args.seconds, Path(tmp) / f"bench_{args.seconds:g}s.mp4")
-        cases = {f"{lessons.STRETCH_SECONDS:g}-s stretch": (lessons.STRETCH_SECONDS, 1.0),
-                 "whole clip": (args.seconds, 1.0), "whole clip, slowed 2x": (args.seconds, 2.0)}
-        for name, (stretch, slow) in cases.items():
-            walls = []
-            for _ in range(args.repeat + 1):
-                t0 = time.perf_counter()
-                chosen = lessons.choose(*lessons.timeline(clip), seconds=stretch)
-                t1 = time.perf_counter()
-                lesson = lessons.render([lessons.Part(clip, "joy", "joy", chosen)], Path(tmp) / "lesson.mp4", slow)
-                walls.append((t1 - t0, time.perf_counter() - t1))
-            warm = walls[1:]
-            runs[name] = {"lesson_seconds": lesson.duration, "cold_s": round(sum(walls[0]), 3),
-                          "timeline_s": round(statistics.median(w[0] for w in warm), 3),
-                          "render_s": round(statistics.median(w[1] for w in warm), 3),
-                          "total_s": round(statistics.median(sum(w) for w in warm), 3)}
-    return {"clip_seconds": args.seconds, "repeat": args.repeat, "runs": runs, "machine": machine("cpu", args.threads)}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emoweb.errors import EmoWebError
-from emoweb.media import IMAGE_SUFFIXES
+from emoweb.pipeline.media import IMAGE_SUFFIXES
 from emoweb.safetext import decode
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".aac"}

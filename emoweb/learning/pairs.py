@@ -4,22 +4,22 @@ The shared data has no real audio-visual clip: faces are photos (visual only) an
 (audio + transcript). A fusion model such as MER-CLIP also needs samples with both, so each speech
 sample is paired with random face photo(s) of the same label AND the same split (train with train,
 dev with dev, val with val), which keeps face identities and speakers disjoint across splits exactly
-as `emoweb.training.assign_splits` made them. The pair is built with `emoweb.batching.composite`
+as `emoweb.learning.training.assign_splits` made them. The pair is built with `emoweb.pipeline.batching.composite`
 (the photo's visual features + the clip's audio and transcript features: no backbone is re-run).
 
 Composite rows are *composites*, never recordings: the face and the voice belong to different
 people. Their Row has a synthetic ``composite/<face>+<speech>.mp4`` path (so `Row.modality` is
 'audiovisual' and class balancing treats them as their own group), the speech clip's speaker, text
-and split, and ``source="composite"``. `emoweb.composite` renders the same pairs as mp4 for demos.
+and split, and ``source="composite"``. `emoweb.learning.composite` renders the same pairs as mp4 for demos.
 """
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
-from emoweb.batching import composite
-from emoweb.manifests import Row
-from emoweb.training import Sample
+from emoweb.learning.manifests import Row
+from emoweb.learning.training import Sample
+from emoweb.pipeline.batching import composite
 
 SOURCE = "composite"
 

@@ -17,7 +17,7 @@ import av
 import numpy as np
 from PIL import Image, ImageOps
 
-from emoweb import media
+from emoweb.pipeline import media
 
 FPS = 25
 SIZE = 256  # composite frame side: the face photo with a border, so the face detector sees context

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from emoweb.features import ClipFeatures
-from emoweb.manifests import Row
+from emoweb.learning.manifests import Row
+from emoweb.pipeline.features import ClipFeatures
 
 
 @dataclass(frozen=True)

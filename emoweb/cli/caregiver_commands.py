@@ -95,7 +95,7 @@ def _ingest(args: argparse.Namespace) -> int:
             results.append({"path": path, "error": str(exc)})
 
     def text(rows: list) -> str:
-        from emoweb.media import display_name  # a name's undecodable bytes shown escaped, not printed raw
+        from emoweb.pipeline.media import display_name  # a name's undecodable bytes shown escaped, not printed raw
 
         lines = []
         for r in rows:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from emoweb.batching import to_input
 from emoweb.config import Settings, get_settings
 from emoweb.errors import EmoWebError
-from emoweb.features import ClipFeatures, FeatureExtractor, Progress
+from emoweb.pipeline.batching import to_input
+from emoweb.pipeline.features import ClipFeatures, FeatureExtractor, Progress
 from models import LABEL7, registry
 from models.cache import FewShotCache
 from models.output import ModelOutput

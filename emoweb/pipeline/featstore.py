@@ -18,9 +18,9 @@ import torch
 from tqdm import tqdm
 
 from emoweb.errors import EmoWebError
-from emoweb.features import ClipFeatures, FeatureExtractor, normalise_text, text_sha256
-from emoweb.manifests import Row
-from emoweb.media import IMAGE_SUFFIXES
+from emoweb.learning.manifests import Row
+from emoweb.pipeline.features import ClipFeatures, FeatureExtractor, normalise_text, text_sha256
+from emoweb.pipeline.media import IMAGE_SUFFIXES
 
 VERSION = 4  # bump when the pipeline's output changes (2: torch Whisper encoder, float32, + layer 4; 3: BlazeFace tracks,
 # aligned + CLAHE faces; 4: Whisper window fitted to the clip)
@@ -103,7 +103,7 @@ class FeatureStore:
 
     def _sha_of(self, path: Path) -> str:
         if path not in self._sha:
-            from emoweb.media import file_sha256
+            from emoweb.pipeline.media import file_sha256
 
             self._sha[path] = file_sha256(path)
         return self._sha[path]

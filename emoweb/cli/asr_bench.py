@@ -12,7 +12,7 @@ import random
 import statistics
 from pathlib import Path
 
-from emoweb.bench import bench, bench_settings, machine
+from emoweb.cli.bench import bench, bench_settings, machine
 from emoweb.errors import EmoWebError
 
 SEED = 0  # the clip draw
@@ -47,7 +47,7 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
 def draw_clips(manifest: Path, split: str, n: int) -> list[tuple[Path, str]]:
     """`n` (path, sentence) pairs of `split` drawn with SEED (all of them when the split has fewer).
     Raises EmoWebError when the split has no clip with a sentence."""
-    from emoweb.manifests import read_manifest
+    from emoweb.learning.manifests import read_manifest
 
     rows = [(r.path, r.text) for r in read_manifest(manifest) if r.split == split and r.path is not None and r.text]
     if not rows:
@@ -95,7 +95,7 @@ def _asr_text(r: dict) -> str:
               "--split), with seconds per clip of the ASR stage", _asr_text)
 def bench_asr(args: argparse.Namespace) -> dict:
     from emoweb.config import SHARED_DATA
-    from emoweb.features import FeatureExtractor
+    from emoweb.pipeline.features import FeatureExtractor
     from models.backbones import resolve_device
 
     if args.clips < 1:

@@ -20,9 +20,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from emoweb import faces, media, quality
 from emoweb.config import Settings, get_settings
 from emoweb.errors import EmoWebError
+from emoweb.pipeline import faces, media, quality, tracks
 from emoweb.safetext import clean
 from models.backbones import AsrResult, Backbones, get_backbones
 
@@ -294,7 +294,7 @@ class FeatureExtractor:
         if audio.size < MIN_AUDIO_SECONDS * media.SAMPLE_RATE:
             feats.warnings.append(f"audio shorter than {MIN_AUDIO_SECONDS} s: audio models skipped")
             return
-        if float(np.sqrt(np.mean(audio**2))) < media.SILENCE_RMS:
+        if float(np.sqrt(np.mean(audio**2))) < tracks.SILENCE_RMS:
             feats.warnings.append("the audio track is silent: audio and text models skipped")
             return
         audio, quiet = quality.normalise_level(audio, media.SAMPLE_RATE)

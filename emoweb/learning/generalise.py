@@ -3,7 +3,7 @@
 Why: a recipe chosen on one corpus's validation speakers did not hold on other speakers and corpora
 (issue 21). This bench scores the shipped checkpoints (with their calibration) on the validation split
 of each shared corpus: speech (RAVDESS, CREMA-D, TESS), faces (web photos, FER2013), composites of
-validation speech and validation web photos of the same label (the fused path; `emoweb.pairs`) and,
+validation speech and validation web photos of the same label (the fused path; `emoweb.learning.pairs`) and,
 when the readers know them, text (MELD dev, GoEmotions valid). Per model and corpus: accuracy, UAR,
 weighted F1, and ECE with and without the card's temperature; per modality path where the row has more
 than one; the FER backbone's own answer on the face sets. Speech is encoded without ASR: the acted
@@ -14,12 +14,12 @@ from __future__ import annotations
 import torch
 
 from emoweb.config import SHARED_DATA, Settings
-from emoweb.evaluation import BACKBONE_REPORT, backbone_label, composite_items
-from emoweb.inference import Predictor
-from emoweb.manifests import read_manifest
-from emoweb.metrics import classification_report, expected_calibration_error
-from emoweb.studies import acted_speech_store
-from emoweb.training import Sample, predict_samples
+from emoweb.learning.evaluation import BACKBONE_REPORT, backbone_label, composite_items
+from emoweb.learning.manifests import read_manifest
+from emoweb.learning.metrics import classification_report, expected_calibration_error
+from emoweb.learning.studies import acted_speech_store
+from emoweb.learning.training import Sample, predict_samples
+from emoweb.pipeline.inference import Predictor
 from models import LABEL7
 
 SPEECH = {"RAVDESS": "speech/ravdess/manifest.csv", "CREMA-D": "speech/cremad/manifest.csv", "TESS": "speech/tess/manifest.csv"}

@@ -16,12 +16,12 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from emoweb.augment import AudioAugment, SplicePartners
-from emoweb.batching import to_input
 from emoweb.config import DEV_FRACTION, DEV_ROWS_PER_GROUP, EPOCH_ROWS_PER_MODALITY
-from emoweb.features import ClipFeatures
-from emoweb.manifests import Row
-from emoweb.metrics import classification_report, expected_calibration_error, selective_threshold
+from emoweb.learning.augment import AudioAugment, SplicePartners
+from emoweb.learning.manifests import Row
+from emoweb.learning.metrics import classification_report, expected_calibration_error, selective_threshold
+from emoweb.pipeline.batching import to_input
+from emoweb.pipeline.features import ClipFeatures
 
 
 CORPUS = "corpus "  # report keys "corpus <manifest>": the answer's report on one corpus's rows

@@ -1,10 +1,12 @@
 """`python -m emoweb ...`: one entry point for inspect, predict, train, eval, storage and benchmarks.
 
 Every command prints a readable one-line error and exits non-zero on bad input; `--json` gives
-machine-readable output. Subcommands register themselves in `COMMANDS` (name -> (help, setup, run)).
-Command modules import torch, gradio and the models only inside their runners, so `--help` and a
-mistyped command answer in about a second; the shared options (`--json`, `--device`, `--models`,
-`--backbones`) are added by the `add_*` helpers so they read the same everywhere.
+machine-readable output. Subcommands register themselves in `COMMANDS` (name -> (help, setup, run))
+from the modules of this package: `model_commands` (encode, train, eval, predict), `caregiver_commands`,
+`bench`, `service_benches` and `study_benches`, `cards`. Command modules import torch, gradio and the
+models only inside their runners, so `--help` and a mistyped command answer in about a second; the
+shared options (`--json`, `--device`, `--models`, `--backbones`) are added by the `add_*` helpers so
+they read the same everywhere.
 """
 from __future__ import annotations
 
@@ -98,7 +100,7 @@ def _inspect_args(p: argparse.ArgumentParser) -> None:
          prints="the clip's kind, duration, frames, faces found, transcript and per-stage timings",
          takes="about 1 s for a 4-s clip once the backbones are loaded, plus 2-10 s to load them")(_inspect_args)
 def _inspect(args: argparse.Namespace) -> int:
-    from emoweb.features import FeatureExtractor
+    from emoweb.pipeline.features import FeatureExtractor
 
     summary = FeatureExtractor(settings_from(args))(args.path).to_summary()
 
@@ -132,7 +134,8 @@ def _load_command_modules() -> None:
     """Modules that register more subcommands (imported lazily so `--help` stays fast)."""
     import importlib
 
-    for module in ("emoweb.bench", "emoweb.asr_bench", "emoweb.commands", "emoweb.study_benches", "emoweb.caregiver_commands", "emoweb.cards"):
+    for module in ("emoweb.cli.bench", "emoweb.cli.service_benches", "emoweb.cli.asr_bench", "emoweb.cli.model_commands",
+                   "emoweb.cli.study_benches", "emoweb.cli.caregiver_commands", "emoweb.cli.cards"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import torch
 
-from emoweb.features import ClipFeatures
+from emoweb.pipeline.features import ClipFeatures
 from models import LABEL7
 from models.inputs import ModelInput, pad_sequences
 from models.residual import BACKBONE_LOGITS

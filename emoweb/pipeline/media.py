@@ -1,13 +1,13 @@
 """Decode any reasonable clip into N sampled frames and 16 kHz mono audio, without holding the whole video.
 
-Video and audio containers go through PyAV (FFmpeg); still images through Pillow (EXIF rotation applied).
+Video and audio containers go through PyAV (FFmpeg; one track's reading and the sound in `tracks`);
+still images through Pillow (EXIF rotation applied).
 Every failure becomes one `MediaError` line that names the problem.
 """
 from __future__ import annotations
 
 import hashlib
 import unicodedata
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,17 +16,22 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from emoweb.errors import MediaError
+from emoweb.pipeline.tracks import (
+    SAMPLE_RATE,
+    Packets,
+    choose_audio,
+    is_cover,
+    is_default,
+    track_end,
+    track_start,
+)
 
-SAMPLE_RATE = 16_000
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 MAX_FRAME_SIDE = 640  # frames are downscaled on decode: faces and display never need more
 MIN_DURATION = 0.05
 # A video whose frames end less than this before its declared end is not called truncated: a file that
 # declares (almost) no duration, e.g. every frame stamped 0, has degenerate timing, not a cut-off tail.
 TRUNCATED_GAP = 0.1
-SILENCE_RMS = 1e-4  # below this (-80 dBFS) a track is silent; quiet real speech sits near 1e-3
-ACTIVE_CHANNEL = 0.1  # a channel under a tenth of the loudest one's RMS (-20 dB) carries nothing to mix in
-INVERTED_CORR = -0.5  # a channel this anti-correlated with the loudest one is out of phase: inverted, not averaged
 MAX_NAME_CHARS = 120  # longest file name quoted in a message; longer ones keep their start and extension
 _JOINERS = {"\u200c", "\u200d"}  # format characters that are part of normal text (scripts, emoji sequences)
 
@@ -130,27 +135,6 @@ def _sample_times(duration: float, n: int) -> list[float]:
     return [duration * (i + 0.5) / n for i in range(n)]
 
 
-class _Frames:
-    """One stream's decoded frames, packet by packet, skipping packets its decoder rejects.
-
-    A valid container can carry one corrupt stream (damaged upload, bad encoder): `container.decode`
-    would raise at the first bad packet and lose the other stream too. Here the bad packets are only
-    counted (`skipped`), so good audio next to garbage video still gives an audio result, with a note.
-    """
-
-    def __init__(self, container: av.container.InputContainer, stream: av.stream.Stream) -> None:
-        self.container, self.stream, self.skipped = container, stream, 0
-
-    def __iter__(self) -> Iterator[av.frame.Frame]:
-        for packet in self.container.demux(self.stream):
-            try:
-                decoded = packet.decode()
-            except av.error.InvalidDataError:
-                self.skipped += 1
-                continue
-            yield from decoded
-
-
 def _read_frames(
     container, stream, times: list[float], origin: float
 ) -> tuple[list[np.ndarray], list[float], int]:
@@ -161,7 +145,7 @@ def _read_frames(
     stamps: list[float] = []
     last = None
     i = 0
-    decoded = _Frames(container, stream)
+    decoded = Packets(container, stream)
     for frame in decoded:
         t = float(frame.time) - origin if frame.time is not None else (len(stamps) and stamps[-1])
         last = (frame, t)
@@ -185,17 +169,6 @@ def _read_frames(
     return frames, stamps, decoded.skipped
 
 
-def _start(stream: av.stream.Stream) -> float | None:
-    """The stream's first timestamp in seconds, when the file says."""
-    return float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else None
-
-
-def _end(stream: av.stream.Stream) -> float | None:
-    """The stream's last timestamp in seconds (first timestamp + declared duration), when the file says."""
-    start = _start(stream)
-    return start + float(stream.duration * stream.time_base) if start is not None and stream.duration else None
-
-
 def _timeline(container, streams) -> tuple[float, float]:
     """(origin, seconds): the first timestamp of the chosen streams and the clip's length from it.
 
@@ -204,8 +177,8 @@ def _timeline(container, streams) -> tuple[float, float]:
     duration cannot be trusted then (Matroska's is the end time, MPEG-TS's the span), so such files and
     files with no declared duration (browser MediaRecorder webm) are measured from their packets.
     """
-    origin = min((t for t in map(_start, streams) if t is not None), default=0.0)
-    ends = [t for t in map(_end, streams) if t is not None]
+    origin = min((t for t in map(track_start, streams) if t is not None), default=0.0)
+    ends = [t for t in map(track_end, streams) if t is not None]
     if len(ends) == len(streams):
         return origin, max(ends) - origin
     if origin == 0 and container.duration:
@@ -217,92 +190,6 @@ def _timeline(container, streams) -> tuple[float, float]:
             end = t if end is None else max(end, t)
     container.seek(0)
     return origin, max(0.0, end - origin) if end is not None else 0.0
-
-
-def _read_audio(container, stream, max_seconds: float, lead: float) -> tuple[np.ndarray, int]:
-    """Every channel at 16 kHz, [C, S], up to `max_seconds` after the clip's origin, with `lead` seconds of
-    silence first when the track starts after the video (keeps sound and frames in step); also the number
-    of undecodable packets skipped."""
-    # interleaved, every channel kept: PyAV lists a bogus extra plane for planar 7.1 (reading it crashes)
-    resampler = av.AudioResampler(format="flt", layout=None, rate=SAMPLE_RATE)
-    limit = int(max_seconds * SAMPLE_RATE)
-    pad = min(limit, int(round(lead * SAMPLE_RATE)))
-    chunks: list[np.ndarray] = []  # [samples, C] each
-    total = pad
-    decoded = _Frames(container, stream)
-    for frame in decoded:
-        for out in resampler.resample(frame):
-            chunks.append(out.to_ndarray().reshape(-1, out.layout.nb_channels))
-            total += len(chunks[-1])
-        if total >= limit:
-            break
-    else:
-        chunks += [out.to_ndarray().reshape(-1, out.layout.nb_channels) for out in resampler.resample(None)]
-    if not chunks:
-        return np.zeros((1, 0), np.float32), decoded.skipped
-    audio = np.concatenate(chunks).T.astype(np.float32)
-    if pad and audio.shape[1]:
-        audio = np.concatenate([np.zeros((audio.shape[0], pad), np.float32), audio], axis=1)
-    return np.clip(audio[:, :limit], -1.0, 1.0), decoded.skipped
-
-
-def _mix_down(channels: np.ndarray) -> tuple[np.ndarray, str | None]:
-    """Mono from [C, S] channels without losing what one channel says clearly.
-
-    A plain mean cancels speech recorded in antiphase (a mis-wired microphone: L = speech, R = -speech)
-    and halves a voice on one channel only. So only channels within 20 dB of the loudest are mixed, and
-    a channel strongly anti-correlated with the loudest is inverted first; the note says so.
-    """
-    if channels.shape[0] == 1:
-        return channels[0], None
-    rms = np.sqrt(np.mean(channels.astype(np.float64) ** 2, axis=1))
-    loud = int(np.argmax(rms))
-    if rms[loud] == 0:
-        return channels[0], None
-    active = rms >= ACTIVE_CHANNEL * rms[loud]
-    corr = channels.astype(np.float64) @ channels[loud] / np.maximum(rms * rms[loud] * channels.shape[1], 1e-20)
-    inverted = active & (corr < INVERTED_CORR)
-    signs = np.where(inverted, -1.0, 1.0)
-    mono = (channels[active] * signs[active, None]).mean(axis=0).astype(np.float32)
-    note = None
-    if inverted.any():
-        note = f"{int(inverted.sum())} of {channels.shape[0]} audio channels out of phase: inverted before mixing to mono"
-    return mono, note
-
-
-def _is_default(stream: av.stream.Stream) -> bool:
-    return bool(stream.disposition & av.stream.Disposition.default)
-
-
-def _choose_audio(
-    container, streams, max_seconds: float, origin: float
-) -> tuple[av.stream.Stream, np.ndarray | None, int, list[str]]:
-    """The sound to analyse from one or more audio tracks: the default one, else (or when it is silent)
-    the first with sound; (the track, its mono 16 kHz samples or None, skipped packets, notes naming it)."""
-    ranked = sorted(streams, key=lambda s: not _is_default(s))  # stable: file order after the default
-    tried = []
-    for stream in ranked:
-        start = _start(stream)
-        channels, skipped = _read_audio(container, stream, max_seconds, 0.0 if start is None else start - origin)
-        container.seek(0)
-        wav, note = _mix_down(channels)
-        sound = bool(wav.size) and float(np.sqrt(np.mean(wav**2))) >= SILENCE_RMS
-        tried.append((stream, wav, skipped, note, sound))
-        if sound or len(streams) == 1:
-            break
-    stream, wav, skipped, note, sound = next((t for t in tried if t[4]), tried[0])
-    notes = [note] if note else []
-    if len(streams) > 1:
-        has_default = _is_default(ranked[0])
-        if not sound:
-            why = ("the default" if has_default else "the first") + "; every track is silent"
-        elif _is_default(stream):
-            why = "the default"
-        else:
-            why = "the first with sound; " + ("the default track is silent" if has_default else "none is marked default")
-        number = [s.index for s in streams].index(stream.index) + 1
-        notes.insert(0, f"{len(streams)} audio tracks: used track {number} ({why})")
-    return stream, (wav if wav.size else None), skipped, notes
 
 
 def _open(path: Path) -> av.container.InputContainer:
@@ -333,18 +220,13 @@ def decode(path: str | Path, n_frames: int = 16, max_seconds: float = 60.0) -> D
 def _declared(stream: av.stream.Stream, origin: float, span: float) -> float:
     """Where the stream says it ends on the clip's timeline (capped at the analysed span): a track that
     starts or ends at another time than the clip is not truncated."""
-    end = _end(stream)
+    end = track_end(stream)
     return span if end is None else min(span, end - origin)
 
 
-def _is_cover(stream: av.stream.Stream) -> bool:
-    """Cover art of an m4a/mp3 (an attached picture): a still shown by players, never the clip's video."""
-    return bool(stream.disposition & av.stream.Disposition.attached_pic)
-
-
 def _decode_container(container, path: Path, sha: str, n_frames: int, max_seconds: float) -> DecodedClip:
-    pictures = [s for s in container.streams.video if not _is_cover(s)]
-    video = next((s for s in sorted(pictures, key=lambda s: not _is_default(s)) if s.codec_context is not None), None)
+    pictures = [s for s in container.streams.video if not is_cover(s)]
+    video = next((s for s in sorted(pictures, key=lambda s: not is_default(s)) if s.codec_context is not None), None)
     audios = [s for s in container.streams.audio if s.codec_context is not None]
     # a stream FFmpeg can demux but has no decoder for has no codec context
     unsupported = sorted({s.type for s in (*pictures, *container.streams.audio) if s.codec_context is None})
@@ -360,7 +242,7 @@ def _decode_container(container, path: Path, sha: str, n_frames: int, max_second
 
     if video is not None and len(pictures) > 1:
         warnings.append(f"{len(pictures)} video tracks: used track {pictures.index(video) + 1}"
-                        + (" (the default)" if _is_default(video) else ""))
+                        + (" (the default)" if is_default(video) else ""))
     frames = stamps = None
     if video is not None:
         got, got_t, skipped = _read_frames(container, video, _sample_times(span, n_frames), origin)
@@ -373,7 +255,7 @@ def _decode_container(container, path: Path, sha: str, n_frames: int, max_second
         container.seek(0)
     wav = None
     if audios:
-        track, wav, skipped, notes = _choose_audio(container, audios, max_seconds, origin)
+        track, wav, skipped, notes = choose_audio(container, audios, max_seconds, origin)
         warnings += notes
         if wav is None:
             warnings.append("the audio stream has no decodable samples" + (" (corrupt)" if skipped else ""))

@@ -1,0 +1,225 @@
+"""The Predict tab's answer, shown: one prediction (and the caregiver service's stored answers, when the
+clip was kept) turned into the headline, the models' table, the folded plots that explain each model's
+decision, the transcript, the face seen and the "Whose face" choices. Only formats; `predict` runs."""
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from emoweb.errors import EmoWebError
+from emoweb.services.headline import Headline, headline
+from emoweb.ui import common as C
+from emoweb.ui import figures as F
+
+
+def _first_item(values: Any) -> Any:
+    return values[0] if isinstance(values, (list, tuple)) and values and isinstance(values[0], (list, tuple)) else values
+
+
+def _attention_maps(outputs: dict) -> list:
+    maps = []
+    for model, out in outputs.items():
+        for name, (w, axes, ticks) in out.attention.items():
+            arr = w.detach().float().cpu().numpy()
+            while arr.ndim > 2:
+                arr = arr[0]
+            if arr.ndim != 2 or len(axes) != 2:
+                continue
+            clean = {axis: list(_first_item(v)) for axis, v in ticks.items() if v is not None}
+            maps.append((f"{model} · {name.replace('_', ' ')}", arr, tuple(axes), clean))
+    return maps
+
+
+def _row(probs_tensor: Any, labels: list[str]) -> dict[str, float]:
+    values = probs_tensor[0].detach().float().cpu().tolist() if hasattr(probs_tensor, "detach") else list(probs_tensor)
+    return {lab: float(p) for lab, p in zip(labels, values)}
+
+
+def _face_thumbnail(feats: Any) -> np.ndarray | None:
+    """The face the clip is about: the crop of the first frame with a face box (None: no face found)."""
+    if feats.face_crops is None:
+        return None
+    for i, box in enumerate(feats.face_boxes):
+        if box is not None and i < len(feats.face_crops):
+            return np.asarray(feats.face_crops[i])
+    return None
+
+
+def headline_markdown(head: Headline, labels: list[str]) -> str:
+    """The answer in large type with its emoji and colour, and how sure, in words."""
+    if head.label is None:
+        return "## No answer\nNothing to recognise in this clip: no face, no voice and no words."
+    emoji = C.LABEL_EMOJI.get(head.label, "🏷️")
+    colour = C.label_colour(head.label, labels)
+    return (f'<div class="emoweb-answer" style="border-left: 10px solid {colour}">'
+            f'<span class="emoweb-answer-label">{emoji} {C.esc(head.label)}</span>'
+            f'<span class="emoweb-answer-sure"> — {C.esc(head.confidence)}</span></div>\n\n'
+            f"{C.esc(head.reason)} (average probability {100 * head.mean_prob:.0f}%; how this is formed: below)")
+
+
+def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: Any, clip: Any, new: bool | None,
+            typed: bool = False) -> tuple:
+    """The Predict tab's outputs from a Prediction (features + model outputs) and, when the clip was
+    stored in a profile, the service's answers (with the profile's cache). `typed`: the words were typed."""
+    feats, outputs = prediction.features, prediction.outputs
+    models = list(outputs)
+    probs = {m: dict(answers[m].probs) if answers and m in answers else _row(out.probs, out.labels) for m, out in outputs.items()}
+    decided = {m: prediction.model_decided(m) and (answers[m].decided if answers and m in answers else True) for m in models}
+    labels = C.ordered_labels([lab for p in probs.values() for lab in p])
+
+    # the one answer, then who, what was heard, whether the profile's examples were used, where it is stored
+    head = headline({m: probs[m] for m in models if decided[m]}, untrained=feats.untrained_weights,
+                    confident_at=ctx.predictor.confident_at(models))
+    lines = [headline_markdown(head, labels)]
+    face = _face_thumbnail(feats)
+    other = feats.person != 1
+    if other:
+        track = feats.face_tracks[feats.person - 1]
+        lines.append(f"**Who:** the person {C.esc(track['position'])} (seen in {track['frames']} of {track['of']} frames), "
+                     "chosen instead of the main person. **The voice and the words may belong to someone else.**")
+    elif feats.kind not in ("audio", "text"):
+        lines.append(f"**Who:** {'the face shown here' if face is not None else 'no face found'}"
+                     f" (a face in {feats.faces_found} of {len(feats.frame_times)} frames)"
+                     + ("; another person can be chosen under “Whose face”" if len(feats.face_tracks) > 1 else ""))
+    if feats.transcript:
+        lines.append(f"**{'Words (typed)' if typed else 'Heard'}:** “{C.esc(feats.transcript)}”")
+    elif typed:
+        lines.append("**Words:** removed, so the words are not read")
+    elif feats.kind != "image":
+        lines.append("**Heard:** no words recognised")
+    snaps = {m: answers[m].cache_snapshot for m in models if answers and m in answers}
+    if other:
+        lines.append("**Not saved:** this answer about another person is shown here only; no profile's labelled "
+                     "examples were used.")
+    elif typed:
+        lines.append("**Not saved:** this answer with typed words is shown here only; no profile's labelled examples "
+                     "were used.")
+    elif profile is None:
+        lines.append("**Profile:** none chosen, so nothing was saved and no labelled examples were used.")
+    else:
+        used = [m for m, s in snaps.items() if s is not None]
+        lines.append(f"**Profile {C.esc(profile.name)}:** " + (
+            f"its labelled examples were used by {len(used)} of {len(models)} models." if used else
+            "its labelled examples were not used (none in its cache yet: label clips, then rebuild in the Label tab)."))
+        what = "Saved as new clip" if new else "Already saved as clip"
+        lines.append(f"{what} **#{clip.id}**: label it in the Label tab.")
+    summary = "\n\n".join(lines)
+
+    table = []
+    for m in models:
+        p = probs[m]
+        best = max(p, key=p.get) if p and decided[m] else None
+        table.append([m, f"{C.LABEL_EMOJI.get(best, '')} {best}".strip() if best else "no decision",
+                      f"{100 * p[best]:.0f}%" if best else "-",
+                      "-" if profile is None else ("yes" if snaps.get(m) is not None else "no")])
+
+    # warnings (something missing or unreliable) apart from information (how each model works)
+    warnings = list(feats.warnings)
+    if feats.untrained_weights:
+        warnings.append("the models run on random (untrained) weights: answers are meaningless")
+    warnings_md = ("⚠️ **Something was missing or unreliable:**\n" + "\n".join(f"- {C.esc(w)}" for w in warnings)) if warnings else ""
+    for w in feats.warnings[:3]:
+        gr.Warning(w)
+    info = [
+        f"{C.esc(feats.source)}: {C.esc(feats.kind)}"
+        + ("" if feats.kind in ("image", "text") else f", {feats.duration:.1f} s analysed")
+        + (f" of {feats.full_duration:.1f} s" if feats.full_duration > feats.duration + 0.05 else "")
+        + f"; backbone profile {C.esc(feats.profile)} on {C.esc(feats.device)}; transcript language {C.esc(feats.language or '-')}"
+        + "; modalities: " + ", ".join(f"{C.esc(k)} {'yes' if v else 'no'}" for k, v in feats.modalities.items())
+    ]
+    for m, out in outputs.items():
+        info += [f"{C.esc(m)}: {C.esc(n)}" for n in out.notes]
+    info_md = "\n".join(f"- ℹ️ {line}" for line in info)
+
+    # per-modality decisions
+    decisions = {}
+    for m, out in outputs.items():
+        d = {mod: _row(p, out.labels) for mod, p in out.modality_probs.items()}
+        d["fused"] = probs[m]
+        decisions[m] = d
+
+    # similarities: to label texts and to the nearest labelled clips of the profile
+    tables = []
+    nearest_items: dict[int, tuple[str, float, str]] = {}
+    for m, out in outputs.items():
+        lt = out.similarity.get("label_text")
+        if lt:
+            ordered = {lab: float(lt[lab]) for lab in C.ordered_labels(list(lt))}
+            tables.append((f"{m} · similarity to each label's text", ordered, {k: k for k in ordered}))
+        near = answers[m].nearest if answers and m in answers else []
+        if near:
+            items = {f"clip {n['clip_id']} · {n['label']}": float(n["similarity"]) for n in near}
+            tables.append((f"{m} · nearest labelled clips of the profile", items,
+                           {f"clip {n['clip_id']} · {n['label']}": n["label"] for n in near}))
+            for n in near:
+                cid = n.get("clip_id")
+                if cid is not None and (cid not in nearest_items or nearest_items[cid][1] < n["similarity"]):
+                    nearest_items[int(cid)] = (n["label"], float(n["similarity"]), m)
+        elif "nearest_labelled" in out.similarity:
+            tables.append((f"{m} · nearest labelled clips", dict(out.similarity["nearest_labelled"]), {}))
+    gallery_near = []
+    if profile is not None:
+        for cid, (lab, sim, m) in sorted(nearest_items.items(), key=lambda kv: -kv[1][1])[:6]:
+            try:
+                info_clip = ctx.clip_in(profile, cid)
+                if info_clip.kind not in ("video", "image"):
+                    continue
+                gallery_near.append((ctx.temp_copy(ctx.service.media_path(cid), f"clip{cid}{Path(info_clip.media_path).suffix}"),
+                                     f"clip {cid} · {lab} · similarity {sim:.2f} ({m})"))
+            except (EmoWebError, OSError):
+                continue
+
+    # frames, crops, timeline, transcript
+    frames_gallery, crops_gallery = [], []
+    if feats.frames is not None:
+        for i, t in enumerate(feats.frame_times):
+            box = feats.face_boxes[i] if i < len(feats.face_boxes) else None
+            frames_gallery.append((F.draw_boxes(feats.frames[i], box), f"{t:.2f} s · {'face' if box else 'no face'}"))
+            if feats.face_crops is not None and i < len(feats.face_crops):
+                crops_gallery.append((np.asarray(feats.face_crops[i]), f"{t:.2f} s"))
+    timeline_probs = None
+    if feats.visual_logits is not None and feats.visual_logit_labels:
+        timeline_probs = C.softmax(feats.visual_logits.detach().float().cpu().numpy())
+    timeline = F.timeline_figure(
+        feats.frame_times, timeline_probs, list(feats.visual_logit_labels), [b is not None for b in feats.face_boxes] or [True] * len(feats.frame_times),
+        feats.segments, feats.duration,
+    )
+    transcript = [[round(float(s.get("start", 0)), 2), round(float(s.get("end", 0)), 2), str(s.get("text", ""))] for s in feats.segments]
+    if not transcript:
+        transcript = [[0.0, round(feats.duration, 2), feats.transcript or "(no speech recognised)" if feats.modalities.get("audio") or feats.kind != "image" else "(no audio)"]]
+
+    raw = prediction.to_summary()
+    raw["clip"].pop("sha256", None)
+    raw["headline"] = head.to_dict()
+    if clip is not None:
+        raw["stored"] = {"clip_id": clip.id, "profile": profile.name, "new": new,
+                         "answers": {m: a.to_dict() for m, a in (answers or {}).items()}}
+    return (
+        summary,
+        F.probability_figure({m: p for m, p in probs.items() if decided[m]}),
+        F.modality_figure(decisions),
+        F.attention_figure(_attention_maps(outputs)),
+        F.similarity_figure(tables, labels),
+        gallery_near or None,
+        timeline,
+        transcript,
+        frames_gallery or None,
+        crops_gallery or None,
+        F.latency_figure({k: v for k, v in feats.timings.items() if k != "total"}, dict(prediction.latency)),
+        raw,
+        str(clip.id) if clip is not None else "",
+        face,
+        table,
+        gr.update(value=warnings_md, visible=bool(warnings)),
+        info_md,
+    )
+
+
+def person_choices(feats: Any) -> dict:
+    """The 'Whose face' selector: one choice per person seen (value = their number, 1 = the main person),
+    shown only when there is more than one, set to the person the answer is about."""
+    tracks = feats.face_tracks if feats is not None else []
+    choices = [(f"the person {t['position']} ({t['frames']}/{t['of']} frames)" + (", the main person" if t["main"] else ""),
+                t["person"]) for t in tracks]
+    return gr.update(choices=choices, value=feats.person if len(tracks) > 1 else None, visible=len(tracks) > 1)
