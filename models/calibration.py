@@ -2,9 +2,11 @@
 
 A model trained to separate classes says 95% when it is right 70% of the time. Dividing its logits by
 a temperature T > 1 fitted on held-out data (minimum negative log-likelihood) keeps every answer and
-its ranking and lowers the confidence to match how often it is right. The temperature sits in the
-checkpoint's card; `registry.load` attaches it as a forward hook, so every caller (app, cache, eval)
-sees the same calibrated output.
+its ranking and lowers the confidence to match how often it is right. One temperature per *input
+kind* (which senses a row has: "audio", "visual", "text", "audio+visual", ...): a model's voice and
+face decisions are over-confident by different amounts, and a row with one sense is answered by that
+sense alone. The temperatures sit in the checkpoint's card; `registry.load` attaches them as a
+forward hook, so every caller (app, cache, eval) sees the same calibrated output.
 """
 from __future__ import annotations
 
@@ -31,14 +33,31 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, weights: torch.
     return round(min(fine, key=nll), 4)
 
 
-def temperature_hook(temperature: float):
-    """A forward hook that divides a model's logits (and rescales its probabilities) by `temperature`.
-    Per-modality probabilities are left as they are: they show each sense's own decision."""
+SENSES = ("audio", "visual", "text")
 
-    def hook(_module: nn.Module, _inputs, out: ModelOutput) -> ModelOutput:
-        if out.logits is not None and temperature != 1.0:
-            out.logits = out.logits / temperature
-            out.probs = out.logits.softmax(-1)
+
+def input_kind(present: dict[str, bool]) -> str:
+    """The row's senses joined in a fixed order, e.g. "audio+visual" ("" for none)."""
+    return "+".join(m for m in SENSES if present.get(m))
+
+
+def temperature_hook(temperature: float | dict[str, float]):
+    """A forward hook that divides each row's logits (and rescales its probabilities) by the temperature
+    of its input kind (a float: the same for every row; a kind missing from the dict: 1). The hook reads
+    the kinds from the model's input (`ModelInput.present`). Per-modality probabilities are left as
+    they are: they show each sense's own decision."""
+
+    def hook(_module: nn.Module, inputs, out: ModelOutput) -> ModelOutput:
+        if out.logits is None:
+            return out
+        if isinstance(temperature, dict):
+            present = inputs[0].present
+            kinds = [input_kind({m: bool(present[m][i]) for m in SENSES if m in present}) for i in range(len(out.logits))]
+            t = torch.tensor([temperature.get(k, 1.0) for k in kinds], dtype=out.logits.dtype, device=out.logits.device)[:, None]
+        else:
+            t = temperature
+        out.logits = out.logits / t
+        out.probs = out.logits.softmax(-1)
         return out
 
     return hook

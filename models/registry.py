@@ -67,17 +67,26 @@ def checkpoint_paths(name: str, profile: str, root: Path = CHECKPOINT_ROOT) -> t
 
 def save(model: nn.Module, name: str, profile: str, card: dict, root: Path = CHECKPOINT_ROOT) -> Path:
     """Write fp16 weights and the card (config, label set, data, metrics, seed) side by side."""
-    weights, card_path = checkpoint_paths(name, profile, root)
+    weights, _ = checkpoint_paths(name, profile, root)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(weights), metadata={"model": name, "profile": profile})
-    card = {"model": name, "profile": profile, "config": dataclasses.asdict(model.config), **card}
-    card_path.write_text(json.dumps(card, indent=2, default=str) + "\n")
+    write_card(name, profile, {"model": name, "profile": profile, "config": dataclasses.asdict(model.config), **card}, root)
     return weights
 
 
-def load(name: str, profile: str, root: Path = CHECKPOINT_ROOT) -> tuple[nn.Module, dict] | None:
-    """The shipped model for a profile with its card, or None when no checkpoint exists."""
+def write_card(name: str, profile: str, card: dict, root: Path = CHECKPOINT_ROOT) -> Path:
+    """Write a checkpoint's JSON card (atomically: a reader never sees half a card)."""
+    _, card_path = checkpoint_paths(name, profile, root)
+    tmp = card_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(card, indent=2, default=str) + "\n")
+    tmp.replace(card_path)
+    return card_path
+
+
+def load(name: str, profile: str, root: Path = CHECKPOINT_ROOT, calibrated: bool = True) -> tuple[nn.Module, dict] | None:
+    """The shipped model for a profile with its card, or None when no checkpoint exists. `calibrated`:
+    with the card's temperatures applied to every output (False: the raw logits, to fit them)."""
     weights, card_path = checkpoint_paths(name, profile, root)
     if not weights.is_file() or not card_path.is_file():
         return None
@@ -87,6 +96,6 @@ def load(name: str, profile: str, root: Path = CHECKPOINT_ROOT) -> tuple[nn.Modu
     state = {k: v.float() for k, v in load_file(str(weights)).items()}
     model.load_state_dict(state)
     temperature = card.get("calibration", {}).get("temperature")
-    if temperature:  # the card's fitted temperature applies to every call (models/calibration.py)
+    if temperature and calibrated:  # the card's fitted temperatures apply to every call (models/calibration.py)
         model.register_forward_hook(temperature_hook(float(temperature)))
     return model.eval(), card

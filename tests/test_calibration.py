@@ -73,3 +73,25 @@ def test_loaded_model_applies_the_cards_temperature(tmp_path) -> None:
     assert torch.allclose(c.probs, (a.logits / 2.5).softmax(-1), atol=1e-5)
     assert torch.equal(a.probs.argmax(-1), c.probs.argmax(-1))  # same answers, humbler confidence
     assert np.all(c.probs.max(-1).values.numpy() <= a.probs.max(-1).values.numpy() + 1e-6)
+
+
+def test_each_input_kind_gets_its_own_temperature() -> None:
+    """Voice-only rows divided by the voice's temperature, face-only rows by the face's; a kind without
+    one (here text) is left as it is."""
+    from models.calibration import input_kind, temperature_hook
+    from models.output import ModelOutput
+
+    assert input_kind({"audio": True, "visual": True, "text": False}) == "audio+visual"
+    logits = torch.tensor([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0]])
+    present = {"audio": torch.tensor([True, False, False]), "visual": torch.tensor([False, True, False]),
+               "text": torch.tensor([False, False, True])}
+
+    class Batch:
+        pass
+
+    x = Batch()
+    x.present = present
+    out = ModelOutput(probs=logits.softmax(-1), labels=["a", "b"], embedding=torch.zeros(3, 2), logits=logits.clone())
+    temperature_hook({"audio": 2.0, "visual": 4.0})(None, (x, None), out)
+    assert torch.allclose(out.logits[:, 0], torch.tensor([1.0, 0.5, 2.0]))
+    assert torch.allclose(out.probs, out.logits.softmax(-1))

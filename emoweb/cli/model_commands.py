@@ -87,6 +87,64 @@ def _encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_samples(settings, model: str, data: str, seed: int, dev_fraction: float):
+    """(backbones, encoded rows, samples with train/dev/val splits and composites, skipped reasons): the
+    rows `train` learns from, rebuilt the same way by `calibrate`. Media rows are read without ASR (the
+    scripted sentences carry no emotion, so text is learnt from text-only rows, and only by a model with
+    a trained text path); dev is capped per (corpus, label); composites for the models that use them."""
+    from emoweb.learning.manifests import read_manifests
+    from emoweb.learning.pairs import composite_samples
+    from emoweb.learning.training import assign_splits, cap_dev
+    from emoweb.pipeline.featstore import FeatureStore
+    from emoweb.pipeline.features import FeatureExtractor
+    from models import LABEL7, registry
+
+    store = FeatureStore(FeatureExtractor(settings, transcribe=False), settings.feature_cache, compact=True)
+    rows = [r for r in read_manifests(data) if r.label in LABEL7]
+    encoded, skipped = store.encode_rows(rows, desc="backbone features (cached)")
+    cls = registry.model_class(model)
+    if not cls.learns_from_text:  # text-only rows would teach it nothing
+        skipped += [f"text-only row: {model} has no trained text path"] * sum(1 for r, _ in encoded if r.modality == "text")
+        encoded = [(r, f) for r, f in encoded if r.modality != "text"]
+    samples = cap_dev(assign_splits(encoded, seed, dev_fraction), seed=seed)
+    if getattr(cls, "uses_composites", False):  # face photo + speech clip pairs, same label and split
+        samples = samples + composite_samples(samples, seed=seed)
+    return store.extractor.backbones, encoded, samples, skipped
+
+
+def _calibrate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", choices=sorted(MODELS))
+    add_backbones(p)
+    p.add_argument("--checkpoints", type=Path, default=None, help="checkpoint root (default: models/checkpoints)")
+    add_device(p)
+
+
+@command("calibrate", "fit a checkpoint's temperatures again on its own dev rows and rewrite its card's calibration",
+         prints="the calibration (temperatures per input kind, ECE per dev corpus before/after, the 'not sure' level)",
+         takes="1-5 minutes (the card's training data read from the feature cache)")(_calibrate_args)
+def _calibrate(args: argparse.Namespace) -> int:
+    from emoweb.learning.training import calibrate
+    from models import LABEL7, registry
+
+    settings = settings_from(args)
+    root = args.checkpoints or registry.CHECKPOINT_ROOT
+    loaded = registry.load(args.model, settings.profile, root, calibrated=False)
+    if loaded is None:
+        raise EmoWebError(f"no {args.model} checkpoint for the {settings.profile!r} backbone set in {root}")
+    model, card = loaded
+    training = card.get("training", {})
+    bb, _, samples, _ = _training_samples(settings, args.model, ",".join(card["data"]["manifests"]), card.get("seed", 0),
+                                          training.get("dev_fraction", DEV_FRACTION))
+    dev = [s for s in samples if s.split == "dev"]
+    if not dev:
+        raise EmoWebError(f"{args.model} was trained without a dev split: nothing held out to calibrate on")
+    model.attach_text_encoder(lambda texts: bb.text(texts).embedding, bb.text_encoder)
+    card["calibration"] = calibrate(model, dev, bb.dims, list(LABEL7))
+    registry.write_card(args.model, settings.profile, card, root)
+    print(json.dumps(card["calibration"], indent=2))
+    return 0
+
+
 @command("train", "train a model's heads on cached backbone features; writes checkpoint + card",
          prints="the checkpoint's path and its validation metrics as JSON (progress bars on stderr)",
          takes="minutes: encoding every clip once (about 1 s per clip on a 2-CPU machine, cached for later runs), "
@@ -95,10 +153,7 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from emoweb.learning.augment import AudioAugment
-    from emoweb.learning.manifests import read_manifests
-    from emoweb.learning.training import assign_splits, calibrate, cap_dev, data_card, evaluate, train
-    from emoweb.pipeline.featstore import FeatureStore
-    from emoweb.pipeline.features import FeatureExtractor
+    from emoweb.learning.training import calibrate, data_card, evaluate, train
     from models import LABEL7, registry
 
     try:
@@ -108,25 +163,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.audio_source and "audio_source" not in registry.config_fields(args.model):
         raise EmoWebError(f"--audio-source: {args.model} has no audio_source option")
     settings = settings_from(args)
-    # media rows without ASR: scripted sentences carry no emotion, so text is learnt from text-only rows
-    store = FeatureStore(FeatureExtractor(settings, transcribe=False), settings.feature_cache, compact=True)
-    bb = store.extractor.backbones
-    rows = [r for r in read_manifests(args.data) if r.label in LABEL7]
-    encoded, skipped = store.encode_rows(rows, desc="backbone features (cached)")
-    if not registry.model_class(args.model).learns_from_text:  # text-only rows would teach it nothing
-        skipped += [f"text-only row: {args.model} has no trained text path"] * sum(1 for r, _ in encoded if r.modality == "text")
-        encoded = [(r, f) for r, f in encoded if r.modality != "text"]
-    samples = cap_dev(assign_splits(encoded, args.seed, args.dev_fraction), seed=args.seed)
+    bb, encoded, samples, skipped = _training_samples(settings, args.model, args.data, args.seed, args.dev_fraction)
     torch.manual_seed(args.seed)
     try:
         model = registry.build(args.model, bb.dims, **_audio_source(args, encoded))
     except ValueError as exc:  # a config value the model refuses (e.g. an audio source it cannot read)
         raise EmoWebError(f"{args.model}: {exc}") from None
     model.attach_text_encoder(lambda texts: bb.text(texts).embedding, bb.text_encoder)
-    if getattr(model, "uses_composites", False):  # face photo + speech clip pairs, same label and split
-        from emoweb.learning.pairs import composite_samples
-
-        samples = samples + composite_samples(samples, seed=args.seed)
     labels = list(LABEL7)
     result = train(model, samples, bb.dims, labels, model.param_groups(), args.epochs, args.batch_size, args.epoch_rows,
                    args.patience, args.seed, ema_decay=args.ema, augment=augment)

@@ -5,7 +5,7 @@ Why: a recipe chosen on one corpus's validation speakers did not hold on other s
 of each shared corpus: speech (RAVDESS, CREMA-D, TESS), faces (web photos, FER2013), composites of
 validation speech and validation web photos of the same label (the fused path; `emoweb.learning.pairs`) and,
 when the readers know them, text (MELD dev, GoEmotions valid). Per model and corpus: accuracy, UAR,
-weighted F1, and ECE with and without the card's temperature; per modality path where the row has more
+weighted F1, and ECE with and without the card's temperatures; per modality path where the row has more
 than one; the FER backbone's own answer on the face sets. Speech is encoded without ASR: the acted
 corpora's sentences carry no emotion. Recipes are compared on the mean over corpora, never on one.
 """
@@ -21,6 +21,7 @@ from emoweb.learning.studies import acted_speech_store
 from emoweb.learning.training import Sample, predict_samples
 from emoweb.pipeline.inference import Predictor
 from models import LABEL7
+from models.calibration import input_kind
 
 SPEECH = {"RAVDESS": "speech/ravdess/manifest.csv", "CREMA-D": "speech/cremad/manifest.csv", "TESS": "speech/tess/manifest.csv"}
 FACES = {"web photos": "faces/facial_expressions/manifest.csv", "FER2013": "faces/fer2013/manifest.csv"}
@@ -44,7 +45,9 @@ def _score(model, card: dict, items: list, dims: dict[str, int]) -> dict:
     outs = predict_samples(model, samples, dims, labels)
     logits = torch.cat([o.logits for o in outs])
     truth = [s.row.label for s in samples]
-    temperature = float(card.get("calibration", {}).get("temperature") or 1.0)
+    fitted = card.get("calibration", {}).get("temperature") or 1.0
+    temperature = torch.tensor([[fitted.get(input_kind(s.features.modalities), 1.0) if isinstance(fitted, dict) else float(fitted)]
+                                for s in samples])
     report = classification_report(truth, [labels[int(i)] for i in logits.argmax(-1)], labels)
     target = torch.tensor([labels.index(t) for t in truth])
     for name, t in (("ece", 1.0), ("ece_uncalibrated", 1.0 / temperature)):  # the hook already divided by T

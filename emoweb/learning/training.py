@@ -280,23 +280,29 @@ NOT_SURE_TARGET = 0.8  # the selective accuracy the "not sure" threshold is chos
 
 
 def calibrate(model, samples: list[Sample], dims: dict[str, int], labels: list[str]) -> dict:
-    """Fit the model's temperature on `samples` (the dev rows; every corpus weighted the same) and say
-    what it did: ECE per corpus before and after, and the confidence below which an answer is "not sure"
-    for NOT_SURE_TARGET selective accuracy, with its coverage. For the card's `calibration`."""
-    from models.calibration import fit_temperature
+    """Fit the model's temperatures on `samples` (the dev rows), one per input kind (audio, visual,
+    text, audio+visual, ...; every corpus of a kind weighted the same), and say what they did: ECE per
+    corpus before and after, and the calibrated confidence below which an answer is "not sure" for
+    NOT_SURE_TARGET selective accuracy, with its coverage. For the card's `calibration`."""
+    from models.calibration import fit_temperature, input_kind
 
     logits = torch.cat([out.logits for out in predict_samples(model, samples, dims, labels)])
     targets = torch.tensor([labels.index(s.row.label) for s in samples])
     corpora = [s.row.manifest for s in samples]
-    counts = {c: corpora.count(c) for c in set(corpora)}
-    temperature = fit_temperature(logits, targets, torch.tensor([1.0 / counts[c] for c in corpora]))
-    report: dict = {"temperature": temperature, "fitted_on": "dev rows, every corpus weighted the same", "ece_dev": {}}
-    for name, t in (("before", 1.0), ("after", temperature)):
+    kinds = [input_kind(s.features.modalities) for s in samples]
+    temperatures = {}
+    for kind in sorted(set(kinds) - {""}):  # a row with no sense gets no decision: nothing to calibrate
+        rows = [i for i, k in enumerate(kinds) if k == kind]
+        counts = {c: sum(1 for i in rows if corpora[i] == c) for c in {corpora[i] for i in rows}}
+        temperatures[kind] = fit_temperature(logits[rows], targets[rows], torch.tensor([1.0 / counts[corpora[i]] for i in rows]))
+    scale = torch.tensor([temperatures.get(k, 1.0) for k in kinds])[:, None]
+    report: dict = {"temperature": temperatures, "fitted_on": "dev rows, per input kind, every corpus weighted the same", "ece_dev": {}}
+    for name, t in (("before", torch.ones_like(scale)), ("after", scale)):
         probs = (logits / t).softmax(-1)
         conf, hit = probs.max(-1).values, probs.argmax(-1) == targets
-        for corpus in sorted(counts):
+        for corpus in sorted(set(corpora)):
             rows = torch.tensor([c == corpus for c in corpora])
             report["ece_dev"].setdefault(corpus, {})[name] = round(expected_calibration_error(conf[rows].tolist(), hit[rows].tolist()), 4)
-    threshold, coverage = selective_threshold(conf.tolist(), hit.tolist(), NOT_SURE_TARGET)
+    threshold, coverage = selective_threshold(conf.tolist(), hit.tolist(), NOT_SURE_TARGET)  # on the calibrated answers
     report["not_sure"] = {"below": round(threshold, 4), "target_accuracy": NOT_SURE_TARGET, "coverage_dev": round(coverage, 4)}
     return report
