@@ -238,6 +238,22 @@ def _metrics_section(card: dict) -> list[str]:
     return lines
 
 
+def _calibration_section(card: dict) -> list[str]:
+    cal = card.get("calibration")
+    if not cal:
+        return []
+    temps = cal["temperature"] if isinstance(cal["temperature"], dict) else {"every row": cal["temperature"]}
+    lines = ["## Calibration", "", f"Temperature scaling, fitted on {cal.get('fitted_on', 'the dev rows')} "
+             "(`python -m emoweb calibrate` fits it again): " + ", ".join(f"{kind} {t:g}" for kind, t in temps.items()) + ".", "",
+             "| dev corpus | ECE before % | ECE after % |", "|---|---|---|"]
+    lines += [f"| {corpus} | {_pct(e['before'])} | {_pct(e['after'])} |" for corpus, e in cal.get("ece_dev", {}).items()]
+    ns = cal.get("not_sure")
+    if ns:
+        lines += ["", f"\"Not sure\" below a calibrated probability of {_pct(ns['below'])} %: above it, the answers on the dev rows "
+                  f"were right {_pct(ns['target_accuracy'])} % of the time, and {_pct(ns['coverage_dev'])} % of the rows were above it."]
+    return lines
+
+
 def _limits_section(card: dict, info: ModelInfo | None) -> list[str]:
     labels = card["labels"]
     weak = [f"{label} by the {mod} answer ({_pct(r)} % recall" + (f" of {sum(m['confusion'][labels.index(label)])} rows)"
@@ -251,7 +267,9 @@ def _limits_section(card: dict, info: ModelInfo | None) -> list[str]:
              "judging anyone without their consent.", "",
              "- Learnt from adults acting emotions and from web face photos, not from children or everyday clips.",
              "- The validation split is small (a few speakers): a few points up or down are within its noise.",
-             "- The probabilities are not calibrated; EmoWeb says how sure it is only from the models' agreement."]
+             ("- The probabilities are calibrated by temperature on the dev rows (below); across corpora one temperature "
+              "per input kind cannot be right everywhere, so check the ECE per corpus." if card.get("calibration") else
+              "- The probabilities are not calibrated; EmoWeb says how sure it is only from the models' agreement.")]
     if weak:
         lines.append("- Weak on `val` (recall under 30 %): " + "; ".join(weak) + ".")
     if info:
@@ -275,7 +293,7 @@ def render(card: dict, source: Path) -> str:
         + (f" This model reads {info.reads}." if info and card["profile"] == SHIPPED_BACKBONES else ""),
         f"- Weights: `{_shown(source.with_suffix('.safetensors'))}` (fp16), card `{_shown(source)}`.",
         "", *_limits_section(card, info), "", *_data_section(card), "", *_training_section(card), "",
-        *_metrics_section(card), "",
+        *_metrics_section(card), "", *_calibration_section(card), *([""] if card.get("calibration") else []),
         "Scoring again with the shipped weights and today's feature pipeline: `python -m emoweb eval "
         f"{','.join(card['data']['manifests'])} --models {card['model']}` (add `--composites` for composite pairs); "
         "its numbers can differ from the card's when the pipeline changed after training (docs/RESULTS.md says where).",
