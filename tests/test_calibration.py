@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from emoweb.learning.metrics import expected_calibration_error, selective_threshold
@@ -48,7 +49,9 @@ def test_fitted_temperature_makes_an_overconfident_model_honest() -> None:
     assert ece(overconfident / t) < 0.03
 
 
-def test_loaded_model_applies_the_cards_temperature(tmp_path) -> None:
+@pytest.mark.parametrize("fitted", [2.5, {"audio": 2.5, "visual": 9.0}])
+def test_loaded_model_applies_the_cards_temperature(tmp_path, fitted) -> None:
+    """The card's temperature (one, or one per input kind: these rows are voice only) divides the logits."""
     torch.manual_seed(0)
     dims = PROFILES["embedded"].dims
     model = registry.build("foalnet", dims)
@@ -56,7 +59,7 @@ def test_loaded_model_applies_the_cards_temperature(tmp_path) -> None:
     plain, _ = registry.load("foalnet", "embedded", tmp_path)
     card_path = tmp_path / "embedded" / "foalnet.json"
     card = json.loads(card_path.read_text())
-    card["calibration"] = {"temperature": 2.5}
+    card["calibration"] = {"temperature": fitted}
     card_path.write_text(json.dumps(card))
     calibrated, _ = registry.load("foalnet", "embedded", tmp_path)
     b, t = 3, 12
