@@ -88,10 +88,12 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _training_samples(settings, model: str, data: str, seed: int, dev_fraction: float):
-    """(backbones, encoded rows, samples with train/dev/val splits and composites, skipped reasons): the
-    rows `train` learns from, rebuilt the same way by `calibrate`. Media rows are read without ASR (the
-    scripted sentences carry no emotion, so text is learnt from text-only rows, and only by a model with
-    a trained text path); dev is capped per (corpus, label); composites for the models that use them."""
+    """(backbones, encoded rows, samples with train/dev/val splits and composites, skipped reasons,
+    calibration rows): the rows `train` learns from, rebuilt the same way by `calibrate`. Media rows are
+    read without ASR (the scripted sentences carry no emotion, so text is learnt from text-only rows, and
+    only by a model with a trained text path); dev is capped per (corpus, label); composites for the
+    models that use them. The calibration rows are every dev row, text and composites included even for
+    a model that does not learn from them: it still answers such inputs in the app."""
     from emoweb.learning.manifests import read_manifests
     from emoweb.learning.pairs import composite_samples
     from emoweb.learning.training import assign_splits, cap_dev
@@ -102,14 +104,16 @@ def _training_samples(settings, model: str, data: str, seed: int, dev_fraction: 
     store = FeatureStore(FeatureExtractor(settings, transcribe=False), settings.feature_cache, compact=True)
     rows = [r for r in read_manifests(data) if r.label in LABEL7]
     encoded, skipped = store.encode_rows(rows, desc="backbone features (cached)")
+    every = cap_dev(assign_splits(encoded, seed, dev_fraction), seed=seed)
+    pairs = composite_samples(every, seed=seed)  # face photo + speech clip pairs, same label and split
     cls = registry.model_class(model)
+    samples = every + (pairs if getattr(cls, "uses_composites", False) else [])
     if not cls.learns_from_text:  # text-only rows would teach it nothing
         skipped += [f"text-only row: {model} has no trained text path"] * sum(1 for r, _ in encoded if r.modality == "text")
         encoded = [(r, f) for r, f in encoded if r.modality != "text"]
-    samples = cap_dev(assign_splits(encoded, seed, dev_fraction), seed=seed)
-    if getattr(cls, "uses_composites", False):  # face photo + speech clip pairs, same label and split
-        samples = samples + composite_samples(samples, seed=seed)
-    return store.extractor.backbones, encoded, samples, skipped
+        samples = [s for s in samples if s.row.modality != "text"]
+    calibration = [s for s in every + pairs if s.split == "dev"]
+    return store.extractor.backbones, encoded, samples, skipped, calibration
 
 
 def _calibrate_args(p: argparse.ArgumentParser) -> None:
@@ -133,9 +137,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise EmoWebError(f"no {args.model} checkpoint for the {settings.profile!r} backbone set in {root}")
     model, card = loaded
     training = card.get("training", {})
-    bb, _, samples, _ = _training_samples(settings, args.model, ",".join(card["data"]["manifests"]), card.get("seed", 0),
-                                          training.get("dev_fraction", DEV_FRACTION))
-    dev = [s for s in samples if s.split == "dev"]
+    bb, _, _, _, dev = _training_samples(settings, args.model, ",".join(card["data"]["manifests"]), card.get("seed", 0),
+                                         training.get("dev_fraction", DEV_FRACTION))
     if not dev:
         raise EmoWebError(f"{args.model} was trained without a dev split: nothing held out to calibrate on")
     model.attach_text_encoder(lambda texts: bb.text(texts).embedding, bb.text_encoder)
@@ -163,7 +166,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.audio_source and "audio_source" not in registry.config_fields(args.model):
         raise EmoWebError(f"--audio-source: {args.model} has no audio_source option")
     settings = settings_from(args)
-    bb, encoded, samples, skipped = _training_samples(settings, args.model, args.data, args.seed, args.dev_fraction)
+    bb, encoded, samples, skipped, calibration_rows = _training_samples(settings, args.model, args.data, args.seed, args.dev_fraction)
     torch.manual_seed(args.seed)
     try:
         model = registry.build(args.model, bb.dims, **_audio_source(args, encoded))
@@ -175,8 +178,7 @@ def _train(args: argparse.Namespace) -> int:
                    args.patience, args.seed, ema_decay=args.ema, augment=augment)
     metrics = {split: evaluate(model, chosen, bb.dims, labels) for split in ("val", "dev")
                if (chosen := [s for s in samples if s.split == split])}
-    dev = [s for s in samples if s.split == "dev"]
-    calibration = calibrate(model, dev, bb.dims, labels) if dev else None
+    calibration = calibrate(model, calibration_rows, bb.dims, labels) if calibration_rows else None
     stopping = (f"dev = {args.dev_fraction:.0%} of training speakers by hash, used for early stopping" if args.dev_fraction
                 else f"no dev split: all training speakers, {args.epochs} epochs, the last weights kept")
     card = {

@@ -287,11 +287,13 @@ def calibrate(model, samples: list[Sample], dims: dict[str, int], labels: list[s
     from models.calibration import fit_temperature, input_kind
 
     logits = torch.cat([out.logits for out in predict_samples(model, samples, dims, labels)])
+    decided = logits.std(-1) > 1e-6  # a model that reads none of a row's senses gives no decision: nothing to calibrate
+    samples, logits = [s for s, d in zip(samples, decided.tolist()) if d], logits[decided]
     targets = torch.tensor([labels.index(s.row.label) for s in samples])
     corpora = [s.row.manifest for s in samples]
     kinds = [input_kind(s.features.modalities) for s in samples]
     temperatures = {}
-    for kind in sorted(set(kinds) - {""}):  # a row with no sense gets no decision: nothing to calibrate
+    for kind in sorted(set(kinds)):
         rows = [i for i, k in enumerate(kinds) if k == kind]
         counts = {c: sum(1 for i in rows if corpora[i] == c) for c in {corpora[i] for i in rows}}
         temperatures[kind] = fit_temperature(logits[rows], targets[rows], torch.tensor([1.0 / counts[corpora[i]] for i in rows]))
