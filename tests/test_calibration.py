@@ -98,3 +98,37 @@ def test_each_input_kind_gets_its_own_temperature() -> None:
     temperature_hook({"audio": 2.0, "visual": 4.0})(None, (x, None), out)
     assert torch.allclose(out.logits[:, 0], torch.tensor([1.0, 0.5, 2.0]))
     assert torch.allclose(out.probs, out.logits.softmax(-1))
+
+
+def test_train_then_calibrate_rewrites_the_cards_calibration(tmp_path, monkeypatch, capsys) -> None:
+    """`train` writes a calibration fitted on its dev rows; `calibrate` fits it again from the card alone
+    (the same rows rebuilt) and rewrites only that part of the card."""
+    import csv
+
+    from conftest import FACES, VOICES
+    from emoweb import cli
+
+    monkeypatch.setenv("EMOWEB_FEATURE_CACHE", str(tmp_path / "features"))
+    manifest = tmp_path / "tiny.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "speaker"])
+        for i, (label, path) in enumerate([*VOICES.items(), *FACES.items()] * 3):
+            w.writerow([path, label, f"person{i}"])  # 18 people; by hash, people 0, 7, 15, 17 form the dev rows (3 voices, 1 face)
+    out = tmp_path / "ck"
+    assert cli.main(["train", "foalnet", "--data", str(manifest), "--epochs", "1", "--epoch-rows", "8", "--dev-fraction", "0.5",
+                     "--out", str(out)]) == 0
+    card_path = out / "embedded" / "foalnet.json"
+    card = json.loads(card_path.read_text())
+    fitted = card["calibration"]
+    assert set(fitted["temperature"]) == {"audio", "visual"}
+    assert all(0.045 <= t <= 22.1 for t in fitted["temperature"].values())  # the search range (0.05-20, refined by 10%)
+    card["calibration"] = {"temperature": {"audio": 7.0}}
+    card_path.write_text(json.dumps(card))
+    capsys.readouterr()
+    assert cli.main(["calibrate", "foalnet", "--checkpoints", str(out)]) == 0
+    again = json.loads(card_path.read_text())
+    # the same dev rows, the same fit (the saved weights are float16, so the logits differ in the 3rd digit)
+    assert again["calibration"]["temperature"] == pytest.approx(fitted["temperature"], rel=0.02)
+    assert {k: v for k, v in again.items() if k != "calibration"} == {k: v for k, v in card.items() if k != "calibration"}
+    assert json.loads(capsys.readouterr().out) == again["calibration"]

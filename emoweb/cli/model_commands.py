@@ -198,7 +198,8 @@ def _train(args: argparse.Namespace) -> int:
         + (f" --audio-source {args.audio_source}" if args.audio_source else ""),
     }
     path = registry.save(model, args.model, bb.name, card, args.out or registry.CHECKPOINT_ROOT)
-    print(json.dumps({"checkpoint": str(path), "metrics": card["metrics"]["val"]}, indent=2))
+    # a manifest without a val split (every row trained on, or dev only) still reports what it has
+    print(json.dumps({"checkpoint": str(path), "metrics": card["metrics"].get("val") or card["metrics"].get("dev") or {}}, indent=2))
     return 0
 
 
