@@ -68,10 +68,11 @@ def _baseline_text(r: dict) -> str:
 @bench("kshot", "caregiver effect, all four models: K = 1,2,4 clips per label of one unseen RAVDESS or CREMA-D "
                 "speaker in the cache (--corpora, --split, --speakers)", _kshot_text)
 def _kshot(args) -> dict:
-    from emoweb.learning.studies import kshot_study
+    from emoweb.learning.studies import KSHOT_MODELS, kshot_study
 
     manifests = [_shared_manifest(f"speech/{c.strip()}") for c in args.corpora.split(",") if c.strip()]
-    return kshot_study(_settings(args), manifests, split=args.split, max_speakers=args.speakers)
+    models = KSHOT_MODELS if args.models == "all" else tuple(m.strip() for m in args.models.split(",") if m.strip())
+    return kshot_study(_settings(args), manifests, models, split=args.split, max_speakers=args.speakers)
 
 
 @bench("crossval", "EmoAsst audio recipe and cache defaults, cross-validated on the training speakers only", _crossval_text)
