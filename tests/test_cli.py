@@ -87,9 +87,10 @@ def _face_manifest(path: Path, split: bool) -> list[str]:
 
 @pytest.mark.slow
 def test_eval_without_split_column_scores_every_row(tmp_path: Path, monkeypatch, capsys) -> None:
-    from test_services import make_checkpoint_root
+    from test_services import card_confidence_levels, make_checkpoint_root
 
-    monkeypatch.setenv("EMOWEB_CHECKPOINT_ROOT", str(make_checkpoint_root(tmp_path / "checkpoints")))
+    root = make_checkpoint_root(tmp_path / "checkpoints")
+    monkeypatch.setenv("EMOWEB_CHECKPOINT_ROOT", str(root))
     monkeypatch.setenv("EMOWEB_FEATURE_CACHE", str(tmp_path / "features"))
     plain = tmp_path / "plain.csv"
     labels = _face_manifest(plain, split=False)
@@ -121,16 +122,18 @@ def test_eval_without_split_column_scores_every_row(tmp_path: Path, monkeypatch,
 @pytest.mark.slow
 def test_predict_json_leads_with_the_headline(joy_face: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     from emoweb.services.headline import RULE, headline
-    from test_services import make_checkpoint_root
+    from test_services import card_confidence_levels, make_checkpoint_root
 
-    monkeypatch.setenv("EMOWEB_CHECKPOINT_ROOT", str(make_checkpoint_root(tmp_path / "checkpoints")))
+    root = make_checkpoint_root(tmp_path / "checkpoints")
+    monkeypatch.setenv("EMOWEB_CHECKPOINT_ROOT", str(root))
     assert cli.main(["predict", str(joy_face), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert next(iter(result)) == "headline"
     head, models = result["headline"], result["models"]
     votes = [m["label"] for m in models.values()]
     assert head["label"] in votes and head["agree"] == votes.count(head["label"]) and head["models"] == len(models)
-    expected = headline({m: o["probs"] for m, o in models.items()}, untrained=result["clip"]["untrained_weights"])
+    expected = headline({m: o["probs"] for m, o in models.items()}, untrained=result["clip"]["untrained_weights"],
+                        confident_at=card_confidence_levels(root))
     assert (head["label"], head["confidence"], head["reason"]) == (expected.label, expected.confidence, expected.reason)
     assert head["rule"] == RULE
     assert cli.main(["predict", str(joy_face)]) == 0

@@ -50,6 +50,17 @@ def make_checkpoint_root(root: Path) -> Path:
     return root
 
 
+def card_confidence_levels(root: Path) -> dict[str, float]:
+    """{model: its card's calibrated 'not sure' level} for the checkpoints under `root` (read from the JSON)."""
+    levels = {}
+    for card_path in (root / "embedded").glob("*.json"):
+        card = json.loads(card_path.read_text())
+        below = card.get("calibration", {}).get("not_sure", {}).get("below")
+        if below is not None:
+            levels[card["model"]] = below
+    return levels
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> Path:
     return make_checkpoint_root(tmp_path_factory.mktemp("checkpoints"))

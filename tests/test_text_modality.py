@@ -120,11 +120,14 @@ def test_typed_words_and_the_transcript_go_through_one_text_path(extractor, comp
         extractor.from_text(" \n ")
 
 
-def _checkpoints(tmp_path: Path, monkeypatch) -> None:
+def _checkpoints(tmp_path: Path, monkeypatch) -> Path:
+    """The checkpoint root the CLI is pointed at (and a temp feature cache)."""
     from test_services import make_checkpoint_root
 
-    monkeypatch.setenv("EMOWEB_CHECKPOINT_ROOT", str(make_checkpoint_root(tmp_path / "checkpoints")))
+    root = make_checkpoint_root(tmp_path / "checkpoints")
+    monkeypatch.setenv("EMOWEB_CHECKPOINT_ROOT", str(root))
     monkeypatch.setenv("EMOWEB_FEATURE_CACHE", str(tmp_path / "features"))
+    return root
 
 
 @pytest.mark.slow
@@ -133,8 +136,9 @@ def test_predict_text_answers_from_the_words_only(tmp_path: Path, monkeypatch, c
 
     from emoweb import cli
     from emoweb.services.headline import headline
+    from test_services import card_confidence_levels
 
-    _checkpoints(tmp_path, monkeypatch)
+    root = _checkpoints(tmp_path, monkeypatch)
     assert cli.main(["predict", "--text", "I am so happy to see you!", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     clip, models = result["clip"], result["models"]
@@ -145,7 +149,8 @@ def test_predict_text_answers_from_the_words_only(tmp_path: Path, monkeypatch, c
     for m, o in models.items():  # a model that reads no text has no answer (uniform probabilities are not one)
         if m not in readers:
             assert o["label"] is None and max(o["probs"].values()) - min(o["probs"].values()) < 1e-3, m
-    expected = headline({m: o["probs"] for m, o in readers.items()}, untrained=clip["untrained_weights"])
+    expected = headline({m: o["probs"] for m, o in readers.items()}, untrained=clip["untrained_weights"],
+                        confident_at=card_confidence_levels(root))
     assert result["headline"]["label"] == expected.label and result["headline"]["models"] == len(readers)
     assert cli.main(["predict", "--text", "I am so happy to see you!"]) == 0
     assert capsys.readouterr().out.startswith(f"typed text: {expected.label} (")
