@@ -41,22 +41,26 @@ def input_kind(present: dict[str, bool]) -> str:
     return "+".join(m for m in SENSES if present.get(m))
 
 
+def row_temperatures(fitted: float | dict[str, float], kinds: list[str]) -> torch.Tensor:
+    """[N, 1]: each row's temperature from a card's `fitted` (one number, or one per input kind; a kind
+    without one: 1), for rows of these input kinds."""
+    if not isinstance(fitted, dict):
+        return torch.full((len(kinds), 1), float(fitted))
+    return torch.tensor([[fitted.get(kind, 1.0)] for kind in kinds])
+
+
 def temperature_hook(temperature: float | dict[str, float]):
     """A forward hook that divides each row's logits (and rescales its probabilities) by the temperature
-    of its input kind (a float: the same for every row; a kind missing from the dict: 1). The hook reads
-    the kinds from the model's input (`ModelInput.present`). Per-modality probabilities are left as
-    they are: they show each sense's own decision."""
+    of its input kind (`row_temperatures`; the kinds are read from the model's input,
+    `ModelInput.present`). Per-modality probabilities are left as they are: they show each sense's own
+    decision."""
 
     def hook(_module: nn.Module, inputs, out: ModelOutput) -> ModelOutput:
         if out.logits is None:
             return out
-        if isinstance(temperature, dict):
-            present = inputs[0].present
-            kinds = [input_kind({m: bool(present[m][i]) for m in SENSES if m in present}) for i in range(len(out.logits))]
-            t = torch.tensor([temperature.get(k, 1.0) for k in kinds], dtype=out.logits.dtype, device=out.logits.device)[:, None]
-        else:
-            t = temperature
-        out.logits = out.logits / t
+        present = inputs[0].present
+        kinds = [input_kind({m: bool(present[m][i]) for m in SENSES if m in present}) for i in range(len(out.logits))]
+        out.logits = out.logits / row_temperatures(temperature, kinds).to(out.logits)
         out.probs = out.logits.softmax(-1)
         return out
 

@@ -97,5 +97,5 @@ def load(name: str, profile: str, root: Path = CHECKPOINT_ROOT, calibrated: bool
     model.load_state_dict(state)
     temperature = card.get("calibration", {}).get("temperature")
     if temperature and calibrated:  # the card's fitted temperatures apply to every call (models/calibration.py)
-        model.register_forward_hook(temperature_hook(temperature if isinstance(temperature, dict) else float(temperature)))
+        model.register_forward_hook(temperature_hook(temperature))
     return model.eval(), card

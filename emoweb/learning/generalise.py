@@ -18,10 +18,10 @@ from emoweb.learning.evaluation import BACKBONE_REPORT, backbone_label, composit
 from emoweb.learning.manifests import read_manifest
 from emoweb.learning.metrics import classification_report, expected_calibration_error
 from emoweb.learning.studies import acted_speech_store
-from emoweb.learning.training import Sample, predict_samples
+from emoweb.learning.training import Sample, predict_samples, reports
 from emoweb.pipeline.inference import Predictor
 from models import LABEL7
-from models.calibration import input_kind
+from models.calibration import input_kind, row_temperatures
 
 SPEECH = {"RAVDESS": "speech/ravdess/manifest.csv", "CREMA-D": "speech/cremad/manifest.csv", "TESS": "speech/tess/manifest.csv"}
 FACES = {"web photos": "faces/facial_expressions/manifest.csv", "FER2013": "faces/fer2013/manifest.csv"}
@@ -46,26 +46,16 @@ def _score(model, card: dict, items: list, dims: dict[str, int]) -> dict:
     logits = torch.cat([o.logits for o in outs])
     truth = [s.row.label for s in samples]
     fitted = card.get("calibration", {}).get("temperature") or 1.0
-    temperature = torch.tensor([[fitted.get(input_kind(s.features.modalities), 1.0) if isinstance(fitted, dict) else float(fitted)]
-                                for s in samples])
+    temperature = row_temperatures(fitted, [input_kind(s.features.modalities) for s in samples])
     report = classification_report(truth, [labels[int(i)] for i in logits.argmax(-1)], labels)
     target = torch.tensor([labels.index(t) for t in truth])
     for name, t in (("ece", 1.0), ("ece_uncalibrated", 1.0 / temperature)):  # the hook already divided by T
         probs = (logits / t).softmax(-1)
         report[name] = expected_calibration_error(probs.max(-1).values.tolist(), (probs.argmax(-1) == target).tolist())
-    paths = {}  # each sense alone, where rows have more than one (composites); otherwise the answer is that sense's
-    if any(sum(s.features.modalities.values()) > 1 for s in samples):
-        for m in ("audio", "visual", "text"):
-            found = [(s.row.label, labels[int(p.argmax())]) for o, chunk in zip(outs, _chunks(samples))
-                     for s, p in zip(chunk, o.modality_probs[m]) if s.features.modalities[m]] if all(m in o.modality_probs for o in outs) else []
-            if found:
-                paths[m] = classification_report([t for t, _ in found], [p for _, p in found], labels)
+    # each sense alone, where rows have more than one (composites); otherwise the answer is that sense's
+    several = any(sum(s.features.modalities.values()) > 1 for s in samples)
+    paths = {m: r for m, r in reports(samples, outs, labels).items() if m in ("audio", "visual")} if several else {}
     return {"fused": report, "paths": paths}
-
-
-def _chunks(samples: list) -> list[list]:
-    """`samples` in the batches `predict_samples` used."""
-    return [samples[i : i + 128] for i in range(0, len(samples), 128)]
 
 
 def generalise(settings: Settings, models: str = "all") -> dict:

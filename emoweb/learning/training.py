@@ -123,10 +123,16 @@ def predict_samples(model, samples: list[Sample], dims: dict[str, int], labels: 
 
 def evaluate(model, samples: list[Sample], dims: dict[str, int], labels: list[str]) -> dict:
     """Per-modality and fused reports on `samples` (the modality a row has decides where it counts)."""
+    return reports(samples, predict_samples(model, samples, dims, labels), labels)
+
+
+def reports(samples: list[Sample], outs: list, labels: list[str]) -> dict:
+    """The reports of `evaluate` from the model's outputs (`predict_samples`' batches) on `samples`: the
+    answer ("fused"), each sense alone on the rows that have it (text left out), each corpus's answer."""
     y_true, y_pred = [], []
     per_mod: dict[str, tuple[list[str], list[str]]] = {}
     per_corpus: dict[str, tuple[list[str], list[str]]] = {}
-    for chunk, out in zip(batches(samples, 128), predict_samples(model, samples, dims, labels)):
+    for chunk, out in zip(batches(samples, 128), outs):
         for i, s in enumerate(chunk):
             y_true.append(s.row.label)
             y_pred.append(labels[int(out.probs[i].argmax())])
@@ -284,7 +290,7 @@ def calibrate(model, samples: list[Sample], dims: dict[str, int], labels: list[s
     text, audio+visual, ...; every corpus of a kind weighted the same), and say what they did: ECE per
     corpus before and after, and the calibrated confidence below which an answer is "not sure" for
     NOT_SURE_TARGET selective accuracy, with its coverage. For the card's `calibration`."""
-    from models.calibration import fit_temperature, input_kind
+    from models.calibration import fit_temperature, input_kind, row_temperatures
 
     logits = torch.cat([out.logits for out in predict_samples(model, samples, dims, labels)])
     decided = logits.std(-1) > 1e-6  # a model that reads none of a row's senses gives no decision: nothing to calibrate
@@ -297,7 +303,7 @@ def calibrate(model, samples: list[Sample], dims: dict[str, int], labels: list[s
         rows = [i for i, k in enumerate(kinds) if k == kind]
         counts = {c: sum(1 for i in rows if corpora[i] == c) for c in {corpora[i] for i in rows}}
         temperatures[kind] = fit_temperature(logits[rows], targets[rows], torch.tensor([1.0 / counts[corpora[i]] for i in rows]))
-    scale = torch.tensor([temperatures.get(k, 1.0) for k in kinds])[:, None]
+    scale = row_temperatures(temperatures, kinds)
     report: dict = {"temperature": temperatures, "fitted_on": "dev rows, per input kind, every corpus weighted the same", "ece_dev": {}}
     for name, t in (("before", torch.ones_like(scale)), ("after", scale)):
         probs = (logits / t).softmax(-1)
