@@ -91,11 +91,11 @@ def _training_samples(settings, model: str, data: str, seed: int, dev_fraction: 
     """(backbones, encoded rows, samples with train/dev/val splits and composites, skipped reasons,
     calibration rows): the rows `train` learns from, rebuilt the same way by `calibrate`. Media rows are
     read without ASR (the scripted sentences carry no emotion, so text is learnt from text-only rows, and
-    only by a model with a trained text path); dev is capped per (corpus, label); composites for the
-    models that use them. The calibration rows are every dev row, text and composites included even for
+    only by a model with a trained text path); dev is capped per (corpus, label); partial-expression clips
+    of the training people (`emoweb.learning.pairs`); composites for the models that use them. The calibration rows are every dev row, text and composites included even for
     a model that does not learn from them: it still answers such inputs in the app."""
     from emoweb.learning.manifests import read_manifests
-    from emoweb.learning.pairs import composite_samples
+    from emoweb.learning.pairs import composite_samples, partial_expression_samples
     from emoweb.learning.training import assign_splits, cap_dev
     from emoweb.pipeline.featstore import FeatureStore
     from emoweb.pipeline.features import FeatureExtractor
@@ -105,9 +105,11 @@ def _training_samples(settings, model: str, data: str, seed: int, dev_fraction: 
     rows = [r for r in read_manifests(data) if r.label in LABEL7]
     encoded, skipped = store.encode_rows(rows, desc="backbone features (cached)")
     every = cap_dev(assign_splits(encoded, seed, dev_fraction), seed=seed)
-    pairs = composite_samples(every, seed=seed)  # face photo + speech clip pairs, same label and split
+    # silent clips with the expression in part of the frames (training speakers only: dev and val stay photos)
+    partial = partial_expression_samples([s for s in every if s.split == "train"], seed=seed)
+    pairs = composite_samples(every + partial, seed=seed)  # face (photo or partial clip) + speech pairs, same label and split
     cls = registry.model_class(model)
-    samples = every + (pairs if getattr(cls, "uses_composites", False) else [])
+    samples = every + partial + (pairs if getattr(cls, "uses_composites", False) else [])
     if not cls.learns_from_text:  # text-only rows would teach it nothing
         skipped += [f"text-only row: {model} has no trained text path"] * sum(1 for r, _ in encoded if r.modality == "text")
         encoded = [(r, f) for r, f in encoded if r.modality != "text"]

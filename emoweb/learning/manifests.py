@@ -39,11 +39,14 @@ class Row:
     split: str
     source: str  # manifest file name; part of the dev-split hash, so it stays the bare name
     manifest: str  # "folder/file name" of the manifest: tells two `manifest.csv` apart in cards
+    silent: bool = False  # a video without sound (a built partial-expression clip): its modality is "visual"
 
     @property
     def modality(self) -> str:
         if self.path is None:
             return "text"
+        if self.silent:
+            return "visual"
         suffix = self.path.suffix.lower()
         if suffix in IMAGE_SUFFIXES:
             return "visual"

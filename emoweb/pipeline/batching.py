@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import torch
 
 from emoweb.pipeline.features import ClipFeatures
@@ -40,6 +41,43 @@ def to_input(clips: list[ClipFeatures], dims: dict[str, int]) -> ModelInput:
         audio, audio_mask, visual, visual_mask, text, text_tokens, text_mask, present, extra, extra_mask,
         frame_times=[c.frame_times for c in clips], audio_times=[c.audio_token_times for c in clips],
         words=[c.text_words for c in clips], texts=[c.transcript for c in clips],
+    )
+
+
+def frame_sequence(parts: list[tuple[ClipFeatures, int]], duration: float) -> ClipFeatures:
+    """A silent clip at feature level whose frames are, in order, `n` copies of each part's frames, spread
+    evenly over `duration` seconds. Each part must have its visual features (a face photo: one frame).
+
+    Why: a partial-expression training clip (neutral frames of one person, then their expression, then
+    neutral again) built from encoded photos, without re-running the backbones; the features of a
+    still photo looped as video are the same in every frame, as in `composite`.
+    Raises ValueError for a part without visual features or a clip with no frames."""
+    if any(p.visual_features is None for p, _ in parts):
+        raise ValueError("frame_sequence: every part needs visual features")
+    per_frame = [part for part, n in parts for _ in range(n)]
+    if not per_frame:
+        raise ValueError("frame_sequence: no frames")
+
+    def stack(get):
+        """Each frame's value (the part's first frame), stacked; None if any part lacks it."""
+        values = [get(p) for p in per_frame]
+        if any(v is None for v in values):
+            return None
+        return torch.cat([v[:1] for v in values]) if isinstance(values[0], torch.Tensor) else np.concatenate([v[:1] for v in values])
+
+    maps = {k: stack(lambda p, k=k: p.visual_maps.get(k)) for k in parts[0][0].visual_maps}
+    return replace(
+        parts[0][0],
+        source="frames:" + "+".join(p.source for p, n in parts if n),
+        kind="video", duration=duration, full_duration=duration,
+        frame_times=[(j + 0.5) * duration / len(per_frame) for j in range(len(per_frame))],
+        frames=None,
+        face_boxes=[p.face_boxes[0] if p.face_boxes else None for p in per_frame],
+        face_crops=stack(lambda p: p.face_crops),
+        face_tracks=[],
+        visual_features=stack(lambda p: p.visual_features),
+        visual_maps={k: v for k, v in maps.items() if v is not None},
+        visual_logits=stack(lambda p: p.visual_logits),
     )
 
 

@@ -1,0 +1,75 @@
+"""Partial-expression clips: one person's neutral frames around their expression (issue 21, item 5).
+
+The builder is checked on the committed photos, encoded by the real pipeline; the trained models'
+frame attention is checked on validation people of the web photos (never trained on), built the way
+training builds its clips: 6 neutral frames, 4 expressive frames, 6 neutral frames.
+"""
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import FACES
+
+
+@pytest.fixture(scope="module")
+def photos(extractor):
+    """label -> the committed photo's features (one frame each), from the real extractor."""
+    return {label: extractor(path) for label, path in FACES.items()}
+
+
+def test_frame_sequence_orders_the_frames(photos):
+    from emoweb.pipeline.batching import frame_sequence
+
+    calm, smile = photos["neutral"], photos["joy"]
+    clip = frame_sequence([(calm, 5), (smile, 3), (calm, 8)], 3.2)
+    assert clip.visual_features.shape == (16, calm.visual_features.shape[1])
+    assert clip.face_crops.shape[0] == clip.visual_logits.shape[0] == len(clip.face_boxes) == 16
+    for i in range(16):
+        source = smile if 5 <= i < 8 else calm
+        assert torch.equal(clip.visual_features[i], source.visual_features[0])
+        assert torch.equal(clip.visual_logits[i], source.visual_logits[0])
+        assert clip.face_boxes[i] == source.face_boxes[0]
+    assert clip.frame_times[0] == pytest.approx(0.1) and clip.frame_times[-1] == pytest.approx(3.1)
+    assert clip.modalities == {"audio": False, "visual": True, "text": False}
+    no_face = type(calm)(source="x", sha256="0", kind="image", profile="embedded", device="cpu", duration=0, full_duration=0)
+    with pytest.raises(ValueError, match="visual features"):
+        frame_sequence([(calm, 4), (no_face, 4)], 1.0)
+    with pytest.raises(ValueError, match="no frames"):
+        frame_sequence([(calm, 0)], 1.0)
+
+
+def _sample(label: str, name: str, person: str, split: str, feats):
+    from emoweb.learning.manifests import Row
+    from emoweb.learning.training import Sample
+
+    return Sample(Row(Path(f"{label}/{name}.jpg"), label, "", person, split, "manifest.csv", "faces/manifest.csv"), feats, split)
+
+
+def test_partial_expression_clips(photos):
+    from emoweb.learning.pairs import PARTIAL_FRAMES, partial_expression_samples
+
+    calm, smile = photos["neutral"], photos["joy"]
+    # one "person" with a neutral and a smiling photo (the builder only reads the names); another with no
+    # neutral photo, and a third with a single neutral photo: neither gives a clip
+    samples = [_sample("neutral", "a_1", "a", "train", calm), _sample("joy", "a_2", "a", "train", smile),
+               _sample("joy", "b_1", "b", "train", smile), _sample("joy", "b_2", "b", "train", smile),
+               _sample("neutral", "c_1", "c", "train", calm)]
+    clips = partial_expression_samples(samples, variants=3, seed=1)
+    assert collections.Counter(c.row.label for c in clips) == {"joy": 3, "neutral": 3}
+    for c in clips:
+        assert c.row.modality == "visual" and c.row.speaker == "a" and c.split == "train"
+        assert c.features.visual_features.shape[0] == PARTIAL_FRAMES
+        expressive = [bool(torch.equal(f, smile.visual_features[0])) for f in c.features.visual_features]
+        if c.row.label == "neutral":
+            assert not any(expressive)
+            continue
+        first, last = expressive.index(True), len(expressive) - 1 - expressive[::-1].index(True)
+        assert all(expressive[first : last + 1]) and 3 <= last - first + 1 <= 8  # one span of 3-8 frames ...
+        assert first >= 2 and last <= PARTIAL_FRAMES - 3  # ... with neutral frames before and after
+    again = partial_expression_samples(samples, variants=3, seed=1)
+    assert [c.row for c in again] == [c.row for c in clips]
+    assert all(torch.equal(a.features.visual_features, b.features.visual_features) for a, b in zip(again, clips))
