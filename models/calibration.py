@@ -1,12 +1,14 @@
-"""Temperature scaling (Guo et al., 2017): one number per model that makes its confidence honest.
+"""Temperature scaling (Guo et al., 2017) and fitted sense reliabilities: a model's confidence made honest.
 
 A model trained to separate classes says 95% when it is right 70% of the time. Dividing its logits by
 a temperature T > 1 fitted on held-out data (minimum negative log-likelihood) keeps every answer and
 its ranking and lowers the confidence to match how often it is right. One temperature per *input
 kind* (which senses a row has: "audio", "visual", "text", "audio+visual", ...): a model's voice and
 face decisions are over-confident by different amounts, and a row with one sense is answered by that
-sense alone. The temperatures sit in the checkpoint's card; `registry.load` attaches them as a
-forward hook, so every caller (app, cache, eval) sees the same calibrated output.
+sense alone. A row with several senses instead gets fitted reliability weights (`fit_fusion`): its fused
+logits plus each sense's own log-probabilities, each weighted. Both sit in the checkpoint's card
+(`calibration.temperature`, `calibration.fusion`); `registry.load` attaches them as a forward hook, so
+every caller (app, cache, eval) sees the same calibrated output.
 """
 from __future__ import annotations
 
@@ -41,26 +43,83 @@ def input_kind(present: dict[str, bool]) -> str:
     return "+".join(m for m in SENSES if present.get(m))
 
 
+def fitted_kind(kind: str, fitted: dict) -> str | None:
+    """The entry of `fitted` (keyed by input kind) that serves a row of `kind`: its own, else the fitted
+    kind with the most senses that are all in the row (an app clip's "audio+visual+text" is served by
+    "audio+visual" when no dev row had all three), else None."""
+    if kind in fitted:
+        return kind
+    senses = set(kind.split("+"))
+    subsets = [k for k in fitted if k and set(k.split("+")) <= senses]
+    return max(subsets, key=lambda k: (len(k.split("+")), k), default=None)
+
+
 def row_temperatures(fitted: float | dict[str, float], kinds: list[str]) -> torch.Tensor:
-    """[N, 1]: each row's temperature from a card's `fitted` (one number, or one per input kind; a kind
-    without one: 1), for rows of these input kinds."""
+    """[N, 1]: each row's temperature from a card's `fitted` (one number, or one per input kind, a kind
+    without its own served by `fitted_kind`; none: 1), for rows of these input kinds."""
     if not isinstance(fitted, dict):
         return torch.full((len(kinds), 1), float(fitted))
-    return torch.tensor([[fitted.get(kind, 1.0)] for kind in kinds])
+    return torch.tensor([[fitted.get(fitted_kind(kind, fitted), 1.0)] for kind in kinds])
 
 
-def temperature_hook(temperature: float | dict[str, float]):
-    """A forward hook that divides each row's logits (and rescales its probabilities) by the temperature
-    of its input kind (`row_temperatures`; the kinds are read from the model's input,
-    `ModelInput.present`). Per-modality probabilities are left as they are: they show each sense's own
-    decision."""
+def fit_fusion(logits: torch.Tensor, senses: dict[str, torch.Tensor], targets: torch.Tensor,
+               weights: torch.Tensor | None = None, steps: int = 200) -> dict[str, float]:
+    """Reliability weights for a row with several senses: w_fused, w_sense >= 0 minimising the (row-weighted)
+    mean NLL of softmax(w_fused * logits + sum of w_sense * senses[sense]). logits [N, C]: the model's fused
+    logits; senses: each sense's own log-probabilities [N, C]; targets [N] ids.
+
+    Why: a model's fused head can let one sense drown the others (issue 21: Foal-Net's fused answer below
+    its voice alone). When face and voice carry independent evidence, adding each sense's log-probability,
+    weighted by how far it can be trusted, is the product-of-experts answer; fitted on held-out rows, the
+    weights are that trust, and with the senses at 0 this is temperature scaling (w_fused = 1 / T)."""
+    names = sorted(senses)
+    stack = torch.stack([logits.detach().float()] + [senses[m].detach().float() for m in names])  # [1+S, N, C]
+    w = torch.ones(len(targets)) if weights is None else weights.float()
+    raw = torch.tensor([0.5413] + [-4.0] * len(names), requires_grad=True)  # softplus: w_fused 1, senses ~0.02
+    opt = torch.optim.LBFGS([raw], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        combined = (nn.functional.softplus(raw)[:, None, None] * stack).sum(0)
+        loss = (nn.functional.cross_entropy(combined, targets.long(), reduction="none") * w).sum() / w.sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    fitted = nn.functional.softplus(raw.detach()).tolist()
+    return {"fused": round(fitted[0], 4), **{m: round(v, 4) for m, v in zip(names, fitted[1:])}}
+
+
+def calibrated_logits(logits: torch.Tensor, sense_logprobs: dict[str, torch.Tensor], kinds: list[str],
+                      calibration: dict) -> torch.Tensor:
+    """A card's `calibration` applied to logits [N, C] of rows of these input kinds: a row whose kind has
+    fusion weights (`fit_fusion`) gets w_fused * logits + sum of w_sense * its senses' log-probabilities
+    (`sense_logprobs`, [N, C] each); any other row is divided by its temperature (`row_temperatures`)."""
+    fusion = calibration.get("fusion") or {}
+    out = logits / row_temperatures(calibration.get("temperature") or 1.0, kinds).to(logits)
+    for i, kind in enumerate(kinds):
+        chosen = fitted_kind(kind, fusion)
+        if chosen is None or any(m not in sense_logprobs for m in fusion[chosen] if m != "fused"):
+            continue
+        w = fusion[chosen]
+        out[i] = w["fused"] * logits[i] + sum(w[m] * sense_logprobs[m][i] for m in w if m != "fused")
+    return out
+
+
+def calibration_hook(calibration: dict):
+    """A forward hook that applies a card's `calibration` (`calibrated_logits`) to every output, with the
+    kinds read from the model's input (`ModelInput.present`) and the senses' log-probabilities from
+    `ModelOutput.modality_probs`. The per-modality probabilities are left as they are: they show each
+    sense's own decision; `raw_logits` keeps the logits before calibration."""
 
     def hook(_module: nn.Module, inputs, out: ModelOutput) -> ModelOutput:
         if out.logits is None:
             return out
         present = inputs[0].present
         kinds = [input_kind({m: bool(present[m][i]) for m in SENSES if m in present}) for i in range(len(out.logits))]
-        out.logits = out.logits / row_temperatures(temperature, kinds).to(out.logits)
+        senses = {m: p.clamp_min(1e-8).log() for m, p in out.modality_probs.items()}
+        out.raw_logits = out.logits
+        out.logits = calibrated_logits(out.logits, senses, kinds, calibration)
         out.probs = out.logits.softmax(-1)
         return out
 

@@ -22,6 +22,7 @@ class ModelOutput:
     attention: dict[str, Attention] = field(default_factory=dict)
     similarity: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> {item: similarity}
     notes: list[str] = field(default_factory=list)
+    raw_logits: torch.Tensor | None = None  # [B, C] the logits before the card's calibration (None: none applied)
 
     @property
     def label(self) -> str:

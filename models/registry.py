@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from models import MODELS
-from models.calibration import temperature_hook
+from models.calibration import calibration_hook
 
 CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
 DIM_FIELDS = {"audio_dim": "audio", "visual_dim": "visual", "text_dim": "text", "text_token_dim": "text_tokens"}
@@ -86,7 +86,7 @@ def write_card(name: str, profile: str, card: dict, root: Path = CHECKPOINT_ROOT
 
 def load(name: str, profile: str, root: Path = CHECKPOINT_ROOT, calibrated: bool = True) -> tuple[nn.Module, dict] | None:
     """The shipped model for a profile with its card, or None when no checkpoint exists. `calibrated`:
-    with the card's temperatures applied to every output (False: the raw logits, to fit them)."""
+    with the card's temperatures and sense reliabilities applied to every output (False: the raw logits, to fit them)."""
     weights, card_path = checkpoint_paths(name, profile, root)
     if not weights.is_file() or not card_path.is_file():
         return None
@@ -95,7 +95,7 @@ def load(name: str, profile: str, root: Path = CHECKPOINT_ROOT, calibrated: bool
     model = model_cls(cfg_cls(**card["config"]))
     state = {k: v.float() for k, v in load_file(str(weights)).items()}
     model.load_state_dict(state)
-    temperature = card.get("calibration", {}).get("temperature")
-    if temperature and calibrated:  # the card's fitted temperatures apply to every call (models/calibration.py)
-        model.register_forward_hook(temperature_hook(temperature))
+    calibration = card.get("calibration") or {}
+    if calibrated and (calibration.get("temperature") or calibration.get("fusion")):  # every call (models/calibration.py)
+        model.register_forward_hook(calibration_hook(calibration))
     return model.eval(), card

@@ -78,26 +78,70 @@ def test_loaded_model_applies_the_cards_temperature(tmp_path, fitted) -> None:
     assert np.all(c.probs.max(-1).values.numpy() <= a.probs.max(-1).values.numpy() + 1e-6)
 
 
+class _Batch:
+    """What the calibration hook reads from a model's input: which senses each row has."""
+
+    def __init__(self, present: dict[str, list[bool]]):
+        self.present = {m: torch.tensor(v) for m, v in present.items()}
+
+
 def test_each_input_kind_gets_its_own_temperature() -> None:
     """Voice-only rows divided by the voice's temperature, face-only rows by the face's; a kind without
-    one (here text) is left as it is."""
-    from models.calibration import input_kind, temperature_hook
+    one (here text) is left as it is; a kind with more senses than any fitted one is served by the
+    fitted kind with the most of its senses (an app clip with a transcript by "audio+visual")."""
+    from models.calibration import calibration_hook, input_kind
     from models.output import ModelOutput
 
     assert input_kind({"audio": True, "visual": True, "text": False}) == "audio+visual"
-    logits = torch.tensor([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0]])
-    present = {"audio": torch.tensor([True, False, False]), "visual": torch.tensor([False, True, False]),
-               "text": torch.tensor([False, False, True])}
+    logits = torch.tensor([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0], [2.0, 0.0]])
+    x = _Batch({"audio": [True, False, False, True], "visual": [False, True, False, True], "text": [False, False, True, True]})
+    out = ModelOutput(probs=logits.softmax(-1), labels=["a", "b"], embedding=torch.zeros(4, 2), logits=logits.clone())
+    calibration_hook({"temperature": {"audio": 2.0, "visual": 4.0, "audio+visual": 8.0}})(None, (x, None), out)
+    assert torch.allclose(out.logits[:, 0], torch.tensor([1.0, 0.5, 2.0, 0.25]))
+    assert torch.allclose(out.probs, out.logits.softmax(-1)) and torch.equal(out.raw_logits, logits)
 
-    class Batch:
-        pass
 
-    x = Batch()
-    x.present = present
-    out = ModelOutput(probs=logits.softmax(-1), labels=["a", "b"], embedding=torch.zeros(3, 2), logits=logits.clone())
-    temperature_hook({"audio": 2.0, "visual": 4.0})(None, (x, None), out)
-    assert torch.allclose(out.logits[:, 0], torch.tensor([1.0, 0.5, 2.0]))
-    assert torch.allclose(out.probs, out.logits.softmax(-1))
+def test_fusion_weights_add_each_senses_decision() -> None:
+    """A row with face and voice gets w_fused * fused logits + w_audio * log p_audio + w_visual * log p_visual;
+    single-sense rows keep their temperature."""
+    from models.calibration import calibration_hook
+    from models.output import ModelOutput
+
+    logits = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    p_audio, p_visual = torch.tensor([[0.2, 0.8], [0.5, 0.5]]), torch.tensor([[0.6, 0.4], [0.5, 0.5]])
+    x = _Batch({"audio": [True, True], "visual": [True, False], "text": [False, False]})
+    out = ModelOutput(probs=logits.softmax(-1), labels=["a", "b"], embedding=torch.zeros(2, 2), logits=logits.clone(),
+                      modality_probs={"audio": p_audio, "visual": p_visual})
+    calibration = {"temperature": {"audio": 2.0, "audio+visual": 1.0}, "fusion": {"audio+visual": {"fused": 0.5, "audio": 2.0, "visual": 1.0}}}
+    calibration_hook(calibration)(None, (x, None), out)
+    expected = 0.5 * logits[0] + 2.0 * p_audio[0].log() + 1.0 * p_visual[0].log()
+    assert torch.allclose(out.logits[0], expected)
+    assert torch.allclose(out.logits[1], logits[1] / 2.0)
+    assert int(out.probs[0].argmax()) == 1  # the voice's 0.8 outweighs the fused head and the face
+
+
+def test_fit_fusion_trusts_the_informative_sense() -> None:
+    """Two senses with independent evidence: the fitted weights beat the fused head alone and each sense
+    alone (NLL and accuracy), and a sense that is pure noise gets (near) no weight."""
+    from models.calibration import fit_fusion
+
+    g = torch.Generator().manual_seed(0)
+    n, c = 3000, 4
+    targets = torch.randint(0, c, (n,), generator=g)
+    onehot = torch.nn.functional.one_hot(targets, c).float()
+
+    def sense(strength: float) -> torch.Tensor:
+        return (strength * onehot + torch.randn(n, c, generator=g)).log_softmax(-1)
+
+    voice, face, noise = sense(1.5), sense(1.0), sense(0.0)
+    fused_head = 2.0 * voice  # a fused head that reads the voice only (over-confident)
+    w = fit_fusion(fused_head, {"audio": voice, "visual": face, "text": noise}, targets)
+    combined = w["fused"] * fused_head + w["audio"] * voice + w["visual"] * face + w["text"] * noise
+    nll = torch.nn.functional.cross_entropy
+    assert nll(combined, targets) < min(nll(fused_head / t, targets) for t in (1.0, 2.0, 4.0))
+    acc = lambda z: float((z.argmax(-1) == targets).float().mean())  # noqa: E731
+    assert acc(combined) > max(acc(voice), acc(face)) + 0.03
+    assert w["visual"] > 0.5 and w["text"] < 0.1
 
 
 def test_train_then_calibrate_rewrites_the_cards_calibration(tmp_path, monkeypatch, capsys) -> None:

@@ -5,7 +5,7 @@ Why: a recipe chosen on one corpus's validation speakers did not hold on other s
 of each shared corpus: speech (RAVDESS, CREMA-D, TESS), faces (web photos, FER2013), composites of
 validation speech and validation web photos of the same label (the fused path; `emoweb.learning.pairs`) and,
 when the readers know them, text (MELD dev, GoEmotions valid). Per model and corpus: accuracy, UAR,
-weighted F1, and ECE with and without the card's temperatures; per modality path where the row has more
+weighted F1, and ECE with and without the card's calibration; per modality path where the row has more
 than one; the FER backbone's own answer on the face sets. Speech is encoded without ASR: the acted
 corpora's sentences carry no emotion. Recipes are compared on the mean over corpora, never on one.
 """
@@ -21,7 +21,6 @@ from emoweb.learning.studies import acted_speech_store
 from emoweb.learning.training import Sample, predict_samples, reports
 from emoweb.pipeline.inference import Predictor
 from models import LABEL7
-from models.calibration import input_kind, row_temperatures
 
 SPEECH = {"RAVDESS": "speech/ravdess/manifest.csv", "CREMA-D": "speech/cremad/manifest.csv", "TESS": "speech/tess/manifest.csv"}
 FACES = {"web photos": "faces/facial_expressions/manifest.csv", "FER2013": "faces/fer2013/manifest.csv"}
@@ -38,19 +37,18 @@ def _val_items(store: FeatureStore, manifest: str) -> list:
     return store.encode_rows(rows, desc=f"features {manifest.split('/')[1]}")[0]
 
 
-def _score(model, card: dict, items: list, dims: dict[str, int]) -> dict:
+def _score(model, items: list, dims: dict[str, int]) -> dict:
     """The model's fused report with ECE (calibrated and raw), and each modality path's report."""
     samples = [Sample(r, f, "val") for r, f in items]
     labels = list(LABEL7)
     outs = predict_samples(model, samples, dims, labels)
     logits = torch.cat([o.logits for o in outs])
     truth = [s.row.label for s in samples]
-    fitted = card.get("calibration", {}).get("temperature") or 1.0
-    temperature = row_temperatures(fitted, [input_kind(s.features.modalities) for s in samples])
+    raw = torch.cat([o.raw_logits if o.raw_logits is not None else o.logits for o in outs])  # before the card's calibration
     report = classification_report(truth, [labels[int(i)] for i in logits.argmax(-1)], labels)
     target = torch.tensor([labels.index(t) for t in truth])
-    for name, t in (("ece", 1.0), ("ece_uncalibrated", 1.0 / temperature)):  # the hook already divided by T
-        probs = (logits / t).softmax(-1)
+    for name, scores in (("ece", logits), ("ece_uncalibrated", raw)):
+        probs = scores.softmax(-1)
         report[name] = expected_calibration_error(probs.max(-1).values.tolist(), (probs.argmax(-1) == target).tolist())
     # each sense alone, where rows have more than one (composites); otherwise the answer is that sense's
     several = any(sum(s.features.modalities.values()) > 1 for s in samples)
@@ -73,8 +71,8 @@ def generalise(settings: Settings, models: str = "all") -> dict:
         if not items:
             continue
         entry: dict = {"n": len(items)}
-        for model_name, (model, card) in loaded.items():
-            entry[model_name] = _score(model, card, items, bb.dims)
+        for model_name, (model, _) in loaded.items():
+            entry[model_name] = _score(model, items, bb.dims)
         if name in FACES:
             entry[BACKBONE_REPORT] = classification_report([r.label for r, _ in items], [backbone_label(f) for _, f in items], list(LABEL7))
         result["corpora"][name] = entry

@@ -42,9 +42,9 @@ def composite_row(face: Row, speech: Row) -> Row:
 def composite_samples(samples: list[Sample], per_speech: int = 1, seed: int = 0) -> list[Sample]:
     """For each speech sample, `per_speech` composites with distinct random faces of its label and split.
 
-    A speech sample whose (label, split) has no face photo gets no composite. Deterministic per seed.
+    A speech sample whose (label, split) has no face photo gets no composite. Deterministic per seed, and per
+    clip: the dev rows alone give the same dev composites as all rows (`calibrate` reads only those).
     """
-    rng = random.Random(seed)
     faces: dict[tuple[str, str], list[Sample]] = {}
     for s in samples:
         if s.row.modality == "visual" and s.features.modalities["visual"]:
@@ -56,6 +56,7 @@ def composite_samples(samples: list[Sample], per_speech: int = 1, seed: int = 0)
         pool = faces.get((s.row.label, s.split))
         if not pool:
             continue
+        rng = random.Random(f"{seed}:{s.row.manifest}:{s.row.path}")  # each clip's own draw: a subset of the rows pairs the same
         for face in rng.sample(pool, min(per_speech, len(pool))):
             out.append(Sample(composite_row(face.row, s.row), composite(face.features, s.features), s.split))
     return out

@@ -42,18 +42,22 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def assign_splits(samples: list[tuple[Row, ClipFeatures]], seed: int = 0, dev_fraction: float = DEV_FRACTION) -> list[Sample]:
+def split_of(row: Row, seed: int = 0, dev_fraction: float = DEV_FRACTION) -> str:
     """train/dev/val by speaker: the manifest's val stays val; dev = a seeded share of train speakers
-    (none with `dev_fraction` 0: a recipe chosen beforehand, e.g. by cross-validation, trains on all)."""
-    out = []
-    for row, feats in samples:
-        split = "val" if row.split in ("val", "valid", "dev", "test") else "train"
-        if split == "train" and row.speaker:
-            h = int(hashlib.sha256(f"{seed}:{row.source}:{row.speaker}".encode()).hexdigest()[:8], 16)
-            if (h % 1000) / 1000 < dev_fraction:
-                split = "dev"
-        out.append(Sample(row, feats, split))
-    return out
+    (none with `dev_fraction` 0: a recipe chosen beforehand, e.g. by cross-validation, trains on all).
+    A row's split depends on its own manifest name and speaker only."""
+    if row.split in ("val", "valid", "dev", "test"):
+        return "val"
+    if row.speaker:
+        h = int(hashlib.sha256(f"{seed}:{row.source}:{row.speaker}".encode()).hexdigest()[:8], 16)
+        if (h % 1000) / 1000 < dev_fraction:
+            return "dev"
+    return "train"
+
+
+def assign_splits(samples: list[tuple[Row, ClipFeatures]], seed: int = 0, dev_fraction: float = DEV_FRACTION) -> list[Sample]:
+    """Each encoded row as a Sample with its `split_of`."""
+    return [Sample(row, feats, split_of(row, seed, dev_fraction)) for row, feats in samples]
 
 
 def cap_dev(samples: list[Sample], per_group: int = DEV_ROWS_PER_GROUP, seed: int = 0) -> list[Sample]:
@@ -286,27 +290,38 @@ NOT_SURE_TARGET = 0.8  # the selective accuracy the "not sure" threshold is chos
 
 
 def calibrate(model, samples: list[Sample], dims: dict[str, int], labels: list[str]) -> dict:
-    """Fit the model's temperatures on `samples` (the dev rows), one per input kind (audio, visual,
-    text, audio+visual, ...; every corpus of a kind weighted the same), and say what they did: ECE per
-    corpus before and after, and the calibrated confidence below which an answer is "not sure" for
-    NOT_SURE_TARGET selective accuracy, with its coverage. For the card's `calibration`."""
-    from models.calibration import fit_temperature, input_kind, row_temperatures
+    """Fit the model's calibration on `samples` (the dev rows; every corpus of a kind weighted the same):
+    a temperature per input kind (audio, visual, text, audio+visual, ...) and, for a kind with several
+    senses that each give their own decision, reliability weights (`models.calibration.fit_fusion`); and
+    say what they did: ECE per corpus before and after, and the calibrated confidence below which an
+    answer is "not sure" for NOT_SURE_TARGET selective accuracy, with its coverage. For the card's `calibration`."""
+    from models.calibration import calibrated_logits, fit_fusion, fit_temperature, input_kind
 
-    logits = torch.cat([out.logits for out in predict_samples(model, samples, dims, labels)])
+    outs = predict_samples(model, samples, dims, labels)
+    logits = torch.cat([out.logits for out in outs])
+    senses = {m: torch.cat([out.modality_probs[m] for out in outs]).clamp_min(1e-8).log()
+              for m in ("audio", "visual", "text") if all(m in out.modality_probs for out in outs)}
     decided = logits.std(-1) > 1e-6  # a model that reads none of a row's senses gives no decision: nothing to calibrate
     samples, logits = [s for s, d in zip(samples, decided.tolist()) if d], logits[decided]
+    senses = {m: v[decided] for m, v in senses.items()}
     targets = torch.tensor([labels.index(s.row.label) for s in samples])
     corpora = [s.row.manifest for s in samples]
     kinds = [input_kind(s.features.modalities) for s in samples]
-    temperatures = {}
+    fitted: dict = {"temperature": {}, "fusion": {}}
     for kind in sorted(set(kinds)):
         rows = [i for i, k in enumerate(kinds) if k == kind]
         counts = {c: sum(1 for i in rows if corpora[i] == c) for c in {corpora[i] for i in rows}}
-        temperatures[kind] = fit_temperature(logits[rows], targets[rows], torch.tensor([1.0 / counts[corpora[i]] for i in rows]))
-    scale = row_temperatures(temperatures, kinds)
-    report: dict = {"temperature": temperatures, "fitted_on": "dev rows, per input kind, every corpus weighted the same", "ece_dev": {}}
-    for name, t in (("before", torch.ones_like(scale)), ("after", scale)):
-        probs = (logits / t).softmax(-1)
+        weights = torch.tensor([1.0 / counts[corpora[i]] for i in rows])
+        fitted["temperature"][kind] = fit_temperature(logits[rows], targets[rows], weights)
+        own = [m for m in kind.split("+") if m in senses]
+        if len(own) > 1:  # several senses, each with its own decision: how far to trust each
+            fitted["fusion"][kind] = fit_fusion(logits[rows], {m: senses[m][rows] for m in own}, targets[rows], weights)
+    if not fitted["fusion"]:
+        del fitted["fusion"]
+    report: dict = {**fitted, "fitted_on": "dev rows, per input kind, every corpus weighted the same", "ece_dev": {}}
+    final = calibrated_logits(logits, senses, kinds, fitted)
+    for name, scores in (("before", logits), ("after", final)):
+        probs = scores.softmax(-1)
         conf, hit = probs.max(-1).values, probs.argmax(-1) == targets
         for corpus in sorted(set(corpora)):
             rows = torch.tensor([c == corpus for c in corpora])
