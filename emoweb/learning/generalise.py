@@ -3,7 +3,8 @@
 Why: a recipe chosen on one corpus's validation speakers did not hold on other speakers and corpora
 (issue 21). This bench scores the shipped checkpoints (with their calibration) on the validation split
 of each shared corpus: speech (RAVDESS, CREMA-D, TESS), faces (web photos, FER2013), composites of
-validation speech and validation web photos of the same label (the fused path; `emoweb.learning.pairs`) and,
+validation speech and validation web photos of the same label (the fused path; `emoweb.learning.pairs`),
+partial-expression clips of the validation people of the web photos (their expression in part of the frames) and,
 when the readers know them, text (MELD dev, GoEmotions valid). Per model and corpus: accuracy, UAR,
 weighted F1, and ECE with and without the card's calibration; per modality path where the row has more
 than one; the FER backbone's own answer on the face sets. Speech is encoded without ASR: the acted
@@ -17,6 +18,7 @@ from emoweb.config import SHARED_DATA, Settings
 from emoweb.learning.evaluation import BACKBONE_REPORT, backbone_label, composite_items
 from emoweb.learning.manifests import read_manifest
 from emoweb.learning.metrics import classification_report, expected_calibration_error
+from emoweb.learning.pairs import partial_expression_samples
 from emoweb.learning.studies import acted_speech_store
 from emoweb.learning.training import Sample, predict_samples, reports
 from emoweb.pipeline.inference import Predictor
@@ -27,6 +29,7 @@ FACES = {"web photos": "faces/facial_expressions/manifest.csv", "FER2013": "face
 TEXT = {"MELD": "text/meld/dev_sent_emo.csv", "GoEmotions": "text/goemotions_ekman/valid.tsv"}
 COMPOSITE_SPEECH = ("RAVDESS", "CREMA-D")  # validation speakers x validation web photos
 COMPOSITE_FACES = "web photos"
+PARTIAL_CORPUS = "partial expression"  # 16-frame clips of validation people: neutral, their expression in 3-8 frames, neutral
 
 
 def _val_items(store: FeatureStore, manifest: str) -> list:
@@ -66,6 +69,8 @@ def generalise(settings: Settings, models: str = "all") -> dict:
     corpora = {name: _val_items(store, path) for name, path in {**SPEECH, **FACES, **TEXT}.items()}
     speech = [item for name in COMPOSITE_SPEECH for item in corpora.get(name, [])]
     corpora["composites"] = composite_items(speech + corpora.get(COMPOSITE_FACES, [])) if speech else []
+    faces = [Sample(r, f, "val") for r, f in corpora.get(COMPOSITE_FACES, [])]
+    corpora[PARTIAL_CORPUS] = [(s.row, s.features) for s in partial_expression_samples(faces, variants=1)]
     result: dict = {"corpora": {}, "backbones": bb.name}
     for name, items in corpora.items():
         if not items:
@@ -76,7 +81,8 @@ def generalise(settings: Settings, models: str = "all") -> dict:
         if name in FACES:
             entry[BACKBONE_REPORT] = classification_report([r.label for r, _ in items], [backbone_label(f) for _, f in items], list(LABEL7))
         result["corpora"][name] = entry
-    sensed = [c for name, c in result["corpora"].items() if name not in TEXT]  # every model has a voice or face path
+    # every model has a voice or face path; the partial-expression clips are built from the web photos already counted
+    sensed = [c for name, c in result["corpora"].items() if name not in TEXT and name != PARTIAL_CORPUS]
     result["mean"] = {n: {k: sum(c[n]["fused"][k] for c in sensed) / len(sensed) for k in ("accuracy", "uar", "weighted_f1", "ece")}
                       for n in loaded} if sensed else {}
     return result
