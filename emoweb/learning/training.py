@@ -299,8 +299,9 @@ def calibrate(model, samples: list[Sample], dims: dict[str, int], labels: list[s
 
     outs = predict_samples(model, samples, dims, labels)
     logits = torch.cat([out.logits for out in outs])
-    senses = {m: torch.cat([out.modality_probs[m] for out in outs]).clamp_min(1e-8).log()
-              for m in ("audio", "visual", "text") if all(m in out.modality_probs for out in outs)}
+    # each sense's own decision (a batch without that sense has none: uniform, which no weight can move)
+    senses = {m: torch.cat([out.modality_probs.get(m, torch.full_like(out.probs, 1.0 / len(labels))) for out in outs]).clamp_min(1e-8).log()
+              for m in ("audio", "visual", "text") if any(m in out.modality_probs for out in outs)}
     decided = logits.std(-1) > 1e-6  # a model that reads none of a row's senses gives no decision: nothing to calibrate
     samples, logits = [s for s, d in zip(samples, decided.tolist()) if d], logits[decided]
     senses = {m: v[decided] for m, v in senses.items()}
