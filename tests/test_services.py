@@ -111,11 +111,13 @@ def files(folder: Path) -> list[Path]:
 
 
 def add_synthetic(service: CaregiverService, profile: str, n: int, labels: list[str], seed: int = 0, noise: float = 2.0,
-                  centroid_seed: int | None = None, key_shift: int = 0, base_right: bool = False) -> list[int]:
+                  centroid_seed: int | None = None, key_shift: int = 0, base_right: bool = False,
+                  sad_voice: float = 0.0) -> list[int]:
     """n labelled clips with stored EmoAsst-shaped features (clustered by label, some modalities
     missing) written through the Repository; no media file (a rebuild never needs one).
     `key_shift`: a clip's keys lie at the centroid of the label `key_shift` places further on (keys that
-    mislead); `base_right`: base logits that favour the true label by 20 (a model already right)."""
+    mislead); `base_right`: base logits that favour the true label by 20 (a model already right);
+    `sad_voice`: added to the last label's logit on every clip (one person's voice heard the same way)."""
     rng = np.random.default_rng(seed)
     prof = service.get_profile(profile)
     dim = 384
@@ -136,6 +138,7 @@ def add_synthetic(service: CaregiverService, profile: str, n: int, labels: list[
         feats["emoasst.logits"] = rng.standard_normal(len(prof.labels)).astype(np.float32) * 3
         if base_right:
             feats["emoasst.logits"][k] += 20.0
+        feats["emoasst.logits"][len(labels) - 1] += sad_voice
         service.repo.put_features(clip.id, "embedded", feats)
         service.repo.add_correction(clip.id, label, annotator="test")
         ids.append(clip.id)
@@ -400,6 +403,37 @@ def test_a_rebuild_that_would_lower_accuracy_keeps_the_previous_cache_and_says_s
     assert service.repo.active_snapshot("guard", "emoasst").id == first.snapshot_id
     assert service.predict(ids[0], "guard").predictions["emoasst"].cache_snapshot == first.snapshot_id
     service.delete_profile("guard")
+
+
+def test_a_fitted_adapter_is_stored_loads_in_another_process_and_answers_labelled_clips_held_out(
+        service: CaregiverService, no_decoding) -> None:
+    """A voice the model hears as sad on every clip: the rebuild's fitted adapter learns it and is switched
+    on; its snapshot stores the fit (another process answers the same), and each labelled clip is answered
+    by the fit without its fold, so over the labelled clips the answers equal the judged accuracy."""
+    labels = ["calm", "upset", "sad"]
+    service.create_profile("voice", labels)
+    ids = add_synthetic(service, "voice", 24, labels, seed=21, noise=30.0, base_right=True, sad_voice=25.0)
+    built = service.rebuild_cache("voice")["emoasst"]
+    assert built.active and built.alpha == 0.0 and built.outcome.startswith("fitted adapter on: +"), built.outcome
+    assert built.before < 0.5 < built.after
+    snapshot = service.repo.active_snapshot("voice", "emoasst")
+    assert {"clip_ids", "adapter.bias", "adapter.weight", "adapter.fold"} <= set(snapshot.payload_arrays())
+    assert snapshot.hyper["method"] == "adapter" and snapshot.hyper["adapter_key"] in ("fused", "audio", "visual")
+    right = 0
+    for cid in ids:
+        p = service.predict(cid, "voice").predictions["emoasst"]
+        assert p.cache_snapshot == built.snapshot_id
+        right += p.label == service.current_label(cid)
+    assert right / len(ids) == pytest.approx(built.after)
+    other = CaregiverService(service.settings, models="emoasst")
+    try:
+        for cid in ids[:3]:
+            mine = service.predict(cid, "voice").predictions["emoasst"]
+            theirs = other.predict(cid, "voice").predictions["emoasst"]
+            assert theirs.cache_snapshot == mine.cache_snapshot and theirs.probs == pytest.approx(mine.probs, abs=1e-5)
+    finally:
+        other.close()
+    service.delete_profile("voice")
 
 
 def test_a_careful_cache_never_overturns_a_confident_answer(service: CaregiverService, no_decoding) -> None:
