@@ -9,6 +9,10 @@ through nearest neighbours; a fitted correction learns it from all of them at on
 with `bias` [C] a per-profile class bias and `weight` [D, C] a linear map of one cache key (the
 "probe"), both fitted by L2-penalised multinomial log-likelihood on the labelled clips (convex; L-BFGS,
 milliseconds on CPU for tens of clips). The penalty keeps both at zero unless the clips show a shift.
+Each label's clips weigh the same in total (the mean of each label's mean log-likelihood): unequal
+numbers of labelled clips do not become a prior, and a clip left out to judge the fit does not tilt
+the bias against its own label (with 2 clips per label, an unweighted fit without one of them does;
+on the dev speakers the weighting lifted the K = 2 gain from +2.3 to +5.0 points, mean of four models).
 
 Labels without a labelled clip: the softmax of the fit runs over the labels that have clips only, and
 the bias of every other label is set to the mean of theirs, so a label nobody labelled is neither
@@ -141,8 +145,9 @@ def _fit(base: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None, train: tor
         weight = torch.zeros(n_fits, x.shape[1], c, requires_grad=True) if x is not None else None
         params = [bias] + ([weight] if weight is not None else [])
         opt = torch.optim.LBFGS(params, lr=1.0, max_iter=LBFGS_STEPS, line_search_fn="strong_wolfe")
-        rows = train.float()
-        per_fit = rows.sum(1).clamp_min(1.0)
+        # each label's clips weigh the same in total, so leaving one clip out does not tilt the bias against its label
+        per_label = train.float() @ F.one_hot(y, c).float()  # [F, C] clips of each label in each fit
+        rows = train.float() / per_label[:, y].clamp_min(1.0) / present.sum(1, keepdim=True).clamp_min(1)
         target = y[None, :, None].expand(n_fits, n, 1)
 
         def closure() -> torch.Tensor:
@@ -150,7 +155,7 @@ def _fit(base: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None, train: tor
             z = base[None] + bias[:, None, :] + hide
             if weight is not None:
                 z = z + torch.einsum("nd,fdc->fnc", x, weight)
-            nll = -(z.log_softmax(-1).gather(-1, target).squeeze(-1) * rows).sum(1) / per_fit
+            nll = -(z.log_softmax(-1).gather(-1, target).squeeze(-1) * rows).sum(1)
             loss = nll + l2 * bias.pow(2).sum(1)
             if weight is not None:
                 loss = loss + l2 * weight.pow(2).sum((1, 2))

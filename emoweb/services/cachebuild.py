@@ -71,10 +71,11 @@ ADAPTER_MARGIN_CLIPS = 0
 
 def tuning_defaults() -> dict[str, Any]:
     """The rules a rebuild follows (shown in the Models tab): careful mode's confidence and alpha, the
-    clips per label needed to judge a cache, the margin it must win by, and the alpha grid it searches."""
+    clips per label needed to judge a cache, the margin it must win by, the alpha grid it searches, and
+    the fitted adapter's margin."""
     return {"safe_confidence": SAFE_CONFIDENCE, "safe_alpha": no_flip_alpha(SAFE_CONFIDENCE),
             "judge_min_per_label": JUDGE_MIN_PER_LABEL, "judge_margin_clips": JUDGE_MARGIN_CLIPS,
-            "alpha_spreads": list(ALPHA_SPREADS), "betas": list(BETAS)}
+            "alpha_spreads": list(ALPHA_SPREADS), "betas": list(BETAS), "adapter_margin_clips": ADAPTER_MARGIN_CLIPS}
 
 
 def assemble_arrays(labels: Sequence[str], keys: Mapping[str, torch.Tensor], base: torch.Tensor) -> Assembled:

@@ -39,11 +39,12 @@ KEYBOARD_JS = """
 
 
 def tuning_of(record) -> str:
-    """How a cache's alpha/beta were set ('cv', 'reused', 'default'), from a rebuild record or a hyper dict."""
+    """How a cache's alpha/beta were set ('cv', 'reused', 'default'), from a rebuild record or a hyper dict;
+    ', fitted adapter' when the rebuild switched the fitted adapter on instead of the cache's votes."""
     get = record.get if isinstance(record, dict) else (lambda k, d=None: getattr(record, k, d))
     tuning = get("tuning")
     if tuning:
-        return str(tuning)
+        return str(tuning) + (", fitted adapter" if get("method") == "adapter" else "")
     tuned = get("tuned")
     return "-" if tuned is None else ("cv" if tuned else "default")
 
