@@ -48,7 +48,8 @@ class HeldOut:
     its answer never comes from a fit that saw its own label (and equals the judgement's held-out answer).
 
     Attributes:
-        fold: [N] long, the fold of each labelled clip (row-aligned with the cache).
+        fold: [N] long, the fold of each labelled clip (row-aligned with the cache); -1 for a clip that
+            no fit saw (`fit_adapter`'s `rows`), which the full fit answers.
         bias: [F, C]; weight: [F, D, C] or None (a bias only).
     """
 
@@ -95,7 +96,9 @@ class ProfileAdapter:
             return self
         if self.held_out is None:
             return None
-        folds = {int(self.held_out.fold[r]) for r in rows}
+        folds = {int(self.held_out.fold[r]) for r in rows} - {-1}  # -1: no fit saw the row
+        if not folds:
+            return ProfileAdapter(self.bias, self.key, self.weight)
         if len(folds) != 1:
             return None
         f = folds.pop()
@@ -170,25 +173,32 @@ def _fit(base: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None, train: tor
 
 
 def fit_adapter(base: torch.Tensor, y: torch.Tensor, keys: torch.Tensor | None = None, key: str | None = None,
-                folds: int | None = None, l2: float = ADAPTER_L2, seed: int = 0) -> tuple[ProfileAdapter, torch.Tensor]:
-    """The adapter fitted on all labelled clips, with its fits without each fold (`ProfileAdapter.held_out`),
-    and [N, C] held-out logits: each clip's logits from the fit without its fold. Compare their accuracy
-    with `base`'s to judge whether the adapter helps clips it has not seen.
+                folds: int | None = None, l2: float = ADAPTER_L2, seed: int = 0,
+                rows: torch.Tensor | None = None) -> tuple[ProfileAdapter, torch.Tensor]:
+    """The adapter fitted on the labelled clips, with its fits without each fold (`ProfileAdapter.held_out`),
+    and held-out logits [R, C]: each fitted clip's logits from the fit without its fold. Compare their
+    accuracy with `base[rows]`'s to judge whether the adapter helps clips it has not seen.
 
     `base` [N, C] logits, `y` [N] label indices (long), `keys` [N, D] the probe's key rows (None: a bias
     only; NaN or zero rows: missing), named `key`. `folds`: None for leave-one-out, else that many
-    stratified folds (seeded). All fits are solved together as one batched problem. Raises ValueError on
-    mismatched shapes."""
+    stratified folds (seeded). `rows`: fit (and judge) on these rows only, to bound the cost for
+    thousands of clips; the others get fold -1 (no fit saw them: the full fit answers them). All fits
+    are solved together as one batched problem. Raises ValueError on mismatched shapes."""
     x = _inputs(base, y, keys)
     n = len(y)
-    fold = torch.arange(n) if folds is None or folds >= n else stratified_folds(y, folds, seed)
-    n_folds = int(fold.max()) + 1 if n else 0
-    train = torch.cat([torch.ones(1, n, dtype=torch.bool), fold[None, :] != torch.arange(n_folds)[:, None]])  # all, then per fold
-    bias, weight = _fit(base.float(), y, x, train, l2)
+    rows = torch.arange(n) if rows is None else rows
+    base_r, y_r, x_r = base[rows].float(), y[rows], None if x is None else x[rows]
+    m = len(rows)
+    fold_r = torch.arange(m) if folds is None or folds >= m else stratified_folds(y_r, folds, seed)
+    n_folds = int(fold_r.max()) + 1 if m else 0
+    train = torch.cat([torch.ones(1, m, dtype=torch.bool), fold_r[None, :] != torch.arange(n_folds)[:, None]])  # all, then per fold
+    bias, weight = _fit(base_r, y_r, x_r, train, l2)
+    fold = torch.full((n,), -1, dtype=torch.long)
+    fold[rows] = fold_r
     held = HeldOut(fold, bias[1:], None if weight is None else weight[1:])
-    logits = base.float() + held.bias[fold]
-    if x is not None and held.weight is not None:
-        logits = logits + torch.einsum("nd,ndc->nc", x, held.weight[fold])
+    logits = base_r + held.bias[fold_r]
+    if x_r is not None and held.weight is not None:
+        logits = logits + torch.einsum("nd,ndc->nc", x_r, held.weight[fold_r])
     adapter = ProfileAdapter(bias[0], key if weight is not None else None, None if weight is None else weight[0], held)
     return adapter, logits
 

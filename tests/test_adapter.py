@@ -119,3 +119,22 @@ def test_a_label_added_after_the_fit_is_neither_favoured_nor_penalised() -> None
         adapter.logits(torch.zeros(1, 3), {})
     assert ProfileAdapter.from_state({}, "audio") is None
     assert math.isfinite(float(adapter.bias.sum()))
+
+
+def test_above_the_fit_limit_a_subset_is_fitted_and_the_other_clips_get_the_full_fit(monkeypatch) -> None:
+    """Thousands of labelled clips: the adapter is fitted and judged on a label-blind subset (bounded cost);
+    a labelled clip outside it was seen by no fit, so the full fit answers it; one inside gets its fold's."""
+    monkeypatch.setattr(cachebuild, "ADAPTER_MAX_CLIPS", 20)
+    logits, keys, y = shifted_speaker(per_class=6, seed=7)
+    data = cachebuild.assemble_arrays([LABELS[int(i)] for i in y], {"audio": keys}, logits)
+    built = cachebuild.build("emoasst", data, LABELS, tune=True)
+    assert built.hyper["method"] == "adapter", built.metrics
+    assert built.metrics["adapter"]["n"] == built.metrics["scored"] == 20 and built.metrics["n"] == 42
+    fold = built.cache.adapter.held_out.fold
+    assert int((fold == -1).sum()) == 22
+    unseen, seen = int(torch.nonzero(fold == -1)[0]), int(torch.nonzero(fold >= 0)[0])
+    for row, same in ((unseen, True), (seen, False)):
+        q = {"audio": keys[row:row + 1]}
+        full = built.cache.logits(logits[row:row + 1], q)
+        own = built.cache.without([row]).logits(logits[row:row + 1], q)
+        assert torch.allclose(full, own, atol=1e-5) == same

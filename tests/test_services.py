@@ -688,7 +688,7 @@ def test_loo_reuses_affinities_only_for_the_same_stored_arrays() -> None:
     tokens = [i + 1 for i in ids]
     for step in range(4):
         cache, base = data(ids, tokens)
-        rows = cacheloo._eval_rows(ids, 500, 0)
+        rows = cacheloo.eval_rows(ids, 500, 0)
         fresh = cacheloo.pairwise_affinity(cache, rows)
         torch.testing.assert_close(memo.affinity(cache, rows, np.asarray(tokens)), fresh, rtol=0, atol=1e-6)
         ours = cacheloo.loo_accuracy(cache, base, clip_ids=ids, tokens=np.asarray(tokens), memo=memo)

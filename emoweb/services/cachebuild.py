@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from emoweb.services.cachearrays import NON_EMOTION_KEYS, Assembled, StoredArrays, assemble
-from emoweb.services.cacheloo import AffinityMemo, loo_accuracy, own_query
+from emoweb.services.cacheloo import AffinityMemo, eval_rows, loo_accuracy, own_query
 from models.adapter import ProfileAdapter, fit_adapter
 from models.cache import (
     DEFAULT_ALPHA,
@@ -67,6 +67,7 @@ RETUNE_FRACTION = 0.1
 ADAPTER_LOO_MAX = 60
 ADAPTER_FOLDS = 10
 ADAPTER_MARGIN_CLIPS = 0
+ADAPTER_MAX_CLIPS = 500  # above this, fitted and judged on a seeded, label-blind subset (0.06 s, not 1.4 s at 10,000)
 
 
 def tuning_defaults() -> dict[str, Any]:
@@ -107,15 +108,17 @@ def probe_key(data: Assembled) -> str | None:
 
 
 def judge_adapter(data: Assembled, cache: FewShotCache, seed: int = 0) -> tuple[ProfileAdapter, dict[str, Any]]:
-    """The adapter fitted on every labelled clip, and its held-out judgement: clips right by the model
-    alone and by an adapter fitted without each clip (`models.adapter.fit_adapter`)."""
+    """The adapter fitted on the labelled clips (a label-blind subset of ADAPTER_MAX_CLIPS above that), and
+    its held-out judgement on them: clips right by the model alone and by an adapter fitted without each
+    clip (`models.adapter.fit_adapter`)."""
     y = torch.tensor([cache.labels.index(label) for label in data.labels], dtype=torch.long)
     base = cache.expand_base(data.base)
     key = probe_key(data)
     x = data.keys[key] if key is not None else None
-    n = len(y)
-    adapter, held = fit_adapter(base, y, x, key, folds=None if n <= ADAPTER_LOO_MAX else ADAPTER_FOLDS, seed=seed)
-    right = {"before": int((base.argmax(1) == y).sum()), "after": int((held.argmax(1) == y).sum())}
+    rows = eval_rows(data.clip_ids, ADAPTER_MAX_CLIPS, seed)
+    n = len(rows)
+    adapter, held = fit_adapter(base, y, x, key, folds=None if n <= ADAPTER_LOO_MAX else ADAPTER_FOLDS, seed=seed, rows=rows)
+    right = {"before": int((base[rows].argmax(1) == y[rows]).sum()), "after": int((held.argmax(1) == y[rows]).sum())}
     return adapter, {"n": n, **right, "key": key}
 
 
@@ -201,7 +204,7 @@ def build(
             cache_lead = (metrics["after"] - metrics["before"] - adapter_gain) * metrics["scored"] if active else 0.0
             if judged_adapter["after"] - judged_adapter["before"] >= ADAPTER_MARGIN_CLIPS and cache_lead < JUDGE_MARGIN_CLIPS:
                 cache.adapter, cache.alpha, active, method = adapter, 0.0, True, "adapter"
-                metrics.update(n=judged_adapter["n"], scored=judged_adapter["n"],
+                metrics.update(scored=judged_adapter["n"],
                                before=judged_adapter["before"] / judged_adapter["n"], after=judged_adapter["after"] / judged_adapter["n"])
         metrics["seconds"] = round(time.perf_counter() - t0, 4)
     else:

@@ -23,7 +23,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _eval_rows(ids: Sequence[int], max_rows: int, seed: int) -> torch.Tensor:
+def eval_rows(ids: Sequence[int], max_rows: int, seed: int) -> torch.Tensor:
     """Row indices to score: all, or the `max_rows` whose (seeded) hash of the clip id is smallest. Each
     clip's chance depends on itself alone, so a rebuild after a few new clips scores nearly the same
     rows and `AffinityMemo` reuses their affinities; it is still a pseudo-random, label-blind subset."""
@@ -167,7 +167,7 @@ def loo_accuracy(
     base = cache.expand_base(base)
     index = {label: i for i, label in enumerate(cache.labels)}
     y = torch.tensor([index[label] for label in cache.example_labels])
-    rows = _eval_rows(list(range(n)) if clip_ids is None else clip_ids, max_rows, seed)
+    rows = eval_rows(list(range(n)) if clip_ids is None else clip_ids, max_rows, seed)
     aff = memo.affinity(cache, rows, tokens) if memo is not None and tokens is not None else pairwise_affinity(cache, rows)
     # values are one-hot: aff @ values sums each label's columns (index_add_: half the time of the matmul)
     votes = torch.zeros(len(rows), len(cache.labels)).index_add_(1, y, aff)
