@@ -138,3 +138,19 @@ def test_above_the_fit_limit_a_subset_is_fitted_and_the_other_clips_get_the_full
         full = built.cache.logits(logits[row:row + 1], q)
         own = built.cache.without([row]).logits(logits[row:row + 1], q)
         assert torch.allclose(full, own, atol=1e-5) == same
+
+
+def test_a_warm_rebuild_reuses_the_fit_only_while_its_clips_and_labels_are_the_same() -> None:
+    from emoweb.services.cacheloo import AffinityMemo
+
+    logits, keys, y = shifted_speaker(per_class=4, seed=8)
+    labels = [LABELS[int(i)] for i in y]
+    memo = AffinityMemo()
+    first = cachebuild.build("emoasst", cachebuild.assemble_arrays(labels, {"audio": keys}, logits), LABELS, tune=True, memo=memo)
+    fitted = memo.adapter
+    again = cachebuild.build("emoasst", cachebuild.assemble_arrays(labels, {"audio": keys}, logits), LABELS, tune=True, memo=memo)
+    assert memo.adapter is fitted and again.cache.adapter.bias is first.cache.adapter.bias  # reused, not refitted
+    assert again.metrics["adapter"] == first.metrics["adapter"]
+    relabelled = ["joy" if i == 0 else label for i, label in enumerate(labels)]  # one correction
+    third = cachebuild.build("emoasst", cachebuild.assemble_arrays(relabelled, {"audio": keys}, logits), LABELS, tune=True, memo=memo)
+    assert memo.adapter is not fitted and not torch.equal(third.cache.adapter.bias, first.cache.adapter.bias)

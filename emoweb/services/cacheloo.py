@@ -6,6 +6,7 @@ scoring's affinities so a warm rebuild computes only new clips' rows and columns
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,6 +98,9 @@ class AffinityMemo:
     def __init__(self) -> None:
         # (beta and the modalities with their widths, row tokens, column tokens, affinities)
         self._state: tuple[tuple, np.ndarray, np.ndarray, torch.Tensor] | None = None
+        # the last fitted adapter of this (profile, model): (signature of its inputs, result), see
+        # `cachebuild.judge_adapter`; in memory only (a restart refits it)
+        self.adapter: tuple[tuple, Any] | None = None
 
     @property
     def state(self) -> tuple[tuple, np.ndarray, np.ndarray, torch.Tensor] | None:
