@@ -562,8 +562,8 @@ def outcome(r) -> tuple:
 
 
 def test_a_new_service_starts_from_the_memo_file_and_checks_it(service: CaregiverService, no_decoding, monkeypatch) -> None:
-    """After a restart the first rebuild takes features and leave-one-out affinities from the memo file
-    (no feature row read, no affinity computed) and gives the same result; a stale file (clips added
+    """After a restart the first rebuild takes features, leave-one-out affinities and the adapter's fit from
+    the memo file (no feature row read, no affinity computed, nothing refitted) and gives the same result; a stale file (clips added
     since) is completed from the database, an unreadable one is deleted and ignored, and a deleted clip
     leaves the file at once and the rest of it is kept."""
     service.create_profile("restart", ["calm", "upset", "playful"])
@@ -576,8 +576,10 @@ def test_a_new_service_starts_from_the_memo_file_and_checks_it(service: Caregive
 
     no_reads = lambda *a, **k: pytest.fail("features read from the database")  # noqa: E731
     monkeypatch.setattr(cacheloo, "pairwise_affinity", lambda *a, **k: pytest.fail("affinities recomputed"))
+    monkeypatch.setattr(cachebuild, "fit_adapter", lambda *a, **k: pytest.fail("the adapter refitted"))
     monkeypatch.setattr(CaregiverRepository, "feature_blobs", no_reads)
-    assert outcome(restarted_rebuild(service, "restart")) == outcome(first)
+    restarted = restarted_rebuild(service, "restart")
+    assert outcome(restarted) == outcome(first) and restarted.outcome == first.outcome
     monkeypatch.undo()
 
     more = add_synthetic(service, "restart", 12, ["calm", "upset", "playful"], seed=12)

@@ -116,11 +116,11 @@ def judge_adapter(data: Assembled, cache: FewShotCache, seed: int = 0,
     warm 10,000-clip rebuild, and a correction outside the fitted subset changes none of it."""
     rows = eval_rows(data.clip_ids, ADAPTER_MAX_CLIPS, seed)
     key = probe_key(data)
-    signature = (data.tokens[rows.numpy()].tobytes(), tuple(data.labels[i] for i in rows.tolist()),
-                 tuple(cache.labels), key, seed)
+    tokens = data.tokens[rows.numpy()]
+    inputs = (tuple(data.labels[i] for i in rows.tolist()), tuple(cache.labels), key, seed)
     hit = memo.adapter if memo is not None else None  # read once: another rebuild may replace it
-    if hit is not None and hit[0] == signature:
-        adapter, fold_rows, judged = hit[1]
+    if hit is not None and np.array_equal(hit[0], tokens) and hit[1] == inputs:
+        adapter, fold_rows, judged = hit[2]
     else:
         y = torch.tensor([cache.labels.index(label) for label in data.labels], dtype=torch.long)
         base = cache.expand_base(data.base)
@@ -130,7 +130,7 @@ def judge_adapter(data: Assembled, cache: FewShotCache, seed: int = 0,
         right = {"before": int((base[rows].argmax(1) == y[rows]).sum()), "after": int((held.argmax(1) == y[rows]).sum())}
         fold_rows, judged = adapter.held_out.fold[rows], {"n": n, **right, "key": key}
         if memo is not None:
-            memo.adapter = (signature, (adapter, fold_rows, judged))
+            memo.adapter = (tokens, inputs, (adapter, fold_rows, judged))
     fold = torch.full((len(data.labels),), -1, dtype=torch.long)  # the fitted clips' rows in this rebuild
     fold[rows] = fold_rows
     return replace(adapter, held_out=replace(adapter.held_out, fold=fold)), dict(judged)

@@ -98,9 +98,9 @@ class AffinityMemo:
     def __init__(self) -> None:
         # (beta and the modalities with their widths, row tokens, column tokens, affinities)
         self._state: tuple[tuple, np.ndarray, np.ndarray, torch.Tensor] | None = None
-        # the last fitted adapter of this (profile, model): (signature of its inputs, result), see
-        # `cachebuild.judge_adapter`; in memory only (a restart refits it)
-        self.adapter: tuple[tuple, Any] | None = None
+        # the last fitted adapter of this (profile, model): (tokens of its clips, their labels with the label
+        # set, key and seed, the result), see `cachebuild.judge_adapter`; kept in the memo file (`memofile`)
+        self.adapter: tuple[np.ndarray, tuple, Any] | None = None
 
     @property
     def state(self) -> tuple[tuple, np.ndarray, np.ndarray, torch.Tensor] | None:
