@@ -415,7 +415,10 @@ def test_a_fitted_adapter_is_stored_loads_in_another_process_and_answers_labelle
     ids = add_synthetic(service, "voice", 24, labels, seed=21, noise=30.0, base_right=True, sad_voice=25.0)
     built = service.rebuild_cache("voice")["emoasst"]
     assert built.active and built.alpha == 0.0 and built.outcome.startswith("fitted adapter on: +"), built.outcome
-    assert built.before < 0.5 < built.after
+    assert built.before < 0.5 < built.after and built.method == "adapter"
+    from emoweb.ui.label import tuning_of
+
+    assert tuning_of(built).endswith(", fitted adapter")  # the Label tab's details table says so
     snapshot = service.repo.active_snapshot("voice", "emoasst")
     assert {"clip_ids", "adapter.bias", "adapter.weight", "adapter.fold"} <= set(snapshot.payload_arrays())
     assert snapshot.hyper["method"] == "adapter" and snapshot.hyper["adapter_key"] in ("fused", "audio", "visual")

@@ -280,7 +280,8 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                 lines.append(f"\n⚠ {C.esc(m)}: {r.skipped} labelled clip(s) without stored features were skipped")
         lines += ["", "<details><summary>Details (alpha, beta, snapshots)</summary>", "",
                   f"Cache snapshots {before} → {after}. Accuracy is leave-one-out on the profile's labelled clips (each clip's "
-                  "own entry excluded).", "",
+                  "own entry excluded; for a fitted adapter, each clip scored by a fit without it). Alpha 0 with a fitted "
+                  "adapter: the adapter answers instead of the cache's votes.", "",
                   "| model | examples | per label | alpha | beta | alpha/beta from | accuracy before | after | seconds |",
                   "|---|---:|---|---:|---:|---|---:|---:|---:|"]
         for m, r in results.items():
