@@ -58,6 +58,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from models.adapter import ProfileAdapter
+from models.folds import stratified_folds
+
 DEFAULT_ALPHA = 1.17
 DEFAULT_BETA = 1.0
 # alpha/beta for a cache whose base model is known only by its logits. Tip-Adapter's alpha range
@@ -151,9 +154,11 @@ class FewShotCache:
         alpha: float = DEFAULT_ALPHA,
         beta: float = DEFAULT_BETA,
         vote: str = "sum",
+        adapter: ProfileAdapter | None = None,
     ) -> None:
         """Low-level constructor for already-normalised keys; use :meth:`build` for raw embeddings.
-        `vote`: "sum" or "mean" (module docstring); raises ValueError for anything else."""
+        `vote`: "sum" or "mean" (module docstring); raises ValueError for anything else. `adapter`: a
+        fitted per-profile correction (`models.adapter`) added to the base logits before the votes."""
         if vote not in VOTES:
             raise ValueError(f"vote must be one of {VOTES}, not {vote!r}")
         self.vote = vote
@@ -166,6 +171,7 @@ class FewShotCache:
         self.example_labels: list[str] = list(example_labels)
         self.alpha = float(alpha)
         self.beta = float(beta)
+        self.adapter = adapter
         for name in dict.fromkeys(self.example_labels):  # distinct, in order of first appearance
             self.add_label(name)
         self._label_idx = torch.tensor([self._index[n] for n in self.example_labels], dtype=torch.long)
@@ -234,13 +240,15 @@ class FewShotCache:
 
     def without(self, rows: Sequence[int]) -> FewShotCache:
         """A copy without the examples at `rows` (same labels, alpha, beta and vote): e.g. to answer for a clip
-        that is itself cached without its own entry voting."""
+        that is itself cached without its own entry voting. A fitted adapter becomes its fit without those
+        rows (`ProfileAdapter.without`), or none when that fit is not known."""
         drop = set(rows)
         keep = torch.tensor([i for i in range(len(self)) if i not in drop], dtype=torch.long)
         return FewShotCache(
             self.labels, {m: k[keep.to(k.device)] for m, k in self.keys.items()},
             {m: v[keep.to(v.device)] for m, v in self.masks.items()}, [self.example_labels[i] for i in keep.tolist()],
             alpha=self.alpha, beta=self.beta, vote=self.vote,
+            adapter=self.adapter.without(sorted(drop)) if self.adapter is not None else None,
         )
 
     def to(self, device: torch.device | str) -> FewShotCache:
@@ -251,6 +259,11 @@ class FewShotCache:
 
     def __len__(self) -> int:
         return len(self.example_labels)
+
+    @property
+    def adjusts(self) -> bool:
+        """Whether this cache changes any answer: votes with alpha > 0 or a fitted adapter."""
+        return (self.alpha > 0 and len(self) > 0) or self.adapter is not None
 
     @property
     def modalities(self) -> list[str]:
@@ -345,11 +358,14 @@ class FewShotCache:
     def logits(
         self, base_logits: torch.Tensor, query: Query, base_labels: Sequence[str] | None = None
     ) -> torch.Tensor:
-        """[B, C] = base (expanded to the label set, see :meth:`expand_base`) + alpha * affinity @ values.
+        """[B, C] = base (expanded to the label set, see :meth:`expand_base`) + the adapter, when fitted
+        + alpha * affinity @ values.
 
         ``base_logits`` must be at logit scale (CLIP: 100 * cosine; see the module docstring).
         """
         base = self.expand_base(base_logits, base_labels)
+        if self.adapter is not None:
+            base = self.adapter.logits(base, query)
         if not len(self):
             return base
         aff = self.affinity(query)
@@ -443,7 +459,10 @@ class FewShotCache:
             "alpha": self.alpha,
             "beta": self.beta,
             "vote": self.vote,
+            "adapter_key": self.adapter.key if self.adapter is not None else None,
         }
+        if self.adapter is not None:
+            state.update(self.adapter.state_dict())
         for m, k in self.keys.items():
             state[f"keys.{m}"] = k.detach().to("cpu", torch.float16).contiguous()
             state[f"mask.{m}"] = self.masks[m].detach().to("cpu", torch.bool).contiguous()
@@ -462,6 +481,7 @@ class FewShotCache:
         return cls(
             state["labels"], keys, masks, state["example_labels"],
             alpha=float(state["alpha"]), beta=float(state["beta"]), vote=str(state.get("vote", "sum")),
+            adapter=ProfileAdapter.from_state(state, state.get("adapter_key")),
         )
 
 
@@ -474,17 +494,6 @@ class SearchResult:
     accuracy: float  # CV accuracy of base + cache at (alpha, beta), on the scored held-out rows
     base_accuracy: float  # the same rows scored by the base logits alone
     folds: int  # number of folds used (== n for leave-one-out)
-
-
-def _fold_ids(label_idx: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
-    """Stratified fold assignment: shuffle, then deal each class's examples round-robin over the folds."""
-    n = label_idx.shape[0]
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=g)
-    order = perm[torch.argsort(label_idx[perm], stable=True)]  # grouped by class, shuffled within
-    ids = torch.empty(n, dtype=torch.long)
-    ids[order] = torch.arange(n) % folds
-    return ids
 
 
 def search_hyperparameters(
@@ -527,7 +536,7 @@ def search_hyperparameters(
     y = cache._label_idx
     values = cache.values
     k = n if folds is None and n <= LOO_MAX_EXAMPLES else min(folds or 5, n)
-    fold = torch.arange(n) if k == n else _fold_ids(y, k, seed)
+    fold = torch.arange(n) if k == n else stratified_folds(y, k, seed)
     own = cache._own_query()
     # which held-out rows are scored: all of them, or a seeded random subset of max_eval for big sets
     # (the cache still holds every training-fold example; only the accuracy estimate is subsampled)

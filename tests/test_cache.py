@@ -8,8 +8,9 @@ import time
 import pytest
 import torch
 
+from models.folds import stratified_folds
 from models.cache import (
-    ALPHA_PER_SPREAD, SPREAD_BETA, FewShotCache, _fold_ids, default_hyperparameters, logit_spread, logits_from_probs,
+    ALPHA_PER_SPREAD, SPREAD_BETA, FewShotCache, default_hyperparameters, logit_spread, logits_from_probs,
     no_flip_alpha, search_hyperparameters,
 )
 
@@ -243,7 +244,7 @@ def test_kfold_equals_explicit_per_fold_rebuild() -> None:
     alpha, beta = 0.7, 3.0
     res = search_hyperparameters({"fused": x}, names, base, alphas=[alpha], betas=[beta], folds=4,
                                  label_set=labels, seed=11)
-    fold = _fold_ids(y, 4, 11)
+    fold = stratified_folds(y, 4, 11)
     assert torch.bincount(fold).tolist() == [15, 15, 15, 15]
     hits = 0
     for f in range(4):

@@ -28,7 +28,7 @@ import paused
 from conftest import write_wav
 from emoweb.errors import EmoWebError, MediaError, NotFoundError
 from emoweb.services import CaregiverService
-from emoweb.services import cachearrays, cacheloo, memofile
+from emoweb.services import cachearrays, cachebuild, cacheloo, memofile
 from emoweb.services.ingest import safe_suffix
 from emoweb.services.store import CaregiverRepository
 from models import LABEL7, registry
@@ -111,11 +111,13 @@ def files(folder: Path) -> list[Path]:
 
 
 def add_synthetic(service: CaregiverService, profile: str, n: int, labels: list[str], seed: int = 0, noise: float = 2.0,
-                  centroid_seed: int | None = None, key_shift: int = 0, base_right: bool = False) -> list[int]:
+                  centroid_seed: int | None = None, key_shift: int = 0, base_right: bool = False,
+                  sad_voice: float = 0.0) -> list[int]:
     """n labelled clips with stored EmoAsst-shaped features (clustered by label, some modalities
     missing) written through the Repository; no media file (a rebuild never needs one).
     `key_shift`: a clip's keys lie at the centroid of the label `key_shift` places further on (keys that
-    mislead); `base_right`: base logits that favour the true label by 20 (a model already right)."""
+    mislead); `base_right`: base logits that favour the true label by 20 (a model already right);
+    `sad_voice`: added to the last label's logit on every clip (one person's voice heard the same way)."""
     rng = np.random.default_rng(seed)
     prof = service.get_profile(profile)
     dim = 384
@@ -136,6 +138,7 @@ def add_synthetic(service: CaregiverService, profile: str, n: int, labels: list[
         feats["emoasst.logits"] = rng.standard_normal(len(prof.labels)).astype(np.float32) * 3
         if base_right:
             feats["emoasst.logits"][k] += 20.0
+        feats["emoasst.logits"][len(labels) - 1] += sad_voice
         service.repo.put_features(clip.id, "embedded", feats)
         service.repo.add_correction(clip.id, label, annotator="test")
         ids.append(clip.id)
@@ -377,9 +380,12 @@ def test_rebuild_tunes_reports_loo_and_reuses_hyperparameters(service: Caregiver
     assert len(service.snapshots("synthetic")) == 3
 
 
-def test_a_rebuild_that_would_lower_accuracy_keeps_the_previous_cache_and_says_so(service: CaregiverService, no_decoding) -> None:
+def test_a_rebuild_that_would_lower_accuracy_keeps_the_previous_cache_and_says_so(service: CaregiverService, no_decoding,
+                                                                                   monkeypatch) -> None:
     """Issue 19: a cache is switched on only when leave-one-out shows it helps; otherwise the cache in use
-    stays in use (the same snapshot answers) and the outcome says so in plain words."""
+    stays in use (the same snapshot answers) and the outcome says so in plain words. The fitted adapter is
+    kept out here (its own guard: tests/test_adapter.py): a linear fit learns the shifted keys below."""
+    monkeypatch.setattr(cachebuild, "ADAPTER_MARGIN_CLIPS", 10**6)
     labels = ["calm", "upset", "playful"]
     service.create_profile("guard", labels)
     ids = add_synthetic(service, "guard", 30, labels, seed=11, noise=0.5)  # clustered keys, random base: the cache helps
@@ -397,6 +403,40 @@ def test_a_rebuild_that_would_lower_accuracy_keeps_the_previous_cache_and_says_s
     assert service.repo.active_snapshot("guard", "emoasst").id == first.snapshot_id
     assert service.predict(ids[0], "guard").predictions["emoasst"].cache_snapshot == first.snapshot_id
     service.delete_profile("guard")
+
+
+def test_a_fitted_adapter_is_stored_loads_in_another_process_and_answers_labelled_clips_held_out(
+        service: CaregiverService, no_decoding) -> None:
+    """A voice the model hears as sad on every clip: the rebuild's fitted adapter learns it and is switched
+    on; its snapshot stores the fit (another process answers the same), and each labelled clip is answered
+    by the fit without its fold, so over the labelled clips the answers equal the judged accuracy."""
+    labels = ["calm", "upset", "sad"]
+    service.create_profile("voice", labels)
+    ids = add_synthetic(service, "voice", 24, labels, seed=21, noise=30.0, base_right=True, sad_voice=25.0)
+    built = service.rebuild_cache("voice")["emoasst"]
+    assert built.active and built.alpha == 0.0 and built.outcome.startswith("fitted adapter on: +"), built.outcome
+    assert built.before < 0.5 < built.after and built.method == "adapter"
+    from emoweb.ui.label import tuning_of
+
+    assert tuning_of(built).endswith(", fitted adapter")  # the Label tab's details table says so
+    snapshot = service.repo.active_snapshot("voice", "emoasst")
+    assert {"clip_ids", "adapter.bias", "adapter.weight", "adapter.fold"} <= set(snapshot.payload_arrays())
+    assert snapshot.hyper["method"] == "adapter" and snapshot.hyper["adapter_key"] in ("fused", "audio", "visual")
+    right = 0
+    for cid in ids:
+        p = service.predict(cid, "voice").predictions["emoasst"]
+        assert p.cache_snapshot == built.snapshot_id
+        right += p.label == service.current_label(cid)
+    assert right / len(ids) == pytest.approx(built.after)
+    other = CaregiverService(service.settings, models="emoasst")
+    try:
+        for cid in ids[:3]:
+            mine = service.predict(cid, "voice").predictions["emoasst"]
+            theirs = other.predict(cid, "voice").predictions["emoasst"]
+            assert theirs.cache_snapshot == mine.cache_snapshot and theirs.probs == pytest.approx(mine.probs, abs=1e-5)
+    finally:
+        other.close()
+    service.delete_profile("voice")
 
 
 def test_a_careful_cache_never_overturns_a_confident_answer(service: CaregiverService, no_decoding) -> None:
@@ -525,8 +565,8 @@ def outcome(r) -> tuple:
 
 
 def test_a_new_service_starts_from_the_memo_file_and_checks_it(service: CaregiverService, no_decoding, monkeypatch) -> None:
-    """After a restart the first rebuild takes features and leave-one-out affinities from the memo file
-    (no feature row read, no affinity computed) and gives the same result; a stale file (clips added
+    """After a restart the first rebuild takes features, leave-one-out affinities and the adapter's fit from
+    the memo file (no feature row read, no affinity computed, nothing refitted) and gives the same result; a stale file (clips added
     since) is completed from the database, an unreadable one is deleted and ignored, and a deleted clip
     leaves the file at once and the rest of it is kept."""
     service.create_profile("restart", ["calm", "upset", "playful"])
@@ -539,8 +579,10 @@ def test_a_new_service_starts_from_the_memo_file_and_checks_it(service: Caregive
 
     no_reads = lambda *a, **k: pytest.fail("features read from the database")  # noqa: E731
     monkeypatch.setattr(cacheloo, "pairwise_affinity", lambda *a, **k: pytest.fail("affinities recomputed"))
+    monkeypatch.setattr(cachebuild, "fit_adapter", lambda *a, **k: pytest.fail("the adapter refitted"))
     monkeypatch.setattr(CaregiverRepository, "feature_blobs", no_reads)
-    assert outcome(restarted_rebuild(service, "restart")) == outcome(first)
+    restarted = restarted_rebuild(service, "restart")
+    assert outcome(restarted) == outcome(first) and restarted.outcome == first.outcome
     monkeypatch.undo()
 
     more = add_synthetic(service, "restart", 12, ["calm", "upset", "playful"], seed=12)
@@ -651,7 +693,7 @@ def test_loo_reuses_affinities_only_for_the_same_stored_arrays() -> None:
     tokens = [i + 1 for i in ids]
     for step in range(4):
         cache, base = data(ids, tokens)
-        rows = cacheloo._eval_rows(ids, 500, 0)
+        rows = cacheloo.eval_rows(ids, 500, 0)
         fresh = cacheloo.pairwise_affinity(cache, rows)
         torch.testing.assert_close(memo.affinity(cache, rows, np.asarray(tokens)), fresh, rtol=0, atol=1e-6)
         ours = cacheloo.loo_accuracy(cache, base, clip_ids=ids, tokens=np.asarray(tokens), memo=memo)

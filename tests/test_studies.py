@@ -21,12 +21,18 @@ def _speaker(per_class: int = 12, seed: int = 0) -> tuple[torch.Tensor, dict[str
     return logits, {"audio": keys}, [LABELS[i] for i in y]
 
 
-def test_kshot_trials_use_the_apps_cache_at_the_models_logit_scale() -> None:
+def test_kshot_trials_use_the_apps_cache_at_the_models_logit_scale(monkeypatch) -> None:
+    from emoweb.services import cachebuild
+
     logits, keys, labels = _speaker()
-    for k in (2, 8):  # 6 cached clips: the default alpha/beta; 24: leave-one-out tuning on them
+    for k in (2, 8):  # 6 and 24 cached clips: leave-one-out chooses the fitted adapter or the cache's alpha/beta
         trial = _speaker_trials("emoasst", logits, keys, labels, LABELS, k, seeds=3)
         assert trial["without_cache"] < 0.75
         assert trial["with_cache"] > trial["without_cache"] + 0.2
+    monkeypatch.setattr(cachebuild, "ADAPTER_MARGIN_CLIPS", 10**6)  # the adapter never passes: the cache alone
+    for k in (2, 8):
+        trial = _speaker_trials("emoasst", logits, keys, labels, LABELS, k, seeds=3)
+        assert trial["adapter"] == 0.0 and trial["with_cache"] > trial["without_cache"] + 0.2
         assert trial["alpha"] > 10  # in the logits' units, not Tip-Adapter's 0.1-3
 
 

@@ -33,10 +33,12 @@ def _ravdess() -> str:
 def _kshot_text(r: dict) -> str:
     lines = [f"K-shot caregiver cache on {r['speakers']} {r['split']} speakers (K clips per label of one speaker in the "
              f"cache, the rest of that speaker's clips scored, {r['seeds']} draws; caches built by the app's rebuild)",
-             "| model | K | no cache | with cache | gain | speakers losing | worst speaker |", "|---|---|---|---|---|---|---|"]
+             "| model | K | no cache | with cache | gain | speakers losing | worst speaker | fitted adapter on |",
+             "|---|---|---|---|---|---|---|---|"]
     for model, m in r["models"].items():
         lines += [f"| {model} | {k} | {100 * v['without_cache']:.1f} | {100 * v['with_cache']:.1f} | {100 * v['gain']:+.1f} | "
-                  f"{100 * v['losing_share']:.0f}% | {100 * v['worst']:+.1f} |" for k, v in m["mean"].items()]
+                  f"{100 * v['losing_share']:.0f}% | {100 * v['worst']:+.1f} | {100 * v.get('adapter', 0.0):.0f}% |"
+                  for k, v in m["mean"].items()]
     return "\n".join(lines)
 
 

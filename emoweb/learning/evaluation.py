@@ -121,6 +121,6 @@ def evaluate_manifest(
     return {
         "manifest": manifest, "split": split, "composites": composites, "cache_k": cache_k, "profile": predictor.backbones.name,
         "n": len(items), "skipped": skipped, "reports": reports,
-        "cache": {n: {"size": len(c), "alpha": c.alpha, "beta": c.beta} for n, c in caches.items()},
+        "cache": {n: {"size": len(c), "alpha": c.alpha, "beta": c.beta, "adapter": c.adapter is not None} for n, c in caches.items()},
         "measured_at": time.strftime("%Y-%m-%d %H:%M"),
     }

@@ -45,10 +45,11 @@ def _embed(model: torch.nn.Module, dims: dict[str, int], labels: list[str], feat
 def _speaker_trials(model_name: str, logits: torch.Tensor, keys: dict[str, torch.Tensor], labels: list[str],
                     label_set: list[str], k: int, seeds: int, fixed: tuple[float, float] | None = None) -> dict:
     """Accuracy on the speaker's clips not in the cache, averaged over seeded K-shot draws. Each cache is
-    built by the app's own rebuild (`cachebuild.build`): its default alpha/beta for the model's logit
-    scale, or leave-one-out on the cached clips once there are enough of them; never the scored clips.
-    `fixed` = (alpha in units of the cached clips' logit spread, beta) replaces that choice."""
-    with_cache, without, chosen = [], [], []
+    built by the app's own rebuild (`cachebuild.build`): careful mode, or (2+ clips per label) the cache's
+    alpha/beta or the fitted adapter chosen by leave-one-out on the cached clips; never the scored clips.
+    "adapter": the share of draws whose rebuild switched the fitted adapter on. `fixed` = (alpha in units
+    of the cached clips' logit spread, beta) replaces that choice and leaves the adapter off (a cache alone)."""
+    with_cache, without, chosen, fitted = [], [], [], []
     by_label: dict[str, list[int]] = {}
     for i, lab in enumerate(labels):
         by_label.setdefault(lab, []).append(i)
@@ -57,7 +58,9 @@ def _speaker_trials(model_name: str, logits: torch.Tensor, keys: dict[str, torch
         shots = [i for idxs in by_label.values() for i in rng.sample(idxs, min(k, len(idxs) - 1))]
         rest = [i for i in range(len(labels)) if i not in set(shots)]
         data = cachebuild.assemble_arrays([labels[i] for i in shots], {m: v[shots] for m, v in keys.items()}, logits[shots])
-        cache = cachebuild.build(model_name, data, label_set, tune=fixed is None).cache
+        built = cachebuild.build(model_name, data, label_set, tune=fixed is None)
+        cache = built.cache
+        fitted.append(built.hyper["method"] == "adapter")
         if fixed is not None:
             cache.alpha, cache.beta = fixed[0] * logit_spread(logits[shots]), fixed[1]
         pred_c = cache.logits(logits[rest], {m: v[rest] for m, v in keys.items()}).argmax(-1)
@@ -67,7 +70,8 @@ def _speaker_trials(model_name: str, logits: torch.Tensor, keys: dict[str, torch
         without.append(float((pred_b == truth).float().mean()))
         chosen.append((cache.alpha, cache.beta))
     return {"with_cache": float(np.mean(with_cache)), "without_cache": float(np.mean(without)),
-            "alpha": float(np.median([a for a, _ in chosen])), "beta": float(np.median([b for _, b in chosen]))}
+            "alpha": float(np.median([a for a, _ in chosen])), "beta": float(np.median([b for _, b in chosen])),
+            "adapter": float(np.mean(fitted))}
 
 
 def acted_speech_store(predictor: Predictor, settings: Settings) -> FeatureStore:
@@ -122,6 +126,7 @@ def _summary(table: list[dict], ks: tuple[int, ...]) -> dict:
             "worst": round(float(min(gains)), 4),
             "alpha": float(np.median([r["alpha"] for r in rows])),
             "beta": float(np.median([r["beta"] for r in rows])),
+            "adapter": round(float(np.mean([r.get("adapter", 0.0) for r in rows])), 4),
         }
     return out
 

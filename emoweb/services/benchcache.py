@@ -171,7 +171,7 @@ def bench_cache(
     }
 
 
-PHASES = ("load", "assemble", "build", "tune", "loo", "save", "commit")  # as `ModelRebuild.timings`
+PHASES = ("load", "assemble", "build", "tune", "loo", "adapter", "save", "commit")  # as `ModelRebuild.timings`
 
 
 def text(result: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ scoring's affinities so a warm rebuild computes only new clips' rows and columns
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _eval_rows(ids: Sequence[int], max_rows: int, seed: int) -> torch.Tensor:
+def eval_rows(ids: Sequence[int], max_rows: int, seed: int) -> torch.Tensor:
     """Row indices to score: all, or the `max_rows` whose (seeded) hash of the clip id is smallest. Each
     clip's chance depends on itself alone, so a rebuild after a few new clips scores nearly the same
     rows and `AffinityMemo` reuses their affinities; it is still a pseudo-random, label-blind subset."""
@@ -97,6 +98,9 @@ class AffinityMemo:
     def __init__(self) -> None:
         # (beta and the modalities with their widths, row tokens, column tokens, affinities)
         self._state: tuple[tuple, np.ndarray, np.ndarray, torch.Tensor] | None = None
+        # the last fitted adapter of this (profile, model): (tokens of its clips, their labels with the label
+        # set, key and seed, the result), see `cachebuild.judge_adapter`; kept in the memo file (`memofile`)
+        self.adapter: tuple[np.ndarray, tuple, Any] | None = None
 
     @property
     def state(self) -> tuple[tuple, np.ndarray, np.ndarray, torch.Tensor] | None:
@@ -167,7 +171,7 @@ def loo_accuracy(
     base = cache.expand_base(base)
     index = {label: i for i, label in enumerate(cache.labels)}
     y = torch.tensor([index[label] for label in cache.example_labels])
-    rows = _eval_rows(list(range(n)) if clip_ids is None else clip_ids, max_rows, seed)
+    rows = eval_rows(list(range(n)) if clip_ids is None else clip_ids, max_rows, seed)
     aff = memo.affinity(cache, rows, tokens) if memo is not None and tokens is not None else pairwise_affinity(cache, rows)
     # values are one-hot: aff @ values sums each label's columns (index_add_: half the time of the matmul)
     votes = torch.zeros(len(rows), len(cache.labels)).index_add_(1, y, aff)

@@ -29,8 +29,10 @@ import torch
 from emoweb.services import tempfiles
 from emoweb.services.cachearrays import StoredArrays
 from emoweb.services.cacheloo import AffinityMemo
+from models.adapter import ProfileAdapter
 
 FORMAT = 1
+ADAPTER_ARRAYS = ("adapter.bias", "adapter.weight", "adapter.fold_bias", "adapter.fold_weight")
 MAGIC = b"EMOWEB-MEMO\n"  # then the header's length (8 bytes, little-endian), the JSON header, the arrays
 ALIGN = 64
 TEMP_KIND = tempfiles.MEMO
@@ -117,6 +119,18 @@ def freeze(seen: dict[int, str], top: tuple[int, Any] | None, arrays: StoredArra
             continue
         meta["loo"][model] = {"beta": signature[0], "keys": [list(k) for k in signature[1]]}
         out[f"loo_rows:{model}"], out[f"loo_cols:{model}"], out[f"loo_aff:{model}"] = rows, cols, aff.numpy()
+    meta["adapter"] = {}
+    for model, memo in loo.items():
+        fitted = memo.adapter
+        rows = None if fitted is None else _rows_of(tokens, fitted[0])
+        if rows is None:  # no fit, or one of clips no longer held
+            continue
+        _, (labels, label_set, key, seed), (adapter, fold_rows, judged) = fitted
+        meta["adapter"][model] = {"labels": list(labels), "label_set": list(label_set), "key": key, "seed": seed, "judged": judged}
+        out[f"adapter_rows:{model}"], out[f"adapter_fold_rows:{model}"] = rows, fold_rows.numpy()
+        for name, t in adapter.state_dict().items():
+            if name != "adapter.fold":  # over the rows of the rebuild that fitted it; fold_rows is what lasts
+                out[f"{name}:{model}"] = t.numpy()
     out["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     return out
 
@@ -146,6 +160,13 @@ def thaw(data: dict[str, np.ndarray]) -> tuple[dict[int, str], tuple[int, Any] |
         signature = (sig["beta"], tuple((m, int(width)) for m, width in sig["keys"]))
         memo.restore((signature, arrays.tokens[data[f"loo_rows:{model}"]], arrays.tokens[data[f"loo_cols:{model}"]],
                       torch.from_numpy(data[f"loo_aff:{model}"])))
+    for model, fit in meta.get("adapter", {}).items():  # memo files written before the adapter have none
+        fold_rows = torch.from_numpy(data[f"adapter_fold_rows:{model}"])
+        state = {name: torch.from_numpy(data[f"{name}:{model}"]) for name in ADAPTER_ARRAYS if f"{name}:{model}" in data}
+        adapter = ProfileAdapter.from_state({**state, "adapter.fold": fold_rows}, fit["key"])
+        inputs = (tuple(fit["labels"]), tuple(fit["label_set"]), fit["key"], int(fit["seed"]))
+        loo.setdefault(model, AffinityMemo()).adapter = (arrays.tokens[data[f"adapter_rows:{model}"]], inputs,
+                                                         (adapter, fold_rows, fit["judged"]))
     return seen, top, arrays, loo
 
 

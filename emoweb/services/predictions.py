@@ -107,7 +107,7 @@ class Predictions:
             snapshot_id, cache, clip_ids = caches.get(model, (None, None, [])) if decided else (None, None, [])
             cache, clip_ids = cachebuild.without_clip(cache, clip_ids, clip_id)
             labels, logits, nearest = cachebuild.score(base, base_labels, query, cache, clip_ids)
-            used = snapshot_id if cache is not None and len(cache) and cache.alpha > 0 else None
+            used = snapshot_id if cache is not None and cache.adjusts else None
             probs = logits.softmax(-1)[0].tolist()
             predictions[model] = ModelPrediction(
                 model=model, label=labels[int(np.argmax(probs))] if decided else None, probs=dict(zip(labels, probs)),

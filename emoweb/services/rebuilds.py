@@ -77,7 +77,7 @@ class Rebuilds:
                 model=b.model, snapshot_id=snapshot.id, n=len(b.cache), n_per_label=cachebuild.n_per_label(b.cache.example_labels),
                 alpha=b.cache.alpha, beta=b.cache.beta, tuning=b.hyper["tuning"], before=m["before"], after=m["after"],
                 skipped=m["skipped"], seconds=round(sum(timings.values()), 4), timings=timings, scored=m["scored"],
-                active=bool(b.hyper["active"]), outcome=cachebuild.outcome(b.hyper, m, b.keep_previous),
+                active=bool(b.hyper["active"]), outcome=cachebuild.outcome(b.hyper, m, b.keep_previous), method=b.hyper["method"],
             )
         self.ctx.pause("rebuild.commit")
         return results

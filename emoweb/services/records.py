@@ -120,6 +120,7 @@ class ModelRebuild(_Record):
     scored: int | None = None  # clips `before`/`after` were measured on: all, or a seeded subset of 500 above that
     active: bool = True  # whether answers now use this cache (False: kept off, see `outcome`)
     outcome: str = ""  # what the rebuild did, in a caregiver's words (`cachebuild.outcome`)
+    method: str = ""  # what answers use: "adapter" (fitted), "cache" (votes), "careful", "off"
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,12 @@ KEYBOARD_JS = """
 
 
 def tuning_of(record) -> str:
-    """How a cache's alpha/beta were set ('cv', 'reused', 'default'), from a rebuild record or a hyper dict."""
+    """How a cache's alpha/beta were set ('cv', 'reused', 'default'), from a rebuild record or a hyper dict;
+    ', fitted adapter' when the rebuild switched the fitted adapter on instead of the cache's votes."""
     get = record.get if isinstance(record, dict) else (lambda k, d=None: getattr(record, k, d))
     tuning = get("tuning")
     if tuning:
-        return str(tuning)
+        return str(tuning) + (", fitted adapter" if get("method") == "adapter" else "")
     tuned = get("tuned")
     return "-" if tuned is None else ("cv" if tuned else "default")
 
@@ -279,7 +280,8 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                 lines.append(f"\n⚠ {C.esc(m)}: {r.skipped} labelled clip(s) without stored features were skipped")
         lines += ["", "<details><summary>Details (alpha, beta, snapshots)</summary>", "",
                   f"Cache snapshots {before} → {after}. Accuracy is leave-one-out on the profile's labelled clips (each clip's "
-                  "own entry excluded).", "",
+                  "own entry excluded; for a fitted adapter, each clip scored by a fit without it). Alpha 0 with a fitted "
+                  "adapter: the adapter answers instead of the cache's votes.", "",
                   "| model | examples | per label | alpha | beta | alpha/beta from | accuracy before | after | seconds |",
                   "|---|---:|---|---:|---:|---|---:|---:|---:|"]
         for m, r in results.items():

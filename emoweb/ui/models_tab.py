@@ -66,7 +66,10 @@ def models_info(ctx: C.AppContext, profile_ref, request) -> tuple:
                  f"a model gives with less than {100 * d['safe_confidence']:.0f}% probability (alpha {d['safe_alpha']:.2f}). "
                  f"With more, alpha (0 = off, up to {max(d['alpha_spreads']):g} x the spread of the model's logits) is chosen "
                  f"by leave-one-out on the labelled clips, and the cache is used only when it gets at least "
-                 f"{d['judge_margin_clips']} more of them right than the model alone.")
+                 f"{d['judge_margin_clips']} more of them right than the model alone. A fitted adapter (a per-profile "
+                 f"bias of each label and a linear map of one cache key) is judged on the same clips, each answered by "
+                 f"a fit without it; it is used instead when it gets at least {d['adapter_margin_clips']} more right than "
+                 f"the model alone and the cache does not beat it by {d['judge_margin_clips']}.")
     cache_rows = []
     if profile_ref and profile_ref != C.NO_PROFILE:
         profile = ctx.profile(profile_ref, request)
