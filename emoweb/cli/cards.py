@@ -49,8 +49,8 @@ MODELS = {
         "classifier), and the caregiver's K-shot cache adds to those logits",
         "Whisper's audio tokens, the FER mini-Xception's face features, and all-MiniLM-L6-v2 for prompts, label texts "
         "and the transcript",
-        "Trained and scored on one modality per row: its fused answer on a video averages the audio and face logits, "
-        "and the audio logits dominate it."),
+        "Trained on one modality per row: its own fused answer on a video averages the audio and face logits, which "
+        "the audio logits dominate; the card's sense reliabilities (fitted on dev composites) re-weigh it."),
     "merclip": ModelInfo(
         "MER-CLIP", "*Leveraging CLIP Encoder for Multimodal Emotion Recognition*",
         "modality encoders and a cross-modal decoder (language, then vision, then audio) queried by the label "
@@ -247,6 +247,10 @@ def _calibration_section(card: dict) -> list[str]:
              "(`python -m emoweb calibrate` fits it again): " + ", ".join(f"{kind} {t:g}" for kind, t in temps.items()) + ".", "",
              "| dev corpus | ECE before % | ECE after % |", "|---|---|---|"]
     lines += [f"| {corpus} | {_pct(e['before'])} | {_pct(e['after'])} |" for corpus, e in cal.get("ece_dev", {}).items()]
+    for kind, w in cal.get("fusion", {}).items():
+        senses = ", ".join(f"{m} {v:g}" for m, v in w.items() if m != "fused")
+        lines += ["", f"Rows with {kind} get sense reliabilities instead of a temperature: {w['fused']:g} x the fused logits "
+                  f"+ each sense's own log-probabilities x its weight ({senses})."]
     ns = cal.get("not_sure")
     if ns:
         lines += ["", f"\"Not sure\" below a calibrated probability of {_pct(ns['below'])} %: above it, the answers on the dev rows "
@@ -267,7 +271,7 @@ def _limits_section(card: dict, info: ModelInfo | None) -> list[str]:
              "judging anyone without their consent.", "",
              "- Learnt from adults acting emotions and from web face photos, not from children or everyday clips.",
              "- The validation split is small (a few speakers): a few points up or down are within its noise.",
-             ("- The probabilities are calibrated by temperature on the dev rows (below); across corpora one temperature "
+             ("- The probabilities are calibrated on the dev rows (below); across corpora one temperature "
               "per input kind cannot be right everywhere, so check the ECE per corpus." if card.get("calibration") else
               "- The probabilities are not calibrated; EmoWeb says how sure it is only from the models' agreement.")]
     if weak:
