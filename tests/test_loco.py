@@ -95,3 +95,13 @@ def test_unknown_model_is_one_line_before_any_training(capsys) -> None:
     assert cli.main(["bench", "loco", "--models", "nope", "--threads", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: unknown model: nope")
+
+
+def test_missing_speech_corpora_are_named(tmp_path: Path, monkeypatch) -> None:
+    from emoweb.learning import loco
+
+    monkeypatch.setattr(loco, "SHARED_DATA", tmp_path)
+    (tmp_path / "speech" / "tess").mkdir(parents=True)
+    _manifest(tmp_path / "speech" / "tess" / "manifest.csv", VOICES)
+    with pytest.raises(EmoWebError, match=r"^speech corpus manifest\(s\) missing: RAVDESS \(.*\), CREMA-D \(.*\); leave-one-corpus-out needs every one$"):
+        loco.speech_corpora()
