@@ -145,17 +145,20 @@ def loco(settings: Settings, models: str, root: Path | None = None, threads: int
     store = acted_speech_store(predictor, settings)
     dims = predictor.backbones.dims
     result: dict = {"backbones": predictor.backbones.name, "root": str(root), "models": {}}
+    items: dict[str, tuple[list, list]] = {}  # corpus -> (every row, its val rows), read once for every model
     for name, (card, folds) in plans.items():
-        shipped, shipped_card_ = predictor.model(name)
+        shipped, reference = predictor.model(name)
         entry: dict = {"recipe": card["command"], "folds": {}}
         for fold in folds:
-            every, val = corpus_items(store, SPEECH[fold.corpus], split=None), corpus_items(store, SPEECH[fold.corpus])
+            if fold.corpus not in items:
+                items[fold.corpus] = corpus_items(store, SPEECH[fold.corpus], split=None), corpus_items(store, SPEECH[fold.corpus])
+            every, val = items[fold.corpus]
             model, fold_card = registry.load(name, fold.profile, fold.root)
             model.attach_text_encoder(predictor.encode_text, predictor.backbones.text_encoder)
             entry["folds"][fold.corpus] = {
                 "n": len(every), "n_val": len(val), "trained": fold in trained, "command": fold.recipe, "checkpoint": str(fold.root),
                 "held_out": score(model.to(predictor.backbones.device), fold_card, every, dims)["fused"],
-                "in_corpus_val": score(shipped, shipped_card_, val, dims)["fused"],
+                "in_corpus_val": score(shipped, reference, val, dims)["fused"],
             }
         entry["mean"] = {k: _mean([f[k] for f in entry["folds"].values()]) for k in ("held_out", "in_corpus_val")}
         result["models"][name] = entry
