@@ -50,14 +50,16 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speakers", type=int, default=None, help="kshot: only the first N speakers of each corpus")
     p.add_argument("--corpora", default="ravdess,cremad", help="kshot, asr: speech corpora in the shared data (default ravdess,cremad)")
     p.add_argument("--clips", type=int, default=40, help="asr: clips per corpus, a seeded draw (default 40)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="loco: the folds' checkpoints (default: loco beside the feature cache; a finished fold is reused)")
     add_models(p)
     add_json(p)
 
 
-@command("bench", "benchmarks: extract, models, cache, faces, lesson, asr, kshot, crossval, baseline, generalise (python -m emoweb bench -h)",
+@command("bench", "benchmarks: extract, models, cache, faces, lesson, asr, kshot, crossval, baseline, generalise, loco (python -m emoweb bench -h)",
          prints="the measured numbers as the README's tables, with the machine they were measured on",
          takes="extract, models, faces, lesson, cache: 10 s to 2 min; asr: about 2-4 min; kshot and baseline: about 5-20 min; "
-         "crossval: 20-45 min; generalise: 2-5 min (2-CPU machine, features cached)")(_bench_args)
+         "crossval: 20-45 min; generalise: 2-5 min; loco: 8-35 min per model and corpus left out (2-CPU machine, features cached)")(_bench_args)
 def _bench(args: argparse.Namespace) -> int:
     _, fn, text = BENCHES[args.what]
     emit(fn(args), args.json, text)

@@ -107,3 +107,17 @@ def _generalise(args: argparse.Namespace) -> dict:
     from emoweb.learning.generalise import generalise
 
     return generalise(_settings(args), args.models)
+
+
+def _loco_text(r: dict) -> str:
+    from emoweb.learning.loco import loco_text
+
+    return loco_text(r)
+
+
+@bench("loco", "leave-one-corpus-out for speech: each model's recipe retrained without RAVDESS, CREMA-D or TESS "
+               "and scored on all of it (--out: the folds' folder, resumable)", _loco_text)
+def _loco(args: argparse.Namespace) -> dict:
+    from emoweb.learning.loco import loco
+
+    return loco(_settings(args), args.models, args.out, args.threads)

@@ -32,15 +32,17 @@ COMPOSITE_FACES = "web photos"
 PARTIAL_CORPUS = "partial expression"  # 16-frame clips of validation people: neutral, their expression in 3-8 frames, neutral
 
 
-def _val_items(store: FeatureStore, manifest: str) -> list:
+def corpus_items(store: FeatureStore, manifest: str, split: str | None = "val") -> list:
+    """(row, features) of a shared corpus's rows with a LABEL7 label, of `split` (None: every row); [] when
+    the corpus is absent. `manifest`: relative to the shared data folder."""
     path = SHARED_DATA / manifest
     if not path.is_file():
         return []
-    rows = [r for r in read_manifest(path) if r.split == "val" and r.label in LABEL7]
+    rows = [r for r in read_manifest(path) if (split is None or r.split == split) and r.label in LABEL7]
     return store.encode_rows(rows, desc=f"features {manifest.split('/')[1]}")[0]
 
 
-def _score(model, items: list, dims: dict[str, int]) -> dict:
+def score(model, items: list, dims: dict[str, int]) -> dict:
     """The model's fused report with ECE (calibrated and raw), and each modality path's report."""
     samples = [Sample(r, f, "val") for r, f in items]
     labels = list(LABEL7)
@@ -66,7 +68,7 @@ def generalise(settings: Settings, models: str = "all") -> dict:
     bb = predictor.backbones
     loaded = {n: predictor.model(n) for n in predictor.required_models(models)}
     store = acted_speech_store(predictor, settings)
-    corpora = {name: _val_items(store, path) for name, path in {**SPEECH, **FACES, **TEXT}.items()}
+    corpora = {name: corpus_items(store, path) for name, path in {**SPEECH, **FACES, **TEXT}.items()}
     speech = [item for name in COMPOSITE_SPEECH for item in corpora.get(name, [])]
     corpora["composites"] = composite_items(speech + corpora.get(COMPOSITE_FACES, [])) if speech else []
     faces = [Sample(r, f, "val") for r, f in corpora.get(COMPOSITE_FACES, [])]
@@ -77,7 +79,7 @@ def generalise(settings: Settings, models: str = "all") -> dict:
             continue
         entry: dict = {"n": len(items)}
         for model_name, (model, _) in loaded.items():
-            entry[model_name] = _score(model, items, bb.dims)
+            entry[model_name] = score(model, items, bb.dims)
         if name in FACES:
             entry[BACKBONE_REPORT] = classification_report([r.label for r, _ in items], [backbone_label(f) for _, f in items], list(LABEL7))
         result["corpora"][name] = entry
@@ -88,10 +90,14 @@ def generalise(settings: Settings, models: str = "all") -> dict:
     return result
 
 
+def pct(v: float | None) -> str:
+    """A share as a percentage with one decimal; '-' where there is none (no row of that kind)."""
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
 def generalise_text(r: dict) -> str:
     """Markdown: one table per corpus (fused and per-path accuracy / UAR / weighted F1 / ECE), then the means."""
     lines = []
-    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     for corpus, entry in r["corpora"].items():
         lines += [f"### {corpus} (validation, n = {entry['n']})", "", "| model | path | accuracy | UAR | weighted F1 | ECE | ECE before calibration |",
                   "|---|---|---:|---:|---:|---:|---:|"]

@@ -62,6 +62,11 @@ class Prediction:
         return {"clip": self.features.to_summary(), "models": models}
 
 
+def shipped_root(given: str | Path | None = None) -> Path:
+    """Where the shipped checkpoints live: `given`, else EMOWEB_CHECKPOINT_ROOT, else models/checkpoints."""
+    return Path(given or os.environ.get("EMOWEB_CHECKPOINT_ROOT") or registry.CHECKPOINT_ROOT)
+
+
 class Predictor:
     """Backbones + models of one profile, loaded once per process."""
 
@@ -69,8 +74,7 @@ class Predictor:
         self, settings: Settings | None = None, labels: list[str] | None = None, checkpoint_root: str | Path | None = None
     ):
         self.settings = settings or get_settings()
-        # where the shipped checkpoints live: argument, else EMOWEB_CHECKPOINT_ROOT, else models/checkpoints
-        self.checkpoint_root = Path(checkpoint_root or os.environ.get("EMOWEB_CHECKPOINT_ROOT") or registry.CHECKPOINT_ROOT)
+        self.checkpoint_root = shipped_root(checkpoint_root)
         self.extractor = FeatureExtractor(self.settings)
         self.backbones = self.extractor.backbones
         self.labels = list(labels or LABEL7)
