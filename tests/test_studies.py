@@ -60,3 +60,26 @@ def test_crossval_reads_the_audio_tokens_the_card_records() -> None:
 
     assert card_audio_source(None) == {} and card_audio_source({"config": {}}) == {}  # older cards: the default
     assert card_audio_source({"config": {"audio_source": "whisper_layer4"}}) == {"audio_source": "whisper_layer4"}
+
+
+def test_kshot_speakers_of_a_split_are_the_ones_training_assigned(tmp_path) -> None:
+    """`bench kshot --split dev` scores the speakers `train` held out for early stopping: dev and train
+    speakers never overlap, the manifest's val rows stay val, and every row lands in one split."""
+    import csv
+
+    from emoweb.learning.studies import split_rows
+    from emoweb.learning.training import split_of
+
+    manifest = tmp_path / "m.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "speaker", "split"])
+        for i in range(60):
+            w.writerow([f"s{i}.wav", "joy", f"speaker{i}", "val" if i < 10 else "train"])
+    rows = {s: split_rows(manifest, ["joy"], s) for s in ("train", "dev", "val")}
+    speakers = {s: {r.speaker for r in rs} for s, rs in rows.items()}
+    assert len(speakers["val"]) == 10 and speakers["val"] == {f"speaker{i}" for i in range(10)}
+    assert 2 <= len(speakers["dev"]) <= 15 and not speakers["dev"] & speakers["train"]
+    assert sum(map(len, rows.values())) == 60
+    assert all(split_of(r) == "dev" for r in rows["dev"])
+    assert split_rows(manifest, ["anger"], "val") == []

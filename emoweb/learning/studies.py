@@ -21,7 +21,7 @@ from emoweb.errors import EmoWebError
 from emoweb.learning.augment import AudioAugment
 from emoweb.learning.manifests import read_manifest
 from emoweb.learning.metrics import classification_report
-from emoweb.learning.training import Sample, evaluate, train
+from emoweb.learning.training import Sample, evaluate, split_of, train
 from emoweb.pipeline.batching import to_input
 from emoweb.pipeline.featstore import FeatureStore
 from emoweb.pipeline.features import FeatureExtractor
@@ -80,17 +80,25 @@ def acted_speech_store(predictor: Predictor, settings: Settings) -> FeatureStore
     return FeatureStore(FeatureExtractor(settings, predictor.backbones, transcribe=False), settings.feature_cache)
 
 
+def split_rows(manifest: str | Path, labels: Sequence[str], split: str) -> list:
+    """The manifest's rows with one of `labels` in `split` (train, dev or val as `train` assigns them,
+    `split_of` with the default seed and dev share, as the shipped checkpoints were trained)."""
+    return [r for r in read_manifest(manifest) if r.label in labels and split_of(r) == split]
+
+
 def kshot_study(settings: Settings, manifests: Sequence[str], models: Sequence[str] = KSHOT_MODELS,
                 ks: tuple[int, ...] = (1, 2, 4), seeds: int = 3, split: str = "val", max_speakers: int | None = None) -> dict:
     """The caregiver effect per speaker of `split` in each manifest, for each model, with caches built as
     the app builds them (careful mode, leave-one-out choice, the guard that keeps a cache off). Per K:
     mean accuracy without/with the cache over speakers, the share of speakers that lose accuracy, and
-    the worst speaker's change. `max_speakers`: the first N speakers (sorted) of each manifest."""
+    the worst speaker's change. `max_speakers`: the first N speakers (sorted) of each manifest. `split`:
+    train, dev or val (`split_rows`): dev speakers were only used for early stopping and calibration,
+    so recipes are chosen on them and val is scored once."""
     predictor = Predictor(settings)
     store = acted_speech_store(predictor, settings)
     by_speaker: dict[tuple[str, str], list] = {}
     for manifest in manifests:
-        rows = [r for r in read_manifest(manifest) if r.label in predictor.labels and r.split == split]
+        rows = split_rows(manifest, predictor.labels, split)
         keep = sorted({r.speaker for r in rows})[:max_speakers]
         encoded = store.encode_rows([r for r in rows if r.speaker in keep], desc=Path(manifest).parent.name)[0]
         for row, feats in encoded:
