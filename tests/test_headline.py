@@ -101,3 +101,24 @@ def test_the_readme_states_the_shortcut_keys_and_the_answer_rule_as_the_ui_does(
     assert SHORTCUTS in readme
     for phrase in ("votes for its own top label", "fairly sure", "more than half agree", "not sure", "right 8 times in 10"):
         assert phrase in readme and phrase in " ".join(RULE.split())
+
+
+def test_face_and_voice_that_disagree_make_the_answer_not_sure() -> None:
+    """Every model answering neutral, confidently, is still not sure when most models' voice says sadness
+    and their face says neutral (a composite of a neutral face and a sad voice did exactly this); senses
+    that agree, or a single sense, leave the answer as it was."""
+    from emoweb.services.headline import sense_conflict
+
+    answers = {m: {"neutral": 0.9, "sadness": 0.1} for m in ("a", "b", "c")}
+    at = {m: 0.6 for m in answers}
+    face, sad, calm = {"neutral": 0.95, "sadness": 0.05}, {"neutral": 0.4, "sadness": 0.6}, {"neutral": 0.7, "sadness": 0.3}
+    split = {"a": {"visual": face, "audio": sad}, "b": {"visual": face, "audio": sad}, "c": {"visual": face, "audio": calm}}
+    assert sense_conflict(split) == "the voice says sadness, the face says neutral"
+    h = headline(answers, confident_at=at, senses=split)
+    assert h.label == "neutral" and h.confidence == NOT_SURE
+    assert h.reason == "all 3 models agree, 3 of them confident, but the voice says sadness, the face says neutral"
+    same = {m: {"visual": face, "audio": calm} for m in answers}
+    assert sense_conflict(same) is None and headline(answers, confident_at=at, senses=same).confidence == FAIRLY_SURE
+    assert sense_conflict({m: {"visual": face} for m in answers}) is None  # one sense: nothing to disagree with
+    mostly = {**split, "a": {"visual": face, "audio": calm}}  # only one model's voice says sadness
+    assert sense_conflict(mostly) is None

@@ -178,7 +178,7 @@ def _data_section(card: dict) -> list[str]:
         source, _, split = key.rpartition(":")
         lines.append(f"| {_counts_source(source, data['manifests'])} | {split} | {sum(counts.values()):,} | "
                      + " | ".join(str(counts.get(label, 0)) for label in labels) + " |")
-    lines += ["", f"Rows skipped (file missing or unreadable): {data.get('skipped', 0)}.", "", "| corpus | what | licence |",
+    lines += ["", f"Rows not used: {data.get('skipped', 0)} (text-only rows for a model without a trained text path, and files missing or unreadable).", "", "| corpus | what | licence |",
               "|---|---|---|"]
     for corpus in sorted({_corpus(m) for m in data["manifests"]}):
         what, licence = CORPORA.get(corpus, ("not recorded", "not recorded: check the data's own terms"))

@@ -126,7 +126,8 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
     add_device(p)
 
 
-@command("calibrate", "fit a checkpoint's temperatures again on its own dev rows and rewrite its card's calibration",
+@command("calibrate", "fit a checkpoint's calibration again (temperatures, sense reliabilities) on its own dev rows and "
+         "rewrite that part of its JSON card (then run `cards`)",
          prints="the calibration (temperatures per input kind, ECE per dev corpus before/after, the 'not sure' level)",
          takes="1-5 minutes (the card's training data read from the feature cache)")(_calibrate_args)
 def _calibrate(args: argparse.Namespace) -> int:
@@ -271,7 +272,8 @@ def _summary(prediction, predictor) -> dict:
     from emoweb.services.headline import headline
 
     answers = {m: dict(zip(out.labels, out.probs[0].tolist())) for m, out in prediction.outputs.items() if prediction.model_decided(m)}
-    head = headline(answers, untrained=prediction.features.untrained_weights, confident_at=predictor.confident_at(list(answers)))
+    head = headline(answers, untrained=prediction.features.untrained_weights, confident_at=predictor.confident_at(list(answers)),
+                    senses=prediction.sense_decisions())
     return {"headline": head.to_dict(), **prediction.to_summary()}
 
 

@@ -41,6 +41,13 @@ class Prediction:
         no text, on a typed text) gives uniform probabilities, a guess from nothing, not an answer."""
         return any(self.features.modalities.get(m, False) for m in self.outputs[name].modality_probs)
 
+    def sense_decisions(self) -> dict[str, dict[str, dict[str, float]]]:
+        """{model: {sense: {label: p}}}: each deciding model's own decision per sense the clip has (the
+        headline's check that face and voice point the same way)."""
+        return {name: {m: dict(zip(out.labels, probs[0].tolist())) for m, probs in out.modality_probs.items()
+                       if self.features.modalities.get(m, False)}
+                for name, out in self.outputs.items() if self.model_decided(name)}
+
     def to_summary(self) -> dict:
         models = {}
         for name, out in self.outputs.items():

@@ -1,9 +1,9 @@
 """The clip's one answer for a parent: a vote of the models that answered, and how sure it is in words.
 
-How sure comes from two things: how many models agree, and whether a model that says it is confident
+How sure comes from three things: how many models agree, whether a model that says it is confident
 (its calibrated probability at or above the level at which it was right 8 times in 10 on held-out
-data, its card's `calibration.not_sure.below`). A model without a calibrated card counts by agreement
-alone. The rule, in `RULE`, is shown in the UI and the README word for word.
+data, its card's `calibration.not_sure.below`), and whether the face and the voice point the same way.
+A model without a calibrated card counts by agreement alone. The rule, in `RULE`, is shown in the UI and the README word for word.
 """
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ RULE = (
     "calibrated probability is at least the level at which it was right 8 times in 10 on held-out clips. "
     "**fairly sure** when every model (at least two) agrees and one of them is confident, **probably** "
     "when more than half agree (and, if every model agrees, none is confident), otherwise **not sure** "
-    "(also when more than half agree but none is confident, with a single model, or with untrained weights)."
+    "(also when more than half agree but none is confident, with a single model, or with untrained weights). "
+    "Whatever the models agree on, it is **not sure** when the face and the voice point to different labels: "
+    "most models' own face decision against most models' own voice decision."
 )
 
 
@@ -46,12 +48,37 @@ def _top(probs: Mapping[str, float]) -> str:
     return max(probs, key=lambda lab: probs[lab])
 
 
+SENSE_NAMES = {"audio": "the voice", "visual": "the face"}  # the words are left out: most sentences carry no emotion
+
+
+def sense_conflict(senses: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str | None:
+    """'the voice says sadness, the face says neutral' when face and voice point to different labels, else None.
+    `senses`: {model: {sense: {label: p}}}, each model's own decision per sense it read. A sense's label is
+    the top label of most models (a tie: the higher mean probability). Why: the models are trained and
+    calibrated on clips whose face and voice show the same emotion, so when they differ the models'
+    agreement on one of them says nothing about the clip."""
+    said: dict[str, str] = {}
+    for sense in SENSE_NAMES:
+        decisions = [p[sense] for p in senses.values() if p.get(sense)]
+        if decisions:
+            votes: dict[str, int] = {}
+            for d in decisions:
+                votes[_top(d)] = votes.get(_top(d), 0) + 1
+            said[sense] = max(votes, key=lambda lab: (votes[lab], sum(d.get(lab, 0.0) for d in decisions)))
+    if len(set(said.values())) < 2:
+        return None
+    return ", ".join(f"{SENSE_NAMES[m]} says {said[m]}" for m in SENSE_NAMES if m in said)
+
+
 def headline(answers: Mapping[str, Mapping[str, float]], untrained: bool = False,
-             confident_at: Mapping[str, float] | None = None) -> Headline:
+             confident_at: Mapping[str, float] | None = None,
+             senses: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> Headline:
     """The headline from each answering model's probabilities ({model: {label: p}}); models with no
     probabilities (no decision) are left out. `untrained`: the backbones run on random weights.
     `confident_at`: {model: the calibrated probability from which it counts as confident}; without it
-    (models not calibrated) how sure comes from agreement alone."""
+    (models not calibrated) how sure comes from agreement alone. `senses`: each model's own decision per
+    sense ({model: {sense: {label: p}}}); when face and voice point to different labels the answer is
+    not sure (`sense_conflict`)."""
     answers = {m: p for m, p in answers.items() if p}
     n = len(answers)
     if not n:
@@ -79,4 +106,7 @@ def headline(answers: Mapping[str, Mapping[str, float]], untrained: bool = False
         confidence, reason = NOT_SURE, f"{agree} of {n} models agree{why}"
     else:
         confidence, reason = NOT_SURE, f"the models disagree (only {agree} of {n} say this)"
+    conflict = sense_conflict({m: senses[m] for m in answers if m in senses}) if senses else None
+    if conflict and confidence != NOT_SURE:
+        confidence, reason = NOT_SURE, f"{reason}, but {conflict}"
     return Headline(label, confidence, agree, n, float(mean[label]), reason)

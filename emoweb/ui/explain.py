@@ -70,7 +70,7 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
 
     # the one answer, then who, what was heard, whether the profile's examples were used, where it is stored
     head = headline({m: probs[m] for m in models if decided[m]}, untrained=feats.untrained_weights,
-                    confident_at=ctx.predictor.confident_at(models))
+                    confident_at=ctx.predictor.confident_at(models), senses=prediction.sense_decisions())
     lines = [headline_markdown(head, labels)]
     face = _face_thumbnail(feats)
     other = feats.person != 1
