@@ -144,6 +144,9 @@ def make_bad_inputs(directory: Path) -> dict[str, Path]:
     out["text_as_mp4"] = directory / "notes.mp4"
     out["text_as_mp4"].write_text("this is a text file, not a video\n" * 20, encoding="utf-8")
 
+    out["text_file"] = directory / "notes.txt"  # ffmpeg's tty demuxer would play it as ANSI-art video
+    out["text_file"].write_text("# My notes\n\nThe clip from Tuesday: she smiled at the dog.\n" * 20, encoding="utf-8")
+
     out["random_bytes_mp4"] = directory / "random.mp4"
     out["random_bytes_mp4"].write_bytes(random.Random(0).randbytes(64 * 1024))
 

@@ -36,6 +36,7 @@ BAD_INPUT_ERRORS = {
     "missing": r"not found",
     "zero_bytes": r"empty|0 bytes",
     "text_as_mp4": r"not a media file",
+    "text_file": r"not a media file",
     "random_bytes_mp4": r"not a media file|corrupt",
     "no_av_stream": r"no audio or video stream",
     "zero_length": r"zero-length",

@@ -192,13 +192,20 @@ def _timeline(container, streams) -> tuple[float, float]:
     return origin, max(0.0, end - origin) if end is not None else 0.0
 
 
+TEXT_DEMUXERS = frozenset({"tty"})  # ffmpeg plays a text file (.txt, .nfo, .ans) as ANSI-art video: not a clip
+
+
 def _open(path: Path) -> av.container.InputContainer:
     try:
-        return av.open(str(path), metadata_errors="ignore")
+        container = av.open(str(path), metadata_errors="ignore")
     except av.error.InvalidDataError:
         raise MediaError(f"not a media file or corrupt container: {display_name(path)}") from None
     except av.error.FFmpegError as exc:
         raise MediaError(f"cannot open {display_name(path)}: {exc.strerror or exc.__class__.__name__}") from None
+    if container.format.name in TEXT_DEMUXERS:
+        container.close()
+        raise MediaError(f"not a media file (a text file): {display_name(path)}")
+    return container
 
 
 def decode(path: str | Path, n_frames: int = 16, max_seconds: float = 60.0) -> DecodedClip:
