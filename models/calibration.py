@@ -15,7 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.cache import logits_from_probs
 from models.output import ModelOutput
+
+SENSE_FLOOR = 1e-8  # a sense's probabilities are floored here before their log (fit_fusion and the hook alike)
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> float:
@@ -117,7 +120,7 @@ def calibration_hook(calibration: dict):
             return out
         present = inputs[0].present
         kinds = [input_kind({m: bool(present[m][i]) for m in SENSES if m in present}) for i in range(len(out.logits))]
-        senses = {m: p.clamp_min(1e-8).log() for m, p in out.modality_probs.items()}
+        senses = {m: logits_from_probs(p, SENSE_FLOOR) for m, p in out.modality_probs.items()}
         out.raw_logits = out.logits
         out.logits = calibrated_logits(out.logits, senses, kinds, calibration)
         out.probs = out.logits.softmax(-1)

@@ -295,12 +295,14 @@ def calibrate(model, samples: list[Sample], dims: dict[str, int], labels: list[s
     senses that each give their own decision, reliability weights (`models.calibration.fit_fusion`); and
     say what they did: ECE per corpus before and after, and the calibrated confidence below which an
     answer is "not sure" for NOT_SURE_TARGET selective accuracy, with its coverage. For the card's `calibration`."""
-    from models.calibration import calibrated_logits, fit_fusion, fit_temperature, input_kind
+    from models.cache import logits_from_probs
+    from models.calibration import SENSE_FLOOR, calibrated_logits, fit_fusion, fit_temperature, input_kind
 
     outs = predict_samples(model, samples, dims, labels)
     logits = torch.cat([out.logits for out in outs])
     # each sense's own decision (a batch without that sense has none: uniform, which no weight can move)
-    senses = {m: torch.cat([out.modality_probs.get(m, torch.full_like(out.probs, 1.0 / len(labels))) for out in outs]).clamp_min(1e-8).log()
+    senses = {m: logits_from_probs(torch.cat([out.modality_probs.get(m, torch.full_like(out.probs, 1.0 / len(labels))) for out in outs]),
+                                   SENSE_FLOOR)
               for m in ("audio", "visual", "text") if any(m in out.modality_probs for out in outs)}
     decided = logits.std(-1) > 1e-6  # a model that reads none of a row's senses gives no decision: nothing to calibrate
     samples, logits = [s for s, d in zip(samples, decided.tolist()) if d], logits[decided]

@@ -48,6 +48,15 @@ def _top(probs: Mapping[str, float]) -> str:
     return max(probs, key=lambda lab: probs[lab])
 
 
+def _vote(decisions: list[Mapping[str, float]]) -> tuple[str, int]:
+    """The label most of `decisions` rank first (a tie: the higher total probability), and its votes."""
+    votes: dict[str, int] = {}
+    for d in decisions:
+        votes[_top(d)] = votes.get(_top(d), 0) + 1
+    label = max(votes, key=lambda lab: (votes[lab], sum(d.get(lab, 0.0) for d in decisions)))
+    return label, votes[label]
+
+
 SENSE_NAMES = {"audio": "the voice", "visual": "the face"}  # the words are left out: most sentences carry no emotion
 
 
@@ -61,10 +70,7 @@ def sense_conflict(senses: Mapping[str, Mapping[str, Mapping[str, float]]]) -> s
     for sense in SENSE_NAMES:
         decisions = [p[sense] for p in senses.values() if p.get(sense)]
         if decisions:
-            votes: dict[str, int] = {}
-            for d in decisions:
-                votes[_top(d)] = votes.get(_top(d), 0) + 1
-            said[sense] = max(votes, key=lambda lab: (votes[lab], sum(d.get(lab, 0.0) for d in decisions)))
+            said[sense] = _vote(decisions)[0]
     if len(set(said.values())) < 2:
         return None
     return ", ".join(f"{SENSE_NAMES[m]} says {said[m]}" for m in SENSE_NAMES if m in said)
@@ -83,13 +89,8 @@ def headline(answers: Mapping[str, Mapping[str, float]], untrained: bool = False
     n = len(answers)
     if not n:
         return Headline(None, NO_ANSWER, 0, 0, 0.0, "no model had a face, a voice or words to go by")
-    votes: dict[str, int] = {}
-    for p in answers.values():
-        votes[_top(p)] = votes.get(_top(p), 0) + 1
-    labels = {lab for p in answers.values() for lab in p}
-    mean = {lab: sum(p.get(lab, 0.0) for p in answers.values()) / n for lab in labels}
-    label = max(votes, key=lambda lab: (votes[lab], mean[lab]))
-    agree = votes[label]
+    label, agree = _vote(list(answers.values()))
+    mean = sum(p.get(label, 0.0) for p in answers.values()) / n
     sure = [m for m, p in answers.items() if _top(p) == label and confident_at and m in confident_at and p[label] >= confident_at[m]]
     calibrated = bool(confident_at) and any(m in confident_at for m in answers)
     backed = not calibrated or bool(sure)
@@ -109,4 +110,4 @@ def headline(answers: Mapping[str, Mapping[str, float]], untrained: bool = False
     conflict = sense_conflict({m: senses[m] for m in answers if m in senses}) if senses else None
     if conflict and confidence != NOT_SURE:
         confidence, reason = NOT_SURE, f"{reason}, but {conflict}"
-    return Headline(label, confidence, agree, n, float(mean[label]), reason)
+    return Headline(label, confidence, agree, n, float(mean), reason)
