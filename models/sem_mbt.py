@@ -4,11 +4,16 @@ Read top-down as in the paper (Sec. 3):
 
 - Unimodal encoders (3.1). Text: the profile's sentence embedding (embedded: MiniLM, 384-d; paper
   profile: the 512-d sentence embedding the backbones give, the paper's BERT [CLS] being 768-d).
-  Audio: the log-mel spectrogram (``x.extra["log_mel"]``, 80 bins, 10-ms hop; the paper uses 64
-  bins) cut into non-overlapping 960-ms segments, each encoded by `AudioCNN`, a VGGish-shaped CNN
-  (4 conv groups with 2x2 max-pooling, then a fully-connected layer to 128-d). No VGGish weights
-  are available offline, so it is small (channels 16-32-64-128 instead of 64-...-512) and trained
-  here, in both profiles. Visual: the face crops (``x.extra["crops"]``, [B, N, S, S, 3] RGB 0..255),
+  Audio: cut into non-overlapping 960-ms segments, each encoded by `AudioCNN`, a VGGish-shaped CNN
+  (4 conv groups with max-pooling, then a fully-connected layer to 128-d), whose input is named by
+  ``audio_source``. ``"log_mel"`` (the paper's input): the log-mel spectrogram (``x.extra["log_mel"]``,
+  80 bins, 10-ms hop; the paper uses 64 bins), 3x3 convs over time and frequency. No VGGish weights
+  are available offline, so that CNN is small (channels 16-32-64-128 instead of 64-...-512) and
+  learns to hear from the training clips alone. An audio encoder's tokens instead (``"audio"``,
+  ``"whisper_layer4"``: the profile's frozen pretrained encoder, as the visual side reads a frozen
+  pretrained CNN): the token features are the input channels, convs and pooling run over time only,
+  and the SEMs enhance those maps. Departure: the paper fine-tunes VGGish's later groups; here the
+  pretrained part stays frozen and the four groups on top of it are trained. Visual: the face crops (``x.extra["crops"]``, [B, N, S, S, 3] RGB 0..255),
   one feature vector per frame from a frozen CNN run stage by stage (`FrozenVisualCNN`): the FER2013
   mini-Xception (embedded; weights from ``models/weights``) or ResNet18 (paper profile; weights from
   ``visual_weights`` / ``EMOWEB_PAPER_RESNET18``, else random and flagged).
@@ -69,6 +74,7 @@ from models.residual import BackboneResidual
 TextEncoder = Callable[[list[str]], torch.Tensor]
 MODALITIES: tuple[str, ...] = ("audio", "visual", "text")
 SEGMENT_SECONDS = 0.96
+LOG_MEL_HOP = 0.01  # seconds per log-mel frame
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -79,10 +85,14 @@ class MERSEMMBTConfig:
     text_dim: int = 384  # sentence embedding width
     visual_backbone: str = "auto"  # "mini_xception" | "resnet18" | "auto" (from visual_dim)
     visual_weights: str = ""  # ResNet18 state-dict path (paper); '' = EMOWEB_PAPER_RESNET18 or random
+    audio_source: str = "log_mel"  # "log_mel" (the paper's input), or audio encoder tokens: "audio" (x.audio) or an x.extra key
+    audio_dim: int = 512  # the encoder tokens' width (from the profile)
+    audio_token_seconds: float = 0.02  # the encoder tokens' hop (Whisper and wav2vec 2.0: 20 ms)
     n_mels: int = 80
     segment_frames: int = 96  # 960 ms of 10-ms log-mel frames
     min_segment_frames: int = 25  # a trailing partial segment shorter than 250 ms is dropped
-    audio_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # VGGish: 64..512
+    audio_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # VGGish: 64..512; see token_channels
+    token_channels: list[int] = field(default_factory=lambda: [128, 128, 128, 128])  # the groups on encoder tokens (512-d in)
     audio_embed_dim: int = 128  # VGGish's embedding width
     use_sem: bool = True  # False: the MER-MBT ablation (no semantic enhancement)
     sem_text_tokens: int = 8  # the sentence embedding seen as this many slices (keys/values)
@@ -148,11 +158,13 @@ class SemanticEnhancementModule(nn.Module):
 
 
 # -- audio encoder --------------------------------------------------------------------------------
-def segment_log_mel(log_mel: torch.Tensor, mask: torch.Tensor, frames: int = 96, min_frames: int = 25):
-    """[B, T, M] log-mel + mask [B, T] -> segments [B, S, frames, M] and a segment mask [B, S].
+def segment_sequence(log_mel: torch.Tensor, mask: torch.Tensor, frames: int = 96, min_frames: int = 25,
+                     pad_with_floor: bool = True):
+    """[B, T, M] log-mel (or encoder tokens) + mask [B, T] -> segments [B, S, frames, M] and a segment mask [B, S].
 
-    Non-overlapping 960-ms segments; a trailing partial one of at least `min_frames` is padded with the
-    row's minimum (silence in a log-mel), a shorter one dropped; a row with any audio keeps >= 1 segment.
+    Non-overlapping segments of `frames` steps (960 ms); a trailing partial one of at least `min_frames` is
+    padded, a shorter one dropped; a row with any audio keeps >= 1 segment. Padding: the row's minimum
+    (silence in a log-mel) with `pad_with_floor`, else zeros (encoder tokens).
     """
     b, t, m = log_mel.shape
     n = mask.sum(1)
@@ -161,7 +173,7 @@ def segment_log_mel(log_mel: torch.Tensor, mask: torch.Tensor, frames: int = 96,
     s = max(1, int(n_seg.max()) if b else 1)
     real = mask.unsqueeze(-1)
     floor = torch.where(real, log_mel, torch.full_like(log_mel, float("inf"))).amin(dim=(1, 2))
-    floor = torch.where(torch.isfinite(floor), floor, torch.zeros_like(floor))
+    floor = torch.where(torch.isfinite(floor) & pad_with_floor, floor, torch.zeros_like(floor))
     x = torch.where(real, log_mel, floor[:, None, None].expand_as(log_mel))
     need = s * frames
     x = F.pad(x, (0, 0, 0, need - t)) if need > t else x[:, :need]
@@ -172,28 +184,36 @@ def segment_log_mel(log_mel: torch.Tensor, mask: torch.Tensor, frames: int = 96,
 
 
 class AudioCNN(nn.Module):
-    """VGGish-shaped: 4 x (3x3 conv, BN, ReLU, 2x2 max-pool), SEM after groups 2 and 4, FC to 128-d."""
+    """VGGish-shaped: 4 x (conv, BN, ReLU, max-pool), SEM after groups 2 and 4, FC to 128-d.
+
+    On log-mel segments [K, frames, mels]: one input channel, 3x3 convs and 2x2 pooling (VGGish). On
+    encoder-token segments [K, frames, D]: the D features are the input channels of a 1 x frames map,
+    1x3 convs and 1x2 pooling over time (the encoder has already done the spectral work)."""
 
     sem_points = ("conv2", "conv4")
 
     def __init__(self, cfg: MERSEMMBTConfig):
         super().__init__()
-        chans = [1, *cfg.audio_channels]
+        self.tokens = cfg.audio_source != "log_mel"
+        widths = cfg.token_channels if self.tokens else cfg.audio_channels
+        chans = [cfg.audio_dim if self.tokens else 1, *widths]
+        kernel, pad, pool = ((1, 3), (0, 1), (1, 2)) if self.tokens else ((3, 3), (1, 1), (2, 2))
         self.groups = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(chans[i], chans[i + 1], 3, padding=1), nn.BatchNorm2d(chans[i + 1]), nn.ReLU(), nn.MaxPool2d(2))
-            for i in range(len(cfg.audio_channels))
+            nn.Sequential(nn.Conv2d(chans[i], chans[i + 1], kernel, padding=pad), nn.BatchNorm2d(chans[i + 1]), nn.ReLU(), nn.MaxPool2d(pool))
+            for i in range(len(widths))
         )
         self.sem = nn.ModuleDict()
         if cfg.use_sem:
             for name, idx in zip(self.sem_points, (1, len(chans) - 2)):
                 self.sem[name] = SemanticEnhancementModule(chans[idx + 1], cfg.text_dim, cfg.sem_text_tokens, cfg.sem_dim, cfg.sem_init_gain)
-        pooled = 2 ** len(cfg.audio_channels)
-        flat = chans[-1] * (cfg.segment_frames // pooled) * (cfg.n_mels // pooled)
+        frames, _ = segment_steps(cfg)
+        height, width = (1, frames) if self.tokens else (frames, cfg.n_mels)
+        flat = chans[-1] * (height // pool[0] ** len(widths)) * (width // pool[1] ** len(widths))
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(flat, cfg.audio_embed_dim), nn.ReLU())
 
     def forward(self, segments: torch.Tensor, text: torch.Tensor, text_present: torch.Tensor):
-        """[K, frames, mels] -> ([K, 128], {sem point: attention [K, HW, L]})."""
-        h = segments.unsqueeze(1)
+        """[K, frames, mels or D] -> ([K, 128], {sem point: attention [K, HW, L]})."""
+        h = segments.transpose(1, 2).unsqueeze(2) if self.tokens else segments.unsqueeze(1)
         attn = {}
         for i, group in enumerate(self.groups, start=1):
             h = group(h)
@@ -201,6 +221,15 @@ class AudioCNN(nn.Module):
             if name in self.sem:
                 h, attn[name], _ = self.sem[name](h, text, text_present)
         return self.fc(h), attn
+
+
+def segment_steps(cfg: MERSEMMBTConfig) -> tuple[int, int]:
+    """(steps per 960-ms segment, fewest steps a kept trailing segment has) for the configured audio input:
+    `segment_frames` / `min_segment_frames` are in 10-ms log-mel frames, rescaled to the tokens' hop."""
+    if cfg.audio_source == "log_mel":
+        return cfg.segment_frames, cfg.min_segment_frames
+    scale = LOG_MEL_HOP / cfg.audio_token_seconds
+    return round(cfg.segment_frames * scale), round(cfg.min_segment_frames * scale)
 
 
 # -- visual encoder (frozen CNN, run stage by stage) ----------------------------------------------
@@ -443,14 +472,23 @@ class MERSEMMBT(nn.Module):
         return [{"params": enc, "lr": 1e-3}, {"params": rest, "lr": 5e-4}, self.visual_residual.param_group()]
 
     # -- unimodal encoders ------------------------------------------------------------------------
+    def _audio_sequence(self, x: ModelInput, notes: list[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The sequence `audio_source` names and its mask [B, T] (rows without audio masked), or None with a note."""
+        source = self.config.audio_source
+        if source == "audio":
+            return x.audio, x.audio_mask & x.present["audio"].unsqueeze(1)
+        if source not in x.extra:
+            what = "log-mel spectrogram" if source == "log_mel" else f"{source!r} audio tokens"
+            notes.append(f"audio present but no {what} in the input: audio decision skipped")
+            return None
+        return x.extra[source], x.extra_mask[source] & x.present["audio"].unsqueeze(1)
+
     def _audio_stream(self, x: ModelInput, notes: list[str]):
-        if not x.present["audio"].any():
+        if not x.present["audio"].any() or (found := self._audio_sequence(x, notes)) is None:
             return None
-        if "log_mel" not in x.extra:
-            notes.append("audio present but no log-mel spectrogram in the input: audio decision skipped")
-            return None
-        mel, mel_mask = x.extra["log_mel"], x.extra_mask["log_mel"] & x.present["audio"].unsqueeze(1)
-        segs, seg_mask = segment_log_mel(mel, mel_mask, self.config.segment_frames, self.config.min_segment_frames)
+        seq, seq_mask = found
+        frames, min_frames = segment_steps(self.config)
+        segs, seg_mask = segment_sequence(seq, seq_mask, frames, min_frames, pad_with_floor=not self.audio_cnn.tokens)
         present = seg_mask.any(1)
         if not present.any():
             return None
@@ -458,7 +496,7 @@ class MERSEMMBT(nn.Module):
         feats, attn = self.audio_cnn(segs[seg_mask], x.text[rows], x.present["text"][rows])
         tokens = feats.new_zeros(*seg_mask.shape, feats.shape[-1])
         tokens[seg_mask] = feats
-        pos = torch.arange(seg_mask.shape[1], device=mel.device).float().expand_as(seg_mask)
+        pos = torch.arange(seg_mask.shape[1], device=seq.device).float().expand_as(seg_mask)
         times = [[round(i * SEGMENT_SECONDS, 2) for i in range(int(n))] for n in seg_mask.sum(1).tolist()]
         return tokens, seg_mask, present, pos, times, attn
 

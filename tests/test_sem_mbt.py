@@ -9,10 +9,10 @@ import torch
 
 from models import LABEL7, registry
 from models.inputs import ModelInput, pad_sequences
-from models.sem_mbt import MERSEMMBT, SemanticEnhancementModule, segment_log_mel
+from models.sem_mbt import MERSEMMBT, SemanticEnhancementModule, segment_sequence, segment_steps
 
 EMBEDDED = {"audio": 512, "visual": 128, "text": 384, "text_tokens": 384}
-SMALL = {"audio_channels": [4, 8, 8, 16], "dropout": 0.0, "mbt_layers": 1}  # fast: tests check wiring, not accuracy
+SMALL = {"audio_channels": [4, 8, 8, 16], "token_channels": [8, 8, 8, 8], "dropout": 0.0, "mbt_layers": 1}  # fast: tests check wiring, not accuracy
 RAVDESS8 = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 
 
@@ -57,11 +57,40 @@ def test_sem_keeps_the_feature_map_shape_and_attention_rows_sum_to_one():
 
 def test_log_mel_is_cut_into_960ms_segments():
     mel, mask = pad_sequences([torch.randn(n, 80) for n in (350, 100, 10)] + [None], 80)
-    segs, seg_mask = segment_log_mel(mel, mask)
+    segs, seg_mask = segment_sequence(mel, mask)
     assert segs.shape == (4, 4, 96, 80)
     assert seg_mask.sum(1).tolist() == [4, 1, 1, 0]  # 3 full + a 62-frame tail; the 4-frame tail dropped; min 1
     assert torch.equal(segs[0, 1], mel[0, 96:192])
     assert torch.all(segs[0, 3, 350 - 288 :] == mel[0, :350].min())  # padded with the row's silence level
+
+
+def test_encoder_tokens_are_cut_into_960ms_segments_padded_with_zeros():
+    tokens, mask = pad_sequences([torch.randn(n, 512) + 5 for n in (120, 60, 10)], 512)  # 20-ms Whisper tokens
+    model = small_model(audio_source="whisper_layer4")
+    frames, min_frames = segment_steps(model.config)
+    assert (frames, min_frames) == (48, 12)  # 960 ms and 250 ms of 20-ms tokens
+    segs, seg_mask = segment_sequence(tokens, mask, frames, min_frames, pad_with_floor=False)
+    assert segs.shape == (3, 3, 48, 512) and seg_mask.sum(1).tolist() == [3, 2, 1]  # 2 x 48 + a 24-token tail; 48 + 12
+    assert torch.equal(segs[0, 1], tokens[0, 48:96]) and torch.all(segs[0, 2, 24:] == 0)
+
+
+def test_audio_decision_reads_the_named_encoder_tokens():
+    """With audio_source an encoder key, the audio decision comes from those tokens (not the log-mel);
+    an input without them gets no audio decision and a note saying why."""
+    model = small_model(audio_source="whisper_layer4")
+    x = make_input(present=("audio",))
+    x.extra["whisper_layer4"], x.extra_mask["whisper_layer4"] = pad_sequences([torch.randn(n, 512) for n in (110, 70, 30)], 512)
+    x.extra["whisper_layer4"].requires_grad_(True)
+    x.extra["log_mel"].requires_grad_(True)
+    out = model(x)
+    axis = out.attention["mbt_bottleneck_to_audio_segment"]
+    assert axis[0].shape == (3, 4, 3) and axis[2]["audio_segment"] == [[0.0, 0.96, 1.92], [0.0, 0.96], [0.0]]
+    grad_tokens, grad_mel = torch.autograd.grad(out.probs[:, 0].sum(), [x.extra["whisper_layer4"], x.extra["log_mel"]], allow_unused=True)
+    assert grad_mel is None and grad_tokens.abs().sum() > 0
+    assert torch.all(grad_tokens[1, 70:] == 0)  # padding takes no part
+    del x.extra["whisper_layer4"]
+    out = model(x)
+    assert "audio" not in out.modality_probs and "no 'whisper_layer4' audio tokens" in out.notes[0]
 
 
 def _visual_grad_from_audio(model: MERSEMMBT) -> torch.Tensor | None:
@@ -219,8 +248,10 @@ def test_composite_clip_end_to_end(composite_clip, extractor):
     frame, axes, ticks = out.attention["mbt_bottleneck_to_frame"]
     assert frame.shape == (1, 4, len(feats.frame_times)) and ticks["frame"] == [feats.frame_times]
     segs = out.attention["mbt_bottleneck_to_audio_segment"][0]
-    n_mel = feats.log_mel.shape[1]  # 10-ms frames -> 960-ms segments, a tail of >= 250 ms kept
-    assert segs.shape[-1] == n_mel // 96 + (n_mel % 96 >= 25)
+    frames, min_frames = segment_steps(model.config)  # 960-ms segments, a tail of >= 250 ms kept
+    source = model.config.audio_source
+    n = feats.log_mel.shape[1] if source == "log_mel" else len(feats.audio_tokens[source])
+    assert segs.shape[-1] == n // frames + (n % frames >= min_frames)
     assert out.attention["sem_visual_block2_map"][0].shape == (1, 15, 15)
     assert out.label == "joy"  # a smiling face + a happy voice
 

@@ -41,7 +41,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    "training speaker")
     p.add_argument("--audio-source", default=None, metavar="KEY",
                    help="the audio tokens the model reads (its config's audio_source; default: the profile's primary "
-                   "encoder, 'audio'; the embedded profile also has 'whisper_layer4')")
+                   "encoder, 'audio', except MER-SEM-MBT, whose default is its CNN on the log-mel; the embedded profile also has "
+                   "'whisper_layer4')")
     p.add_argument("--out", type=Path, default=None, help="checkpoint root (default: models/checkpoints)")
     add_device(p)
 
