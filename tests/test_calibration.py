@@ -11,7 +11,7 @@ import torch
 from emoweb.learning.metrics import expected_calibration_error, selective_threshold
 from models import LABEL7, registry
 from models.backbones import PROFILES
-from models.calibration import fit_temperature
+from models.calibration import calibrated_logits, fit_spread_temperature, fit_temperature
 from models.inputs import ModelInput
 
 
@@ -47,6 +47,35 @@ def test_fitted_temperature_makes_an_overconfident_model_honest() -> None:
 
     assert ece(overconfident) > 0.15
     assert ece(overconfident / t) < 0.03
+
+
+def test_spread_temperature_fits_two_corpora_whose_logits_differ_in_scale() -> None:
+    """Two corpora on which the model is right equally often, one with logits 3x as large (EmoAsst's voice on
+    RAVDESS vs CREMA-D): one temperature leaves one corpus over- and the other under-confident; a temperature
+    growing with the row's spread (power ~1) makes both honest."""
+    gen = torch.Generator().manual_seed(0)
+    n, c = 4000, 7
+    honest = torch.randn(2 * n, c, generator=gen) * 1.5
+    targets = torch.multinomial(honest.softmax(-1), 1, generator=gen).squeeze(1)
+    scale = torch.cat([torch.full((n, 1), 2.0), torch.full((n, 1), 6.0)])
+    logits = honest * scale
+    corpus = [slice(0, n), slice(n, 2 * n)]
+
+    def ece(scores, rows):
+        p = scores[rows].softmax(-1)
+        return expected_calibration_error(p.max(-1).values.tolist(), (p.argmax(-1) == targets[rows]).tolist())
+
+    t = fit_temperature(logits, targets)
+    assert max(ece(logits / t, rows) for rows in corpus) > 0.15
+    temp, power = fit_spread_temperature(logits, targets)
+    assert 0.7 < power < 1.3, power
+    calibrated = calibrated_logits(logits, {}, ["audio"] * len(logits), {"temperature": {"audio": temp}, "spread_power": {"audio": power}})
+    assert max(ece(calibrated, rows) for rows in corpus) < 0.05  # one temperature: 0.20 and 0.09
+    assert torch.equal(calibrated.argmax(-1), logits.argmax(-1))  # the same answers
+    assert fit_spread_temperature(logits[:60], targets[:60])[1] == 0.0  # too few rows to tell: plain temperature
+    # power 0 is plain temperature scaling
+    assert torch.allclose(calibrated_logits(logits, {}, ["audio"] * len(logits), {"temperature": {"audio": t}, "spread_power": {"audio": 0.0}}),
+                          logits / t)
 
 
 @pytest.mark.parametrize("fitted", [2.5, {"audio": 2.5, "visual": 9.0}])

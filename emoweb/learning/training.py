@@ -291,12 +291,13 @@ NOT_SURE_TARGET = 0.8  # the selective accuracy the "not sure" threshold is chos
 
 def calibrate(model, samples: list[Sample], dims: dict[str, int], labels: list[str]) -> dict:
     """Fit the model's calibration on `samples` (the dev rows; every corpus of a kind weighted the same):
-    a temperature per input kind (audio, visual, text, audio+visual, ...) and, for a kind with several
+    a temperature per input kind (audio, visual, text, audio+visual, ...), growing with the row's logit spread
+    to a fitted power (`models.calibration.fit_spread_temperature`), and, for a kind with several
     senses that each give their own decision, reliability weights (`models.calibration.fit_fusion`); and
     say what they did: ECE per corpus before and after, and the calibrated confidence below which an
     answer is "not sure" for NOT_SURE_TARGET selective accuracy, with its coverage. For the card's `calibration`."""
     from models.cache import logits_from_probs
-    from models.calibration import SENSE_FLOOR, calibrated_logits, fit_fusion, fit_temperature, input_kind
+    from models.calibration import SENSE_FLOOR, calibrated_logits, fit_fusion, fit_spread_temperature, input_kind
 
     outs = predict_samples(model, samples, dims, labels)
     logits = torch.cat([out.logits for out in outs])
@@ -310,12 +311,12 @@ def calibrate(model, samples: list[Sample], dims: dict[str, int], labels: list[s
     targets = torch.tensor([labels.index(s.row.label) for s in samples])
     corpora = [s.row.manifest for s in samples]
     kinds = [input_kind(s.features.modalities) for s in samples]
-    fitted: dict = {"temperature": {}, "fusion": {}}
+    fitted: dict = {"temperature": {}, "spread_power": {}, "fusion": {}}
     for kind in sorted(set(kinds)):
         rows = [i for i, k in enumerate(kinds) if k == kind]
         counts = {c: sum(1 for i in rows if corpora[i] == c) for c in {corpora[i] for i in rows}}
         weights = torch.tensor([1.0 / counts[corpora[i]] for i in rows])
-        fitted["temperature"][kind] = fit_temperature(logits[rows], targets[rows], weights)
+        fitted["temperature"][kind], fitted["spread_power"][kind] = fit_spread_temperature(logits[rows], targets[rows], weights)
         own = [m for m in kind.split("+") if m in senses]
         if len(own) > 1:  # several senses, each with its own decision: how far to trust each
             fitted["fusion"][kind] = fit_fusion(logits[rows], {m: senses[m][rows] for m in own}, targets[rows], weights)
