@@ -243,8 +243,11 @@ def _calibration_section(card: dict) -> list[str]:
     if not cal:
         return []
     temps = cal["temperature"] if isinstance(cal["temperature"], dict) else {"every row": cal["temperature"]}
+    powers = cal.get("spread_power") or {}
+    rule = ", ".join(f"{kind} {t:g}" + (f" x spread^{powers[kind]:g}" if powers.get(kind) else "") for kind, t in temps.items())
     lines = ["## Calibration", "", f"Temperature scaling, fitted on {cal.get('fitted_on', 'the dev rows')} "
-             "(`python -m emoweb calibrate` fits it again): " + ", ".join(f"{kind} {t:g}" for kind, t in temps.items()) + ".", "",
+             "(`python -m emoweb calibrate` fits it again); where a power is given, the temperature grows with the "
+             "row's logit spread (its standard deviation over the labels): " + rule + ".", "",
              "| dev corpus | ECE before % | ECE after % |", "|---|---|---|"]
     lines += [f"| {corpus} | {_pct(e['before'])} | {_pct(e['after'])} |" for corpus, e in cal.get("ece_dev", {}).items()]
     for kind, w in cal.get("fusion", {}).items():
@@ -271,7 +274,7 @@ def _limits_section(card: dict, info: ModelInfo | None) -> list[str]:
              "judging anyone without their consent.", "",
              "- Learnt from adults acting emotions and from web face photos, not from children or everyday clips.",
              "- The validation split is small (a few speakers): a few points up or down are within its noise.",
-             ("- The probabilities are calibrated on the dev rows (below); across corpora one temperature "
+             ("- The probabilities are calibrated on the dev rows (below); across corpora one temperature rule "
               "per input kind cannot be right everywhere, so check the ECE per corpus." if card.get("calibration") else
               "- The probabilities are not calibrated; EmoWeb says how sure it is only from the models' agreement.")]
     if weak:
