@@ -41,6 +41,9 @@ Read top-down as in the paper (Sec. 3):
   (c_m: a learned per-modality bias, our addition), absent modalities are masked out, and
   ``alpha = softmax(scores)`` weights the decisions: ``p = sum_m alpha_m p_m``. ``alpha`` is returned
   (``similarity["fusion_weights"]`` for the first item, ``attention["fusion_weights"]`` [B, 3]).
+  The per-modality decisions *shown* (``modality_probs``) are each sense's own: at inference, a row
+  with both senses also runs each stream through the bottleneck transformer alone (the fused answer
+  is still the paper's, from the mixed streams).
 
 Training: CE on the fused prediction (single-label data; the paper's data is multi-label, BCE) plus
 ``modality_loss_weight`` x CE on each present modality's decision (so every per-modality decision
@@ -560,6 +563,7 @@ class MERSEMMBT(nn.Module):
             present[m] = streams[m][2]
         if "visual" in logits:
             logits["visual"] = self.visual_residual(logits["visual"], x)
+        alone = self._sense_decisions(streams, x) if len(streams) > 1 and not self.training else {}
         if x.present["text"].any():
             logits["text"], hidden["text"] = self.decisions["text"](x.text)
             present["text"] = x.present["text"]
@@ -569,8 +573,21 @@ class MERSEMMBT(nn.Module):
         fused, alpha = self.fusion(probs, pres)
         return {
             "fused": fused, "alpha": alpha, "present": pres, "logits": logits, "hidden": hidden,
-            "modality_present": present, "raw": raw, "mbt_weights": mbt_weights, "notes": notes,
+            "modality_present": present, "raw": raw, "mbt_weights": mbt_weights, "notes": notes, "alone": alone,
         }
+
+    def _sense_decisions(self, streams: dict, x: ModelInput) -> dict[str, torch.Tensor]:
+        """Each sense's logits [B, C] from its stream run through the bottleneck transformer alone: what the
+        voice (or the face) says by itself. The paper's per-modality decisions read streams the bottleneck
+        has already mixed, so on a clip with both senses the "voice" decision also carries the face; shown
+        to a parent, and weighed by the calibration's sense reliabilities, they must be independent."""
+        out = {}
+        for m, stream in streams.items():
+            z = self.mbt({m: stream})[0][m]
+            out[m] = self.decisions[m](masked_mean(z, stream[1]))[0]
+        if "visual" in out:
+            out["visual"] = self.visual_residual(out["visual"], x)
+        return out
 
     def _class_weights(self, labels: torch.Tensor) -> torch.Tensor:
         """Inverse frequency of the labels seen in training so far (mean weight 1 over seen classes)."""
@@ -635,7 +652,7 @@ class MERSEMMBT(nn.Module):
             labels=list(labels),
             embedding=F.normalize(torch.cat(parts, dim=1), dim=-1),  # [B, 3d]: decision-weighted modality keys
             logits=probs.clamp(min=1e-6).log(),  # log-probabilities: valid logits for the cache (models/cache.py)
-            modality_probs={m: pick(lg.softmax(-1)) for m, lg in enc["logits"].items()},
+            modality_probs={m: pick(enc["alone"].get(m, lg).softmax(-1)) for m, lg in enc["logits"].items()},
             modality_embeddings=keys,
             notes=notes,
         )

@@ -96,8 +96,8 @@ def test_audio_decision_reads_the_named_encoder_tokens():
 def _visual_grad_from_audio(model: MERSEMMBT) -> torch.Tensor | None:
     x = make_input()
     x.extra["log_mel"].requires_grad_(True)
-    out = model(x)
-    (grad,) = torch.autograd.grad(out.modality_probs["visual"].pow(2).sum(), x.extra["log_mel"], allow_unused=True)
+    mixed = model.encode(x)["logits"]["visual"]  # the paper's visual decision, on the mixed streams
+    (grad,) = torch.autograd.grad(mixed.softmax(-1).pow(2).sum(), x.extra["log_mel"], allow_unused=True)
     return grad
 
 
@@ -175,6 +175,21 @@ def test_outputs_cache_embedding_and_closed_label_set():
     expected = out.probs[:, [LABEL7.index("sadness"), LABEL7.index("joy")]]
     assert torch.allclose(subset.probs, expected / expected.sum(-1, keepdim=True), atol=1e-5)
     assert model(x, ["a child's own word"]).labels == list(LABEL7)
+
+
+def test_each_senses_shown_decision_is_its_own():
+    """On a clip with face and voice, the voice decision shown is what the voice says alone (the same clip
+    without its face), although the fused answer reads streams the bottleneck has mixed."""
+    model = small_model()
+    x = make_input(present=("audio", "visual"))
+    with torch.no_grad():
+        both = model(x)
+        mixed = model.encode(x)["logits"]
+        for sense, other in (("audio", "visual"), ("visual", "audio")):
+            y = make_input(present=(sense,))
+            alone = model(y).modality_probs[sense]
+            assert torch.allclose(both.modality_probs[sense], alone, atol=1e-5)
+            assert not torch.allclose(mixed[sense].softmax(-1), alone, atol=1e-3)  # the bottleneck did mix them
 
 
 def test_masked_frames_and_absent_rows_do_not_leak():
