@@ -4,8 +4,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from emoweb.errors import EmoWebError, MediaError
-from emoweb.services import comparison
+from emoweb.errors import EmoWebError
+from emoweb.services import comparison, uploads
 from emoweb.ui import common as C
 from emoweb.ui import figures as F
 from emoweb.ui.predict import pick_input, stage_progress
@@ -55,10 +55,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     @C.user_errors
     def compare_clip(video, request: gr.Request, progress=gr.Progress()):
         path, _ = pick_input(video, None, None)
-        if not path.is_file():
-            raise MediaError(f"file not found: {path.name}")
-        if path.stat().st_size > ctx.settings.max_upload_mb * 2**20:
-            raise MediaError(f"file too large: the limit is {ctx.settings.max_upload_mb:g} MB")
+        uploads.check_upload(path, ctx.settings.max_upload_mb)  # no media: refused before the models load
         names = ctx.predictor.model_names("all")
         if not names:
             raise EmoWebError(f"no trained model is available for the {ctx.settings.profile!r} backbone profile")
