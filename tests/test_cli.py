@@ -45,6 +45,37 @@ def test_help_and_bad_input_answer_without_torch(argv: list[str], rc: int, err: 
     assert err in stderr
 
 
+# a text file: named as a video, ffmpeg finds no container in it; named .txt, its tty demuxer would
+# play it as ANSI-art video (the same files as conftest.make_bad_inputs)
+NO_MEDIA = {
+    "notes.mp4": ("this is a text file, not a video\n" * 20, "not a media file or corrupt container: notes.mp4"),
+    "notes.txt": ("# My notes\n\nThe clip from Tuesday: she smiled at the dog.\n" * 20, "not a media file (a text file): notes.txt"),
+}
+
+
+@pytest.mark.parametrize("command", ["predict", "inspect"])
+@pytest.mark.parametrize("name", sorted(NO_MEDIA))
+def test_a_file_that_is_no_media_is_refused_before_the_models_load(command: str, name: str, tmp_path: Path) -> None:
+    """One error line, exit code 2, and neither torch, the model registry nor the Predictor imported
+    (the models cannot have loaded without them)."""
+    text, message = NO_MEDIA[name]
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    line, stderr = _probe(command, str(tmp_path / name))
+    assert line == "HEAVY [] RC 2", stderr
+    assert stderr.strip().splitlines() == [f"error: {message}"]
+
+
+def test_a_batch_of_files_that_are_no_media_is_refused_before_the_models_load(tmp_path: Path) -> None:
+    """Several clips: each bad one is reported on its line; none good, so nothing loads (exit 1)."""
+    for name, (text, _) in NO_MEDIA.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    done = subprocess.run([sys.executable, "-c", PROBE, "predict", str(tmp_path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    lines = done.stdout.strip().splitlines()
+    assert lines[-1] == "HEAVY [] RC 1", done.stderr
+    assert lines[:-1] == [f"{name}: error: {message}" for name, (_, message) in sorted(NO_MEDIA.items())]
+
+
 def test_python_m_emoweb_help_imports_no_torch() -> None:
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "emoweb", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)

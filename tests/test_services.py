@@ -224,6 +224,23 @@ def test_bad_media_leaves_nothing_behind(service: CaregiverService, tmp_path) ->
     assert files(service.media_root / str(pid)) == []
 
 
+def test_a_file_that_is_no_media_is_refused_before_the_models_load(tmp_path) -> None:
+    """A fresh service (no Predictor given): the text file is refused while the service still has no
+    Predictor and has built no job (the models and backbones load only through them)."""
+    from emoweb.config import Settings
+
+    service = CaregiverService(Settings(data_dir=tmp_path / "data", database_url="", profile="embedded"))
+    try:
+        service.create_profile("no-media")
+        notes = tmp_path / "notes.mp4"
+        notes.write_text("this is a text file, not a video\n" * 20)
+        with pytest.raises(MediaError, match=r"^not a media file or corrupt container: notes\.mp4$"):
+            service.ingest(notes, "no-media")
+        assert service.ctx._predictor is None and service.ctx._jobs == {}
+    finally:
+        service.close()
+
+
 @pytest.mark.slow
 def test_a_failure_while_storing_leaves_no_rows_and_no_file(service, real, composite_clip, monkeypatch, no_decoding) -> None:
     service.create_profile("fails")

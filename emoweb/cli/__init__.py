@@ -100,6 +100,9 @@ def _inspect_args(p: argparse.ArgumentParser) -> None:
          prints="the clip's kind, duration, frames, faces found, transcript and per-stage timings",
          takes="about 1 s for a 4-s clip once the backbones are loaded, plus 2-10 s to load them")(_inspect_args)
 def _inspect(args: argparse.Namespace) -> int:
+    from emoweb.pipeline.media import check_media
+
+    check_media(args.path)  # a file that is no media answers before torch and the backbones load
     from emoweb.pipeline.features import FeatureExtractor
 
     summary = FeatureExtractor(settings_from(args))(args.path).to_summary()

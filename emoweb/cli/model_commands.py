@@ -293,7 +293,7 @@ def _predict_line(item: dict) -> str:
          prints="per clip the one answer (the models' vote, how sure in words) and each model's label and probability",
          takes="2-10 s to load the backbones and models, then about 1 s per 4-s clip (5 s per 60-s clip) on a 2-CPU machine")(_predict_args)
 def _predict(args: argparse.Namespace) -> int:
-    from emoweb.pipeline.media import check_file
+    from emoweb.pipeline.media import check_media
     from emoweb.safetext import clean
 
     if not args.paths and args.text is None:
@@ -301,11 +301,19 @@ def _predict(args: argparse.Namespace) -> int:
     if not args.paths and not clean(args.text).strip():
         raise EmoWebError("--text is empty: type at least one word")  # before torch and the models load
     paths = [p for a in args.paths for p in (sorted(x for x in Path(a).iterdir() if x.is_file()) if Path(a).is_dir() else [Path(a)])]
-    if len(paths) == 1:
-        check_file(paths[0])  # a missing clip answers before torch and the models load
-    from emoweb.pipeline.inference import Predictor
+    refused: dict[Path, EmoWebError] = {}
+    for path in paths:  # a file that is no media answers before torch and the models load
+        try:
+            check_media(path)
+        except EmoWebError as exc:
+            if len(paths) == 1:
+                raise
+            refused[path] = exc
+    predictor = None  # every clip refused: nothing to load
+    if not paths or len(refused) < len(paths):
+        from emoweb.pipeline.inference import Predictor
 
-    predictor = Predictor(settings_from(args))
+        predictor = Predictor(settings_from(args))
     if not paths:
         emit(_summary(predictor.predict_text(args.text, args.models), predictor), args.json, _predict_line)
         return 0
@@ -313,6 +321,8 @@ def _predict(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     for path in paths:
         try:
+            if path in refused:
+                raise refused[path]
             results.append(_summary(predictor.predict(path, args.models, text=args.text), predictor))
         except EmoWebError as exc:
             if len(paths) == 1:

@@ -16,6 +16,7 @@ import torch
 
 from emoweb.config import Settings, get_settings
 from emoweb.errors import EmoWebError
+from emoweb.pipeline import media
 from emoweb.pipeline.batching import to_input
 from emoweb.pipeline.features import ClipFeatures, FeatureExtractor, Progress
 from models import LABEL7, registry
@@ -158,7 +159,9 @@ class Predictor:
     def predict(
         self, path: str | Path, models: str = "all", caches=None, progress: Progress | None = None, text: str | None = None
     ) -> Prediction:
-        """Every model's answer about a clip; `text` (when given) replaces its transcript (`with_text`)."""
+        """Every model's answer about a clip; `text` (when given) replaces its transcript (`with_text`).
+        A file that is no media (`media.check_media`) is refused before any model loads."""
+        media.check_media(path)
         names = self.required_models(models)
         features = self.extractor(path, progress)
         if text is not None:

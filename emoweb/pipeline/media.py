@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,13 +106,19 @@ def _downscale(img: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((max(1, round(w * scale)), max(1, round(h * scale)))))
 
 
-def _decode_image(path: Path, sha: str) -> DecodedClip:
+@contextmanager
+def _image_errors(path: Path) -> Iterator[None]:
+    """Pillow's failures on `path` as one MediaError line."""
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            frame = _downscale(np.asarray(im))
+        yield
     except (UnidentifiedImageError, OSError) as exc:
         raise MediaError(f"not a readable image: {display_name(path)} ({exc.__class__.__name__})") from None
+
+
+def _decode_image(path: Path, sha: str) -> DecodedClip:
+    with _image_errors(path), Image.open(path) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        frame = _downscale(np.asarray(im))
     # say what is missing, as the container path does for a video without sound
     return DecodedClip(path, sha, "image", 0.0, 0.0, frame[None], [0.0], None, ["still image: no audio"])
 
@@ -208,6 +216,24 @@ def _open(path: Path) -> av.container.InputContainer:
     return container
 
 
+def check_media(path: str | Path) -> None:
+    """Raise the MediaError `decode` would for a file it cannot even open: missing, empty, a text
+    file, not a media container, no audio or video track it has a decoder for, not an image Pillow
+    reads. Reads only the header (milliseconds), so every entry point that takes a file calls it
+    before the backbones and models load; a file that passes can still fail later in `decode` (a
+    corrupt stream, no decodable audio or video)."""
+    path = Path(path)
+    check_file(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        with _image_errors(path), Image.open(path):
+            return
+    container = _open(path)
+    try:
+        _streams(container, path)
+    finally:
+        container.close()
+
+
 def decode(path: str | Path, n_frames: int = 16, max_seconds: float = 60.0) -> DecodedClip:
     """Decode `path`: up to `n_frames` uniformly sampled frames and mono 16 kHz audio, capped at `max_seconds`."""
     path = Path(path)
@@ -231,7 +257,9 @@ def _declared(stream: av.stream.Stream, origin: float, span: float) -> float:
     return span if end is None else min(span, end - origin)
 
 
-def _decode_container(container, path: Path, sha: str, n_frames: int, max_seconds: float) -> DecodedClip:
+def _streams(container, path: Path) -> tuple[list, av.stream.Stream | None, list, list[str]]:
+    """(video tracks that are not cover pictures, the one to analyse or None, decodable audio tracks,
+    the kinds of track without a decoder); MediaError when there is nothing to decode."""
     pictures = [s for s in container.streams.video if not is_cover(s)]
     video = next((s for s in sorted(pictures, key=lambda s: not is_default(s)) if s.codec_context is not None), None)
     audios = [s for s in container.streams.audio if s.codec_context is not None]
@@ -241,6 +269,11 @@ def _decode_container(container, path: Path, sha: str, n_frames: int, max_second
         if unsupported:
             raise MediaError(f"unsupported codec: no decoder for the {' or '.join(unsupported)} stream in {display_name(path)}")
         raise MediaError(f"no audio or video stream in {display_name(path)}")
+    return pictures, video, audios, unsupported
+
+
+def _decode_container(container, path: Path, sha: str, n_frames: int, max_seconds: float) -> DecodedClip:
+    pictures, video, audios, unsupported = _streams(container, path)
     warnings: list[str] = []
     origin, full = _timeline(container, [s for s in (video, *audios) if s is not None])
     if full > max_seconds:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from emoweb.config import Settings, get_settings
 from emoweb.safetext import clean
-from emoweb.services import lessons
+from emoweb.services import lessons, uploads
 from emoweb.services.context import Pause, Progress, ServiceContext, clip_info, profile_info, storage_errors
 from emoweb.services.records import ClipInfo, ClipResult, CorrectionInfo, ImportReport, ModelRebuild, ProfileInfo, QueueEntry
 from models import LABEL7
@@ -150,6 +150,7 @@ class CaregiverService:
         models once more for the full outputs (attention maps ...), storing nothing new.
         `progress(stage)` is called as decoding and each model start. Bad media: `MediaError`."""
         prof = self.ctx.profile(profile)
+        uploads.check_upload(Path(path), self.settings.max_upload_mb)  # before the models load
         return self._ingest.ingest(prof, Path(path), source, original_name, progress, explain)
 
     @storage_errors

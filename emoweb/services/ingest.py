@@ -67,23 +67,9 @@ class Ingest:
         self.ctx = ctx
         self.predictions = ctx.once(Predictions)
 
-    def check_upload(self, path: Path) -> None:
-        """Refuse a missing, empty or too large file before anything is read."""
-        if not path.exists():
-            raise MediaError(f"file not found: {display_name(path)}")
-        if not path.is_file():
-            raise MediaError(f"not a file: {display_name(path)}")
-        size = path.stat().st_size
-        if size == 0:
-            raise MediaError(f"empty file (0 bytes): {display_name(path)}")
-        limit = self.ctx.settings.max_upload_mb * 1024 * 1024
-        if size > limit:
-            raise MediaError(f"file too large: {display_name(path)} is {size / 2**20:.0f} MB, the limit is {self.ctx.settings.max_upload_mb:g} MB")
-
     def ingest(self, prof: Profile, path: Path, source: str, original_name: str | None, progress: Progress | None,
                explain: bool) -> ClipResult:
-        """See `CaregiverService.ingest`."""
-        self.check_upload(path)
+        """See `CaregiverService.ingest` (which has refused a file that is no media: `uploads.check_upload`)."""
         sha = file_sha256(path)
         name = clean(original_name if original_name is not None else path.name)
         existing = self.ctx.repo.find_clip(prof.id, sha)

@@ -1,4 +1,5 @@
-"""Copies of deleted clips in the web server's upload folder.
+"""Uploads: refused at once when they are no media or too large, and copies of deleted clips removed
+from the web server's upload folder.
 
 Gradio keeps every upload (and webcam recording) in its own folder and only sweeps files older than
 an hour. A caregiver who deletes a clip expects it gone now, so deletion also removes any upload
@@ -10,7 +11,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from emoweb.pipeline.media import file_sha256
+from emoweb.errors import MediaError
+from emoweb.pipeline.media import check_media, display_name, file_sha256
+
+
+def check_upload(path: Path, max_upload_mb: float) -> None:
+    """Raise one MediaError line for a file that is missing, empty, no media (`media.check_media`: the
+    header only) or over `max_upload_mb` MB: what every entry point that takes an upload calls before
+    the backbones and models load."""
+    check_media(path)
+    size = path.stat().st_size
+    if size > max_upload_mb * 2**20:
+        raise MediaError(f"file too large: {display_name(path)} is {size / 2**20:.0f} MB, the limit is {max_upload_mb:g} MB")
 
 
 def forget_copies(folder: Path, sha256s: Iterable[str]) -> int:

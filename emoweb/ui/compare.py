@@ -1,14 +1,11 @@
 """Compare tab: one clip through all models side by side with latency; or a labelled set (a profile's
 labelled clips, or a manifest) with accuracy, weighted F1, UAR and a confusion matrix per model."""
-import csv
-import random
-from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
 
-from emoweb.config import SHARED_DATA
-from emoweb.errors import EmoWebError, MediaError
+from emoweb.errors import EmoWebError
+from emoweb.services import comparison, uploads
 from emoweb.ui import common as C
 from emoweb.ui import figures as F
 from emoweb.ui.predict import pick_input, stage_progress
@@ -18,73 +15,8 @@ SOURCES = ("profile's labelled clips", "server manifest", "uploaded manifest")
 MAX_MANIFEST_ROWS = 2000
 
 
-def server_manifests() -> dict[str, Path]:
-    """Manifests of the shared data folder that the evaluator reads (name shown -> path)."""
-    found: dict[str, Path] = {}
-    if not SHARED_DATA.is_dir():
-        return found
-    from emoweb.learning.manifests import read_manifest
-
-    for path in sorted(SHARED_DATA.glob("**/manifest*.csv"))[:20]:
-        try:
-            read_manifest(path)
-        except (EmoWebError, OSError, KeyError, ValueError, csv.Error):
-            continue
-        found[str(path.relative_to(SHARED_DATA))] = path
-    return found
-
-
-def _inside(path: Path, roots: list[Path]) -> bool:
-    resolved = path.resolve()
-    return any(resolved.is_relative_to(r.resolve()) for r in roots)
-
-
-def capped_manifest(ctx: C.AppContext, source: Path, split: str, max_rows: int, uploaded: bool) -> tuple[Path, int, int]:
-    """A temporary manifest of at most `max_rows` rows of `split` (stratified by label, seeded), with
-    absolute paths that must lie in the shared data folder (or, in a shared deployment, the data dir)."""
-    from emoweb.learning.manifests import read_manifest
-
-    rows = read_manifest(source)
-    if uploaded:  # paths of an uploaded manifest are absolute or relative to the shared data folder
-        rows = [replace(r, path=SHARED_DATA / r.path.relative_to(source.parent))
-                if r.path is not None and r.path.is_relative_to(source.parent) else r for r in rows]
-    # the data dir holds every owner's media: only a shared (single-family) deployment may name it
-    roots = [Path(ctx.settings.data_dir), SHARED_DATA] if ctx.settings.shared else [SHARED_DATA]
-    outside = [r for r in rows if r.path is not None and not _inside(r.path, roots)]
-    if outside:
-        where = "the data dir and the shared data folder" if ctx.settings.shared else "the shared data folder"
-        raise EmoWebError(f"{len(outside)} manifest row(s) point outside {where} "
-                          f"(first: {outside[0].path.name!r}); refused")
-    total = len(rows)
-    if split:
-        rows = [r for r in rows if r.split == split]
-    if not rows:
-        raise EmoWebError(f"no rows with split {split!r} in the manifest")
-    if len(rows) > max_rows:
-        rng = random.Random(0)
-        by_label: dict[str, list] = {}
-        for r in rows:
-            by_label.setdefault(r.label, []).append(r)
-        pools = [rng.sample(by_label[lab], len(by_label[lab])) for lab in sorted(by_label)]
-        picked: list = []
-        while len(picked) < max_rows:  # round robin over the labels: as balanced as the data allows
-            for pool in pools:
-                if pool and len(picked) < max_rows:
-                    picked.append(pool.pop())
-        rows = picked
-    out = Path(ctx.temp_text("manifest.csv", ""))
-    with open(out, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "label", "text", "speaker", "split"])
-        for r in rows:
-            w.writerow(["" if r.path is None else str(r.path.resolve()), r.label, r.text, r.speaker, r.split or "eval"])
-    return out, len(rows), total
-
-
 def _report_markdown(reports: dict, heading: str, latency: dict[str, float | None]) -> str:
-    from emoweb.learning.metrics import comparison_table
-
-    lines = [heading, "", comparison_table(reports)]
+    lines = [heading, "", comparison.comparison_table(reports)]
     lat = [f"{C.esc(m)} {v:.1f} ms/clip" for m, v in latency.items() if v is not None]
     if lat:
         lines.append("\nModel latency (after the shared features): " + ", ".join(lat))
@@ -96,7 +28,7 @@ def _report_markdown(reports: dict, heading: str, latency: dict[str, float | Non
 
 
 def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
-    manifests = server_manifests()
+    manifests = comparison.server_manifests()
     with gr.Tab("Compare", id="compare"):
         gr.Markdown("### One clip through all models")
         with gr.Row():
@@ -123,10 +55,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     @C.user_errors
     def compare_clip(video, request: gr.Request, progress=gr.Progress()):
         path, _ = pick_input(video, None, None)
-        if not path.is_file():
-            raise MediaError(f"file not found: {path.name}")
-        if path.stat().st_size > ctx.settings.max_upload_mb * 2**20:
-            raise MediaError(f"file too large: the limit is {ctx.settings.max_upload_mb:g} MB")
+        uploads.check_upload(path, ctx.settings.max_upload_mb)  # no media: refused before the models load
         names = ctx.predictor.model_names("all")
         if not names:
             raise EmoWebError(f"no trained model is available for the {ctx.settings.profile!r} backbone profile")
@@ -143,19 +72,13 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     @C.user_errors
     def compare_set(source_value, profile_ref, server_value, upload_value, split_value, max_rows_value, request: gr.Request,
                     progress=gr.Progress(track_tqdm=True)):
-        from emoweb.learning.metrics import classification_report
-
         if source_value == SOURCES[0]:
             profile = ctx.profile(profile_ref, request)
             entries = [e for e in ctx.service.labelling_queue(profile.id) if e.label]
             if not entries:
                 raise EmoWebError(f"profile {profile.name!r} has no labelled clip yet")
             labels = C.ordered_labels(list(profile.labels) + [e.label for e in entries])
-            models = sorted({m for e in entries for m in e.top_labels})
-            reports = {}
-            for m in models:
-                have = [e for e in entries if m in e.top_labels]
-                reports[m] = classification_report([e.label for e in have], [e.top_labels[m] for e in have], labels)
+            reports = comparison.stored_answer_reports(entries, labels)
             snaps = [s for s in ctx.service.snapshots(profile.id) if s["active"]]
             heading = (f"**{C.esc(profile.name)}**: {len(entries)} labelled clip(s); answers are each model's latest stored "
                        "answer (with the cache active at that time).")
@@ -166,8 +89,6 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                     heading += (f"\n\nActive cache of {C.esc(s['model'])} (snapshot {s['id']}): leave-one-out accuracy "
                                 f"{fmt(m.get('before'))} alone → {fmt(m.get('after'))} with the cache.")
             return _report_markdown(reports, heading, {}), F.confusion_figure(reports)
-        from emoweb.learning.evaluation import evaluate_manifest
-
         if source_value == SOURCES[1]:
             if not server_value or server_value not in manifests:
                 raise EmoWebError("choose one of the server manifests")
@@ -177,9 +98,11 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                 raise EmoWebError("upload a manifest CSV first")
             path, uploaded = Path(upload_value), True
         split_value = (split_value or "").strip()
-        capped, n, total = capped_manifest(ctx, path, split_value, int(max_rows_value or 100), uploaded)
+        rows, total = comparison.capped_rows(ctx.settings, path, split_value, int(max_rows_value or 100), uploaded)
+        n = len(rows)
+        capped = comparison.write_manifest(rows, Path(ctx.temp_text("manifest.csv", "")))
         progress(0.05, desc=f"encoding {n} clip(s) (each once; cached afterwards)")
-        result = evaluate_manifest(ctx.settings, str(capped), "all", split="", cache_k=0)  # the capped rows are the split
+        result = comparison.evaluate_all(ctx.settings, capped)  # the capped rows are the split
         reports = result["reports"]
         name = server_value if not uploaded else Path(upload_value).name
         skipped = list(result.get("skipped") or [])

@@ -2,6 +2,7 @@
 chosen profile, and the few-shot cache's hyper-parameters."""
 import gradio as gr
 
+from emoweb.services import modelinfo
 from emoweb.ui import common as C
 from emoweb.ui.label import tuning_of
 
@@ -29,22 +30,17 @@ def _card_metrics(card: dict) -> str:
 
 
 def models_info(ctx: C.AppContext, profile_ref, request) -> tuple:
-    from models import registry
-
     predictor = ctx.predictor
     bb = predictor.backbones
-    available = set(registry.available())
     rows, cards = [], {}
-    for name in registry.MODELS:
-        weights, card_path = registry.checkpoint_paths(name, bb.name, predictor.checkpoint_root)
-        loaded = predictor.model(name) if name in available else None
-        card = dict(loaded[1]) if loaded else {}
-        if loaded:
-            cards[name] = {k: v for k, v in card.items() if k not in ("training",)}
+    for status in modelinfo.model_statuses(predictor):
+        card = status.card or {}
+        if status.card is not None:
+            cards[status.name] = {k: v for k, v in card.items() if k not in ("training",)}
         rows.append([
-            name, "yes" if name in available else "no",
-            "yes" if weights.is_file() and card_path.is_file() else ("random init (untrained)" if card.get("untrained") else "no"),
-            "yes" if loaded else "no",
+            status.name, "yes" if status.code_present else "no",
+            "yes" if status.checkpoint_present else ("random init (untrained)" if card.get("untrained") else "no"),
+            "yes" if status.card is not None else "no",
             ", ".join(card.get("labels") or (card.get("config") or {}).get("labels") or []) or "-",
             ("UNTRAINED weights · " if card.get("untrained") else "") + _card_metrics(card),
         ])

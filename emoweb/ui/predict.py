@@ -9,8 +9,8 @@ from typing import Any
 
 import gradio as gr
 
-from emoweb.errors import EmoWebError, MediaError
-from emoweb.services import reanalyse
+from emoweb.errors import EmoWebError
+from emoweb.services import reanalyse, uploads
 from emoweb.services.headline import RULE
 from emoweb.ui import common as C
 from emoweb.ui.explain import explain, person_choices
@@ -125,11 +125,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     @C.user_errors
     def predict(video, audio, image, profile_ref, request: gr.Request, progress=gr.Progress()):
         path, source = pick_input(video, audio, image)
-        if not path.is_file():
-            raise MediaError(f"file not found: {path.name}")
-        size_mb = path.stat().st_size / 2**20
-        if size_mb > ctx.settings.max_upload_mb:
-            raise MediaError(f"file too large: {size_mb:.0f} MB, the limit is {ctx.settings.max_upload_mb:g} MB")
+        uploads.check_upload(path, ctx.settings.max_upload_mb)  # no media: refused before the models load
         profile = None
         if profile_ref and str(profile_ref) != C.NO_PROFILE:
             profile = ctx.profile(profile_ref, request)

@@ -1,0 +1,33 @@
+"""What the Models tab shows about each model the registry knows: whether its code is present, whether
+this backbone profile has a shipped checkpoint, and the card of the loaded model (the UI only calls
+services; the registry imports torch, so it is imported on first use).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One registry model under the Predictor's backbone profile."""
+
+    name: str
+    code_present: bool  # its module imports (the registry's `available`)
+    checkpoint_present: bool  # weights and JSON card both on disk for this profile
+    card: dict[str, Any] | None  # the loaded model's card (a copy); None when it is not loaded
+
+
+def model_statuses(predictor: Any) -> list[ModelStatus]:
+    """Every model of the registry, in its order, for `predictor` (an `emoweb.pipeline.inference.Predictor`).
+    Loads each available model once (what `predictor.model` does), to read its card."""
+    from models import registry
+
+    available = set(registry.available())
+    out = []
+    for name in registry.MODELS:
+        weights, card_path = registry.checkpoint_paths(name, predictor.backbones.name, predictor.checkpoint_root)
+        loaded = predictor.model(name) if name in available else None
+        out.append(ModelStatus(name, name in available, weights.is_file() and card_path.is_file(),
+                               dict(loaded[1]) if loaded else None))
+    return out
