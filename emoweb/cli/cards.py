@@ -63,12 +63,13 @@ MODELS = {
     "sem_mbt": ModelInfo(
         "MER-SEM-MBT", "the MER-SEM-MBT method document (multimodal interaction enhanced representation learning for "
         "video emotion recognition)",
-        "semantic enhancement modules (sentence embedding guiding conv feature maps) inside a log-mel audio CNN and "
-        "the frozen face CNN, a multimodal bottleneck transformer, and attentive fusion of per-modality decisions",
-        "the clip's log-mel spectrogram (through its own CNN), the FER mini-Xception's feature maps, and "
-        "all-MiniLM-L6-v2's sentence embedding of the transcript",
-        "Its audio CNN learns from scratch on log-mel (no pretrained audio encoder in the embedded set), so its audio "
-        "branch trails the models that read Whisper's tokens."),
+        "semantic enhancement modules (sentence embedding guiding conv feature maps) inside an audio CNN over "
+        "960-ms segments and inside the frozen face CNN, a multimodal bottleneck transformer, and attentive fusion "
+        "of per-modality decisions",
+        "Whisper's audio tokens (its audio CNN's input; the paper's log-mel input is the `log_mel` audio source), "
+        "the FER mini-Xception's feature maps, and all-MiniLM-L6-v2's sentence embedding of the transcript",
+        "Its fused answer reads face and voice streams that the bottleneck has mixed; the per-sense decisions it "
+        "shows are each stream run alone, so on a clip with both senses it does two extra small passes."),
     "foalnet": ModelInfo(
         "Foal-Net", "Li, Gao, Wen, Wang & Li, *Foal-Net* (arXiv:2408.09438, 2024)",
         "audio and video projections, audio-video emotion alignment, emotion label matching with hard negatives, "
@@ -95,7 +96,8 @@ BACKBONES = {  # backbone set -> (the frozen encoders the heads read, their lice
     "paper": ("the published encoders (CLIP ViT-B/32, wav2vec 2.0 / WavLM, BERT base, ResNet18) from the local "
               "directories named by `EMOWEB_PAPER_*`", "each encoder's own licence; none is shipped"),
 }
-AUDIO_SOURCES = {"audio": "the audio encoder's last layer", "whisper_layer4": "Whisper's 4th of 6 encoder layers"}
+AUDIO_SOURCES = {"audio": "the audio encoder's last layer", "whisper_layer4": "Whisper's 4th of 6 encoder layers",
+                 "log_mel": "the log-mel spectrogram, through the model's own CNN"}
 
 
 def card_paths(root: Path = CHECKPOINTS) -> list[Path]:
