@@ -62,6 +62,18 @@ def test_a_changed_json_card_is_named_stale_and_regenerated_with_its_numbers(tmp
     assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out), "--check"]) == 0
 
 
+def test_a_recipe_choice_in_the_card_is_shown_with_its_dev_runs(tmp_path: Path, capsys) -> None:
+    root, out = _copy_cards(tmp_path), tmp_path / "models"
+    card_path = root / "embedded" / "foalnet.json"
+    card = json.loads(card_path.read_text())
+    card["choices"] = [{"choice": "the audio tokens", "option": "--audio-source", "kept": "audio",
+                        "dev_mean_uar": {"audio": 0.5912, "whisper_layer4": 0.5801}}]
+    card_path.write_text(json.dumps(card, indent=2))
+    assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out)]) == 0
+    assert ("Chosen: the audio tokens, kept `audio` on the mean UAR over the dev corpora (`audio` 0.591, "
+            "`whisper_layer4` 0.580; each run is the command above with `--audio-source` set to that value).") in (out / "foalnet.md").read_text()
+
+
 def test_a_removed_checkpoint_leaves_no_card_behind_and_a_hand_written_page_is_kept(tmp_path: Path, capsys) -> None:
     root, out = _copy_cards(tmp_path), tmp_path / "models"
     assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out)]) == 0

@@ -210,6 +210,11 @@ def _training_section(card: dict) -> list[str]:
     if "audio_source" in config:
         lines += ["", f"Audio tokens read: `{config['audio_source']}` "
                   f"({AUDIO_SOURCES.get(config['audio_source'], 'a backbone output named in the card')})."]
+    for choice in card.get("choices", []):
+        runs = ", ".join(f"`{name}` {uar:.3f}" for name, uar in choice["dev_mean_uar"].items())
+        lines += ["", f"Chosen: {choice['choice']}, kept `{choice['kept']}` on the mean UAR over the dev corpora "
+                  f"({runs}; each run is the command above with `{choice['option']}` set to that value)."
+                  + (f" {choice['note']}" if choice.get("note") else "")]
     lines += ["", "<details><summary>Configuration (the JSON card's <code>config</code>)</summary>", "",
               "| key | value |", "|---|---|"]
     lines += [f"| {k} | `{json.dumps(v)}` |" for k, v in config.items() if k != "labels"]
