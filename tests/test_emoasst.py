@@ -263,15 +263,19 @@ def test_train_cli_refuses_a_bad_augmentation_in_one_line(capsys):
     assert len(err) == 1 and "audio augmentation crop" in err[0]
 
 
-def test_train_cli_refuses_an_audio_source_the_model_lacks(capsys, tmp_path):
-    """Checked before any training, in one line: SEM-MBT has no audio_source option."""
+def test_train_cli_refuses_audio_tokens_the_backbones_do_not_give(capsys, tmp_path, monkeypatch):
+    """One line, and no checkpoint written: the embedded backbones give no WavLM tokens."""
+    from conftest import VOICES
     from emoweb.cli import main
 
+    monkeypatch.setenv("EMOWEB_FEATURE_CACHE", str(tmp_path / "features"))
     manifest = tmp_path / "m.csv"
-    manifest.write_text("label,text,split\njoy,what a day,train\n")
-    assert main(["train", "sem_mbt", "--data", str(manifest), "--audio-source", "whisper_layer4"]) != 0
+    manifest.write_text("path,label,speaker\n" + "".join(f"{p},{label},s{i}\n" for i, (label, p) in enumerate(VOICES.items())))
+    out = tmp_path / "ck"
+    assert main(["train", "emoasst", "--data", str(manifest), "--audio-source", "wavlm", "--out", str(out)]) != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "sem_mbt has no audio_source option" in err[-1]
+    assert "--audio-source wavlm: 4 clips have no such audio tokens" in err[-1]
+    assert not out.exists()
 
 
 @pytest.mark.slow

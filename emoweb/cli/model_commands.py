@@ -168,8 +168,6 @@ def _train(args: argparse.Namespace) -> int:
         augment = AudioAugment(crop=args.audio_crop, drop=args.audio_drop, noise=args.audio_noise, splice=args.audio_splice)
     except ValueError as exc:
         raise EmoWebError(str(exc)) from None
-    if args.audio_source and "audio_source" not in registry.config_fields(args.model):
-        raise EmoWebError(f"--audio-source: {args.model} has no audio_source option")
     settings = settings_from(args)
     bb, encoded, samples, skipped, calibration_rows = _training_samples(settings, args.model, args.data, args.seed, args.dev_fraction)
     torch.manual_seed(args.seed)
