@@ -7,6 +7,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, BertTokenizerFast
+from transformers.utils import logging as hf_logging
+
+# transformers draws a "Loading weights" bar on stderr for every encoder it loads: noise in the middle of
+# `predict`'s one-line answers and `train`'s own progress. `models.backbones` imports this module before any encoder loads.
+hf_logging.disable_progress_bar()
 
 
 @dataclass
