@@ -62,6 +62,24 @@ def _private_dirs(tmp_path_factory) -> Iterator[None]:
         yield
 
 
+SHIPPED_CHECKPOINTS = Path(__file__).resolve().parents[1] / "models" / "checkpoints"
+
+
+def _checkpoint_stamps() -> dict[Path, tuple[int, int]]:
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(SHIPPED_CHECKPOINTS.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(autouse=True)
+def _shipped_checkpoints_untouched() -> Iterator[None]:
+    """A test that trains or calibrates must write into its own folder (`--out`, `--checkpoints`): one that
+    forgot overwrote the shipped MER-SEM-MBT checkpoint once. Fails the test that changed a shipped file."""
+    before = _checkpoint_stamps()
+    yield
+    after = _checkpoint_stamps()
+    changed = sorted(str(p.relative_to(SHIPPED_CHECKPOINTS)) for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    assert not changed, f"this test wrote into the shipped checkpoints: {', '.join(changed)}"
+
+
 def needs_corpus(path: Path) -> Path:
     """`path` if it exists; otherwise skip the test: it reads a corpus that is not in the repository."""
     if not path.exists():
