@@ -13,7 +13,8 @@ Read top-down as in the paper (Sec. 3):
   ``"whisper_layer4"``: the profile's frozen pretrained encoder, as the visual side reads a frozen
   pretrained CNN): the token features are the input channels, convs and pooling run over time only,
   and the SEMs enhance those maps. Departure: the paper fine-tunes VGGish's later groups; here the
-  pretrained part stays frozen and the four groups on top of it are trained. Visual: the face crops (``x.extra["crops"]``, [B, N, S, S, 3] RGB 0..255),
+  pretrained part stays frozen and the four groups on top of it are trained.
+  Visual: the face crops (``x.extra["crops"]``, [B, N, S, S, 3] RGB 0..255),
   one feature vector per frame from a frozen CNN run stage by stage (`FrozenVisualCNN`): the FER2013
   mini-Xception (embedded; weights from ``models/weights``) or ResNet18 (paper profile; weights from
   ``visual_weights`` / ``EMOWEB_PAPER_RESNET18``, else random and flagged).
@@ -161,7 +162,7 @@ class SemanticEnhancementModule(nn.Module):
 
 
 # -- audio encoder --------------------------------------------------------------------------------
-def segment_sequence(log_mel: torch.Tensor, mask: torch.Tensor, frames: int = 96, min_frames: int = 25,
+def segment_sequence(sequence: torch.Tensor, mask: torch.Tensor, frames: int = 96, min_frames: int = 25,
                      pad_with_floor: bool = True):
     """[B, T, M] log-mel (or encoder tokens) + mask [B, T] -> segments [B, S, frames, M] and a segment mask [B, S].
 
@@ -169,20 +170,20 @@ def segment_sequence(log_mel: torch.Tensor, mask: torch.Tensor, frames: int = 96
     padded, a shorter one dropped; a row with any audio keeps >= 1 segment. Padding: the row's minimum
     (silence in a log-mel) with `pad_with_floor`, else zeros (encoder tokens).
     """
-    b, t, m = log_mel.shape
+    b, t, m = sequence.shape
     n = mask.sum(1)
     n_seg = torch.div(n, frames, rounding_mode="floor") + ((n % frames) >= min_frames).long()
     n_seg = torch.where(n > 0, n_seg.clamp(min=1), torch.zeros_like(n_seg))
     s = max(1, int(n_seg.max()) if b else 1)
     real = mask.unsqueeze(-1)
-    floor = torch.where(real, log_mel, torch.full_like(log_mel, float("inf"))).amin(dim=(1, 2))
+    floor = torch.where(real, sequence, torch.full_like(sequence, float("inf"))).amin(dim=(1, 2))
     floor = torch.where(torch.isfinite(floor) & pad_with_floor, floor, torch.zeros_like(floor))
-    x = torch.where(real, log_mel, floor[:, None, None].expand_as(log_mel))
+    x = torch.where(real, sequence, floor[:, None, None].expand_as(sequence))
     need = s * frames
     x = F.pad(x, (0, 0, 0, need - t)) if need > t else x[:, :need]
     if need > t:
         x[:, t:] = floor[:, None, None]
-    seg_mask = torch.arange(s, device=log_mel.device)[None] < n_seg[:, None]
+    seg_mask = torch.arange(s, device=sequence.device)[None] < n_seg[:, None]
     return x.reshape(b, s, frames, m), seg_mask
 
 
