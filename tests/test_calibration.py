@@ -199,7 +199,8 @@ def test_train_then_calibrate_rewrites_the_cards_calibration(tmp_path, monkeypat
     card["calibration"] = {"temperature": {"audio": 7.0}}
     card_path.write_text(json.dumps(card))
     capsys.readouterr()
-    assert cli.main(["calibrate", "foalnet", "--checkpoints", str(out)]) == 0
+    monkeypatch.setenv("EMOWEB_CHECKPOINT_ROOT", str(out))  # where the app reads: calibrate's default root
+    assert cli.main(["calibrate", "foalnet"]) == 0
     again = json.loads(card_path.read_text())
     # the same dev rows, the same fit (the saved weights are float16, so the logits differ in the 3rd digit)
     assert again["calibration"]["temperature"] == pytest.approx(fitted["temperature"], rel=0.02)

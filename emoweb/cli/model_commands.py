@@ -43,7 +43,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="the audio tokens the model reads (its config's audio_source; default: the profile's primary "
                    "encoder, 'audio', except MER-SEM-MBT, whose default is its CNN on the log-mel; the embedded profile also has "
                    "'whisper_layer4')")
-    p.add_argument("--out", type=Path, default=None, help="checkpoint root (default: models/checkpoints)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="checkpoint root (default: EMOWEB_CHECKPOINT_ROOT, else models/checkpoints: where the app reads)")
     add_device(p)
 
 
@@ -123,7 +124,8 @@ def _training_samples(settings, model: str, data: str, seed: int, dev_fraction: 
 def _calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", choices=sorted(MODELS))
     add_backbones(p)
-    p.add_argument("--checkpoints", type=Path, default=None, help="checkpoint root (default: models/checkpoints)")
+    p.add_argument("--checkpoints", type=Path, default=None,
+                   help="checkpoint root (default: EMOWEB_CHECKPOINT_ROOT, else models/checkpoints: where the app reads)")
     add_device(p)
 
 
@@ -133,10 +135,11 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
          takes="1-5 minutes (the card's training data read from the feature cache)")(_calibrate_args)
 def _calibrate(args: argparse.Namespace) -> int:
     from emoweb.learning.training import calibrate
+    from emoweb.pipeline.inference import shipped_root
     from models import LABEL7, registry
 
     settings = settings_from(args)
-    root = args.checkpoints or registry.CHECKPOINT_ROOT
+    root = shipped_root(args.checkpoints)
     loaded = registry.load(args.model, settings.profile, root, calibrated=False)
     if loaded is None:
         raise EmoWebError(f"no {args.model} checkpoint for the {settings.profile!r} backbone set in {root}")
@@ -162,6 +165,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from emoweb.learning.augment import AudioAugment
     from emoweb.learning.training import calibrate, data_card, evaluate, train
+    from emoweb.pipeline.inference import shipped_root
     from models import LABEL7, registry
 
     try:
@@ -200,7 +204,7 @@ def _train(args: argparse.Namespace) -> int:
         + "".join(f" --audio-{k} {v}" for k, v in augment.to_dict().items() if k != "min_tokens" and v)
         + (f" --audio-source {args.audio_source}" if args.audio_source else ""),
     }
-    path = registry.save(model, args.model, bb.name, card, args.out or registry.CHECKPOINT_ROOT)
+    path = registry.save(model, args.model, bb.name, card, shipped_root(args.out))
     # a manifest without a val split (every row trained on, or dev only) still reports what it has
     print(json.dumps({"checkpoint": str(path), "metrics": card["metrics"].get("val") or card["metrics"].get("dev") or {}}, indent=2))
     return 0
