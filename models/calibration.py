@@ -25,16 +25,22 @@ from models.output import ModelOutput
 SENSE_FLOOR = 1e-8  # a sense's probabilities are floored here before their log (fit_fusion and the hook alike)
 
 
+def _weighted_nll(scores: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The row-weighted mean NLL of softmax(scores) [N, C] for `targets` [N] ids (`weights` [N], None:
+    every row the same): what every calibration fit below minimises."""
+    loss = nn.functional.cross_entropy(scores, targets.long(), reduction="none")
+    return loss.mean() if weights is None else (loss * weights).sum() / weights.sum()
+
+
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> float:
     """T minimising the (row-weighted) mean NLL of softmax(logits / T); logits [N, C], targets [N] ids.
     `weights` [N]: e.g. 1 / rows of the row's corpus, so every corpus counts the same. Searched on a
     log grid (0.05-20), then refined: a one-dimensional convex problem needs no optimiser state."""
     logits, targets = logits.detach().float(), targets.long()
-    w = torch.ones(len(targets)) if weights is None else weights.float()
+    w = None if weights is None else weights.float()
 
     def nll(t: float) -> float:
-        loss = nn.functional.cross_entropy(logits / t, targets, reduction="none")
-        return float((loss * w).sum() / w.sum())
+        return float(_weighted_nll(logits / t, targets, w))
 
     grid = torch.logspace(-1.3, 1.3, 53).tolist()
     best = min(grid, key=nll)
@@ -67,7 +73,7 @@ def fit_spread_temperature(logits: torch.Tensor, targets: torch.Tensor, weights:
     plain = fit_temperature(logits, targets, weights)
     if len(targets) < SPREAD_MIN_ROWS:
         return plain, 0.0
-    w = torch.ones(len(targets)) if weights is None else weights.float()
+    w = None if weights is None else weights.float()
     log_spread = logit_spread(logits).log()
     raw = torch.tensor([math.log(plain), 0.0], requires_grad=True)
     opt = torch.optim.LBFGS([raw], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
@@ -75,7 +81,7 @@ def fit_spread_temperature(logits: torch.Tensor, targets: torch.Tensor, weights:
     def closure():
         opt.zero_grad()
         scaled = logits * torch.exp(-raw[0] - raw[1] * log_spread)
-        loss = (nn.functional.cross_entropy(scaled, targets, reduction="none") * w).sum() / w.sum()
+        loss = _weighted_nll(scaled, targets, w)
         loss.backward()
         return loss
 
@@ -131,14 +137,14 @@ def fit_fusion(logits: torch.Tensor, senses: dict[str, torch.Tensor], targets: t
     weights are that trust, and with the senses at 0 this is temperature scaling (w_fused = 1 / T)."""
     names = sorted(senses)
     stack = torch.stack([logits.detach().float()] + [senses[m].detach().float() for m in names])  # [1+S, N, C]
-    w = torch.ones(len(targets)) if weights is None else weights.float()
+    w = None if weights is None else weights.float()
     raw = torch.tensor([0.5413] + [-4.0] * len(names), requires_grad=True)  # softplus: w_fused 1, senses ~0.02
     opt = torch.optim.LBFGS([raw], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
         combined = (nn.functional.softplus(raw)[:, None, None] * stack).sum(0)
-        loss = (nn.functional.cross_entropy(combined, targets.long(), reduction="none") * w).sum() / w.sum()
+        loss = _weighted_nll(combined, targets, w)
         loss.backward()
         return loss
 
