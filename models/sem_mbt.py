@@ -557,13 +557,8 @@ class MERSEMMBT(nn.Module):
             z = self.projections[m](tokens) + sinusoidal_positions(pos, d)
             streams[m] = (z.masked_fill(~mask.unsqueeze(-1), 0.0), mask, present)
         fused_tokens, mbt_weights = self.mbt(streams)
-        logits, hidden, present = {}, {}, {}
-        for m, z in fused_tokens.items():
-            mask = streams[m][1]
-            logits[m], hidden[m] = self.decisions[m](masked_mean(z, mask))
-            present[m] = streams[m][2]
-        if "visual" in logits:
-            logits["visual"] = self.visual_residual(logits["visual"], x)
+        logits, hidden = self._decide(fused_tokens, streams, x)
+        present = {m: streams[m][2] for m in fused_tokens}
         alone = self._sense_decisions(streams, x) if len(streams) > 1 and not self.training else {}
         if x.present["text"].any():
             logits["text"], hidden["text"] = self.decisions["text"](x.text)
@@ -582,13 +577,18 @@ class MERSEMMBT(nn.Module):
         voice (or the face) says by itself. The paper's per-modality decisions read streams the bottleneck
         has already mixed, so on a clip with both senses the "voice" decision also carries the face; shown
         to a parent, and weighed by the calibration's sense reliabilities, they must be independent."""
-        out = {}
-        for m, stream in streams.items():
-            z = self.mbt({m: stream})[0][m]
-            out[m] = self.decisions[m](masked_mean(z, stream[1]))[0]
-        if "visual" in out:
-            out["visual"] = self.visual_residual(out["visual"], x)
-        return out
+        alone = {m: self.mbt({m: stream})[0][m] for m, stream in streams.items()}
+        return self._decide(alone, streams, x)[0]
+
+    def _decide(self, tokens: dict, streams: dict, x: ModelInput) -> tuple[dict, dict]:
+        """Each modality's decision MLP on its pooled tokens ({m: [B, T, d]}, masks from `streams`), the face
+        backbone's residual added to the visual logits: ({m: logits [B, C]}, {m: hidden [B, d]})."""
+        logits, hidden = {}, {}
+        for m, z in tokens.items():
+            logits[m], hidden[m] = self.decisions[m](masked_mean(z, streams[m][1]))
+        if "visual" in logits:
+            logits["visual"] = self.visual_residual(logits["visual"], x)
+        return logits, hidden
 
     def _class_weights(self, labels: torch.Tensor) -> torch.Tensor:
         """Inverse frequency of the labels seen in training so far (mean weight 1 over seen classes)."""
