@@ -75,6 +75,27 @@ def test_partial_expression_clips(photos):
     assert all(torch.equal(a.features.visual_features, b.features.visual_features) for a, b in zip(again, clips))
 
 
+def test_built_clips_are_balanced_within_the_corpus_they_were_built_from(photos):
+    """A partial-expression clip counts in its photos' corpus: with two face corpora, each keeps half
+    of an epoch's face rows however many clips were built (as groups of their own, the built clips took a
+    third here, and FER2013 fell below its backbone)."""
+    import random
+
+    from emoweb.learning.manifests import Row
+    from emoweb.learning.pairs import partial_expression_samples
+    from emoweb.learning.training import Sample, balanced_epoch
+
+    calm, smile = photos["neutral"], photos["joy"]
+    web = [_sample("neutral", f"{p}_1", p, "train", calm) for p in "abcd"] + [_sample("joy", f"{p}_2", p, "train", smile) for p in "abcd"]
+    other = [Sample(Row(Path(f"{label}/f{i}.png"), label, "", "", "train", "manifest.csv", "fer2013/manifest.csv"), feats, "train")
+             for label, feats in (("neutral", calm), ("joy", smile)) for i in range(3)]
+    built = partial_expression_samples(web, variants=2, seed=0)
+    assert len(built) == 16 and all(c.row.corpus == "faces/manifest.csv" for c in built)
+    epoch = balanced_epoch(web + other + built, random.Random(0))  # 30 rows: 4 (corpus, label) groups of 7
+    assert collections.Counter(s.row.corpus for s in epoch) == {"faces/manifest.csv": 14, "fer2013/manifest.csv": 14}
+    assert 0 < sum(s.row.manifest == "partial-expression" for s in epoch) < 14  # drawn among the photos
+
+
 def _validation_clips(shared_data: Path) -> list[tuple[str, object]]:
     """(label, clip) for every expressive validation photo whose person has a neutral validation photo."""
     from emoweb.config import get_settings

@@ -40,6 +40,12 @@ class Row:
     source: str  # manifest file name; part of the dev-split hash, so it stays the bare name
     manifest: str  # "folder/file name" of the manifest: tells two `manifest.csv` apart in cards
     silent: bool = False  # a video without sound (a built partial-expression clip): its modality is "visual"
+    built_from: str = ""  # a built clip: the `manifest` of the photos it was made from (its corpus when balancing)
+
+    @property
+    def corpus(self) -> str:
+        """The corpus an epoch balances this row in: a built clip counts in the corpus it was made from."""
+        return self.built_from or self.manifest
 
     @property
     def modality(self) -> str:

@@ -62,7 +62,7 @@ def composite_samples(samples: list[Sample], per_speech: int = 1, seed: int = 0)
     return out
 
 
-PARTIAL = "partial-expression"  # the manifest name of the built partial-expression clips (their own balancing group)
+PARTIAL = "partial-expression"  # the manifest name of the built partial-expression clips (balanced in their photos' corpus)
 PARTIAL_FRAMES = 16  # the frames the app samples from a clip (Settings.n_frames' default)
 PARTIAL_SECONDS = 3.2
 
@@ -104,4 +104,4 @@ def partial_expression_samples(samples: list[Sample], variants: int = 2, seed: i
 def _partial_row(face: Row, parts: list[Row]) -> Row:
     names = "+".join(dict.fromkeys(p.path.stem for p in parts if p.path))
     return Row(path=Path(PARTIAL) / f"{names}.mp4", label=face.label, text="", speaker=face.speaker, split=face.split,
-               source=PARTIAL, manifest=PARTIAL, silent=True)
+               source=PARTIAL, manifest=PARTIAL, silent=True, built_from=face.manifest)
