@@ -74,6 +74,21 @@ def test_a_recipe_choice_in_the_card_is_shown_with_its_dev_runs(tmp_path: Path, 
             "`whisper_layer4` 0.580; each run is the command above with `--audio-source` set to that value).") in (out / "foalnet.md").read_text()
 
 
+def test_the_card_says_how_far_its_smallest_validation_corpus_could_move_by_chance(tmp_path: Path) -> None:
+    root, out = _copy_cards(tmp_path), tmp_path / "models"
+    card_path = root / "embedded" / "emoasst.json"
+    card = json.loads(card_path.read_text())
+    val = {k: m for k, m in card["metrics"]["val"].items() if not k.startswith("corpus ")}
+    val["corpus ravdess/manifest.csv"] = {"n": 240, "accuracy": 181 / 240, "uar": 0.75, "weighted_f1": 0.75}
+    val["corpus cremad/manifest.csv"] = {"n": 1545, "accuracy": 0.679, "uar": 0.68, "weighted_f1": 0.68}
+    card["metrics"]["val"] = val
+    card_path.write_text(json.dumps(card, indent=2))
+    assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out)]) == 0
+    # Wilson score interval for 181 of 240 at z = 1.96: centre 0.7502, half-width 0.0542
+    assert ("- The smallest validation corpus, ravdess/manifest.csv, has 240 rows: its accuracy of 75.4 % has a 95 % "
+            "interval of 69.6-80.4 %, a result inside it can differ by chance alone.") in (out / "emoasst.md").read_text()
+
+
 def test_a_removed_checkpoint_leaves_no_card_behind_and_a_hand_written_page_is_kept(tmp_path: Path, capsys) -> None:
     root, out = _copy_cards(tmp_path), tmp_path / "models"
     assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out)]) == 0

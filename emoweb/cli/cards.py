@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from scipy.stats import binomtest
+
 from emoweb.cli import add_json, command, emit
 from emoweb.config import REPO_ROOT
 from emoweb.errors import EmoWebError
@@ -268,6 +270,19 @@ def _calibration_section(card: dict) -> list[str]:
     return lines
 
 
+def _noise_line(card: dict) -> str:
+    """How far the smallest validation corpus's accuracy could move by chance (95 % Wilson interval, scipy)."""
+    corpora = {k.removeprefix("corpus "): m for k, m in card["metrics"].get("val", {}).items()
+               if k.startswith("corpus ") and m.get("n")}
+    if not corpora:
+        return "- No validation corpus was scored: the card's numbers are on dev rows only."
+    name, m = min(corpora.items(), key=lambda kv: kv[1]["n"])
+    right = round(m["accuracy"] * m["n"])
+    ci = binomtest(right, m["n"]).proportion_ci(confidence_level=0.95, method="wilson")
+    return (f"- The smallest validation corpus, {name}, has {m['n']:,} rows: its accuracy of {_pct(m['accuracy'])} % has a "
+            f"95 % interval of {_pct(ci.low)}-{_pct(ci.high)} %, a result inside it can differ by chance alone.")
+
+
 def _limits_section(card: dict, info: ModelInfo | None) -> list[str]:
     labels = card["labels"]
     weak = [f"{label} by the {mod} answer ({_pct(r)} % recall" + (f" of {sum(m['confusion'][labels.index(label)])} rows)"
@@ -280,7 +295,7 @@ def _limits_section(card: dict, info: ModelInfo | None) -> list[str]:
              "through the few-shot cache, without retraining. Not for diagnosis, clinical or educational decisions, or "
              "judging anyone without their consent.", "",
              "- Learnt from adults acting emotions and from web face photos, not from children or everyday clips.",
-             "- The validation split is small (a few speakers): a few points up or down are within its noise.",
+             _noise_line(card),
              ("- The probabilities are calibrated on the dev rows (below); across corpora one temperature rule "
               "per input kind cannot be right everywhere, so check the ECE per corpus." if card.get("calibration") else
               "- The probabilities are not calibrated; EmoWeb says how sure it is only from the models' agreement.")]
