@@ -85,8 +85,23 @@ def test_the_card_says_how_far_its_smallest_validation_corpus_could_move_by_chan
     card_path.write_text(json.dumps(card, indent=2))
     assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out)]) == 0
     # Wilson score interval for 181 of 240 at z = 1.96: centre 0.7502, half-width 0.0542
-    assert ("- The smallest validation corpus, ravdess/manifest.csv, has 240 rows: its accuracy of 75.4 % has a 95 % "
+    assert ("- The smallest validation corpus, ravdess, has 240 rows: its accuracy of 75.4 % has a 95 % "
             "interval of 69.6-80.4 %, a result inside it can differ by chance alone.") in (out / "emoasst.md").read_text()
+
+
+def test_a_card_names_corpora_plainly_and_only_those_the_model_used(tmp_path: Path) -> None:
+    out = tmp_path / "models"
+    assert cli.main(["cards", "--out", str(out)]) == 0
+    text = (out / "emoasst.md").read_text()
+    front = text.split("---")[1]
+    # EmoAsst has no trained text path: MELD and GoEmotions rows were skipped, so they are not its datasets
+    assert "- ravdess" in front and "- meld" not in front and "- goemotions_ekman" not in front
+    assert 'name: "ravdess, validation split"' in front  # a corpus's result names that corpus alone
+    assert "| val | ravdess: the model's answer on that corpus's rows | 240 |" in text
+    assert "corpus ravdess/manifest.csv" not in text
+    limits = next(line for line in text.splitlines() if line.startswith("- Weak on `val`"))
+    assert "of 3 rows" not in limits  # web-photo fear: 3 validation rows say nothing about the label
+    assert "joy by the tess answer" in limits
 
 
 def test_a_removed_checkpoint_leaves_no_card_behind_and_a_hand_written_page_is_kept(tmp_path: Path, capsys) -> None:

@@ -29,6 +29,22 @@ MODALITY_ROWS = {  # what each metrics entry of a JSON card counts (emoweb.learn
     "audio": "the audio branch's own answer, rows with a voice",
     "visual": "the visual branch's own answer, rows with a face",
 }
+WEAK_MIN_ROWS = 30  # a label's recall on fewer rows says little: the limits name weak labels from this many rows
+
+
+def _answer_name(metric_key: str) -> str:
+    """A metrics entry as a reader names it: `corpus ravdess/manifest.csv` -> `ravdess: the model's answer on that corpus`."""
+    if metric_key.startswith("corpus "):
+        return f"{_corpus(metric_key.removeprefix('corpus '))}: the model's answer on that corpus's rows"
+    return f"{metric_key}: {MODALITY_ROWS.get(metric_key, metric_key)}"
+
+
+def _used_corpora(card: dict) -> list[str]:
+    """The corpora whose rows the model trained or was scored on (a text corpus is listed but unused by a model
+    without a trained text path)."""
+    sources = {key.rpartition(":")[0] for key in card["data"]["counts"]}
+    used = {_corpus(m) for m in card["data"]["manifests"] for src in sources if Path(m).parts[-len(Path(src).parts):] == Path(src).parts}
+    return sorted(used)
 
 
 @dataclass(frozen=True)
@@ -159,15 +175,16 @@ def _counts_source(key: str, manifests: list[str]) -> str:
 def _yaml(card: dict) -> list[str]:
     """The Hugging Face front matter: licence, tags, datasets and the validation metrics as a model-index."""
     q = json.dumps
-    corpora = sorted({_corpus(m) for m in card["data"]["manifests"]})
+    corpora = _used_corpora(card)
     lines = ["---", "license: mit", "library_name: emoweb", "tags:"]
     lines += [f"- {t}" for t in ("emotion-recognition", "multimodal", card["model"], f"backbones-{card['profile']}")]
     lines += ["datasets:", *[f"- {c}" for c in corpora], "metrics:", "- accuracy", "- f1", "- recall", "model-index:",
               f"- name: {q(card['model'] + '-' + card['profile'])}", "  results:"]
     for modality, m in card["metrics"].get("val", {}).items():
-        lines += ["  - task:", "      type: emotion-recognition", f"      name: {q('emotion recognition, ' + modality)}",
-                  "    dataset:", f"      name: {q(' + '.join(corpora) + ', validation split')}",
-                  f"      type: {q('+'.join(corpora))}", "      split: val", "    metrics:"]
+        data = [_corpus(modality.removeprefix("corpus "))] if modality.startswith("corpus ") else corpora
+        lines += ["  - task:", "      type: emotion-recognition", f"      name: {q('emotion recognition, ' + _answer_name(modality).split(':')[0])}",
+                  "    dataset:", f"      name: {q(' + '.join(data) + ', validation split')}",
+                  f"      type: {q('+'.join(data))}", "      split: val", "    metrics:"]
         lines += [f"    - {{type: {t}, value: {_pct(m.get(k))}, name: {q(name)}}}" for t, k, name in
                   (("accuracy", "accuracy", "accuracy"), ("f1", "weighted_f1", "weighted F1"), ("recall", "uar", "UAR"))]
     return lines + ["---"]
@@ -230,13 +247,13 @@ def _metrics_section(card: dict) -> list[str]:
              "| split | answer | rows | accuracy | weighted F1 | UAR |", "|---|---|---|---|---|---|"]
     for split, per_mod in card["metrics"].items():
         for modality, m in per_mod.items():
-            lines.append(f"| {split} | {modality}: {MODALITY_ROWS.get(modality, modality)} | {m['n']:,} | "
+            lines.append(f"| {split} | {_answer_name(modality)} | {m['n']:,} | "
                          f"{_pct(m.get('accuracy'))} | {_pct(m.get('weighted_f1'))} | {_pct(m.get('uar'))} |")
     val = card["metrics"].get("val", {})
     if val:
         modalities = list(val)
         lines += ["", "Recall per label on `val` (rows of that label in brackets, where the card keeps the confusion matrix):", "",
-                  "| label | " + " | ".join(modalities) + " |", "|---|" + "---|" * len(modalities)]
+                  "| label | " + " | ".join(_answer_name(m).split(":")[0] for m in modalities) + " |", "|---|" + "---|" * len(modalities)]
         for i, label in enumerate(card["labels"]):
             cells = []
             for mod in modalities:
@@ -279,16 +296,20 @@ def _noise_line(card: dict) -> str:
     name, m = min(corpora.items(), key=lambda kv: kv[1]["n"])
     right = round(m["accuracy"] * m["n"])
     ci = binomtest(right, m["n"]).proportion_ci(confidence_level=0.95, method="wilson")
-    return (f"- The smallest validation corpus, {name}, has {m['n']:,} rows: its accuracy of {_pct(m['accuracy'])} % has a "
+    return (f"- The smallest validation corpus, {_corpus(name)}, has {m['n']:,} rows: its accuracy of {_pct(m['accuracy'])} % has a "
             f"95 % interval of {_pct(ci.low)}-{_pct(ci.high)} %, a result inside it can differ by chance alone.")
 
 
 def _limits_section(card: dict, info: ModelInfo | None) -> list[str]:
     labels = card["labels"]
-    weak = [f"{label} by the {mod} answer ({_pct(r)} % recall" + (f" of {sum(m['confusion'][labels.index(label)])} rows)"
-                                                                   if "confusion" in m and label in labels else ")")
+    def rows(m: dict, label: str) -> int | None:
+        return sum(m["confusion"][labels.index(label)]) if "confusion" in m and label in labels else None
+
+    weak = [f"{label} by the {_answer_name(mod).split(':')[0]} answer ({_pct(r)} % recall"
+            + (f" of {rows(m, label)} rows)" if rows(m, label) is not None else ")")
             for mod, m in card["metrics"].get("val", {}).items()
-            for label, r in m.get("per_class_recall", {}).items() if r is not None and r < 0.3]
+            for label, r in m.get("per_class_recall", {}).items()
+            if r is not None and r < 0.3 and (rows(m, label) or WEAK_MIN_ROWS) >= WEAK_MIN_ROWS]
     lines = ["## Intended use and limits", "",
              "For EmoWeb: suggesting which of these labels a short clip (face, voice, words) shows, beside the other "
              "models, to a caregiver who corrects the answer; the corrections adapt the answers to one child's people "
@@ -300,7 +321,7 @@ def _limits_section(card: dict, info: ModelInfo | None) -> list[str]:
               "per input kind cannot be right everywhere, so check the ECE per corpus." if card.get("calibration") else
               "- The probabilities are not calibrated; EmoWeb says how sure it is only from the models' agreement.")]
     if weak:
-        lines.append("- Weak on `val` (recall under 30 %): " + "; ".join(weak) + ".")
+        lines.append(f"- Weak on `val` (recall under 30 %, labels with {WEAK_MIN_ROWS}+ rows): " + "; ".join(weak) + ".")
     if info:
         lines.append(f"- {info.limits}")
     return lines
