@@ -90,8 +90,17 @@ def test_the_card_says_how_far_its_smallest_validation_corpus_could_move_by_chan
 
 
 def test_a_card_names_corpora_plainly_and_only_those_the_model_used(tmp_path: Path) -> None:
-    out = tmp_path / "models"
-    assert cli.main(["cards", "--out", str(out)]) == 0
+    root, out = _copy_cards(tmp_path), tmp_path / "models"
+    card_path = root / "embedded" / "emoasst.json"
+    card = json.loads(card_path.read_text())
+    labels = card["labels"]
+    val = card["metrics"]["val"]
+    for corpus, label, recall, rows in (("facial_expressions", "fear", 0.0, 3), ("tess", "joy", 0.01, 200)):
+        m = val[f"corpus {corpus}/manifest.csv"]
+        m["per_class_recall"][label] = recall
+        m["confusion"][labels.index(label)] = [rows] + [0] * (len(labels) - 1)
+    card_path.write_text(json.dumps(card, indent=2))
+    assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out)]) == 0
     text = (out / "emoasst.md").read_text()
     front = text.split("---")[1]
     # EmoAsst has no trained text path: MELD and GoEmotions rows were skipped, so they are not its datasets
@@ -100,8 +109,8 @@ def test_a_card_names_corpora_plainly_and_only_those_the_model_used(tmp_path: Pa
     assert "| val | ravdess: the model's answer on that corpus's rows | 240 |" in text
     assert "corpus ravdess/manifest.csv" not in text
     limits = next(line for line in text.splitlines() if line.startswith("- Weak on `val`"))
-    assert "of 3 rows" not in limits  # web-photo fear: 3 validation rows say nothing about the label
-    assert "joy by the tess answer" in limits
+    assert "joy by the tess answer (1.0 % recall of 200 rows)" in limits
+    assert "by the facial_expressions answer" not in limits  # 3 validation rows say nothing about a label
 
 
 def test_a_removed_checkpoint_leaves_no_card_behind_and_a_hand_written_page_is_kept(tmp_path: Path, capsys) -> None:
