@@ -67,8 +67,9 @@ MODELS = {
         "classifier), and the caregiver's K-shot cache adds to those logits",
         "Whisper's audio tokens, the FER mini-Xception's face features, and all-MiniLM-L6-v2 for prompts, label texts "
         "and the transcript",
-        "Trained on one modality per row: its own fused answer on a video averages the audio and face logits, which "
-        "the audio logits dominate; the card's sense reliabilities (fitted on dev composites) re-weigh it."),
+        "Trained on one modality per row: its own fused answer on a video is the mean of the audio and face logits, so the "
+        "sense with the more spread-out logits on that clip decides; the card's sense reliabilities (fitted on dev "
+        "composites) re-weigh it, and where face and voice disagree EmoWeb's headline answer says so."),
     "merclip": ModelInfo(
         "MER-CLIP", "*Leveraging CLIP Encoder for Multimodal Emotion Recognition*",
         "modality encoders and a cross-modal decoder (language, then vision, then audio) queried by the label "
