@@ -34,6 +34,9 @@ WEAK_MIN_ROWS = 30  # a label's recall on fewer rows says little: the limits nam
 
 def _answer_name(metric_key: str) -> str:
     """A metrics entry as a reader names it: `corpus ravdess/manifest.csv` -> `ravdess: the model's answer on that corpus`."""
+    if metric_key == "corpus composite":
+        return ("composite: the model's answer on the run's own speech + face pairs (every speech corpus, TESS included; "
+                "`bench generalise` pairs RAVDESS and CREMA-D with web photos only, so its composites differ)")
     if metric_key.startswith("corpus "):
         return f"{_corpus(metric_key.removeprefix('corpus '))}: the model's answer on that corpus's rows"
     return f"{metric_key}: {MODALITY_ROWS.get(metric_key, metric_key)}"
@@ -160,7 +163,8 @@ def _shown(path: Path) -> str:
 
 
 def _corpus(manifest: str) -> str:
-    return Path(manifest).parent.name
+    """`ravdess/manifest.csv` -> `ravdess`; a name without a folder (`composite`) stays as it is."""
+    return Path(manifest).parent.name or manifest
 
 
 def _counts_source(key: str, manifests: list[str]) -> str:
