@@ -286,8 +286,9 @@ def _predict_line(item: dict) -> str:
         return f"{source}: error: {item['error']}"
     h = item["headline"]
     answer = f"{h['label']} ({h['confidence']}: {h['reason']})" if h["label"] else f"no answer ({h['reason']})"
-    models = ", ".join(f"{m} -> {o['label']} ({max(o['probs'].values()):.2f})" if o["label"] else f"{m} -> no decision"
-                       for m, o in item["models"].items())
+    sure = set(h.get("confident", []))
+    models = ", ".join(f"{m} -> {o['label']} ({max(o['probs'].values()):.2f}{', confident' if m in sure else ''})"
+                       if o["label"] else f"{m} -> no decision" for m, o in item["models"].items())
     return f"{source}: {answer}; {models}"
 
 

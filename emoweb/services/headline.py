@@ -37,11 +37,12 @@ class Headline:
     models: int  # models that answered
     mean_prob: float  # average probability of `label` over the models that answered, 0..1
     reason: str  # one line: why this confidence
+    confident: tuple[str, ...] = ()  # the models that gave `label` at or above their confidence level
 
     def to_dict(self) -> dict:
         """The headline as JSON (the UI's raw output and `predict --json`), with the rule that formed it."""
         return {"label": self.label, "confidence": self.confidence, "agree": self.agree, "models": self.models,
-                "mean_prob": round(self.mean_prob, 4), "reason": self.reason, "rule": RULE}
+                "mean_prob": round(self.mean_prob, 4), "reason": self.reason, "confident": list(self.confident), "rule": RULE}
 
 
 def _top(probs: Mapping[str, float]) -> str:
@@ -110,4 +111,4 @@ def headline(answers: Mapping[str, Mapping[str, float]], untrained: bool = False
     conflict = sense_conflict({m: senses[m] for m in answers if m in senses}) if senses else None
     if conflict and confidence != NOT_SURE:
         confidence, reason = NOT_SURE, f"{reason}, but {conflict}"
-    return Headline(label, confidence, agree, n, float(mean), reason)
+    return Headline(label, confidence, agree, n, float(mean), reason, tuple(sure))
