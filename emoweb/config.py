@@ -12,6 +12,8 @@ SPACES_STORAGE = Path("/data")  # a Hugging Face Space's persistent storage, whe
 EPOCH_ROWS_PER_MODALITY = 6000  # rows per modality in one training epoch (balanced draws; emoweb/learning/training.py)
 DEV_ROWS_PER_GROUP = 60  # dev rows kept per (corpus, label) for early stopping and calibration
 DEV_FRACTION = 0.15  # share of training speakers held out for early stopping (`train --dev-fraction`)
+BUILT_CLIPS_IN_CORPUS = "corpus"  # `train --built-clips`: partial-expression clips balanced among their photos' corpus
+BUILT_CLIPS_OWN_GROUPS = "own"  # ... or as (corpus, label) groups of their own (the session-9 recipe)
 
 
 def _env(name: str, default: str) -> str:

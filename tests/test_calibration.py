@@ -190,9 +190,11 @@ def test_train_then_calibrate_rewrites_the_cards_calibration(tmp_path, monkeypat
             w.writerow([path, label, f"person{i}"])  # 18 people; by hash, people 0, 7, 15, 17 form the dev rows (3 voices, 1 face)
     out = tmp_path / "ck"
     assert cli.main(["train", "foalnet", "--data", str(manifest), "--epochs", "1", "--epoch-rows", "8", "--dev-fraction", "0.5",
-                     "--out", str(out)]) == 0
+                     "--built-clips", "own", "--out", str(out)]) == 0
     card_path = out / "embedded" / "foalnet.json"
     card = json.loads(card_path.read_text())
+    # a recipe option off its default is in the card's command, so the command retrains the same recipe
+    assert card["command"].endswith(" --built-clips own") and card["training"]["built_clips"] == "own"
     fitted = card["calibration"]
     assert set(fitted["temperature"]) == {"audio", "visual"}
     assert all(0.045 <= t <= 22.1 for t in fitted["temperature"].values())  # the search range (0.05-20, refined by 10%)

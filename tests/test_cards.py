@@ -67,11 +67,15 @@ def test_a_recipe_choice_in_the_card_is_shown_with_its_dev_runs(tmp_path: Path, 
     card_path = root / "embedded" / "foalnet.json"
     card = json.loads(card_path.read_text())
     card["choices"] = [{"choice": "the audio tokens", "option": "--audio-source", "kept": "audio",
-                        "dev_mean_uar": {"audio": 0.5912, "whisper_layer4": 0.5801}}]
+                        "dev_mean_uar": {"audio": 0.5912, "whisper_layer4": 0.5801}},
+                       {"choice": "the built clips", "option": "--built-clips", "kept": "own", "basis": "although `corpus` scored higher",
+                        "dev_mean_uar": {"own": 0.5, "corpus": 0.6}, "note": "Its attention went flat."}]
     card_path.write_text(json.dumps(card, indent=2))
     assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out)]) == 0
     assert ("Chosen: the audio tokens, kept `audio` on the mean UAR over the dev corpora (`audio` 0.591, "
             "`whisper_layer4` 0.580; each run is the command above with `--audio-source` set to that value).") in (out / "foalnet.md").read_text()
+    assert ("Chosen: the built clips, kept `own` although `corpus` scored higher (`own` 0.500, `corpus` 0.600; each run is the "
+            "command above with `--built-clips` set to that value). Its attention went flat.") in (out / "foalnet.md").read_text()
 
 
 def test_the_card_says_how_far_its_smallest_validation_corpus_could_move_by_chance(tmp_path: Path) -> None:

@@ -77,8 +77,8 @@ def test_partial_expression_clips(photos):
 
 def test_built_clips_are_balanced_within_the_corpus_they_were_built_from(photos):
     """A partial-expression clip counts in its photos' corpus: with two face corpora, each keeps half
-    of an epoch's face rows however many clips were built (as groups of their own, the built clips took a
-    third here, and FER2013 fell below its backbone)."""
+    of an epoch's face rows however many clips were built; as groups of their own (`--built-clips own`),
+    the built clips take a third here."""
     import random
 
     from emoweb.learning.manifests import Row
@@ -94,6 +94,10 @@ def test_built_clips_are_balanced_within_the_corpus_they_were_built_from(photos)
     epoch = balanced_epoch(web + other + built, random.Random(0))  # 30 rows: 4 (corpus, label) groups of 7
     assert collections.Counter(s.row.corpus for s in epoch) == {"faces/manifest.csv": 14, "fer2013/manifest.csv": 14}
     assert 0 < sum(s.row.manifest == "partial-expression" for s in epoch) < 14  # drawn among the photos
+    own = balanced_epoch(web + other + built, random.Random(0), built_clips="own")  # the session-9 recipe: 6 groups of 5
+    assert collections.Counter(s.row.manifest for s in own) == {"faces/manifest.csv": 10, "fer2013/manifest.csv": 10, "partial-expression": 10}
+    with pytest.raises(ValueError, match="built_clips"):
+        balanced_epoch(web, random.Random(0), built_clips="corpora")
 
 
 def _validation_clips(shared_data: Path) -> list[tuple[str, object]]:

@@ -236,7 +236,8 @@ def _training_section(card: dict) -> list[str]:
                   f"({AUDIO_SOURCES.get(config['audio_source'], 'a backbone output named in the card')})."]
     for choice in card.get("choices", []):
         runs = ", ".join(f"`{name}` {uar:.3f}" for name, uar in choice["dev_mean_uar"].items())
-        lines += ["", f"Chosen: {choice['choice']}, kept `{choice['kept']}` on the mean UAR over the dev corpora "
+        basis = choice.get("basis", "on the mean UAR over the dev corpora")  # a choice made on other evidence says which
+        lines += ["", f"Chosen: {choice['choice']}, kept `{choice['kept']}` {basis} "
                   f"({runs}; each run is the command above with `{choice['option']}` set to that value)."
                   + (f" {choice['note']}" if choice.get("note") else "")]
     lines += ["", "<details><summary>Configuration (the JSON card's <code>config</code>)</summary>", "",

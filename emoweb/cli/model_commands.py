@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from emoweb.cli import add_backbones, add_device, add_json, add_models, command, emit, settings_from
-from emoweb.config import DEV_FRACTION, EPOCH_ROWS_PER_MODALITY
+from emoweb.config import BUILT_CLIPS_IN_CORPUS, BUILT_CLIPS_OWN_GROUPS, DEV_FRACTION, EPOCH_ROWS_PER_MODALITY
 from emoweb.errors import EmoWebError
 from models import MODELS
 
@@ -43,6 +43,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="the audio tokens the model reads (its config's audio_source; default: the profile's primary "
                    "encoder, 'audio', except MER-SEM-MBT, whose default is its CNN on the log-mel; the embedded profile also has "
                    "'whisper_layer4')")
+    p.add_argument("--built-clips", choices=(BUILT_CLIPS_IN_CORPUS, BUILT_CLIPS_OWN_GROUPS), default=BUILT_CLIPS_IN_CORPUS,
+                   help=f"how an epoch balances the built partial-expression clips: '{BUILT_CLIPS_IN_CORPUS}' (default), among "
+                   f"the photos of the corpus they were built from; '{BUILT_CLIPS_OWN_GROUPS}', as groups of their own (more of "
+                   "them per epoch: the session-9 recipe)")
     p.add_argument("--out", type=Path, default=None,
                    help="checkpoint root (default: EMOWEB_CHECKPOINT_ROOT, else models/checkpoints: where the app reads)")
     add_device(p)
@@ -182,7 +186,7 @@ def _train(args: argparse.Namespace) -> int:
     model.attach_text_encoder(lambda texts: bb.text(texts).embedding, bb.text_encoder)
     labels = list(LABEL7)
     result = train(model, samples, bb.dims, labels, model.param_groups(), args.epochs, args.batch_size, args.epoch_rows,
-                   args.patience, args.seed, ema_decay=args.ema, augment=augment)
+                   args.patience, args.seed, ema_decay=args.ema, augment=augment, built_clips=args.built_clips)
     metrics = {split: evaluate(model, chosen, bb.dims, labels) for split in ("val", "dev")
                if (chosen := [s for s in samples if s.split == split])}
     calibration = calibrate(model, calibration_rows, bb.dims, labels) if calibration_rows else None
@@ -194,7 +198,7 @@ def _train(args: argparse.Namespace) -> int:
         "data": {"manifests": args.data.split(","), "counts": data_card(samples), "skipped": len(skipped)},
         "splits": f"val = the manifest's val split (unseen speakers / identities), reported only; {stopping}",
         "training": {"epochs_run": len(result.history), "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1),
-                     "ema": args.ema, "dev_fraction": args.dev_fraction, "audio_augment": augment.to_dict(),
+                     "ema": args.ema, "dev_fraction": args.dev_fraction, "audio_augment": augment.to_dict(), "built_clips": args.built_clips,
                      "history": result.history},
         "metrics": _slim(metrics),
         **({"calibration": calibration} if calibration else {}),
@@ -202,7 +206,8 @@ def _train(args: argparse.Namespace) -> int:
         f"--epochs {args.epochs} --patience {args.patience} --batch-size {args.batch_size} --epoch-rows {args.epoch_rows} --ema {args.ema} "
         f"--dev-fraction {args.dev_fraction}"
         + "".join(f" --audio-{k} {v}" for k, v in augment.to_dict().items() if k != "min_tokens" and v)
-        + (f" --audio-source {args.audio_source}" if args.audio_source else ""),
+        + (f" --audio-source {args.audio_source}" if args.audio_source else "")
+        + (f" --built-clips {args.built_clips}" if args.built_clips != BUILT_CLIPS_IN_CORPUS else ""),
     }
     path = registry.save(model, args.model, bb.name, card, shipped_root(args.out))
     # a manifest without a val split (every row trained on, or dev only) still reports what it has

@@ -16,7 +16,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from emoweb.config import DEV_FRACTION, DEV_ROWS_PER_GROUP, EPOCH_ROWS_PER_MODALITY
+from emoweb.config import BUILT_CLIPS_IN_CORPUS, BUILT_CLIPS_OWN_GROUPS, DEV_FRACTION, DEV_ROWS_PER_GROUP, EPOCH_ROWS_PER_MODALITY
 from emoweb.learning.augment import AudioAugment, SplicePartners
 from emoweb.learning.manifests import Row
 from emoweb.learning.metrics import classification_report, expected_calibration_error, selective_threshold
@@ -74,17 +74,22 @@ def cap_dev(samples: list[Sample], per_group: int = DEV_ROWS_PER_GROUP, seed: in
     return [s for s in samples if s.split != "dev" or id(s) in keep]
 
 
-def balanced_epoch(samples: list[Sample], rng: random.Random, cap: int = EPOCH_ROWS_PER_MODALITY) -> list[Sample]:
+def balanced_epoch(samples: list[Sample], rng: random.Random, cap: int = EPOCH_ROWS_PER_MODALITY,
+                   built_clips: str = BUILT_CLIPS_IN_CORPUS) -> list[Sample]:
     """One epoch's rows, balanced per modality across corpora and labels: each (manifest, label) group
     of a modality gets an equal share of that modality's rows (at most `cap` per epoch), drawn with
     replacement. Why: the corpora differ 10-fold in size (FER2013 19k photos vs 2k web photos; CREMA-D
     5.8k clips vs TESS 1.4k) and in label mix (web photos: 900 joy, 15 fear); a model must not learn
-    one corpus's mix or its recording conditions as the emotion. Built clips (partial-expression) share
-    the groups of the corpus they were made from: as groups of their own they took 30% of the face rows
-    (six groups of twenty; eight fear clips drawn ~150 times an epoch) and FER2013 fell below its backbone."""
+    one corpus's mix or its recording conditions as the emotion. `built_clips`: BUILT_CLIPS_IN_CORPUS, built
+    clips (partial-expression) share the groups of the corpus they were made from; BUILT_CLIPS_OWN_GROUPS,
+    they form groups of their own (the session-9 recipe: 30% of the face rows, six groups of twenty, eight
+    fear clips drawn ~150 times an epoch, and FER2013 fell below its backbone)."""
+    if built_clips not in (BUILT_CLIPS_IN_CORPUS, BUILT_CLIPS_OWN_GROUPS):
+        raise ValueError(f"built_clips must be {BUILT_CLIPS_IN_CORPUS!r} or {BUILT_CLIPS_OWN_GROUPS!r}, not {built_clips!r}")
     groups: dict[tuple[str, str, str], list[Sample]] = {}
     for s in samples:
-        groups.setdefault((s.row.modality, s.row.corpus, s.row.label), []).append(s)
+        corpus = s.row.corpus if built_clips == BUILT_CLIPS_IN_CORPUS else s.row.manifest
+        groups.setdefault((s.row.modality, corpus, s.row.label), []).append(s)
     per_modality: dict[str, int] = {}
     for (mod, _, _), items in groups.items():
         per_modality[mod] = per_modality.get(mod, 0) + len(items)
@@ -202,6 +207,7 @@ def train(
     weight_decay: float = 0.01,
     ema_decay: float = 0.0,
     augment: AudioAugment | None = None,
+    built_clips: str = BUILT_CLIPS_IN_CORPUS,
 ) -> TrainResult:
     """AdamW over `param_groups`, early stopping on dev UAR; keeps the best epoch's weights.
 
@@ -211,7 +217,7 @@ def train(
     the average moves slowly and generalises better to unseen speakers. Without a dev split (all
     training speakers used for training), every epoch runs and the last weights are kept.
     `augment`: varies each training clip's audio tokens per step (never the dev or val clips); its
-    splice partners are training clips only."""
+    splice partners are training clips only. `built_clips`: how `balanced_epoch` groups built clips."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -228,7 +234,7 @@ def train(
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.train()
-        epoch_samples = balanced_epoch(train_set, rng, epoch_rows)
+        epoch_samples = balanced_epoch(train_set, rng, epoch_rows, built_clips)
         losses = []
         if getattr(model, "single_modality_batches", False):
             epoch_batches = single_modality_batches(epoch_samples, batch_size, rng)
