@@ -90,7 +90,7 @@ def test_the_card_says_how_far_its_smallest_validation_corpus_could_move_by_chan
     assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out)]) == 0
     # Wilson score interval for 181 of 240 at z = 1.96: centre 0.7502, half-width 0.0542
     assert ("- The smallest validation corpus, ravdess, has 240 rows: its accuracy of 75.4 % has a 95 % "
-            "interval of 69.6-80.4 %, a result inside it can differ by chance alone.") in (out / "emoasst.md").read_text()
+            "interval of 69.6-80.4 %: a change inside it can be chance alone.") in (out / "emoasst.md").read_text()
 
 
 def test_a_card_names_corpora_plainly_and_only_those_the_model_used(tmp_path: Path) -> None:

@@ -303,7 +303,7 @@ def _noise_line(card: dict) -> str:
     right = round(m["accuracy"] * m["n"])
     ci = binomtest(right, m["n"]).proportion_ci(confidence_level=0.95, method="wilson")
     return (f"- The smallest validation corpus, {_corpus(name)}, has {m['n']:,} rows: its accuracy of {_pct(m['accuracy'])} % has a "
-            f"95 % interval of {_pct(ci.low)}-{_pct(ci.high)} %, a result inside it can differ by chance alone.")
+            f"95 % interval of {_pct(ci.low)}-{_pct(ci.high)} %: a change inside it can be chance alone.")
 
 
 def _limits_section(card: dict, info: ModelInfo | None) -> list[str]:

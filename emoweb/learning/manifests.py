@@ -44,7 +44,7 @@ class Row:
 
     @property
     def corpus(self) -> str:
-        """The corpus an epoch balances this row in: a built clip counts in the corpus it was made from."""
+        """The corpus a built clip was made from (where `train --built-clips corpus` balances it), else its manifest."""
         return self.built_from or self.manifest
 
     @property
