@@ -25,6 +25,17 @@ def _copy_cards(tmp_path: Path) -> Path:
     return root
 
 
+def _card_after(tmp_path: Path, model: str, edit) -> str:
+    """The model card generated from a copy of `model`'s committed JSON card after `edit(card)` changed it."""
+    root, out = _copy_cards(tmp_path), tmp_path / "models"
+    card_path = root / "embedded" / f"{model}.json"
+    card = json.loads(card_path.read_text())
+    edit(card)
+    card_path.write_text(json.dumps(card, indent=2))
+    assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out)]) == 0
+    return (out / f"{model}.md").read_text()
+
+
 def test_committed_model_cards_are_what_the_json_cards_give(tmp_path: Path) -> None:
     out = tmp_path / "models"
     assert cli.main(["cards", "--out", str(out)]) == 0
@@ -62,50 +73,39 @@ def test_a_changed_json_card_is_named_stale_and_regenerated_with_its_numbers(tmp
     assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out), "--check"]) == 0
 
 
-def test_a_recipe_choice_in_the_card_is_shown_with_its_dev_runs(tmp_path: Path, capsys) -> None:
-    root, out = _copy_cards(tmp_path), tmp_path / "models"
-    card_path = root / "embedded" / "foalnet.json"
-    card = json.loads(card_path.read_text())
-    card["choices"] = [{"choice": "the audio tokens", "option": "--audio-source", "kept": "audio",
+def test_a_recipe_choice_in_the_card_is_shown_with_its_dev_runs(tmp_path: Path) -> None:
+    choices = [{"choice": "the audio tokens", "option": "--audio-source", "kept": "audio",
                         "dev_mean_uar": {"audio": 0.5912, "whisper_layer4": 0.5801}},
                        {"choice": "the built clips", "option": "--built-clips", "kept": "own", "basis": "although `corpus` scored higher",
                         "dev_mean_uar": {"own": 0.5, "corpus": 0.6}, "note": "Its attention went flat."}]
-    card_path.write_text(json.dumps(card, indent=2))
-    assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out)]) == 0
+    text = _card_after(tmp_path, "foalnet", lambda card: card.update(choices=choices))
     assert ("Chosen: the audio tokens, kept `audio` on the mean UAR over the dev corpora (`audio` 0.591, "
-            "`whisper_layer4` 0.580; each run is the command above with `--audio-source` set to that value).") in (out / "foalnet.md").read_text()
+            "`whisper_layer4` 0.580; each run is the command above with `--audio-source` set to that value).") in text
     assert ("Chosen: the built clips, kept `own` although `corpus` scored higher (`own` 0.500, `corpus` 0.600; each run is the "
-            "command above with `--built-clips` set to that value). Its attention went flat.") in (out / "foalnet.md").read_text()
+            "command above with `--built-clips` set to that value). Its attention went flat.") in text
 
 
 def test_the_card_says_how_far_its_smallest_validation_corpus_could_move_by_chance(tmp_path: Path) -> None:
-    root, out = _copy_cards(tmp_path), tmp_path / "models"
-    card_path = root / "embedded" / "emoasst.json"
-    card = json.loads(card_path.read_text())
-    val = {k: m for k, m in card["metrics"]["val"].items() if not k.startswith("corpus ")}
-    val["corpus ravdess/manifest.csv"] = {"n": 240, "accuracy": 181 / 240, "uar": 0.75, "weighted_f1": 0.75}
-    val["corpus cremad/manifest.csv"] = {"n": 1545, "accuracy": 0.679, "uar": 0.68, "weighted_f1": 0.68}
-    card["metrics"]["val"] = val
-    card_path.write_text(json.dumps(card, indent=2))
-    assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out)]) == 0
+    def two_corpora(card: dict) -> None:
+        val = {k: m for k, m in card["metrics"]["val"].items() if not k.startswith("corpus ")}
+        val["corpus ravdess/manifest.csv"] = {"n": 240, "accuracy": 181 / 240, "uar": 0.75, "weighted_f1": 0.75}
+        val["corpus cremad/manifest.csv"] = {"n": 1545, "accuracy": 0.679, "uar": 0.68, "weighted_f1": 0.68}
+        card["metrics"]["val"] = val
+
     # Wilson score interval for 181 of 240 at z = 1.96: centre 0.7502, half-width 0.0542
     assert ("- The smallest validation corpus, ravdess, has 240 rows: its accuracy of 75.4 % has a 95 % "
-            "interval of 69.6-80.4 %: a change inside it can be chance alone.") in (out / "emoasst.md").read_text()
+            "interval of 69.6-80.4 %: a change inside it can be chance alone.") in _card_after(tmp_path, "emoasst", two_corpora)
 
 
 def test_a_card_names_corpora_plainly_and_only_those_the_model_used(tmp_path: Path) -> None:
-    root, out = _copy_cards(tmp_path), tmp_path / "models"
-    card_path = root / "embedded" / "emoasst.json"
-    card = json.loads(card_path.read_text())
-    labels = card["labels"]
-    val = card["metrics"]["val"]
-    for corpus, label, recall, rows in (("facial_expressions", "fear", 0.0, 3), ("tess", "joy", 0.01, 200)):
-        m = val[f"corpus {corpus}/manifest.csv"]
-        m["per_class_recall"][label] = recall
-        m["confusion"][labels.index(label)] = [rows] + [0] * (len(labels) - 1)
-    card_path.write_text(json.dumps(card, indent=2))
-    assert cli.main(["cards", "--checkpoints", str(root), "--out", str(out)]) == 0
-    text = (out / "emoasst.md").read_text()
+    def weak_labels(card: dict) -> None:
+        labels = card["labels"]
+        for corpus, label, recall, rows in (("facial_expressions", "fear", 0.0, 3), ("tess", "joy", 0.01, 200)):
+            m = card["metrics"]["val"][f"corpus {corpus}/manifest.csv"]
+            m["per_class_recall"][label] = recall
+            m["confusion"][labels.index(label)] = [rows] + [0] * (len(labels) - 1)
+
+    text = _card_after(tmp_path, "emoasst", weak_labels)
     front = text.split("---")[1]
     # EmoAsst has no trained text path: MELD and GoEmotions rows were skipped, so they are not its datasets
     assert "- ravdess" in front and "- meld" not in front and "- goemotions_ekman" not in front
