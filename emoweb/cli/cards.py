@@ -32,22 +32,28 @@ MODALITY_ROWS = {  # what each metrics entry of a JSON card counts (emoweb.learn
 WEAK_MIN_ROWS = 30  # a label's recall on fewer rows says little: the limits name weak labels from this many rows
 
 
+def _short_name(metric_key: str) -> str:
+    """A metrics entry as a reader names it: `corpus ravdess/manifest.csv` -> `ravdess`, `audio` -> `audio`."""
+    return _corpus(metric_key.removeprefix("corpus ")) if metric_key.startswith("corpus ") else metric_key
+
+
 def _answer_name(metric_key: str) -> str:
-    """A metrics entry as a reader names it: `corpus ravdess/manifest.csv` -> `ravdess: the model's answer on that corpus`."""
+    """The short name and what the entry counts: `ravdess: the model's answer on that corpus's rows`."""
     if metric_key == "corpus composite":
-        return ("composite: the model's answer on the run's own speech + face pairs (every speech corpus, TESS included; "
+        what = ("the model's answer on the run's own speech + face pairs (every speech corpus, TESS included; "
                 "`bench generalise` pairs RAVDESS and CREMA-D with web photos only, so its composites differ)")
-    if metric_key.startswith("corpus "):
-        return f"{_corpus(metric_key.removeprefix('corpus '))}: the model's answer on that corpus's rows"
-    return f"{metric_key}: {MODALITY_ROWS.get(metric_key, metric_key)}"
+    elif metric_key.startswith("corpus "):
+        what = "the model's answer on that corpus's rows"
+    else:
+        what = MODALITY_ROWS.get(metric_key, metric_key)
+    return f"{_short_name(metric_key)}: {what}"
 
 
 def _used_corpora(card: dict) -> list[str]:
     """The corpora whose rows the model trained or was scored on (a text corpus is listed but unused by a model
     without a trained text path)."""
     sources = {key.rpartition(":")[0] for key in card["data"]["counts"]}
-    used = {_corpus(m) for m in card["data"]["manifests"] for src in sources if Path(m).parts[-len(Path(src).parts):] == Path(src).parts}
-    return sorted(used)
+    return sorted({_corpus(m) for src in sources for m in _counted_manifests(src, card["data"]["manifests"])})
 
 
 @dataclass(frozen=True)
@@ -167,13 +173,18 @@ def _corpus(manifest: str) -> str:
     return Path(manifest).parent.name or manifest
 
 
+def _counted_manifests(key: str, manifests: list[str]) -> list[str]:
+    """The manifests a `data.counts` source (`<manifest path suffix>`) names: those whose path ends with it."""
+    parts = Path(key).parts
+    return [m for m in manifests if Path(m).parts[-len(parts):] == parts]
+
+
 def _counts_source(key: str, manifests: list[str]) -> str:
     """Which corpus a `data.counts` key (`<manifest path suffix>`) names; older cards keep only the file name,
     which then stands for every manifest of that name."""
     if key == "composite":
         return "composites (a speech clip + a face photo of the same label and split)"
-    parts = Path(key).parts
-    matches = [m for m in manifests if Path(m).parts[-len(parts):] == parts]
+    matches = _counted_manifests(key, manifests)
     return " + ".join(_corpus(m) for m in matches) + (" (counted together)" if len(matches) > 1 else "") if matches else key
 
 
@@ -187,7 +198,7 @@ def _yaml(card: dict) -> list[str]:
               f"- name: {q(card['model'] + '-' + card['profile'])}", "  results:"]
     for modality, m in card["metrics"].get("val", {}).items():
         data = [_corpus(modality.removeprefix("corpus "))] if modality.startswith("corpus ") else corpora
-        lines += ["  - task:", "      type: emotion-recognition", f"      name: {q('emotion recognition, ' + _answer_name(modality).split(':')[0])}",
+        lines += ["  - task:", "      type: emotion-recognition", f"      name: {q('emotion recognition, ' + _short_name(modality))}",
                   "    dataset:", f"      name: {q(' + '.join(data) + ', validation split')}",
                   f"      type: {q('+'.join(data))}", "      split: val", "    metrics:"]
         lines += [f"    - {{type: {t}, value: {_pct(m.get(k))}, name: {q(name)}}}" for t, k, name in
@@ -259,7 +270,7 @@ def _metrics_section(card: dict) -> list[str]:
     if val:
         modalities = list(val)
         lines += ["", "Recall per label on `val` (rows of that label in brackets, where the card keeps the confusion matrix):", "",
-                  "| label | " + " | ".join(_answer_name(m).split(":")[0] for m in modalities) + " |", "|---|" + "---|" * len(modalities)]
+                  "| label | " + " | ".join(_short_name(m) for m in modalities) + " |", "|---|" + "---|" * len(modalities)]
         for i, label in enumerate(card["labels"]):
             cells = []
             for mod in modalities:
@@ -311,7 +322,7 @@ def _limits_section(card: dict, info: ModelInfo | None) -> list[str]:
     def rows(m: dict, label: str) -> int | None:
         return sum(m["confusion"][labels.index(label)]) if "confusion" in m and label in labels else None
 
-    weak = [f"{label} by the {_answer_name(mod).split(':')[0]} answer ({_pct(r)} % recall"
+    weak = [f"{label} by the {_short_name(mod)} answer ({_pct(r)} % recall"
             + (f" of {rows(m, label)} rows)" if rows(m, label) is not None else ")")
             for mod, m in card["metrics"].get("val", {}).items()
             for label, r in m.get("per_class_recall", {}).items()
