@@ -69,11 +69,57 @@ def test_a_batch_of_files_that_are_no_media_is_refused_before_the_models_load(tm
     """Several clips: each bad one is reported on its line; none good, so nothing loads (exit 1)."""
     for name, (text, _) in NO_MEDIA.items():
         (tmp_path / name).write_text(text, encoding="utf-8")
-    done = subprocess.run([sys.executable, "-c", PROBE, "predict", str(tmp_path)], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", PROBE, "predict", *(str(tmp_path / n) for n in sorted(NO_MEDIA))], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
     lines = done.stdout.strip().splitlines()
     assert lines[-1] == "HEAVY [] RC 1", done.stderr
     assert lines[:-1] == [f"{name}: error: {message}" for name, (_, message) in sorted(NO_MEDIA.items())]
+
+
+def test_a_folder_lists_its_clips_and_skips_what_is_named_otherwise(tmp_path: Path) -> None:
+    """Hidden files, system files and files named as another kind are skipped; a file named as a clip, or
+    named nothing, is tried (its content decides); subfolders are not entered."""
+    from emoweb.pipeline.media import folder_clips
+
+    names = ["a.MOV", "b.mts", "c.opus", "d.jpg", "e", "notes.txt", "list.pdf", "meta.json", ".DS_Store", "._a.MOV", "Thumbs.db"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "f.mp4").write_bytes(b"x")
+    clips, skipped = folder_clips(tmp_path)
+    assert [p.name for p in clips] == ["a.MOV", "b.mts", "c.opus", "d.jpg", "e"]
+    assert sorted(skipped) == sorted([".DS_Store", "._a.MOV", "Thumbs.db", "list.pdf", "meta.json", "notes.txt"])
+
+
+def test_a_folder_without_clips_is_refused_before_the_models_load(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text(NO_MEDIA["notes.txt"][0], encoding="utf-8")
+    (tmp_path / ".DS_Store").write_bytes(b"\0Bud1")
+    line, stderr = _probe("predict", str(tmp_path))
+    assert line == "HEAVY [] RC 2", stderr
+    assert stderr.strip().splitlines() == [f"error: no clips in folder {tmp_path} (not clips: .DS_Store, notes.txt)"]
+
+
+@pytest.mark.slow
+def test_predict_folder_skips_what_is_not_a_clip(joy_face: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """A parent's folder: two clips, a note and a hidden file. Both clips answered, nothing failed, the
+    others listed as skipped (JSON and the plain lines)."""
+    from test_services import make_checkpoint_root
+
+    monkeypatch.setenv("EMOWEB_CHECKPOINT_ROOT", str(make_checkpoint_root(tmp_path / "checkpoints")))
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (folder / name).write_bytes(joy_face.read_bytes())
+    (folder / "notes.txt").write_text(NO_MEDIA["notes.txt"][0], encoding="utf-8")
+    (folder / ".DS_Store").write_bytes(b"\0Bud1")
+    assert cli.main(["predict", str(folder), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [c["clip"]["source"] for c in result["clips"]] == ["a.jpg", "b.jpg"]
+    assert result["failed"] == 0 and result["skipped"] == [".DS_Store", "notes.txt"]
+    assert cli.main(["predict", str(folder)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines[:2]] == ["a.jpg", "b.jpg"]
+    assert lines[2] == "skipped 2 file(s) that are not clips: .DS_Store, notes.txt"
 
 
 def test_python_m_emoweb_help_imports_no_torch() -> None:

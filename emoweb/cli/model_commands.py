@@ -297,18 +297,34 @@ def _predict_line(item: dict) -> str:
     return f"{source}: {answer}; {models}"
 
 
+def _predict_text(payload: dict) -> str:
+    """One line per clip, then the files of the folders that were not clips (never counted as failed)."""
+    if "models" in payload or "error" in payload:
+        return _predict_line(payload)
+    lines = [_predict_line(item) for item in payload["clips"]]
+    if payload["skipped"]:
+        lines.append(f"skipped {len(payload['skipped'])} file(s) that are not clips: {', '.join(payload['skipped'])}")
+    return "\n".join(lines)
+
+
 @command("predict", "run every available model on clips (backbones once per clip)",
          prints="per clip the one answer (the models' vote, how sure in words) and each model's label and probability",
          takes="2-10 s to load the backbones and models, then about 1 s per 4-s clip (5 s per 60-s clip) on a 2-CPU machine")(_predict_args)
 def _predict(args: argparse.Namespace) -> int:
-    from emoweb.pipeline.media import check_media
+    from emoweb.pipeline.media import check_media, folder_clips
     from emoweb.safetext import clean
 
     if not args.paths and args.text is None:
         raise EmoWebError('nothing to predict: give clip file(s) or folder(s), or --text "..."')
     if not args.paths and not clean(args.text).strip():
         raise EmoWebError("--text is empty: type at least one word")  # before torch and the models load
-    paths = [p for a in args.paths for p in (sorted(x for x in Path(a).iterdir() if x.is_file()) if Path(a).is_dir() else [Path(a)])]
+    paths, skipped = [], []
+    for arg in map(Path, args.paths):
+        clips, others = folder_clips(arg) if arg.is_dir() else ([arg], [])
+        if arg.is_dir() and not clips:
+            raise EmoWebError(f"no clips in folder {arg}" + (f" (not clips: {', '.join(others)})" if others else " (it is empty)"))
+        paths += clips
+        skipped += others
     refused: dict[Path, EmoWebError] = {}
     for path in paths:  # a file that is no media answers before torch and the models load
         try:
@@ -338,6 +354,8 @@ def _predict(args: argparse.Namespace) -> int:
             failed += 1
             results.append({"clip": {"source": path.name}, "error": str(exc)})
     elapsed = time.perf_counter() - start
-    payload = results[0] if len(results) == 1 else {"clips": results, "seconds": round(elapsed, 3), "clips_per_second": round(len(paths) / elapsed, 3), "failed": failed}
-    emit(payload, args.json, lambda r: "\n".join(_predict_line(item) for item in ([r] if "models" in r else r["clips"])))
+    payload = results[0] if len(results) == 1 and not skipped else {
+        "clips": results, "seconds": round(elapsed, 3), "clips_per_second": round(len(paths) / elapsed, 3), "failed": failed,
+        "skipped": skipped}
+    emit(payload, args.json, _predict_text)
     return 1 if failed and failed == len(paths) else 0

@@ -7,6 +7,7 @@ Every failure becomes one `MediaError` line that names the problem.
 from __future__ import annotations
 
 import hashlib
+import mimetypes
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -232,6 +233,30 @@ def check_media(path: str | Path) -> None:
         _streams(container, path)
     finally:
         container.close()
+
+
+CLIP_TYPES = ("video", "audio", "image")  # the MIME families a clip can be
+TRANSPORT_STREAMS = {".mts", ".m2ts"}  # camcorder video that `mimetypes` calls "model/vnd.mts"
+SYSTEM_FILES = {"thumbs.db", "desktop.ini"}  # what Windows leaves in a folder of photos and videos
+
+
+def folder_clips(folder: Path) -> tuple[list[Path], list[str]]:
+    """The files of `folder` (not its subfolders) that may be clips, sorted, and the names of the others:
+    hidden files (".DS_Store", "._clip.mp4"), SYSTEM_FILES, and files whose name says they are something
+    else (`mimetypes`: .txt, .pdf, .json, .csv). A file whose name says nothing (no or an unknown
+    extension) is kept: its content decides (`check_media`).
+
+    Why: a parent's phone folder holds notes and thumbnails beside the clips; they are not clips that
+    failed, and listing them as errors hides the clips that really did."""
+    clips, skipped = [], []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        kind, _ = mimetypes.guess_type(path.name, strict=False)
+        other = kind is not None and kind.split("/")[0] not in CLIP_TYPES and path.suffix.lower() not in TRANSPORT_STREAMS
+        if path.name.startswith(".") or path.name.lower() in SYSTEM_FILES or other:
+            skipped.append(path.name)
+        else:
+            clips.append(path)
+    return clips, skipped
 
 
 def decode(path: str | Path, n_frames: int = 16, max_seconds: float = 60.0) -> DecodedClip:
