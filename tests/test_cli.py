@@ -38,6 +38,8 @@ def _probe(*argv: str) -> tuple[str, str]:
     (["nosuch"], 2, "invalid choice: 'nosuch'"),
     (["eval", "/nonexistent/manifest.csv"], 2, "error: manifest not found: /nonexistent/manifest.csv"),
     (["predict", "/nonexistent/clip.mp4"], 2, "error: file not found: clip.mp4"),
+    (["bench", "kshot", "--ks", "4,x"], 2, "error: --ks must be whole numbers separated by commas, not '4,x'"),
+    (["bench", "kshot", "--ks", "0,4"], 2, "error: --ks needs at least one K of 1 or more, not '0,4'"),
 ])
 def test_help_and_bad_input_answer_without_torch(argv: list[str], rc: int, err: str) -> None:
     line, stderr = _probe(*argv)

@@ -48,6 +48,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=5, help="warm runs after the cold one (default 5)")
     p.add_argument("--split", default="val", help="kshot, asr: the speakers scored (default val; kshot: dev = the speakers to choose a recipe on)")
     p.add_argument("--speakers", type=int, default=None, help="kshot: only the first N speakers of each corpus")
+    p.add_argument("--ks", default="1,2,4", help="kshot: clips per label in the cache, comma-separated (default 1,2,4; "
+                   "capped at each label's clips of the speaker minus one, so one is always scored)")
     p.add_argument("--corpora", default="ravdess,cremad", help="kshot, asr: speech corpora in the shared data (default ravdess,cremad)")
     p.add_argument("--clips", type=int, default=40, help="asr: clips per corpus, a seeded draw (default 40)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",

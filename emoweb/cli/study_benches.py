@@ -68,13 +68,19 @@ def _baseline_text(r: dict) -> str:
 
 
 @bench("kshot", "caregiver effect, all four models: K = 1,2,4 clips per label of one unseen RAVDESS or CREMA-D "
-                "speaker in the cache (--corpora, --split, --speakers)", _kshot_text)
+                "speaker in the cache (--ks, --corpora, --split, --speakers)", _kshot_text)
 def _kshot(args) -> dict:
+    try:
+        ks = tuple(int(k) for k in args.ks.split(",") if k.strip())
+    except ValueError:
+        raise EmoWebError(f"--ks must be whole numbers separated by commas, not {args.ks!r}") from None
+    if not ks or min(ks) < 1:
+        raise EmoWebError(f"--ks needs at least one K of 1 or more, not {args.ks!r}")
     from emoweb.learning.studies import KSHOT_MODELS, kshot_study
 
     manifests = [_shared_manifest(f"speech/{c.strip()}") for c in args.corpora.split(",") if c.strip()]
     models = KSHOT_MODELS if args.models == "all" else tuple(m.strip() for m in args.models.split(",") if m.strip())
-    return kshot_study(_settings(args), manifests, models, split=args.split, max_speakers=args.speakers)
+    return kshot_study(_settings(args), manifests, models, ks=ks, split=args.split, max_speakers=args.speakers)
 
 
 @bench("crossval", "EmoAsst audio recipe and cache defaults, cross-validated on the training speakers only", _crossval_text)
