@@ -3,12 +3,13 @@ applied by every loaded model (issue 21 item 6)."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 
-from emoweb.learning.metrics import expected_calibration_error, selective_threshold
+from emoweb.learning.metrics import ece_floor, expected_calibration_error, selective_threshold
 from models import LABEL7, registry
 from models.backbones import PROFILES
 from models.calibration import calibrated_logits, fit_spread_temperature, fit_temperature
@@ -20,6 +21,20 @@ def test_ece_by_hand() -> None:
     assert abs(expected_calibration_error([0.9, 0.9, 0.6], [True, False, True], bins=10) - 0.4) < 1e-9
     assert expected_calibration_error([0.75, 0.75, 0.75, 0.75], [True, True, True, False]) == 0.0
     assert expected_calibration_error([], []) is None
+
+
+def test_ece_floor_is_the_sampling_bias_of_a_calibrated_model() -> None:
+    """All rows at confidence 0.5 fall in one bin, so a calibrated model's ECE is |0.5 - its hit rate|, whose
+    mean over draws is 0.5 * sqrt(2 / (pi n)) (the half-normal); at confidence 1 it is exactly 0. A model
+    right 60 % of the time at a stated 90 % lies far above the floor's 95th percentile."""
+    for n in (100, 400):
+        floor = ece_floor([0.5] * n, draws=2000)
+        expected = 0.5 * math.sqrt(2 / (math.pi * n))
+        assert abs(floor["mean"] - expected) < 0.12 * expected and floor["p95"] > floor["mean"]
+    assert ece_floor([1.0] * 50) == {"mean": 0.0, "p95": 0.0}
+    assert ece_floor([]) is None
+    overconfident = expected_calibration_error([0.9] * 240, [True] * 144 + [False] * 96)
+    assert overconfident == pytest.approx(0.3) and overconfident > ece_floor([0.9] * 240)["p95"]
 
 
 def test_selective_threshold_by_hand() -> None:

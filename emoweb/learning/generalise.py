@@ -17,7 +17,7 @@ import torch
 from emoweb.config import SHARED_DATA, Settings
 from emoweb.learning.evaluation import BACKBONE_REPORT, backbone_label, composite_items
 from emoweb.learning.manifests import read_manifest
-from emoweb.learning.metrics import classification_report, expected_calibration_error
+from emoweb.learning.metrics import classification_report, ece_floor, expected_calibration_error
 from emoweb.learning.pairs import partial_expression_samples
 from emoweb.learning.studies import acted_speech_store
 from emoweb.learning.training import Sample, predict_samples, reports
@@ -55,6 +55,7 @@ def score(model, items: list, dims: dict[str, int]) -> dict:
     for name, scores in (("ece", logits), ("ece_uncalibrated", raw)):
         probs = scores.softmax(-1)
         report[name] = expected_calibration_error(probs.max(-1).values.tolist(), (probs.argmax(-1) == target).tolist())
+    report["ece_floor"] = ece_floor(logits.softmax(-1).max(-1).values.tolist())  # what a calibrated model shows at this n
     # each sense alone, where rows have more than one (composites); otherwise the answer is that sense's
     several = any(sum(s.features.modalities.values()) > 1 for s in samples)
     paths = {m: r for m, r in reports(samples, outs, labels).items() if m in ("audio", "visual")} if several else {}
@@ -95,22 +96,29 @@ def pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+def floor_text(floor: dict | None) -> str:
+    """`metrics.ece_floor` as "mean / 95th percentile" in percent; '-' without one (an older result)."""
+    return "-" if not floor else f"{pct(floor['mean'])} / {pct(floor['p95'])}"
+
+
 def generalise_text(r: dict) -> str:
     """Markdown: one table per corpus (fused and per-path accuracy / UAR / weighted F1 / ECE), then the means."""
     lines = []
     for corpus, entry in r["corpora"].items():
-        lines += [f"### {corpus} (validation, n = {entry['n']})", "", "| model | path | accuracy | UAR | weighted F1 | ECE | ECE before calibration |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [f"### {corpus} (validation, n = {entry['n']})", "",
+                  "| model | path | accuracy | UAR | weighted F1 | ECE | a calibrated model's ECE here (mean / 95%) | ECE before calibration |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
         for model, scores in entry.items():
             if model == "n":
                 continue
             if model == BACKBONE_REPORT:
-                lines.append(f"| FER backbone | its own output | {pct(scores['accuracy'])} | {pct(scores['uar'])} | {pct(scores['weighted_f1'])} | | |")
+                lines.append(f"| FER backbone | its own output | {pct(scores['accuracy'])} | {pct(scores['uar'])} | {pct(scores['weighted_f1'])} | | | |")
                 continue
             f = scores["fused"]
-            lines.append(f"| {model} | answer | {pct(f['accuracy'])} | {pct(f['uar'])} | {pct(f['weighted_f1'])} | {pct(f['ece'])} | {pct(f['ece_uncalibrated'])} |")
+            lines.append(f"| {model} | answer | {pct(f['accuracy'])} | {pct(f['uar'])} | {pct(f['weighted_f1'])} | {pct(f['ece'])} | "
+                         f"{floor_text(f.get('ece_floor'))} | {pct(f['ece_uncalibrated'])} |")
             for path, p in scores["paths"].items():
-                lines.append(f"| {model} | {path} alone | {pct(p['accuracy'])} | {pct(p['uar'])} | {pct(p['weighted_f1'])} | | |")
+                lines.append(f"| {model} | {path} alone | {pct(p['accuracy'])} | {pct(p['uar'])} | {pct(p['weighted_f1'])} | | | |")
         lines.append("")
     lines += ["### Mean over the voice, face and composite corpora", "", "| model | accuracy | UAR | weighted F1 | ECE |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {n} | {pct(m['accuracy'])} | {pct(m['uar'])} | {pct(m['weighted_f1'])} | {pct(m['ece'])} |" for n, m in r["mean"].items()]
