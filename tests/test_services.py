@@ -797,6 +797,19 @@ def test_import_refuses_bad_rows_and_files(service: CaregiverService) -> None:
         service.export_labels("imports", "xml")
 
 
+def test_a_label_in_other_capitals_is_the_label_set_s_own(service: CaregiverService) -> None:
+    """"Upset", "CALM" typed or imported mean the profile's "upset" and "calm": stored in its spelling, never
+    refused, never a second label beside it (even when new labels are allowed)."""
+    service.create_profile("caps", ["calm", "upset"])
+    clip_id = add_synthetic(service, "caps", 1, ["calm"], seed=11)[0]
+    assert service.record_correction(clip_id, "Upset").label == "upset"
+    assert service.record_correction(clip_id, " CALM ", allow_new_label=True).label == "calm"
+    sha = service.get_clip(clip_id).sha256
+    report = service.import_labels("caps", f"sha256,label\n{sha},Upset\n", allow_new_labels=True)
+    assert (report.imported, report.refused) == (1, []) and service.current_label(clip_id) == "upset"
+    assert service.get_profile("caps").labels == ["calm", "upset"]
+
+
 # -- deletion ---------------------------------------------------------------------------------
 
 

@@ -18,6 +18,13 @@ from storage.schema import Clip, Correction, Profile
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+def known_label(label: str, label_set: list[str]) -> str:
+    """`label` spelt as the label set spells it when they differ only in case ("Neutral", "JOY"), else as given:
+    a caregiver's capital letter must not be refused, nor become a second "Neutral" beside "neutral"."""
+    same = [known for known in label_set if known.casefold() == label.casefold()]
+    return label if label in label_set or not same else same[0]
+
+
 def correction_info(c: Correction) -> CorrectionInfo:
     return CorrectionInfo(c.id, c.clip_id, c.label, c.annotator, c.note, c.created)
 
@@ -31,7 +38,7 @@ class Corrections:
     def record(self, clip: Clip, prof: Profile, label: str, annotator: str, note: str, allow_new_label: bool) -> CorrectionInfo:
         """See `CaregiverService.record_correction`."""
         label, annotator, note = (clean(x or "") for x in (label, annotator, note))
-        label = label.strip()
+        label = known_label(label.strip(), list(prof.label_set))
         if label and label not in prof.label_set and not allow_new_label:
             raise EmoWebError(
                 f"label {label!r} is not in the label set of profile {prof.name!r} ({', '.join(prof.label_set)}); "
@@ -79,7 +86,7 @@ class Corrections:
             repo = CaregiverRepository(session)
             for number, row in enumerate(rows, start=1):
                 sha = row.get("sha256", "").strip().lower()
-                label = row.get("label", "").strip()
+                label = known_label(row.get("label", "").strip(), label_set)
                 if not _SHA256.fullmatch(sha):
                     refused.append(f"row {number}: not a sha256: {sha[:80]!r}")
                     continue
