@@ -42,6 +42,25 @@ def run_json(capsys, *argv: str):
 
 
 @pytest.mark.slow
+def test_ingest_a_folder_names_each_clip_as_given_with_its_notes(env: Path, capsys, joy_face: Path, tmp_path: Path) -> None:
+    """A folder's clips are stored (its note file skipped); a byte-identical copy under another name is
+    named as given and as stored; each new clip's notes are under its line."""
+    assert run_json(capsys, "profile", "create", "Anna")["name"] == "Anna"
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    (folder / "smile.jpg").write_bytes(joy_face.read_bytes())
+    (folder / "notes.txt").write_text("Tuesday: she smiled at the dog\n", encoding="utf-8")
+    code, out, _ = run(capsys, "ingest", str(folder), "--profile", "Anna")
+    assert code == 0
+    assert out.splitlines()[0].startswith("clip 1 (new): smile.jpg: ")
+    assert out.splitlines()[1:] == ["  note: still image: no audio", "skipped, not clips: notes.txt (subfolders are not searched)"]
+    copy = tmp_path / "same smile.jpg"
+    copy.write_bytes(joy_face.read_bytes())
+    code, out, _ = run(capsys, "ingest", str(copy), "--profile", "Anna")
+    assert code == 0 and out.startswith("clip 1 (already stored as 'smile.jpg'): same smile.jpg: ")
+
+
+@pytest.mark.slow
 def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_path: Path) -> None:
     assert run_json(capsys, "profile", "create", "Anna")["labels"][3] == "joy"
     code, out, _ = run(capsys, "profile", "create", "Bo", "--labels", "calm, upset")

@@ -90,21 +90,29 @@ def test_a_folder_lists_its_clips_and_skips_what_is_named_otherwise(tmp_path: Pa
     (tmp_path / "sub" / "f.mp4").write_bytes(b"x")
     clips, skipped = folder_clips(tmp_path)
     assert [p.name for p in clips] == ["a.MOV", "b.mts", "c.opus", "d.jpg", "e"]
-    assert sorted(skipped) == sorted([".DS_Store", "._a.MOV", "Thumbs.db", "list.pdf", "meta.json", "notes.txt"])
+    assert sorted(skipped) == sorted([".DS_Store", "._a.MOV", "Thumbs.db", "list.pdf", "meta.json", "notes.txt", "sub/"])
 
 
 def test_a_folder_without_clips_is_refused_before_the_models_load(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text(NO_MEDIA["notes.txt"][0], encoding="utf-8")
     (tmp_path / ".DS_Store").write_bytes(b"\0Bud1")
+    (tmp_path / "Week 1").mkdir()
+    for command in ("predict", "ingest"):
+        line, stderr = _probe(command, str(tmp_path), *(["--profile", "P"] if command == "ingest" else []))
+        assert line == "HEAVY [] RC 2", stderr
+        assert stderr.strip().splitlines() == [f"error: no clips in folder {tmp_path} (not clips: .DS_Store, Week 1/, "
+                                               "notes.txt; subfolders are not searched)"]
+    (tmp_path / "notes.txt").unlink()
+    (tmp_path / ".DS_Store").unlink()
+    (tmp_path / "Week 1").rmdir()
     line, stderr = _probe("predict", str(tmp_path))
-    assert line == "HEAVY [] RC 2", stderr
-    assert stderr.strip().splitlines() == [f"error: no clips in folder {tmp_path} (not clips: .DS_Store, notes.txt)"]
+    assert stderr.strip().splitlines() == [f"error: no clips in folder {tmp_path} (it is empty)"]
 
 
 @pytest.mark.slow
 def test_predict_folder_skips_what_is_not_a_clip(joy_face: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    """A parent's folder: two clips, a note and a hidden file. Both clips answered, nothing failed, the
-    others listed as skipped (JSON and the plain lines)."""
+    """A parent's folder: two clips, a note, a hidden file and a subfolder. Both clips answered, nothing
+    failed, the others listed as skipped (JSON and the plain lines); each clip's notes under its line."""
     from test_services import make_checkpoint_root
 
     monkeypatch.setenv("EMOWEB_CHECKPOINT_ROOT", str(make_checkpoint_root(tmp_path / "checkpoints")))
@@ -114,14 +122,18 @@ def test_predict_folder_skips_what_is_not_a_clip(joy_face: Path, tmp_path: Path,
         (folder / name).write_bytes(joy_face.read_bytes())
     (folder / "notes.txt").write_text(NO_MEDIA["notes.txt"][0], encoding="utf-8")
     (folder / ".DS_Store").write_bytes(b"\0Bud1")
+    (folder / "old").mkdir()
     assert cli.main(["predict", str(folder), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [c["clip"]["source"] for c in result["clips"]] == ["a.jpg", "b.jpg"]
-    assert result["failed"] == 0 and result["skipped"] == [".DS_Store", "notes.txt"]
+    assert result["failed"] == 0 and result["skipped"] == [".DS_Store", "notes.txt", "old/"]
+    notes = result["clips"][0]["clip"]["warnings"]
+    assert notes == ["still image: no audio"]
     assert cli.main(["predict", str(folder)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split(":")[0] for line in lines[:2]] == ["a.jpg", "b.jpg"]
-    assert lines[2] == "skipped 2 file(s) that are not clips: .DS_Store, notes.txt"
+    assert [line.split(":")[0] for line in lines if not line.startswith(" ")][:2] == ["a.jpg", "b.jpg"]
+    assert lines[1:1 + len(notes)] == [f"  note: {note}" for note in notes]
+    assert lines[-1] == "skipped, not clips: .DS_Store, notes.txt, old/ (subfolders are not searched)"
 
 
 def test_python_m_emoweb_help_imports_no_torch() -> None:

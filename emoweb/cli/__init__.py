@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from emoweb.errors import EmoWebError
@@ -42,6 +43,32 @@ def emit(obj, as_json: bool, text: Callable[[dict], str] | None = None) -> None:
         print(json.dumps(obj, indent=2, default=str))
     else:
         print(text(obj))
+
+
+def clip_paths(args: list[str]) -> tuple[list[Path], list[str]]:
+    """The clips named on a command line: files as given, folders as their clips (`media.folder_clips`), and
+    what the folders hold that is not a clip. Raises EmoWebError for a folder without any clip."""
+    from emoweb.pipeline.media import folder_clips
+
+    paths, skipped = [], []
+    for arg in map(Path, args):
+        clips, others = folder_clips(arg) if arg.is_dir() else ([arg], [])
+        if arg.is_dir() and not clips:
+            raise EmoWebError(f"no clips in folder {arg}" + (f" (not clips: {', '.join(others)}; subfolders are not searched)"
+                                                                 if others else " (it is empty)"))
+        paths += clips
+        skipped += others
+    return paths, skipped
+
+
+def skipped_line(skipped: list[str]) -> str:
+    """What the folders held besides clips, in one line ('' when nothing)."""
+    return f"skipped, not clips: {', '.join(skipped)} (subfolders are not searched)" if skipped else ""
+
+
+def note_lines(notes: list[str]) -> list[str]:
+    """A clip's notes (warnings), indented under its line: a 90-s clip cut to 60 s, no sound, no face."""
+    return [f"  note: {n}" for n in notes]
 
 
 def add_json(p: argparse.ArgumentParser) -> None:

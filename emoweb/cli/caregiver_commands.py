@@ -11,7 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from emoweb.cli import add_device, add_json, command, emit, settings_from
+from emoweb.cli import add_device, add_json, clip_paths, command, emit, note_lines, settings_from, skipped_line
 from emoweb.errors import EmoWebError
 
 FAST = "under a second or two (storage only, no models)"
@@ -71,7 +71,7 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _ingest_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="clip file(s) or folder(s) (a folder's own clips; subfolders are not searched)")
     p.add_argument("--profile", required=True, help="caregiver profile name or id")
     p.add_argument("--source", default="upload", choices=("upload", "record", "import"))
     add_device(p)
@@ -82,30 +82,35 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
          prints="one line per clip: its id, whether it was new, and each model's label and probability",
          takes="2-10 s to load the models, then about 1 s per 4-s clip (5 s per 60-s clip) on a 2-CPU machine")(_ingest_args)
 def _ingest(args: argparse.Namespace) -> int:
+    paths, skipped = clip_paths(args.paths)  # before the service loads: a folder without clips fails at once
     service = _service(args)
     service.get_profile(args.profile)  # an unknown profile fails before any decoding
     results, failed = [], 0
-    for path in args.paths:
+    for path in paths:
         try:
-            results.append(service.ingest(path, args.profile, args.source).to_dict())
+            result = service.ingest(path, args.profile, args.source)
+            notes = result.outputs.features.warnings if result.outputs is not None else []
+            results.append({"path": str(path), **result.to_dict(), "notes": notes})
         except EmoWebError as exc:
-            if len(args.paths) == 1:
+            if len(paths) == 1:
                 raise
             failed += 1
-            results.append({"path": path, "error": str(exc)})
+            results.append({"path": str(path), "error": str(exc)})
 
     def text(rows: list) -> str:
         from emoweb.pipeline.media import display_name  # a name's undecodable bytes shown escaped, not printed raw
 
         lines = []
         for r in rows:
+            given = display_name(r["path"])
             if "error" in r:
-                lines.append(f"{display_name(r['path'])}: error: {r['error']}")
+                lines.append(f"{given}: error: {r['error']}")
                 continue
             c = r["clip"]
             answers = ", ".join(_answer_text(m, p) for m, p in r["predictions"].items())
-            lines.append(f"clip {c['id']} ({'new' if r['new'] else 'already stored'}): {c['original_name']}: {answers}")
-        return "\n".join(lines)
+            stored = "new" if r["new"] else "already stored" + ("" if c["original_name"] == given else f" as {c['original_name']!r}")
+            lines += [f"clip {c['id']} ({stored}): {given}: {answers}", *note_lines(r["notes"])]
+        return "\n".join(lines + ([skipped_line(skipped)] if skipped else []))
 
     emit(results, args.json, text)
     return 1 if failed else 0

@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from emoweb.cli import add_backbones, add_device, add_json, add_models, command, emit, settings_from
+from emoweb.cli import add_backbones, add_device, add_json, add_models, clip_paths, command, emit, note_lines, settings_from, skipped_line
 from emoweb.config import BUILT_CLIPS_IN_CORPUS, BUILT_CLIPS_OWN_GROUPS, DEV_FRACTION, EPOCH_ROWS_PER_MODALITY
 from emoweb.errors import EmoWebError
 from models import MODELS
@@ -294,7 +294,7 @@ def _predict_line(item: dict) -> str:
     sure = set(h.get("confident", []))
     models = ", ".join(f"{m} -> {o['label']} ({max(o['probs'].values()):.2f}{', confident' if m in sure else ''})"
                        if o["label"] else f"{m} -> no decision" for m, o in item["models"].items())
-    return f"{source}: {answer}; {models}"
+    return "\n".join([f"{source}: {answer}; {models}", *note_lines(item["clip"].get("warnings", []))])
 
 
 def _predict_text(payload: dict) -> str:
@@ -302,29 +302,21 @@ def _predict_text(payload: dict) -> str:
     if "models" in payload or "error" in payload:
         return _predict_line(payload)
     lines = [_predict_line(item) for item in payload["clips"]]
-    if payload["skipped"]:
-        lines.append(f"skipped {len(payload['skipped'])} file(s) that are not clips: {', '.join(payload['skipped'])}")
-    return "\n".join(lines)
+    return "\n".join(lines + [skipped_line(payload["skipped"])] if payload["skipped"] else lines)
 
 
 @command("predict", "run every available model on clips (backbones once per clip)",
          prints="per clip the one answer (the models' vote, how sure in words) and each model's label and probability",
          takes="2-10 s to load the backbones and models, then about 1 s per 4-s clip (5 s per 60-s clip) on a 2-CPU machine")(_predict_args)
 def _predict(args: argparse.Namespace) -> int:
-    from emoweb.pipeline.media import check_media, folder_clips
+    from emoweb.pipeline.media import check_media
     from emoweb.safetext import clean
 
     if not args.paths and args.text is None:
         raise EmoWebError('nothing to predict: give clip file(s) or folder(s), or --text "..."')
     if not args.paths and not clean(args.text).strip():
         raise EmoWebError("--text is empty: type at least one word")  # before torch and the models load
-    paths, skipped = [], []
-    for arg in map(Path, args.paths):
-        clips, others = folder_clips(arg) if arg.is_dir() else ([arg], [])
-        if arg.is_dir() and not clips:
-            raise EmoWebError(f"no clips in folder {arg}" + (f" (not clips: {', '.join(others)})" if others else " (it is empty)"))
-        paths += clips
-        skipped += others
+    paths, skipped = clip_paths(args.paths)
     refused: dict[Path, EmoWebError] = {}
     for path in paths:  # a file that is no media answers before torch and the models load
         try:

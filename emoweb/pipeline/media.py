@@ -241,15 +241,19 @@ SYSTEM_FILES = {"thumbs.db", "desktop.ini"}  # what Windows leaves in a folder o
 
 
 def folder_clips(folder: Path) -> tuple[list[Path], list[str]]:
-    """The files of `folder` (not its subfolders) that may be clips, sorted, and the names of the others:
-    hidden files (".DS_Store", "._clip.mp4"), SYSTEM_FILES, and files whose name says they are something
-    else (`mimetypes`: .txt, .pdf, .json, .csv). A file whose name says nothing (no or an unknown
-    extension) is kept: its content decides (`check_media`).
+    """The files of `folder` that may be clips, sorted, and the names of the other entries: subfolders
+    (as "name/": not searched, so a folder is never walked into a whole photo library), hidden files
+    (".DS_Store", "._clip.mp4"), SYSTEM_FILES, and files whose name says they are something else
+    (`mimetypes`: .txt, .pdf, .json, .csv). A file whose name says nothing (no or an unknown extension)
+    is kept: its content decides (`check_media`).
 
     Why: a parent's phone folder holds notes and thumbnails beside the clips; they are not clips that
     failed, and listing them as errors hides the clips that really did."""
     clips, skipped = [], []
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+    for path in sorted(folder.iterdir()):
+        if path.is_dir():
+            skipped.append(f"{path.name}/")
+            continue
         kind, _ = mimetypes.guess_type(path.name, strict=False)
         other = kind is not None and kind.split("/")[0] not in CLIP_TYPES and path.suffix.lower() not in TRANSPORT_STREAMS
         if path.name.startswith(".") or path.name.lower() in SYSTEM_FILES or other:
