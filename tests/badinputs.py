@@ -204,7 +204,7 @@ def build_corpus(directory: Path) -> list[Case]:
     rate = 16_000
     cases.append(_result("silence", write_wav(d / "silence.wav", np.zeros(3 * rate)), r"silent", MODALITIES))
     noise = np.random.default_rng(0).uniform(-0.3, 0.3, 3 * rate)
-    cases.append(_result("white_noise", write_wav(d / "white_noise.wav", noise), r"no video track", ("visual",), ("text",)))
+    cases.append(_result("white_noise", write_wav(d / "white_noise.wav", noise), r"no speech found", MODALITIES))  # noise is no voice
 
     # names: the stored path is ours, the name only shows (and must keep an error to one line)
     unicode_name = d / "Émotion 表情 😀 ‮4pm.exe‬ (copy).mp4"
@@ -368,13 +368,15 @@ def _transcript_and_text_cases(d: Path, face: Image.Image) -> list[Case]:
     cases = []
     music_wav = write_wav(d / "music.wav", _music(6.0))
     music = composite.render(JOY_FACE, music_wav, d / "music_no_voice.mp4")
-    cases.append(_result("music_no_voice", music, r"no speech found", ("text",)))
+    cases.append(_result("music_no_voice", music, r"no speech found by voice-activity detection: audio and text models skipped", ("audio", "text")))
+    noise = composite.render(JOY_FACE, write_wav(d / "noise.wav", _room_tone(4.0, dbfs=-64.0)), d / "quiet_room_no_voice.mp4")
+    cases.append(_result("quiet_room_no_voice", noise, r"no speech found by voice-activity detection: audio and text models skipped", ("audio", "text")))
     late_wav = write_wav(d / "late.wav", np.concatenate([_room_tone(40.0), media.decode(HAPPY_SPEECH).audio]))
     late = d / "room_tone_then_speech.m4a"  # a voice memo
     ffmpeg("-i", late_wav, "-c:a", "aac", "-b:a", "64k", late)
     cases.append(dataclasses.replace(_result("speech_after_40s_room_tone", late, r"no video track", ("visual",)),
                                      transcript=HAPPY_SENTENCE, language="en"))
-    for helper in (music_wav, late_wav):
+    for helper in (music_wav, late_wav, d / "noise.wav"):
         helper.unlink()
 
     bad_name = d / os.fsdecode(b"photo \xff\xe9t\xe9.png")  # Latin-1 bytes: Python holds them as lone surrogates

@@ -36,15 +36,17 @@ _TEXT_NOTES = ("transcript left out as unreliable", "no speech found by", "no sp
                "transcript typed", "transcript removed")
 
 
+# A voice decision on sound the voice-activity detector finds no speech in is a guess from nothing: skipped
+NO_SPEECH_NOTE = "no speech found by voice-activity detection: audio and text models skipped"
+
+
 def transcript_notes(asr: AsrResult) -> list[str]:
     """What a person should know about the transcript: text left out as untrusted, and why there is none."""
     notes = []
     for seg in asr.dropped:
         text = seg["text"] if len(seg["text"]) <= QUOTE_CHARS else seg["text"][: QUOTE_CHARS - 1] + "…"
         notes.append(f"transcript left out as unreliable ({seg['reason']}): {text!r}")
-    if not asr.speech_seconds:
-        notes.append("no speech found by voice-activity detection: text models skipped")
-    elif not asr.text:
+    if not asr.text:
         notes.append("no speech recognised: text models skipped")
     return notes
 
@@ -298,13 +300,17 @@ class FeatureExtractor:
             feats.warnings.append("the audio track is silent: audio and text models skipped")
             return
         audio, quiet = quality.normalise_level(audio, media.SAMPLE_RATE)
-        if quiet:
-            feats.warnings.append(quiet)
         with stage("asr"):
             asr = self.backbones.transcribe(audio, self.transcribe)
+        if self.transcribe and not asr.speech_seconds:  # room noise, music, breath: every model only ever heard speech
+            feats.warnings.append(NO_SPEECH_NOTE)
+            return
+        if quiet:
+            feats.warnings.append(quiet)
         feats.audio, feats.log_mel = audio, asr.log_mel
         feats.transcript, feats.segments, feats.language = asr.text, asr.segments, asr.language
-        feats.warnings += transcript_notes(asr)
+        if self.transcribe:  # without ASR (acted corpora) there is no transcript to speak of
+            feats.warnings += transcript_notes(asr)
         with stage("audio_encoder"):
             tokens = self.backbones.audio_tokens(audio, asr)
         feats.audio_tokens = {k: v.float().cpu() for k, v in tokens.items()}
