@@ -185,6 +185,19 @@ def test_a_phrase_said_again_and_again_is_speech(extractor, happy_speech: Path, 
     assert not any("unreliable" in w for w in feats.warnings), feats.warnings
 
 
+def test_speech_times_are_where_the_speech_is(extractor, happy_speech: Path, tmp_path: Path) -> None:
+    """A sentence after 1.5 s of a quiet room (a phone started before anyone spoke): its segment starts
+    after the quiet part and ends within the clip (Whisper alone said 0.0 and past the end)."""
+    from emoweb.pipeline import media
+
+    audio = media.decode(happy_speech).audio
+    rng = np.random.default_rng(3)
+    quiet = rng.normal(0, 3e-4, 24_000).astype(np.float32)  # 1.5 s at about -70 dBFS
+    feats = extractor(write_wav(tmp_path / "late.wav", np.concatenate([quiet, audio])))
+    assert HAPPY_SENTENCE in _words(feats.transcript), feats.transcript
+    assert feats.segments and all(1.2 <= s["start"] <= s["end"] <= feats.duration for s in feats.segments), (feats.segments, feats.duration)
+
+
 def test_image_gives_visual_only(extractor, joy_face: Path) -> None:
     feats = extractor(joy_face)
     assert feats.kind == "image"

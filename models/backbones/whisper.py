@@ -234,10 +234,13 @@ class WhisperBackbone:
                 no_speech_threshold=None,  # Whisper's no-speech test is applied below, where it can be reported
                 clip_timestamps=_window_bounds(speech.size / SAMPLE_RATE),
             )
+            heard = (chunks[0]["start"] / SAMPLE_RATE, chunks[-1]["end"] / SAMPLE_RATE)  # where the VAD found speech
             for s in segments:
                 start, end = s.start, s.end
                 if restore is not None:  # back to the clip's time line
                     start, end = restore.get_original_time(start), restore.get_original_time(end, is_end=True)
+                # Whisper's timestamps run to its window's edges (0 s, past the clip's end): kept where speech was heard
+                start, end = min(max(start, heard[0]), heard[1]), min(max(end, heard[0]), heard[1])
                 seg = {"start": round(start, 2), "end": round(end, 2), "text": s.text.strip()}
                 reason = untrusted(seg["text"], s.no_speech_prob, s.avg_logprob)  # s.compression_ratio is the window's
                 if reason is None:
