@@ -229,7 +229,7 @@ def test_predict_json_leads_with_the_headline(joy_face: Path, tmp_path: Path, mo
     assert head["rule"] == RULE
     assert cli.main(["predict", str(joy_face)]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith(f"{joy_face.name}: {head['label']} ({head['confidence']}: {head['reason']}); ")
+    assert line.startswith(f"{joy_face.name}: {head['label']}, {head['confidence']}: {head['reason']}; ")
     assert head["confident"] == list(expected.confident)
     for m, o in models.items():  # each confident model is marked in the plain line
         assert (f"{m} -> {o['label']} ({max(o['probs'].values()):.2f}, confident)" in line) == (m in expected.confident)

@@ -138,7 +138,7 @@ def _inspect(args: argparse.Namespace) -> int:
         lines = [
             f"{s['source']}: {s['kind']}, {s['duration']} s, backbones {s['profile']} on {s['device']}",
             f"frames {s['frames']['count']}, faces found {s['faces']['found']}",
-            f"transcript ({s['transcript']['language']}): {s['transcript']['text']!r}",
+            f"transcript ({s['transcript']['language']}): {s['transcript']['text']!r}" if s["transcript"]["text"] else "transcript: none",
             "timings: " + ", ".join(f"{k} {v:.3f}s" for k, v in s["timings"].items()),
         ]
         return "\n".join(lines + [f"note: {w}" for w in s["warnings"]])

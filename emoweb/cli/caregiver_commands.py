@@ -116,6 +116,10 @@ def _ingest(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+TUNING_WORDS = {"cv": "chosen on your labelled clips", "reused": "kept from the last rebuild",
+                "default": "defaults", "careful": "careful mode: too few clips to judge"}
+
+
 # -- label / undo / queue ---------------------------------------------------------------------
 
 
@@ -201,8 +205,8 @@ def _cache(args: argparse.Namespace) -> int:
             return "-" if x is None else f"{100 * x:.1f}%"
 
         lines = [
-            f"{m}: {d['outcome']}\n  {d['n']} clip(s) {d['n_per_label']}; alpha {d['alpha']:.3g}, beta {d['beta']:.3g} ({d['tuning']}); "
-            f"leave-one-out accuracy {pct(d['before'])} -> {pct(d['after'])}; {d['seconds']:.3f} s; snapshot {d['snapshot_id']}"
+            f"{m}: {d['outcome']}\n  {d['n']} clip(s) {d['n_per_label']}; leave-one-out accuracy {pct(d['before'])} -> {pct(d['after'])}; "
+            f"settings alpha {d['alpha']:.3g}, beta {d['beta']:.3g} ({TUNING_WORDS.get(d['tuning'], d['tuning'])}); {d['seconds']:.3f} s; snapshot {d['snapshot_id']}"
             + (f"; {d['skipped']} labelled clip(s) without stored features" if d["skipped"] else "")
             for m, d in r.items()
         ]
