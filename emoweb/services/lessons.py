@@ -3,8 +3,9 @@
 The clip is trimmed to the stretch where the emotion shows most, with a little context either side,
 optionally slowed down; the caregiver's word and an emoji face sit on a banner while the stretch
 plays, and an end card repeats the word. The original sound is kept. Written with moviepy as
-H.264 + AAC (through imageio-ffmpeg's ffmpeg). A lesson set joins several clips, each after a
-title card ("Mum - joy").
+H.264 + AAC (through imageio-ffmpeg's ffmpeg); the source's frames are read upright through
+`playback` (a phone's portrait clip stored sideways is shown as the phone shows it). A lesson set
+joins several clips, each after a title card ("Mum - joy").
 
 "Shows most" is read from a cheap per-moment timeline (one decode): whether the main person's
 face is seen (BlazeFace on frames sampled through the clip) and whether the voice is active
