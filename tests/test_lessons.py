@@ -1,4 +1,5 @@
-"""Lesson clips on real composite clips: trimmed stretch, word banner, end card, sound, storage and deletion.
+"""Lesson clips on real composite clips: trimmed stretch, word banner, end card, sound, storage and deletion,
+and phone clips stored sideways with a display rotation, which a lesson shows as the phone does.
 
 The clips are stored through the real storage layer (no backbones run: a lesson needs only the media
 and the caregiver's label); every lesson is written by moviepy and read back with PyAV.
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_wav
+from conftest import ffmpeg, write_wav
 from emoweb.config import get_settings
 from emoweb.errors import EmoWebError
 from emoweb.learning import composite
@@ -138,6 +139,85 @@ def test_a_lesson_set_has_a_title_card_per_clip(service, clips) -> None:
     assert len(lesson.overlay) == 2 and lesson.overlay[0][0] >= lessons.TITLE_CARD_SECONDS
     assert np.abs(decoded[0][2:10, 2:10].reshape(-1, 3).mean(0) - lessons.CARD_RGB).max() < 20  # the title card
     assert lesson.path in service.list_lessons("lessons")
+
+
+# phone clips: portrait video stored as landscape pixels plus a display rotation
+
+PORTRAIT = (96, 160)  # (width, height) as the phone shows the clip
+MARKER = (8, 8, 40, 40)  # (left, top, right, bottom) of a red square in the upright picture, clear of the banner
+STILL_ARGS = ("-t", "2", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p")
+
+
+def phone_clip(folder: Path, ccw: int, size: tuple[int, int] = PORTRAIT, tag: str = "display matrix") -> Path:
+    """A 2 s clip whose upright picture is `size` grey with the red MARKER square, stored turned clockwise by
+    `ccw` degrees and tagged to be turned back: a display matrix in mp4 (phones), or Matroska's
+    clockwise `rotate` tag (older files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    picture = Image.new("RGB", size, (110, 110, 110))
+    picture.paste((230, 20, 20), MARKER)
+    picture.rotate(-ccw, expand=True).save(folder / "stored.png")
+    stored = folder / ("tagged.mkv" if tag == "rotate tag" else "stored.mp4")
+    extra = ("-metadata:s:v:0", f"rotate={(-ccw) % 360}") if tag == "rotate tag" else ()
+    ffmpeg("-loop", "1", "-framerate", "10", "-i", folder / "stored.png", *STILL_ARGS, *extra, stored)
+    if tag == "rotate tag" or not ccw:
+        return stored
+    tagged = folder / f"display_{ccw}.mp4"
+    ffmpeg("-display_rotation:v:0", str(ccw), "-i", stored, "-c", "copy", tagged)
+    with av.open(str(tagged)) as container:  # stored sideways (or upside down) with a rotation, as phones write
+        first = next(container.decode(video=0))
+        assert (first.width, first.height) == (size if ccw % 180 == 0 else size[::-1]) and first.rotation
+    return tagged
+
+
+def marker_box(frame: np.ndarray) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the red pixels."""
+    red = (frame[..., 0] > 170) & (frame[..., 1] < 90) & (frame[..., 2] < 90)
+    ys, xs = np.nonzero(red)
+    assert xs.size, "the red marker is not in the frame"
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def assert_upright(frame: np.ndarray, left: int = 0, top: int = 0) -> None:
+    """The marker is the upright picture's square, where it was drawn (offset by where the picture sits
+    in the frame), within 2 px of H.264 blur: neither turned, mirrored nor squashed."""
+    box = marker_box(frame)
+    want = (MARKER[0] + left, MARKER[1] + top, MARKER[2] + left, MARKER[3] + top)
+    assert max(abs(a - b) for a, b in zip(box, want)) <= 2, (box, want)
+
+
+@pytest.mark.parametrize("ccw", [90, 180, 270])
+def test_a_phone_clip_stored_sideways_makes_an_upright_lesson(service, tmp_path, ccw) -> None:
+    """Coded 160x96 (or upside down) with a display rotation: the lesson is 96x160, the picture upright
+    and unstretched, in every frame of the clip."""
+    service.create_profile(f"phone{ccw}")
+    clip_id = store(service, f"phone{ccw}", phone_clip(tmp_path, ccw), "neutral")
+    lesson = service.export_lesson(clip_id, f"phone{ccw}", seconds=1.0)
+    decoded, fps = frames(lesson.path)
+    assert all(f.shape == (PORTRAIT[1], PORTRAIT[0], 3) for f in decoded)  # portrait: 160 high, 96 wide
+    clip_frames = round((lesson.stretches[0].cut_end - lesson.stretches[0].cut_start) * fps)
+    assert clip_frames >= 10
+    for frame in decoded[:clip_frames]:
+        assert_upright(frame)
+
+
+def test_a_lesson_set_of_sideways_and_landscape_clips_keeps_each_shape(service, tmp_path) -> None:
+    """A set mixing a display-matrix portrait, a Matroska `rotate`-tag portrait and a plain landscape clip:
+    the video is as wide as the widest and as tall as the tallest, and each clip sits centred in it at
+    its own shape, upright."""
+    service.create_profile("phoneset")
+    landscape = PORTRAIT[::-1]
+    ids = [store(service, "phoneset", phone_clip(tmp_path / "dm", 90), "neutral"),
+           store(service, "phoneset", phone_clip(tmp_path / "tag", 90, tag="rotate tag"), "neutral"),
+           store(service, "phoneset", phone_clip(tmp_path / "flat", 0, size=landscape), "neutral")]
+    lesson = service.export_lesson_set("phoneset", label="neutral", seconds=1.0)
+    decoded, fps = frames(lesson.path)
+    side = max(PORTRAIT)
+    assert all(f.shape == (side, side, 3) for f in decoded)
+    for (start, end), (w, h) in zip(lesson.overlay, [PORTRAIT, PORTRAIT, landscape]):
+        first = int(np.ceil(start * fps))  # nothing to choose by: the clip starts with its word banner
+        for i in (first, first + 5, int(end * fps) - 1):
+            assert_upright(decoded[i], (side - w) // 2, (side - h) // 2)
+    assert len(lesson.overlay) == len(ids)
 
 
 def test_unlabelled_photo_and_bad_requests_are_refused_in_one_line(service, clips, composite_clip, joy_face, tmp_path) -> None:

@@ -124,9 +124,11 @@ def _decode_image(path: Path, sha: str) -> DecodedClip:
     return DecodedClip(path, sha, "image", 0.0, 0.0, frame[None], [0.0], None, ["still image: no audio"])
 
 
-def _upright(frame: av.VideoFrame, stream: av.stream.Stream) -> np.ndarray:
-    """RGB pixels as they are meant to be shown: phones store portrait video as landscape pixels plus a
-    rotation (display-matrix side data, counter-clockwise degrees; older files a clockwise `rotate` tag)."""
+def upright(frame: av.VideoFrame, stream: av.stream.Stream) -> np.ndarray:
+    """[H, W, 3] uint8 RGB at full resolution, as the frame is meant to be shown: phones store portrait
+    video as landscape pixels plus a rotation (display-matrix side data, counter-clockwise degrees; older
+    files a clockwise `rotate` tag). Analysis and the lesson writer both read frames through here, so a
+    clip is never turned one way for the models and another way for the caregiver."""
     ccw = frame.rotation
     if not ccw:
         tag = next((v for k, v in stream.metadata.items() if k.lower() == "rotate"), "0")
@@ -136,7 +138,7 @@ def _upright(frame: av.VideoFrame, stream: av.stream.Stream) -> np.ndarray:
             ccw = 0
     turns = round(ccw / 90) % 4
     arr = frame.to_ndarray(format="rgb24")
-    return _downscale(np.ascontiguousarray(np.rot90(arr, turns)) if turns else arr)
+    return np.ascontiguousarray(np.rot90(arr, turns)) if turns else arr
 
 
 def _sample_times(duration: float, n: int) -> list[float]:
@@ -159,7 +161,7 @@ def _read_frames(
         t = float(frame.time) - origin if frame.time is not None else (len(stamps) and stamps[-1])
         last = (frame, t)
         while i < len(times) and t + 1e-6 >= times[i]:
-            frames.append(_upright(frame, stream))
+            frames.append(_downscale(upright(frame, stream)))
             stamps.append(round(t, 3))
             i += 1
         if i >= len(times):
@@ -169,11 +171,11 @@ def _read_frames(
         # targets that close (short clips, low frame rates); later targets are missing (truncated file)
         interval = 1.0 / float(stream.average_rate) if stream.average_rate else 0.1
         while i < len(times) and times[i] <= last[1] + 1.5 * interval:
-            frames.append(_upright(last[0], stream))
+            frames.append(_downscale(upright(last[0], stream)))
             stamps.append(round(last[1], 3))
             i += 1
     if not frames and last is not None:  # a one-frame or very short video: use what there is
-        frames.append(_upright(last[0], stream))
+        frames.append(_downscale(upright(last[0], stream)))
         stamps.append(round(last[1], 3))
     return frames, stamps, decoded.skipped
 

@@ -3,8 +3,9 @@
 The clip is trimmed to the stretch where the emotion shows most, with a little context either side,
 optionally slowed down; the caregiver's word and an emoji face sit on a banner while the stretch
 plays, and an end card repeats the word. The original sound is kept. Written with moviepy as
-H.264 + AAC (through imageio-ffmpeg's ffmpeg). A lesson set joins several clips, each after a
-title card ("Mum - joy").
+H.264 + AAC (through imageio-ffmpeg's ffmpeg); the source's frames are read upright through
+`playback` (a phone's portrait clip stored sideways is shown as the phone shows it). A lesson set
+joins several clips, each after a title card ("Mum - joy").
 
 "Shows most" is read from a cheap per-moment timeline (one decode): whether the main person's
 face is seen (BlazeFace on frames sampled through the clip) and whether the voice is active
@@ -32,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from emoweb.errors import EmoWebError
-from emoweb.pipeline import media, tracks
+from emoweb.pipeline import media, playback, tracks
 from emoweb.pipeline.quality import window_rms
 
 Progress = Callable[[str], None]
@@ -262,19 +263,37 @@ def _part(source, part: Part, slow: float, fps: float, title: bool, end_card: bo
     return clips, (lead + start, lead + end)
 
 
+def _source(part: Part, opened: list):
+    """A moviepy clip of the part's file as a phone shows it: frames upright (`media.upright`, as the
+    analysis sees them) at full resolution, with the file's sound, long enough for the part's cut (the
+    last frame stays when the sound outlasts the pictures). What it opens is appended to `opened` for
+    the caller to close."""
+    from moviepy import AudioFileClip, VideoClip
+
+    reader = playback.UprightVideo(part.path)
+    opened.append(reader)
+    clip = VideoClip(reader.frame, duration=max(reader.duration, part.stretch.cut_end)).with_fps(reader.fps)
+    if reader.has_audio:
+        sound = AudioFileClip(str(part.path))
+        opened.append(sound)
+        clip = clip.with_audio(sound)
+    return clip
+
+
 def render(parts: Sequence[Part], out: Path, slow: float = 1.0, titles: bool = False, progress: Progress | None = None) -> Lesson:
     """Write the lesson of `parts` to `out` (H.264 + AAC mp4), atomically: a failure leaves no file.
     One part: the trimmed clip then an end card; with `titles`, each part after its title card and
     one end card per part. `slow` in [1, MAX_SLOW] stretches the clip (sound included)."""
-    from moviepy import VideoFileClip, concatenate_videoclips
+    from moviepy import concatenate_videoclips
 
     if not 1.0 <= slow <= MAX_SLOW:
         raise EmoWebError(f"slow-down must be between 1 and {MAX_SLOW:g}, got {slow:g}")
     if not parts:
         raise EmoWebError("a lesson needs at least one labelled video clip")
     out.parent.mkdir(parents=True, exist_ok=True)
-    sources = [VideoFileClip(str(p.path)) for p in parts]
+    opened: list = []  # frame readers and sound files
     try:
+        sources = [_source(p, opened) for p in parts]
         fps = float(sources[0].fps or 25.0)
         size = max((s.size for s in sources), key=lambda wh: wh[0] * wh[1])
         pieces, overlay, t = [], [], 0.0
@@ -299,8 +318,8 @@ def render(parts: Sequence[Part], out: Path, slow: float = 1.0, titles: bool = F
         duration = video.duration
         video.close()
     finally:
-        for s in sources:
-            s.close()
+        for o in opened:
+            o.close()
     notes = [f"{p.title}: {n}" if titles else n for p in parts for n in p.stretch.notes]
     return Lesson(out, float(duration), fps, overlay, [p.stretch for p in parts], notes)
 
