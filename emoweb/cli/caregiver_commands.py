@@ -79,7 +79,7 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("ingest", "store clips in a profile (media + features once) with every model's answer",
-         prints="one line per clip: its id, whether it was new, and each model's label and probability",
+         prints="one line per clip: its id, whether it was new, and each model's label and probability, with its notes under it",
          takes="2-10 s to load the models, then about 1 s per 4-s clip (5 s per 60-s clip) on a 2-CPU machine")(_ingest_args)
 def _ingest(args: argparse.Namespace) -> int:
     paths, skipped = clip_paths(args.paths)  # before the service loads: a folder without clips fails at once

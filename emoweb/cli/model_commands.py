@@ -306,7 +306,8 @@ def _predict_text(payload: dict) -> str:
 
 
 @command("predict", "run every available model on clips (backbones once per clip)",
-         prints="per clip the one answer (the models' vote, how sure in words) and each model's label and probability",
+         prints="per clip the one answer (the models' vote, how sure in words) and each model's label and probability, "
+                "with the clip's notes under it (e.g. only the first 60 s analysed); exit 1 when a clip failed",
          takes="2-10 s to load the backbones and models, then about 1 s per 4-s clip (5 s per 60-s clip) on a 2-CPU machine")(_predict_args)
 def _predict(args: argparse.Namespace) -> int:
     from emoweb.pipeline.media import check_media
