@@ -202,8 +202,9 @@ def test_a_phone_clip_stored_sideways_makes_an_upright_lesson(service, tmp_path,
 
 def test_a_lesson_set_of_sideways_and_landscape_clips_keeps_each_shape(service, tmp_path) -> None:
     """A set mixing a display-matrix portrait, a Matroska `rotate`-tag portrait and a plain landscape clip:
-    the video is as wide as the widest and as tall as the tallest, and each clip sits centred in it at
-    its own shape, upright."""
+    the video has the shape most clips have (portrait, 96x160); the portraits fill it upright, the
+    landscape clip is fitted in with black bars (scaled by 96/160 = 0.6 to 96x58, 51 px from the top),
+    upright and unstretched."""
     service.create_profile("phoneset")
     landscape = PORTRAIT[::-1]
     ids = [store(service, "phoneset", phone_clip(tmp_path / "dm", 90), "neutral"),
@@ -211,13 +212,38 @@ def test_a_lesson_set_of_sideways_and_landscape_clips_keeps_each_shape(service, 
            store(service, "phoneset", phone_clip(tmp_path / "flat", 0, size=landscape), "neutral")]
     lesson = service.export_lesson_set("phoneset", label="neutral", seconds=1.0)
     decoded, fps = frames(lesson.path)
-    side = max(PORTRAIT)
-    assert all(f.shape == (side, side, 3) for f in decoded)
-    for (start, end), (w, h) in zip(lesson.overlay, [PORTRAIT, PORTRAIT, landscape]):
+    assert all(f.shape == (PORTRAIT[1], PORTRAIT[0], 3) for f in decoded)
+    scale, top = 0.6, (PORTRAIT[1] - 58) // 2
+    for (start, end), shape in zip(lesson.overlay, [PORTRAIT, PORTRAIT, landscape]):
         first = int(np.ceil(start * fps))  # nothing to choose by: the clip starts with its word banner
         for i in (first, first + 5, int(end * fps) - 1):
-            assert_upright(decoded[i], (side - w) // 2, (side - h) // 2)
+            if shape == PORTRAIT:
+                assert_upright(decoded[i])
+            else:
+                box, want = marker_box(decoded[i]), tuple(round(v * scale) + (top if k % 2 else 0) for k, v in enumerate(MARKER))
+                assert max(abs(a - b) for a, b in zip(box, want)) <= 2, (box, want)
+                banner = PORTRAIT[1] - round(lessons.BANNER_FRACTION * PORTRAIT[1])
+                assert decoded[i][:top - 2].max() < 30 and decoded[i][top + 58 + 2:banner - 2].max() < 30  # black bars
     assert len(lesson.overlay) == len(ids)
+
+
+@pytest.mark.parametrize("sizes, expected", [
+    ([(1080, 1920)], (720, 1280)),  # a phone's portrait clip: its longer side brought to 1280
+    ([(640, 360)], (640, 360)),  # small clips are not blown up
+    ([(1080, 1920), (1080, 1920), (1920, 1080)], (720, 1280)),  # most are portrait
+    ([(1080, 1920), (1920, 1080)], (1280, 720)),  # a tie: landscape
+    ([(1280, 720), (640, 480)], (1280, 720)),  # the largest of the orientation
+    ([(97, 161)], (96, 160)),  # even sides for H.264 4:2:0
+])
+def test_lesson_frame_size(sizes, expected) -> None:
+    assert lessons.frame_size(sizes) == expected
+
+
+def test_fitted_frame_keeps_the_aspect_on_black() -> None:
+    frame = np.full((100, 200, 3), 200, dtype=np.uint8)  # landscape 200x100
+    out = lessons.fitted(frame, (100, 160))  # into a portrait 100x160: 100x50, 55 px from the top
+    assert out.shape == (160, 100, 3)
+    assert out[55:105].min() > 190 and out[:55].max() == 0 and out[105:].max() == 0
 
 
 def test_unlabelled_photo_and_bad_requests_are_refused_in_one_line(service, clips, composite_clip, joy_face, tmp_path) -> None:

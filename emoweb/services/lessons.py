@@ -53,6 +53,7 @@ CARD_RGB = (250, 240, 210)
 CARD_TEXT_RGB = (24, 32, 84)
 WORD_RGB = (255, 255, 255)
 MAX_SET_CLIPS = 7
+MAX_SIDE = 1280  # a lesson's longer side: watched on a phone or tablet, a 1080x1920 frame only costs encoding time
 MAX_SECONDS = 600.0  # longest source read for the timeline
 FONT_CANDIDATES = (
     "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
@@ -263,16 +264,39 @@ def _part(source, part: Part, slow: float, fps: float, title: bool, end_card: bo
     return clips, (lead + start, lead + end)
 
 
-def _source(part: Part, opened: list):
+def frame_size(sizes: Sequence[tuple[int, int]], max_side: int = MAX_SIDE) -> tuple[int, int]:
+    """(width, height) of a lesson of clips of these upright sizes: the largest clip of the orientation most
+    of them have (a tie: landscape), its longer side at most `max_side`, both sides even (H.264's 4:2:0).
+    Why: a set mixing portrait and landscape phone clips was as wide as the widest and as tall as the
+    tallest (1920x1920, minutes to encode); now the odd one out is fitted in with black bars."""
+    portrait = 2 * sum(h > w for w, h in sizes) > len(sizes)
+    w, h = max((s for s in sizes if (s[1] > s[0]) == portrait), key=lambda s: s[0] * s[1])
+    scale = min(1.0, max_side / max(w, h))
+    return max(2, round(w * scale / 2) * 2), max(2, round(h * scale / 2) * 2)
+
+
+def fitted(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[H, W, 3] `frame` scaled to fit `size` (width, height) with its aspect kept, centred on black."""
+    w, h = size
+    fh, fw = frame.shape[:2]
+    if (fw, fh) == (w, h):
+        return frame
+    scale = min(w / fw, h / fh)
+    sw, sh = max(1, round(fw * scale)), max(1, round(fh * scale))
+    out = np.zeros((h, w, 3), dtype=np.uint8)
+    left, top = (w - sw) // 2, (h - sh) // 2
+    out[top:top + sh, left:left + sw] = np.asarray(Image.fromarray(frame).resize((sw, sh), Image.Resampling.BILINEAR))
+    return out
+
+
+def _source(part: Part, reader: playback.UprightVideo, size: tuple[int, int], opened: list):
     """A moviepy clip of the part's file as a phone shows it: frames upright (`media.upright`, as the
-    analysis sees them) at full resolution, with the file's sound, long enough for the part's cut (the
-    last frame stays when the sound outlasts the pictures). What it opens is appended to `opened` for
-    the caller to close."""
+    analysis sees them), fitted to the lesson's frame `size`, with the file's sound, long enough for the
+    part's cut (the last frame stays when the sound outlasts the pictures). The sound file it opens is
+    appended to `opened` for the caller to close."""
     from moviepy import AudioFileClip, VideoClip
 
-    reader = playback.UprightVideo(part.path)
-    opened.append(reader)
-    clip = VideoClip(reader.frame, duration=max(reader.duration, part.stretch.cut_end)).with_fps(reader.fps)
+    clip = VideoClip(lambda t: fitted(reader.frame(t), size), duration=max(reader.duration, part.stretch.cut_end)).with_fps(reader.fps)
     if reader.has_audio:
         sound = AudioFileClip(str(part.path))
         opened.append(sound)
@@ -293,16 +317,20 @@ def render(parts: Sequence[Part], out: Path, slow: float = 1.0, titles: bool = F
     out.parent.mkdir(parents=True, exist_ok=True)
     opened: list = []  # frame readers and sound files
     try:
-        sources = [_source(p, opened) for p in parts]
+        readers = []
+        for p in parts:
+            readers.append(playback.UprightVideo(p.path))
+            opened.append(readers[-1])
+        size = frame_size([r.size for r in readers])
+        sources = [_source(p, r, size, opened) for p, r in zip(parts, readers)]
         fps = float(sources[0].fps or 25.0)
-        size = max((s.size for s in sources), key=lambda wh: wh[0] * wh[1])
         pieces, overlay, t = [], [], 0.0
         for source, part in zip(sources, parts):
             clips, (a, b) = _part(source, part, slow, fps, titles, end_card=True)
             overlay.append((t + a, t + b))
             pieces += clips
             t += sum(c.duration for c in clips)
-        video = concatenate_videoclips(pieces, method="compose" if any(s.size != size for s in sources) else "chain")
+        video = concatenate_videoclips(pieces, method="chain")  # every piece is `size`
         if progress:
             progress("render")
         fd, tmp = tempfile.mkstemp(prefix=".lesson-", suffix=".mp4", dir=out.parent)
