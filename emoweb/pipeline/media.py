@@ -124,11 +124,13 @@ def _decode_image(path: Path, sha: str) -> DecodedClip:
     return DecodedClip(path, sha, "image", 0.0, 0.0, frame[None], [0.0], None, ["still image: no audio"])
 
 
-def upright(frame: av.VideoFrame, stream: av.stream.Stream) -> np.ndarray:
-    """[H, W, 3] uint8 RGB at full resolution, as the frame is meant to be shown: phones store portrait
-    video as landscape pixels plus a rotation (display-matrix side data, counter-clockwise degrees; older
-    files a clockwise `rotate` tag). Analysis and the lesson writer both read frames through here, so a
-    clip is never turned one way for the models and another way for the caregiver."""
+def upright(frame: av.VideoFrame, stream: av.stream.Stream, max_side: int | None = None) -> np.ndarray:
+    """[H, W, 3] uint8 RGB as the frame is meant to be shown: phones store portrait video as landscape
+    pixels plus a rotation (display-matrix side data, counter-clockwise degrees; older files a clockwise
+    `rotate` tag). Analysis and the lesson writer both read frames through here, so a clip is never turned
+    one way for the models and another way for the caregiver. `max_side`: the longer side is scaled down
+    to at most this many pixels while converting (FFmpeg's scaler: a tenth of the time of scaling after);
+    None: full resolution."""
     ccw = frame.rotation
     if not ccw:
         tag = next((v for k, v in stream.metadata.items() if k.lower() == "rotate"), "0")
@@ -137,7 +139,11 @@ def upright(frame: av.VideoFrame, stream: av.stream.Stream) -> np.ndarray:
         except ValueError:
             ccw = 0
     turns = round(ccw / 90) % 4
-    arr = frame.to_ndarray(format="rgb24")
+    scale = 1.0 if max_side is None else min(1.0, max_side / max(frame.width, frame.height))
+    if scale < 1.0:
+        arr = frame.reformat(width=max(2, round(frame.width * scale)), height=max(2, round(frame.height * scale)), format="rgb24").to_ndarray()
+    else:
+        arr = frame.to_ndarray(format="rgb24")
     return np.ascontiguousarray(np.rot90(arr, turns)) if turns else arr
 
 

@@ -25,11 +25,13 @@ class UprightVideo:
     """Sequential-friendly random access to the frames of `path`'s video track.
 
     `frame(t)` is the frame on screen at `t` seconds from the clip's first timestamp: [H, W, 3] uint8 RGB,
-    upright (display rotation applied). `size` is (width, height) upright, `fps` the declared rate,
+    upright (display rotation applied), its longer side at most `max_side` (None: full resolution). `size`
+    is (width, height) as returned, `fps` the declared rate,
     `duration` seconds, `has_audio` whether there is a decodable sound track. Raises MediaError for a file without a decodable video track."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_side: int | None = None) -> None:
         media.check_file(path)
+        self._max_side = max_side
         self._container = av.open(str(path), metadata_errors="ignore")
         pictures = [s for s in self._container.streams.video if not is_cover(s) and s.codec_context is not None]
         if not pictures:
@@ -59,7 +61,7 @@ class UprightVideo:
         return float(frame.time) - self._origin if frame.time is not None else self._now[0] + 1.0 / self.fps
 
     def _show(self, frame: av.VideoFrame) -> None:
-        self._now = (self._time(frame), media.upright(frame, self._stream))
+        self._now = (self._time(frame), media.upright(frame, self._stream, self._max_side))
 
     def _seek(self, t: float) -> None:
         """Decode from the keyframe at or before `t`; the first frame after it is on screen."""
