@@ -321,3 +321,20 @@ def test_the_label_tab_makes_and_lists_lessons_through_the_api(service, composit
             client.predict(str(prof.id), "424242", "clip", 1, api_name="/lesson")
     finally:
         stop_app(app)
+
+
+def test_a_full_hd_phone_clip_makes_a_lesson_capped_at_1280(composite_clip: Path, tmp_path: Path) -> None:
+    """`bench lesson`'s phone clip is what a phone writes (1920x1080 pixels, a 90-degree display rotation);
+    the analysis sees it upright and its lesson is 720x1280 (the longer side capped), never stretched."""
+    from emoweb.cli.service_benches import PHONE_SIZE, phone_clip
+
+    phone = phone_clip(composite_clip, tmp_path / "phone.mp4")
+    with av.open(str(phone)) as container:
+        first = next(container.decode(video=0))
+        assert (first.width, first.height) == PHONE_SIZE[::-1] and first.rotation
+    decoded = media.decode(phone)
+    assert decoded.frames.shape[1:3] == (640, 360)  # upright, downscaled to the analysis' 640
+    chosen = lessons.choose(*lessons.timeline(phone), seconds=1.0)
+    lesson = lessons.render([lessons.Part(phone, "joy", "joy", chosen)], tmp_path / "lesson.mp4")
+    shown, _ = frames(lesson.path)
+    assert all(f.shape == (1280, 720, 3) for f in shown)

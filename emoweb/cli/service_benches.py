@@ -46,10 +46,33 @@ def _fmt_lesson(result: dict) -> str:
     return "\n".join(lines)
 
 
-@bench("lesson", "lesson clip export (timeline + moviepy H.264/AAC render) of a --seconds composite clip", _fmt_lesson)
+PHONE_SIZE = (1080, 1920)  # a phone's portrait video, as it is shown
+
+
+def phone_clip(clip: Path, out: Path) -> Path:
+    """`clip` as a phone writes a portrait video: padded to PHONE_SIZE, stored sideways (1920x1080 pixels)
+    with a 90-degree display rotation. FFmpeg from imageio-ffmpeg (PyAV cannot write the rotation)."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    w, h = PHONE_SIZE
+    stored = out.with_name(f"stored-{out.name}")
+    for argv in (["-i", str(clip), "-vf", f"scale={w}:{h}:force_original_aspect_ratio=decrease,pad={w}:{h}:-1:-1,transpose=1",
+                  "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "copy", str(stored)],
+                 ["-display_rotation:v:0", "90", "-i", str(stored), "-c", "copy", str(out)]):
+        done = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", *argv], capture_output=True, text=True)
+        if done.returncode:
+            raise EmoWebError(f"cannot build the phone benchmark clip: {done.stderr.strip().splitlines()[-1:]}")
+    return out
+
+
+@bench("lesson", "lesson clip export (timeline + moviepy H.264/AAC render) of a --seconds composite clip, "
+                 "and of the same clip as a phone's portrait video", _fmt_lesson)
 def bench_lesson(args: argparse.Namespace) -> dict:
     """Warm median seconds (after one cold run) to choose the stretch and write the lesson: the default
-    3-s stretch, the whole clip as the stretch, and the whole clip slowed down 2x."""
+    3-s stretch, the whole clip as the stretch, the whole clip slowed down 2x, and the whole clip as a
+    phone's portrait video (`phone_clip`: full-HD pixels stored sideways, the lesson's frame capped)."""
     import torch
 
     from emoweb.services import lessons
@@ -60,15 +83,17 @@ def bench_lesson(args: argparse.Namespace) -> dict:
     runs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="emoweb-bench-") as tmp:
         clip = render_bench_clip(args.seconds, Path(tmp) / f"bench_{args.seconds:g}s.mp4")
-        cases = {f"{lessons.STRETCH_SECONDS:g}-s stretch": (lessons.STRETCH_SECONDS, 1.0),
-                 "whole clip": (args.seconds, 1.0), "whole clip, slowed 2x": (args.seconds, 2.0)}
-        for name, (stretch, slow) in cases.items():
+        phone = phone_clip(clip, Path(tmp) / "phone.mp4")
+        cases = {f"{lessons.STRETCH_SECONDS:g}-s stretch": (clip, lessons.STRETCH_SECONDS, 1.0),
+                 "whole clip": (clip, args.seconds, 1.0), "whole clip, slowed 2x": (clip, args.seconds, 2.0),
+                 f"phone portrait {PHONE_SIZE[0]}x{PHONE_SIZE[1]}, whole clip": (phone, args.seconds, 1.0)}
+        for name, (source, stretch, slow) in cases.items():
             walls = []
             for _ in range(args.repeat + 1):
                 t0 = time.perf_counter()
-                chosen = lessons.choose(*lessons.timeline(clip), seconds=stretch)
+                chosen = lessons.choose(*lessons.timeline(source), seconds=stretch)
                 t1 = time.perf_counter()
-                lesson = lessons.render([lessons.Part(clip, "joy", "joy", chosen)], Path(tmp) / "lesson.mp4", slow)
+                lesson = lessons.render([lessons.Part(source, "joy", "joy", chosen)], Path(tmp) / "lesson.mp4", slow)
                 walls.append((t1 - t0, time.perf_counter() - t1))
             warm = walls[1:]
             runs[name] = {"lesson_seconds": lesson.duration, "cold_s": round(sum(walls[0]), 3),
