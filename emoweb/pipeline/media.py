@@ -141,7 +141,8 @@ def upright(frame: av.VideoFrame, stream: av.stream.Stream, max_side: int | None
     turns = round(ccw / 90) % 4
     scale = 1.0 if max_side is None else min(1.0, max_side / max(frame.width, frame.height))
     if scale < 1.0:
-        arr = frame.reformat(width=max(2, round(frame.width * scale)), height=max(2, round(frame.height * scale)), format="rgb24").to_ndarray()
+        arr = frame.reformat(width=max(2, round(frame.width * scale)), height=max(2, round(frame.height * scale)), format="rgb24",
+                             interpolation="AREA").to_ndarray()
     else:
         arr = frame.to_ndarray(format="rgb24")
     return np.ascontiguousarray(np.rot90(arr, turns)) if turns else arr
@@ -167,7 +168,7 @@ def _read_frames(
         t = float(frame.time) - origin if frame.time is not None else (len(stamps) and stamps[-1])
         last = (frame, t)
         while i < len(times) and t + 1e-6 >= times[i]:
-            frames.append(_downscale(upright(frame, stream)))
+            frames.append(upright(frame, stream, MAX_FRAME_SIDE))
             stamps.append(round(t, 3))
             i += 1
         if i >= len(times):
@@ -177,11 +178,11 @@ def _read_frames(
         # targets that close (short clips, low frame rates); later targets are missing (truncated file)
         interval = 1.0 / float(stream.average_rate) if stream.average_rate else 0.1
         while i < len(times) and times[i] <= last[1] + 1.5 * interval:
-            frames.append(_downscale(upright(last[0], stream)))
+            frames.append(upright(last[0], stream, MAX_FRAME_SIDE))
             stamps.append(round(last[1], 3))
             i += 1
     if not frames and last is not None:  # a one-frame or very short video: use what there is
-        frames.append(_downscale(upright(last[0], stream)))
+        frames.append(upright(last[0], stream, MAX_FRAME_SIDE))
         stamps.append(round(last[1], 3))
     return frames, stamps, decoded.skipped
 
