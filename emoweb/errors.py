@@ -11,3 +11,8 @@ class MediaError(EmoWebError):
 
 class NotFoundError(EmoWebError):
     """An id (clip, profile, model) that does not exist."""
+
+
+class UnknownLabelError(EmoWebError):
+    """A label outside the profile's label set, given without allowing new labels. Each front end adds
+    how to allow it there (the CLI's flag, the Label tab's box): the service knows neither."""

@@ -78,7 +78,8 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
     code, out, _ = run(capsys, "label", "1", "joy", "--profile", "Anna", "--note", "<b>big smile</b>", "--annotator", "mum")
     assert code == 0 and out.strip() == "clip 1 labelled 'joy'"
     for argv, message in [
-        (("label", "1", "giggly", "--profile", "Anna"), "error: label 'giggly' is not in the label set of profile 'Anna'"),
+        (("label", "1", "giggly", "--profile", "Anna"), "error: label 'giggly' is not in the label set of profile 'Anna' (anger, disgust, "
+         "fear, joy, neutral, sadness, surprise); to add it, allow a new label explicitly (--allow-new-label)"),
         (("label", "1", "joy", "--profile", "Bo"), "error: no clip 1 in profile 'Bo'"),
         (("label", "77", "joy", "--profile", "Anna"), "error: no clip 77"),
         (("label", "../1", "joy", "--profile", "Anna"), "error: no clip '../1': clip ids are whole numbers"),

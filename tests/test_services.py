@@ -26,7 +26,7 @@ from sqlalchemy.orm import SessionTransaction
 
 import paused
 from conftest import write_wav
-from emoweb.errors import EmoWebError, MediaError, NotFoundError
+from emoweb.errors import EmoWebError, MediaError, NotFoundError, UnknownLabelError
 from emoweb.services import CaregiverService
 from emoweb.services import cachearrays, cachebuild, cacheloo, memofile
 from emoweb.services.ingest import safe_suffix
@@ -289,7 +289,7 @@ def test_corrections_undo_and_label_set(service, real) -> None:
     assert (first.label, first.annotator, first.note) == ("joy", "mum", "<b>smiling</b>, \"really\"\nline 2")  # as given
     service.record_correction(clip_id, "surprise", annotator="dad", profile="family")
     assert service.current_label(clip_id) == "surprise"
-    with pytest.raises(EmoWebError, match="not in the label set of profile 'family'.*allow-new-label"):
+    with pytest.raises(UnknownLabelError, match="not in the label set of profile 'family'"):
         service.record_correction(clip_id, "giggly")
     assert "giggly" not in service.get_profile("family").labels
     undone = service.undo_last_correction(clip_id, annotator="mum")

@@ -153,7 +153,7 @@ def test_predict_text_answers_from_the_words_only(tmp_path: Path, monkeypatch, c
                         confident_at=card_confidence_levels(root))
     assert result["headline"]["label"] == expected.label and result["headline"]["models"] == len(readers)
     assert cli.main(["predict", "--text", "I am so happy to see you!"]) == 0
-    assert capsys.readouterr().out.startswith(f"typed text: {expected.label} (")
+    assert capsys.readouterr().out.startswith(f"typed text: {expected.label}, {expected.confidence}: ")
     assert cli.main(["predict", "--text", " \t"]) == 2 and "--text is empty" in capsys.readouterr().err
 
 
@@ -223,7 +223,8 @@ def test_api_predict_words_types_or_corrects_the_words(request, tmp_path_factory
     assert clip["modalities"] == {"audio": True, "visual": True, "text": True}
     assert set(clip["timings"]) == {"text", "total"}  # no decoding, no Whisper, no faces
     assert "Words (typed):** “I lost my favourite toy.”" in fixed[0] and "Not saved" in fixed[0]
-    assert "transcript typed by a person" in fixed[15]["value"]
+    # the person's own words are information, not "something missing or unreliable"
+    assert "transcript typed by a person" in fixed[16] and "typed" not in fixed[15]["value"]
     back = job_result(client.submit(heard, api_name="/predict_words"), 120)
     assert back[0] == out[0] and back[11] == out[11]
     with pytest.raises(Exception, match="no text given"):

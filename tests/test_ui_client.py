@@ -85,6 +85,11 @@ def test_api_predict_label_rebuild(ui_app: RunningApp, composite_clip: Path, tmp
 
     with pytest.raises(Exception, match="no profile"):
         job_result(client.submit("no-such-profile", clip_id, "joy", "", False, api_name="/label"), 60)
+    # a new label: the Label tab says which box allows it (not the command line's flag); capitals are the set's own
+    with pytest.raises(Exception, match="not in the label set .*; to add it, tick 'add it to the profile's labels if new'"):
+        job_result(client.submit(profile, clip_id, "frustrated", "", False, api_name="/label"), 60)
+    status, _ = job_result(client.submit(profile, clip_id, "JOY", "", False, api_name="/label"), 120)
+    assert "labelled **joy**" in status, status
 
     # deleting the clip also deletes the web server's copy of the upload (matched by content)
     uploads = Path(ui_app.log).parent / "gradio"  # GRADIO_TEMP_DIR of apps started by ui_helpers

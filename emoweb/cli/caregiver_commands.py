@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from emoweb.cli import add_device, add_json, clip_paths, command, emit, note_lines, settings_from, skipped_line
-from emoweb.errors import EmoWebError
+from emoweb.errors import EmoWebError, UnknownLabelError
 
 FAST = "under a second or two (storage only, no models)"
 
@@ -135,7 +135,10 @@ def _label_args(p: argparse.ArgumentParser) -> None:
 
 @command("label", "record a caregiver's label for a clip", prints="the clip and its new label", takes=FAST)(_label_args)
 def _label(args: argparse.Namespace) -> int:
-    c = _service(args).record_correction(args.clip_id, args.label, args.annotator, args.note, args.allow_new_label, args.profile)
+    try:
+        c = _service(args).record_correction(args.clip_id, args.label, args.annotator, args.note, args.allow_new_label, args.profile)
+    except UnknownLabelError as exc:
+        raise EmoWebError(f"{exc}; to add it, allow a new label explicitly (--allow-new-label)") from None
     emit(c.to_dict(), args.json, lambda d: f"clip {d['clip_id']} labelled {d['label']!r}")
     return 0
 

@@ -36,6 +36,8 @@ _TEXT_NOTES = ("transcript left out as unreliable", "no speech found by", "no sp
                "transcript typed", "transcript removed")
 
 
+TYPED_NOTE = "transcript typed by a person"  # information, not a problem: the words are the person's own
+
 # A voice decision on sound the voice-activity detector finds no speech in is a guess from nothing: skipped
 NO_SPEECH_NOTE = "no speech found by voice-activity detection: audio and text models skipped"
 
@@ -229,7 +231,7 @@ class FeatureExtractor:
             raise EmoWebError("no text given: type at least one word")
         timings: dict[str, float] = {}
         kept = [w for w in feats.warnings if not w.startswith(_TEXT_NOTES)]
-        note = "transcript typed by a person" if text else "transcript removed by a person: text models skipped"
+        note = TYPED_NOTE if text else "transcript removed by a person: text models skipped"
         out = replace(feats, transcript=text, segments=[], text_embedding=None, text_tokens=None, text_words=[],
                       warnings=kept + ([note] if feats.kind != TEXT_KIND else []), timings=timings)
         if text:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from emoweb.errors import EmoWebError
+from emoweb.errors import EmoWebError, UnknownLabelError
 from emoweb.safetext import clean, decode
 from emoweb.services import labelfiles
 from emoweb.services.context import ServiceContext
@@ -40,10 +40,7 @@ class Corrections:
         label, annotator, note = (clean(x or "") for x in (label, annotator, note))
         label = known_label(label.strip(), list(prof.label_set))
         if label and label not in prof.label_set and not allow_new_label:
-            raise EmoWebError(
-                f"label {label!r} is not in the label set of profile {prof.name!r} ({', '.join(prof.label_set)}); "
-                "to add it, allow a new label explicitly (--allow-new-label)"
-            )
+            raise UnknownLabelError(f"label {label!r} is not in the label set of profile {prof.name!r} ({', '.join(prof.label_set)})")
         return correction_info(self.ctx.repo.add_correction(clip.id, label, annotator, note, allow_new_label))
 
     def undo(self, clip: Clip, annotator: str) -> dict[str, Any]:

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from emoweb.pipeline.features import TEXT_KIND, ClipFeatures, Progress
+from emoweb.pipeline.features import TEXT_KIND, TYPED_NOTE, ClipFeatures, Progress
 from emoweb.pipeline.inference import Prediction, Predictor
+
+
+def problems(notes: list[str]) -> list[str]:
+    """A clip's notes that say something is missing or unreliable: all but the note that the words were
+    typed by the person (`TYPED_NOTE`), which is information, not a problem."""
+    return [n for n in notes if n != TYPED_NOTE]
 
 
 @dataclass(frozen=True)

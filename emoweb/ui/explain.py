@@ -8,6 +8,7 @@ import gradio as gr
 import numpy as np
 
 from emoweb.errors import EmoWebError
+from emoweb.services import reanalyse
 from emoweb.services.headline import Headline, headline
 from emoweb.ui import common as C
 from emoweb.ui import figures as F
@@ -115,11 +116,11 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
                       "-" if profile is None else ("yes" if snaps.get(m) is not None else "no")])
 
     # warnings (something missing or unreliable) apart from information (how each model works)
-    warnings = list(feats.warnings)
+    warnings = reanalyse.problems(feats.warnings)
     if feats.untrained_weights:
         warnings.append("the models run on random (untrained) weights: answers are meaningless")
     warnings_md = ("⚠️ **Something was missing or unreliable:**\n" + "\n".join(f"- {C.esc(w)}" for w in warnings)) if warnings else ""
-    for w in feats.warnings[:3]:
+    for w in warnings[:3]:
         gr.Warning(w)
     info = [
         f"{C.esc(feats.source)}: {C.esc(feats.kind)}"
@@ -128,6 +129,7 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
         + f"; backbone profile {C.esc(feats.profile)} on {C.esc(feats.device)}; transcript language {C.esc(feats.language or '-')}"
         + "; modalities: " + ", ".join(f"{C.esc(k)} {'yes' if v else 'no'}" for k, v in feats.modalities.items())
     ]
+    info += [C.esc(w) for w in feats.warnings if w not in warnings]  # e.g. the words were typed by the person
     for m, out in outputs.items():
         info += [f"{C.esc(m)}: {C.esc(n)}" for n in out.notes]
     info_md = "\n".join(f"- ℹ️ {line}" for line in info)

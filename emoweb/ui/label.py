@@ -5,7 +5,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from emoweb.errors import EmoWebError, NotFoundError
+from emoweb.errors import EmoWebError, NotFoundError, UnknownLabelError
 from emoweb.safetext import decode
 from emoweb.services.cachebuild import tuning_defaults as cachebuild_rules
 from emoweb.services import lessons
@@ -17,6 +17,7 @@ QUEUE_HEADERS = ["clip", "name", "label", "models' answers", "margin", "disputed
 SHORTCUTS = "keys 1-9 pick the first nine labels"  # stated the same in the README
 HISTORY_HEADERS = ["when", "label", "annotator", "note"]
 MAX_IMPORT_BYTES = 10 * 2**20
+NEW_LABEL_BOX = "add it to the profile's labels if new"
 LESSON_CLIP, LESSON_SAME, LESSON_EACH = "this clip", "all clips with this clip's label", "one clip of each label"
 MAX_LESSONS_SHOWN = 10
 
@@ -85,7 +86,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         with gr.Accordion("Another label (or a new one)", open=False, elem_id="fold-other-label"):
             with gr.Row():
                 label_dd = gr.Dropdown(label="Label", choices=[], allow_custom_value=True, elem_id="label-choice", scale=2)
-                allow_new = gr.Checkbox(label="add it to the profile's labels if new", value=False, scale=1)
+                allow_new = gr.Checkbox(label=NEW_LABEL_BOX, value=False, scale=1)
                 apply_btn = gr.Button("Apply label", variant="primary", elem_id="label-apply", scale=1)
         with gr.Accordion("This clip's labels so far, and what each model said", open=False, elem_id="fold-history"):
             history = gr.Dataframe(headers=HISTORY_HEADERS, label="Label history of this clip", interactive=False,
@@ -201,7 +202,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         head = headline(decided, confident_at=ctx.predictor.confident_at(list(decided)))
         if head.label is not None:
             emoji = C.LABEL_EMOJI.get(head.label, "🏷️")
-            lines.append(f"The models think: {emoji} **{C.esc(head.label)}**, {C.esc(head.confidence)} ({C.esc(head.reason)})")
+            lines.append(f"The models think: {emoji} **{C.esc(head.label)}**, {C.esc(head.confidence)}: {C.esc(head.reason)}")
             lines.append(" · ".join(f"{C.esc(m)}: {C.esc(p.label)} {100 * p.probs.get(p.label, 0):.0f}%"
                                     for m, p in result.predictions.items() if p.decided))
         for m, p in result.predictions.items():
@@ -228,8 +229,11 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         label = (label or "").strip()
         if not label:
             raise EmoWebError("choose a label")
-        c = ctx.service.record_correction(clip.id, label, annotator=ctx.user(request) or "", note=note_text or "",
-                                          allow_new_label=bool(new_ok), profile=profile.id)
+        try:
+            c = ctx.service.record_correction(clip.id, label, annotator=ctx.user(request) or "", note=note_text or "",
+                                              allow_new_label=bool(new_ok), profile=profile.id)
+        except UnknownLabelError as exc:
+            raise EmoWebError(f"{exc}; to add it, tick '{NEW_LABEL_BOX}'") from None
         return f"Clip #{clip.id} labelled **{C.esc(c.label)}**" + (" (with your note, in the history below)" if c.note else "")
 
     @C.user_errors
