@@ -178,6 +178,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         """The outputs and the session's memory after a second look (prediction None: the first analysis
         again; `analysed.current is analysed.first`: a typed text, a first analysis of its own, of no clip)."""
         if prediction is None:
+            stored_folder(last.get("stored"))  # a clip deleted since is refused, not shown from its files gone
             return (*last["shown"], person_choices(analysed.current), {**last, "analysed": analysed})
         first = analysed.current is analysed.first
         stored = None if first else last.get("stored")
