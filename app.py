@@ -17,10 +17,9 @@ import sys
 from emoweb.config import get_settings  # imports no gradio
 
 settings = get_settings()
-# Before gradio is imported (it reads both then): nothing leaves the machine, and uploads stay in
-# the data dir, where deleting a clip also deletes its uploaded copies.
+# Before gradio is imported (it reads it then): nothing leaves the machine. (Uploads stay in the data
+# dir: build_app points gradio's upload folder there.)
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.upload_dir))
 
 import gradio as gr  # noqa: E402
 

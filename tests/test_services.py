@@ -1062,3 +1062,32 @@ def test_deleting_removes_the_web_servers_copies_of_the_upload(service, real, co
     service.ingest(copy, "copies")
     service.delete_profile("copies")
     assert not copy.exists() and other.exists()
+
+
+@pytest.mark.slow
+def test_deleting_removes_what_the_web_app_showed_of_a_clip(service, real, no_decoding, monkeypatch, tmp_path) -> None:
+    """What the UI shows of a stored clip is written into its shown folder inside the upload folder;
+    deleting the clip removes that folder and the profile's label files (they name the clip), and
+    leaves another clip's and the profile's lessons; deleting the profile removes all of it."""
+    uploads = tmp_path / "gradio"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
+    service.create_profile("shown")
+    video, audio = (service.ingest(service.data_dir / real[k].clip.media_path, "shown").clip for k in ("video", "audio"))
+    folders = {"video": service.shown_folder("shown", video.id), "audio": service.shown_folder("shown", audio.id),
+               "lessons": service.shown_folder("shown"), "labels": service.shown_folder("shown", labels=True)}
+    for name, folder in folders.items():
+        assert uploads in folder.parents
+        (folder / "abc").mkdir()
+        (folder / "abc" / f"{name}.webp").write_bytes(b"shown")
+    with pytest.raises(NotFoundError):  # a clip of another profile has no folder here
+        service.shown_folder("shown", real["video"].clip.id)
+
+    service.delete_clip(video.id)
+    assert not folders["video"].exists() and not folders["labels"].exists()
+    assert (folders["audio"] / "abc" / "audio.webp").is_file() and (folders["lessons"] / "abc" / "lessons.webp").is_file()
+    with pytest.raises(NotFoundError):
+        service.shown_folder("shown", video.id)
+
+    service.delete_profile("shown")
+    assert not any(folder.exists() for folder in folders.values())
+    assert not (uploads / "shown" / f"profile-{video.profile_id}").exists()

@@ -136,3 +136,84 @@ def test_api_login_isolation(tmp_path: Path):
         assert "alice-home" in [c[0] for c in still["choices"]], still
     finally:
         stop_app(app)
+
+
+def _files(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+def _status(app_url: str, path: str | Path) -> int:
+    """The server's answer to GET /gradio_api/file=<path>."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{app_url}gradio_api/file={path}", timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def _shown_paths(value) -> set[str]:
+    """Every file path in an endpoint's outputs (images, galleries, players), as gradio_client returns them."""
+    if isinstance(value, dict):
+        found = {value["path"]} if isinstance(value.get("path"), str) else set()
+        return found.union(*(_shown_paths(v) for v in value.values()))
+    if isinstance(value, (list, tuple)):
+        return set().union(*(_shown_paths(v) for v in value))
+    return set()
+
+
+def test_deleting_a_clip_or_its_profile_deletes_what_was_shown_of_it(ui_app: RunningApp, composite_clip: Path, tmp_path: Path):
+    """Analysing a clip in a profile and playing it in the Label tab leaves files in the server's upload
+    folder (the face seen, the frames, the face crops, the player's copy). Deleting the clip removes every
+    file that appeared then, and the server no longer serves them; another clip's shown files stay
+    served. Deleting a whole profile does the same for its clips."""
+    from gradio_client import Client, handle_file
+
+    client = Client(ui_app.url, verbose=False, download_files=False)
+    uploads = Path(ui_app.log).parent / "gradio"  # GRADIO_TEMP_DIR of apps started by ui_helpers
+
+    def create(name: str) -> str:
+        created = job_result(client.submit(name, "", api_name="/create_profile"), 120)[0]
+        return str(created["value"] if isinstance(created, dict) else created)
+
+    def analyse(media: Path, profile: str) -> tuple[str, set[Path], set[str]]:
+        """(clip id, files that appeared in the upload folder, paths the outputs name) of one clip analysed and played."""
+        before = _files(uploads)
+        out = job_result(client.submit(handle_file(str(media)), None, None, profile, api_name="/predict"), PREDICT_TIMEOUT_S)
+        clip_id = out[12]
+        shown = job_result(client.submit(profile, clip_id, api_name="/show_clip"), 120)
+        return clip_id, _files(uploads) - before, _shown_paths(list(out) + list(shown))
+
+    # a clip deleted: what was shown of it goes, what was shown of another clip of the profile stays
+    profile = create("shown-clip")
+    clip_id, appeared, paths = analyse(composite_clip, profile)
+    images = {p for p in appeared if p.suffix == ".webp"}
+    assert len(images) >= 3, f"face, frames and crops should be files in the upload folder: {sorted(appeared)}"
+    assert {Path(p) for p in paths} <= appeared, "an output file outside what this clip's analysis wrote"
+    face = next(iter(images))
+    assert _status(ui_app.url, face) == 200
+    tone = write_wav(tmp_path / "tone.wav", [0.3 * ((i // 20) % 2 * 2 - 1) for i in range(32_000)])
+    other_id, other_appeared, _ = analyse(tone, profile)
+    player = [p for p in other_appeared if p.name == f"clip{other_id}.wav"]
+    assert player, f"the Label tab's player copy of clip {other_id}: {sorted(other_appeared)}"
+
+    msg, _ = job_result(client.submit(profile, clip_id, True, api_name="/delete_clip"), 300)
+    assert f"Deleted clip #{clip_id}" in msg, msg
+    left = sorted(p for p in appeared if p.exists())
+    assert not left, f"files shown of deleted clip {clip_id} remain: {left}"
+    assert {_status(ui_app.url, p) for p in appeared} <= {403, 404}, "the server still serves a deleted clip's files"
+    assert all(p.exists() for p in other_appeared) and _status(ui_app.url, player[0]) == 200, "another clip's files went too"
+
+    # a profile deleted: every file shown of its clips goes
+    profile = create("shown-profile")
+    _, appeared, _ = analyse(composite_clip, profile)
+    exported = job_result(client.submit(profile, "csv", api_name="/export_labels"), 120)
+    appeared.add(Path(exported if isinstance(exported, str) else exported["path"]))
+    assert len(appeared) >= 5, sorted(appeared)
+    msg = job_result(client.submit(profile, True, api_name="/delete_profile"), 300)[0]
+    assert "Deleted profile" in msg, msg
+    left = sorted(p for p in appeared if p.exists())
+    assert not left, f"files shown of the deleted profile's clip remain: {left}"
+    assert {_status(ui_app.url, p) for p in appeared} <= {403, 404}

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from emoweb.config import Settings, get_settings
 from emoweb.safetext import clean
-from emoweb.services import lessons, uploads
+from emoweb.services import lessons, shown, uploads
 from emoweb.services.context import Pause, Progress, ServiceContext, clip_info, profile_info, storage_errors
 from emoweb.services.records import ClipInfo, ClipResult, CorrectionInfo, ImportReport, ModelRebuild, ProfileInfo, QueueEntry
 from models import LABEL7
@@ -130,6 +130,18 @@ class CaregiverService:
     def media_path(self, clip_id: int | str) -> Path:
         """Where a clip's media file is (for playback in the UI)."""
         return self.ctx.media_file(self.ctx.clip(clip_id)[0].media_path)
+
+    @storage_errors
+    def shown_folder(self, profile: int | str, clip_id: int | str | None = None, labels: bool = False) -> Path:
+        """The folder (created, inside the upload folder) where the UI writes what it shows of a clip of
+        `profile`; `clip_id` None: of the profile as a whole (lesson videos), or with `labels` its exported
+        label files. Deleting the clip or profile deletes it (`services.shown`). An unknown clip, or one
+        of another profile, is NotFoundError."""
+        if clip_id is None:
+            part = shown.LABELS if labels else shown.PROFILE
+            return shown.clip_folder(self.settings.upload_dir, self.ctx.profile(profile).id, part)
+        clip, prof = self.ctx.clip(clip_id, profile)
+        return shown.clip_folder(self.settings.upload_dir, prof.id, clip.id)
 
     @storage_errors
     def delete_clip(self, clip_id: int | str, profile: int | str | None = None) -> dict[str, Any]:

@@ -1,12 +1,13 @@
 """Deleting a profile or a clip really deletes: rows, media files, stored features (in memory and on
-disk), lessons made from it, the copies handed to the browser, and every cache snapshot holding a clip."""
+disk), lessons made from it, the copies handed to the browser, what the web app showed of it (face crops,
+frames, playable copies: `shown`), and every cache snapshot holding a clip."""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 from typing import Any
 
-from emoweb.services import lessons, uploads
+from emoweb.services import lessons, shown, uploads
 from emoweb.services.context import ServiceContext
 from emoweb.services.rebuilds import Rebuilds
 from emoweb.services.store import CaregiverRepository
@@ -36,6 +37,7 @@ class Deletion:
             shutil.rmtree(folder, ignore_errors=True)  # temp files of an interrupted upload, if any
         ctx.invalidate(profile.id)
         ctx.features.drop(profile.id)
+        shown.forget_profile(ctx.settings.upload_dir, profile.id)  # what the web app showed of its clips
         derived = lessons.forget_profile(ctx.data_dir, profile.id)
         uploads.forget_copies(ctx.settings.upload_dir, {Path(p).name.split(".")[0] for p in paths} | derived)
         return {"profile": profile.name, "id": profile.id, "clips": len(paths), "files_removed": removed}
@@ -57,6 +59,7 @@ class Deletion:
         ctx.features.forget_clips(ctx.repo, prof.id, {clip.id})  # in memory, and in the file on disk
         if target is not None:
             target.unlink(missing_ok=True)
+        shown.forget_clip(ctx.settings.upload_dir, prof.id, clip.id)  # what the web app showed of it
         derived = lessons.forget_clip(ctx.data_dir, prof.id, clip.id)
         uploads.forget_copies(ctx.settings.upload_dir, {clip.sha256} | derived)  # copies handed to the browser too
         return {"clip_id": clip.id, "profile": prof.name, "rebuilt": {m: r.to_dict() for m, r in rebuilt.items()}}

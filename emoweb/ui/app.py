@@ -3,6 +3,8 @@
 `build_app(settings)` returns the queued `gr.Blocks`; `app.py` launches it. Every action is a named
 API endpoint (see `API_NAMES`), so `gradio_client` drives the same code as the browser.
 """
+import os
+
 import gradio as gr
 
 from emoweb.config import Settings, get_settings
@@ -22,6 +24,9 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
     models shares one concurrency slot pool (`EMOWEB_CONCURRENCY`, default 1), other actions up to
     `EMOWEB_UI_CONCURRENCY` (default 4) at a time."""
     settings = settings or get_settings()
+    # gradio's upload folder, read as each component is made, is the settings' one: uploads and what is
+    # shown of a clip stay in the data dir, where deleting the clip finds them (`services.shown`, `uploads`)
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.upload_dir))
     ctx = context or C.AppContext(settings)
     model_concurrency = model_concurrency or C.env_int("EMOWEB_CONCURRENCY", 1)
     default_concurrency = default_concurrency or C.env_int("EMOWEB_UI_CONCURRENCY", 4)

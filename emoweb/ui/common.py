@@ -20,6 +20,7 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+from gradio import processing_utils
 
 from emoweb.config import Settings
 from emoweb.errors import EmoWebError, NotFoundError
@@ -264,23 +265,27 @@ class AppContext:
     def profile_choices(self, request: gr.Request | None) -> list[tuple[str, str]]:
         return [(p.name, str(p.id)) for p in self.profiles(request)]
 
-    # -- temporary files handed to the browser --------------------------------------------------
+    # -- files handed to the browser ----------------------------------------------------------
 
-    def temp_copy(self, src: Path, name: str | None = None) -> str:
-        """A copy of a stored file in the UI's temp dir (gradio serves it from its cache); files older
-        than an hour are removed on the way."""
-        self.prune_temp()
-        folder = Path(tempfile.mkdtemp(dir=self.tmp_dir))
-        dst = folder / (name or src.name)
-        shutil.copyfile(src, dst)
-        return str(dst)
+    def shown_folder(self, profile: Any, clip_id: int | None = None, labels: bool = False) -> Path:
+        """Where what is shown of a clip of `profile` (`clip_id` None: of the profile as a whole; `labels`:
+        its label files) is written: a folder inside the upload folder that deleting the clip or profile
+        deletes (`CaregiverService.shown_folder`)."""
+        return self.service.shown_folder(profile.id, clip_id, labels)
+
+    def clip_media(self, profile: Any, clip: Any) -> str:
+        """The clip's media file as the browser plays it: copied into the clip's shown folder and, when
+        the browser cannot play it, converted there by gradio's own converters (left to the web server,
+        the conversion would land in a folder of its own that deleting the clip never finds)."""
+        folder = self.shown_folder(profile, clip.id)
+        copy = folder / f"clip{clip.id}{Path(clip.media_path).suffix}"
+        return playable(shown_copy(self.service.media_path(clip.id), copy), clip.kind, folder)
 
     def temp_text(self, name: str, text: str) -> str:
+        """A text file in the UI's temp dir (files older than an hour are removed on the way): for
+        files derived from no clip; those of a profile go to its shown folder (`shown_text`)."""
         self.prune_temp()
-        folder = Path(tempfile.mkdtemp(dir=self.tmp_dir))
-        dst = folder / name
-        dst.write_text(text, encoding="utf-8")
-        return str(dst)
+        return shown_text(Path(tempfile.mkdtemp(dir=self.tmp_dir)), name, text)
 
     def prune_temp(self, max_age_s: float = 3600) -> None:
         now = time.time()
@@ -290,6 +295,42 @@ class AppContext:
                     shutil.rmtree(folder, ignore_errors=True)
             except FileNotFoundError:
                 pass
+
+
+def shown_copy(src: Path, dst: Path) -> str:
+    """`src` copied to `dst` (kept when already there, with the same size and time)."""
+    have, want = (dst.stat() if dst.is_file() else None), src.stat()
+    if have is None or (have.st_size, have.st_mtime) != (want.st_size, want.st_mtime):
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}-{threading.get_ident()}.part")  # two views at once
+        shutil.copy2(src, tmp)
+        tmp.replace(dst)
+    return str(dst)
+
+
+def shown_text(folder: Path, name: str, text: str) -> str:
+    dst = folder / name
+    dst.write_text(text, encoding="utf-8")
+    return str(dst)
+
+
+def shown_image(folder: Path | None, image: np.ndarray) -> np.ndarray | str:
+    """An image output (H x W x 3 uint8) written into `folder` by gradio's own function (a file named by
+    its content hash, as gradio would name it in its cache); `folder` None (no stored clip): the array,
+    for gradio to cache and sweep."""
+    if folder is None:
+        return image
+    return processing_utils.save_img_array_to_cache(np.asarray(image), cache_dir=str(folder))
+
+
+def playable(path: str, kind: str, folder: Path) -> str:
+    """A video or audio file the browser can play: `path` itself, or gradio's conversion written into `folder`."""
+    if not processing_utils.ffmpeg_installed():
+        return path
+    if kind == "video" and not processing_utils.video_is_playable(path):
+        return processing_utils.convert_video_to_playable_mp4(path, cache_dir=str(folder))
+    if kind == "audio" and not processing_utils.audio_is_playable(path):
+        return processing_utils.convert_audio_to_playable(path, cache_dir=str(folder))
+    return path
 
 
 def safe_filename(text: str, default: str = "file") -> str:

@@ -60,9 +60,11 @@ def headline_markdown(head: Headline, labels: list[str]) -> str:
 
 
 def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: Any, clip: Any, new: bool | None,
-            typed: bool = False) -> tuple:
+            typed: bool = False, folder: Path | None = None) -> tuple:
     """The Predict tab's outputs from a Prediction (features + model outputs) and, when the clip was
-    stored in a profile, the service's answers (with the profile's cache). `typed`: the words were typed."""
+    stored in a profile, the service's answers (with the profile's cache). `typed`: the words were typed.
+    `folder`: the stored clip's shown folder (`AppContext.shown_folder`), where its face, frames and crops
+    are written, so deleting the clip deletes them; None: a clip not stored."""
     feats, outputs = prediction.features, prediction.outputs
     models = list(outputs)
     probs = {m: dict(answers[m].probs) if answers and m in answers else _row(out.probs, out.labels) for m, out in outputs.items()}
@@ -167,8 +169,7 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
                 info_clip = ctx.clip_in(profile, cid)
                 if info_clip.kind not in ("video", "image"):
                     continue
-                gallery_near.append((ctx.temp_copy(ctx.service.media_path(cid), f"clip{cid}{Path(info_clip.media_path).suffix}"),
-                                     f"clip {cid} · {lab} · similarity {sim:.2f} ({m})"))
+                gallery_near.append((ctx.clip_media(profile, info_clip), f"clip {cid} · {lab} · similarity {sim:.2f} ({m})"))
             except (EmoWebError, OSError):
                 continue
 
@@ -177,9 +178,10 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
     if feats.frames is not None:
         for i, t in enumerate(feats.frame_times):
             box = feats.face_boxes[i] if i < len(feats.face_boxes) else None
-            frames_gallery.append((F.draw_boxes(feats.frames[i], box), f"{t:.2f} s · {'face' if box else 'no face'}"))
+            frames_gallery.append((C.shown_image(folder, F.draw_boxes(feats.frames[i], box)),
+                                   f"{t:.2f} s · {'face' if box else 'no face'}"))
             if feats.face_crops is not None and i < len(feats.face_crops):
-                crops_gallery.append((np.asarray(feats.face_crops[i]), f"{t:.2f} s"))
+                crops_gallery.append((C.shown_image(folder, np.asarray(feats.face_crops[i])), f"{t:.2f} s"))
     timeline_probs = None
     if feats.visual_logits is not None and feats.visual_logit_labels:
         timeline_probs = C.softmax(feats.visual_logits.detach().float().cpu().numpy())
@@ -211,7 +213,7 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
         F.latency_figure({k: v for k, v in feats.timings.items() if k != "total"}, dict(prediction.latency)),
         raw,
         str(clip.id) if clip is not None else "",
-        face,
+        None if face is None else C.shown_image(folder, face),
         table,
         gr.update(value=warnings_md, visible=bool(warnings)),
         info_md,

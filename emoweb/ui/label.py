@@ -187,7 +187,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
 
     def clip_view(profile, clip) -> tuple:
         """The Label tab's view of a clip of `profile` (both already authorised)."""
-        media = ctx.temp_copy(ctx.service.media_path(clip.id), f"clip{clip.id}{Path(clip.media_path).suffix}")
+        media = ctx.clip_media(profile, clip)
         players = (
             gr.update(value=media if clip.kind == "video" else None, visible=clip.kind == "video"),
             gr.update(value=media if clip.kind == "audio" else None, visible=clip.kind == "audio"),
@@ -304,7 +304,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         profile = ctx.profile(profile_ref, request)
         fmt_value = fmt_value if fmt_value in ("csv", "json") else "csv"
         text = ctx.service.export_labels(profile.id, fmt_value)
-        return ctx.temp_text(f"labels-{C.safe_filename(profile.name, 'profile')}.{fmt_value}", text)
+        return C.shown_text(ctx.shown_folder(profile, labels=True), f"labels-{C.safe_filename(profile.name, 'profile')}.{fmt_value}", text)
 
     @C.user_errors
     def import_labels(profile_ref, file, allow_new_labels, request: gr.Request):
@@ -347,7 +347,8 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         stored = ctx.service.list_lessons(profile.id)[:MAX_LESSONS_SHOWN]
         lines = [f"Made **{C.esc(lesson.path.name)}** ({lesson.duration:.1f} s)."]
         lines += [f"- {C.esc(n)}" for n in lesson.notes]
-        return "\n".join(lines), [ctx.temp_copy(p) for p in stored]
+        folder = ctx.shown_folder(profile)
+        return "\n".join(lines), [C.shown_copy(p, folder / p.name) for p in stored]
 
     @C.user_errors
     def delete_clip(profile_ref, clip_id, confirm, request: gr.Request):

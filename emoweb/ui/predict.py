@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from emoweb.errors import EmoWebError
+from emoweb.errors import EmoWebError, NotFoundError
 from emoweb.services import reanalyse, uploads
 from emoweb.services.headline import RULE
 from emoweb.ui import common as C
@@ -70,8 +70,10 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                                  height=280, elem_id="predict-video")
                 audio = gr.Audio(label="Audio (upload or microphone)", sources=["upload", "microphone"], type="filepath",
                                  visible=False, elem_id="predict-audio")
+                # image_mode None: the upload itself is analysed (and stored), never a re-encoded second copy
+                # that deleting the clip would not find by its content
                 image = gr.Image(label="Image (upload or webcam)", type="filepath", sources=["upload", "webcam"], height=280,
-                                 visible=False, elem_id="predict-image")
+                                 visible=False, elem_id="predict-image", image_mode=None)
                 run = gr.Button("Analyse", variant="primary", elem_id="predict-run")
                 gr.Markdown(f"Up to {ctx.settings.max_seconds:g} s of a clip is analysed; files up to "
                             f"{ctx.settings.max_upload_mb:g} MB.", elem_classes="emoweb-small")
@@ -138,7 +140,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         report = stage_progress(progress, names)
         if profile is None:
             prediction = predictor.predict(path, "all", progress=report)
-            return remembered(prediction, explain(ctx, prediction, None, None, None, None))
+            return remembered(prediction, explain(ctx, prediction, None, None, None, None), None)
         service = ctx.service
         kwargs = {"source": "upload", "original_name": path.name}
         if accepts(service.ingest, "progress"):
@@ -150,24 +152,39 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         if prediction is None:  # known clip: answers come from stored features; decode again only to explain
             prediction = predictor.predict(path, "all", progress=report)
         progress(1.0, desc="done")
-        return remembered(prediction, explain(ctx, prediction, result.predictions, profile, result.clip, result.new))
+        clip = result.clip
+        shown = explain(ctx, prediction, result.predictions, profile, clip, result.new, folder=ctx.shown_folder(profile, clip.id))
+        return remembered(prediction, shown, (profile.id, clip.id))
 
-    def remembered(prediction: Any, shown: tuple) -> tuple:
+    def remembered(prediction: Any, shown: tuple, stored: tuple[int, int] | None) -> tuple:
         """The outputs with the selector and the words heard, and the session's memory of them: the features to
-        ask about another person or other words, and the answer shown, given back as it was when the clip's
-        own person and words are chosen again."""
+        ask about another person or other words, the answer shown, given back as it was when the clip's
+        own person and words are chosen again, and `stored`: (profile id, clip id) of a stored clip."""
         feats = prediction.features
         return (*shown, person_choices(feats), feats.transcript,
-                {"analysed": reanalyse.Analysed(feats, feats), "shown": shown})
+                {"analysed": reanalyse.Analysed(feats, feats), "shown": shown, "stored": stored})
+
+    def stored_folder(stored: tuple[int, int] | None) -> Path | None:
+        """The shown folder of a stored clip, (profile id, clip id) (None: no clip stored): what a second
+        look shows of it is deleted with it. A clip deleted since is refused (one line)."""
+        if stored is None:
+            return None
+        try:
+            return ctx.service.shown_folder(*stored)
+        except NotFoundError:
+            raise EmoWebError(f"clip #{stored[1]} was deleted since: analyse a clip again") from None
 
     def shown_again(last: dict | None, prediction: Any, analysed: reanalyse.Analysed) -> tuple:
         """The outputs and the session's memory after a second look (prediction None: the first analysis
-        again; `analysed.current is analysed.first`: a typed text, a first analysis of its own)."""
+        again; `analysed.current is analysed.first`: a typed text, a first analysis of its own, of no clip)."""
         if prediction is None:
+            stored_folder(last.get("stored"))  # a clip deleted since is refused, not shown from its files gone
             return (*last["shown"], person_choices(analysed.current), {**last, "analysed": analysed})
-        shown = explain(ctx, prediction, None, None, None, None, typed=analysed.typed)
         first = analysed.current is analysed.first
-        return (*shown, person_choices(prediction.features), {"analysed": analysed, "shown": shown if first else last["shown"]})
+        stored = None if first else last.get("stored")
+        shown = explain(ctx, prediction, None, None, None, None, typed=analysed.typed, folder=stored_folder(stored))
+        return (*shown, person_choices(prediction.features),
+                {"analysed": analysed, "shown": shown if first else last["shown"], "stored": stored})
 
     @C.user_errors
     def predict_person(choice, last, progress=gr.Progress()):
