@@ -301,3 +301,23 @@ def test_record_with_webcam_and_microphone(recording_page, ui_app: RunningApp):
     page.locator("#label-btn-4").click()
     expect(page.locator("#label-status")).to_contain_text(f"Clip #{clip_id} labelled joy", timeout=60_000)
     assert not getattr(page, "errors", []), page.errors
+
+
+def test_a_clip_that_cannot_be_analysed_leaves_no_old_answer(page, ui_app: RunningApp, composite_clip: Path, tmp_path: Path):
+    """After an answer, a file that is no media: its one-line error, and the old answer gone (not read as
+    the new file's)."""
+    from playwright.sync_api import expect
+
+    start(page, ui_app.url)
+    page.locator("#predict-video input[type=file]").set_input_files(str(composite_clip))
+    expect(page.locator("#predict-video video")).to_have_count(1, timeout=60_000)
+    page.locator("#predict-run").click()
+    expect(page.locator("#predict-summary")).to_contain_text("Heard:", timeout=PREDICT_TIMEOUT_S * 1000)
+    broken = tmp_path / "broken.mp4"
+    broken.write_text("this is a text file, not a video\n" * 20, encoding="utf-8")
+    page.locator("#predict-video button[aria-label='Clear']").click()  # the loaded clip's own clear button
+    page.locator("#predict-video input[type=file]").set_input_files(str(broken))
+    page.wait_for_timeout(2000)
+    page.locator("#predict-run").click()
+    expect(page.locator(".toast-body.error")).to_contain_text("not a media file or corrupt container: broken.mp4", timeout=60_000)
+    assert "Heard:" not in page.locator("#predict-summary").inner_text()

@@ -210,7 +210,14 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
 
     outputs = [summary, prob_plot, modality_plot, attention_plot, similarity_plot, nearest, timeline, transcript, frames, crops,
                latency_plot, raw, clip_out, face, models_table, warnings_md, info_md, person]
-    event = run.click(predict, [video, audio, image, profile_dd], outputs + [words, analysed], api_name="predict", **heavy)
+
+    def cleared() -> list:
+        """Every answer of the last clip emptied before the next is analysed: when the next cannot be
+        (no media, too large), the old answer must not stay on screen beside the error, read as its."""
+        return [gr.update(value=None, visible=False) if o is warnings_md else gr.update(value=None) for o in outputs]
+
+    event = run.click(cleared, None, outputs, api_visibility="undocumented", queue=False).then(
+        predict, [video, audio, image, profile_dd], outputs + [words, analysed], api_name="predict", **heavy)
     person.input(predict_person, [person, analysed], outputs + [analysed], api_name="predict_person", **heavy)
     words_run.click(predict_words, [words, analysed], outputs + [analysed], api_name="predict_words", **heavy)
     return {"event": event, "clip_out": clip_out, "run": run}
