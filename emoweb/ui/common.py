@@ -131,8 +131,7 @@ def one_line(exc: BaseException) -> str:
 
 def user_errors(fn: Callable) -> Callable:
     """Every UI action: EmoWebError -> gr.Error with its one line; anything else is logged with its
-    traceback on the server and reaches the person as one line, never a traceback. The message stays until
-    the person closes it: a parent who looked away for ten seconds found only wordless "Error" badges."""
+    traceback on the server and reaches the person as one line, never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -141,10 +140,10 @@ def user_errors(fn: Callable) -> Callable:
         except gr.Error:
             raise
         except EmoWebError as exc:
-            raise gr.Error(one_line(exc), duration=None, print_exception=False) from None
+            raise gr.Error(one_line(exc), print_exception=False) from None
         except Exception as exc:  # noqa: BLE001 - the boundary between the app and the person
             log.exception("UI action %s failed", getattr(fn, "__name__", "?"))
-            raise gr.Error(f"Something went wrong ({type(exc).__name__}): {one_line(exc)}", duration=None, print_exception=False) from None
+            raise gr.Error(f"Something went wrong ({type(exc).__name__}): {one_line(exc)}", print_exception=False) from None
 
     return wrapper
 
