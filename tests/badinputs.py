@@ -368,9 +368,9 @@ def _transcript_and_text_cases(d: Path, face: Image.Image) -> list[Case]:
     cases = []
     music_wav = write_wav(d / "music.wav", _music(6.0))
     music = composite.render(JOY_FACE, music_wav, d / "music_no_voice.mp4")
-    cases.append(_result("music_no_voice", music, r"no speech found by voice-activity detection: audio and text models skipped", ("audio", "text")))
+    cases.append(_result("music_no_voice", music, r"no speech found by voice-activity detection: audio models skipped", ("audio", "text")))
     noise = composite.render(JOY_FACE, write_wav(d / "noise.wav", _room_tone(4.0, dbfs=-64.0)), d / "quiet_room_no_voice.mp4")
-    cases.append(_result("quiet_room_no_voice", noise, r"no speech found by voice-activity detection: audio and text models skipped", ("audio", "text")))
+    cases.append(_result("quiet_room_no_voice", noise, r"no speech found by voice-activity detection: audio models skipped", ("audio", "text")))
     late_wav = write_wav(d / "late.wav", np.concatenate([_room_tone(40.0), media.decode(HAPPY_SPEECH).audio]))
     late = d / "room_tone_then_speech.m4a"  # a voice memo
     ffmpeg("-i", late_wav, "-c:a", "aac", "-b:a", "64k", late)

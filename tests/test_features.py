@@ -198,6 +198,20 @@ def test_speech_times_are_where_the_speech_is(extractor, happy_speech: Path, tmp
     assert feats.segments and all(1.2 <= s["start"] <= s["end"] <= feats.duration for s in feats.segments), (feats.segments, feats.duration)
 
 
+def test_no_speech_skips_the_voice_even_after_typed_words(extractor, tmp_path: Path) -> None:
+    """Room noise without speech: no voice decision and no words, each said in its own note; words typed
+    afterwards replace the words' note only, and the voice stays skipped and said to be."""
+    from emoweb.pipeline.features import NO_SPEECH_NOTE
+
+    rng = np.random.default_rng(5)
+    feats = extractor(write_wav(tmp_path / "room.wav", rng.normal(0, 3e-4, 48_000)))  # 3 s at about -70 dBFS
+    assert feats.modalities == {"audio": False, "visual": False, "text": False}
+    assert NO_SPEECH_NOTE in feats.warnings and "no speech recognised: text models skipped" in feats.warnings
+    typed = extractor.with_text(feats, "I am so happy to see you!")
+    assert typed.modalities == {"audio": False, "visual": False, "text": True}
+    assert NO_SPEECH_NOTE in typed.warnings and "no speech recognised: text models skipped" not in typed.warnings
+
+
 def test_image_gives_visual_only(extractor, joy_face: Path) -> None:
     feats = extractor(joy_face)
     assert feats.kind == "image"

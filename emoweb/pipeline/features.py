@@ -32,14 +32,16 @@ Progress = Callable[[str], None]
 QUOTE_CHARS = 60  # of an untrusted transcript shown in a note
 TEXT_KIND = "text"  # ClipFeatures.kind of a text with no media
 # the start of every note about the transcript: a corrected transcript makes them stale
-_TEXT_NOTES = ("transcript left out as unreliable", "no speech found by", "no speech recognised", "text longer than",
+_TEXT_NOTES = ("transcript left out as unreliable", "no speech found by voice-activity detection: text models skipped",
+               "no speech recognised", "text longer than",
                "transcript typed", "transcript removed")
 
 
 TYPED_NOTE = "transcript typed by a person"  # information, not a problem: the words are the person's own
 
-# A voice decision on sound the voice-activity detector finds no speech in is a guess from nothing: skipped
-NO_SPEECH_NOTE = "no speech found by voice-activity detection: audio and text models skipped"
+# A voice decision on sound the voice-activity detector finds no speech in is a guess from nothing: skipped.
+# About the voice only (the words' own note follows), so typed words do not take it away
+NO_SPEECH_NOTE = "no speech found by voice-activity detection: audio models skipped"
 
 
 def transcript_notes(asr: AsrResult) -> list[str]:
@@ -305,7 +307,7 @@ class FeatureExtractor:
         with stage("asr"):
             asr = self.backbones.transcribe(audio, self.transcribe)
         if self.transcribe and not asr.speech_seconds:  # room noise, music, breath: every model only ever heard speech
-            feats.warnings.append(NO_SPEECH_NOTE)
+            feats.warnings += [NO_SPEECH_NOTE, *transcript_notes(asr)]
             return
         if quiet:
             feats.warnings.append(quiet)
