@@ -62,8 +62,8 @@ def clip_paths(args: list[str]) -> tuple[list[Path], list[str]]:
 
 
 def skipped_line(skipped: list[str]) -> str:
-    """What the folders held besides clips, in one line ('' when nothing)."""
-    return f"skipped, not clips: {', '.join(skipped)} (subfolders are not searched)" if skipped else ""
+    """What the folders held besides clips, in one line (callers print it only when there is some)."""
+    return f"skipped, not clips: {', '.join(skipped)} (subfolders are not searched)"
 
 
 def note_lines(notes: list[str]) -> list[str]:

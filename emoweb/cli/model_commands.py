@@ -299,7 +299,7 @@ def _predict_line(item: dict) -> str:
 
 def _predict_text(payload: dict) -> str:
     """One line per clip, then the files of the folders that were not clips (never counted as failed)."""
-    if "models" in payload or "error" in payload:
+    if "models" in payload:  # one clip (an error on one clip is raised, never printed as a line)
         return _predict_line(payload)
     lines = [_predict_line(item) for item in payload["clips"]]
     return "\n".join(lines + [skipped_line(payload["skipped"])] if payload["skipped"] else lines)

@@ -1,4 +1,4 @@
-"""A video track's frames by time, upright and at full resolution: what a writer (the lesson clips) plays.
+"""A video track's frames by time, upright (optionally scaled down): what a writer (the lesson clips) plays.
 
 Why not the ffmpeg command line (moviepy's reader): it turns a phone's portrait clip by the display
 matrix but moviepy misses that matrix on FFmpeg 7 and scales the upright frames back to the stored
