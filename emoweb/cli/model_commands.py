@@ -278,11 +278,9 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 
 def _summary(prediction, predictor) -> dict:
     """A prediction's summary with the one answer first (`headline`: the UI's vote of the models)."""
-    from emoweb.services.headline import headline
+    from emoweb.services.headline import of_prediction
 
-    answers = {m: dict(zip(out.labels, out.probs[0].tolist())) for m, out in prediction.outputs.items() if prediction.model_decided(m)}
-    head = headline(answers, untrained=prediction.features.untrained_weights, confident_at=predictor.confident_at(list(answers)),
-                    senses=prediction.sense_decisions())
+    head = of_prediction(prediction, predictor.confident_at(list(prediction.outputs)))
     return {"headline": head.to_dict(), **prediction.to_summary()}
 
 

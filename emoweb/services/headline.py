@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from emoweb.pipeline.inference import Prediction
     from emoweb.services.records import ClipResult
 
 FAIRLY_SURE = "fairly sure"
@@ -116,6 +117,13 @@ def headline(answers: Mapping[str, Mapping[str, float]], untrained: bool = False
     if conflict and confidence != NOT_SURE:
         confidence, reason = NOT_SURE, f"{reason}, but {conflict}"
     return Headline(label, confidence, agree, n, float(mean), reason, tuple(sure))
+
+
+def of_prediction(prediction: Prediction, confident_at: Mapping[str, float] | None = None) -> Headline:
+    """The headline of a clip run through the models now and not stored (the Predict tab without a profile,
+    `predict` on the command line): each deciding model's probabilities and its own decision per sense."""
+    answers = {m: dict(zip(out.labels, out.probs[0].tolist())) for m, out in prediction.outputs.items() if prediction.model_decided(m)}
+    return headline(answers, prediction.features.untrained_weights, confident_at, prediction.sense_decisions())
 
 
 # A stored clip without its per-sense decisions: the rule above could not be checked, and the reason says so.

@@ -9,7 +9,7 @@ import numpy as np
 
 from emoweb.errors import EmoWebError
 from emoweb.services import reanalyse
-from emoweb.services.headline import Headline, headline
+from emoweb.services.headline import Headline, of_prediction
 from emoweb.services.records import ClipResult
 from emoweb.ui import common as C
 from emoweb.ui import figures as F
@@ -75,9 +75,7 @@ def explain(ctx: C.AppContext, prediction: Any, result: ClipResult | None, profi
     labels = C.ordered_labels([lab for p in probs.values() for lab in p])
 
     # the one answer, then who, what was heard, whether the profile's examples were used, where it is stored
-    head = ctx.service.headline(result) if result is not None else headline(
-        {m: probs[m] for m in models if decided[m]}, untrained=feats.untrained_weights,
-        confident_at=ctx.predictor.confident_at(models), senses=prediction.sense_decisions())
+    head = ctx.service.headline(result) if result is not None else of_prediction(prediction, ctx.predictor.confident_at(models))
     lines = [headline_markdown(head, labels)]
     face = _face_thumbnail(feats)
     other = feats.person != 1
