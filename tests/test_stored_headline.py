@@ -87,6 +87,17 @@ def test_a_clip_stored_before_the_senses_were_kept_loads_and_says_what_was_not_c
     assert (head.label, head.confidence) == ("joy", FAIRLY_SURE)
     assert head.reason == f"all 4 models agree, 4 of them confident; {UNCOMPARED}"
 
+    # its content stored in another profile is copied without re-encoding, and stays "not known" there too
+    with sqlite3.connect(service.data_dir / "emoweb.sqlite3") as db:
+        db.execute("DELETE FROM clip_senses WHERE clip_id = ?", (stored.clip.id,))
+    try:
+        service.create_profile("older")
+        copied = service.ingest(split_clip, "older")
+        assert copied.new and copied.outputs is None and copied.senses is None
+        assert _words(service.headline(copied)) == _words(head)
+    finally:
+        service.repo.put_senses(stored.clip.id, service.backbone, stored.senses)
+
 
 def test_per_sense_decisions_never_become_cache_keys(service, stored) -> None:
     """The clip's stored features are the cache's parts only (fused, logits, each modality embedding); the rebuild's

@@ -58,6 +58,12 @@ def _align(base: Any, labels: Sequence[str], label_set: Sequence[str]) -> np.nda
 Senses = dict[str, dict[str, dict[str, float]]]  # {model: {sense: {label: p}}}: `Prediction.sense_decisions()`
 
 
+def _known(senses: Senses, predictions: dict) -> Senses | None:
+    """Stored per-sense decisions as `ClipResult.senses`: None (not known, rather than "none") when a model
+    decided but none are stored, as for a clip stored before they were kept."""
+    return senses if senses or not any(p.decided for p in predictions.values()) else None
+
+
 class _AlreadyStored(Exception):
     """Raised inside an ingest transaction when a concurrent upload stored the same content first."""
 
@@ -98,9 +104,7 @@ class Ingest:
         if explain:
             outputs = self._compute(prof, self.ctx.stored_media(clip), None, progress)[3]
             self.predictions.apply_to_outputs(outputs, predictions, prof)
-        # no rows while a model decided: stored before they were kept (None: not known, rather than "none")
-        known = senses if senses or not any(p.decided for p in predictions.values()) else None
-        return ClipResult(clip_info(clip), False, predictions, outputs, known)
+        return ClipResult(clip_info(clip), False, predictions, outputs, _known(senses, predictions))
 
     def _compute(self, prof: Profile, path: Path, sha: str | None, progress: Progress | None = None):
         """Decode + backbones once, every model once: (arrays to store, kind, duration, Prediction)."""
@@ -190,7 +194,7 @@ class Ingest:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        return ClipResult(info, True, predictions, outputs, senses)
+        return ClipResult(info, True, predictions, outputs, _known(senses, predictions))  # reused from an old clip: None
 
     def _encode_stored(self, prof: Profile, clip: Clip, progress: Progress | None = None) -> ClipResult:
         """Features for this backbone profile from the clip's stored media (first use of a profile)."""
