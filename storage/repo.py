@@ -23,7 +23,7 @@ from . import checks
 from .arrays import pack, to_blob
 from .errors import Invalid, NotFound
 from .labelqueue import QueueItem, sort_key
-from .schema import CacheSnapshot, Clip, ClipFeature, Correction, Prediction, Profile
+from .schema import CacheSnapshot, Clip, ClipFeature, ClipSenses, Correction, Prediction, Profile
 
 ProfileRef = int | str  # a profile's id or its name
 
@@ -186,7 +186,7 @@ class Repository:
             return list(session.scalars(select(Clip).where(Clip.profile_id == profile_id).order_by(Clip.id)))
 
     def delete_clip(self, clip_id: int) -> Clip:
-        """Delete a clip and its features, predictions and corrections; returns the deleted row
+        """Delete a clip and its features, per-sense decisions, predictions and corrections; returns the deleted row
         (its media_path is the caller's to remove)."""
         with self._tx(write=True) as session:
             clip = self._clip(session, clip_id)
@@ -252,6 +252,36 @@ class Repository:
                 .order_by(ClipFeature.clip_id)
             )
             return {row.clip_id: row.array() for row in rows}
+
+    # -- per-sense decisions --------------------------------------------------------------
+
+    def put_senses(self, clip_id: int, backbone_profile: str, senses: Mapping[str, Mapping[str, Mapping[str, float]]]) -> None:
+        """Store (or replace) each model's own decision per sense on a clip under a backbone profile:
+        {model: {sense: {label: probability}}}."""
+        backbone_profile = checks.name(backbone_profile, "backbone profile")
+        rows = {checks.name(model, "model name"): {checks.name(sense, "sense"): checks.probs(p) for sense, p in by_sense.items()}
+                for model, by_sense in senses.items()}
+        with self._tx(write=True) as session:
+            self._clip(session, clip_id)
+            for model, by_sense in rows.items():
+                insert = self._insert(session, ClipSenses).values(
+                    clip_id=clip_id, backbone_profile=backbone_profile, model=model, senses=by_sense
+                )
+                session.execute(
+                    insert.on_conflict_do_update(
+                        index_elements=["clip_id", "backbone_profile", "model"], set_=dict(senses=insert.excluded.senses)
+                    )
+                )
+
+    def get_senses(self, clip_id: int, backbone_profile: str) -> dict[str, dict[str, dict[str, float]]]:
+        """{model: {sense: {label: probability}}} stored for a clip under a backbone profile ({} when none:
+        also a clip stored before these were kept)."""
+        with self._tx() as session:
+            self._clip(session, clip_id)
+            rows = session.scalars(
+                select(ClipSenses).where(ClipSenses.clip_id == clip_id, ClipSenses.backbone_profile == backbone_profile)
+            )
+            return {row.model: row.senses for row in rows}
 
     # -- predictions ----------------------------------------------------------------------
 

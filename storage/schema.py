@@ -1,4 +1,4 @@
-"""ORM tables. The migration in `migrations/versions/` creates exactly these; a test checks they agree.
+"""ORM tables. The migrations in `migrations/versions/` create exactly these; a test checks they agree.
 
 No ORM relationships: every read goes through `Repository`, and deletes cascade in the
 database (ON DELETE CASCADE), so removing a profile never loads its clips into memory.
@@ -123,6 +123,20 @@ class ClipFeature(Base):
 
     def array(self) -> np.ndarray:
         return from_blob(self.data, self.dtype, self.shape)
+
+
+class ClipSenses(Base):
+    """One model's own decision per sense it read (face, voice, words) on one clip, as ingest computed it,
+    so a stored clip is worded by the same face-against-voice rule as a fresh one. A table of its own:
+    every `clip_features` row is a cache key or base logits, and these must never become either."""
+
+    __tablename__ = "clip_senses"
+    __table_args__ = (UniqueConstraint("clip_id", "backbone_profile", "model"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    clip_id: Mapped[int] = mapped_column(_fk("clips.id"))
+    backbone_profile: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(100))
+    senses: Mapped[dict[str, Any]]  # {sense: {label: probability}}; {} when the model read none of its senses
 
 
 class Prediction(Base):

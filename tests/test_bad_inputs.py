@@ -32,7 +32,7 @@ from models import registry
 pytestmark = pytest.mark.slow
 
 PROFILE = "bad-inputs"
-TABLES = ("clips", "clip_features", "predictions")
+TABLES = ("clips", "clip_features", "clip_senses", "predictions")
 TRACEBACK = re.compile(r"Traceback|File \"|line \d+, in |^\s*at ", re.M)
 
 

@@ -43,8 +43,9 @@ def run_json(capsys, *argv: str):
 
 @pytest.mark.slow
 def test_ingest_a_folder_names_each_clip_as_given_with_its_notes(env: Path, capsys, joy_face: Path, tmp_path: Path) -> None:
-    """A folder's clips are stored (its note file skipped); a byte-identical copy under another name is
-    named as given and as stored; each new clip's notes are under its line."""
+    """A folder's clips are stored (its note file skipped), each line starting with the answer in the app's words
+    (the same once stored); a byte-identical copy under another name is named as given and as stored; each
+    new clip's notes are under its line."""
     assert run_json(capsys, "profile", "create", "Anna")["name"] == "Anna"
     folder = tmp_path / "phone"
     folder.mkdir()
@@ -54,6 +55,9 @@ def test_ingest_a_folder_names_each_clip_as_given_with_its_notes(env: Path, caps
     assert code == 0
     assert out.splitlines()[0].startswith("clip 1 (new): smile.jpg: ")
     assert out.splitlines()[1:] == ["  note: still image: no audio", "skipped, not clips: notes.txt (subfolders are not searched)"]
+    stored = run_json(capsys, "ingest", str(folder / "smile.jpg"), "--profile", "Anna")[0]  # answered from the database
+    assert not stored["new"] and stored["senses"] and stored["headline"]["confidence"] in ("fairly sure", "probably", "not sure")
+    assert out.splitlines()[0].startswith(f"clip 1 (new): smile.jpg: {cli.answer_text(stored['headline'])}; ")  # the same words
     copy = tmp_path / "same smile.jpg"
     copy.write_bytes(joy_face.read_bytes())
     code, out, _ = run(capsys, "ingest", str(copy), "--profile", "Anna")

@@ -35,7 +35,7 @@ from models import LABEL7, registry
 from models.backbones import EmbeddedBackbones
 
 REPO = Path(__file__).resolve().parents[1]
-CLIP_TABLES = ("clips", "clip_features", "predictions", "corrections")
+CLIP_TABLES = ("clips", "clip_features", "clip_senses", "predictions", "corrections")
 
 
 def make_checkpoint_root(root: Path) -> Path:

@@ -217,6 +217,7 @@ def _rows(data: Path, profile: int, clips: list[int]) -> dict[str, int]:
         "profiles": ("SELECT count(*) FROM profiles WHERE id = ?", [profile]),
         "clips": (f"SELECT count(*) FROM clips WHERE id IN ({marks})", clips),
         "clip_features": (f"SELECT count(*) FROM clip_features WHERE clip_id IN ({marks})", clips),
+        "clip_senses": (f"SELECT count(*) FROM clip_senses WHERE clip_id IN ({marks})", clips),
         "predictions": (f"SELECT count(*) FROM predictions WHERE clip_id IN ({marks})", clips),
         "corrections": (f"SELECT count(*) FROM corrections WHERE clip_id IN ({marks})", clips),
         "cache_snapshots": ("SELECT count(*) FROM cache_snapshots WHERE profile_id = ?", [profile]),

@@ -37,7 +37,7 @@ BACKENDS = [
         ),
     ),
 ]
-TABLES = {"profiles", "clips", "clip_features", "predictions", "corrections", "cache_snapshots"}
+TABLES = {"profiles", "clips", "clip_features", "clip_senses", "predictions", "corrections", "cache_snapshots"}
 LABELS = ["happy", "sad", "angry", "neutral"]
 
 

@@ -1,5 +1,6 @@
 """The app's API through gradio_client against the running app: create a profile, predict a composite
-clip, label it, rebuild the cache (and see the snapshot count change), export the labels."""
+clip, see the Label tab word it as the Predict tab did, label it, rebuild the cache (and see the snapshot
+count change), export the labels."""
 from __future__ import annotations
 
 import hashlib
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_wav
+from emoweb.ui.common import esc
 from ui_helpers import PREDICT_TIMEOUT_S, RunningApp, job_result, shared_app
 
 
@@ -56,6 +58,10 @@ def test_api_predict_label_rebuild(ui_app: RunningApp, composite_clip: Path, tmp
     assert "tomorrow" in raw["clip"]["transcript"]["text"].lower()
     transcript = out[7]
     assert "tomorrow" in str(transcript).lower()
+
+    # the Label tab words the stored clip as the Predict tab did, face against voice included
+    shown = job_result(client.submit(profile, clip_id, api_name="/show_clip"), 120)[3]
+    assert f"**{esc(head['label'])}**, {esc(head['confidence'])}: {esc(head['reason'])}" in shown, (head, shown)
 
     status, _ = job_result(client.submit(profile, clip_id, "joy", "api <note>", False, api_name="/label"), 120)
     assert "labelled" in status and "joy" in status

@@ -66,6 +66,11 @@ def skipped_line(skipped: list[str]) -> str:
     return f"skipped, not clips: {', '.join(skipped)} (subfolders are not searched)"
 
 
+def answer_text(head: dict) -> str:
+    """The one answer (a `Headline.to_dict()`) in words: 'joy, not sure: <why>', or 'no answer: <why>'."""
+    return f"{head['label']}, {head['confidence']}: {head['reason']}" if head["label"] else f"no answer: {head['reason']}"
+
+
 def note_lines(notes: list[str]) -> list[str]:
     """A clip's notes (warnings), indented under its line: a 90-s clip cut to 60 s, no sound, no face."""
     return [f"  note: {n}" for n in notes]

@@ -11,7 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from emoweb.cli import add_device, add_json, clip_paths, command, emit, note_lines, settings_from, skipped_line
+from emoweb.cli import add_device, add_json, answer_text, clip_paths, command, emit, note_lines, settings_from, skipped_line
 from emoweb.errors import EmoWebError, UnknownLabelError
 
 FAST = "under a second or two (storage only, no models)"
@@ -79,7 +79,8 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("ingest", "store clips in a profile (media + features once) with every model's answer",
-         prints="one line per clip: its id, whether it was new, and each model's label and probability, with its notes under it",
+         prints="one line per clip: its id, whether it was new, the one answer (the models' vote, how sure in words, as the "
+                "Predict and Label tabs word it) and each model's label and probability, with its notes under it",
          takes="2-10 s to load the models, then about 1 s per 4-s clip (5 s per 60-s clip) on a 2-CPU machine")(_ingest_args)
 def _ingest(args: argparse.Namespace) -> int:
     paths, skipped = clip_paths(args.paths)  # before the service loads: a folder without clips fails at once
@@ -90,7 +91,7 @@ def _ingest(args: argparse.Namespace) -> int:
         try:
             result = service.ingest(path, args.profile, args.source)
             notes = result.outputs.features.warnings if result.outputs is not None else []
-            results.append({"path": str(path), **result.to_dict(), "notes": notes})
+            results.append({"path": str(path), **result.to_dict(), "headline": service.headline(result).to_dict(), "notes": notes})
         except EmoWebError as exc:
             if len(paths) == 1:
                 raise
@@ -109,7 +110,7 @@ def _ingest(args: argparse.Namespace) -> int:
             c = r["clip"]
             answers = ", ".join(_answer_text(m, p) for m, p in r["predictions"].items())
             stored = "new" if r["new"] else "already stored" + ("" if c["original_name"] == given else f" as {c['original_name']!r}")
-            lines += [f"clip {c['id']} ({stored}): {given}: {answers}", *note_lines(r["notes"])]
+            lines += [f"clip {c['id']} ({stored}): {given}: {answer_text(r['headline'])}; {answers}", *note_lines(r["notes"])]
         return "\n".join(lines + ([skipped_line(skipped)] if skipped else []))
 
     emit(results, args.json, text)

@@ -10,7 +10,8 @@ import json
 import time
 from pathlib import Path
 
-from emoweb.cli import add_backbones, add_device, add_json, add_models, clip_paths, command, emit, note_lines, settings_from, skipped_line
+from emoweb.cli import (add_backbones, add_device, add_json, add_models, answer_text, clip_paths, command, emit, note_lines,
+                        settings_from, skipped_line)
 from emoweb.config import BUILT_CLIPS_IN_CORPUS, BUILT_CLIPS_OWN_GROUPS, DEV_FRACTION, EPOCH_ROWS_PER_MODALITY
 from emoweb.errors import EmoWebError
 from models import MODELS
@@ -277,11 +278,9 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 
 def _summary(prediction, predictor) -> dict:
     """A prediction's summary with the one answer first (`headline`: the UI's vote of the models)."""
-    from emoweb.services.headline import headline
+    from emoweb.services.headline import of_prediction
 
-    answers = {m: dict(zip(out.labels, out.probs[0].tolist())) for m, out in prediction.outputs.items() if prediction.model_decided(m)}
-    head = headline(answers, untrained=prediction.features.untrained_weights, confident_at=predictor.confident_at(list(answers)),
-                    senses=prediction.sense_decisions())
+    head = of_prediction(prediction, predictor.confident_at(list(prediction.outputs)))
     return {"headline": head.to_dict(), **prediction.to_summary()}
 
 
@@ -290,11 +289,10 @@ def _predict_line(item: dict) -> str:
     if "error" in item:
         return f"{source}: error: {item['error']}"
     h = item["headline"]
-    answer = f"{h['label']}, {h['confidence']}: {h['reason']}" if h["label"] else f"no answer: {h['reason']}"
     sure = set(h.get("confident", []))
     models = ", ".join(f"{m} -> {o['label']} ({max(o['probs'].values()):.2f}{', confident' if m in sure else ''})"
                        if o["label"] else f"{m} -> no decision" for m, o in item["models"].items())
-    return "\n".join([f"{source}: {answer}; {models}", *note_lines(item["clip"].get("warnings", []))])
+    return "\n".join([f"{source}: {answer_text(h)}; {models}", *note_lines(item["clip"].get("warnings", []))])
 
 
 def _predict_text(payload: dict) -> str:

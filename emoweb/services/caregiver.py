@@ -26,6 +26,7 @@ from emoweb.config import Settings, get_settings
 from emoweb.safetext import clean
 from emoweb.services import lessons, shown, uploads
 from emoweb.services.context import Pause, Progress, ServiceContext, clip_info, profile_info, storage_errors
+from emoweb.services.headline import Headline, of_clip
 from emoweb.services.records import ClipInfo, ClipResult, CorrectionInfo, ImportReport, ModelRebuild, ProfileInfo, QueueEntry
 from models import LABEL7
 
@@ -174,6 +175,13 @@ class CaregiverService:
             clip, prof = self.ctx.clip(ref, profile)
             return self._ingest.known(prof, clip, explain, progress)
         return self.ingest(ref, profile, explain=explain, progress=progress)
+
+    def headline(self, result: ClipResult) -> Headline:
+        """How sure a clip's answer is, in words (`headline.of_clip`): what the Predict tab, the Label tab
+        and the CLI show for a stored clip, with each model's calibrated confidence level. Loads the models."""
+        predictor = self.predictor
+        decided = [m for m, p in result.predictions.items() if p.decided]
+        return of_clip(result, predictor.confident_at(decided), predictor.backbones.untrained)
 
     # -- corrections and the queue ----------------------------------------------------------
 

@@ -8,7 +8,12 @@ A model without a calibrated card counts by agreement alone. The rule, in `RULE`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from emoweb.pipeline.inference import Prediction
+    from emoweb.services.records import ClipResult
 
 FAIRLY_SURE = "fairly sure"
 PROBABLY = "probably"
@@ -112,3 +117,25 @@ def headline(answers: Mapping[str, Mapping[str, float]], untrained: bool = False
     if conflict and confidence != NOT_SURE:
         confidence, reason = NOT_SURE, f"{reason}, but {conflict}"
     return Headline(label, confidence, agree, n, float(mean), reason, tuple(sure))
+
+
+def of_prediction(prediction: Prediction, confident_at: Mapping[str, float] | None = None) -> Headline:
+    """The headline of a clip run through the models now and not stored (the Predict tab without a profile,
+    `predict` on the command line): each deciding model's probabilities and its own decision per sense."""
+    answers = {m: dict(zip(out.labels, out.probs[0].tolist())) for m, out in prediction.outputs.items() if prediction.model_decided(m)}
+    return headline(answers, prediction.features.untrained_weights, confident_at, prediction.sense_decisions())
+
+
+# A stored clip without its per-sense decisions: the rule above could not be checked, and the reason says so.
+UNCOMPARED = "face and voice not compared (the clip was stored before EmoWeb kept each sense's decision)"
+
+
+def of_clip(result: ClipResult, confident_at: Mapping[str, float] | None = None, untrained: bool = False) -> Headline:
+    """A stored clip's headline, in the words the Predict tab shows for it: the deciding models' answers
+    and the per-sense decisions stored at ingest (`ClipResult.senses`), so the Label tab, the CLI and the
+    Predict tab word the same clip the same way. A clip stored before those were kept is worded by the
+    other rules, and unless that already makes it not sure, its reason says face and voice were not compared."""
+    head = headline({m: p.probs for m, p in result.predictions.items() if p.decided}, untrained, confident_at, result.senses)
+    if result.senses is None and head.confidence not in (NOT_SURE, NO_ANSWER):
+        return replace(head, reason=f"{head.reason}; {UNCOMPARED}")
+    return head

@@ -7,8 +7,10 @@ Invariants:
   killed process leaves goes at the next start: `ServiceContext.remove_interrupted_writes`).
 - Every clip is decoded and encoded once: ingest stores, per backbone profile and model, the
   cache keys (`<model>.fused`, `<model>.audio`, `<model>.visual`) and the base logits
-  (`<model>.logits`, over the profile's label set). Re-uploads and predictions on stored clips
-  work from those arrays; the same content in another profile with the same label set is not encoded again.
+  (`<model>.logits`, over the profile's label set), and apart from them (never a cache key) each model's
+  own decision per sense (`clip_senses`), which the headline's face-against-voice rule reads. Re-uploads
+  and predictions on stored clips work from those; the same content in another profile with the same label
+  set is not encoded again.
 """
 from __future__ import annotations
 
@@ -53,6 +55,15 @@ def _align(base: Any, labels: Sequence[str], label_set: Sequence[str]) -> np.nda
     return np.asarray([float(values[index[label]]) if label in index else mean for label in label_set], np.float32)
 
 
+Senses = dict[str, dict[str, dict[str, float]]]  # {model: {sense: {label: p}}}: `Prediction.sense_decisions()`
+
+
+def _known(senses: Senses, predictions: dict) -> Senses | None:
+    """Stored per-sense decisions as `ClipResult.senses`: None (not known, rather than "none") when a model
+    decided but none are stored, as for a clip stored before they were kept."""
+    return senses if senses or not any(p.decided for p in predictions.values()) else None
+
+
 class _AlreadyStored(Exception):
     """Raised inside an ingest transaction when a concurrent upload stored the same content first."""
 
@@ -88,11 +99,12 @@ class Ingest:
             return self._encode_stored(prof, clip, progress)  # stored under another backbone profile only
         predictions = self.predictions.score(prof, stored, clip.id)
         self.predictions.record(clip.id, predictions)
+        senses = self.ctx.repo.get_senses(clip.id, self.ctx.backbone)
         outputs = None
         if explain:
             outputs = self._compute(prof, self.ctx.stored_media(clip), None, progress)[3]
             self.predictions.apply_to_outputs(outputs, predictions, prof)
-        return ClipResult(clip_info(clip), False, predictions, outputs)
+        return ClipResult(clip_info(clip), False, predictions, outputs, _known(senses, predictions))
 
     def _compute(self, prof: Profile, path: Path, sha: str | None, progress: Progress | None = None):
         """Decode + backbones once, every model once: (arrays to store, kind, duration, Prediction)."""
@@ -112,8 +124,9 @@ class Ingest:
             arrays[cachearrays.logits_name(model)] = _align(base[0], out.labels, prof.label_set)
         return arrays, feats.kind, feats.duration, result
 
-    def _reusable(self, prof: Profile, sha: str) -> tuple[dict[str, np.ndarray], str, float | None] | None:
-        """Stored arrays of the same content in another profile with the same label set: no re-encoding."""
+    def _reusable(self, prof: Profile, sha: str) -> tuple[dict[str, np.ndarray], Senses, str, float | None] | None:
+        """Stored arrays and per-sense decisions of the same content in another profile with the same label
+        set: no re-encoding."""
         repo = self.ctx.repo
         for other in repo.clips_by_sha(sha):
             if other.profile_id == prof.id:
@@ -122,12 +135,15 @@ class Ingest:
             stored = repo.get_features(other.id, self.ctx.backbone)
             logits = [a for n, a in stored.items() if cachearrays.split_name(n)[1] == cachearrays.LOGITS]
             if logits and all(a.size == len(prof.label_set) for a in logits) and other_labels[: len(prof.label_set)] == list(prof.label_set):
-                return stored, other.kind, other.duration
+                return stored, repo.get_senses(other.id, self.ctx.backbone), other.kind, other.duration
         return None
 
-    def _store(self, repo: CaregiverRepository, clip_id: int, arrays: dict[str, np.ndarray], predictions: dict) -> None:
-        """A clip's features under this backbone profile and its answers, in the caller's transaction."""
+    def _store(self, repo: CaregiverRepository, clip_id: int, arrays: dict[str, np.ndarray], senses: Senses,
+               predictions: dict) -> None:
+        """A clip's features and per-sense decisions under this backbone profile and its answers, in the
+        caller's transaction."""
         repo.put_features(clip_id, self.ctx.backbone, arrays)
+        repo.put_senses(clip_id, self.ctx.backbone, senses)
         for model, p in answers(predictions):
             repo.add_prediction(clip_id, model, p.probs, self.predictions.version(p))
 
@@ -137,8 +153,9 @@ class Ingest:
         outputs = None
         if reused is None:
             arrays, kind, duration, outputs = self._compute(prof, path, sha, progress)  # bad media fails here: nothing written
+            senses = outputs.sense_decisions()
         else:
-            arrays, kind, duration = reused
+            arrays, senses, kind, duration = reused
         predictions = self.predictions.score(prof, arrays)
         if outputs is not None:
             self.predictions.apply_to_outputs(outputs, predictions, prof)
@@ -163,7 +180,7 @@ class Ingest:
                 clip, new = repo.add_clip(prof.id, sha, relative, kind, source, name, duration)
                 if not new:
                     raise _AlreadyStored(clip)
-                self._store(repo, clip.id, arrays, predictions)
+                self._store(repo, clip.id, arrays, senses, predictions)
                 info = clip_info(clip)
                 os.replace(tmp, final)  # last step before the commit
                 placed = True
@@ -177,13 +194,14 @@ class Ingest:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        return ClipResult(info, True, predictions, outputs)
+        return ClipResult(info, True, predictions, outputs, _known(senses, predictions))  # reused from an old clip: None
 
     def _encode_stored(self, prof: Profile, clip: Clip, progress: Progress | None = None) -> ClipResult:
         """Features for this backbone profile from the clip's stored media (first use of a profile)."""
         arrays, _, _, outputs = self._compute(prof, self.ctx.stored_media(clip), None, progress)
+        senses = outputs.sense_decisions()
         predictions = self.predictions.score(prof, arrays, clip.id)
         self.predictions.apply_to_outputs(outputs, predictions, prof)
         with self.ctx.sessions() as session, session.begin():
-            self._store(CaregiverRepository(session), clip.id, arrays, predictions)
-        return ClipResult(clip_info(clip), False, predictions, outputs)
+            self._store(CaregiverRepository(session), clip.id, arrays, senses, predictions)
+        return ClipResult(clip_info(clip), False, predictions, outputs, senses)

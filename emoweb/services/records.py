@@ -65,18 +65,23 @@ class ModelPrediction(_Record):
 @dataclass(frozen=True)
 class ClipResult(_Record):
     """A clip and every model's answer. `outputs` (full ModelOutputs: attention, similarities) is
-    set only when the media was decoded in this call; otherwise answers come from stored features."""
+    set only when the media was decoded in this call; otherwise answers come from stored features.
+    `senses`: each deciding model's own decision per sense the clip has, {model: {sense: {label: p}}}, as
+    ingest stored it (what the headline's face-against-voice rule reads); None: not known, the clip was
+    stored before they were kept."""
 
     clip: ClipInfo
     new: bool
     predictions: dict[str, ModelPrediction]
     outputs: Prediction | None = None
+    senses: dict[str, dict[str, dict[str, float]]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "clip": self.clip.to_dict(),
             "new": self.new,
             "predictions": {m: p.to_dict() for m, p in self.predictions.items()},
+            "senses": self.senses,
         }
 
 

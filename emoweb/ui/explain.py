@@ -9,7 +9,8 @@ import numpy as np
 
 from emoweb.errors import EmoWebError
 from emoweb.services import reanalyse
-from emoweb.services.headline import Headline, headline
+from emoweb.services.headline import Headline, of_prediction
+from emoweb.services.records import ClipResult
 from emoweb.ui import common as C
 from emoweb.ui import figures as F
 
@@ -59,21 +60,22 @@ def headline_markdown(head: Headline, labels: list[str]) -> str:
             f"{C.esc(head.reason)} (average probability {100 * head.mean_prob:.0f}%; how this is formed: below)")
 
 
-def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: Any, clip: Any, new: bool | None,
+def explain(ctx: C.AppContext, prediction: Any, result: ClipResult | None, profile: Any,
             typed: bool = False, folder: Path | None = None) -> tuple:
     """The Predict tab's outputs from a Prediction (features + model outputs) and, when the clip was
-    stored in a profile, the service's answers (with the profile's cache). `typed`: the words were typed.
+    stored in `profile`, the service's result (answers with the profile's cache, worded as the Label tab
+    words them: `CaregiverService.headline`). `typed`: the words were typed.
     `folder`: the stored clip's shown folder (`AppContext.shown_folder`), where its face, frames and crops
     are written, so deleting the clip deletes them; None: a clip not stored."""
     feats, outputs = prediction.features, prediction.outputs
+    answers, clip, new = (result.predictions, result.clip, result.new) if result is not None else (None, None, None)
     models = list(outputs)
     probs = {m: dict(answers[m].probs) if answers and m in answers else _row(out.probs, out.labels) for m, out in outputs.items()}
     decided = {m: prediction.model_decided(m) and (answers[m].decided if answers and m in answers else True) for m in models}
     labels = C.ordered_labels([lab for p in probs.values() for lab in p])
 
     # the one answer, then who, what was heard, whether the profile's examples were used, where it is stored
-    head = headline({m: probs[m] for m in models if decided[m]}, untrained=feats.untrained_weights,
-                    confident_at=ctx.predictor.confident_at(models), senses=prediction.sense_decisions())
+    head = ctx.service.headline(result) if result is not None else of_prediction(prediction, ctx.predictor.confident_at(models))
     lines = [headline_markdown(head, labels)]
     face = _face_thumbnail(feats)
     other = feats.person != 1

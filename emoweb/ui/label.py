@@ -9,7 +9,6 @@ from emoweb.errors import EmoWebError, NotFoundError, UnknownLabelError
 from emoweb.safetext import decode
 from emoweb.services.cachebuild import tuning_defaults as cachebuild_rules
 from emoweb.services import lessons
-from emoweb.services.headline import headline
 from emoweb.ui import common as C
 from emoweb.ui import figures as F
 
@@ -199,7 +198,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                  + (f", {clip.duration:.1f} s" if clip.duration else "")
                  + f" · label now: **{C.esc(current) if current else 'not labelled yet'}**"]
         decided = {m: p.probs for m, p in result.predictions.items() if p.decided}
-        head = headline(decided, confident_at=ctx.predictor.confident_at(list(decided)))
+        head = ctx.service.headline(result)
         if head.label is not None:
             emoji = C.LABEL_EMOJI.get(head.label, "🏷️")
             lines.append(f"The models think: {emoji} **{C.esc(head.label)}**, {C.esc(head.confidence)}: {C.esc(head.reason)}")

@@ -140,7 +140,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         report = stage_progress(progress, names)
         if profile is None:
             prediction = predictor.predict(path, "all", progress=report)
-            return remembered(prediction, explain(ctx, prediction, None, None, None, None), None)
+            return remembered(prediction, explain(ctx, prediction, None, None), None)
         service = ctx.service
         kwargs = {"source": "upload", "original_name": path.name}
         if accepts(service.ingest, "progress"):
@@ -153,7 +153,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
             prediction = predictor.predict(path, "all", progress=report)
         progress(1.0, desc="done")
         clip = result.clip
-        shown = explain(ctx, prediction, result.predictions, profile, clip, result.new, folder=ctx.shown_folder(profile, clip.id))
+        shown = explain(ctx, prediction, result, profile, folder=ctx.shown_folder(profile, clip.id))
         return remembered(prediction, shown, (profile.id, clip.id))
 
     def remembered(prediction: Any, shown: tuple, stored: tuple[int, int] | None) -> tuple:
@@ -182,7 +182,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
             return (*last["shown"], person_choices(analysed.current), {**last, "analysed": analysed})
         first = analysed.current is analysed.first
         stored = None if first else last.get("stored")
-        shown = explain(ctx, prediction, None, None, None, None, typed=analysed.typed, folder=stored_folder(stored))
+        shown = explain(ctx, prediction, None, None, typed=analysed.typed, folder=stored_folder(stored))
         return (*shown, person_choices(prediction.features),
                 {"analysed": analysed, "shown": shown if first else last["shown"], "stored": stored})
 
