@@ -55,6 +55,7 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
                                         scale=3, min_width=200)
                 create_btn = gr.Button("Create profile", elem_id="create-profile", scale=1, min_width=120)
         profile_status = gr.Markdown("", elem_id="profile-status")
+        profile_error = C.error_box("profile-error")
         with gr.Accordion("Delete everything of mine", open=False, visible=settings.public, elem_id="delete-mine-box"):
             with gr.Row():
                 confirm_mine = gr.Checkbox(label="yes, delete all my profiles, clips, labels and caches now", value=False,
@@ -105,11 +106,12 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
                               api_visibility="undocumented").then(
                 lab["show_clip"], [profile_dd, lab["clip_dd"]], lab["clip_outputs"], api_visibility="undocumented")
 
-        refresh_btn.click(profiles, [profile_dd], profile_dd, api_name="profiles")
-        create_btn.click(create_profile, [new_name, new_labels], [profile_dd, new_name, new_labels, profile_status, new_box],
-                         api_name="create_profile")
-        delete_mine_btn.click(delete_my_data, [confirm_mine], [profile_dd, confirm_mine, profile_status],
-                              api_name="delete_my_data")
+        C.report_errors(refresh_btn.click(profiles, [profile_dd], profile_dd, api_name="profiles"), profile_error)
+        C.report_errors(create_btn.click(create_profile, [new_name, new_labels], [profile_dd, new_name, new_labels, profile_status,
+                                                                                  new_box], api_name="create_profile"), profile_error)
+        # the confirmation box never carries an error badge (it would lie over the box: see the Label tab's deletes)
+        C.report_errors(delete_mine_btn.click(delete_my_data, [confirm_mine], [profile_dd, confirm_mine, profile_status],
+                                              api_name="delete_my_data", show_progress_on=[profile_status]), profile_error)
         changed = profile_dd.change(m["fn"], [profile_dd], m["outputs"], api_visibility="undocumented")
         queue_after(changed)
         queue_after(p["event"], p["clip_out"])
