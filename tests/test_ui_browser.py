@@ -373,7 +373,7 @@ def test_a_failed_action_says_why_in_its_tab_and_leaves_the_checkbox_clickable(p
 
     start(page, ui_app.url)
     open_tab(page, "Label")
-    page.locator("#label-tab").get_by_role("button", name="Delete", exact=True).click()
+    open_fold(page, "fold-delete")
     page.locator("#delete-clip").click()
     expect(page.locator(".toast-body.error")).to_contain_text("choose or create a profile first", timeout=60_000)
     expect(page.locator("#label-error")).to_contain_text("choose or create a profile first", timeout=60_000)
