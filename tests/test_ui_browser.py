@@ -29,7 +29,8 @@ XSS_NOTE = '<img src=x onerror="window.__emowebXss=1"><b>bold?</b>'
 XSS_PROFILE = 'browser-family <i>x</i><img src=x onerror="window.__emowebXss=2">'  # a name is shown in many places
 DESKTOP = {"viewport": {"width": 1400, "height": 1000}}
 PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 1, "is_mobile": True, "has_touch": True}
-MODELS = ("emoasst", "merclip", "sem_mbt", "foalnet")
+MODELS = ("EmoAsst", "MER-CLIP", "MER-SEM-MBT", "Foal-Net")  # as people read them
+CODE_WORDS = re.compile(r"\b(emoasst|merclip|sem_mbt|foalnet)\b|cosine|_to_", re.I)  # never shown outside the raw JSON
 CONFIDENCE = re.compile(r"fairly sure|probably|not sure")
 DEVELOPER_WORDS = re.compile(r"composite|share=True|public link", re.I)
 EXPERT_WORDS = re.compile(r"margin|disputed|alpha|beta|snapshot", re.I)
@@ -174,6 +175,11 @@ def test_browser_predict_label_rebuild(page, ui_app: RunningApp, composite_clip:
     open_fold(page, "fold-attention")
     expect(page.locator("#attention-chart .js-plotly-plot")).to_be_visible(timeout=60_000)
     expect(page.locator("#attention-chart")).to_contain_text(re.compile(r"weighed all \d+ \w|focused on"))
+    expect(page.locator("#attention-chart")).to_contain_text("EmoAsst: Which moments of the video this model looked at most")
+    open_fold(page, "fold-similar")
+    expect(page.locator("#similarity-chart .js-plotly-plot")).to_be_visible(timeout=60_000)
+    for shown in ("#predict-models", "#predict-info", "#attention-chart", "#similarity-chart"):
+        assert not CODE_WORDS.search(page.locator(shown).text_content()), page.locator(shown).text_content()
     open_fold(page, "fold-probs")
     expect(page.locator("#prob-chart .js-plotly-plot")).to_be_visible(timeout=60_000)
     open_fold(page, "fold-frames")
@@ -220,11 +226,13 @@ def test_browser_predict_label_rebuild(page, ui_app: RunningApp, composite_clip:
     expect(page.locator("#confusion-chart .js-plotly-plot")).to_be_visible()
     shot(page, shots, "compare")
 
-    # Models: weights, cards, the profile's label set and cache snapshots
+    # Models: weights, cards, the profile's label set and the snapshots the rebuild just made, shown on
+    # opening the tab (no Refresh, no reload)
     open_tab(page, "Models")
-    page.locator("#models-refresh").click()
-    expect(page.locator("#models-table")).to_contain_text("emoasst", timeout=60_000)
-    expect(page.locator("#cache-table")).to_contain_text("emoasst", timeout=60_000)
+    expect(page.locator("#models-table")).to_contain_text("EmoAsst", timeout=60_000)
+    expect(page.locator("#cache-table")).to_contain_text("EmoAsst", timeout=60_000)
+    for shown in ("#models-info", "#models-table", "#cache-table"):
+        assert not CODE_WORDS.search(page.locator(shown).inner_text()), page.locator(shown).inner_text()
     shot(page, shots, "models")
 
     assert page.evaluate("window.__emowebXss") is None
