@@ -14,6 +14,9 @@ from emoweb.ui import common as C
 from emoweb.ui import figures as F
 
 
+SENSE_WORDS = {"visual": "face", "audio": "voice", "text": "words", "fused": "all together"}  # the modality chart's bars
+
+
 def _first_item(values: Any) -> Any:
     return values[0] if isinstance(values, (list, tuple)) and values and isinstance(values[0], (list, tuple)) else values
 
@@ -141,8 +144,8 @@ def explain(ctx: C.AppContext, prediction: Any, answers: dict | None, profile: A
     # per-modality decisions
     decisions = {}
     for m, out in outputs.items():
-        d = {mod: _row(p, out.labels) for mod, p in out.modality_probs.items()}
-        d["fused"] = probs[m]
+        d = {SENSE_WORDS.get(mod, mod): _row(p, out.labels) for mod, p in out.modality_probs.items()}
+        d[SENSE_WORDS["fused"]] = probs[m]
         decisions[m] = d
 
     # similarities: to label texts and to the nearest labelled clips of the profile

@@ -68,7 +68,7 @@ def modality_figure(decisions: dict[str, dict[str, dict[str, float]]]) -> go.Fig
                 marker_color=label_colour(lab, labels), legendgroup=lab, showlegend=col == 1,
                 hovertemplate="%{x} · " + ptext(lab) + ": %{y:.3f}<extra></extra>", row=1, col=col,
             )
-    fig.update_layout(title="Decision of each modality alone (and fused)", barmode="stack", height=360,
+    fig.update_layout(title="What the face, the voice and the words each said alone (and all together)", barmode="stack", height=360,
                       legend_title_text="label", **_LAYOUT)
     fig.update_yaxes(range=[0, 1], title_text="probability", row=1, col=1)
     return fig
