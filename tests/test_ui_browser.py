@@ -30,7 +30,7 @@ XSS_PROFILE = 'browser-family <i>x</i><img src=x onerror="window.__emowebXss=2">
 DESKTOP = {"viewport": {"width": 1400, "height": 1000}}
 PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 1, "is_mobile": True, "has_touch": True}
 MODELS = ("EmoAsst", "MER-CLIP", "MER-SEM-MBT", "Foal-Net")  # as people read them
-CODE_WORDS = re.compile(r"\b(emoasst|merclip|sem_mbt|foalnet)\b|cosine|_to_", re.I)  # never shown outside the raw JSON
+CODE_WORDS = re.compile(r"\b(emoasst|merclip|sem_mbt|foalnet)\b|(?i:cosine)|_to_")  # never shown outside the raw JSON
 CONFIDENCE = re.compile(r"fairly sure|probably|not sure")
 DEVELOPER_WORDS = re.compile(r"composite|share=True|public link", re.I)
 EXPERT_WORDS = re.compile(r"margin|disputed|alpha|beta|snapshot", re.I)
@@ -380,13 +380,15 @@ def test_a_failed_action_says_why_in_its_tab_and_leaves_the_checkbox_clickable(p
     from playwright.sync_api import expect
 
     start(page, ui_app.url)
+    new_profile(page, "error-family")
     open_tab(page, "Label")
     open_fold(page, "fold-delete")
-    page.locator("#delete-clip").click()
-    expect(page.locator(".toast-body.error")).to_contain_text("choose or create a profile first", timeout=60_000)
-    expect(page.locator("#label-error")).to_contain_text("choose or create a profile first", timeout=60_000)
+    page.locator("#delete-clip").click()  # the box is not ticked: refused
+    refused = "tick the box to confirm deleting the clip"
+    expect(page.locator(".toast-body.error")).to_contain_text(refused, timeout=60_000)
+    expect(page.locator("#label-error")).to_contain_text(refused, timeout=60_000)
     page.wait_for_timeout(12_000)  # the toast closes by itself; the line in the tab stays
-    expect(page.locator("#label-error")).to_contain_text("choose or create a profile first")
+    expect(page.locator("#label-error")).to_contain_text(refused)
     box = page.get_by_label("yes, delete this clip (media, features, labels, cache entries)")
     box.click(timeout=10_000)  # fails when something (an error badge) lies over the box
     expect(box).to_be_checked()
