@@ -392,3 +392,10 @@ def test_a_failed_action_says_why_in_its_tab_and_leaves_the_checkbox_clickable(p
     box = page.get_by_label("yes, delete this clip (media, features, labels, cache entries)")
     box.click(timeout=10_000)  # fails when something (an error badge) lies over the box
     expect(box).to_be_checked()
+
+    # the same for the profile bar: a profile without a name is refused; its boxes and the profile choice stay usable
+    open_fold(page, "new-profile-box")
+    page.locator("#create-profile").click()
+    expect(page.locator("#profile-error")).to_contain_text("type a name for the new profile", timeout=60_000)
+    page.locator("#new-profile textarea, #new-profile input").first.click(timeout=10_000)
+    page.locator("#profile input").first.click(timeout=10_000)

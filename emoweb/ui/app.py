@@ -103,13 +103,16 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
 
         def queue_after(event, current=None):
             return event.then(lab["load_queue"], [profile_dd, current or lab["clip_dd"]], lab["queue_outputs"],
-                              api_visibility="undocumented").then(
+                              api_visibility="undocumented", **lab["queue_shown"]).then(
                 lab["show_clip"], [profile_dd, lab["clip_dd"]], lab["clip_outputs"], api_visibility="undocumented")
 
-        C.report_errors(refresh_btn.click(profiles, [profile_dd], profile_dd, api_name="profiles"), profile_error)
+        # the profile choice, the name boxes and the confirmation box never carry an action's progress or error
+        # badge (it would lie over them: see the Label tab's wiring); the status line under them does
+        C.report_errors(refresh_btn.click(profiles, [profile_dd], profile_dd, api_name="profiles",
+                                          show_progress_on=[profile_status]), profile_error)
         C.report_errors(create_btn.click(create_profile, [new_name, new_labels], [profile_dd, new_name, new_labels, profile_status,
-                                                                                  new_box], api_name="create_profile"), profile_error)
-        # the confirmation box never carries an error badge (it would lie over the box: see the Label tab's deletes)
+                                                                                  new_box], api_name="create_profile",
+                                         show_progress_on=[profile_status]), profile_error)
         C.report_errors(delete_mine_btn.click(delete_my_data, [confirm_mine], [profile_dd, confirm_mine, profile_status],
                                               api_name="delete_my_data", show_progress_on=[profile_status]), profile_error)
         changed = profile_dd.change(m["fn"], [profile_dd], m["outputs"], api_visibility="undocumented")

@@ -386,14 +386,18 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     # -- wiring ---------------------------------------------------------------------------------
 
     queue_outputs = [queue, clip_dd, label_dd, snapshot_md, *buttons]
+    # what people pick or type (the clip, the label buttons, the note, the confirmation boxes) is an output
+    # of some actions but never carries their progress or error badge: a badge lies over what is under it
+    queue_shown = {"show_progress_on": [queue, snapshot_md]}
     clip_outputs = [player, player_audio, player_image, answers_md, answers_plot, history]
 
     def reload(event):
         """After an action: the queue, then the clip's view."""
-        return event.then(load_queue, [profile_dd, clip_dd], queue_outputs, api_visibility="undocumented").then(
+        return event.then(load_queue, [profile_dd, clip_dd], queue_outputs, api_visibility="undocumented", **queue_shown).then(
             show_current, [profile_dd, clip_dd], clip_outputs, api_visibility="undocumented")
 
-    refresh_event = C.report_errors(refresh.click(load_queue, [profile_dd, clip_dd], queue_outputs, api_name="queue"), error)
+    refresh_event = C.report_errors(refresh.click(load_queue, [profile_dd, clip_dd], queue_outputs, api_name="queue", **queue_shown),
+                                    error)
     # Picking a clip shows it; a pick left over from the profile shown before (another event chain moved
     # on) shows "Pick a clip." The /show_clip endpoint refuses a clip outside the profile (one line). The
     # last action's line ("Clip #3 labelled joy") is about the clip shown before: it goes.
@@ -401,7 +405,8 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     clip_dd.change(lambda: "", None, status, api_visibility="private", queue=False)
     show_api.click(show_clip, [profile_dd, clip_dd], clip_outputs, api_name="show_clip")
     # Opening the tab shows what changed since it was last open (clips analysed, labels, rebuilds elsewhere)
-    C.report_errors(tab.select(load_queue, [profile_dd, clip_dd], queue_outputs, api_visibility="undocumented"), error).then(
+    C.report_errors(tab.select(load_queue, [profile_dd, clip_dd], queue_outputs, api_visibility="undocumented", **queue_shown),
+                    error).then(
         show_current, [profile_dd, clip_dd], clip_outputs, api_visibility="undocumented")
 
     def pick_row(evt: gr.SelectData, rows):
@@ -417,21 +422,20 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         """An action of this tab: its error stays in the tab's error line; after it, the queue and the clip's view."""
         return reload(C.report_errors(event, error))
 
-    acted(apply_btn.click(label, [profile_dd, clip_dd, label_dd, note, allow_new], [status, note], api_name="label"))
+    acted(apply_btn.click(label, [profile_dd, clip_dd, label_dd, note, allow_new], [status, note], api_name="label",
+                          show_progress_on=[status]))
     for i, btn in enumerate(buttons):
         acted(btn.click(make_button_handler(i), [profile_dd, clip_dd, note], [status, note], api_name=f"label_key_{i + 1}",
-                        api_visibility="undocumented"))
+                        api_visibility="undocumented", show_progress_on=[status]))
     acted(undo_btn.click(undo, [profile_dd, clip_dd], status, api_name="undo"))
     acted(rebuild_btn.click(rebuild, [profile_dd], [rebuild_md, rebuild_plot, snapshot_md], api_name="rebuild_cache", **heavy))
     C.report_errors(lesson_btn.click(make_lesson, [profile_dd, clip_dd, lesson_kind, lesson_slow], [lesson_md, lesson_files],
                                      api_name="lesson", **heavy), error)
     C.report_errors(export_btn.click(export_labels, [profile_dd, fmt], export_file, api_name="export_labels"), error)
     acted(import_btn.click(import_labels, [profile_dd, import_file, import_new], import_md, api_name="import_labels"))
-    # the confirmation boxes are outputs (unticked after a delete) but never carry the progress or an error
-    # badge: a badge lying over a box would stop it being ticked after a refused delete
     acted(delete_clip_btn.click(delete_clip, [profile_dd, clip_dd, confirm_clip], [delete_md, confirm_clip], api_name="delete_clip",
                                 show_progress_on=[delete_md]))
     C.report_errors(delete_profile_btn.click(delete_profile, [profile_dd, confirm_profile], [delete_md, confirm_profile, profile_dd],
                                              api_name="delete_profile", show_progress_on=[delete_md]), error)
-    return {"load_queue": load_queue, "queue_inputs": [profile_dd, clip_dd], "queue_outputs": queue_outputs,
+    return {"load_queue": load_queue, "queue_inputs": [profile_dd, clip_dd], "queue_outputs": queue_outputs, "queue_shown": queue_shown,
             "show_clip": show_current, "clip_outputs": clip_outputs, "clip_dd": clip_dd, "refresh_event": refresh_event}

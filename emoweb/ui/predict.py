@@ -218,8 +218,12 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         (no media, too large), the old answer must not stay on screen beside the error, read as its."""
         return [gr.update(value=None, visible=False) if o is warnings_md else gr.update(value=None) for o in outputs]
 
+    # the progress (and an error's badge) on the answers, never over what the person chooses or types next
+    shown = {"show_progress_on": [o for o in outputs if o is not person]}
     event = C.report_errors(run.click(cleared, None, outputs, api_visibility="undocumented", queue=False).then(
-        predict, [video, audio, image, profile_dd], outputs + [words, analysed], api_name="predict", **heavy), error)
-    C.report_errors(person.input(predict_person, [person, analysed], outputs + [analysed], api_name="predict_person", **heavy), error)
-    C.report_errors(words_run.click(predict_words, [words, analysed], outputs + [analysed], api_name="predict_words", **heavy), error)
+        predict, [video, audio, image, profile_dd], outputs + [words, analysed], api_name="predict", **heavy, **shown), error)
+    C.report_errors(person.input(predict_person, [person, analysed], outputs + [analysed], api_name="predict_person", **heavy,
+                                 **shown), error)
+    C.report_errors(words_run.click(predict_words, [words, analysed], outputs + [analysed], api_name="predict_words", **heavy,
+                                    **shown), error)
     return {"event": event, "clip_out": clip_out, "run": run}
