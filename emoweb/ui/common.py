@@ -167,11 +167,13 @@ def error_box(elem_id: str) -> gr.Markdown:
     return gr.Markdown("", elem_id=elem_id, elem_classes="emoweb-error")
 
 
-def report_errors(event: Any, line: gr.Markdown) -> Any:
+def report_errors(event: Any, line: gr.Markdown, clears: bool = True) -> Any:
     """`event`'s one-line error also in `line` (its tab's error line), where it stays after the toast has
-    closed; the next success of the event clears it. Returns `event`."""
+    closed; the event's next success clears it, unless `clears` is False (a view refreshed on its own, say
+    on opening a tab: finishing after a failed action, it must not wipe that action's line). Returns `event`."""
     event.failure(error_line, None, line, api_visibility="private", queue=False)
-    event.success(lambda: "", None, line, api_visibility="private", queue=False)
+    if clears:
+        event.success(lambda: "", None, line, api_visibility="private", queue=False)
     return event
 
 

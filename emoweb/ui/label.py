@@ -401,12 +401,13 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     # Picking a clip shows it; a pick left over from the profile shown before (another event chain moved
     # on) shows "Pick a clip." The /show_clip endpoint refuses a clip outside the profile (one line). The
     # last action's line ("Clip #3 labelled joy") is about the clip shown before: it goes.
-    C.report_errors(clip_dd.change(show_current, [profile_dd, clip_dd], clip_outputs, api_visibility="undocumented"), error)
+    C.report_errors(clip_dd.change(show_current, [profile_dd, clip_dd], clip_outputs, api_visibility="undocumented"), error,
+                    clears=False)
     clip_dd.change(lambda: "", None, status, api_visibility="private", queue=False)
     show_api.click(show_clip, [profile_dd, clip_dd], clip_outputs, api_name="show_clip")
     # Opening the tab shows what changed since it was last open (clips analysed, labels, rebuilds elsewhere)
     C.report_errors(tab.select(load_queue, [profile_dd, clip_dd], queue_outputs, api_visibility="undocumented", **queue_shown),
-                    error).then(
+                    error, clears=False).then(
         show_current, [profile_dd, clip_dd], clip_outputs, api_visibility="undocumented")
 
     def pick_row(evt: gr.SelectData, rows):
