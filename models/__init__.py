@@ -10,3 +10,5 @@ MODELS: dict[str, str] = {
     "sem_mbt": "models.sem_mbt:MERSEMMBT:MERSEMMBTConfig",
     "foalnet": "models.foalnet:FoalNet:FoalNetConfig",
 }
+# name -> the name people read (the papers' spelling): shown wherever a model is named to a person
+DISPLAY_NAMES: dict[str, str] = {"emoasst": "EmoAsst", "merclip": "MER-CLIP", "sem_mbt": "MER-SEM-MBT", "foalnet": "Foal-Net"}

@@ -464,7 +464,7 @@ def test_a_careful_cache_never_overturns_a_confident_answer(service: CaregiverSe
     ids = add_synthetic(service, "careful", 2, labels, seed=13, noise=0.0)  # keys exactly at the two clusters
     built = service.rebuild_cache("careful")["emoasst"]
     assert built.tuning == "careful" and built.active and built.alpha == pytest.approx(math.log(0.6 / 0.4))
-    assert built.outcome.startswith("careful mode: too few labelled clips to measure (needs 2 of every label)")
+    assert built.outcome.startswith("careful mode: too few labelled clips to measure (needs 2 of every label used, and two labels)")
     prof = service.ctx.profile("careful")
     keys = service.repo.get_features(ids[0], "embedded")  # a query identical to the "calm" clip
     for p_upset in (0.61, 0.75, 0.99):  # the model says "upset" with p >= 0.6: the cache must not overturn it
@@ -474,6 +474,32 @@ def test_a_careful_cache_never_overturns_a_confident_answer(service: CaregiverSe
     stored = {**keys, "emoasst.logits": np.log(np.asarray([0.45, 0.55], np.float32))}  # unsure: the cache may decide
     assert service._predictions.score(prof, stored)["emoasst"].label == "calm"
     service.delete_profile("careful")
+
+
+def test_the_label_tab_shows_accuracy_only_where_a_rebuild_could_judge_it(service: CaregiverService, no_decoding) -> None:
+    """Too few labelled clips (one per label): the rebuild's text and its chart both say so, and show no
+    accuracy (the leave-one-out numbers of such a rebuild mean nothing: they read "50.0% → 50.0%"
+    beside a chart saying 2 clips per label were needed). Enough clips: the numbers and the bars."""
+    from emoweb.services.cachebuild import too_few_to_judge
+    from emoweb.ui.label import rebuild_view
+
+    labels = ["calm", "upset"]
+    service.create_profile("judging", labels)
+    add_synthetic(service, "judging", 2, labels, seed=5)
+    few = service.rebuild_cache("judging")
+    assert not few["emoasst"].judged and few["emoasst"].before is not None  # measured, but on too few clips
+    text, fig = rebuild_view("judging", few, 0, 1)
+    row = next(line for line in text.splitlines() if line.startswith("| EmoAsst | 2 |"))
+    assert too_few_to_judge() in row and "%" not in row, row
+    assert not fig.data and too_few_to_judge() in fig.layout.annotations[0].text
+    assert "emoasst" not in text  # the display name, never the code name
+    add_synthetic(service, "judging", 6, labels, seed=6)
+    enough = service.rebuild_cache("judging")["emoasst"]
+    assert enough.judged
+    text, fig = rebuild_view("judging", {"emoasst": enough}, 1, 2)
+    assert f"{100 * enough.before:.1f}% → {100 * enough.after:.1f}%" in text and too_few_to_judge() not in text
+    assert [bar.x for bar in fig.data] == [("EmoAsst",), ("EmoAsst",)]
+    service.delete_profile("judging")
 
 
 def test_a_labelled_clips_answer_with_the_cache_never_comes_from_its_own_entry(service: CaregiverService, no_decoding) -> None:

@@ -29,7 +29,8 @@ XSS_NOTE = '<img src=x onerror="window.__emowebXss=1"><b>bold?</b>'
 XSS_PROFILE = 'browser-family <i>x</i><img src=x onerror="window.__emowebXss=2">'  # a name is shown in many places
 DESKTOP = {"viewport": {"width": 1400, "height": 1000}}
 PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 1, "is_mobile": True, "has_touch": True}
-MODELS = ("emoasst", "merclip", "sem_mbt", "foalnet")
+MODELS = ("EmoAsst", "MER-CLIP", "MER-SEM-MBT", "Foal-Net")  # as people read them
+CODE_WORDS = re.compile(r"\b(emoasst|merclip|sem_mbt|foalnet)\b|(?i:cosine)|_to_")  # never shown outside the raw JSON
 CONFIDENCE = re.compile(r"fairly sure|probably|not sure")
 DEVELOPER_WORDS = re.compile(r"composite|share=True|public link", re.I)
 EXPERT_WORDS = re.compile(r"margin|disputed|alpha|beta|snapshot", re.I)
@@ -174,6 +175,11 @@ def test_browser_predict_label_rebuild(page, ui_app: RunningApp, composite_clip:
     open_fold(page, "fold-attention")
     expect(page.locator("#attention-chart .js-plotly-plot")).to_be_visible(timeout=60_000)
     expect(page.locator("#attention-chart")).to_contain_text(re.compile(r"weighed all \d+ \w|focused on"))
+    expect(page.locator("#attention-chart")).to_contain_text("EmoAsst: Which moments of the video this model looked at most")
+    open_fold(page, "fold-similar")
+    expect(page.locator("#similarity-chart .js-plotly-plot")).to_be_visible(timeout=60_000)
+    for shown in ("#predict-models", "#predict-info", "#attention-chart", "#similarity-chart"):
+        assert not CODE_WORDS.search(page.locator(shown).text_content()), page.locator(shown).text_content()
     open_fold(page, "fold-probs")
     expect(page.locator("#prob-chart .js-plotly-plot")).to_be_visible(timeout=60_000)
     open_fold(page, "fold-frames")
@@ -220,11 +226,13 @@ def test_browser_predict_label_rebuild(page, ui_app: RunningApp, composite_clip:
     expect(page.locator("#confusion-chart .js-plotly-plot")).to_be_visible()
     shot(page, shots, "compare")
 
-    # Models: weights, cards, the profile's label set and cache snapshots
+    # Models: weights, cards, the profile's label set and the snapshots the rebuild just made, shown on
+    # opening the tab (no Refresh, no reload)
     open_tab(page, "Models")
-    page.locator("#models-refresh").click()
-    expect(page.locator("#models-table")).to_contain_text("emoasst", timeout=60_000)
-    expect(page.locator("#cache-table")).to_contain_text("emoasst", timeout=60_000)
+    expect(page.locator("#models-table")).to_contain_text("EmoAsst", timeout=60_000)
+    expect(page.locator("#cache-table")).to_contain_text("EmoAsst", timeout=60_000)
+    for shown in ("#models-info", "#models-table", "#cache-table"):
+        assert not CODE_WORDS.search(page.locator(shown).inner_text()), page.locator(shown).inner_text()
     shot(page, shots, "models")
 
     assert page.evaluate("window.__emowebXss") is None
@@ -321,3 +329,73 @@ def test_a_clip_that_cannot_be_analysed_leaves_no_old_answer(page, ui_app: Runni
     page.locator("#predict-run").click()
     expect(page.locator(".toast-body.error")).to_contain_text("not a media file or corrupt container: broken.mp4", timeout=60_000)
     assert "Heard:" not in page.locator("#predict-summary").inner_text()
+
+
+# Words of a table's header cells broken across lines: each word of a header must lie on one line (a
+# word split by the browser at a narrow width has more than one box).
+BROKEN_HEADER_WORDS_JS = """
+(selector) => {
+  const broken = [];
+  for (const th of document.querySelectorAll(selector + ' th')) {
+    if (th.offsetParent === null) continue;
+    const walker = document.createTreeWalker(th, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (const m of node.textContent.matchAll(/\\S+/g)) {
+        const range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + m[0].length);
+        const tops = new Set([...range.getClientRects()].filter((r) => r.width > 0).map((r) => Math.round(r.top)));
+        if (tops.size > 1) broken.push(m[0]);
+      }
+    }
+  }
+  return broken;
+}
+"""
+
+
+def test_phone_table_headers_keep_their_words_whole(phone, ui_app: RunningApp):
+    """At 390 px the tables' header words are never split inside a word (the table scrolls sideways instead)."""
+    from playwright.sync_api import expect
+
+    start(phone, ui_app.url)
+    open_tab(phone, "Models")
+    phone.locator("#models-refresh").click()
+    expect(phone.locator("#models-table")).to_contain_text(re.compile("emoasst", re.I), timeout=120_000)
+    open_tab(phone, "Label")
+    open_fold(phone, "fold-queue")
+    open_fold(phone, "fold-history")
+    expect(phone.locator("#queue th").first).to_be_visible()
+    for table in ("#queue", "#label-history"):
+        assert phone.evaluate(BROKEN_HEADER_WORDS_JS, table) == [], table
+    open_tab(phone, "Models")
+    for table in ("#models-table", "#cache-table"):
+        assert phone.evaluate(BROKEN_HEADER_WORDS_JS, table) == [], table
+    fits_width(phone)
+
+
+def test_a_failed_action_says_why_in_its_tab_and_leaves_the_checkbox_clickable(page, ui_app: RunningApp):
+    """A refused delete: its one line stays in the Label tab after the toast has gone, and no error badge
+    covers the confirmation box (it can still be ticked)."""
+    from playwright.sync_api import expect
+
+    start(page, ui_app.url)
+    new_profile(page, "error-family")
+    open_tab(page, "Label")
+    open_fold(page, "fold-delete")
+    page.locator("#delete-clip").click()  # the box is not ticked: refused
+    refused = "tick the box to confirm deleting the clip"
+    expect(page.locator(".toast-body.error")).to_contain_text(refused, timeout=60_000)
+    expect(page.locator("#label-error")).to_contain_text(refused, timeout=60_000)
+    page.wait_for_timeout(12_000)  # the toast closes by itself; the line in the tab stays
+    expect(page.locator("#label-error")).to_contain_text(refused)
+    box = page.get_by_label("yes, delete this clip (media, features, labels, cache entries)")
+    box.click(timeout=10_000)  # fails when something (an error badge) lies over the box
+    expect(box).to_be_checked()
+
+    # the same for the profile bar: a profile without a name is refused; its boxes and the profile choice stay usable
+    open_fold(page, "new-profile-box")
+    page.locator("#create-profile").click()
+    expect(page.locator("#profile-error")).to_contain_text("type a name for the new profile", timeout=60_000)
+    page.locator("#new-profile textarea, #new-profile input").first.click(timeout=10_000)
+    page.locator("#profile input").first.click(timeout=10_000)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from models import DISPLAY_NAMES
+
 from conftest import write_wav
 from emoweb.ui.common import esc
 from ui_helpers import PREDICT_TIMEOUT_S, RunningApp, job_result, shared_app
@@ -49,7 +51,7 @@ def test_api_predict_label_rebuild(ui_app: RunningApp, composite_clip: Path, tmp
     votes = Counter(tops.values())
     assert votes[head["label"]] == max(votes.values()) == head["agree"] and head["models"] == len(tops), (head, tops)
     assert head["label"] in summary and head["confidence"] in summary
-    assert [r[0] for r in table["data"]] == list(raw["models"]), table
+    assert [r[0] for r in table["data"]] == [DISPLAY_NAMES[m] for m in raw["models"]], table  # as people read them
     assert raw["stored"]["clip_id"] == int(clip_id)
     models = raw["models"]
     assert models, "no model answered"

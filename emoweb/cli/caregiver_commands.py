@@ -117,10 +117,6 @@ def _ingest(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-TUNING_WORDS = {"cv": "chosen on your labelled clips", "reused": "kept from the last rebuild",
-                "default": "defaults", "careful": "careful mode: too few clips to judge"}
-
-
 # -- label / undo / queue ---------------------------------------------------------------------
 
 
@@ -205,12 +201,12 @@ def _cache(args: argparse.Namespace) -> int:
     results = {m: r.to_dict() for m, r in service.rebuild_cache(args.profile, tune=True if args.retune else "auto").items()}
 
     def text(r: dict) -> str:
-        def pct(x):
-            return "-" if x is None else f"{100 * x:.1f}%"
+        from emoweb.services import cachebuild
 
         lines = [
-            f"{m}: {d['outcome']}\n  {d['n']} clip(s) {d['n_per_label']}; leave-one-out accuracy {pct(d['before'])} -> {pct(d['after'])}; "
-            f"settings alpha {d['alpha']:.3g}, beta {d['beta']:.3g} ({TUNING_WORDS.get(d['tuning'], d['tuning'])}); {d['seconds']:.3f} s; snapshot {d['snapshot_id']}"
+            f"{m}: {d['outcome']}\n  {d['n']} clip(s) {d['n_per_label']}; leave-one-out accuracy "
+            f"{cachebuild.accuracy_text(d['judged'], d['before'], d['after'], '->')}; settings alpha {d['alpha']:.3g}, "
+            f"beta {d['beta']:.3g} ({cachebuild.TUNING_WORDS.get(d['tuning'], d['tuning'])}); {d['seconds']:.3f} s; snapshot {d['snapshot_id']}"
             + (f"; {d['skipped']} labelled clip(s) without stored features" if d["skipped"] else "")
             for m, d in r.items()
         ]

@@ -71,6 +71,25 @@ ADAPTER_MARGIN_CLIPS = 0
 ADAPTER_MAX_CLIPS = 500  # above this, fitted and judged on a seeded, label-blind subset (0.06 s, not 1.4 s at 10,000)
 
 
+# how a cache's settings were set (`hyper["tuning"]`), in words (the Label and Models tabs, `cache rebuild`)
+TUNING_WORDS = {"cv": "chosen on your labelled clips", "reused": "kept from the last rebuild",
+                "default": "defaults", "careful": "careful mode: too few clips to judge"}
+
+
+def too_few_to_judge() -> str:
+    """Why a rebuild measured nothing, in words: the rule `build` judges by (JUDGE_MIN_PER_LABEL clips of
+    each label labelled, and at least two labels); the Label tab's table, chart and outcome all say it."""
+    return f"too few labelled clips to measure (needs {JUDGE_MIN_PER_LABEL} of every label used, and two labels)"
+
+
+def accuracy_text(judged: bool, before: float | None, after: float | None, arrow: str = "→") -> str:
+    """Leave-one-out accuracy on the labelled clips, model alone `arrow` with the cache ("50.0% → 75.0%"),
+    or, when the rebuild was not judged (its numbers then mean nothing), `too_few_to_judge`."""
+    if not judged or before is None or after is None:
+        return too_few_to_judge()
+    return f"{100 * before:.1f}% {arrow} {100 * after:.1f}%"
+
+
 def tuning_defaults() -> dict[str, Any]:
     """The rules a rebuild follows (shown in the Models tab): careful mode's confidence and alpha, the
     clips per label needed to judge a cache, the margin it must win by, the alpha grid it searches, and
@@ -238,8 +257,8 @@ def outcome(hyper: Mapping[str, Any], metrics: Mapping[str, Any], kept_previous:
     if not n:
         return "no cache: no labelled clip has what this model reads"
     if not hyper.get("judged"):
-        return (f"careful mode: too few labelled clips to measure (needs {JUDGE_MIN_PER_LABEL} of every label); "
-                f"it only changes answers the model is less than {100 * SAFE_CONFIDENCE:.0f}% sure of")
+        return (f"careful mode: {too_few_to_judge()}; it only changes answers the model is less than "
+                f"{100 * SAFE_CONFIDENCE:.0f}% sure of")
     change = f"{100 * before:.0f}% → {100 * after:.0f}% right on your {n} labelled clips"
     if hyper.get("active") and hyper.get("method") == "adapter":
         return (f"fitted adapter on: {100 * (after - before):+.0f} points ({change}, each judged by an adapter "

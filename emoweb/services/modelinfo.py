@@ -18,6 +18,13 @@ class ModelStatus:
     card: dict[str, Any] | None  # the loaded model's card (a copy); None when it is not loaded
 
 
+def display_name(name: str) -> str:
+    """The name a person reads for registry model `name` ("sem_mbt" -> "MER-SEM-MBT"); an unknown name as given."""
+    from models import DISPLAY_NAMES
+
+    return DISPLAY_NAMES.get(name, name)
+
+
 def model_statuses(predictor: Any) -> list[ModelStatus]:
     """Every model of the registry, in its order, for `predictor` (an `emoweb.pipeline.inference.Predictor`).
     Loads each available model once (what `predictor.model` does), to read its card."""

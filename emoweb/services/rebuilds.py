@@ -78,6 +78,7 @@ class Rebuilds:
                 alpha=b.cache.alpha, beta=b.cache.beta, tuning=b.hyper["tuning"], before=m["before"], after=m["after"],
                 skipped=m["skipped"], seconds=round(sum(timings.values()), 4), timings=timings, scored=m["scored"],
                 active=bool(b.hyper["active"]), outcome=cachebuild.outcome(b.hyper, m, b.keep_previous), method=b.hyper["method"],
+                judged=bool(b.hyper["judged"]),
             )
         self.ctx.pause("rebuild.commit")
         return results

@@ -126,6 +126,7 @@ class ModelRebuild(_Record):
     active: bool = True  # whether answers now use this cache (False: kept off, see `outcome`)
     outcome: str = ""  # what the rebuild did, in a caregiver's words (`cachebuild.outcome`)
     method: str = ""  # what answers use: "adapter" (fitted), "cache" (votes), "careful", "off"
+    judged: bool = False  # enough labelled clips to measure `before`/`after` (`cachebuild.too_few_to_judge`); False: they mean nothing
 
 
 @dataclass(frozen=True)

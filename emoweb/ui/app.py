@@ -55,6 +55,7 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
                                         scale=3, min_width=200)
                 create_btn = gr.Button("Create profile", elem_id="create-profile", scale=1, min_width=120)
         profile_status = gr.Markdown("", elem_id="profile-status")
+        profile_error = C.error_box("profile-error")
         with gr.Accordion("Delete everything of mine", open=False, visible=settings.public, elem_id="delete-mine-box"):
             with gr.Row():
                 confirm_mine = gr.Checkbox(label="yes, delete all my profiles, clips, labels and caches now", value=False,
@@ -102,14 +103,18 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
 
         def queue_after(event, current=None):
             return event.then(lab["load_queue"], [profile_dd, current or lab["clip_dd"]], lab["queue_outputs"],
-                              api_visibility="undocumented").then(
+                              api_visibility="undocumented", **lab["queue_shown"]).then(
                 lab["show_clip"], [profile_dd, lab["clip_dd"]], lab["clip_outputs"], api_visibility="undocumented")
 
-        refresh_btn.click(profiles, [profile_dd], profile_dd, api_name="profiles")
-        create_btn.click(create_profile, [new_name, new_labels], [profile_dd, new_name, new_labels, profile_status, new_box],
-                         api_name="create_profile")
-        delete_mine_btn.click(delete_my_data, [confirm_mine], [profile_dd, confirm_mine, profile_status],
-                              api_name="delete_my_data")
+        # the profile choice, the name boxes and the confirmation box never carry an action's progress or error
+        # badge (it would lie over them: see the Label tab's wiring); the status line under them does
+        C.report_errors(refresh_btn.click(profiles, [profile_dd], profile_dd, api_name="profiles",
+                                          show_progress_on=[profile_status]), profile_error)
+        C.report_errors(create_btn.click(create_profile, [new_name, new_labels], [profile_dd, new_name, new_labels, profile_status,
+                                                                                  new_box], api_name="create_profile",
+                                         show_progress_on=[profile_status]), profile_error)
+        C.report_errors(delete_mine_btn.click(delete_my_data, [confirm_mine], [profile_dd, confirm_mine, profile_status],
+                                              api_name="delete_my_data", show_progress_on=[profile_status]), profile_error)
         changed = profile_dd.change(m["fn"], [profile_dd], m["outputs"], api_visibility="undocumented")
         queue_after(changed)
         queue_after(p["event"], p["clip_out"])

@@ -5,6 +5,7 @@ figures the tabs reuse are in `figures`).
 The UI only calls services; nothing here touches a model's weights or the database directly.
 """
 import atexit
+import collections
 import functools
 import html
 import logging
@@ -81,6 +82,11 @@ CSS = """
 .emoweb-warning { background: #fff4d6; border: 1px solid #e0b400; border-radius: 8px; padding: 4px 12px; color: #3d3000; }
 .emoweb-small { font-size: 0.85rem; opacity: 0.8; }
 #label-buttons button { min-height: 44px; font-size: 1rem; }
+.emoweb-error:not(:empty) { color: #8a1c1c; }
+/* table headers break between words only, never inside one; a table wider than the page scrolls sideways */
+.gradio-container table th, .gradio-container table th * { word-break: normal !important; overflow-wrap: normal !important;
+  hyphens: manual !important; }
+.gradio-container .table-wrap { overflow-x: auto; }
 @media (max-width: 600px) {
   .gradio-container { padding: 4px !important; }
   .emoweb-answer-label { font-size: 1.8rem; }
@@ -129,23 +135,84 @@ def one_line(exc: BaseException) -> str:
     return text[:300]
 
 
+# The last error of each page (gradio session), for its tab's error line: a toast closes by itself after
+# a few seconds, the line stays until the next action of that tab succeeds. Bounded: API clients fill it too.
+_LAST_ERRORS: collections.OrderedDict[str, str] = collections.OrderedDict()
+_LAST_ERRORS_LOCK = threading.Lock()
+MAX_ERRORS_KEPT = 1000
+ERROR_LINE_START = "⚠️ **That did not work:**"
+
+
+def _remember_error(args: tuple, kwargs: dict, text: str) -> None:
+    request = next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
+    session = getattr(request, "session_hash", None) if request is not None else None
+    if not session:
+        return
+    with _LAST_ERRORS_LOCK:
+        _LAST_ERRORS[session] = text
+        _LAST_ERRORS.move_to_end(session)
+        while len(_LAST_ERRORS) > MAX_ERRORS_KEPT:
+            _LAST_ERRORS.popitem(last=False)
+
+
+def error_line(request: gr.Request) -> str:
+    """The error line of the tab whose action just failed: that page's error, in one line, as text."""
+    with _LAST_ERRORS_LOCK:
+        text = _LAST_ERRORS.pop(getattr(request, "session_hash", None) or "", None)
+    return f"{ERROR_LINE_START} {esc(text)}" if text else f"{ERROR_LINE_START} the message above says why."
+
+
+def error_box(elem_id: str) -> gr.Markdown:
+    """A tab's error line (empty until one of its actions fails; `report_errors` fills it)."""
+    return gr.Markdown("", elem_id=elem_id, elem_classes="emoweb-error")
+
+
+def report_errors(event: Any, line: gr.Markdown, clears: bool = True) -> Any:
+    """`event`'s one-line error also in `line` (its tab's error line), where it stays after the toast has
+    closed; the event's next success clears it, unless `clears` is False (a view refreshed on its own, say
+    on opening a tab: finishing after a failed action, it must not wipe that action's line). Returns `event`."""
+    event.failure(error_line, None, line, api_visibility="private", queue=False)
+    if clears:
+        event.success(lambda: "", None, line, api_visibility="private", queue=False)
+    return event
+
+
 def user_errors(fn: Callable) -> Callable:
     """Every UI action: EmoWebError -> gr.Error with its one line; anything else is logged with its
-    traceback on the server and reaches the person as one line, never a traceback."""
+    traceback on the server and reaches the person as one line, never a traceback. The line is also
+    kept for the page's error line (`report_errors`) when the action takes the request."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
+        except gr.Error as exc:
+            _remember_error(args, kwargs, str(exc.message)[:300])
             raise
         except EmoWebError as exc:
+            _remember_error(args, kwargs, one_line(exc))
             raise gr.Error(one_line(exc), print_exception=False) from None
         except Exception as exc:  # noqa: BLE001 - the boundary between the app and the person
             log.exception("UI action %s failed", getattr(fn, "__name__", "?"))
-            raise gr.Error(f"Something went wrong ({type(exc).__name__}): {one_line(exc)}", print_exception=False) from None
+            text = f"Something went wrong ({type(exc).__name__}): {one_line(exc)}"
+            _remember_error(args, kwargs, text)
+            raise gr.Error(text, print_exception=False) from None
 
     return wrapper
+
+
+def shown_names(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` keyed by registry model names, keyed by the names people read ("sem_mbt" -> "MER-SEM-MBT")."""
+    from emoweb.services.modelinfo import display_name
+
+    return {display_name(k): v for k, v in values.items()}
+
+
+def model_name(name: str) -> str:
+    """A registry model's display name, escaped for Markdown."""
+    from emoweb.services.modelinfo import display_name
+
+    return esc(display_name(name))
 
 
 # -- the app context --------------------------------------------------------------------------

@@ -6,6 +6,8 @@ import gradio as gr
 
 from emoweb.errors import EmoWebError
 from emoweb.services import comparison, uploads
+from emoweb.services.cachebuild import accuracy_text
+from emoweb.services.modelinfo import display_name
 from emoweb.ui import common as C
 from emoweb.ui import figures as F
 from emoweb.ui.predict import pick_input, stage_progress
@@ -16,20 +18,21 @@ MAX_MANIFEST_ROWS = 2000
 
 
 def _report_markdown(reports: dict, heading: str, latency: dict[str, float | None]) -> str:
-    lines = [heading, "", comparison.comparison_table(reports)]
-    lat = [f"{C.esc(m)} {v:.1f} ms/clip" for m, v in latency.items() if v is not None]
+    lines = [heading, "", comparison.comparison_table(C.shown_names(reports))]
+    lat = [f"{C.model_name(m)} {v:.1f} ms/clip" for m, v in latency.items() if v is not None]
     if lat:
         lines.append("\nModel latency (after the shared features): " + ", ".join(lat))
     outside = {m: r.get("n_pred_outside_labels", 0) for m, r in reports.items() if r.get("n_pred_outside_labels")}
     if outside:
         lines.append("\n⚠ predictions outside the label set (counted as errors): "
-                     + ", ".join(f"{C.esc(m)} {n}" for m, n in outside.items()))
+                     + ", ".join(f"{C.model_name(m)} {n}" for m, n in outside.items()))
     return "\n".join(lines)
 
 
 def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     manifests = comparison.server_manifests()
     with gr.Tab("Compare", id="compare"):
+        error = C.error_box("compare-error")
         gr.Markdown("### One clip through all models")
         with gr.Row():
             with gr.Column(scale=1):
@@ -64,10 +67,10 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         for m, out in pred.outputs.items():
             p = {lab: float(v) for lab, v in zip(out.labels, out.probs[0].tolist())}
             probs[m] = p
-            rows.append([m, out.label if pred.decided else "no decision", round(p[out.label], 3), round(1000 * pred.latency.get(m, 0.0), 2),
+            rows.append([display_name(m), out.label if pred.decided else "no decision", round(p[out.label], 3), round(1000 * pred.latency.get(m, 0.0), 2),
                          ", ".join(out.modality_probs) or "-", "; ".join(out.notes)])
         stages = {k: v for k, v in pred.features.timings.items() if k != "total"}
-        return rows, F.probability_figure(probs), F.latency_figure(stages, dict(pred.latency))
+        return rows, F.probability_figure(C.shown_names(probs)), F.latency_figure(stages, C.shown_names(dict(pred.latency)))
 
     @C.user_errors
     def compare_set(source_value, profile_ref, server_value, upload_value, split_value, max_rows_value, request: gr.Request,
@@ -85,10 +88,10 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
             for s in snaps:
                 m = s.get("metrics") or {}
                 if m.get("before") is not None or m.get("after") is not None:
-                    fmt = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-                    heading += (f"\n\nActive cache of {C.esc(s['model'])} (snapshot {s['id']}): leave-one-out accuracy "
-                                f"{fmt(m.get('before'))} alone → {fmt(m.get('after'))} with the cache.")
-            return _report_markdown(reports, heading, {}), F.confusion_figure(reports)
+                    judged = bool((s.get("hyper") or {}).get("judged"))
+                    heading += (f"\n\nActive cache of {C.model_name(s['model'])} (snapshot {s['id']}): leave-one-out accuracy "
+                                f"(model alone → with the cache) {C.esc(accuracy_text(judged, m.get('before'), m.get('after')))}.")
+            return _report_markdown(reports, heading, {}), F.confusion_figure(C.shown_names(reports))
         if source_value == SOURCES[1]:
             if not server_value or server_value not in manifests:
                 raise EmoWebError("choose one of the server manifests")
@@ -112,9 +115,10 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         if skipped:
             heading += "\n\n" + "\n".join(f"- skipped: {C.esc(s)}" for s in skipped[:10])
         latency = {m: r.get("latency_ms_per_clip") for m, r in reports.items()}
-        return _report_markdown(reports, heading, latency), F.confusion_figure(reports)
+        return _report_markdown(reports, heading, latency), F.confusion_figure(C.shown_names(reports))
 
-    clip_btn.click(compare_clip, [clip], [clip_table, clip_probs, clip_latency], api_name="compare_clip", **heavy)
-    set_btn.click(compare_set, [source, profile_dd, server, upload, split, max_rows], [set_md, confusion],
-                  api_name="compare_set", **heavy)
+    C.report_errors(clip_btn.click(compare_clip, [clip], [clip_table, clip_probs, clip_latency], api_name="compare_clip", **heavy),
+                    error)
+    C.report_errors(set_btn.click(compare_set, [source, profile_dd, server, upload, split, max_rows], [set_md, confusion],
+                                  api_name="compare_set", **heavy), error)
     return {}

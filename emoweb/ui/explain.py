@@ -8,11 +8,14 @@ import gradio as gr
 import numpy as np
 
 from emoweb.errors import EmoWebError
-from emoweb.services import reanalyse
+from emoweb.services import attention, modelinfo, reanalyse
 from emoweb.services.headline import Headline, of_prediction
 from emoweb.services.records import ClipResult
 from emoweb.ui import common as C
 from emoweb.ui import figures as F
+
+
+SENSE_WORDS = {"visual": "face", "audio": "voice", "text": "words", "fused": "all together"}  # the modality chart's bars
 
 
 def _first_item(values: Any) -> Any:
@@ -20,17 +23,19 @@ def _first_item(values: Any) -> Any:
 
 
 def _attention_maps(outputs: dict) -> list:
+    """The [rows, columns] attention maps of every model, each with a plain title (`attention.map_titles`)."""
     maps = []
     for model, out in outputs.items():
-        for name, (w, axes, ticks) in out.attention.items():
+        for w, axes, ticks in out.attention.values():
             arr = w.detach().float().cpu().numpy()
             while arr.ndim > 2:
                 arr = arr[0]
             if arr.ndim != 2 or len(axes) != 2:
                 continue
             clean = {axis: list(_first_item(v)) for axis, v in ticks.items() if v is not None}
-            maps.append((f"{model} · {name.replace('_', ' ')}", arr, tuple(axes), clean))
-    return maps
+            maps.append((modelinfo.display_name(model), arr, tuple(axes), clean))
+    titles = attention.map_titles([(model, axes) for model, _, axes, _ in maps])
+    return [(title, *rest) for title, (_, *rest) in zip(titles, maps)]
 
 
 def _row(probs_tensor: Any, labels: list[str]) -> dict[str, float]:
@@ -115,7 +120,7 @@ def explain(ctx: C.AppContext, prediction: Any, result: ClipResult | None, profi
     for m in models:
         p = probs[m]
         best = max(p, key=p.get) if p and decided[m] else None
-        table.append([m, f"{C.LABEL_EMOJI.get(best, '')} {best}".strip() if best else "no decision",
+        table.append([modelinfo.display_name(m), f"{C.LABEL_EMOJI.get(best, '')} {best}".strip() if best else "no decision",
                       f"{100 * p[best]:.0f}%" if best else "-",
                       "-" if profile is None else ("yes" if snaps.get(m) is not None else "no")])
 
@@ -135,35 +140,36 @@ def explain(ctx: C.AppContext, prediction: Any, result: ClipResult | None, profi
     ]
     info += [C.esc(w) for w in feats.warnings if w not in warnings]  # e.g. the words were typed by the person
     for m, out in outputs.items():
-        info += [f"{C.esc(m)}: {C.esc(n)}" for n in out.notes]
+        info += [f"{C.model_name(m)}: {C.esc(n)}" for n in out.notes]
     info_md = "\n".join(f"- ℹ️ {line}" for line in info)
 
     # per-modality decisions
     decisions = {}
     for m, out in outputs.items():
-        d = {mod: _row(p, out.labels) for mod, p in out.modality_probs.items()}
-        d["fused"] = probs[m]
+        d = {SENSE_WORDS.get(mod, mod): _row(p, out.labels) for mod, p in out.modality_probs.items()}
+        d[SENSE_WORDS["fused"]] = probs[m]
         decisions[m] = d
 
     # similarities: to label texts and to the nearest labelled clips of the profile
     tables = []
     nearest_items: dict[int, tuple[str, float, str]] = {}
     for m, out in outputs.items():
+        shown = modelinfo.display_name(m)
         lt = out.similarity.get("label_text")
         if lt:
             ordered = {lab: float(lt[lab]) for lab in C.ordered_labels(list(lt))}
-            tables.append((f"{m} · similarity to each label's text", ordered, {k: k for k in ordered}))
+            tables.append((f"{shown}: how alike this clip is to each label's words", ordered, {k: k for k in ordered}))
         near = answers[m].nearest if answers and m in answers else []
         if near:
             items = {f"clip {n['clip_id']} · {n['label']}": float(n["similarity"]) for n in near}
-            tables.append((f"{m} · nearest labelled clips of the profile", items,
+            tables.append((f"{shown}: the most alike labelled clips of the profile", items,
                            {f"clip {n['clip_id']} · {n['label']}": n["label"] for n in near}))
             for n in near:
                 cid = n.get("clip_id")
                 if cid is not None and (cid not in nearest_items or nearest_items[cid][1] < n["similarity"]):
-                    nearest_items[int(cid)] = (n["label"], float(n["similarity"]), m)
+                    nearest_items[int(cid)] = (n["label"], float(n["similarity"]), shown)
         elif "nearest_labelled" in out.similarity:
-            tables.append((f"{m} · nearest labelled clips", dict(out.similarity["nearest_labelled"]), {}))
+            tables.append((f"{shown}: the most alike labelled clips", dict(out.similarity["nearest_labelled"]), {}))
     gallery_near = []
     if profile is not None:
         for cid, (lab, sim, m) in sorted(nearest_items.items(), key=lambda kv: -kv[1][1])[:6]:
@@ -171,7 +177,7 @@ def explain(ctx: C.AppContext, prediction: Any, result: ClipResult | None, profi
                 info_clip = ctx.clip_in(profile, cid)
                 if info_clip.kind not in ("video", "image"):
                     continue
-                gallery_near.append((ctx.clip_media(profile, info_clip), f"clip {cid} · {lab} · similarity {sim:.2f} ({m})"))
+                gallery_near.append((ctx.clip_media(profile, info_clip), f"clip {cid} · {lab} · how alike {sim:.2f} ({m})"))
             except (EmoWebError, OSError):
                 continue
 
@@ -203,8 +209,8 @@ def explain(ctx: C.AppContext, prediction: Any, result: ClipResult | None, profi
                          "answers": {m: a.to_dict() for m, a in (answers or {}).items()}}
     return (
         summary,
-        F.probability_figure({m: p for m, p in probs.items() if decided[m]}),
-        F.modality_figure(decisions),
+        F.probability_figure(C.shown_names({m: p for m, p in probs.items() if decided[m]})),
+        F.modality_figure(C.shown_names(decisions)),
         F.attention_figure(_attention_maps(outputs)),
         F.similarity_figure(tables, labels),
         gallery_near or None,
@@ -212,7 +218,7 @@ def explain(ctx: C.AppContext, prediction: Any, result: ClipResult | None, profi
         transcript,
         frames_gallery or None,
         crops_gallery or None,
-        F.latency_figure({k: v for k, v in feats.timings.items() if k != "total"}, dict(prediction.latency)),
+        F.latency_figure({k: v for k, v in feats.timings.items() if k != "total"}, C.shown_names(dict(prediction.latency))),
         raw,
         str(clip.id) if clip is not None else "",
         None if face is None else C.shown_image(folder, face),

@@ -68,37 +68,18 @@ def modality_figure(decisions: dict[str, dict[str, dict[str, float]]]) -> go.Fig
                 marker_color=label_colour(lab, labels), legendgroup=lab, showlegend=col == 1,
                 hovertemplate="%{x} · " + ptext(lab) + ": %{y:.3f}<extra></extra>", row=1, col=col,
             )
-    fig.update_layout(title="Decision of each modality alone (and fused)", barmode="stack", height=360,
+    fig.update_layout(title="What the face, the voice and the words each said alone (and all together)", barmode="stack", height=360,
                       legend_title_text="label", **_LAYOUT)
     fig.update_yaxes(range=[0, 1], title_text="probability", row=1, col=1)
     return fig
-
-
-def _ticks(values: Sequence[Any], axis: str) -> list[str]:
-    out = []
-    for v in values:
-        if isinstance(v, float) or axis in ("frame", "audio", "audio_segment", "time"):
-            try:
-                out.append(f"{float(v):.2f} s")
-                continue
-            except (TypeError, ValueError):
-                pass
-        out.append(ptext(v))
-    return out
-
-
-def _axis_title(axis: str) -> str:
-    titles = {"frame": "frame time", "audio": "audio token time", "audio_segment": "audio segment start",
-              "text": "transcript token", "token": "transcript token", "query": "query", "layer": "decoder layer",
-              "bottleneck": "bottleneck token"}
-    return titles.get(axis, axis.replace("_", " "))
 
 
 ATTENTION_MAP_PX, ATTENTION_GAP_PX = 320, 120  # per map; the gap holds its reading and the next map's title
 
 
 def attention_figure(maps: list[tuple[str, np.ndarray, tuple[str, str], dict[str, list]]]) -> go.Figure:
-    """One heatmap per (model, attention map) with the real axes (frame times, words, layers, queries).
+    """One heatmap per (plain title, [R, C] weights, (row axis, column axis), {axis: ticks}) with the real
+    axes and their units (`services.attention.AXES`: frame times in s, words, pixels of the face picture).
     Colour is each weight relative to an equal share of its row on one fixed range for every map
     (`services.attention`), so flat attention looks flat; under each map, one line reading it."""
     maps = [m for m in maps if m[1].ndim == 2 and m[1].size]
@@ -109,12 +90,14 @@ def attention_figure(maps: list[tuple[str, np.ndarray, tuple[str, str], dict[str
                         vertical_spacing=ATTENTION_GAP_PX / (ATTENTION_MAP_PX * len(maps)))
     for row, (_title, w, axes, ticks) in enumerate(maps, start=1):
         y_axis, x_axis = axes
-        x_ticks = ticks.get(x_axis) or list(range(w.shape[1]))
-        y_ticks = ticks.get(y_axis) or [f"{y_axis} {i + 1}" for i in range(w.shape[0])]
-        n_x = min(w.shape[1], len(x_ticks))
+        x_ticks = ticks.get(x_axis) or []
+        n_x = min(w.shape[1], len(x_ticks)) if x_ticks else w.shape[1]
         w = w[:, :n_x]
         rel = attention.relative_to_equal(w)
-        x_text, y_text = _ticks(x_ticks[:n_x], x_axis), _ticks(y_ticks[: w.shape[0]], y_axis)
+        # without ticks an axis is numbered from 1, with no unit (a column number is no time)
+        x_text = [ptext(attention.tick_text(v, x_axis)) for v in x_ticks[:n_x]] or [str(i + 1) for i in range(n_x)]
+        y_ticks = ticks.get(y_axis) or []
+        y_text = [ptext(attention.tick_text(v, y_axis)) for v in y_ticks[: w.shape[0]]] or [str(i + 1) for i in range(w.shape[0])]
         fig.add_heatmap(
             z=attention.colour_values(w), x=list(range(n_x)), y=list(range(w.shape[0])), colorscale="RdBu_r",
             zmin=-limit, zmax=limit, zmid=0, showscale=row == 1,
@@ -127,10 +110,10 @@ def attention_figure(maps: list[tuple[str, np.ndarray, tuple[str, str], dict[str
         step = max(1, n_x // 16)
         line = attention.reading(w, x_axis, x_ticks[:n_x])
         fig.update_xaxes(tickmode="array", tickvals=list(range(0, n_x, step)), ticktext=x_text[::step],
-                         title_text=f"{_axis_title(x_axis)}: <b>{ptext(line)}</b>", row=row, col=1)
+                         title_text=f"{ptext(attention.axis_label(x_axis))}: <b>{ptext(line)}</b>", row=row, col=1)
         ystep = max(1, w.shape[0] // 10)
         fig.update_yaxes(tickmode="array", tickvals=list(range(0, w.shape[0], ystep)), ticktext=y_text[::ystep],
-                         title_text=_axis_title(y_axis), autorange="reversed", row=row, col=1)
+                         title_text=ptext(attention.axis_label(y_axis)), autorange="reversed", row=row, col=1)
     fig.update_layout(title="Where each model looked (red: more than an equal share, blue: less)",
                       height=max(320, ATTENTION_MAP_PX * len(maps)), **_LAYOUT)
     return fig
@@ -151,8 +134,8 @@ def similarity_figure(tables: list[tuple[str, dict[str, float], dict[str, str]]]
             hovertemplate="%{y}: %{x:.3f}<extra></extra>", row=row, col=1,
         )
         fig.update_yaxes(autorange="reversed", row=row, col=1)
-        fig.update_xaxes(title_text="cosine similarity", row=row, col=1)
-    fig.update_layout(title="Similarity to each label's text and to the nearest labelled clips",
+        fig.update_xaxes(title_text="how alike (1 = the same; 0 or less: not alike)", row=row, col=1)
+    fig.update_layout(title="How alike this clip is to each label's words and to the most alike labelled clips",
                       height=max(300, 220 * len(tables)), **_LAYOUT)
     return fig
 

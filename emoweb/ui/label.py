@@ -7,7 +7,7 @@ import gradio as gr
 
 from emoweb.errors import EmoWebError, NotFoundError, UnknownLabelError
 from emoweb.safetext import decode
-from emoweb.services.cachebuild import tuning_defaults as cachebuild_rules
+from emoweb.services.cachebuild import TUNING_WORDS, accuracy_text, too_few_to_judge
 from emoweb.services import lessons
 from emoweb.ui import common as C
 from emoweb.ui import figures as F
@@ -39,20 +39,21 @@ KEYBOARD_JS = """
 
 
 def tuning_of(record) -> str:
-    """How a cache's alpha/beta were set ('cv', 'reused', 'default'), from a rebuild record or a hyper dict;
-    ', fitted adapter' when the rebuild switched the fitted adapter on instead of the cache's votes."""
+    """How a cache's settings were set, in words (`cachebuild.TUNING_WORDS`), from a rebuild record or a
+    hyper dict; ', fitted adapter' when the rebuild switched the fitted adapter on instead of the cache's votes."""
     get = record.get if isinstance(record, dict) else (lambda k, d=None: getattr(record, k, d))
     tuning = get("tuning")
-    if tuning:
-        return str(tuning) + (", fitted adapter" if get("method") == "adapter" else "")
-    tuned = get("tuned")
-    return "-" if tuned is None else ("cv" if tuned else "default")
+    if not tuning and get("tuned") is not None:  # snapshots written before "tuning" was recorded
+        tuning = "cv" if get("tuned") else "default"
+    if not tuning:
+        return "-"
+    return TUNING_WORDS.get(str(tuning), str(tuning)) + (", fitted adapter" if get("method") == "adapter" else "")
 
 
 def _queue_rows(entries) -> list[list]:
     rows = []
     for e in entries:
-        answers = ", ".join(f"{m}: {lab}" for m, lab in sorted(e.top_labels.items())) or "-"
+        answers = ", ".join(f"{m}: {lab}" for m, lab in sorted(C.shown_names(e.top_labels).items())) or "-"
         rows.append([e.clip_id, e.original_name, e.label or "(unlabelled)", answers,
                      None if e.margin is None else round(float(e.margin), 3), "yes" if e.disagree else ""])
     return rows
@@ -62,8 +63,42 @@ def _clip_choice(e) -> tuple[str, str]:
     return (f"#{e.clip_id} {e.original_name} [{e.label or 'unlabelled'}]", str(e.clip_id))
 
 
+def rebuild_view(profile_name: str, results: dict, before: int, after: int) -> tuple[str, object]:
+    """What a cache rebuild did (`ModelRebuild` per model; `before`/`after`: the profile's snapshot counts):
+    the text and the before/after chart. Accuracy is shown only for the models the rebuild could judge;
+    for the others the text and the chart say the same thing: too few clips to judge (`too_few_to_judge`)."""
+    lines = [f"Rebuilt the caches of **{C.esc(profile_name)}** from its labelled clips:", "",
+             "| model | what the rebuild did |", "|---|---|"]
+    for m, r in results.items():
+        lines.append(f"| {C.model_name(m)} | {C.esc(r.outcome)} |")
+        if r.skipped:
+            lines.append(f"\n⚠ {C.model_name(m)}: {r.skipped} labelled clip(s) without stored features were skipped")
+    lines += ["", "<details><summary>Details for experts: settings and accuracy</summary>", "",
+              f"Cache snapshots {before} → {after}. Accuracy is measured on the profile's labelled clips, each one "
+              "answered without its own entry (leave-one-out; for a fitted adapter, by a fit without it). *How much your "
+              "clips count* (alpha): 0 = not at all, the model answers alone (with a fitted adapter: the adapter answers "
+              "instead). *How closely alike a clip must be to count* (beta): higher, only the most alike clips count.", "",
+              "| model | labelled clips | per label | how much your clips count (alpha) | how closely alike (beta) | "
+              "set by | accuracy: model alone → with your clips | seconds |",
+              "|---|---:|---|---:|---:|---|---|---:|"]
+    for m, r in results.items():
+        per = ", ".join(f"{C.esc(k)} {v}" for k, v in r.n_per_label.items()) or "-"
+        lines.append(f"| {C.model_name(m)} | {r.n} | {per} | {r.alpha:.2f} | {r.beta:.2f} | {C.esc(tuning_of(r))} | "
+                     f"{C.esc(accuracy_text(r.judged, r.before, r.after))} | {r.seconds:.3f} |")
+    lines.append("\n</details>")
+    judged = {m: (r.before, r.after) for m, r in C.shown_names(results).items() if r.judged}
+    unjudged = [m for m, r in C.shown_names(results).items() if not r.judged]
+    if not judged:
+        return "\n".join(lines), F.empty_figure(f"accuracy: {too_few_to_judge()}")
+    fig = F.before_after_figure(judged)
+    if unjudged:
+        fig.add_annotation(text=C.ptext(f"not shown: {', '.join(unjudged)}, {too_few_to_judge()}"), showarrow=False,
+                           x=0, y=1.0, xref="paper", yref="paper", xanchor="left", yanchor="bottom", font=dict(size=11))
+    return "\n".join(lines), fig
+
+
 def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
-    with gr.Tab("Label", id="label", elem_id="label-tab"):
+    with gr.Tab("Label", id="label", elem_id="label-tab") as tab:
         gr.Markdown(
             f"Watch a clip, then tap what the child felt (on a keyboard: {SHORTCUTS}). Clips nobody labelled come "
             "first, then those the models were least sure about.", elem_classes="emoweb-small")
@@ -81,6 +116,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                                for i in range(C.MAX_LABEL_BUTTONS)]
                 note = gr.Textbox(label="Note (optional, saved with the label)", elem_id="label-note", lines=1)
                 status = gr.Markdown("", elem_id="label-status")
+                error = C.error_box("label-error")
                 undo_btn = gr.Button("Undo my last label on this clip", elem_id="label-undo", size="sm")
         with gr.Accordion("Another label (or a new one)", open=False, elem_id="fold-other-label"):
             with gr.Row():
@@ -127,12 +163,14 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                 import_new = gr.Checkbox(label="allow labels outside the profile's set", value=False)
                 import_btn = gr.Button("Import labels", elem_id="import")
             import_md = gr.Markdown("")
-        with gr.Accordion("Delete", open=False):
+        with gr.Accordion("Delete", open=False, elem_id="fold-delete"):
             with gr.Row():
-                confirm_clip = gr.Checkbox(label="yes, delete this clip (media, features, labels, cache entries)", value=False)
+                confirm_clip = gr.Checkbox(label="yes, delete this clip (media, features, labels, cache entries)", value=False,
+                                           elem_id="delete-clip-confirm")
                 delete_clip_btn = gr.Button("Delete clip", variant="stop", elem_id="delete-clip")
             with gr.Row():
-                confirm_profile = gr.Checkbox(label="yes, delete the whole profile and all its clips", value=False)
+                confirm_profile = gr.Checkbox(label="yes, delete the whole profile and all its clips", value=False,
+                                              elem_id="delete-profile-confirm")
                 delete_profile_btn = gr.Button("Delete profile", variant="stop", elem_id="delete-profile")
             delete_md = gr.Markdown("")
 
@@ -202,22 +240,22 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         if head.label is not None:
             emoji = C.LABEL_EMOJI.get(head.label, "🏷️")
             lines.append(f"The models think: {emoji} **{C.esc(head.label)}**, {C.esc(head.confidence)}: {C.esc(head.reason)}")
-            lines.append(" · ".join(f"{C.esc(m)}: {C.esc(p.label)} {100 * p.probs.get(p.label, 0):.0f}%"
+            lines.append(" · ".join(f"{C.model_name(m)}: {C.esc(p.label)} {100 * p.probs.get(p.label, 0):.0f}%"
                                     for m, p in result.predictions.items() if p.decided))
         for m, p in result.predictions.items():
             if not p.decided:
-                lines.append(f"- **{C.esc(m)}**: no decision (the clip has no voice, no face and no words)")
+                lines.append(f"- **{C.model_name(m)}**: no decision (the clip has no voice, no face and no words)")
         if not result.predictions:
             lines.append("- no model answer stored for this clip")
         if any(p.cache_snapshot is not None for p in result.predictions.values()):
             lines.append("(Answers use this profile's other labelled clips, never this clip's own label.)")
-        details = [f"- **{C.esc(m)}** says **{C.esc(p.label)}** ({100 * p.probs.get(p.label, 0):.0f}%, margin {p.margin:.2f})"
+        details = [f"- **{C.model_name(m)}** says **{C.esc(p.label)}** ({100 * p.probs.get(p.label, 0):.0f}%, margin {p.margin:.2f})"
                    + (f" (with cache snapshot {p.cache_snapshot})" if p.cache_snapshot is not None else " (model alone)")
                    for m, p in result.predictions.items() if p.decided]
         if details:
             lines.append("<details><summary>Details per model</summary>\n\n" + "\n".join(details) + "\n\n</details>")
         hist = [[c.created.strftime("%Y-%m-%d %H:%M:%S"), c.label, c.annotator, c.note] for c in ctx.service.corrections(clip.id)]
-        fig = F.probability_figure(decided, title="What each model said (with the profile's other labelled clips)")
+        fig = F.probability_figure(C.shown_names(decided), title="What each model said (with the profile's other labelled clips)")
         return (*players, "\n\n".join(lines), fig, hist)
 
     def _apply(profile_ref, clip_id, label, note_text, new_ok, request):
@@ -271,32 +309,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         if not results:
             return ("Nothing to rebuild: this profile has no clip with stored features yet.", F.empty_figure("no cache"),
                     _snapshot_text(profile))
-
-        def pct(v):
-            return "n/a" if v is None else f"{100 * v:.1f}%"
-
-        lines = [f"Rebuilt the caches of **{C.esc(profile.name)}** from its labelled clips:", "",
-                 "| model | what the rebuild did |", "|---|---|"]
-        for m, r in results.items():
-            lines.append(f"| {C.esc(m)} | {C.esc(r.outcome)} |")
-            if r.skipped:
-                lines.append(f"\n⚠ {C.esc(m)}: {r.skipped} labelled clip(s) without stored features were skipped")
-        lines += ["", "<details><summary>Details (alpha, beta, snapshots)</summary>", "",
-                  f"Cache snapshots {before} → {after}. Accuracy is leave-one-out on the profile's labelled clips (each clip's "
-                  "own entry excluded; for a fitted adapter, each clip scored by a fit without it). Alpha 0 with a fitted "
-                  "adapter: the adapter answers instead of the cache's votes.", "",
-                  "| model | examples | per label | alpha | beta | alpha/beta from | accuracy before | after | seconds |",
-                  "|---|---:|---|---:|---:|---|---:|---:|---:|"]
-        for m, r in results.items():
-            per = ", ".join(f"{C.esc(k)} {v}" for k, v in r.n_per_label.items()) or "-"
-            lines.append(f"| {C.esc(m)} | {r.n} | {per} | {r.alpha:.2f} | {r.beta:.2f} | {C.esc(tuning_of(r))} | "
-                         f"{pct(r.before)} | {pct(r.after)} | {r.seconds:.3f} |")
-        lines.append("\n</details>")
-        # before/after only where it means something: careful mode had too few clips of some label to measure
-        judged = {m: (r.before, r.after) for m, r in results.items() if r.tuning != "careful" and r.n}
-        fig = F.before_after_figure(judged) if judged else F.empty_figure(
-            f"accuracy before/after is shown once every label has {cachebuild_rules()['judge_min_per_label']} labelled clips")
-        return "\n".join(lines), fig, _snapshot_text(profile)
+        return (*rebuild_view(profile.name, results, before, after), _snapshot_text(profile))
 
     @C.user_errors
     def export_labels(profile_ref, fmt_value, request: gr.Request):
@@ -356,7 +369,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
             raise EmoWebError("tick the box to confirm deleting the clip")
         clip = ctx.clip_in(profile, clip_id)
         r = ctx.service.delete_clip(clip.id, profile=profile.id)
-        rebuilt = ", ".join(C.esc(m) for m in r.get("rebuilt", {})) or "none"
+        rebuilt = ", ".join(C.model_name(m) for m in r.get("rebuilt", {})) or "none"
         return f"Deleted clip #{clip.id}; caches rebuilt without it: {rebuilt}.", False
 
     @C.user_errors
@@ -372,18 +385,30 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     # -- wiring ---------------------------------------------------------------------------------
 
     queue_outputs = [queue, clip_dd, label_dd, snapshot_md, *buttons]
+    # what people pick or type (the clip, the label buttons, the note, the confirmation boxes) is an output
+    # of some actions but never carries their progress or error badge: a badge lies over what is under it
+    queue_shown = {"show_progress_on": [queue, snapshot_md]}
     clip_outputs = [player, player_audio, player_image, answers_md, answers_plot, history]
 
     def reload(event):
         """After an action: the queue, then the clip's view."""
-        return event.then(load_queue, [profile_dd, clip_dd], queue_outputs, api_visibility="undocumented").then(
+        return event.then(load_queue, [profile_dd, clip_dd], queue_outputs, api_visibility="undocumented", **queue_shown).then(
             show_current, [profile_dd, clip_dd], clip_outputs, api_visibility="undocumented")
 
-    refresh_event = refresh.click(load_queue, [profile_dd, clip_dd], queue_outputs, api_name="queue")
+    refresh_event = C.report_errors(refresh.click(load_queue, [profile_dd, clip_dd], queue_outputs, api_name="queue", **queue_shown),
+                                    error)
     # Picking a clip shows it; a pick left over from the profile shown before (another event chain moved
-    # on) shows "Pick a clip." The /show_clip endpoint refuses a clip outside the profile (one line).
-    clip_dd.change(show_current, [profile_dd, clip_dd], clip_outputs, api_visibility="undocumented")
+    # on) shows "Pick a clip." The /show_clip endpoint refuses a clip outside the profile (one line). The
+    # last action's line ("Clip #3 labelled joy") is about the clip shown before: it goes.
+    C.report_errors(clip_dd.change(show_current, [profile_dd, clip_dd], clip_outputs, api_visibility="undocumented"), error,
+                    clears=False)
+    clip_dd.change(lambda: "", None, status, api_visibility="private", queue=False)
     show_api.click(show_clip, [profile_dd, clip_dd], clip_outputs, api_name="show_clip")
+    # Opening the tab shows what changed since it was last open (clips analysed, labels, rebuilds elsewhere)
+    C.report_errors(tab.select(load_queue, [profile_dd, clip_dd], queue_outputs, api_visibility="undocumented", **queue_shown),
+                    error, clears=False).then(
+        show_current, [profile_dd, clip_dd], clip_outputs, api_visibility="undocumented")
+
     def pick_row(evt: gr.SelectData, rows):
         try:
             row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
@@ -393,17 +418,24 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
 
     queue.select(pick_row, [queue], clip_dd, api_visibility="undocumented")
 
-    reload(apply_btn.click(label, [profile_dd, clip_dd, label_dd, note, allow_new], [status, note], api_name="label"))
+    def acted(event):
+        """An action of this tab: its error stays in the tab's error line; after it, the queue and the clip's view."""
+        return reload(C.report_errors(event, error))
+
+    acted(apply_btn.click(label, [profile_dd, clip_dd, label_dd, note, allow_new], [status, note], api_name="label",
+                          show_progress_on=[status]))
     for i, btn in enumerate(buttons):
-        reload(btn.click(make_button_handler(i), [profile_dd, clip_dd, note], [status, note], api_name=f"label_key_{i + 1}",
-                         api_visibility="undocumented"))
-    reload(undo_btn.click(undo, [profile_dd, clip_dd], status, api_name="undo"))
-    reload(rebuild_btn.click(rebuild, [profile_dd], [rebuild_md, rebuild_plot, snapshot_md], api_name="rebuild_cache", **heavy))
-    lesson_btn.click(make_lesson, [profile_dd, clip_dd, lesson_kind, lesson_slow], [lesson_md, lesson_files], api_name="lesson", **heavy)
-    export_btn.click(export_labels, [profile_dd, fmt], export_file, api_name="export_labels")
-    reload(import_btn.click(import_labels, [profile_dd, import_file, import_new], import_md, api_name="import_labels"))
-    reload(delete_clip_btn.click(delete_clip, [profile_dd, clip_dd, confirm_clip], [delete_md, confirm_clip], api_name="delete_clip"))
-    delete_profile_btn.click(delete_profile, [profile_dd, confirm_profile], [delete_md, confirm_profile, profile_dd],
-                             api_name="delete_profile")
-    return {"load_queue": load_queue, "queue_inputs": [profile_dd, clip_dd], "queue_outputs": queue_outputs,
+        acted(btn.click(make_button_handler(i), [profile_dd, clip_dd, note], [status, note], api_name=f"label_key_{i + 1}",
+                        api_visibility="undocumented", show_progress_on=[status]))
+    acted(undo_btn.click(undo, [profile_dd, clip_dd], status, api_name="undo"))
+    acted(rebuild_btn.click(rebuild, [profile_dd], [rebuild_md, rebuild_plot, snapshot_md], api_name="rebuild_cache", **heavy))
+    C.report_errors(lesson_btn.click(make_lesson, [profile_dd, clip_dd, lesson_kind, lesson_slow], [lesson_md, lesson_files],
+                                     api_name="lesson", **heavy), error)
+    C.report_errors(export_btn.click(export_labels, [profile_dd, fmt], export_file, api_name="export_labels"), error)
+    acted(import_btn.click(import_labels, [profile_dd, import_file, import_new], import_md, api_name="import_labels"))
+    acted(delete_clip_btn.click(delete_clip, [profile_dd, clip_dd, confirm_clip], [delete_md, confirm_clip], api_name="delete_clip",
+                                show_progress_on=[delete_md]))
+    C.report_errors(delete_profile_btn.click(delete_profile, [profile_dd, confirm_profile], [delete_md, confirm_profile, profile_dd],
+                                             api_name="delete_profile", show_progress_on=[delete_md]), error)
+    return {"load_queue": load_queue, "queue_inputs": [profile_dd, clip_dd], "queue_outputs": queue_outputs, "queue_shown": queue_shown,
             "show_clip": show_current, "clip_outputs": clip_outputs, "clip_dd": clip_dd, "refresh_event": refresh_event}

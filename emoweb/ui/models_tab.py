@@ -7,7 +7,8 @@ from emoweb.ui import common as C
 from emoweb.ui.label import tuning_of
 
 MODEL_HEADERS = ["model", "code present", "checkpoint", "loaded", "labels", "validation (from the card)"]
-CACHE_HEADERS = ["model", "snapshot", "active", "built at", "examples per label", "alpha", "beta", "alpha/beta from"]
+CACHE_HEADERS = ["model", "snapshot", "in use", "built at", "labelled clips per label", "how much your clips count (alpha)",
+                 "how closely alike (beta)", "set by"]
 
 
 def _short(path) -> str:
@@ -36,9 +37,9 @@ def models_info(ctx: C.AppContext, profile_ref, request) -> tuple:
     for status in modelinfo.model_statuses(predictor):
         card = status.card or {}
         if status.card is not None:
-            cards[status.name] = {k: v for k, v in card.items() if k not in ("training",)}
+            cards[modelinfo.display_name(status.name)] = {k: v for k, v in card.items() if k not in ("training",)}
         rows.append([
-            status.name, "yes" if status.code_present else "no",
+            modelinfo.display_name(status.name), "yes" if status.code_present else "no",
             "yes" if status.checkpoint_present else ("random init (untrained)" if card.get("untrained") else "no"),
             "yes" if status.card is not None else "no",
             ", ".join(card.get("labels") or (card.get("config") or {}).get("labels") or []) or "-",
@@ -52,15 +53,17 @@ def models_info(ctx: C.AppContext, profile_ref, request) -> tuple:
         f"**Limits:** clips analysed up to {s.max_seconds:g} s, uploads up to {s.max_upload_mb:g} MB, "
         f"{s.n_frames} frames sampled per clip.",
         f"**Checkpoints:** {C.esc(_short(predictor.checkpoint_root))}/{C.esc(bb.name)}/ (weights + JSON card per model)",
-        f"**Models answering now:** {', '.join(C.esc(n) for n in predictor.model_names('all')) or 'none (no trained checkpoint for this profile)'}",
+        f"**Models answering now:** {', '.join(C.model_name(n) for n in predictor.model_names('all')) or 'none (no trained checkpoint for this profile)'}",
     ]
     from emoweb.services.cachebuild import tuning_defaults
 
     d = tuning_defaults()
-    lines.append(f"**Few-shot cache rules:** each label gets the mean similarity of its labelled clips. With fewer than "
+    lines.append(f"**How your labelled clips teach the models (few-shot cache):** each label gets the mean of how alike "
+                 f"this clip is to its labelled clips. With fewer than "
                  f"{d['judge_min_per_label']} labelled clips of some label the cache is careful: it can only change answers "
-                 f"a model gives with less than {100 * d['safe_confidence']:.0f}% probability (alpha {d['safe_alpha']:.2f}). "
-                 f"With more, alpha (0 = off, up to {max(d['alpha_spreads']):g} x the spread of the model's logits) is chosen "
+                 f"a model gives with less than {100 * d['safe_confidence']:.0f}% probability (how much your clips count, "
+                 f"alpha: {d['safe_alpha']:.2f}). With more, how much they count (alpha: 0 = not at all, up to "
+                 f"{max(d['alpha_spreads']):g} x the spread of the model's scores) is chosen "
                  f"by leave-one-out on the labelled clips, and the cache is used only when it gets at least "
                  f"{d['judge_margin_clips']} more of them right than the model alone. A fitted adapter (a per-profile "
                  f"bias of each label and a linear map of one cache key) is judged on the same clips, each answered by "
@@ -74,7 +77,7 @@ def models_info(ctx: C.AppContext, profile_ref, request) -> tuple:
                      + " (custom labels are accepted by the cache and by zero-shot models such as MER-CLIP)")
         for snap in ctx.service.snapshots(profile.id):
             hyper = snap.get("hyper") or {}
-            cache_rows.append([snap["model"], snap["id"], "yes" if snap["active"] else "", snap["built_at"][:19],
+            cache_rows.append([modelinfo.display_name(snap["model"]), snap["id"], "yes" if snap["active"] else "", snap["built_at"][:19],
                                ", ".join(f"{k} {v}" for k, v in (snap.get("n_per_label") or {}).items()),
                                hyper.get("alpha"), hyper.get("beta"), tuning_of(hyper)])
     else:
@@ -86,7 +89,8 @@ def models_info(ctx: C.AppContext, profile_ref, request) -> tuple:
 
 
 def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
-    with gr.Tab("Models", id="models"):
+    with gr.Tab("Models", id="models") as tab:
+        error = C.error_box("models-error")
         info = gr.Markdown("", elem_id="models-info")
         table = gr.Dataframe(headers=MODEL_HEADERS, label="Models and weights", interactive=False, elem_id="models-table", wrap=True)
         cache = gr.Dataframe(headers=CACHE_HEADERS, label="Cache snapshots of the profile (hyper-parameters)", interactive=False,
@@ -101,5 +105,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         return md, rows, card_json, cache_rows
 
     outputs = [info, table, cards, cache]
-    refresh.click(models, [profile_dd], outputs, api_name="models_info")
+    C.report_errors(refresh.click(models, [profile_dd], outputs, api_name="models_info"), error)
+    # opening the tab shows what changed since (a rebuild's snapshots, a profile's new labels)
+    C.report_errors(tab.select(models, [profile_dd], outputs, api_visibility="undocumented"), error)
     return {"fn": models, "outputs": outputs}

@@ -12,6 +12,7 @@ import gradio as gr
 from emoweb.errors import EmoWebError, NotFoundError
 from emoweb.services import reanalyse, uploads
 from emoweb.services.headline import RULE
+from emoweb.services.modelinfo import display_name
 from emoweb.ui import common as C
 from emoweb.ui.explain import explain, person_choices
 
@@ -34,7 +35,7 @@ def stage_progress(progress: Any, models: list[str]):
 
     def report(stage: str) -> None:
         i = order.index(stage) if stage in order else len(order) - 1
-        desc = STAGE_NAMES.get(stage) or f"model {stage}"
+        desc = STAGE_NAMES.get(stage) or f"model {display_name(stage)}"
         try:
             progress(min(0.98, (i + 0.5) / len(order)), desc=desc)
         except Exception:  # noqa: BLE001 - progress is cosmetic; never fail a prediction for it
@@ -75,6 +76,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                 image = gr.Image(label="Image (upload or webcam)", type="filepath", sources=["upload", "webcam"], height=280,
                                  visible=False, elem_id="predict-image", image_mode=None)
                 run = gr.Button("Analyse", variant="primary", elem_id="predict-run")
+                error = C.error_box("predict-error")
                 gr.Markdown(f"Up to {ctx.settings.max_seconds:g} s of a clip is analysed; files up to "
                             f"{ctx.settings.max_upload_mb:g} MB.", elem_classes="emoweb-small")
             with gr.Column(scale=2, min_width=300):
@@ -101,7 +103,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
             attention_plot = gr.Plot(label="Attention", elem_id="attention-chart")
         with gr.Accordion("Similar labelled clips and label texts", open=False, elem_id="fold-similar"):
             nearest = gr.Gallery(label="Nearest labelled clips of the profile", columns=3, height=220, elem_id="nearest")
-            similarity_plot = gr.Plot(label="Similarities", elem_id="similarity-chart")
+            similarity_plot = gr.Plot(label="How alike", elem_id="similarity-chart")
         with gr.Accordion("Transcript, frames and the per-frame timeline", open=False, elem_id="fold-frames"):
             transcript = gr.Dataframe(headers=TRANSCRIPT_HEADERS, datatype=["number", "number", "str"],
                                       label="Transcript with timestamps", interactive=False, elem_id="transcript", wrap=True)
@@ -187,7 +189,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                 {"analysed": analysed, "shown": shown if first else last["shown"], "stored": stored})
 
     @C.user_errors
-    def predict_person(choice, last, progress=gr.Progress()):
+    def predict_person(choice, last, request: gr.Request, progress=gr.Progress()):
         """The answer about the chosen person of the last analysed clip (1 = the main person: the answer shown first)."""
         if last is None:
             raise EmoWebError("analyse a clip first, then choose whose face")
@@ -202,7 +204,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         return shown_again(last, *reanalyse.again(predictor, last["analysed"], person=number, progress=report))
 
     @C.user_errors
-    def predict_words(text, last, progress=gr.Progress()):
+    def predict_words(text, last, request: gr.Request, progress=gr.Progress()):
         """The answer with the typed words: in place of the last analysed clip's transcript, or alone."""
         predictor = ctx.predictor
         report = stage_progress(progress, predictor.required_models())
@@ -216,8 +218,12 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         (no media, too large), the old answer must not stay on screen beside the error, read as its."""
         return [gr.update(value=None, visible=False) if o is warnings_md else gr.update(value=None) for o in outputs]
 
-    event = run.click(cleared, None, outputs, api_visibility="undocumented", queue=False).then(
-        predict, [video, audio, image, profile_dd], outputs + [words, analysed], api_name="predict", **heavy)
-    person.input(predict_person, [person, analysed], outputs + [analysed], api_name="predict_person", **heavy)
-    words_run.click(predict_words, [words, analysed], outputs + [analysed], api_name="predict_words", **heavy)
+    # the progress (and an error's badge) on the answers, never over what the person chooses or types next
+    shown = {"show_progress_on": [o for o in outputs if o is not person]}
+    event = C.report_errors(run.click(cleared, None, outputs, api_visibility="undocumented", queue=False).then(
+        predict, [video, audio, image, profile_dd], outputs + [words, analysed], api_name="predict", **heavy, **shown), error)
+    C.report_errors(person.input(predict_person, [person, analysed], outputs + [analysed], api_name="predict_person", **heavy,
+                                 **shown), error)
+    C.report_errors(words_run.click(predict_words, [words, analysed], outputs + [analysed], api_name="predict_words", **heavy,
+                                    **shown), error)
     return {"event": event, "clip_out": clip_out, "run": run}

@@ -1,0 +1,93 @@
+"""What the app shows a parent, in words a parent reads: model names as the papers spell them, attention
+maps with plain titles and axes in their true units (MER-SEM-MBT's face-picture maps are in pixels, not
+seconds), and a tab's error staying in the tab. Drawn from the real models and the real UI functions
+(no app server: the browser tests drive that)."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from emoweb.services import attention, modelinfo
+from models import DISPLAY_NAMES, MODELS
+
+CODE_NAMES = re.compile(r"\b(emoasst|merclip|sem_mbt|foalnet)\b|_to_|vfm|cmd_|mbt_|sem_visual|block\d")
+
+
+def test_every_registry_model_has_a_display_name() -> None:
+    assert set(DISPLAY_NAMES) == set(MODELS)
+    assert [modelinfo.display_name(m) for m in MODELS] == ["EmoAsst", "MER-CLIP", "MER-SEM-MBT", "Foal-Net"]
+
+
+def _sem_mbt_figure():
+    from test_sem_mbt import make_input, small_model
+
+    from emoweb.ui.explain import _attention_maps
+    from emoweb.ui.figures import attention_figure
+
+    out = small_model()(make_input(b=1, frames=(3,)))
+    maps = _attention_maps({"sem_mbt": out})
+    return maps, attention_figure(maps)
+
+
+def test_mer_sem_mbt_attention_maps_have_plain_titles_and_true_units() -> None:
+    """Each map's title says what it shows, with the model's display name and no variable name; the face
+    picture's axes are in pixels (they were labelled in seconds), the times of frames and voice in seconds."""
+    maps, fig = _sem_mbt_figure()
+    titles = [a.text for a in fig.layout.annotations][: len(maps)]
+    assert len(titles) == 6 and len(set(titles)) == 6, titles  # told apart: earlier / later stage of the face CNN
+    for title in titles:
+        assert title.startswith("MER-SEM-MBT: ") and not CODE_NAMES.search(title), title
+    assert "MER-SEM-MBT: Which parts of the face picture this model looked at most (earlier stage)" in titles
+    assert "MER-SEM-MBT: Which moments of the video this model looked at most" in titles
+    assert "MER-SEM-MBT: Which parts of the voice this model listened to most" in titles
+    for row, (_title, _w, (y_axis, x_axis), _ticks) in enumerate(maps, start=1):
+        xaxis, yaxis = fig.layout[f"xaxis{'' if row == 1 else row}"], fig.layout[f"yaxis{'' if row == 1 else row}"]
+        for axis, layout in ((x_axis, xaxis), (y_axis, yaxis)):
+            unit = {"frame": " s", "audio_segment": " s", "row": " px", "col": " px"}.get(axis)
+            ticks = list(layout.ticktext)
+            if unit:
+                assert all(t.endswith(unit) for t in ticks), (axis, ticks)
+                assert layout.title.text.split(":")[0].endswith(unit.strip()), layout.title.text
+            else:
+                assert not any(t.endswith((" s", " px")) for t in ticks), (axis, ticks)
+            assert not CODE_NAMES.search(layout.title.text) and "_" not in layout.title.text.split(":")[0], layout.title.text
+
+
+def test_a_face_picture_map_reads_in_pixels_and_unknown_ticks_are_numbers_without_a_unit() -> None:
+    w = np.full((1, 5), 0.05)
+    w[0, 1:3] = 0.4
+    assert attention.reading(w, "col", [4.8, 14.4, 24.0, 33.6, 43.2]).startswith("focused on 14.4-24.0 px")
+    assert attention.reading(w, "frame").startswith("focused on “2” to “3”:")  # no times given: no seconds
+    assert attention.tick_text(6.0, "row") == "6 px" and attention.tick_text(1.5, "frame") == "1.50 s"
+    assert attention.tick_text(3, "layer") == "3" and attention.tick_text("door", "word") == "door"
+
+
+def test_the_similarity_chart_says_how_alike_not_cosine_similarity() -> None:
+    from emoweb.ui.figures import similarity_figure
+
+    fig = similarity_figure([("EmoAsst: how alike this clip is to each label's words", {"joy": 0.8, "anger": 0.1}, {})],
+                            ["joy", "anger"])
+    text = " ".join([fig.layout.title.text, fig.layout.xaxis.title.text, *(a.text for a in fig.layout.annotations)])
+    assert "how alike" in text.lower() and "cosine" not in text.lower()
+
+
+def test_a_failed_action_leaves_its_line_for_that_page_only() -> None:
+    """`user_errors` keeps the one line of a failed action for the page that asked (its error line shows it);
+    another page gets no one else's error, and the line is given once."""
+    import gradio as gr
+
+    from emoweb.errors import EmoWebError
+    from emoweb.ui import common as C
+
+    @C.user_errors
+    def refuse(text: str, request: gr.Request) -> str:
+        raise EmoWebError(text)
+
+    mine, other = gr.Request(session_hash="page-a"), gr.Request(session_hash="page-b")  # two pages (sessions)
+    with pytest.raises(gr.Error):
+        refuse("tick the box to confirm deleting the clip", request=mine)
+    assert C.error_line(other).endswith("the message above says why.")
+    assert C.error_line(mine) == f"{C.ERROR_LINE_START} tick the box to confirm deleting the clip"
+    assert C.error_line(mine).endswith("the message above says why.")  # given once
