@@ -19,6 +19,7 @@ from scipy.stats import binomtest
 from emoweb.cli import add_json, command, emit
 from emoweb.config import REPO_ROOT
 from emoweb.errors import EmoWebError
+from models import DISPLAY_NAMES
 
 CHECKPOINTS = REPO_ROOT / "models" / "checkpoints"
 CARDS_DIR = REPO_ROOT / "docs" / "models"
@@ -69,7 +70,7 @@ class ModelInfo:
 
 MODELS = {
     "emoasst": ModelInfo(
-        "EmoAsst", "Wang & Yang, *EmoAsst: emotion recognition assistant via text-guided transfer learning on "
+        DISPLAY_NAMES["emoasst"], "Wang & Yang, *EmoAsst: emotion recognition assistant via text-guided transfer learning on "
         "pre-trained visual and acoustic models*, Frontiers in Computer Science, 2024 (doi:10.3389/fcomp.2024.1304687)",
         "a Visual Fusion Module over the face crops and an Auditory Adapter over the audio tokens, trained with "
         "supervised contrastive loss against emotion prompts; answers by similarity to label prompts (zero-shot "
@@ -80,7 +81,7 @@ MODELS = {
         "sense with the more spread-out logits on that clip decides; the card's sense reliabilities (fitted on dev "
         "composites) re-weigh it, and where face and voice disagree EmoWeb's headline answer says so."),
     "merclip": ModelInfo(
-        "MER-CLIP", "*Leveraging CLIP Encoder for Multimodal Emotion Recognition*",
+        DISPLAY_NAMES["merclip"], "*Leveraging CLIP Encoder for Multimodal Emotion Recognition*",
         "modality encoders and a cross-modal decoder (language, then vision, then audio) queried by the label "
         "encoder's 'Emotion' token and 8 learnt context vectors; answers by cosine similarity to label-text "
         "embeddings, so any label text can be scored",
@@ -89,7 +90,7 @@ MODELS = {
         "New label texts work without retraining but are measured only on RAVDESS's eight labels; `calm` is never "
         "predicted (RAVDESS calm was learnt as neutral)."),
     "sem_mbt": ModelInfo(
-        "MER-SEM-MBT", "the MER-SEM-MBT method document (multimodal interaction enhanced representation learning for "
+        DISPLAY_NAMES["sem_mbt"], "the MER-SEM-MBT method document (multimodal interaction enhanced representation learning for "
         "video emotion recognition)",
         "semantic enhancement modules (sentence embedding guiding conv feature maps) inside an audio CNN over "
         "960-ms segments and inside the frozen face CNN, a multimodal bottleneck transformer, and attentive fusion "
@@ -99,7 +100,7 @@ MODELS = {
         "Its fused answer reads face and voice streams that the bottleneck has mixed; the per-sense decisions it "
         "shows are each stream run alone, so on a clip with both senses it does two extra small passes."),
     "foalnet": ModelInfo(
-        "Foal-Net", "Li, Gao, Wen, Wang & Li, *Foal-Net* (arXiv:2408.09438, 2024)",
+        DISPLAY_NAMES["foalnet"], "Li, Gao, Wen, Wang & Li, *Foal-Net* (arXiv:2408.09438, 2024)",
         "audio and video projections, audio-video emotion alignment, emotion label matching with hard negatives, "
         "cross-attention fusion and a pooled classifier",
         "Whisper's audio tokens and the FER mini-Xception's face features (neither the transcript nor label texts)",
