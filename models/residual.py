@@ -1,4 +1,7 @@
-"""The face backbone's own decision, kept as a residual path beside every model's visual head.
+"""A backbone's own decision, kept as a residual path beside a model's head for that sense.
+
+The face backbone's (FER mini-Xception) sits beside every model's visual head; the text backbone's
+(MiniLM tuned on emotional text, `models.backbones.text_emotion`) beside MER-SEM-MBT's text head.
 
 Why: trained on a few thousand photos, a visual head can learn the training set's label mix instead
 of the expression and end up below the FER backbone it reads (issue 18: 52-59% vs the backbone's
@@ -17,25 +20,30 @@ from torch import nn
 from models.inputs import ModelInput, masked_mean
 
 BACKBONE_LOGITS = "visual_logits"  # ModelInput.extra key: the face backbone's per-frame logits [B, N, C], in the model's label order
+TEXT_BACKBONE_LOGITS = "text_logits"  # ModelInput.extra key: the text backbone's logits [B, 1, C], same order
+_KEYS = {"visual": BACKBONE_LOGITS, "text": TEXT_BACKBONE_LOGITS}
 RESIDUAL_LR = 1e-2  # its own AdamW learning rate: 8 numbers per class, far from the head's scale at the start
 
 
 class BackboneResidual(nn.Module):
-    """`forward(head_logits [B, C], x) -> [B, C]`: the head's visual logits plus the backbone's own
-    decision for the rows that have frames with backbone logits (other rows unchanged). A profile whose
-    visual backbone gives no logits (the paper profile's CLIP) leaves the head alone."""
+    """`forward(head_logits [B, C], x) -> [B, C]`: the head's logits for `modality` ("visual" or "text")
+    plus that backbone's own decision for the rows that have it (other rows unchanged). A profile whose
+    backbone gives no logits (the paper profile's CLIP; a text encoder without a tuned classifier) leaves
+    the head alone."""
 
-    def __init__(self, n_labels: int, init_weight: float = 1.0):
+    def __init__(self, n_labels: int, init_weight: float = 1.0, modality: str = "visual"):
         super().__init__()
+        self.modality = modality
+        self.key = _KEYS[modality]
         self.log_weight = nn.Parameter(torch.full((n_labels,), math.log(init_weight)))
         self.bias = nn.Parameter(torch.zeros(n_labels))
 
     def prior(self, x: ModelInput) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(frame-mean log-probabilities of the backbone [B, C], rows that have them [B]) or None."""
-        logits = x.extra.get(BACKBONE_LOGITS)
+        logits = x.extra.get(self.key)
         if logits is None:
             return None
-        mask = x.extra_mask[BACKBONE_LOGITS] & x.present["visual"].unsqueeze(1)
+        mask = x.extra_mask[self.key] & x.present[self.modality].unsqueeze(1)
         return masked_mean(logits.float().log_softmax(-1), mask), mask.any(1)
 
     def forward(self, head_logits: torch.Tensor, x: ModelInput) -> torch.Tensor:

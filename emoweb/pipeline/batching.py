@@ -9,7 +9,7 @@ import torch
 from emoweb.pipeline.features import ClipFeatures
 from models import LABEL7
 from models.inputs import ModelInput, pad_sequences
-from models.residual import BACKBONE_LOGITS
+from models.residual import BACKBONE_LOGITS, TEXT_BACKBONE_LOGITS
 
 
 def to_input(clips: list[ClipFeatures], dims: dict[str, int]) -> ModelInput:
@@ -30,6 +30,9 @@ def to_input(clips: list[ClipFeatures], dims: dict[str, int]) -> ModelInput:
     backbone = [_label7_logits(c) for c in clips]  # the face backbone's own decision (models/residual.py)
     if any(x is not None for x in backbone):
         extra[BACKBONE_LOGITS], extra_mask[BACKBONE_LOGITS] = pad_sequences(backbone, len(LABEL7))
+    text_logits = [None if c.text_logits is None else c.text_logits.unsqueeze(0) for c in clips]  # [1, 7] each
+    if any(x is not None for x in text_logits):
+        extra[TEXT_BACKBONE_LOGITS], extra_mask[TEXT_BACKBONE_LOGITS] = pad_sequences(text_logits, len(LABEL7))
     mels = [None if c.log_mel is None else torch.from_numpy(c.log_mel).float().T for c in clips]
     if any(m is not None for m in mels):
         extra["log_mel"], extra_mask["log_mel"] = pad_sequences(mels, 80)

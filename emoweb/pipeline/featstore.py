@@ -29,6 +29,7 @@ _DROP = {"frames", "audio"}
 TEXT_BATCH = 256  # texts per text-encoder call
 TEXT_STEP_SHARDS = 16  # shards encoded (texts sorted by length: less padding, 1.4x faster) and saved together
 TEXT_SOURCE = "manifest text"
+TEXT_VERSION = 2  # the text shards' own version (2: + the text backbone's decision): re-encoding texts takes minutes, media hours
 
 
 def _key_path(root: Path, namespace: str, sha: str) -> Path:
@@ -36,7 +37,7 @@ def _key_path(root: Path, namespace: str, sha: str) -> Path:
 
 
 def _text_shard_path(root: Path, profile: str, sha: str) -> Path:
-    return root / f"{profile}-v{VERSION}" / "text" / f"{sha[:2]}.pt"
+    return root / f"{profile}-v{VERSION}" / f"text-v{TEXT_VERSION}" / f"{sha[:2]}.pt"
 
 
 def _save_atomic(obj, target: Path) -> None:
@@ -81,7 +82,7 @@ def _from_record(rec: dict, compact: bool = False) -> ClipFeatures:
     f.face_crops = None if crops is None else crops.permute(0, 2, 3, 1).numpy()
     wide = (lambda v: v) if compact else (lambda v: v.float())
     f.log_mel = None if log_mel is None else wide(log_mel).numpy()
-    for name in ("text_embedding", "visual_features", "visual_logits"):
+    for name in ("text_embedding", "text_logits", "visual_features", "visual_logits"):
         value = getattr(f, name)
         if value is not None:
             setattr(f, name, value.float())

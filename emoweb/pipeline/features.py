@@ -92,6 +92,7 @@ class ClipFeatures:
     text_embedding: torch.Tensor | None = None  # [D]
     text_tokens: torch.Tensor | None = None  # [L, D]
     text_words: list[str] = field(default_factory=list)
+    text_logits: torch.Tensor | None = None  # [7] the text backbone's own decision, LABEL7 order (None: none)
     visual_features: torch.Tensor | None = None  # [N, D]
     visual_maps: dict[str, torch.Tensor] = field(default_factory=dict)
     visual_logits: torch.Tensor | None = None  # [N, 7]
@@ -234,7 +235,7 @@ class FeatureExtractor:
         timings: dict[str, float] = {}
         kept = [w for w in feats.warnings if not w.startswith(_TEXT_NOTES)]
         note = TYPED_NOTE if text else "transcript removed by a person: text models skipped"
-        out = replace(feats, transcript=text, segments=[], text_embedding=None, text_tokens=None, text_words=[],
+        out = replace(feats, transcript=text, segments=[], text_embedding=None, text_tokens=None, text_words=[], text_logits=None,
                       warnings=kept + ([note] if feats.kind != TEXT_KIND else []), timings=timings)
         if text:
             with _stages(timings, progress)("text"):
@@ -243,12 +244,15 @@ class FeatureExtractor:
         return out
 
     def _set_text(self, feats: list[ClipFeatures]) -> None:
-        """Encode each one's transcript (one batch) and set its text embedding, token states and words."""
+        """Encode each one's transcript (one batch) and set its text embedding, token states and words, and
+        the text backbone's own decision where the profile has one."""
         encoder = self.backbones.text_encoder
-        enc = self.backbones.text([f.transcript for f in feats])
+        texts = [f.transcript for f in feats]
+        enc, logits = self.backbones.text(texts), self.backbones.text_emotion(texts)
         for i, f in enumerate(feats):
             m = enc.mask[i]
             f.text_embedding, f.text_tokens, f.text_words = enc.embedding[i].cpu(), enc.tokens[i][m].cpu(), enc.words[i]
+            f.text_logits = None if logits is None else logits[i].cpu()
             if len(f.text_words) >= encoder.max_length:
                 f.warnings.append(f"text longer than {encoder.max_length} tokens: only its start is read")
 

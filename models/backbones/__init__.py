@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from models import LABEL7
 from models.backbones.text import TextEncoding, TransformerTextEncoder, load_bert, load_minilm
 from models.backbones.whisper import AsrResult, WhisperBackbone
 
@@ -77,6 +78,11 @@ class Backbones:
     def text(self, texts: list[str]) -> TextEncoding:
         return self.text_encoder(texts)
 
+    def text_emotion(self, texts: list[str]) -> torch.Tensor | None:
+        """The text backbone's own emotion logits [B, 7] in LABEL7 order, or None when the profile has no
+        tuned text classifier."""
+        return None
+
     def visual(self, crops: np.ndarray) -> VisualEncoding:
         raise NotImplementedError
 
@@ -98,6 +104,15 @@ class EmbeddedBackbones(Backbones):
     @property
     def text_encoder(self) -> TransformerTextEncoder:
         return self._get("minilm", lambda: load_minilm().to(self.device))
+
+    @torch.no_grad()
+    def text_emotion(self, texts: list[str]) -> torch.Tensor | None:
+        from models.backbones.text_emotion import load_text_emotion
+
+        model = self._get("minilm_emotion", lambda: (m.to(self.device) if (m := load_text_emotion()) else None))
+        if model is None:
+            return None
+        return model(texts)[:, [model.labels.index(label) for label in LABEL7]]
 
     @property
     def fer(self):

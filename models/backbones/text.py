@@ -55,7 +55,7 @@ class TransformerTextEncoder(torch.nn.Module):
     def encode_embeds(self, inputs_embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Sentence embeddings from input embeddings (differentiable: used by learnable prompts)."""
         states = self.model(inputs_embeds=inputs_embeds, attention_mask=mask.long()).last_hidden_state
-        return F.normalize(_mean_pool(states, mask), dim=-1)
+        return F.normalize(mean_pool(states, mask), dim=-1)
 
     @torch.no_grad()
     def forward(self, texts: list[str]) -> TextEncoding:
@@ -64,10 +64,10 @@ class TransformerTextEncoder(torch.nn.Module):
         states = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].bool()
         words = [self.tokenizer.convert_ids_to_tokens(ids[m]) for ids, m in zip(batch["input_ids"], mask)]
-        return TextEncoding(F.normalize(_mean_pool(states, mask), dim=-1), states, mask, words)
+        return TextEncoding(F.normalize(mean_pool(states, mask), dim=-1), states, mask, words)
 
 
-def _mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.unsqueeze(-1).to(states.dtype)
     return (states * m).sum(1) / m.sum(1).clamp(min=1.0)
 
