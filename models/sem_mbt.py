@@ -38,7 +38,10 @@ Read top-down as in the paper (Sec. 3):
   ``bottleneck_tokens=0`` (or ``use_mbt=False``, the MER-SEM ablation) they are two independent
   transformers and no gradient flows from one modality's input to the other's output.
 - Attentive decision fusion (3.3): GAP + MLP decision per modality (audio, visual) and an MLP on the
-  sentence embedding (text); each decision p_m (softmax) gets a score ``w^T tanh(W p_m + b) + c_m``
+  sentence embedding (text). Departure: as the face backbone's decision is added to the visual
+  logits, the text backbone's own (MiniLM tuned on emotional text, `models/backbones/text_emotion.py`)
+  is added to the text MLP's logits (`models.residual.BackboneResidual`): trained heads on a frozen
+  similarity embedding read little emotion from words. Each decision p_m (softmax) gets a score ``w^T tanh(W p_m + b) + c_m``
   (c_m: a learned per-modality bias, our addition), absent modalities are masked out, and
   ``alpha = softmax(scores)`` weights the decisions: ``p = sum_m alpha_m p_m``. ``alpha`` is returned
   (``similarity["fusion_weights"]`` for the first item, ``attention["fusion_weights"]`` [B, 3]).
@@ -449,6 +452,7 @@ class MERSEMMBT(nn.Module):
         })
         self.fusion = AttentiveDecisionFusion(c, cfg.fusion_hidden)
         self.visual_residual = BackboneResidual(c)  # the face backbone's decision beside the visual MLP's (models/residual.py)
+        self.text_residual = BackboneResidual(c, modality="text")  # the tuned text backbone's beside the text MLP's
         self.register_buffer("label_counts", torch.zeros(c), persistent=False)
         self.encode_text: TextEncoder | None = None
 
@@ -469,11 +473,12 @@ class MERSEMMBT(nn.Module):
 
     def param_groups(self) -> list[dict]:
         """Encoders (audio CNN, SEMs, projections) at 1e-3; bottleneck transformer, decisions, fusion at 5e-4;
-        the backbone residual's own."""
+        the backbone residuals' own."""
         enc = [*self.audio_cnn.parameters(), *self.visual_sem.parameters(), *self.projections.parameters()]
-        ids = {id(p) for p in enc + list(self.visual_residual.parameters())}
+        residuals = (self.visual_residual, self.text_residual)
+        ids = {id(p) for p in enc + [q for r in residuals for q in r.parameters()]}
         rest = [p for p in self.parameters() if id(p) not in ids]
-        return [{"params": enc, "lr": 1e-3}, {"params": rest, "lr": 5e-4}, self.visual_residual.param_group()]
+        return [{"params": enc, "lr": 1e-3}, {"params": rest, "lr": 5e-4}, *(r.param_group() for r in residuals)]
 
     # -- unimodal encoders ------------------------------------------------------------------------
     def _audio_sequence(self, x: ModelInput, notes: list[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -562,6 +567,7 @@ class MERSEMMBT(nn.Module):
         alone = self._sense_decisions(streams, x) if len(streams) > 1 and not self.training else {}
         if x.present["text"].any():
             logits["text"], hidden["text"] = self.decisions["text"](x.text)
+            logits["text"] = self.text_residual(logits["text"], x)
             present["text"] = x.present["text"]
         b, c = x.batch_size, len(self.config.labels)
         probs = torch.stack([logits[m].softmax(-1) if m in logits else x.text.new_full((b, c), 1.0 / c) for m in MODALITIES], 1)

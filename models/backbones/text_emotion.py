@@ -3,7 +3,7 @@
 Why: the frozen sentence embedding every model reads was trained to tell paraphrases apart, not
 feelings: a linear probe on it reaches 0.52 weighted F1 on MELD's dev file, and the text heads
 trained on it 0.46. Tuning MiniLM's top transformer layers and a linear classifier on MELD train and
-GoEmotions train (`python -m emoweb tune-text`, docs/models/minilm_emotion.md) gives a decision that
+GoEmotions train (`python -m emoweb tune-text`; recipe and scores in `minilm_emotion.json`) gives a decision that
 reads what is said. As the FER backbone's decision sits beside a model's visual head, this one sits
 beside its text head (`models.residual.BackboneResidual`); the sentence embedding and token states the
 models read are the untouched MiniLM's, so no other feature changes.
