@@ -16,6 +16,20 @@ BUILT_CLIPS_IN_CORPUS = "corpus"  # `train --built-clips`: partial-expression cl
 BUILT_CLIPS_OWN_GROUPS = "own"  # ... or as (corpus, label) groups of their own (the session-9 recipe)
 
 
+@dataclass(frozen=True)
+class TextTuningRecipe:
+    """`tune-text`: how the text backbone's emotion classifier is tuned (emoweb/learning/text_tuning.py)."""
+
+    tuned_layers: int = 2  # MiniLM's top layers tuned (of 6): 4 scored +0.017 but weigh 14 MB, over Spaces' 10-MB file limit
+    epochs: int = 2
+    lr: float = 1e-4  # tuned layers (one-cycle schedule, 10% warm-up)
+    head_lr: float = 1e-3  # the new linear classifier
+    batch_size: int = 32
+    rows_per_manifest: int = 12000
+    seed: int = 0
+    dev_fraction: float = DEV_FRACTION
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"EMOWEB_{name}", default)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from emoweb.cli import (add_backbones, add_device, add_json, add_models, answer_text, clip_paths, command, emit, note_lines,
                         settings_from, skipped_line)
-from emoweb.config import BUILT_CLIPS_IN_CORPUS, BUILT_CLIPS_OWN_GROUPS, DEV_FRACTION, EPOCH_ROWS_PER_MODALITY
+from emoweb.config import BUILT_CLIPS_IN_CORPUS, BUILT_CLIPS_OWN_GROUPS, DEV_FRACTION, EPOCH_ROWS_PER_MODALITY, TextTuningRecipe
 from emoweb.errors import EmoWebError
 from models import MODELS
 
@@ -353,8 +353,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _tune_text_args(p: argparse.ArgumentParser) -> None:
-    from emoweb.learning.text_tuning import TextTuningRecipe
-
     r = TextTuningRecipe()
     p.add_argument("--data", required=True, help="text-only MANIFEST[,MANIFEST...] (MELD's CSV, GoEmotions' TSV): their training rows")
     p.add_argument("--val", default="", metavar="MANIFEST[,...]", help="manifests scored once at the end and written in the card (reported, not tuned on)")
@@ -374,7 +372,7 @@ def _tune_text(args: argparse.Namespace) -> int:
     import torch
 
     from emoweb.learning.manifests import read_manifests
-    from emoweb.learning.text_tuning import TextTuningRecipe, dev_reports, tune
+    from emoweb.learning.text_tuning import dev_reports, tune
     from models import LABEL7
     from models.backbones.text_emotion import WEIGHTS
 

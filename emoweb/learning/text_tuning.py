@@ -11,29 +11,18 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Callable
 
 import torch
 from torch import nn
 
+from emoweb.config import TextTuningRecipe
 from emoweb.learning.manifests import Row
 from emoweb.learning.metrics import classification_report
 from emoweb.learning.training import split_of
 from models import LABEL7
 from models.backbones.text_emotion import TextEmotionClassifier
-
-
-@dataclass(frozen=True)
-class TextTuningRecipe:
-    tuned_layers: int = 2  # MiniLM's top layers tuned (of 6): 4 scored +0.017 but weigh 14 MB, over Spaces' 10-MB file limit
-    epochs: int = 2
-    lr: float = 1e-4  # tuned layers (one-cycle schedule, 10% warm-up)
-    head_lr: float = 1e-3  # the new linear classifier
-    batch_size: int = 32
-    rows_per_manifest: int = 12000
-    seed: int = 0
-    dev_fraction: float = 0.15
 
 
 def split_rows(rows: list[Row], recipe: TextTuningRecipe) -> tuple[list[Row], list[Row]]:
