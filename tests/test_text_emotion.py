@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from emoweb.learning.manifests import Row
-from emoweb.learning.text_tuning import TextTuningRecipe, split_rows, tune
+from emoweb.config import TextTuningRecipe
+from emoweb.learning.text_tuning import split_rows, tune
 from emoweb.learning.training import split_of
 from emoweb.pipeline.batching import to_input
 from emoweb.pipeline.features import ClipFeatures
