@@ -12,7 +12,9 @@ Both adapters output L2-normalised vectors in the frozen text encoder's space.
 One departure, for the caregiver cache (`EmoAsstConfig.audio_backbone_key`): next to the adapters'
 representations (the paper's keys), the frozen audio encoder's mean token is a second audio key,
 averaged with the others like the joint cache's modalities. The adapter is trained to ignore who is
-speaking; a cache of one family's own clips gains from exactly what it ignores.
+speaking; a cache of one family's own clips gains from exactly what it ignores. And a second, for
+what is said: with the training labels, the text decision is the profile's tuned text classifier's
+(`EmoAsst.text_decision`), not the frozen sentence embedding against the label prompts.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from torch import nn
 
 from models.inputs import ModelInput, masked_mean
 from models.output import ModelOutput
-from models.residual import BackboneResidual
+from models.residual import BackboneResidual, backbone_decision
 
 TextEncoder = Callable[[list[str]], torch.Tensor]  # texts -> [B, D] normalised sentence embeddings
 
@@ -173,7 +175,7 @@ class EmoAsst(nn.Module):
     """Visual Fusion Module + Auditory Adapter, scored against label prompts in the text space."""
 
     name = "emoasst"
-    learns_from_text = False  # its text decision is the frozen encoder against the label prompts: nothing to train
+    learns_from_text = False  # its text decision is the text backbone's own (or zero-shot): nothing to train
     single_modality_batches = True  # each branch's SupCon needs a full batch of its own modality
 
     def __init__(self, cfg: EmoAsstConfig):
@@ -282,7 +284,7 @@ class EmoAsst(nn.Module):
         if "visual" in modality_logits and list(labels) == list(self.config.labels):
             modality_logits["visual"] = self.visual_residual(modality_logits["visual"], x)
         if x.present["text"].any():
-            modality_logits["text"] = scale * F.normalize(x.text, dim=-1) @ w.T
+            modality_logits["text"] = self.text_decision(x, scale * F.normalize(x.text, dim=-1) @ w.T, labels)
         fused, fused_emb = self._fuse(x, modality_logits, emb)
         out = ModelOutput(
             probs=fused.softmax(-1),
@@ -296,6 +298,19 @@ class EmoAsst(nn.Module):
             out.attention["vfm_query_to_frame"] = (self.vfm._attn, ("query", "frame"), {"frame": x.frame_times})
         out.similarity["label_text"] = {lab: float(v) for lab, v in zip(labels, (fused / scale)[0].tolist())}
         return out
+
+    def text_decision(self, x: ModelInput, zero_shot: torch.Tensor, labels: list[str]) -> torch.Tensor:
+        """[B, C]: the text backbone's own decision (its log-probabilities) on the rows that have one and
+        for the training labels; elsewhere the frozen sentence embedding against the label prompts.
+
+        Why: EmoAsst trains nothing on text, and its zero-shot decision reads the sentence embedding,
+        which tells paraphrases apart rather than feelings (23% on MELD's dev file); the profile's tuned
+        text classifier (`models.backbones.text_emotion`) reads what is said (58%)."""
+        tuned = backbone_decision(x, "text") if list(labels) == list(self.config.labels) else None
+        if tuned is None or tuned[0].shape[-1] != zero_shot.shape[-1]:
+            return zero_shot
+        logp, rows = tuned
+        return torch.where(rows.unsqueeze(1), logp.to(zero_shot), zero_shot)
 
     def _backbone_keys(self, x: ModelInput) -> dict[str, torch.Tensor]:
         """The frozen audio encoder's mean token as an extra cache key (unit rows; zeros without audio)."""

@@ -96,13 +96,19 @@ def test_tuning_keeps_the_models_dev_rows_out_and_learns(tmp_path) -> None:
         tune([], recipe, progress=lambda line: None)
 
 
-def test_sem_mbt_text_decision_reads_the_text_backbone() -> None:
-    """Same words' embedding, two different backbone decisions: MER-SEM-MBT's text answer moves with the
-    backbone's, and the residual's parameters are in its optimiser groups."""
+@pytest.mark.parametrize("name", ["sem_mbt", "emoasst"])
+def test_text_decision_reads_the_text_backbone(name: str) -> None:
+    """Same words, two different backbone decisions: the model's text answer (and MER-CLIP's fused
+    answer, the only sense here) moves with the backbone's, and a residual's parameters are in the
+    model's optimiser groups."""
     from models import registry
+    from models.backbones.text import load_minilm
 
     torch.manual_seed(0)
-    model = registry.build("sem_mbt", DIMS).eval()
+    model = registry.build(name, DIMS).eval()
+    if name != "sem_mbt":  # their label prompts go through the frozen MiniLM
+        minilm = load_minilm()
+        model.attach_text_encoder(lambda texts: minilm(texts).embedding, minilm)
 
     def said(joy: float) -> ClipFeatures:
         f = ClipFeatures(source="t", sha256="2" * 64, kind="text", profile="embedded", device="cpu", duration=0.0, full_duration=0.0)
@@ -112,8 +118,14 @@ def test_sem_mbt_text_decision_reads_the_text_backbone() -> None:
         return f
 
     with torch.no_grad():
-        flat, joyful = (model(to_input([said(v)], DIMS)).modality_probs["text"][0] for v in (0.0, 8.0))
+        outs = [model(to_input([said(v)], DIMS)) for v in (0.0, 8.0)]
     joy = LABEL7.index("joy")
+    flat, joyful = (o.modality_probs["text"][0] for o in outs)
     assert float(joyful[joy]) > float(flat[joy]) + 0.2
+    if name == "merclip":
+        assert float(outs[1].probs[0, joy]) > float(outs[0].probs[0, joy]) + 0.2
+    if name == "emoasst":  # nothing learnt on text: the decision is the backbone's own
+        assert torch.allclose(joyful.log(), said(8.0).text_logits.log_softmax(-1), atol=1e-4)
+        return
     grouped = {id(p) for g in model.param_groups() for p in g["params"]}
     assert all(id(p) in grouped for p in model.text_residual.parameters())
