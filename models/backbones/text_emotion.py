@@ -18,7 +18,8 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
@@ -71,12 +72,9 @@ def load_text_emotion(path: Path = WEIGHTS) -> TextEmotionClassifier | None:
     match the tuned layers it names."""
     if not path.is_file():
         return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
+    with safe_open(str(path), "pt") as f:  # one read: the metadata names the layers, the tensors fill them
+        meta, tensors = f.metadata(), {name: f.get_tensor(name) for name in f.keys()}
     model = TextEmotionClassifier(tuple(json.loads(meta["labels"])), int(meta["tuned_layers"]))
-    tensors = load_file(str(path))
     expected = set(model.trainable_parameters())
     if set(tensors) != expected:
         raise ValueError(f"{path.name}: tensors {sorted(set(tensors) ^ expected)[:3]} do not match its tuned layers")
