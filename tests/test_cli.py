@@ -231,5 +231,7 @@ def test_predict_json_leads_with_the_headline(joy_face: Path, tmp_path: Path, mo
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{joy_face.name}: {head['label']}, {head['confidence']}: {head['reason']}; ")
     assert head["confident"] == list(expected.confident)
-    for m, o in models.items():  # each confident model is marked in the plain line
-        assert (f"{m} -> {o['label']} ({max(o['probs'].values()):.2f}, confident)" in line) == (m in expected.confident)
+    names = {"emoasst": "EmoAsst", "merclip": "MER-CLIP", "sem_mbt": "MER-SEM-MBT", "foalnet": "Foal-Net"}
+    for m, o in models.items():  # each model by the name the app shows; each confident one marked in the plain line
+        assert f"{names[m]} -> {o['label']} (" in line
+        assert (f"{names[m]} -> {o['label']} ({max(o['probs'].values()):.2f}, confident)" in line) == (m in expected.confident)

@@ -71,6 +71,20 @@ def answer_text(head: dict) -> str:
     return f"{head['label']}, {head['confidence']}: {head['reason']}" if head["label"] else f"no answer: {head['reason']}"
 
 
+def model_name(model: str) -> str:
+    """The name a person reads for registry model `model` ("sem_mbt" -> "MER-SEM-MBT"), as the app shows it."""
+    from emoweb.services.modelinfo import display_name
+
+    return display_name(model)
+
+
+def model_answer(model: str, label: str | None, probs: dict[str, float], confident: bool = False) -> str:
+    """One model's answer in a clip's line: 'EmoAsst -> joy (0.81, confident)', or 'Foal-Net -> no decision'."""
+    if not label:
+        return f"{model_name(model)} -> no decision"
+    return f"{model_name(model)} -> {label} ({max(probs.values()):.2f}{', confident' if confident else ''})"
+
+
 def note_lines(notes: list[str]) -> list[str]:
     """A clip's notes (warnings), indented under its line: a 90-s clip cut to 60 s, no sound, no face."""
     return [f"  note: {n}" for n in notes]

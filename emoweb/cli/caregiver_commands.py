@@ -11,7 +11,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from emoweb.cli import add_device, add_json, answer_text, clip_paths, command, emit, note_lines, settings_from, skipped_line
+from emoweb.cli import (add_device, add_json, answer_text, clip_paths, command, emit, model_answer, model_name, note_lines,
+                        settings_from, skipped_line)
 from emoweb.errors import EmoWebError, UnknownLabelError
 
 FAST = "under a second or two (storage only, no models)"
@@ -23,13 +24,6 @@ def _service(args: argparse.Namespace):
     if make is None:
         from emoweb.services import CaregiverService as make
     return make(settings_from(args))
-
-
-def _answer_text(model: str, p: dict) -> str:
-    """One model's answer (a `ModelPrediction.to_dict()`) in the ingest summary."""
-    if not p["decided"]:
-        return f"{model} -> no decision"
-    return f"{model} -> {p['label']} ({max(p['probs'].values()):.2f})"
 
 
 # -- profile ----------------------------------------------------------------------------------
@@ -108,7 +102,7 @@ def _ingest(args: argparse.Namespace) -> int:
                 lines.append(f"{given}: error: {r['error']}")
                 continue
             c = r["clip"]
-            answers = ", ".join(_answer_text(m, p) for m, p in r["predictions"].items())
+            answers = ", ".join(model_answer(m, p["label"] if p["decided"] else None, p["probs"]) for m, p in r["predictions"].items())
             stored = "new" if r["new"] else "already stored" + ("" if c["original_name"] == given else f" as {c['original_name']!r}")
             lines += [f"clip {c['id']} ({stored}): {given}: {answer_text(r['headline'])}; {answers}", *note_lines(r["notes"])]
         return "\n".join(lines + ([skipped_line(skipped)] if skipped else []))
@@ -169,7 +163,7 @@ def _queue(args: argparse.Namespace) -> int:
         lines = []
         for e in r:
             margin = "-" if e["margin"] is None else f"{e['margin']:.2f}"
-            tops = ", ".join(f"{m}: {lab}" for m, lab in e["top_labels"].items()) or "no prediction"
+            tops = ", ".join(f"{model_name(m)}: {lab}" for m, lab in e["top_labels"].items()) or "no prediction"
             lines.append(f"{e['clip_id']:>6}  {e['label'] or '(unlabelled)':<14} margin {margin:<5} {'DISAGREE ' if e['disagree'] else ''}{tops}  {e['original_name']}")
         return "\n".join(lines) or "no clips"
 
@@ -195,7 +189,7 @@ def _cache(args: argparse.Namespace) -> int:
     service = _service(args)
     if args.action == "show":
         emit(service.snapshots(args.profile), args.json, lambda r: "\n".join(
-            f"{s['id']:>5} {s['model']:<10} {'ACTIVE' if s['active'] else 'old   '} {s['built_at']}  {s['n_per_label']}" for s in r
+            f"{s['id']:>5} {model_name(s['model']):<11} {'ACTIVE' if s['active'] else 'old   '} {s['built_at']}  {s['n_per_label']}" for s in r
         ) or "no cache snapshots")
         return 0
     results = {m: r.to_dict() for m, r in service.rebuild_cache(args.profile, tune=True if args.retune else "auto").items()}
@@ -204,7 +198,7 @@ def _cache(args: argparse.Namespace) -> int:
         from emoweb.services import cachebuild
 
         lines = [
-            f"{m}: {d['outcome']}\n  {d['n']} clip(s) {d['n_per_label']}; leave-one-out accuracy "
+            f"{model_name(m)}: {d['outcome']}\n  {d['n']} clip(s) {d['n_per_label']}; leave-one-out accuracy "
             f"{cachebuild.accuracy_text(d['judged'], d['before'], d['after'], '->')}; settings alpha {d['alpha']:.3g}, "
             f"beta {d['beta']:.3g} ({cachebuild.TUNING_WORDS.get(d['tuning'], d['tuning'])}); {d['seconds']:.3f} s; snapshot {d['snapshot_id']}"
             + (f"; {d['skipped']} labelled clip(s) without stored features" if d["skipped"] else "")

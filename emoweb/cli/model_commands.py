@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from emoweb.cli import (add_backbones, add_device, add_json, add_models, answer_text, clip_paths, command, emit, note_lines,
+from emoweb.cli import (add_backbones, add_device, add_json, add_models, answer_text, clip_paths, command, emit, model_answer, note_lines,
                         settings_from, skipped_line)
 from emoweb.config import BUILT_CLIPS_IN_CORPUS, BUILT_CLIPS_OWN_GROUPS, DEV_FRACTION, EPOCH_ROWS_PER_MODALITY, TextTuningRecipe
 from emoweb.errors import EmoWebError
@@ -290,8 +290,7 @@ def _predict_line(item: dict) -> str:
         return f"{source}: error: {item['error']}"
     h = item["headline"]
     sure = set(h.get("confident", []))
-    models = ", ".join(f"{m} -> {o['label']} ({max(o['probs'].values()):.2f}{', confident' if m in sure else ''})"
-                       if o["label"] else f"{m} -> no decision" for m, o in item["models"].items())
+    models = ", ".join(model_answer(m, o["label"], o["probs"], m in sure) for m, o in item["models"].items())
     return "\n".join([f"{source}: {answer_text(h)}; {models}", *note_lines(item["clip"].get("warnings", []))])
 
 
