@@ -34,6 +34,10 @@ projection and removed from attention by a key-padding mask; a modality absent f
 skipped for that row (its residual update is discarded), so video, audio-only and image-only
 inputs all work. Per-modality decisions decode the query with that modality alone.
 
+Beside the paper: the face and text backbones' own decisions (FER's, the tuned MiniLM's) are added to
+the fused logits and to the visual and text decisions (`models.residual.BackboneResidual`), so the
+decoder learns what to change in them rather than to recover them from features.
+
 The label encoder is the backbone's text encoder MODULE (word embeddings + differentiable
 ``encode_embeds``); it is attached, not owned: it stays frozen, is never saved in the checkpoint
 and is not moved by ``.to()``. Torch only: never imports emoweb, gradio or sqlalchemy.
@@ -209,6 +213,7 @@ class MERCLIP(nn.Module):
         self.head = nn.Linear(d, d)  # decoded query -> label-embedding space
         self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale_init)))
         self.visual_residual = BackboneResidual(len(cfg.labels), 2.0)  # the face backbone's decision (models/residual.py)
+        self.text_residual = BackboneResidual(len(cfg.labels), modality="text")  # the tuned text backbone's
         self.encode_text: TextEncoder | None = None
         object.__setattr__(self, "label_encoder", None)  # attached, not a submodule: never saved
         self._cache: dict[tuple, torch.Tensor] = {}
@@ -260,10 +265,15 @@ class MERCLIP(nn.Module):
     def param_groups(self) -> list[dict]:
         """AdamW groups (paper: AdamW, weight decay 1e-3): prompt context faster than the decoder."""
         ctx = [self.emotion_query.ctx, self.label_prompts.ctx]
-        ids = {id(p) for p in ctx + list(self.visual_residual.parameters())}
+        residuals = (self.visual_residual, self.text_residual)
+        ids = {id(p) for p in ctx + [q for r in residuals for q in r.parameters()]}
         rest = [p for p in self.parameters() if id(p) not in ids]
         return [{"params": ctx, "lr": 2e-3, "weight_decay": 0.0}, {"params": rest, "lr": 5e-4, "weight_decay": 1e-3},
-                self.visual_residual.param_group()]
+                *(r.param_group() for r in residuals)]
+
+    def with_backbones(self, logits: torch.Tensor, x: ModelInput) -> torch.Tensor:
+        """The fused logits [B, C] plus the face and text backbones' own decisions (models/residual.py)."""
+        return self.text_residual(self.visual_residual(logits, x), x)
 
     # -- modality encoders -----------------------------------------------------------------------
     def memories(self, x: ModelInput) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -294,7 +304,7 @@ class MERCLIP(nn.Module):
     def training_loss(self, x: ModelInput, labels: torch.Tensor, rows: list | None = None) -> torch.Tensor:
         """CE over scaled cosines (single-label), or BCE when `multi_label` (labels [B] ids or [B, C] multi-hot)."""
         z, _ = self.decode(x, self.memories(x))
-        logits = self.visual_residual(self.scale() * z @ self.label_embeddings(self.config.labels).to(z).T, x)
+        logits = self.with_backbones(self.scale() * z @ self.label_embeddings(self.config.labels).to(z).T, x)
         labels = labels.to(logits.device)
         if self.config.multi_label:
             target = labels.float() if labels.dim() == 2 else F.one_hot(labels, logits.shape[1]).float()
@@ -311,15 +321,15 @@ class MERCLIP(nn.Module):
         for _, _, present in mem.values():
             anything |= present
         # a row with no audio, frames or transcript decodes the learned query alone: no decision (uniform)
-        own = labels == list(self.config.labels)  # the backbone residual speaks the training labels only
-        residual = self.visual_residual if own else (lambda logits, _: logits)
-        logits = residual(scale * z @ w.T, x).masked_fill(~anything[:, None], 0.0)
+        own = labels == list(self.config.labels)  # the backbone residuals speak the training labels only
+        logits = (self.with_backbones(scale * z @ w.T, x) if own else scale * z @ w.T).masked_fill(~anything[:, None], 0.0)
         modality_logits, modality_emb = {}, {}
         for m in mem:  # per-modality decision: the query decoded with that modality alone
             z_m, _ = self.decode(x, {m: mem[m]})
             modality_emb[m], modality_logits[m] = z_m, scale * z_m @ w.T
-        if "visual" in modality_logits:
-            modality_logits["visual"] = residual(modality_logits["visual"], x)
+        for m, residual in (("visual", self.visual_residual), ("text", self.text_residual)):
+            if own and m in modality_logits:
+                modality_logits[m] = residual(modality_logits[m], x)
         out = ModelOutput(
             probs=logits.softmax(-1),
             labels=labels,

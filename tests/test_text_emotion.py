@@ -96,7 +96,7 @@ def test_tuning_keeps_the_models_dev_rows_out_and_learns(tmp_path) -> None:
         tune([], recipe, progress=lambda line: None)
 
 
-@pytest.mark.parametrize("name", ["sem_mbt", "emoasst"])
+@pytest.mark.parametrize("name", ["sem_mbt", "merclip", "emoasst"])
 def test_text_decision_reads_the_text_backbone(name: str) -> None:
     """Same words, two different backbone decisions: the model's text answer (and MER-CLIP's fused
     answer, the only sense here) moves with the backbone's, and a residual's parameters are in the
