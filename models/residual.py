@@ -1,8 +1,8 @@
 """A backbone's own decision, kept as a residual path beside a model's head for that sense.
 
 The face backbone's (FER mini-Xception) sits beside every model's visual head; the text backbone's
-(MiniLM tuned on emotional text, `models.backbones.text_emotion`) beside MER-SEM-MBT's text decision
-(and is EmoAsst's text decision, `models.emoasst.EmoAsst.text_decision`).
+(MiniLM tuned on emotional text, `models.backbones.text_emotion`) beside MER-SEM-MBT's text decision and
+MER-CLIP's text and fused decisions (and is EmoAsst's text decision, `models.emoasst.EmoAsst.text_decision`).
 
 Why: trained on a few thousand photos, a visual head can learn the training set's label mix instead
 of the expression and end up below the FER backbone it reads (issue 18: 52-59% vs the backbone's

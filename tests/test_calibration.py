@@ -223,3 +223,23 @@ def test_train_then_calibrate_rewrites_the_cards_calibration(tmp_path, monkeypat
     assert again["calibration"]["temperature"] == pytest.approx(fitted["temperature"], rel=0.02)
     assert {k: v for k, v in again.items() if k != "calibration"} == {k: v for k, v in card.items() if k != "calibration"}
     assert json.loads(capsys.readouterr().out) == again["calibration"]
+
+
+def test_calibration_rows_keep_each_corpus_label_mix(tmp_path, monkeypatch) -> None:
+    """Early stopping scores at most DEV_ROWS_PER_GROUP dev rows per (corpus, label); the calibration reads
+    every dev row, so a corpus that is mostly neutral is calibrated as mostly neutral (a temperature fitted
+    on a label-balanced subset fits a mix no one brings)."""
+    from collections import Counter
+
+    from emoweb.cli.model_commands import _training_samples
+    from emoweb.config import DEV_ROWS_PER_GROUP, Settings
+
+    monkeypatch.setenv("EMOWEB_FEATURE_CACHE", str(tmp_path / "features"))
+    manifest = tmp_path / "said.csv"
+    said = [("neutral", f"The bus leaves at {i} past nine.") for i in range(DEV_ROWS_PER_GROUP + 15)]
+    said += [("joy", f"Hooray, we won {i} games in a row!") for i in range(5)]
+    manifest.write_text("path,label,text,speaker\n" + "".join(f",{label},{text},person{i}\n" for i, (label, text) in enumerate(said)))
+    _, _, samples, _, calibration = _training_samples(Settings(), "sem_mbt", str(manifest), seed=0, dev_fraction=1.0)
+    dev = Counter(s.row.label for s in samples if s.split == "dev")
+    assert dev == {"neutral": DEV_ROWS_PER_GROUP, "joy": 5}  # what early stopping scores
+    assert Counter(s.row.label for s in calibration) == {"neutral": DEV_ROWS_PER_GROUP + 15, "joy": 5}
