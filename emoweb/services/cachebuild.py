@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from emoweb.services.cachearrays import NON_EMOTION_KEYS, Assembled, StoredArrays, assemble
 from emoweb.services.cacheloo import AffinityMemo, eval_rows, loo_accuracy, own_query
@@ -39,10 +40,11 @@ from models.cache import (
 # - Too few clips to judge (a label with fewer than JUDGE_MIN_PER_LABEL clips: leave-one-out would score
 #   a clip whose label then has no other example): "careful" mode, alpha = no_flip_alpha(SAFE_CONFIDENCE),
 #   so the cache can only change answers the model gives with less than SAFE_CONFIDENCE probability.
-# - Enough clips: alpha (in units of the base logits' spread, 0 = off) and beta are chosen by leave-one-out
-#   on the labelled clips, and the cache is switched on only when it gets at least JUDGE_MARGIN_CLIPS more
-#   of them right than the model alone (one clip is within the noise of 14-28 clips). Otherwise the
-#   rebuild keeps what was in use before and says so. The fitted adapter is judged too (ADAPTER_* below).
+# - Enough clips: the fitted adapter is judged (ADAPTER_* below). With VOTES_MIN_CLIPS labelled clips or
+#   more, the cache's votes are a candidate too: alpha (in units of the base logits' spread, 0 = off) and
+#   beta chosen by leave-one-out on the labelled clips, switched on only when they get at least
+#   JUDGE_MARGIN_CLIPS more of them right than the model alone. Otherwise the rebuild keeps what was in use
+#   before and says so.
 # Chosen on 3 CREMA-D training actors no model was then trained on (K = 1, 2, 4 clips per label, 3 draws;
 # `bench kshot --corpora cremad --split train --speakers 3`); the margin of 3 (was 2) and the adapter's
 # rules on the 17 dev speakers of the retrained checkpoints; never on the validation speakers that
@@ -54,6 +56,11 @@ JUDGE_MARGIN_CLIPS = 3
 ALPHA_SPREADS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 BETAS: tuple[float, ...] = (1.0, 4.0, 16.0)
 TUNE_EVAL_ROWS = 500  # above this many examples, tuning scores a seeded subset of held-out rows
+# Below this many labelled clips the cache's tuned votes are not a candidate: their leave-one-out figure is
+# the best of a 30-setting grid scored on the same few clips, mostly luck. On the 17 dev speakers (K = 1, 2,
+# 4, and 8 on CREMA-D: 6-56 clips) they never beat the fitted adapter on the speaker's other clips, and one
+# speaker lost 8 points to them (MER-CLIP, K = 2); without them every mean gain was as high or higher.
+VOTES_MIN_CLIPS = 200
 # With tune="auto", alpha/beta found by cross-validation are reused while the labelled set stays
 # within this fraction of the size they were tuned at (and the label set is the same): one more
 # correction barely moves them, and tuning is most of a large rebuild's time.
@@ -62,9 +69,11 @@ RETUNE_FRACTION = 0.1
 # The fitted adapter (`models.adapter`: a per-profile class bias and a linear probe of one cache key) is
 # judged on the same labelled clips, each scored by an adapter fitted without it (leave-one-out up to
 # ADAPTER_LOO_MAX clips, else ADAPTER_FOLDS folds). It is switched on when it gets at least as many of them
-# right as the model alone (ADAPTER_MARGIN_CLIPS more) and at least as many as the judged cache; then it
-# replaces the cache's votes. On the dev speakers a margin of 0 kept every speaker within -1 point at K = 4
-# and a margin of 1 gave up 1-2.5 points of the mean gain (docs/CACHE.md).
+# right as the model alone (ADAPTER_MARGIN_CLIPS more), is surer of their right labels than the model
+# alone (a lower held-out log loss: a tie in clips right is no evidence on 12 clips), and the judged cache
+# does not beat it; then it replaces the cache's votes. On the dev speakers the log-loss condition took the
+# worst speaker at K = 2 from -6.2 to -2.9 points for 0.5 points of the mean gain, where a margin of 1 clip
+# gave up 1-2.5 points and left -4.3 (docs/CACHE.md).
 ADAPTER_LOO_MAX = 60
 ADAPTER_FOLDS = 10
 ADAPTER_MARGIN_CLIPS = 0
@@ -73,7 +82,8 @@ ADAPTER_MAX_CLIPS = 500  # above this, fitted and judged on a seeded, label-blin
 
 # how a cache's settings were set (`hyper["tuning"]`), in words (the Label and Models tabs, `cache rebuild`)
 TUNING_WORDS = {"cv": "chosen on your labelled clips", "reused": "kept from the last rebuild",
-                "default": "defaults", "careful": "careful mode: too few clips to judge"}
+                "default": "defaults", "careful": "careful mode: too few clips to judge",
+                "adapter_only": f"not used below {VOTES_MIN_CLIPS} labelled clips: only the fitted adapter is judged"}
 
 
 def too_few_to_judge() -> str:
@@ -92,11 +102,12 @@ def accuracy_text(judged: bool, before: float | None, after: float | None, arrow
 
 def tuning_defaults() -> dict[str, Any]:
     """The rules a rebuild follows (shown in the Models tab): careful mode's confidence and alpha, the
-    clips per label needed to judge a cache, the margin it must win by, the alpha grid it searches, and
-    the fitted adapter's margin."""
+    clips per label needed to judge a cache, the margin it must win by, the alpha grid it searches, the
+    clips below which only the fitted adapter is judged, and the fitted adapter's margin."""
     return {"safe_confidence": SAFE_CONFIDENCE, "safe_alpha": no_flip_alpha(SAFE_CONFIDENCE),
             "judge_min_per_label": JUDGE_MIN_PER_LABEL, "judge_margin_clips": JUDGE_MARGIN_CLIPS,
-            "alpha_spreads": list(ALPHA_SPREADS), "betas": list(BETAS), "adapter_margin_clips": ADAPTER_MARGIN_CLIPS}
+            "alpha_spreads": list(ALPHA_SPREADS), "betas": list(BETAS), "votes_min_clips": VOTES_MIN_CLIPS,
+            "adapter_margin_clips": ADAPTER_MARGIN_CLIPS}
 
 
 def assemble_arrays(labels: Sequence[str], keys: Mapping[str, torch.Tensor], base: torch.Tensor) -> Assembled:
@@ -130,8 +141,8 @@ def probe_key(data: Assembled) -> str | None:
 def judge_adapter(data: Assembled, cache: FewShotCache, seed: int = 0,
                   memo: AffinityMemo | None = None) -> tuple[ProfileAdapter, dict[str, Any]]:
     """The adapter fitted on the labelled clips (a label-blind subset of ADAPTER_MAX_CLIPS above that), and
-    its held-out judgement on them: clips right by the model alone and by an adapter fitted without each
-    clip (`models.adapter.fit_adapter`). With a `memo`, the last fit is reused when its clips (their stored
+    its held-out judgement on them: clips right, and the mean log loss of their labels, by the model alone
+    and by an adapter fitted without each clip (`models.adapter.fit_adapter`). With a `memo`, the last fit is reused when its clips (their stored
     arrays' tokens), their labels and the label set are the same: a fit is a tenth of a second, most of a
     warm 10,000-clip rebuild, and a correction outside the fitted subset changes none of it."""
     rows = eval_rows(data.clip_ids, ADAPTER_MAX_CLIPS, seed)
@@ -147,13 +158,24 @@ def judge_adapter(data: Assembled, cache: FewShotCache, seed: int = 0,
         x = data.keys[key] if key is not None else None
         n = len(rows)
         adapter, held = fit_adapter(base, y, x, key, folds=None if n <= ADAPTER_LOO_MAX else ADAPTER_FOLDS, seed=seed, rows=rows)
-        right = {"before": int((base[rows].argmax(1) == y[rows]).sum()), "after": int((held.argmax(1) == y[rows]).sum())}
+        right = {"before": int((base[rows].argmax(1) == y[rows]).sum()), "after": int((held.argmax(1) == y[rows]).sum()),
+                 "log_loss_before": round(float(F.cross_entropy(base[rows], y[rows])), 6),
+                 "log_loss_after": round(float(F.cross_entropy(held, y[rows])), 6)}
         fold_rows, judged = adapter.held_out.fold[rows], {"n": n, **right, "key": key}
         if memo is not None:
             memo.adapter = (tokens, inputs, (adapter, fold_rows, judged))
     fold = torch.full((len(data.labels),), -1, dtype=torch.long)  # the fitted clips' rows in this rebuild
     fold[rows] = fold_rows
     return replace(adapter, held_out=replace(adapter.held_out, fold=fold)), dict(judged)
+
+
+def adapter_passes(judged: Mapping[str, Any]) -> bool:
+    """Whether a judged adapter (`judge_adapter`'s judgement) may be switched on: at least
+    ADAPTER_MARGIN_CLIPS more of the labelled clips right than the model alone, and a lower (or equal)
+    log loss on them, each clip scored by a fit without it."""
+    if judged["after"] - judged["before"] < ADAPTER_MARGIN_CLIPS:
+        return False
+    return judged["log_loss_after"] <= judged["log_loss_before"]
 
 
 @dataclass
@@ -200,7 +222,9 @@ def build(
     counts = Counter(data.labels)
     judged = len(counts) >= 2 and min(counts.values()) >= JUDGE_MIN_PER_LABEL and bool(cache.keys)
     tuning, cv, tuned_n = ("default" if judged else "careful"), None, None
-    if tune == "auto" and judged and reusable(previous, len(cache), cache.labels):
+    if tune and judged and len(cache) < VOTES_MIN_CLIPS:
+        cache.alpha, tuning = 0.0, "adapter_only"  # leave-one-out then scores the model alone
+    elif tune == "auto" and judged and reusable(previous, len(cache), cache.labels):
         cache.alpha, cache.beta = float(previous["alpha"]), float(previous["beta"])  # type: ignore[index]
         tuning, tuned_n = "reused", int(previous["tuned_n"])  # type: ignore[index]
     elif tune and judged:
@@ -238,7 +262,7 @@ def build(
             # the cache's leave-one-out gain is the best of its alpha/beta grid, the adapter's is not chosen:
             # the cache must win by the same margin it needs to be switched on at all
             cache_lead = (metrics["after"] - metrics["before"] - adapter_gain) * metrics["scored"] if active else 0.0
-            if judged_adapter["after"] - judged_adapter["before"] >= ADAPTER_MARGIN_CLIPS and cache_lead < JUDGE_MARGIN_CLIPS:
+            if adapter_passes(judged_adapter) and cache_lead < JUDGE_MARGIN_CLIPS:
                 cache.adapter, cache.alpha, active, method = adapter, 0.0, True, "adapter"
                 metrics.update(scored=judged_adapter["n"],
                                before=judged_adapter["before"] / judged_adapter["n"], after=judged_adapter["after"] / judged_adapter["n"])
@@ -270,6 +294,8 @@ def outcome(hyper: Mapping[str, Any], metrics: Mapping[str, Any], kept_previous:
     if fitted:  # the fitted adapter was judged too: say what it would have done
         change += (f"; a fitted adapter: {100 * fitted['before'] / fitted['n']:.0f}% → "
                    f"{100 * fitted['after'] / fitted['n']:.0f}%, judged without each clip")
+        if fitted["after"] >= fitted["before"] and fitted.get("log_loss_after", 0.0) > fitted.get("log_loss_before", 0.0):
+            change += ", but less sure of the right labels"
     return f"kept off: it would not make answers better ({change}); {kept}"
 
 

@@ -161,6 +161,8 @@ def thaw(data: dict[str, np.ndarray]) -> tuple[dict[int, str], tuple[int, Any] |
         memo.restore((signature, arrays.tokens[data[f"loo_rows:{model}"]], arrays.tokens[data[f"loo_cols:{model}"]],
                       torch.from_numpy(data[f"loo_aff:{model}"])))
     for model, fit in meta.get("adapter", {}).items():  # memo files written before the adapter have none
+        if "log_loss_after" not in fit["judged"]:  # judged before the log-loss rule (cachebuild.adapter_passes): fit again
+            continue
         fold_rows = torch.from_numpy(data[f"adapter_fold_rows:{model}"])
         state = {name: torch.from_numpy(data[f"{name}:{model}"]) for name in ADAPTER_ARRAYS if f"{name}:{model}" in data}
         adapter = ProfileAdapter.from_state({**state, "adapter.fold": fold_rows}, fit["key"])

@@ -62,13 +62,14 @@ def models_info(ctx: C.AppContext, profile_ref, request) -> tuple:
                  f"this clip is to its labelled clips. With fewer than "
                  f"{d['judge_min_per_label']} labelled clips of some label the cache is careful: it can only change answers "
                  f"a model gives with less than {100 * d['safe_confidence']:.0f}% probability (how much your clips count, "
-                 f"alpha: {d['safe_alpha']:.2f}). With more, how much they count (alpha: 0 = not at all, up to "
-                 f"{max(d['alpha_spreads']):g} x the spread of the model's scores) is chosen "
-                 f"by leave-one-out on the labelled clips, and the cache is used only when it gets at least "
-                 f"{d['judge_margin_clips']} more of them right than the model alone. A fitted adapter (a per-profile "
-                 f"bias of each label and a linear map of one cache key) is judged on the same clips, each answered by "
-                 f"a fit without it; it is used instead when it gets at least {d['adapter_margin_clips']} more right than "
-                 f"the model alone and the cache does not beat it by {d['judge_margin_clips']}.")
+                 f"alpha: {d['safe_alpha']:.2f}). With more, a fitted adapter (a per-profile bias of each label and a "
+                 f"linear map of one cache key) is judged on the labelled clips, each answered by a fit without it; it is "
+                 f"used when it gets at least {d['adapter_margin_clips']} more of them right than the model alone and is "
+                 f"surer of their right labels. From {d['votes_min_clips']} labelled clips on, the cache's votes are a "
+                 f"candidate too: how much they count (alpha: 0 = not at all, up to {max(d['alpha_spreads']):g} x the "
+                 f"spread of the model's scores) is chosen by leave-one-out on the labelled clips, and they are used "
+                 f"only when they get at least {d['judge_margin_clips']} more of them right than the model alone and "
+                 f"(when the adapter passes too) beat it by as many.")
     cache_rows = []
     if profile_ref and profile_ref != C.NO_PROFILE:
         profile = ctx.profile(profile_ref, request)
