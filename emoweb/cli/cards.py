@@ -73,10 +73,11 @@ MODELS = {
         DISPLAY_NAMES["emoasst"], "Wang & Yang, *EmoAsst: emotion recognition assistant via text-guided transfer learning on "
         "pre-trained visual and acoustic models*, Frontiers in Computer Science, 2024 (doi:10.3389/fcomp.2024.1304687)",
         "a Visual Fusion Module over the face crops and an Auditory Adapter over the audio tokens, trained with "
-        "supervised contrastive loss against emotion prompts; answers by similarity to label prompts (zero-shot "
-        "classifier), and the caregiver's K-shot cache adds to those logits",
-        "Whisper's audio tokens, the FER mini-Xception's face features, and all-MiniLM-L6-v2 for prompts, label texts "
-        "and the transcript",
+        "supervised contrastive loss against emotion prompts; answers face and voice by similarity to label prompts "
+        "(zero-shot classifier) and text by the tuned text classifier's own decision, and the caregiver's K-shot "
+        "cache adds to those logits",
+        "Whisper's audio tokens, the FER mini-Xception's face features, all-MiniLM-L6-v2 for prompts and label texts, "
+        "and MiniLM tuned on emotional text for the transcript",
         "Trained on one modality per row: its own fused answer on a video is the mean of the audio and face logits, so the "
         "sense with the more spread-out logits on that clip decides; the card's sense reliabilities (fitted on dev "
         "composites) re-weigh it, and where face and voice disagree EmoWeb's headline answer says so."),
@@ -84,9 +85,11 @@ MODELS = {
         DISPLAY_NAMES["merclip"], "*Leveraging CLIP Encoder for Multimodal Emotion Recognition*",
         "modality encoders and a cross-modal decoder (language, then vision, then audio) queried by the label "
         "encoder's 'Emotion' token and 8 learnt context vectors; answers by cosine similarity to label-text "
-        "embeddings, so any label text can be scored",
-        "Whisper's audio tokens, the FER mini-Xception's face features, and all-MiniLM-L6-v2's token states of the "
-        "transcript and label texts",
+        "embeddings, so any label text can be scored; for its own labels the face and text backbones' decisions "
+        "are added to its fused, face and text logits",
+        "Whisper's audio tokens, the FER mini-Xception's face features and decision, all-MiniLM-L6-v2's token states of the "
+        "transcript and label texts, and the text backbone's own decision (MiniLM with its top layers tuned on MELD "
+        "and GoEmotions train, `models/weights/minilm_emotion.json`)",
         "New label texts work without retraining but are measured only on RAVDESS's eight labels; `calm` is never "
         "predicted (RAVDESS calm was learnt as neutral)."),
     "sem_mbt": ModelInfo(
