@@ -58,6 +58,8 @@ def test_ingest_a_folder_names_each_clip_as_given_with_its_notes(env: Path, caps
     stored = run_json(capsys, "ingest", str(folder / "smile.jpg"), "--profile", "Anna")[0]  # answered from the database
     assert not stored["new"] and stored["senses"] and stored["headline"]["confidence"] in ("fairly sure", "probably", "not sure")
     assert out.splitlines()[0].startswith(f"clip 1 (new): smile.jpg: {cli.answer_text(stored['headline'])}; ")  # the same words
+    for m, p in stored["predictions"].items():  # each model as `predict` writes it, confident ones marked
+        assert cli.model_answer(m, p["label"] if p["decided"] else None, p["probs"], m in stored["headline"]["confident"]) in out
     copy = tmp_path / "same smile.jpg"
     copy.write_bytes(joy_face.read_bytes())
     code, out, _ = run(capsys, "ingest", str(copy), "--profile", "Anna")
@@ -110,6 +112,9 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
     assert "1 clip(s) {'joy': 1}" in out and rebuilt["emoasst"]["active"] and rebuilt["emoasst"]["tuning"] == "careful"
     shown = run_json(capsys, "cache", "show", "--profile", "Anna")
     assert [s["active"] for s in shown if s["model"] == "emoasst"] == [True, False]
+    code, out, _ = run(capsys, "cache", "show", "--profile", "Anna")  # in words: what each snapshot does
+    emoasst = [line.split("EmoAsst", 1)[1].split(" 20")[0].strip() for line in out.splitlines() if " EmoAsst " in line]
+    assert code == 0 and emoasst == ["in use: careful cache", "old"], out
 
     export = tmp_path / "labels.json"
     assert run(capsys, "labels", "export", str(export), "--profile", "Anna")[0] == 0

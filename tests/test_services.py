@@ -422,11 +422,18 @@ def test_an_adapter_no_surer_of_the_right_labels_stays_off() -> None:
     assert cachebuild.adapter_passes({**judged, "log_loss_after": 1.05})
     assert cachebuild.adapter_passes({**judged, "after": 8, "log_loss_after": 1.05})
     assert not cachebuild.adapter_passes({**judged, "after": 5, "log_loss_after": 0.9})  # fewer right: never
-    words = cachebuild.outcome({"judged": True, "active": False, "method": "off"},
-                               {"n": 12, "before": 0.5, "after": 0.5, "adapter": {**judged, "after": 7}})
-    assert words == ("kept off: it would not make answers better (50% → 50% right on your 12 labelled clips; "
-                     "a fitted adapter: 50% → 58%, judged without each clip, but less sure of the right labels); "
-                     "answers come from the model alone")
+    off = {"judged": True, "active": False, "method": "off", "tuning": "adapter_only"}
+    words = cachebuild.outcome(off, {"n": 12, "before": 0.5, "after": 0.5, "adapter": {**judged, "after": 8}})
+    assert words == ("kept off: not yet clearly better (a fitted adapter: 50% → 67% right on your 12 labelled clips, "
+                     "each judged by a fit without it, but less sure of their right labels overall: too few clips to "
+                     "trust the gain); answers come from the model alone")
+    worse = cachebuild.outcome(off, {"n": 12, "before": 0.5, "after": 0.5, "adapter": {**judged, "after": 5}})
+    assert worse.startswith("kept off: it would not make answers better (a fitted adapter: 50% → 42% right")
+    on = {"judged": True, "active": True, "method": "adapter", "tuning": "adapter_only"}
+    assert cachebuild.outcome(on, {"n": 16, "before": 6 / 16, "after": 9 / 16}).startswith(
+        "fitted adapter on: +18 points (38% → 56% right")  # 37.5 -> 56.25 shown rounded: the points are their difference
+    assert cachebuild.outcome(on, {"n": 12, "before": 0.5, "after": 0.5}).startswith(
+        "fitted adapter on: as many right, and surer of their labels (50% → 50%")
 
 
 def test_a_rebuild_that_would_lower_accuracy_keeps_the_previous_cache_and_says_so(service: CaregiverService, no_decoding,

@@ -102,7 +102,9 @@ def _ingest(args: argparse.Namespace) -> int:
                 lines.append(f"{given}: error: {r['error']}")
                 continue
             c = r["clip"]
-            answers = ", ".join(model_answer(m, p["label"] if p["decided"] else None, p["probs"]) for m, p in r["predictions"].items())
+            sure = set(r["headline"].get("confident", []))
+            answers = ", ".join(model_answer(m, p["label"] if p["decided"] else None, p["probs"], m in sure)
+                                for m, p in r["predictions"].items())
             stored = "new" if r["new"] else "already stored" + ("" if c["original_name"] == given else f" as {c['original_name']!r}")
             lines += [f"clip {c['id']} ({stored}): {given}: {answer_text(r['headline'])}; {answers}", *note_lines(r["notes"])]
         return "\n".join(lines + ([skipped_line(skipped)] if skipped else []))
@@ -181,6 +183,18 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
     add_json(p)
 
 
+SNAPSHOT_USE = {"adapter": "fitted adapter", "cache": "cache votes", "careful": "careful cache", "off": "off: the model alone"}
+
+
+def _snapshot_use(snapshot: dict) -> str:
+    """What a snapshot does, for `cache show`: 'in use: fitted adapter', 'in use: off: the model alone' (the
+    latest rebuild kept everything off), or 'old' for one no longer in use."""
+    if not snapshot["active"]:
+        return "old"
+    method = snapshot["hyper"].get("method") or ("cache" if snapshot["hyper"].get("active") else "off")
+    return f"in use: {SNAPSHOT_USE.get(method, method)}"
+
+
 @command("cache", "rebuild a profile's few-shot caches from stored features, or show its snapshots",
          prints="per model the outcome, clips per label, alpha/beta and leave-one-out accuracy before -> after; "
          "or the snapshots",
@@ -189,7 +203,7 @@ def _cache(args: argparse.Namespace) -> int:
     service = _service(args)
     if args.action == "show":
         emit(service.snapshots(args.profile), args.json, lambda r: "\n".join(
-            f"{s['id']:>5} {model_name(s['model']):<11} {'ACTIVE' if s['active'] else 'old   '} {s['built_at']}  {s['n_per_label']}" for s in r
+            f"{s['id']:>5} {model_name(s['model']):<11} {_snapshot_use(s):<26} {s['built_at']}  {s['n_per_label']}" for s in r
         ) or "no cache snapshots")
         return 0
     results = {m: r.to_dict() for m, r in service.rebuild_cache(args.profile, tune=True if args.retune else "auto").items()}

@@ -276,27 +276,33 @@ def build(
 
 
 def outcome(hyper: Mapping[str, Any], metrics: Mapping[str, Any], kept_previous: bool = False) -> str:
-    """What a rebuild did to one model, in a caregiver's words (the Label tab and `cache rebuild`)."""
+    """What a rebuild did to one model, in a caregiver's words (the Label tab and `cache rebuild`). Points
+    are the difference of the rounded percentages shown beside them, so the line adds up."""
     n, before, after = metrics.get("n") or 0, metrics.get("before"), metrics.get("after")
     if not n:
         return "no cache: no labelled clip has what this model reads"
     if not hyper.get("judged"):
         return (f"careful mode: {too_few_to_judge()}; it only changes answers the model is less than "
                 f"{100 * SAFE_CONFIDENCE:.0f}% sure of")
-    change = f"{100 * before:.0f}% → {100 * after:.0f}% right on your {n} labelled clips"
+    pct_before, pct_after = round(100 * before), round(100 * after)
+    change = f"{pct_before}% → {pct_after}% right on your {n} labelled clips"
     if hyper.get("active") and hyper.get("method") == "adapter":
-        return (f"fitted adapter on: {100 * (after - before):+.0f} points ({change}, each judged by an adapter "
-                "fitted without it)")
+        gain = f"{pct_after - pct_before:+d} points" if pct_after != pct_before else "as many right, and surer of their labels"
+        return f"fitted adapter on: {gain} ({change}, each judged by an adapter fitted without it)"
     if hyper.get("active"):
-        return f"cache on: {100 * (after - before):+.0f} points ({change})"
+        return f"cache on: {pct_after - pct_before:+d} points ({change})"
     kept = "the cache you had stays in use" if kept_previous else "answers come from the model alone"
     fitted = metrics.get("adapter")
-    if fitted:  # the fitted adapter was judged too: say what it would have done
-        change += (f"; a fitted adapter: {100 * fitted['before'] / fitted['n']:.0f}% → "
-                   f"{100 * fitted['after'] / fitted['n']:.0f}%, judged without each clip")
-        if fitted["after"] >= fitted["before"] and fitted.get("log_loss_after", 0.0) > fitted.get("log_loss_before", 0.0):
-            change += ", but less sure of the right labels"
-    return f"kept off: it would not make answers better ({change}); {kept}"
+    if not fitted:
+        return f"kept off: it would not make answers better ({change}); {kept}"
+    fb, fa = round(100 * fitted["before"] / fitted["n"]), round(100 * fitted["after"] / fitted["n"])
+    # the fitted adapter was judged: say what it would have done (alone, when the votes were no candidate)
+    said = (f"a fitted adapter: {fb}% → {fa}% right on your {fitted['n']} labelled clips, each judged by a fit without it"
+            if hyper.get("tuning") == "adapter_only" else f"{change}; a fitted adapter: {fb}% → {fa}%, judged without each clip")
+    if fa >= fb and fitted.get("log_loss_after", 0.0) > fitted.get("log_loss_before", 0.0):
+        return (f"kept off: not yet clearly better ({said}, but less sure of their right labels overall: too few "
+                f"clips to trust the gain); {kept}")
+    return f"kept off: it would not make answers better ({said}); {kept}"
 
 
 def payload(built: Built) -> dict[str, np.ndarray]:
