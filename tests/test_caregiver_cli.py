@@ -100,8 +100,10 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
         code, out, err = run(capsys, *argv)
         assert code == 2 and err.startswith(message) and err.count("\n") == 1, (argv, err)
     code, out, _ = run(capsys, "label", "1", "giggly", "--profile", "Anna", "--allow-new-label")
-    assert code == 0 and "giggly" in run_json(capsys, "profile", "list")[0]["labels"]
-    assert run_json(capsys, "undo", "1") == {"clip_id": 1, "undone": "giggly", "current": "joy"}
+    assert code == 0 and out.strip() == "clip 1 labelled 'giggly' (replaces 'joy'; `undo 1` brings it back)"
+    assert "giggly" in run_json(capsys, "profile", "list")[0]["labels"]
+    assert run(capsys, "undo", "1", "--profile", "Bo")[2].startswith("error: no clip 1 in profile 'Bo'")
+    assert run_json(capsys, "undo", "1", "--profile", "Anna") == {"clip_id": 1, "undone": "giggly", "current": "joy"}
 
     queue = run_json(capsys, "queue", "--profile", "Anna")
     assert [(e["clip_id"], e["label"]) for e in queue] == [(1, "joy")]
@@ -204,7 +206,8 @@ def test_argument_bytes_that_are_not_utf8_are_stored_replaced_or_one_error_line(
     service.close()
 
     labelled = emoweb("label", str(clip_id), b"up\xffset", "--profile", b"kid\xff", "--annotator", b"mum\xfe", "--note", b"caf\xe9 =1")
-    assert (labelled.returncode, labelled.stdout, labelled.stderr) == (0, f"clip {clip_id} labelled 'up\ufffdset'\n".encode(), b"")
+    assert (labelled.returncode, labelled.stdout, labelled.stderr) == (
+        0, f"clip {clip_id} labelled 'up\ufffdset' (replaces 'calm'; `undo {clip_id}` brings it back)\n".encode(), b"")
     refused = emoweb("label", str(clip_id), b"x\xff", "--profile", b"kid\xff")
     assert refused.returncode == 2 and refused.stdout == b""
     assert refused.stderr.decode().startswith("error: label 'x\ufffd' is not in the label set") and refused.stderr.count(b"\n") == 1

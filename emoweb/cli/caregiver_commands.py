@@ -126,25 +126,28 @@ def _label_args(p: argparse.ArgumentParser) -> None:
     add_json(p)
 
 
-@command("label", "record a caregiver's label for a clip", prints="the clip and its new label", takes=FAST)(_label_args)
+@command("label", "record a caregiver's label for a clip",
+         prints="the clip, its new label and the label it replaces (`undo` brings that back)", takes=FAST)(_label_args)
 def _label(args: argparse.Namespace) -> int:
     try:
         c = _service(args).record_correction(args.clip_id, args.label, args.annotator, args.note, args.allow_new_label, args.profile)
     except UnknownLabelError as exc:
         raise EmoWebError(f"{exc}; to add it, allow a new label explicitly (--allow-new-label)") from None
-    emit(c.to_dict(), args.json, lambda d: f"clip {d['clip_id']} labelled {d['label']!r}")
+    emit(c.to_dict(), args.json, lambda d: f"clip {d['clip_id']} labelled {d['label']!r}"
+         + (f" (replaces {d['replaced']!r}; `undo {d['clip_id']}` brings it back)" if d["replaced"] else ""))
     return 0
 
 
 def _undo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("clip_id", metavar="CLIP_ID")
+    p.add_argument("--profile", default=None, help="caregiver profile name or id (the clip must be in it), as for `label`")
     p.add_argument("--annotator", default="")
     add_json(p)
 
 
 @command("undo", "withdraw a clip's latest label", prints="the label withdrawn and the clip's label now", takes=FAST)(_undo_args)
 def _undo(args: argparse.Namespace) -> int:
-    r = _service(args).undo_last_correction(args.clip_id, args.annotator)
+    r = _service(args).undo_last_correction(args.clip_id, args.annotator, args.profile)
     emit(r, args.json, lambda d: f"clip {d['clip_id']}: withdrew {d['undone']!r}; current label: {d['current'] or 'none'}")
     return 0
 

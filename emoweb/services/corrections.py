@@ -4,6 +4,8 @@ Storage only: no media, no models, no torch.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import re
 from typing import Any
 
@@ -41,7 +43,9 @@ class Corrections:
         label = known_label(label.strip(), list(prof.label_set))
         if label and label not in prof.label_set and not allow_new_label:
             raise UnknownLabelError(f"label {label!r} is not in the label set of profile {prof.name!r} ({', '.join(prof.label_set)})")
-        return correction_info(self.ctx.repo.add_correction(clip.id, label, annotator, note, allow_new_label))
+        was = self.ctx.repo.current_label(clip.id)
+        info = correction_info(self.ctx.repo.add_correction(clip.id, label, annotator, note, allow_new_label))
+        return replace(info, replaced=was if was != info.label else None)
 
     def undo(self, clip: Clip, annotator: str) -> dict[str, Any]:
         """Withdraw the clip's current label; the one before it (or none) is current again."""

@@ -93,6 +93,7 @@ class CorrectionInfo(_Record):
     annotator: str
     note: str
     created: datetime
+    replaced: str | None = None  # from `record_correction`: the clip's label before, when this one differs from it
 
 
 @dataclass(frozen=True)
