@@ -652,6 +652,30 @@ def outcome(r) -> tuple:
     return r.n, r.scored, r.before, r.after, r.n_per_label, r.alpha, r.beta
 
 
+def test_a_memo_file_judged_before_the_log_loss_rule_is_fitted_again(service: CaregiverService, no_decoding,
+                                                                       monkeypatch) -> None:
+    """A memo file written before the adapter's judgement had log losses (`cachebuild.adapter_passes` needs
+    them): after a restart the adapter is fitted again, not read back, and the rebuild says the same."""
+    service.create_profile("oldmemo", ["calm", "upset"])
+    pid = service.get_profile("oldmemo").id
+    add_synthetic(service, "oldmemo", 30, ["calm", "upset"], seed=13)
+    first = service.rebuild_cache("oldmemo")["emoasst"]
+    (path,) = memo_files(service, pid)
+    data = dict(memofile.read_arrays(path))
+    meta = json.loads(bytes(data["meta"]))
+    assert meta["adapter"]
+    for fit in meta["adapter"].values():
+        del fit["judged"]["log_loss_before"], fit["judged"]["log_loss_after"]
+    data["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    with open(path, "wb") as f:
+        memofile.write_arrays(f, data)
+    fits, fit = [], cachebuild.fit_adapter
+    monkeypatch.setattr(cachebuild, "fit_adapter", lambda *a, **k: fits.append(1) or fit(*a, **k))
+    again = restarted_rebuild(service, "oldmemo")
+    assert fits and outcome(again) == outcome(first) and again.outcome == first.outcome
+    service.delete_profile("oldmemo")
+
+
 def test_a_new_service_starts_from_the_memo_file_and_checks_it(service: CaregiverService, no_decoding, monkeypatch) -> None:
     """After a restart the first rebuild takes features, leave-one-out affinities and the adapter's fit from
     the memo file (no feature row read, no affinity computed, nothing refitted) and gives the same result; a stale file (clips added
