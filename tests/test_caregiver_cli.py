@@ -119,7 +119,11 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
     assert code == 0 and emoasst == ["in use: careful cache", "old"], out
 
     export = tmp_path / "labels.json"
-    assert run(capsys, "labels", "export", str(export), "--profile", "Anna")[0] == 0
+    code, out, _ = run(capsys, "labels", "export", str(export), "--profile", "Anna")
+    assert code == 0 and out == f"labels of profile 'Anna' written to {export} (JSON)\n"
+    assert [p.name for p in tmp_path.glob(".*.part")] == []
+    code, _, err = run(capsys, "labels", "export", str(tmp_path / "no such folder" / "l.csv"), "--profile", "Anna")
+    assert code == 2 and err == f"error: cannot write {tmp_path / 'no such folder' / 'l.csv'}: FileNotFoundError\n"
     rows = json.loads(export.read_text())["rows"]
     assert [(r["label"], r["note"], r["annotator"]) for r in rows] == [("joy", "<b>big smile</b>", "mum")]
     code, csv_text, _ = run(capsys, "labels", "export", "--profile", "Anna")

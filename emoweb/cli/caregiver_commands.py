@@ -7,6 +7,7 @@ and a one-line error with a non-zero exit status for unknown ids, profiles or ba
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -244,16 +245,25 @@ def _labels_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("labels", "export or import a profile's labels (CSV or JSON, matched by clip sha256)",
-         prints="export: the label file; import: counts imported, unchanged, unmatched, refused", takes=FAST)(_labels_args)
+         prints="export: the label file, or with FILE the line saying where it was written; import: counts imported, "
+                "unchanged, unmatched, refused", takes=FAST)(_labels_args)
 def _labels(args: argparse.Namespace) -> int:
     fmt = args.format or ("json" if args.file and args.file.lower().endswith(".json") else "csv")
     service = _service(args)
     if args.action == "export":
         text = service.export_labels(args.profile, fmt)
-        if args.file and args.file != "-":
-            Path(args.file).write_text(text, encoding="utf-8")
-        else:
+        if not args.file or args.file == "-":
             sys.stdout.write(text)
+            return 0
+        target = Path(args.file)
+        part = target.with_name(f".{target.name}.part")  # written whole, then renamed: never a half-written file
+        try:
+            part.write_text(text, encoding="utf-8")
+            os.replace(part, target)
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            raise EmoWebError(f"cannot write {args.file}: {exc.__class__.__name__}") from None
+        print(f"labels of profile {args.profile!r} written to {args.file} ({fmt.upper()})")
         return 0
     try:  # bytes: the service reads them as UTF-8, an invalid byte becoming U+FFFD
         data = sys.stdin.buffer.read() if not args.file or args.file == "-" else Path(args.file).read_bytes()
