@@ -229,3 +229,24 @@ def test_api_predict_words_types_or_corrects_the_words(request, tmp_path_factory
     assert back[0] == out[0] and back[11] == out[11]
     with pytest.raises(Exception, match="no text given"):
         job_result(Client(app.url, verbose=False, download_files=False).submit(" ", api_name="/predict_words"), 120)
+
+
+@pytest.mark.slow
+def test_bench_generalise_scores_a_guess_from_nothing_as_no_answer(text_manifest: Path, tmp_path: Path, monkeypatch) -> None:
+    """`bench generalise` scores text rows as `eval` does: a model that reads no text (Foal-Net) answers
+    none of them (each an error, its ECE over no rows), not the argmax of its uniform guess; a model that
+    reads text answers every one."""
+    from emoweb.config import get_settings
+    from emoweb.learning.generalise import generalise_text, score
+    from emoweb.learning.studies import acted_speech_store
+    from emoweb.pipeline.inference import Predictor
+
+    _checkpoints(tmp_path, monkeypatch)
+    predictor = Predictor()
+    items, _ = acted_speech_store(predictor, get_settings()).encode_rows(read_manifests(str(text_manifest)))
+    reports = {name: score(predictor.model(name)[0], items, predictor.backbones.dims) for name in ("foalnet", "emoasst")}
+    none, read = reports["foalnet"]["fused"], reports["emoasst"]["fused"]
+    assert none["answered"] == 0.0 and none["accuracy"] == 0.0 and none["n_pred_outside_labels"] == 3 and none["ece"] is None
+    assert read["answered"] == 1.0 and read["n_pred_outside_labels"] == 0 and read["ece"] is not None
+    text = generalise_text({"corpora": {"typed": {"n": 3, **reports}}, "mean": {}})
+    assert "| foalnet | no answer: reads none of these inputs | 0.0 |" in text and "| emoasst | answer |" in text

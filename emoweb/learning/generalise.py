@@ -15,13 +15,13 @@ from __future__ import annotations
 import torch
 
 from emoweb.config import SHARED_DATA, Settings
-from emoweb.learning.evaluation import BACKBONE_REPORT, backbone_label, composite_items
+from emoweb.learning.evaluation import BACKBONE_REPORT, NO_DECISION, backbone_label, composite_items
 from emoweb.learning.manifests import read_manifest
 from emoweb.learning.metrics import classification_report, ece_floor, expected_calibration_error
 from emoweb.learning.pairs import partial_expression_samples
 from emoweb.learning.studies import acted_speech_store
 from emoweb.learning.training import Sample, predict_samples, reports
-from emoweb.pipeline.inference import Predictor
+from emoweb.pipeline.inference import Predictor, reads_an_input
 from models import LABEL7
 
 SPEECH = {"RAVDESS": "speech/ravdess/manifest.csv", "CREMA-D": "speech/cremad/manifest.csv", "TESS": "speech/tess/manifest.csv"}
@@ -43,19 +43,24 @@ def corpus_items(store: FeatureStore, manifest: str, split: str | None = "val") 
 
 
 def score(model, items: list, dims: dict[str, int]) -> dict:
-    """The model's fused report with ECE (calibrated and raw), and each modality path's report."""
+    """The model's fused report with ECE (calibrated and raw), and each modality path's report. A row the
+    model reads nothing of (Foal-Net on a text) counts as `NO_DECISION`, an error, as in `eval`, not as the
+    argmax of its uniform guess; ECE is over the rows it answered (`answered`: their share)."""
     samples = [Sample(r, f, "val") for r, f in items]
     labels = list(LABEL7)
     outs = predict_samples(model, samples, dims, labels)
     logits = torch.cat([o.logits for o in outs])
     truth = [s.row.label for s in samples]
     raw = torch.cat([o.raw_logits if o.raw_logits is not None else o.logits for o in outs])  # before the card's calibration
-    report = classification_report(truth, [labels[int(i)] for i in logits.argmax(-1)], labels)
-    target = torch.tensor([labels.index(t) for t in truth])
+    batch_of = [o for o in outs for _ in range(o.probs.shape[0])]
+    answered = torch.tensor([reads_an_input(s.features, o) for s, o in zip(samples, batch_of)])
+    report = classification_report(truth, [labels[int(i)] if a else NO_DECISION for i, a in zip(logits.argmax(-1), answered)], labels)
+    report["answered"] = float(answered.float().mean())
+    target = torch.tensor([labels.index(t) for t in truth])[answered]
     for name, scores in (("ece", logits), ("ece_uncalibrated", raw)):
-        probs = scores.softmax(-1)
+        probs = scores[answered].softmax(-1)
         report[name] = expected_calibration_error(probs.max(-1).values.tolist(), (probs.argmax(-1) == target).tolist())
-    report["ece_floor"] = ece_floor(logits.softmax(-1).max(-1).values.tolist())  # what a calibrated model shows at this n
+    report["ece_floor"] = ece_floor(logits[answered].softmax(-1).max(-1).values.tolist())  # what a calibrated model shows at this n
     # each sense alone, where rows have more than one (composites); otherwise the answer is that sense's
     several = any(sum(s.features.modalities.values()) > 1 for s in samples)
     paths = {m: r for m, r in reports(samples, outs, labels).items() if m in ("audio", "visual")} if several else {}
@@ -115,7 +120,9 @@ def generalise_text(r: dict) -> str:
                 lines.append(f"| FER backbone | its own output | {pct(scores['accuracy'])} | {pct(scores['uar'])} | {pct(scores['weighted_f1'])} | | | |")
                 continue
             f = scores["fused"]
-            lines.append(f"| {model} | answer | {pct(f['accuracy'])} | {pct(f['uar'])} | {pct(f['weighted_f1'])} | {pct(f['ece'])} | "
+            share = f.get("answered", 1.0)
+            path = "answer" if share == 1.0 else "no answer: reads none of these inputs" if share == 0 else f"answer ({pct(share)} % of rows)"
+            lines.append(f"| {model} | {path} | {pct(f['accuracy'])} | {pct(f['uar'])} | {pct(f['weighted_f1'])} | {pct(f['ece'])} | "
                          f"{floor_text(f.get('ece_floor'))} | {pct(f['ece_uncalibrated'])} |")
             for path, p in scores["paths"].items():
                 lines.append(f"| {model} | {path} alone | {pct(p['accuracy'])} | {pct(p['uar'])} | {pct(p['weighted_f1'])} | | | |")

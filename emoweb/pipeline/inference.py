@@ -24,6 +24,13 @@ from models.cache import FewShotCache
 from models.output import ModelOutput
 
 
+def reads_an_input(features: ClipFeatures, output: ModelOutput) -> bool:
+    """Whether a model's output read an input the clip has: one that reads none of them (Foal-Net, which
+    reads no text, on a typed text) gives uniform probabilities, a guess from nothing, not an answer.
+    `output` may be a batch's: its senses are the model's, the clip's inputs are its own."""
+    return any(features.modalities.get(m, False) for m in output.modality_probs)
+
+
 @dataclass
 class Prediction:
     """All models' outputs for one clip, with the shared features and per-model latency."""
@@ -38,9 +45,8 @@ class Prediction:
         return any(self.features.modalities.values())
 
     def model_decided(self, name: str) -> bool:
-        """Whether model `name` read an input the clip has: one that reads none of them (Foal-Net, which reads
-        no text, on a typed text) gives uniform probabilities, a guess from nothing, not an answer."""
-        return any(self.features.modalities.get(m, False) for m in self.outputs[name].modality_probs)
+        """Whether model `name` read an input the clip has (`reads_an_input`)."""
+        return reads_an_input(self.features, self.outputs[name])
 
     def sense_decisions(self) -> dict[str, dict[str, dict[str, float]]]:
         """{model: {sense: {label: p}}}: each deciding model's own decision per sense the clip has (the
