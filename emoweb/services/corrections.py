@@ -4,9 +4,8 @@ Storage only: no media, no models, no torch.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import re
+from dataclasses import replace
 from typing import Any
 
 from emoweb.errors import EmoWebError, UnknownLabelError
