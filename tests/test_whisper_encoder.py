@@ -5,7 +5,11 @@ rather than as a quietly different encoder.
 """
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import ctranslate2
@@ -14,7 +18,7 @@ import pytest
 import torch
 
 from emoweb.pipeline.media import decode
-from models.backbones.whisper import joined_model_dir
+from models.backbones.whisper import JOINED_SIZE, joined_model_dir
 from models.backbones.whisper_encoder import WhisperEncoder, read_ct2_variables
 
 
@@ -65,3 +69,24 @@ def test_matches_ctranslate2_float32(mel: np.ndarray) -> None:
     assert (last - expected).abs().max() < 1e-2
     assert len(states) == 6 and all(s.shape == (1, 1500, 512) for s in states)
     assert not torch.allclose(states[3], states[5])
+
+
+def test_two_processes_join_the_weights_once(tmp_path: Path) -> None:
+    """`encode --shard 1/2` and `2/2` started together: before the lock, the second to finish replaced the
+    first's joined directory while the first opened it ("Unable to open file 'model.bin'"). Both must get
+    the same complete file, joined once."""
+    go = tmp_path / "go"  # both start joining within milliseconds of each other, after their imports
+    code = ("import os, time, ctranslate2; from models.backbones.whisper import joined_model_dir\n"
+            f"while not os.path.exists({str(go)!r}): time.sleep(0.005)\n"
+            "d = joined_model_dir(); inode = (d / 'model.bin').stat().st_ino\n"
+            "ctranslate2.models.Whisper(str(d), compute_type='int8'); print(d, inode)")
+    env = {**os.environ, "EMOWEB_MODEL_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    time.sleep(20)  # the imports
+    go.touch()
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-500:] for _, err in results]
+    assert len({out.strip() for out, _ in results}) == 1  # the same directory and the same file: joined once
+    assert (tmp_path / "cache" / "whisper-base-ct2" / "model.bin").stat().st_size == JOINED_SIZE
+    assert not list((tmp_path / "cache").glob(".whisper-join-*"))  # no temp directory left behind

