@@ -40,6 +40,7 @@ def _probe(*argv: str) -> tuple[str, str]:
     (["predict", "/nonexistent/clip.mp4"], 2, "error: file not found: clip.mp4"),
     (["bench", "kshot", "--ks", "4,x"], 2, "error: --ks must be whole numbers separated by commas, not '4,x'"),
     (["bench", "kshot", "--ks", "0,4"], 2, "error: --ks needs at least one K of 1 or more, not '0,4'"),
+    (["encode", "m.csv", "--splits", "dev,test"], 2, "error: --splits 'dev,test': expected some of train, dev, val"),
 ])
 def test_help_and_bad_input_answer_without_torch(argv: list[str], rc: int, err: str) -> None:
     line, stderr = _probe(*argv)
@@ -174,6 +175,19 @@ def _face_manifest(path: Path, split: bool) -> list[str]:
         writer.writeheader()
         writer.writerows(rows)
     return [r["label"] for r in rows[:-1]]
+
+
+def test_encode_reads_only_the_splits_asked_for(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`encode --splits val` fills the cache for the validation rows alone (what eval and bench generalise read),
+    skipping the training rows' encoding; the default encodes every row."""
+    monkeypatch.setenv("EMOWEB_FEATURE_CACHE", str(tmp_path / "features"))
+    manifest = tmp_path / "faces.csv"
+    n = len(_face_manifest(manifest, split=True))
+    assert cli.main(["encode", str(manifest), "--splits", "val"]) == 0
+    assert json.loads(capsys.readouterr().out)["encoded"] == 1  # the one val photo; the missing file is a train row
+    assert cli.main(["encode", str(manifest)]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert (done["encoded"], done["skipped"]) == (n, 1) and "gone.jpg: file not found" in done["reasons"][0]
 
 
 @pytest.mark.slow

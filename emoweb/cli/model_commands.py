@@ -69,6 +69,9 @@ def _encode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-asr", action="store_true",
                    help="no transcript (what `train` reads: the text path learns from text-only rows only)")
     p.add_argument("--shard", default="1/1", metavar="I/N", help="encode only every N-th row from the I-th (parallel runs)")
+    p.add_argument("--splits", default="train,dev,val", metavar="SPLIT[,SPLIT...]",
+                   help="encode only rows of these splits, as `train` assigns them (dev,val: what calibrate, eval and "
+                        "bench generalise read, without the training rows)")
     add_device(p)
 
 
@@ -76,17 +79,21 @@ def _encode_args(p: argparse.ArgumentParser) -> None:
          prints="how many rows were encoded and skipped (progress bar on stderr)",
          takes="about 0.1-0.2 s per speech clip without ASR, ~1 s with it, ~0.03 s per face photo on a 2-CPU machine")(_encode_args)
 def _encode(args: argparse.Namespace) -> int:
-    from emoweb.learning.manifests import read_manifests
-    from emoweb.pipeline.featstore import FeatureStore
-    from emoweb.pipeline.features import FeatureExtractor
-
     try:
         index, total = (int(x) for x in args.shard.split("/"))
         if not 1 <= index <= total:
             raise ValueError
     except ValueError:
         raise EmoWebError(f"--shard {args.shard!r}: expected I/N with 1 <= I <= N") from None
-    rows = read_manifests(args.data)[index - 1 :: total]
+    splits = {x.strip() for x in args.splits.split(",") if x.strip()}
+    if not splits or splits - {"train", "dev", "val"}:
+        raise EmoWebError(f"--splits {args.splits!r}: expected some of train, dev, val")
+    from emoweb.learning.manifests import read_manifests
+    from emoweb.learning.training import split_of
+    from emoweb.pipeline.featstore import FeatureStore
+    from emoweb.pipeline.features import FeatureExtractor
+
+    rows = [r for r in read_manifests(args.data) if split_of(r) in splits][index - 1 :: total]
     settings = settings_from(args)
     store = FeatureStore(FeatureExtractor(settings, transcribe=not args.no_asr), settings.feature_cache)
     encoded, skipped = store.encode_rows(rows, desc=f"encode {args.shard}")
