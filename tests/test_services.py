@@ -463,6 +463,47 @@ def test_a_rebuild_that_would_lower_accuracy_keeps_the_previous_cache_and_says_s
     service.delete_profile("guard")
 
 
+@pytest.mark.parametrize("change", ["delete", "relabel", "undo"])
+def test_a_kept_cache_goes_when_a_clip_it_holds_is_deleted_or_relabelled(service: CaregiverService, no_decoding,
+                                                                         monkeypatch, change: str) -> None:
+    """A cache kept in use after a rebuild that would lower accuracy holds its clips with the labels they had.
+    Deleting one of them, or changing or withdrawing its label, ends it: the next rebuild is kept off and the
+    model answers alone (no snapshot names a deleted clip, whose id SQLite may give the next clip), never
+    from examples the caregiver took back. Setup as the test above."""
+    monkeypatch.setattr(cachebuild, "ADAPTER_MARGIN_CLIPS", 10**6)
+    monkeypatch.setattr(cachebuild, "VOTES_MIN_CLIPS", 30)
+    labels, name = ["calm", "upset", "playful"], f"stale-{change}"
+    service.create_profile(name, labels)
+    ids = add_synthetic(service, name, 30, labels, seed=11, noise=0.5)
+    first = service.rebuild_cache(name)["emoasst"]
+    add_synthetic(service, name, 120, labels, seed=12, noise=0.5, centroid_seed=11, key_shift=1, base_right=True)
+    assert service.rebuild_cache(name)["emoasst"].outcome.endswith("the cache you had stays in use")
+    assert service.repo.active_snapshot(name, "emoasst").id == first.snapshot_id
+    held = ids[3]
+    if change == "delete":
+        outcome = service.delete_clip(held, name)["rebuilt"]["emoasst"]["outcome"]
+    else:
+        old = service.current_label(held)
+        if change == "relabel":
+            service.record_correction(held, next(label for label in labels if label != old), profile=name)
+        else:
+            service.undo_last_correction(held, profile=name)
+        outcome = service.rebuild_cache(name)["emoasst"].outcome
+    assert outcome.startswith("kept off: it would not make answers better") and outcome.endswith(
+        "answers come from the model alone")
+    active = service.repo.active_snapshot(name, "emoasst")
+    assert active.id != first.snapshot_id and active.hyper["alpha"] == 0.0 and not active.hyper["active"]
+    assert service.predict(ids[0], name).predictions["emoasst"].cache_snapshot != first.snapshot_id
+    if change == "delete":
+        with db(service) as connection:
+            from storage.arrays import unpack
+
+            payloads = connection.execute("SELECT payload FROM cache_snapshots WHERE profile_id = ?",
+                                          (service.get_profile(name).id,)).fetchall()
+        assert payloads and all(held not in unpack(p)["clip_ids"].tolist() for (p,) in payloads)
+    service.delete_profile(name)
+
+
 def test_a_fitted_adapter_is_stored_loads_in_another_process_and_answers_labelled_clips_held_out(
         service: CaregiverService, no_decoding) -> None:
     """A voice the model hears as sad on every clip: the rebuild's fitted adapter learns it and is switched

@@ -20,6 +20,16 @@ from storage.schema import Profile
 KEEP_SNAPSHOTS = 2  # inactive snapshots kept per (profile, model), to roll a rebuild back
 
 
+def _still_valid(hyper: dict | None, examples: dict[int, str] | None, labels: dict[int, str]) -> bool:
+    """Whether a model's active cache may stay in use when its rebuild is kept off: it passed the same
+    judgement (a careful-mode or older snapshot never did), and every example it holds is still a clip with
+    that label (`labels`: the current ones, a clip being deleted left out). A deleted clip, a label changed
+    or undone since: the old cache goes, and the model answers alone until a rebuild passes."""
+    if not hyper or not hyper.get("active") or not hyper.get("judged") or not examples:
+        return False
+    return all(labels.get(clip_id) == label for clip_id, label in examples.items())
+
+
 class Rebuilds:
     """Build caches from stored features, save them as snapshots, and make this process use them."""
 
@@ -37,6 +47,7 @@ class Rebuilds:
             repo = CaregiverRepository(session)
             repo.begin_snapshot()  # labels, features and names from one snapshot of the database
             previous = repo.active_snapshot_hypers(prof.id)
+            held = repo.active_snapshot_examples(prof.id)
             labels = {c: label for c, label in repo.current_labels(prof.id).items() if c not in exclude}
             with memo.lock:  # only while reading and assembling: tuning may take seconds
                 features = memo.read(repo, prof.id, ctx.backbone, labels)
@@ -54,8 +65,7 @@ class Rebuilds:
         built = []
         for model in wanted:
             b = cachebuild.build(model, assembled[model], prof.label_set, tune, previous.get(model), memo=memos[model])
-            # only a cache that passed the same judgement is worth keeping (older snapshots were never judged)
-            b.keep_previous = not b.hyper["active"] and bool((previous.get(model) or {}).get("active"))
+            b.keep_previous = not b.hyper["active"] and _still_valid(previous.get(model), held.get(model), labels)
             b.hyper["backbone_profile"] = ctx.backbone  # where `Predictions` finds the features
             b.metrics["timings"] = {"load": round(load, 4), "assemble": round(seconds[model], 4), **b.metrics["timings"]}
             built.append(b)

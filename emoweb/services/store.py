@@ -167,6 +167,18 @@ class CaregiverRepository(Repository):
             )
             return {model: hyper for model, hyper in rows}
 
+    def active_snapshot_examples(self, profile_id: int) -> dict[str, dict[int, str]]:
+        """{model: {clip id: label} of the examples its active snapshot holds} (payload 'clip_ids' and the row's
+        `labels`, aligned); a snapshot that names no clips (written before snapshots did) holds {}."""
+        with self._tx() as session:
+            rows = session.execute(
+                select(CacheSnapshot.model, CacheSnapshot.payload, CacheSnapshot.labels).where(
+                    CacheSnapshot.profile_id == profile_id, CacheSnapshot.active
+                )
+            )
+            return {model: dict(zip(unpack(payload).get("clip_ids", np.zeros(0, np.int64)).tolist(), labels))
+                    for model, payload, labels in rows}
+
     def get_snapshot(self, snapshot_id: int) -> CacheSnapshot | None:
         with self._tx() as session:
             return session.get(CacheSnapshot, snapshot_id)
