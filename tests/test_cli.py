@@ -165,6 +165,25 @@ def test_deprecated_profile_spelling_still_sets_the_backbones(capsys) -> None:
     assert args.profile == "Anna" and capsys.readouterr().err == ""
 
 
+def test_a_gpu_asked_for_where_there_is_none_is_one_line(monkeypatch, capsys) -> None:
+    """`--device cuda` (or EMOWEB_DEVICE=cuda) where torch finds no CUDA GPU: one error line, exit 2, before
+    anything loads (it was a 40-line traceback from the first tensor moved there). Made GPU-less on a GPU
+    machine too, so the test runs everywhere."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv, env in ((["predict", "--device", "cuda", "--text", "hello"], None),
+                      (["predict", "--text", "hello"], "cuda"), (["inspect", str(next(iter(FACES.values()))), "--device", "cuda"], None)):
+        if env:
+            monkeypatch.setenv("EMOWEB_DEVICE", env)
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ["error: device 'cuda': torch finds no CUDA GPU on this machine (use auto or cpu)"]
+        monkeypatch.delenv("EMOWEB_DEVICE", raising=False)
+    args = cli.build_parser().parse_args(["predict", "x.mp4", "--device", "cpu"])
+    assert cli.settings_from(args).device == "cpu"
+
+
 def _face_manifest(path: Path, split: bool) -> list[str]:
     """The face photos of tests/data (the first one val), plus a row whose file is missing."""
     rows = [{"path": str(p), "label": label, "split": "val" if i == 0 else "train"} for i, (label, p) in enumerate(FACES.items())]

@@ -132,7 +132,15 @@ def settings_from(args: argparse.Namespace | None):
     from emoweb.config import get_settings
 
     overrides = {"profile": getattr(args, "backbones", None), "device": getattr(args, "device", None)}
-    return replace(get_settings(), **{k: v for k, v in overrides.items() if v})
+    settings = replace(get_settings(), **{k: v for k, v in overrides.items() if v})
+    if settings.device != "auto" and settings.device != "cpu":  # a GPU asked for: checked before anything loads
+        from models.backbones import resolve_device
+
+        try:
+            resolve_device(settings.device)
+        except RuntimeError as exc:
+            raise EmoWebError(str(exc)) from None
+    return settings
 
 
 def _inspect_args(p: argparse.ArgumentParser) -> None:

@@ -28,9 +28,12 @@ class VisualEncoding:
 
 
 def resolve_device(device: str = "auto") -> str:
-    """'auto' -> cuda when present, else cpu."""
+    """'auto' -> cuda when present, else cpu. RuntimeError (one line) for 'cuda' where torch finds no CUDA
+    GPU, before any weights load: otherwise the first tensor moved there fails deep inside torch."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r}: torch finds no CUDA GPU on this machine (use auto or cpu)")
     return device
 
 
