@@ -16,7 +16,7 @@ from conftest import FACES
 from emoweb import cli
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "gradio", "transformers", "sqlalchemy", "models.registry", "emoweb.pipeline.inference")
+HEAVY = ("torch", "gradio", "transformers", "sqlalchemy", "scipy.stats", "models.registry", "emoweb.pipeline.inference")
 PROBE = (
     "import sys\n"
     "from emoweb import cli\n"
@@ -142,7 +142,7 @@ def test_python_m_emoweb_help_imports_no_torch() -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "predict" in done.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
-    assert "emoweb.cli" in imported and not imported & {"torch", "gradio", "transformers"}
+    assert "emoweb.cli" in imported and not imported & {"torch", "gradio", "transformers", "scipy.stats"}
 
 
 def test_every_subcommand_help_says_what_it_prints_and_how_long() -> None:

@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from scipy.stats import binomtest
 
 from emoweb.cli import add_json, command, emit
 from emoweb.config import REPO_ROOT
@@ -313,6 +312,8 @@ def _calibration_section(card: dict) -> list[str]:
 
 def _noise_line(card: dict) -> str:
     """How far the smallest validation corpus's accuracy could move by chance (95 % Wilson interval, scipy)."""
+    from scipy.stats import binomtest  # here: scipy.stats costs every command's start ~1.5 s
+
     corpora = {k.removeprefix("corpus "): m for k, m in card["metrics"].get("val", {}).items()
                if k.startswith("corpus ") and m.get("n")}
     if not corpora:
