@@ -41,6 +41,9 @@ def _probe(*argv: str) -> tuple[str, str]:
     (["bench", "kshot", "--ks", "4,x"], 2, "error: --ks must be whole numbers separated by commas, not '4,x'"),
     (["bench", "kshot", "--ks", "0,4"], 2, "error: --ks needs at least one K of 1 or more, not '0,4'"),
     (["encode", "m.csv", "--splits", "dev,test"], 2, "error: --splits 'dev,test': expected some of train, dev, val"),
+    (["predict", "x.mp4", "--models", "emoasst,bogus"], 2,
+     "error: unknown model(s): bogus; known: emoasst, merclip, sem_mbt, foalnet, or all"),
+    (["bench", "generalise", "--models", "EmoAsst"], 2, "unknown model(s): EmoAsst;"),
 ])
 def test_help_and_bad_input_answer_without_torch(argv: list[str], rc: int, err: str) -> None:
     line, stderr = _probe(*argv)

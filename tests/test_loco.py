@@ -94,7 +94,7 @@ def test_unknown_model_is_one_line_before_any_training(capsys) -> None:
         shipped_card("nope", "embedded")
     assert cli.main(["bench", "loco", "--models", "nope", "--threads", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: unknown model: nope")
+    assert len(err) == 1 and err[0].startswith("error: unknown model(s): nope; known: ")
 
 
 def test_missing_speech_corpora_are_named(tmp_path: Path, monkeypatch) -> None:

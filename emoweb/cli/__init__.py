@@ -99,6 +99,15 @@ def add_device(p: argparse.ArgumentParser) -> None:
                    help="where backbones and models run (default: EMOWEB_DEVICE, else auto = cuda when present)")
 
 
+def _check_models(spec: str) -> None:
+    """`--models` checked before the backbones and models load (~10 s): EmoWebError naming the unknown ones."""
+    from models import MODELS
+
+    unknown = [n.strip() for n in spec.split(",") if n.strip() and n.strip() not in MODELS] if spec != "all" else []
+    if unknown:
+        raise EmoWebError(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(MODELS)}, or all")
+
+
 def add_models(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default="all", metavar="NAMES",
                    help="comma-separated models (emoasst, merclip, sem_mbt, foalnet) or 'all' (default: every "
@@ -206,6 +215,8 @@ def main(argv: list[str] | None = None, make_service: Callable[[Any], Any] | Non
     args = build_parser().parse_args(argv)
     args.make_service = make_service
     try:
+        if isinstance(getattr(args, "models", None), str):
+            _check_models(args.models)
         return args.run(args)
     except EmoWebError as exc:
         print(f"error: {exc}", file=sys.stderr)
