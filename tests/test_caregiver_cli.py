@@ -93,7 +93,8 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
         (("queue", "--profile", "Nobody"), "error: no profile 'Nobody'"),
         (("cache", "rebuild", "--profile", "Nobody"), "error: no profile 'Nobody'"),
         (("undo", "../../etc/passwd"), "error: no clip '../../etc/passwd'"),
-        (("clip", "delete", "9"), "error: no clip 9"),
+        (("clip", "delete", "9", "--profile", "Anna"), "error: no clip 9"),
+        (("clip", "delete", "1", "--profile", "Bo"), "error: no clip 1 in profile 'Bo'"),  # Anna's clip 1 stays
         (("profile", "delete", "Nobody"), "error: no profile 'Nobody'"),
         (("ingest", str(joy_face), "--profile", "Nobody"), "error: no profile 'Nobody'"),
     ]:
@@ -135,7 +136,7 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
     assert code == 2 and err.startswith("error: cannot read")
 
     assert [c["id"] for c in run_json(capsys, "clip", "list", "--profile", "Anna")] == [1]
-    code, out, _ = run(capsys, "clip", "delete", "1")
+    code, out, _ = run(capsys, "clip", "delete", "1", "--profile", "Anna")
     assert code == 0 and "deleted clip 1 of 'Anna'; cache rebuilt without it (" in out and "emoasst" in out
     assert not stored.exists()
     code, out, _ = run(capsys, "profile", "delete", "Anna")
@@ -175,8 +176,9 @@ def test_an_unknown_profile_or_clip_is_answered_without_importing_torch(env: Pat
         ["cache", "rebuild", "--profile", "nosuch"], ["cache", "show", "--profile", "nosuch"],
         ["labels", "export", "--profile", "nosuch"], ["lesson", "1", "--profile", "nosuch"],
         ["lesson", "--profile", "nosuch"], ["clip", "list", "--profile", "nosuch"],
+        ["clip", "delete", "9", "--profile", "nosuch"],
     ]
-    unknown_clip = [["undo", "9"], ["clip", "delete", "9"]]
+    unknown_clip = [["undo", "9"]]
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", NO_TORCH_CHECK, json.dumps(unknown_profile + unknown_clip)], cwd=REPO,
                           env=environment, capture_output=True, text=True, timeout=300)

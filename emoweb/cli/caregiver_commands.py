@@ -319,6 +319,8 @@ def _clip_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True)
     delete = sub.add_parser("delete", help="delete a clip: media, features, predictions, labels (caches rebuilt without it)")
     delete.add_argument("clip_id", metavar="CLIP_ID")
+    delete.add_argument("--profile", required=True,
+                        help="caregiver profile name or id (the clip must be in it: a deletion cannot be undone)")
     add_json(delete)
     lst = sub.add_parser("list", help="a profile's clips")
     lst.add_argument("--profile", required=True)
@@ -333,7 +335,7 @@ def _clip(args: argparse.Namespace) -> int:
         rows = [c.to_dict() for c in service.list_clips(args.profile)]
         emit(rows, args.json, lambda r: "\n".join(f"{c['id']:>6}  {c['kind']:<6} {c['sha256'][:12]}  {c['original_name']}" for c in r) or "no clips")
         return 0
-    result = service.delete_clip(args.clip_id)
+    result = service.delete_clip(args.clip_id, args.profile)
     emit(result, args.json, lambda d: f"deleted clip {d['clip_id']} of {d['profile']!r}" + (
         f"; cache rebuilt without it ({', '.join(d['rebuilt'])})" if d["rebuilt"] else ""))
     return 0
