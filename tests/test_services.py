@@ -414,6 +414,15 @@ def test_below_votes_min_clips_only_the_fitted_adapter_is_judged(service: Caregi
     service.delete_profile("few")
 
 
+def test_what_is_still_to_label_before_a_rebuild_is_judged() -> None:
+    """`cache rebuild` names what a careful-mode rebuild lacks (JUDGE_MIN_PER_LABEL of every label used, two labels)."""
+    assert cachebuild.JUDGE_MIN_PER_LABEL == 2
+    assert cachebuild.still_needed({"joy": 3, "anger": 1, "neutral": 2}) == "1 more clip of anger"
+    assert cachebuild.still_needed({"joy": 3}) == "2 clips of a second label"
+    assert cachebuild.still_needed({"joy": 1}) == "1 more clip of joy, 2 clips of a second label"
+    assert cachebuild.still_needed({"joy": 2, "anger": 2}) == ""
+
+
 def test_an_adapter_no_surer_of_the_right_labels_stays_off() -> None:
     """A fitted adapter that gets as many held-out clips right as the model alone but is less sure of
     their labels (a higher held-out log loss) is not switched on, and the outcome says why."""

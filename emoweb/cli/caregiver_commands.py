@@ -200,8 +200,8 @@ def _snapshot_use(snapshot: dict) -> str:
 
 
 @command("cache", "rebuild a profile's few-shot caches from stored features, or show its snapshots",
-         prints="per model the outcome, clips per label, alpha/beta and leave-one-out accuracy before -> after; "
-         "or the snapshots",
+         prints="per model what the rebuild did in words (with leave-one-out accuracy before -> after when measured), "
+         "clips per label and what is still to label before it can be measured; or the snapshots",
          takes="a few seconds (stored features, no re-encoding; about 1 s for 1,000 clips once loaded)")(_cache_args)
 def _cache(args: argparse.Namespace) -> int:
     service = _service(args)
@@ -215,11 +215,11 @@ def _cache(args: argparse.Namespace) -> int:
     def text(r: dict) -> str:
         from emoweb.services import cachebuild
 
-        lines = [
-            f"{model_name(m)}: {d['outcome']}\n  {d['n']} clip(s) {d['n_per_label']}; leave-one-out accuracy "
-            f"{cachebuild.accuracy_text(d['judged'], d['before'], d['after'], '->')}; settings alpha {d['alpha']:.3g}, "
-            f"beta {d['beta']:.3g} ({cachebuild.TUNING_WORDS.get(d['tuning'], d['tuning'])}); {d['seconds']:.3f} s; snapshot {d['snapshot_id']}"
+        lines = [  # the outcome says what happened and its numbers; the second line what it was built from
+            f"{model_name(m)}: {d['outcome']}\n  {d['n']} clip(s) {d['n_per_label']}"
+            + ("" if d["judged"] or not d["n"] else f"; to measure it, label {cachebuild.still_needed(d['n_per_label'])}")
             + (f"; {d['skipped']} labelled clip(s) without stored features" if d["skipped"] else "")
+            + f"; {d['seconds']:.3f} s; snapshot {d['snapshot_id']} (--json: its settings)"
             for m, d in r.items()
         ]
         return "\n".join(lines) or "no model has stored features in this profile yet"

@@ -92,6 +92,16 @@ def too_few_to_judge() -> str:
     return f"too few labelled clips to measure (needs {JUDGE_MIN_PER_LABEL} of every label used, and two labels)"
 
 
+def still_needed(n_per_label: Mapping[str, int]) -> str:
+    """What a caregiver still has to label before a rebuild can be judged (`too_few_to_judge`), in words:
+    "1 more clip of neutral", "a clip of a second label", or "" when nothing is missing."""
+    short = [f"{JUDGE_MIN_PER_LABEL - n} more clip{'s' if JUDGE_MIN_PER_LABEL - n > 1 else ''} of {label}"
+             for label, n in sorted(n_per_label.items()) if n < JUDGE_MIN_PER_LABEL]
+    if len([n for n in n_per_label.values() if n]) < 2:
+        short.append(f"{JUDGE_MIN_PER_LABEL} clips of a second label")
+    return ", ".join(short)
+
+
 def accuracy_text(judged: bool, before: float | None, after: float | None, arrow: str = "→") -> str:
     """Leave-one-out accuracy on the labelled clips, model alone `arrow` with the cache ("50.0% → 75.0%"),
     or, when the rebuild was not judged (its numbers then mean nothing), `too_few_to_judge`."""
