@@ -32,7 +32,9 @@ def test_calibrated_models_must_also_be_confident() -> None:
     assert (h.confidence, h.reason) == (FAIRLY_SURE, "all 2 models agree, 1 of them confident")
     assert h.confident == ("a",)  # b says joy at 0.6, under its 0.8
     majority = {**agree_unsure, "c": {"fear": 0.9, "joy": 0.1}}
-    assert headline(majority, confident_at=at).confidence == NOT_SURE  # 2 of 3 agree, neither confident
+    h = headline(majority, confident_at=at)
+    assert h.confidence == NOT_SURE and "none of them confident" in h.reason  # 2 of 3 agree, neither confident
+    assert h.confident == ("c",)  # c is confident in its own answer, though the vote went the other way
     majority["a"] = {"joy": 0.71, "fear": 0.29}
     assert headline(majority, confident_at=at).confidence == PROBABLY
     assert headline(agree_unsure).confidence == FAIRLY_SURE  # no calibration: agreement alone, as before

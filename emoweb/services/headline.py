@@ -22,7 +22,7 @@ NO_ANSWER = "no answer"
 
 RULE = (
     "Each model that answered votes for its own top label; the answer is the label with the most votes "
-    "(a tie goes to the higher average probability over the models). A model is *confident* when its "
+    "(a tie goes to the label whose probability, averaged over every model that answered, is higher). A model is *confident* when its "
     "calibrated probability is at least the level at which it was right 8 times in 10 on held-out clips. "
     "**fairly sure** when every model (at least two) agrees and one of them is confident, **probably** "
     "when more than half agree (and, if every model agrees, none is confident), otherwise **not sure** "
@@ -42,7 +42,7 @@ class Headline:
     models: int  # models that answered
     mean_prob: float  # average probability of `label` over the models that answered, 0..1
     reason: str  # one line: why this confidence
-    confident: tuple[str, ...] = ()  # the models that gave `label` at or above their confidence level
+    confident: tuple[str, ...] = ()  # the models at or above their confidence level in their own answer (`label` or not)
 
     def to_dict(self) -> dict:
         """The headline as JSON (the UI's raw output and `predict --json`), with the rule that formed it."""
@@ -97,7 +97,9 @@ def headline(answers: Mapping[str, Mapping[str, float]], untrained: bool = False
         return Headline(None, NO_ANSWER, 0, 0, 0.0, "no model had a face, a voice or words to go by")
     label, agree = _vote(list(answers.values()))
     mean = sum(p.get(label, 0.0) for p in answers.values()) / n
-    sure = [m for m, p in answers.items() if _top(p) == label and confident_at and m in confident_at and p[label] >= confident_at[m]]
+    # a model is confident in its own answer, whatever the vote: the same probability reads the same everywhere
+    confident = [m for m, p in answers.items() if confident_at and m in confident_at and p[_top(p)] >= confident_at[m]]
+    sure = [m for m in confident if _top(answers[m]) == label]  # the confident ones that back the answer
     calibrated = bool(confident_at) and any(m in confident_at for m in answers)
     backed = not calibrated or bool(sure)
     why = "" if not calibrated else f", {len(sure)} of them confident" if sure else ", none of them confident"
@@ -116,7 +118,7 @@ def headline(answers: Mapping[str, Mapping[str, float]], untrained: bool = False
     conflict = sense_conflict({m: senses[m] for m in answers if m in senses}) if senses else None
     if conflict and confidence != NOT_SURE:
         confidence, reason = NOT_SURE, f"{reason}, but {conflict}"
-    return Headline(label, confidence, agree, n, float(mean), reason, tuple(sure))
+    return Headline(label, confidence, agree, n, float(mean), reason, tuple(confident))
 
 
 def of_prediction(prediction: Prediction, confident_at: Mapping[str, float] | None = None) -> Headline:
