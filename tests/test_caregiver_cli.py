@@ -91,6 +91,7 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
         (("label", "../1", "joy", "--profile", "Anna"), "error: no clip '../1': clip ids are whole numbers"),
         (("label", "1", "joy", "--profile", "Nobody"), "error: no profile 'Nobody'"),
         (("queue", "--profile", "Nobody"), "error: no profile 'Nobody'"),
+        (("queue", "--profile", "Anna", "--limit", "0"), "error: --limit 0: give 1 or more clips (or leave it out for all)"),
         (("cache", "rebuild", "--profile", "Nobody"), "error: no profile 'Nobody'"),
         (("undo", "../../etc/passwd"), "error: no clip '../../etc/passwd'"),
         (("clip", "delete", "9", "--profile", "Anna"), "error: no clip 9"),
@@ -127,7 +128,7 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
     assert code == 0 and out == f"labels of profile 'Anna' written to {export} (JSON)\n"
     assert [p.name for p in tmp_path.glob(".*.part")] == []
     code, _, err = run(capsys, "labels", "export", str(tmp_path / "no such folder" / "l.csv"), "--profile", "Anna")
-    assert code == 2 and err == f"error: cannot write {tmp_path / 'no such folder' / 'l.csv'}: FileNotFoundError\n"
+    assert code == 2 and err == f"error: cannot write {tmp_path / 'no such folder' / 'l.csv'}: its folder does not exist\n"
     rows = json.loads(export.read_text())["rows"]
     assert [(r["label"], r["note"], r["annotator"]) for r in rows] == [("joy", "<b>big smile</b>", "mum")]
     code, csv_text, _ = run(capsys, "labels", "export", "--profile", "Anna")
@@ -136,7 +137,9 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
     report = run_json(capsys, "labels", "import", str(export), "--profile", "Anna")
     assert (report["imported"], report["unmatched"], report["refused"]) == (1, [], [])
     code, out, err = run(capsys, "labels", "import", str(tmp_path / "nope.csv"), "--profile", "Anna")
-    assert code == 2 and err.startswith("error: cannot read")
+    assert code == 2 and err == f"error: cannot read {tmp_path / 'nope.csv'}: file not found\n"
+    code, out, err = run(capsys, "labels", "import", str(tmp_path), "--profile", "Anna")
+    assert code == 2 and err == f"error: cannot read {tmp_path}: it is a folder\n"
 
     assert [c["id"] for c in run_json(capsys, "clip", "list", "--profile", "Anna")] == [1]
     code, out, _ = run(capsys, "clip", "delete", "1", "--profile", "Anna")

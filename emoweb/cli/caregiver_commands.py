@@ -68,7 +68,8 @@ def _profile(args: argparse.Namespace) -> int:
 def _ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="clip file(s) or folder(s) (a folder's own clips; subfolders are not searched)")
     p.add_argument("--profile", required=True, help="caregiver profile name or id")
-    p.add_argument("--source", default="upload", choices=("upload", "record", "import"))
+    p.add_argument("--source", default="upload", choices=("upload", "record", "import"),
+                   help="how the clip came in, stored with it (default upload)")
     add_device(p)
     add_json(p)
 
@@ -121,8 +122,8 @@ def _label_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("clip_id", metavar="CLIP_ID")
     p.add_argument("label", metavar="LABEL")
     p.add_argument("--profile", required=True, help="caregiver profile name or id (the clip must be in it)")
-    p.add_argument("--note", default="")
-    p.add_argument("--annotator", default="")
+    p.add_argument("--note", default="", help="a note kept with the label (what happened, who was there)")
+    p.add_argument("--annotator", default="", help="who labelled it (kept in the label history)")
     p.add_argument("--allow-new-label", action="store_true", help="add LABEL to the profile's label set if it is new")
     add_json(p)
 
@@ -142,7 +143,7 @@ def _label(args: argparse.Namespace) -> int:
 def _undo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("clip_id", metavar="CLIP_ID")
     p.add_argument("--profile", default=None, help="caregiver profile name or id (the clip must be in it), as for `label`")
-    p.add_argument("--annotator", default="")
+    p.add_argument("--annotator", default="", help="who withdraws it (kept in the label history)")
     add_json(p)
 
 
@@ -154,8 +155,8 @@ def _undo(args: argparse.Namespace) -> int:
 
 
 def _queue_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", required=True)
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--profile", required=True, help="caregiver profile name or id")
+    p.add_argument("--limit", type=int, default=None, help="at most this many clips, from the top of the queue (default: all)")
     add_json(p)
 
 
@@ -163,6 +164,8 @@ def _queue_args(p: argparse.ArgumentParser) -> None:
          prints="one line per clip: id, label, margin, whether the models disagree, each model's top label",
          takes=FAST)(_queue_args)
 def _queue(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise EmoWebError(f"--limit {args.limit}: give 1 or more clips (or leave it out for all)")
     rows = [e.to_dict() for e in _service(args).labelling_queue(args.profile, args.limit)]
 
     def text(r: list) -> str:
@@ -182,7 +185,7 @@ def _queue(args: argparse.Namespace) -> int:
 
 def _cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("rebuild", "show"))
-    p.add_argument("--profile", required=True)
+    p.add_argument("--profile", required=True, help="caregiver profile name or id")
     p.add_argument("--retune", action="store_true", help="choose alpha/beta by cross-validation even if the last ones still fit")
     add_json(p)
 
@@ -231,12 +234,19 @@ def _cache(args: argparse.Namespace) -> int:
 # -- label files ------------------------------------------------------------------------------
 
 
+def _os_reason(exc: OSError, writing: bool = False) -> str:
+    """Why a file could not be read or written, in words ("file not found"), not an exception's class name."""
+    words = {FileNotFoundError: "its folder does not exist" if writing else "file not found", IsADirectoryError: "it is a folder",
+             PermissionError: "permission denied", NotADirectoryError: "a folder on its path is a file"}
+    return next((w for cls, w in words.items() if isinstance(exc, cls)), exc.strerror or exc.__class__.__name__)
+
+
 def _labels_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True)
     for action, where in (("export", "stdout"), ("import", "stdin")):
         a = sub.add_parser(action, help=f"{action} a profile's labels (default: {where})")
         a.add_argument("file", nargs="?", default=None, metavar="FILE", help=f"default: {where}")
-        a.add_argument("--profile", required=True)
+        a.add_argument("--profile", required=True, help="caregiver profile name or id")
         a.add_argument("--format", choices=("csv", "json"), default=None, help="default: from FILE's suffix, else csv")
         if action == "import":
             a.add_argument("--annotator", default=None, help="record this annotator instead of the file's")
@@ -262,13 +272,13 @@ def _labels(args: argparse.Namespace) -> int:
             os.replace(part, target)
         except OSError as exc:
             part.unlink(missing_ok=True)
-            raise EmoWebError(f"cannot write {args.file}: {exc.__class__.__name__}") from None
+            raise EmoWebError(f"cannot write {args.file}: {_os_reason(exc, writing=True)}") from None
         print(f"labels of profile {args.profile!r} written to {args.file} ({fmt.upper()})")
         return 0
     try:  # bytes: the service reads them as UTF-8, an invalid byte becoming U+FFFD
         data = sys.stdin.buffer.read() if not args.file or args.file == "-" else Path(args.file).read_bytes()
     except OSError as exc:
-        raise EmoWebError(f"cannot read {args.file}: {exc.__class__.__name__}") from None
+        raise EmoWebError(f"cannot read {args.file}: {_os_reason(exc)}") from None
     report = service.import_labels(args.profile, data, fmt, args.annotator, args.allow_new_labels)
     emit(report.to_dict(), args.json, lambda d: "\n".join(
         [f"imported {d['imported']}, unchanged {d['unchanged']}, unmatched {len(d['unmatched'])}, refused {len(d['refused'])}"]
@@ -323,7 +333,7 @@ def _clip_args(p: argparse.ArgumentParser) -> None:
                         help="caregiver profile name or id (the clip must be in it: a deletion cannot be undone)")
     add_json(delete)
     lst = sub.add_parser("list", help="a profile's clips")
-    lst.add_argument("--profile", required=True)
+    lst.add_argument("--profile", required=True, help="caregiver profile name or id")
     add_json(lst)
 
 
