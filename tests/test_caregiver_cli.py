@@ -58,8 +58,11 @@ def test_ingest_a_folder_names_each_clip_as_given_with_its_notes(env: Path, caps
     stored = run_json(capsys, "ingest", str(folder / "smile.jpg"), "--profile", "Anna")[0]  # answered from the database
     assert not stored["new"] and stored["senses"] and stored["headline"]["confidence"] in ("fairly sure", "probably", "not sure")
     assert out.splitlines()[0].startswith(f"clip 1 (new): smile.jpg: {cli.answer_text(stored['headline'])}; ")  # the same words
-    for m, p in stored["predictions"].items():  # each model as `predict` writes it, confident ones marked
-        assert cli.model_answer(m, p["label"] if p["decided"] else None, p["probs"], m in stored["headline"]["confident"]) in out
+    answers = [cli.model_answer(m, p["label"] if p["decided"] else None, p["probs"], m in stored["headline"]["confident"])
+               for m, p in stored["predictions"].items()]  # each model as `predict` writes it, confident ones marked
+    assert all(a in out for a in answers)
+    assert [name for name in ("EmoAsst", "MER-CLIP", "MER-SEM-MBT", "Foal-Net") if f"{name} -> " in out] == sorted(
+        (a.split(" -> ")[0] for a in answers), key=out.index)  # in the README's order, as predict prints them
     copy = tmp_path / "same smile.jpg"
     copy.write_bytes(joy_face.read_bytes())
     code, out, _ = run(capsys, "ingest", str(copy), "--profile", "Anna")
