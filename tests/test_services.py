@@ -584,6 +584,8 @@ def test_the_label_tab_shows_accuracy_only_where_a_rebuild_could_judge_it(servic
     assert too_few_to_judge() in row and "%" not in row, row
     assert not fig.data and too_few_to_judge() in fig.layout.annotations[0].text
     assert "emoasst" not in text  # the display name, never the code name
+    outcome = next(line for line in text.splitlines() if line.startswith("| EmoAsst | careful mode"))
+    assert outcome.endswith("sure of; to measure it, label 1 more clip of calm, 1 more clip of upset |"), outcome  # what to do next
     add_synthetic(service, "judging", 6, labels, seed=6)
     enough = service.rebuild_cache("judging")["emoasst"]
     assert enough.judged

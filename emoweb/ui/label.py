@@ -7,7 +7,7 @@ import gradio as gr
 
 from emoweb.errors import EmoWebError, NotFoundError, UnknownLabelError
 from emoweb.safetext import decode
-from emoweb.services.cachebuild import TUNING_WORDS, accuracy_text, too_few_to_judge
+from emoweb.services.cachebuild import TUNING_WORDS, accuracy_text, still_needed, too_few_to_judge
 from emoweb.services import lessons
 from emoweb.ui import common as C
 from emoweb.ui import figures as F
@@ -70,7 +70,8 @@ def rebuild_view(profile_name: str, results: dict, before: int, after: int) -> t
     lines = [f"Rebuilt the caches of **{C.esc(profile_name)}** from its labelled clips:", "",
              "| model | what the rebuild did |", "|---|---|"]
     for m, r in results.items():
-        lines.append(f"| {C.model_name(m)} | {C.esc(r.outcome)} |")
+        todo = "" if r.judged or not r.n else f"; to measure it, label {still_needed(r.n_per_label)}"
+        lines.append(f"| {C.model_name(m)} | {C.esc(r.outcome + todo)} |")
         if r.skipped:
             lines.append(f"\n⚠ {C.model_name(m)}: {r.skipped} labelled clip(s) without stored features were skipped")
     lines += ["", "<details><summary>Details for experts: settings and accuracy</summary>", "",
