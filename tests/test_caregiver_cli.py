@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from emoweb import cli
+from models import MODELS
 from test_services import make_checkpoint_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,6 +113,7 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
 
     queue = run_json(capsys, "queue", "--profile", "Anna")
     assert [(e["clip_id"], e["label"]) for e in queue] == [(1, "joy")]
+    assert list(queue[0]["top_labels"]) == [m for m in MODELS if m in queue[0]["top_labels"]]  # the registry's order
     rebuilt = run_json(capsys, "cache", "rebuild", "--profile", "Anna")
     assert rebuilt["emoasst"]["n"] == 1 and rebuilt["emoasst"]["n_per_label"] == {"joy": 1}
     code, out, _ = run(capsys, "cache", "rebuild", "--profile", "Anna")

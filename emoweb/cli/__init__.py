@@ -78,15 +78,6 @@ def model_name(model: str) -> str:
     return display_name(model)
 
 
-def in_model_order(per_model: dict[str, Any]) -> list[tuple[str, Any]]:
-    """`per_model`'s items in the order every command and the README list the models (EmoAsst, MER-CLIP,
-    MER-SEM-MBT, Foal-Net: `models.MODELS`), whatever order storage returned them in."""
-    from models import MODELS
-
-    order = list(MODELS)
-    return sorted(per_model.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]))
-
-
 def model_answer(model: str, label: str | None, probs: dict[str, float], confident: bool = False) -> str:
     """One model's answer in a clip's line: 'EmoAsst -> joy (0.81, confident)', or 'Foal-Net -> no decision'."""
     if not label:

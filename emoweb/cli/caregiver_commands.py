@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from emoweb.cli import (add_device, add_json, answer_text, clip_paths, command, emit, in_model_order, model_answer, model_name, note_lines,
+from emoweb.cli import (add_device, add_json, answer_text, clip_paths, command, emit, model_answer, model_name, note_lines,
                         settings_from, skipped_line)
 from emoweb.errors import EmoWebError, UnknownLabelError
 
@@ -106,7 +106,7 @@ def _ingest(args: argparse.Namespace) -> int:
             c = r["clip"]
             sure = set(r["headline"].get("confident", []))
             answers = ", ".join(model_answer(m, p["label"] if p["decided"] else None, p["probs"], m in sure)
-                                for m, p in in_model_order(r["predictions"]))
+                                for m, p in r["predictions"].items())
             stored = "new" if r["new"] else "already stored" + ("" if c["original_name"] == given else f" as {c['original_name']!r}")
             lines += [f"clip {c['id']} ({stored}): {given}: {answer_text(r['headline'])}; {answers}", *note_lines(r["notes"])]
         return "\n".join(lines + ([skipped_line(skipped)] if skipped else []))
@@ -172,7 +172,7 @@ def _queue(args: argparse.Namespace) -> int:
         lines = []
         for e in r:
             margin = "-" if e["margin"] is None else f"{e['margin']:.2f}"
-            tops = ", ".join(f"{model_name(m)}: {lab}" for m, lab in in_model_order(e["top_labels"])) or "no prediction"
+            tops = ", ".join(f"{model_name(m)}: {lab}" for m, lab in e["top_labels"].items()) or "no prediction"
             lines.append(f"{e['clip_id']:>6}  {e['label'] or '(unlabelled)':<14} margin {margin:<5} {'DISAGREE ' if e['disagree'] else ''}{tops}  {e['original_name']}")
         return "\n".join(lines) or "no clips"
 

@@ -12,6 +12,7 @@ from emoweb.errors import EmoWebError, UnknownLabelError
 from emoweb.safetext import clean, decode
 from emoweb.services import labelfiles
 from emoweb.services.context import ServiceContext
+from emoweb.services.modelinfo import in_model_order
 from emoweb.services.records import CorrectionInfo, ImportReport, QueueEntry
 from emoweb.services.store import CaregiverRepository
 from storage.schema import Clip, Correction, Profile
@@ -57,7 +58,7 @@ class Corrections:
     def queue(self, prof: Profile, limit: int | None) -> list[QueueEntry]:
         """Unlabelled first; then clips the models disagree on; then the least sure (smallest margin)."""
         return [
-            QueueEntry(i.clip.id, i.clip.original_name, i.clip.created, i.label, dict(i.top_labels), i.margin, i.disagree)
+            QueueEntry(i.clip.id, i.clip.original_name, i.clip.created, i.label, in_model_order(i.top_labels), i.margin, i.disagree)
             for i in self.ctx.repo.labelling_queue(prof.id, limit)
         ]
 

@@ -4,8 +4,11 @@ services; the registry imports torch, so it is imported on first use).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,16 @@ def display_name(name: str) -> str:
     from models import DISPLAY_NAMES
 
     return DISPLAY_NAMES.get(name, name)
+
+
+def in_model_order(per_model: Mapping[str, T]) -> dict[str, T]:
+    """`per_model` ordered as the registry lists the models (EmoAsst, MER-CLIP, MER-SEM-MBT, Foal-Net), as
+    `predict`, the README and the Models tab name them, whatever order storage returned them in; an unknown
+    name last, by name."""
+    from models import MODELS
+
+    order = list(MODELS)
+    return dict(sorted(per_model.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
 
 
 def model_statuses(predictor: Any) -> list[ModelStatus]:

@@ -14,6 +14,7 @@ import torch
 
 from emoweb.services import cachearrays, cachebuild
 from emoweb.services.context import ServiceContext
+from emoweb.services.modelinfo import in_model_order
 from emoweb.services.records import ModelPrediction
 from emoweb.services.store import CaregiverRepository
 from models.cache import FewShotCache
@@ -96,7 +97,7 @@ class Predictions:
             model, part = cachearrays.split_name(name)
             by_model.setdefault(model, {})[part] = array
         predictions = {}
-        for model, parts in sorted(by_model.items()):
+        for model, parts in in_model_order(by_model).items():
             if cachearrays.LOGITS not in parts:
                 continue
             base = torch.from_numpy(np.asarray(parts[cachearrays.LOGITS], np.float32).reshape(-1))
