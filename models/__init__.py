@@ -12,3 +12,13 @@ MODELS: dict[str, str] = {
 }
 # name -> the name people read (the papers' spelling): shown wherever a model is named to a person
 DISPLAY_NAMES: dict[str, str] = {"emoasst": "EmoAsst", "merclip": "MER-CLIP", "sem_mbt": "MER-SEM-MBT", "foalnet": "Foal-Net"}
+
+
+def named_models(spec: str) -> list[str]:
+    """The registry names in a comma-separated `spec` ("emoasst, merclip"), in its order; 'all' is left to the
+    caller (which models it means depends on the checkpoints). ValueError (one line) naming the unknown ones."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise ValueError(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(MODELS)}, or all")
+    return names

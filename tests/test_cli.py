@@ -168,6 +168,15 @@ def test_deprecated_profile_spelling_still_sets_the_backbones(capsys) -> None:
     assert args.profile == "Anna" and capsys.readouterr().err == ""
 
 
+def test_model_names_are_read_once_for_the_cli_and_the_predictor() -> None:
+    """`models.named_models`: what `--models` is checked with before anything loads and what the Predictor reads."""
+    from models import named_models
+
+    assert named_models(" emoasst, foalnet ,") == ["emoasst", "foalnet"]
+    with pytest.raises(ValueError, match=r"^unknown model\(s\): bogus, EmoAsst; known: emoasst, merclip, sem_mbt, foalnet, or all$"):
+        named_models("bogus,emoasst,EmoAsst")
+
+
 def test_a_gpu_asked_for_where_there_is_none_is_one_line(monkeypatch, capsys) -> None:
     """`--device cuda` (or EMOWEB_DEVICE=cuda) where torch finds no CUDA GPU: one error line, exit 2, before
     anything loads (it was a 40-line traceback from the first tensor moved there). Made GPU-less on a GPU

@@ -101,11 +101,13 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 def _check_models(spec: str) -> None:
     """`--models` checked before the backbones and models load (~10 s): EmoWebError naming the unknown ones."""
-    from models import MODELS
+    from models import named_models
 
-    unknown = [n.strip() for n in spec.split(",") if n.strip() and n.strip() not in MODELS] if spec != "all" else []
-    if unknown:
-        raise EmoWebError(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(MODELS)}, or all")
+    if spec != "all":
+        try:
+            named_models(spec)
+        except ValueError as exc:
+            raise EmoWebError(str(exc)) from None
 
 
 def add_models(p: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ from emoweb.errors import EmoWebError
 from emoweb.pipeline import media
 from emoweb.pipeline.batching import to_input
 from emoweb.pipeline.features import ClipFeatures, FeatureExtractor, Progress
-from models import LABEL7, registry
+from models import LABEL7, named_models, registry
 from models.cache import FewShotCache
 from models.output import ModelOutput
 
@@ -124,10 +124,13 @@ class Predictor:
         return out
 
     def model_names(self, spec: str = "all") -> list[str]:
-        names = registry.available() if spec == "all" else [n.strip() for n in spec.split(",") if n.strip()]
-        unknown = [n for n in names if n not in registry.MODELS]
-        if unknown:
-            raise EmoWebError(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(registry.MODELS)}")
+        if spec == "all":
+            names = registry.available()
+        else:
+            try:
+                names = named_models(spec)
+            except ValueError as exc:  # an unknown name
+                raise EmoWebError(str(exc)) from None
         return [n for n in names if self.model(n) is not None]
 
     def required_models(self, spec: str = "all") -> list[str]:
