@@ -23,6 +23,12 @@ from storage.schema import CacheSnapshot, Clip, ClipFeature, Correction, Profile
 _CHUNK = 500  # ids per IN (...): well under every backend's bound-parameter limit
 
 
+def _clip_ids(payload: bytes) -> list[int]:
+    """The clip id of each example a snapshot's payload holds (its 'clip_ids'); none in one written before
+    snapshots named their clips."""
+    return [int(c) for c in unpack(payload).get("clip_ids", np.zeros(0, np.int64)).tolist()]
+
+
 class CaregiverRepository(Repository):
     """`Repository` plus bulk reads for cache rebuilds, lookups by content hash and snapshot pruning."""
 
@@ -176,8 +182,7 @@ class CaregiverRepository(Repository):
                     CacheSnapshot.profile_id == profile_id, CacheSnapshot.active
                 )
             )
-            return {model: dict(zip(unpack(payload).get("clip_ids", np.zeros(0, np.int64)).tolist(), labels))
-                    for model, payload, labels in rows}
+            return {model: dict(zip(_clip_ids(payload), labels)) for model, payload, labels in rows}
 
     def get_snapshot(self, snapshot_id: int) -> CacheSnapshot | None:
         with self._tx() as session:
@@ -189,7 +194,7 @@ class CaregiverRepository(Repository):
             rows = session.execute(
                 select(CacheSnapshot.id, CacheSnapshot.payload).where(CacheSnapshot.profile_id == profile_id)
             )
-            return [sid for sid, payload in rows if clip_id in set(unpack(payload).get("clip_ids", np.zeros(0)).tolist())]
+            return [sid for sid, payload in rows if clip_id in _clip_ids(payload)]
 
     def delete_snapshots(self, snapshot_ids: Iterable[int]) -> int:
         """Delete inactive snapshots by id (an active one is never deleted here); returns how many."""
