@@ -69,6 +69,12 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[str]: JSON, list[int]: JSON}
 
 
+# Ids that leave the database (file names, the browser, the CLI, kept caches) are never given to a new row:
+# SQLite would otherwise reuse the id of a deleted last row, so a stale page or command could reach a new clip
+# of someone else. PostgreSQL's sequences never reuse one. Migration 0004 applies this to existing files.
+NEVER_REUSED = {"sqlite_autoincrement": True}
+
+
 def _fk(target: str) -> Any:
     return ForeignKey(target, ondelete="CASCADE")
 
@@ -78,7 +84,7 @@ class Profile(Base):
 
     __tablename__ = "profiles"
     # names are unique per owner (profiles without an owner count as one owner)
-    __table_args__ = (Index("uq_profiles_owner_name", text("coalesce(owner, '')"), "name", unique=True),)
+    __table_args__ = (Index("uq_profiles_owner_name", text("coalesce(owner, '')"), "name", unique=True), NEVER_REUSED)
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     # login user name, or a visitor's "visitor:<hash of the browser's owner key>"; None: shared
@@ -96,6 +102,7 @@ class Clip(Base):
         UniqueConstraint("profile_id", "sha256"),
         CheckConstraint(f"kind IN {KINDS}", name="kind"),
         CheckConstraint(f"source IN {SOURCES}", name="source"),
+        NEVER_REUSED,
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     profile_id: Mapped[int] = mapped_column(_fk("profiles.id"))
@@ -164,6 +171,7 @@ class Correction(Base):
     """
 
     __tablename__ = "corrections"
+    __table_args__ = (NEVER_REUSED,)
     id: Mapped[int] = mapped_column(primary_key=True)
     clip_id: Mapped[int] = mapped_column(_fk("clips.id"), index=True)
     label: Mapped[str] = mapped_column(String(200))  # for an undo row: the label withdrawn
@@ -190,6 +198,7 @@ class CacheSnapshot(Base):
             sqlite_where=text("active"),
             postgresql_where=text("active"),
         ),
+        NEVER_REUSED,
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     profile_id: Mapped[int] = mapped_column(_fk("profiles.id"))

@@ -126,6 +126,50 @@ def test_upgrade_keeps_the_rows_of_a_rebuilt_table(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def test_an_id_is_never_given_again(repo: Repository) -> None:
+    """The newest profile, clip and correction deleted: the next ones get new ids, so a page or command still
+    holding the old id finds nothing instead of reaching someone else's row."""
+    repo.create_profile("Anna", LABELS)
+    kept, newest = add_clip(repo, "Anna", "a"), add_clip(repo, "Anna", "b")
+    old = repo.add_correction(newest.id, "happy")
+    repo.delete_clip(newest.id)
+    again = add_clip(repo, "Anna", "c")
+    assert again.id > newest.id > kept.id
+    assert repo.add_correction(again.id, "sad").id > old.id
+    with pytest.raises(NotFound, match=f"no clip {newest.id}"):
+        repo.add_correction(newest.id, "sad")
+    gone = repo.create_profile("Ben", LABELS)
+    repo.delete_profile(gone.id)
+    assert repo.create_profile("Cleo", LABELS).id > gone.id
+
+
+def test_upgrade_to_0004_keeps_every_row_and_index(tmp_path: Path) -> None:
+    """0004 rebuilds four tables on SQLite: rows, children (no cascade) and the expression and partial
+    indexes survive, and the newest id is not given again afterwards."""
+    engine = make_engine(tmp_path / "old.sqlite3")
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0003")
+        run = connection.exec_driver_sql
+        run("INSERT INTO profiles (name, owner, label_set, created, last_active) VALUES ('Anna', NULL, '[]', '2025-01-02', '2025-01-02')")
+        for i in (1, 2):
+            run("INSERT INTO clips (profile_id, sha256, media_path, original_name, kind, source, created) "
+                f"VALUES (1, 's{i}', 'media/1/{i}.mp4', '', 'video', 'upload', '2025-01-02')")
+            run(f"INSERT INTO corrections (clip_id, label, annotator, note, created) VALUES ({i}, 'happy', '', '', '2025-01-02')")
+        run("INSERT INTO cache_snapshots (profile_id, model, built_at, n_per_label, hyper, metrics, labels, payload, active) "
+            "VALUES (1, 'emoasst', '2025-01-02', '{}', '{}', '{}', '[]', x'00', 1)")
+    upgrade(engine)
+    with engine.connect() as connection:
+        run = connection.exec_driver_sql
+        assert [run(f"SELECT count(*) FROM {t}").scalar() for t in ("profiles", "clips", "corrections", "cache_snapshots")] == [1, 2, 2, 1]
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    repo = Repository(make_session_factory(engine))
+    with pytest.raises(Invalid, match="already exists"):
+        repo.create_profile("Anna")  # the expression index is back
+    repo.delete_clip(2)
+    assert add_clip(repo, "Anna", "new").id == 3
+    engine.dispose()
+
+
 def test_alembic_config_needs_no_ini_file(engine: Engine) -> None:
     with engine.connect() as connection:
         config = alembic_config(connection)
