@@ -141,6 +141,10 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
     run(capsys, "undo", "1")
     report = run_json(capsys, "labels", "import", str(export), "--profile", "Anna")
     assert (report["imported"], report["unmatched"], report["refused"]) == (1, [], [])
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"sha256,label\n{rows[0]['sha256']},bored\n", encoding="utf-8")
+    code, out, _ = run(capsys, "labels", "import", str(bad), "--profile", "Anna")
+    assert code == 1 and out.splitlines()[-1] == "refused: line 2: label 'bored' is not in the label set of 'Anna'"
     code, out, err = run(capsys, "labels", "import", str(tmp_path / "nope.csv"), "--profile", "Anna")
     assert code == 2 and err == f"error: cannot read {tmp_path / 'nope.csv'}: file not found\n"
     code, out, err = run(capsys, "labels", "import", str(tmp_path), "--profile", "Anna")

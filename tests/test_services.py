@@ -930,9 +930,12 @@ def test_import_refuses_bad_rows_and_files(service: CaregiverService) -> None:
     service.create_profile("imports", ["calm", "upset"])
     clip_id = add_synthetic(service, "imports", 1, ["calm"], seed=9)[0]
     sha = service.get_clip(clip_id).sha256
-    text = f"sha256,label\n{sha},giggly\nnot-a-hash,calm\n{sha},\n"
+    text = f"sha256,label\n{sha},giggly\nnot-a-hash,calm\n\n{sha},\n"
     report = service.import_labels("imports", text)
-    assert report.imported == 0 and len(report.refused) == 3 and "giggly" in report.refused[0]
+    assert report.imported == 0 and report.refused == [  # named by the line a spreadsheet or editor shows
+        "line 2: label 'giggly' is not in the label set of 'imports'", "line 3: not a sha256: 'not-a-hash'", "line 5: empty label"]
+    as_json = json.dumps({"rows": [{"sha256": sha, "label": "calm"}, {"sha256": sha, "label": ""}]})
+    assert service.import_labels("imports", as_json, "json").refused == ["row 2: empty label"]
     assert service.current_label(clip_id) == "calm"
     assert service.import_labels("imports", f"sha256,label\n{sha},giggly\n", allow_new_labels=True).imported == 1
     assert service.current_label(clip_id) == "giggly" and "giggly" in service.get_profile("imports").labels
@@ -1126,7 +1129,7 @@ def test_csv_export_defuses_formulas_and_import_reads_them_back_exactly(service:
     for value, row in zip(cells, written):
         assert all(not cell.startswith(labelfiles.FORMULA_START) for cell in row), row  # nothing a spreadsheet runs
         assert row[4] == ("'" + value if value.startswith((*labelfiles.FORMULA_START, "'")) else value)
-    assert labelfiles.parse(text, "csv") == rows  # exactly what was exported
+    assert [row for _, row in labelfiles.parse(text, "csv")] == rows  # exactly what was exported
 
     service.create_profile("formulas", ["calm", "upset"])
     clip_id = add_synthetic(service, "formulas", 1, ["calm"], seed=23)[0]

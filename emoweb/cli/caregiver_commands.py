@@ -256,7 +256,7 @@ def _labels_args(p: argparse.ArgumentParser) -> None:
 
 @command("labels", "export or import a profile's labels (CSV or JSON, matched by clip sha256)",
          prints="export: the label file, or with FILE the line saying where it was written; import: counts imported, "
-                "unchanged, unmatched, refused", takes=FAST)(_labels_args)
+                "unchanged, unmatched, refused (exit status 1 when a row was refused)", takes=FAST)(_labels_args)
 def _labels(args: argparse.Namespace) -> int:
     fmt = args.format or ("json" if args.file and args.file.lower().endswith(".json") else "csv")
     service = _service(args)
@@ -284,7 +284,7 @@ def _labels(args: argparse.Namespace) -> int:
         [f"imported {d['imported']}, unchanged {d['unchanged']}, unmatched {len(d['unmatched'])}, refused {len(d['refused'])}"]
         + [f"unmatched: {u}" for u in d["unmatched"]] + [f"refused: {r}" for r in d["refused"]]
     ))
-    return 0
+    return 1 if report.refused else 0  # as `ingest`: a file with a refused row is not a success
 
 
 # -- lesson -----------------------------------------------------------------------------------

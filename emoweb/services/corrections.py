@@ -85,24 +85,24 @@ class Corrections:
         refused: list[str] = []
         with self.ctx.sessions() as session, session.begin():
             repo = CaregiverRepository(session)
-            for number, row in enumerate(rows, start=1):
+            for where, row in rows:
                 sha = row.get("sha256", "").strip().lower()
                 label = known_label(row.get("label", "").strip(), label_set)
                 if not _SHA256.fullmatch(sha):
-                    refused.append(f"row {number}: not a sha256: {sha[:80]!r}")
+                    refused.append(f"{where}: not a sha256: {sha[:80]!r}")
                     continue
                 clip = clips.get(sha)
                 if clip is None:
                     unmatched.append(f"{sha} {row.get('original_name', '')}".strip())
                     continue
                 if not label:
-                    refused.append(f"row {number}: empty label")
+                    refused.append(f"{where}: empty label")
                     continue
                 if current.get(clip.id) == label:
                     unchanged += 1
                     continue
                 if label not in label_set and not allow_new_labels:
-                    refused.append(f"row {number}: label {label!r} is not in the label set of {prof.name!r}")
+                    refused.append(f"{where}: label {label!r} is not in the label set of {prof.name!r}")
                     continue
                 repo.add_correction(clip.id, label, annotator or row.get("annotator", ""),
                                     row.get("note", ""), allow_new_label=allow_new_labels)

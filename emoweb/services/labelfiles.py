@@ -51,9 +51,11 @@ def render(profile: str, labels: Sequence[str], rows: list[dict[str, str]], fmt:
     return buffer.getvalue()
 
 
-def parse(text: str, fmt: str = "csv") -> list[dict[str, str]]:
-    """The file's rows as string dicts (missing values as ''); a file that is not a label file is refused
-    with one line saying why."""
+def parse(text: str, fmt: str = "csv") -> list[tuple[str, dict[str, str]]]:
+    """The file's rows as (where, string dict) pairs, missing values as ''. `where` names the row as a person
+    finds it: "line N" in a CSV file (the line its record ends on, the header being line 1: a record's only line
+    unless a quoted value spans lines), "row N" of a
+    JSON file's rows. A file that is not a label file is refused with one line saying why."""
     _check(fmt)
     if fmt == "json":
         try:
@@ -63,10 +65,12 @@ def parse(text: str, fmt: str = "csv") -> list[dict[str, str]]:
         rows = data.get("rows") if isinstance(data, dict) else data
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise EmoWebError("not a JSON label file: expected {\"rows\": [{\"sha256\": ..., \"label\": ...}, ...]}")
+        placed = [(f"row {number}", row) for number, row in enumerate(rows, start=1)]
     else:
         reader = csv.DictReader(io.StringIO(text))
         missing = {"sha256", "label"} - set(reader.fieldnames or ())
         if missing:
             raise EmoWebError(f"not a CSV label file: missing column(s) {', '.join(sorted(missing))}")
-        rows = [{k: restore_cell(v) if isinstance(v, str) else v for k, v in r.items()} for r in reader]
-    return [{clean(k): "" if v is None else clean(str(v)) for k, v in r.items() if k is not None} for r in rows]
+        placed = [(f"line {reader.line_num}", {k: restore_cell(v) if isinstance(v, str) else v for k, v in row.items()})
+                  for row in reader]  # line_num: read when the record has been read (blank lines skipped)
+    return [(where, {clean(k): "" if v is None else clean(str(v)) for k, v in r.items() if k is not None}) for where, r in placed]
