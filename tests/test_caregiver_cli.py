@@ -154,7 +154,10 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
     code, out, _ = run(capsys, "clip", "delete", "1", "--profile", "Anna")
     assert code == 0 and "deleted clip 1 of 'Anna'; cache rebuilt without it (" in out and "emoasst" in out
     assert not stored.exists()
-    code, out, _ = run(capsys, "profile", "delete", "Anna")
+    code, out, err = run(capsys, "profile", "delete", "Anna")  # no terminal to ask at: refused, nothing deleted
+    assert (code, out) == (2, "") and err == ("error: deleting profile 'Anna' with its 0 clip(s), labels and caches cannot be "
+                                             "undone: add --yes to confirm (no terminal to ask at)\n")
+    code, out, _ = run(capsys, "profile", "delete", "Anna", "--yes")
     assert code == 0 and out.startswith("deleted profile 'Anna'")
     assert not (env / "media" / "1").exists()
 
@@ -165,6 +168,24 @@ def test_errors_are_one_line_with_a_nonzero_exit(env: Path) -> None:
     proc = subprocess.run(cmd, cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr == "error: no profile 'nobody'\n" and proc.stdout == ""
+
+
+def test_deleting_a_profile_at_a_terminal_asks_first(env: Path, capsys) -> None:
+    """A real subprocess whose stdin is a terminal (a pseudo-terminal): anything but yes keeps the profile."""
+    import pty
+
+    run(capsys, "profile", "create", "Bo")
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    for answer, code, kept in ((b"\n", 1, True), (b"no\n", 1, True), (b"y\n", 0, False)):
+        controller, terminal = pty.openpty()
+        os.write(controller, answer)
+        proc = subprocess.run([sys.executable, "-m", "emoweb", "profile", "delete", "Bo"], stdin=terminal, cwd=REPO,
+                              env=environment, capture_output=True, text=True, timeout=300)
+        os.close(terminal), os.close(controller)
+        assert proc.stdout.startswith("delete profile 'Bo' with its 0 clip(s), labels and caches? It cannot be undone. [y/N] ")
+        assert proc.returncode == code, proc.stderr
+        assert ("nothing deleted: profile 'Bo' kept" in proc.stdout) is kept
+        assert [p["name"] for p in run_json(capsys, "profile", "list")] == (["Bo"] if kept else [])
 
 
 NO_TORCH_CHECK = """

@@ -42,6 +42,8 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     add_json(lst)
     delete = sub.add_parser("delete", help="delete a profile with its clips, media files, labels and caches")
     delete.add_argument("name", help="profile name or id")
+    delete.add_argument("--yes", action="store_true",
+                        help="confirm without being asked (needed when stdin is not a terminal): it cannot be undone")
     add_json(delete)
 
 
@@ -57,9 +59,22 @@ def _profile(args: argparse.Namespace) -> int:
         rows = [p.to_dict() for p in service.list_profiles(args.owner)]
         emit(rows, args.json, lambda r: "\n".join(f"{d['id']:>4}  {d['name']}  ({', '.join(d['labels'])})" for d in r) or "no profiles")
     else:
-        result = service.delete_profile(args.name)
+        info = service.get_profile(args.name)
+        what = f"profile {info.name!r} with its {len(service.list_clips(info.id))} clip(s), labels and caches"
+        if not args.yes and not _confirmed(what):
+            print(f"nothing deleted: profile {info.name!r} kept")
+            return 1
+        result = service.delete_profile(info.id)
         emit(result, args.json, lambda d: f"deleted profile {d['profile']!r}: {d['clips']} clip(s), {d['files_removed']} media file(s)")
     return 0
+
+
+def _confirmed(what: str) -> bool:
+    """A person's yes at the terminal to deleting `what`; with no terminal to ask at, the command is refused
+    (--yes confirms in advance), so a script never deletes a child's clips by a missing word."""
+    if not sys.stdin.isatty():
+        raise EmoWebError(f"deleting {what} cannot be undone: add --yes to confirm (no terminal to ask at)")
+    return input(f"delete {what}? It cannot be undone. [y/N] ").strip().lower() in ("y", "yes")
 
 
 # -- ingest -----------------------------------------------------------------------------------
