@@ -291,6 +291,10 @@ def test_the_lesson_command_writes_the_file_and_its_copy(service, clips, monkeyp
     out = capsys.readouterr().out
     assert f"lesson {copy}" in out and "chosen by voice" in out and "no face found" in out
     assert copy.read_bytes() == lessons.clip_file(service.data_dir, service.get_profile("lessons").id, clips["faceless"]).read_bytes()
+    for target, reason in ((tmp_path / "no such folder" / "x.mp4", "its folder does not exist"), (tmp_path, "it is a folder")):
+        assert cli.main(["lesson", str(clips["faceless"]), "--profile", "lessons", "--seconds", "1", "-o", str(target)]) == 2
+        assert capsys.readouterr().err == f"error: cannot write {target}: {reason}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.mp4"]  # no part file left behind
     assert cli.main(["lesson", "999999", "--profile", "lessons"]) == 2
     assert capsys.readouterr().err.strip() == "error: no clip 999999"
     assert cli.main(["lesson", str(clips["joy"]), "--profile", "lessons", "--seconds", "0"]) == 2

@@ -7,9 +7,11 @@ and a one-line error with a non-zero exit status for unknown ids, profiles or ba
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from emoweb.cli import (add_device, add_json, answer_text, clip_paths, command, emit, model_answer, model_name, note_lines,
@@ -256,6 +258,19 @@ def _os_reason(exc: OSError, writing: bool = False) -> str:
     return next((w for cls, w in words.items() if isinstance(exc, cls)), exc.strerror or exc.__class__.__name__)
 
 
+def _write_whole(target: Path, write: Callable[[Path], object]) -> None:
+    """`write` fills a hidden part file beside `target`, which is then renamed onto it: never a half-written
+    file where one was asked for, and an existing one is kept until the new one is whole. Errors: one line."""
+    part = target.with_name(f".{target.name}.part")
+    try:
+        write(part)
+        os.replace(part, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            part.unlink()
+        raise EmoWebError(f"cannot write {target}: {_os_reason(exc, writing=True)}") from None
+
+
 def _labels_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True)
     for action, where in (("export", "stdout"), ("import", "stdin")):
@@ -280,14 +295,7 @@ def _labels(args: argparse.Namespace) -> int:
         if not args.file or args.file == "-":
             sys.stdout.write(text)
             return 0
-        target = Path(args.file)
-        part = target.with_name(f".{target.name}.part")  # written whole, then renamed: never a half-written file
-        try:
-            part.write_text(text, encoding="utf-8")
-            os.replace(part, target)
-        except OSError as exc:
-            part.unlink(missing_ok=True)
-            raise EmoWebError(f"cannot write {args.file}: {_os_reason(exc, writing=True)}") from None
+        _write_whole(Path(args.file), lambda part: part.write_text(text, encoding="utf-8"))
         print(f"labels of profile {args.profile!r} written to {args.file} ({fmt.upper()})")
         return 0
     try:  # bytes: the service reads them as UTF-8, an invalid byte becoming U+FFFD
@@ -328,10 +336,7 @@ def _lesson(args: argparse.Namespace) -> int:
         lesson = service.export_lesson_set(args.profile, args.clip_ids or None, args.label, args.slow, **length)
     result = lesson.to_dict()
     if args.output is not None:
-        try:
-            shutil.copyfile(lesson.path, args.output)
-        except OSError as exc:
-            raise EmoWebError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+        _write_whole(args.output, lambda part: shutil.copyfile(lesson.path, part))
         result["copied_to"] = str(args.output)
     emit(result, args.json, lambda d: "\n".join([f"lesson {d.get('copied_to', d['path'])} ({d['duration']:.1f} s, stretch chosen by {', '.join(d['chosen_by'])})", *d["notes"]]))
     return 0
