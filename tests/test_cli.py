@@ -244,6 +244,7 @@ def test_eval_without_split_column_scores_every_row(tmp_path: Path, monkeypatch,
     assert cli.main(["eval", str(plain), "--models", "emoasst"]) == 0  # text: the skipped row's reason too
     out = capsys.readouterr().out
     assert f"split (every row): rows used {n}, skipped 1" in out and "skipped: gone.jpg: file not found" in out
+    assert [line.split(" | ")[0] for line in out.splitlines()[2:4]] == ["| EmoAsst", f"| {BACKBONE_REPORT}"]  # names people read
 
     split = tmp_path / "split.csv"
     _face_manifest(split, split=True)  # with a split column: val only, unless asked

@@ -10,8 +10,8 @@ import json
 import time
 from pathlib import Path
 
-from emoweb.cli import (add_backbones, add_device, add_json, add_models, answer_text, clip_paths, command, emit, model_answer, note_lines,
-                        settings_from, skipped_line)
+from emoweb.cli import (add_backbones, add_device, add_json, add_models, answer_text, clip_paths, command, emit, model_answer, model_name,
+                        note_lines, settings_from, skipped_line)
 from emoweb.config import BUILT_CLIPS_IN_CORPUS, BUILT_CLIPS_OWN_GROUPS, DEV_FRACTION, EPOCH_ROWS_PER_MODALITY, TextTuningRecipe
 from emoweb.errors import EmoWebError
 from models import MODELS
@@ -271,7 +271,7 @@ def _eval(args: argparse.Namespace) -> int:
     from emoweb.learning.metrics import comparison_table
 
     result = evaluate_manifest(settings_from(args), args.manifest, args.models, args.split, args.cache, args.composites, rows)
-    emit(result, args.json, lambda r: "\n".join([comparison_table(r["reports"]), "",
+    emit(result, args.json, lambda r: "\n".join([comparison_table({model_name(m): rep for m, rep in r["reports"].items()}), "",
                                                  f"split {r['split'] or '(every row)'}: rows used {r['n']}, skipped {len(r['skipped'])}",
                                                  *_skipped_lines(r["skipped"])]))
     return 0
