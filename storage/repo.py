@@ -151,9 +151,11 @@ class Repository:
         source: str = "upload",
         original_name: str = "",
         duration: float | None = None,
+        notes: Sequence[str] = (),
     ) -> tuple[Clip, bool]:
         """Store a clip; returns (clip, True) when new, or (the existing clip, False) when the same
-        content (sha256) is already in the profile: a re-upload, whose media_path is ignored."""
+        content (sha256) is already in the profile: a re-upload, whose media_path and notes are ignored.
+        `notes`: what decoding noticed, one sentence each."""
         values = dict(
             sha256=checks.sha256(sha256),
             media_path=checks.media_path(media_path),
@@ -161,6 +163,7 @@ class Repository:
             source=checks.source(source),
             original_name=original_name or "",
             duration=duration,
+            notes=[checks.name(n, "clip note") for n in notes],
         )
         with self._tx(write=True) as session:
             profile_id = self._profile(session, profile).id

@@ -71,7 +71,8 @@ class Base(DeclarativeBase):
 
 # Ids that leave the database (file names, the browser, the CLI, kept caches) are never given to a new row:
 # SQLite would otherwise reuse the id of a deleted last row, so a stale page or command could reach a new clip
-# of someone else. PostgreSQL's sequences never reuse one. Migration 0004 applies this to existing files.
+# of someone else. PostgreSQL's sequences never reuse one. Migration 0004 applies this to existing files; a
+# later migration that rebuilds one of these tables on SQLite (batch mode) must pass it as table_kwargs.
 NEVER_REUSED = {"sqlite_autoincrement": True}
 
 
@@ -113,6 +114,9 @@ class Clip(Base):
     kind: Mapped[str] = mapped_column(String(16))
     source: Mapped[str] = mapped_column(String(16))
     created: Mapped[datetime] = mapped_column(default=utcnow)
+    # what decoding noticed ("only the first 60 s were analysed", "no face found"), so a stored clip's answer
+    # carries the same notes as when it was first analysed
+    notes: Mapped[list[str]] = mapped_column(default=list, server_default=text("'[]'"))
 
 
 class ClipFeature(Base):

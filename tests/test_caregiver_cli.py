@@ -58,6 +58,7 @@ def test_ingest_a_folder_names_each_clip_as_given_with_its_notes(env: Path, caps
     assert out.splitlines()[1:] == ["  note: still image: no audio", "skipped, not clips: notes.txt (subfolders are not searched)"]
     stored = run_json(capsys, "ingest", str(folder / "smile.jpg"), "--profile", "Anna")[0]  # answered from the database
     assert not stored["new"] and stored["senses"] and stored["headline"]["confidence"] in ("fairly sure", "probably", "not sure")
+    assert stored["notes"] == stored["clip"]["notes"] == ["still image: no audio"]  # stored with the clip, not lost
     assert out.splitlines()[0].startswith(f"clip 1 (new): smile.jpg: {cli.answer_text(stored['headline'])}; ")  # the same words
     answers = [cli.model_answer(m, p["label"] if p["decided"] else None, p["probs"], m in stored["headline"]["confident"])
                for m, p in stored["predictions"].items()]  # each model as `predict` writes it, confident ones marked
@@ -68,6 +69,7 @@ def test_ingest_a_folder_names_each_clip_as_given_with_its_notes(env: Path, caps
     copy.write_bytes(joy_face.read_bytes())
     code, out, _ = run(capsys, "ingest", str(copy), "--profile", "Anna")
     assert code == 0 and out.startswith("clip 1 (already stored as 'smile.jpg'): same smile.jpg: ")
+    assert out.splitlines()[1:] == ["  note: still image: no audio"]
 
 
 @pytest.mark.slow

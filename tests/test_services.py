@@ -647,7 +647,10 @@ def test_a_snapshot_refers_to_stored_features_and_loads_in_another_process(servi
 
 def test_a_warm_rebuild_sees_what_another_process_added_deleted_or_replaced(service: CaregiverService, no_decoding) -> None:
     """The in-memory features are checked against the database: clips another replica added or deleted,
-    and the newest clip deleted and stored again with other features under the same id and sha256."""
+    and the newest clip deleted and stored again with other features under the same id and sha256 (ids are never
+    given again since migration 0004: only a database file restored from an older copy does this)."""
+    from storage.schema import Clip
+
     service.create_profile("replicas", ["calm", "upset"])
     ids = add_synthetic(service, "replicas", 30, ["calm", "upset"], seed=6)
     assert service.rebuild_cache("replicas")["emoasst"].n == 30
@@ -660,8 +663,10 @@ def test_a_warm_rebuild_sees_what_another_process_added_deleted_or_replaced(serv
         last = other.get_clip(more[-1])
         features = other.repo.get_features(last.id, "embedded")
         other.delete_clip(last.id)
-        again, new = other.repo.add_clip(last.profile_id, last.sha256, last.media_path, "video", "upload", last.original_name, 2.0)
-        assert new and again.id == last.id  # SQLite gave the largest id out again
+        with other.ctx.sessions() as session, session.begin():
+            session.add(Clip(id=last.id, profile_id=last.profile_id, sha256=last.sha256, media_path=last.media_path,
+                             kind="video", source="upload", original_name=last.original_name, duration=2.0))
+        again = other.get_clip(last.id)
         other.repo.put_features(again.id, "embedded", {k: (-v if k != "emoasst.logits" else v) for k, v in features.items()})
         other.repo.add_correction(again.id, "upset")
     finally:

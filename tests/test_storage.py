@@ -143,7 +143,7 @@ def test_an_id_is_never_given_again(repo: Repository) -> None:
     assert repo.create_profile("Cleo", LABELS).id > gone.id
 
 
-def test_upgrade_to_0004_keeps_every_row_and_index(tmp_path: Path) -> None:
+def test_upgrade_from_0003_keeps_every_row_and_index(tmp_path: Path) -> None:
     """0004 rebuilds four tables on SQLite: rows, children (no cascade) and the expression and partial
     indexes survive, and the newest id is not given again afterwards."""
     engine = make_engine(tmp_path / "old.sqlite3")
@@ -165,6 +165,7 @@ def test_upgrade_to_0004_keeps_every_row_and_index(tmp_path: Path) -> None:
     repo = Repository(make_session_factory(engine))
     with pytest.raises(Invalid, match="already exists"):
         repo.create_profile("Anna")  # the expression index is back
+    assert repo.get_clip(1).notes == []  # 0005: clips stored before have no notes
     repo.delete_clip(2)
     assert add_clip(repo, "Anna", "new").id == 3
     engine.dispose()

@@ -103,8 +103,8 @@ def _ingest(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             result = service.ingest(path, args.profile, args.source)
-            notes = result.outputs.features.warnings if result.outputs is not None else []
-            results.append({"path": str(path), **result.to_dict(), "headline": service.headline(result).to_dict(), "notes": notes})
+            results.append({"path": str(path), **result.to_dict(), "headline": service.headline(result).to_dict(),
+                            "notes": result.clip.notes})  # stored with the clip: the same when it was already stored
         except EmoWebError as exc:
             if len(paths) == 1:
                 raise

@@ -76,7 +76,8 @@ def profile_info(p: Profile) -> ProfileInfo:
 
 
 def clip_info(c: Clip) -> ClipInfo:
-    return ClipInfo(c.id, c.profile_id, c.sha256, c.original_name, c.media_path, c.kind, c.source, c.duration, c.created)
+    return ClipInfo(c.id, c.profile_id, c.sha256, c.original_name, c.media_path, c.kind, c.source, c.duration, c.created,
+                    list(c.notes))
 
 
 class ServiceContext:

@@ -9,10 +9,11 @@ Never trusted blindly: each use first reads every clip's (id, sha256), in the sa
 the features it then reads. A new clip is read; a clip held here that is gone or has another
 sha256 drops the profile's whole entry, which is then read again (deletions are rare; rows that are
 only ever added keep this simple). The one change (id, sha256) cannot show is the same content
-stored again, after a delete, under the same id. A new row gets an id above every row in the table
-(SQLite: the largest + 1, so it does reuse ids; PostgreSQL: a sequence), so a held id comes back
-only after every higher id was deleted, the highest held one included: if that one still has the
-`created` it had when read, no held clip was replaced. Replicas sharing a PostgreSQL database each
+stored again, after a delete, under the same id. The database never gives an id again (SQLite's
+AUTOINCREMENT since migration 0004, PostgreSQL's sequences), but a database file restored from an older
+copy, or ids a SQLite file gave before 0004, can bring a held id back; it comes back only after every
+higher id was deleted, the highest held one included: if that one still has the `created` it had when
+read, no held clip was replaced. Replicas sharing a PostgreSQL database each
 keep their own memo and see each other's changes the same way.
 
 With a folder, each entry is also kept on disk (`memofile`) after a rebuild and read from there when

@@ -124,9 +124,9 @@ class Ingest:
             arrays[cachearrays.logits_name(model)] = _align(base[0], out.labels, prof.label_set)
         return arrays, feats.kind, feats.duration, result
 
-    def _reusable(self, prof: Profile, sha: str) -> tuple[dict[str, np.ndarray], Senses, str, float | None] | None:
-        """Stored arrays and per-sense decisions of the same content in another profile with the same label
-        set: no re-encoding."""
+    def _reusable(self, prof: Profile, sha: str) -> tuple[dict[str, np.ndarray], Senses, str, float | None, list[str]] | None:
+        """Stored arrays, per-sense decisions, kind, duration and notes of the same content in another profile
+        with the same label set: no re-encoding."""
         repo = self.ctx.repo
         for other in repo.clips_by_sha(sha):
             if other.profile_id == prof.id:
@@ -135,7 +135,7 @@ class Ingest:
             stored = repo.get_features(other.id, self.ctx.backbone)
             logits = [a for n, a in stored.items() if cachearrays.split_name(n)[1] == cachearrays.LOGITS]
             if logits and all(a.size == len(prof.label_set) for a in logits) and other_labels[: len(prof.label_set)] == list(prof.label_set):
-                return stored, repo.get_senses(other.id, self.ctx.backbone), other.kind, other.duration
+                return stored, repo.get_senses(other.id, self.ctx.backbone), other.kind, other.duration, list(other.notes)
         return None
 
     def _store(self, repo: CaregiverRepository, clip_id: int, arrays: dict[str, np.ndarray], senses: Senses,
@@ -153,9 +153,9 @@ class Ingest:
         outputs = None
         if reused is None:
             arrays, kind, duration, outputs = self._compute(prof, path, sha, progress)  # bad media fails here: nothing written
-            senses = outputs.sense_decisions()
+            senses, notes = outputs.sense_decisions(), list(outputs.features.warnings)
         else:
-            arrays, senses, kind, duration = reused
+            arrays, senses, kind, duration, notes = reused
         predictions = self.predictions.score(prof, arrays)
         if outputs is not None:
             self.predictions.apply_to_outputs(outputs, predictions, prof)
@@ -177,7 +177,7 @@ class Ingest:
             ctx.pause("ingest.written")
             with ctx.sessions() as session, session.begin():  # every row of the clip, or none
                 repo = CaregiverRepository(session)
-                clip, new = repo.add_clip(prof.id, sha, relative, kind, source, name, duration)
+                clip, new = repo.add_clip(prof.id, sha, relative, kind, source, name, duration, notes)
                 if not new:
                     raise _AlreadyStored(clip)
                 self._store(repo, clip.id, arrays, senses, predictions)

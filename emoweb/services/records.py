@@ -47,6 +47,7 @@ class ClipInfo(_Record):
     source: str
     duration: float | None
     created: datetime
+    notes: list[str] = field(default_factory=list)  # what decoding noticed ("no face found"), stored with the clip
 
 
 @dataclass(frozen=True)
