@@ -46,8 +46,8 @@ class Rebuilds:
         with ctx.sessions() as session, session.begin():
             repo = CaregiverRepository(session)
             repo.begin_snapshot()  # labels, features and names from one snapshot of the database
-            previous = repo.active_snapshot_hypers(prof.id)
-            held = repo.active_snapshot_examples(prof.id)
+            active = repo.active_snapshots_held(prof.id)
+            previous = {model: hyper for model, (hyper, _) in active.items()}
             labels = {c: label for c, label in repo.current_labels(prof.id).items() if c not in exclude}
             with memo.lock:  # only while reading and assembling: tuning may take seconds
                 features = memo.read(repo, prof.id, ctx.backbone, labels)
@@ -65,7 +65,7 @@ class Rebuilds:
         built = []
         for model in wanted:
             b = cachebuild.build(model, assembled[model], prof.label_set, tune, previous.get(model), memo=memos[model])
-            b.keep_previous = not b.hyper["active"] and _still_valid(previous.get(model), held.get(model), labels)
+            b.keep_previous = not b.hyper["active"] and _still_valid(*active.get(model, (None, None)), labels)
             b.hyper["backbone_profile"] = ctx.backbone  # where `Predictions` finds the features
             b.metrics["timings"] = {"load": round(load, 4), "assemble": round(seconds[model], 4), **b.metrics["timings"]}
             built.append(b)

@@ -163,26 +163,17 @@ class CaregiverRepository(Repository):
             )
             return {model: snapshot_id for model, snapshot_id in rows}
 
-    def active_snapshot_hypers(self, profile_id: int) -> dict[str, dict[str, Any]]:
-        """{model: hyper-parameters of its active snapshot}, without the snapshots' labels and payloads."""
+    def active_snapshots_held(self, profile_id: int) -> dict[str, tuple[dict[str, Any], dict[int, str]]]:
+        """{model: (hyper-parameters of its active snapshot, {clip id: label} of the examples it holds)}, in one
+        read (payload 'clip_ids' and the row's `labels`, aligned); a snapshot that names no clips (written before
+        snapshots did) holds {}."""
         with self._tx() as session:
             rows = session.execute(
-                select(CacheSnapshot.model, CacheSnapshot.hyper).where(
+                select(CacheSnapshot.model, CacheSnapshot.hyper, CacheSnapshot.payload, CacheSnapshot.labels).where(
                     CacheSnapshot.profile_id == profile_id, CacheSnapshot.active
                 )
             )
-            return {model: hyper for model, hyper in rows}
-
-    def active_snapshot_examples(self, profile_id: int) -> dict[str, dict[int, str]]:
-        """{model: {clip id: label} of the examples its active snapshot holds} (payload 'clip_ids' and the row's
-        `labels`, aligned); a snapshot that names no clips (written before snapshots did) holds {}."""
-        with self._tx() as session:
-            rows = session.execute(
-                select(CacheSnapshot.model, CacheSnapshot.payload, CacheSnapshot.labels).where(
-                    CacheSnapshot.profile_id == profile_id, CacheSnapshot.active
-                )
-            )
-            return {model: dict(zip(_clip_ids(payload), labels)) for model, payload, labels in rows}
+            return {model: (hyper, dict(zip(_clip_ids(payload), labels))) for model, hyper, payload, labels in rows}
 
     def get_snapshot(self, snapshot_id: int) -> CacheSnapshot | None:
         with self._tx() as session:
