@@ -9,6 +9,8 @@ becomes U+FFFD, the rest is kept.
 """
 from __future__ import annotations
 
+import unicodedata
+
 REPLACEMENT = "\ufffd"
 
 
@@ -19,6 +21,17 @@ def clean(value: str) -> str:
         return value
     fixed = value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
     return fixed.replace("\x00", REPLACEMENT)
+
+
+def name(value: str) -> str:
+    """A name a person types (a profile, a label): `clean`, stripped, in Unicode NFC, so "Zoë" typed with a
+    decomposed "ë" (as macOS sends it) and with a composed one is one name."""
+    return unicodedata.normalize("NFC", clean(value).strip())
+
+
+def name_key(value: str) -> str:
+    """What two names that read alike share (NFKC, case-folded): "Anna", "ANNA" and "ａｎｎａ" have one key."""
+    return unicodedata.normalize("NFKC", clean(value).strip()).casefold()
 
 
 def decode(data: bytes) -> str:

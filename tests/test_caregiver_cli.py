@@ -89,6 +89,8 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
 
     code, out, _ = run(capsys, "label", "1", "joy", "--profile", "Anna", "--note", "<b>big smile</b>", "--annotator", "mum")
     assert code == 0 and out.strip() == "clip 1 labelled 'joy'"
+    code, out, _ = run(capsys, "label", "1", "Joy", "--profile", "Anna")  # a second tap: nothing a later undo must withdraw
+    assert code == 0 and out.strip() == "clip 1 already labelled 'joy': nothing recorded"
     for argv, message in [
         (("label", "1", "giggly", "--profile", "Anna"), "error: label 'giggly' is not in the label set of profile 'Anna' (anger, disgust, "
          "fear, joy, neutral, sadness, surprise); to add it, allow a new label explicitly (--allow-new-label)"),
@@ -99,7 +101,7 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
         (("queue", "--profile", "Nobody"), "error: no profile 'Nobody'"),
         (("queue", "--profile", "Anna", "--limit", "0"), "error: --limit 0: give 1 or more clips (or leave it out for all)"),
         (("cache", "rebuild", "--profile", "Nobody"), "error: no profile 'Nobody'"),
-        (("undo", "../../etc/passwd"), "error: no clip '../../etc/passwd'"),
+        (("undo", "../../etc/passwd", "--profile", "Anna"), "error: no clip '../../etc/passwd'"),
         (("clip", "delete", "9", "--profile", "Anna"), "error: no clip 9"),
         (("clip", "delete", "1", "--profile", "Bo"), "error: no clip 1 in profile 'Bo'"),  # Anna's clip 1 stays
         (("profile", "delete", "Nobody"), "error: no profile 'Nobody'"),
@@ -108,7 +110,7 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
         code, out, err = run(capsys, *argv)
         assert code == 2 and err.startswith(message) and err.count("\n") == 1, (argv, err)
     code, out, _ = run(capsys, "label", "1", "giggly", "--profile", "Anna", "--allow-new-label")
-    assert code == 0 and out.strip() == "clip 1 labelled 'giggly' (replaces 'joy'; `undo 1` brings it back)"
+    assert code == 0 and out.strip() == "clip 1 labelled 'giggly' (replaces 'joy'; `undo 1 --profile 1` brings it back)"
     assert "giggly" in run_json(capsys, "profile", "list")[0]["labels"]
     assert run(capsys, "undo", "1", "--profile", "Bo")[2].startswith("error: no clip 1 in profile 'Bo'")
     assert run_json(capsys, "undo", "1", "--profile", "Anna") == {"clip_id": 1, "undone": "giggly", "current": "joy"}
@@ -140,7 +142,7 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
     assert [(r["label"], r["note"], r["annotator"]) for r in rows] == [("joy", "<b>big smile</b>", "mum")]
     code, csv_text, _ = run(capsys, "labels", "export", "--profile", "Anna")
     assert code == 0 and csv_text.splitlines()[0] == "sha256,original_name,label,annotator,note,created"
-    run(capsys, "undo", "1")
+    run(capsys, "undo", "1", "--profile", "Anna")
     report = run_json(capsys, "labels", "import", str(export), "--profile", "Anna")
     assert (report["imported"], report["unmatched"], report["refused"]) == (1, [], [])
     bad = tmp_path / "bad.csv"
@@ -153,8 +155,11 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
     assert code == 2 and err == f"error: cannot read {tmp_path}: it is a folder\n"
 
     assert [c["id"] for c in run_json(capsys, "clip", "list", "--profile", "Anna")] == [1]
-    code, out, _ = run(capsys, "clip", "delete", "1", "--profile", "Anna")
-    assert code == 0 and "deleted clip 1 of 'Anna'; cache rebuilt without it (" in out and "emoasst" in out
+    code, out, err = run(capsys, "clip", "delete", "1", "--profile", "Anna")  # as profile delete: asked, or --yes
+    assert (code, out) == (2, "") and err == ("error: deleting clip 1 ('joy_eileen_collins.jpg') of profile 'Anna', with its labels and lessons "
+                                             "cannot be undone: add --yes to confirm (no terminal to ask at)\n") and stored.exists()
+    code, out, _ = run(capsys, "clip", "delete", "1", "--profile", "Anna", "--yes")
+    assert code == 0 and out == "deleted clip 1 of 'Anna'; cache rebuilt without it (EmoAsst, MER-CLIP, MER-SEM-MBT, Foal-Net)\n"
     assert not stored.exists()
     code, out, err = run(capsys, "profile", "delete", "Anna")  # no terminal to ask at: refused, nothing deleted
     assert (code, out) == (2, "") and err == ("error: deleting profile 'Anna' with its 0 clip(s), labels and caches cannot be "
@@ -203,8 +208,8 @@ print(json.dumps(results))
 """
 
 
-def test_an_unknown_profile_or_clip_is_answered_without_importing_torch(env: Path, tmp_path: Path) -> None:
-    """Every caregiver command given a profile or clip that does not exist fails with its one line
+def test_an_unknown_profile_is_answered_without_importing_torch(env: Path, tmp_path: Path) -> None:
+    """Every caregiver command given a profile that does not exist fails with its one line
     before anything imports torch (which alone takes seconds): checked in a fresh process, per command."""
     clip = tmp_path / "clip.wav"
     clip.write_bytes(b"RIFF")  # never read: the profile is checked first
@@ -214,18 +219,16 @@ def test_an_unknown_profile_or_clip_is_answered_without_importing_torch(env: Pat
         ["cache", "rebuild", "--profile", "nosuch"], ["cache", "show", "--profile", "nosuch"],
         ["labels", "export", "--profile", "nosuch"], ["lesson", "1", "--profile", "nosuch"],
         ["lesson", "--profile", "nosuch"], ["clip", "list", "--profile", "nosuch"],
-        ["clip", "delete", "9", "--profile", "nosuch"],
+        ["clip", "delete", "9", "--profile", "nosuch"], ["undo", "9", "--profile", "nosuch"],
     ]
-    unknown_clip = [["undo", "9"]]
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", NO_TORCH_CHECK, json.dumps(unknown_profile + unknown_clip)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH_CHECK, json.dumps(unknown_profile)], cwd=REPO,
                           env=environment, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
-    assert [r[0] for r in results] == unknown_profile + unknown_clip
+    assert [r[0] for r in results] == unknown_profile
     for argv, code, err, torch_loaded in results:
-        expected = "error: no clip 9\n" if argv in unknown_clip else "error: no profile 'nosuch'\n"
-        assert (code, err, torch_loaded) == (2, expected, False), argv
+        assert (code, err, torch_loaded) == (2, "error: no profile 'nosuch'\n", False), argv
 
 
 def test_argument_bytes_that_are_not_utf8_are_stored_replaced_or_one_error_line(env: Path, tmp_path: Path) -> None:
@@ -251,7 +254,7 @@ def test_argument_bytes_that_are_not_utf8_are_stored_replaced_or_one_error_line(
 
     labelled = emoweb("label", str(clip_id), b"up\xffset", "--profile", b"kid\xff", "--annotator", b"mum\xfe", "--note", b"caf\xe9 =1")
     assert (labelled.returncode, labelled.stdout, labelled.stderr) == (
-        0, f"clip {clip_id} labelled 'up\ufffdset' (replaces 'calm'; `undo {clip_id}` brings it back)\n".encode(), b"")
+        0, f"clip {clip_id} labelled 'up\ufffdset' (replaces 'calm'; `undo {clip_id} --profile 1` brings it back)\n".encode(), b"")
     refused = emoweb("label", str(clip_id), b"x\xff", "--profile", b"kid\xff")
     assert refused.returncode == 2 and refused.stdout == b""
     assert refused.stderr.decode().startswith("error: label 'x\ufffd' is not in the label set") and refused.stderr.count(b"\n") == 1

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import os
 import shutil
 import signal
@@ -1039,6 +1040,28 @@ def test_unknown_ids_and_profiles_give_one_line_errors(service: CaregiverService
     with pytest.raises(EmoWebError, match="already exists"):
         service.create_profile("ids")
     assert service.get_profile(str(service.get_profile("ids").id)).name == "ids"  # an id given as text
+
+
+def test_profile_names_that_read_as_ids_or_like_another_are_refused(service: CaregiverService) -> None:
+    """A name that is a number would hide the profile with that id; two names that read alike (case, Unicode
+    form) would be two children's profiles a parent cannot tell apart; a name typed in either form finds it."""
+    anna = service.create_profile("Anna")
+    for args, message in [
+        (("7",), "profile name '7' is a number, which reads as a profile id: add a word (e.g. 'Kid 7')"),
+        (("ANNA",), f"profile name 'ANNA' reads like profile 'Anna' (id {anna.id}): choose another name"),
+        (("Kid", ["happy", "sad", "Happy"]), "labels 'happy' and 'Happy' read alike: keep one"),
+    ]:
+        with pytest.raises(EmoWebError, match=re.escape(message)):
+            service.create_profile(*args)
+    zoe = service.create_profile("Zoe\u0308", ["gl\u00fccklich", "mu\u0308de"])  # decomposed, as macOS types it
+    assert zoe.name == "Zo\u00eb" and zoe.labels == ["gl\u00fccklich", "m\u00fcde"]  # stored composed (NFC)
+    assert service.get_profile("Zo\u00eb").id == service.get_profile("Zoe\u0308").id == zoe.id
+    with pytest.raises(NotFoundError, match=re.escape("no profile 'anna' (did you mean 'Anna'?)")):
+        service.get_profile("anna")
+    clip_id = add_synthetic(service, zoe.id, 1, ["gl\u00fccklich"], seed=5)[0]
+    assert service.record_correction(clip_id, "GLU\u0308CKLICH").unchanged  # the set's own label, typed otherwise
+    service.delete_profile(zoe.id)
+    service.delete_profile(anna.id)
 
 
 def test_path_traversal_cannot_reach_outside_the_data_dir(service: CaregiverService, tmp_path) -> None:

@@ -44,8 +44,7 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     add_json(lst)
     delete = sub.add_parser("delete", help="delete a profile with its clips, media files, labels and caches")
     delete.add_argument("name", help="profile name or id")
-    delete.add_argument("--yes", action="store_true",
-                        help="confirm without being asked (needed when stdin is not a terminal): it cannot be undone")
+    _add_yes(delete)
     add_json(delete)
 
 
@@ -69,6 +68,11 @@ def _profile(args: argparse.Namespace) -> int:
         result = service.delete_profile(info.id)
         emit(result, args.json, lambda d: f"deleted profile {d['profile']!r}: {d['clips']} clip(s), {d['files_removed']} media file(s)")
     return 0
+
+
+def _add_yes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--yes", action="store_true",
+                   help="confirm without being asked (needed when stdin is not a terminal): it cannot be undone")
 
 
 def _confirmed(what: str) -> bool:
@@ -148,18 +152,21 @@ def _label_args(p: argparse.ArgumentParser) -> None:
 @command("label", "record a caregiver's label for a clip",
          prints="the clip, its new label and the label it replaces (`undo` brings that back)", takes=FAST)(_label_args)
 def _label(args: argparse.Namespace) -> int:
+    service = _service(args)
     try:
-        c = _service(args).record_correction(args.clip_id, args.label, args.annotator, args.note, args.allow_new_label, args.profile)
+        c = service.record_correction(args.clip_id, args.label, args.annotator, args.note, args.allow_new_label, args.profile)
     except UnknownLabelError as exc:
         raise EmoWebError(f"{exc}; to add it, allow a new label explicitly (--allow-new-label)") from None
-    emit(c.to_dict(), args.json, lambda d: f"clip {d['clip_id']} labelled {d['label']!r}"
-         + (f" (replaces {d['replaced']!r}; `undo {d['clip_id']}` brings it back)" if d["replaced"] else ""))
+    emit(c.to_dict(), args.json, lambda d: f"clip {d['clip_id']} already labelled {d['label']!r}: nothing recorded"
+         if d["unchanged"] else f"clip {d['clip_id']} labelled {d['label']!r}"
+         + (f" (replaces {d['replaced']!r}; `undo {d['clip_id']} --profile {service.get_profile(args.profile).id}` brings it back)"
+            if d["replaced"] else ""))
     return 0
 
 
 def _undo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("clip_id", metavar="CLIP_ID")
-    p.add_argument("--profile", default=None, help="caregiver profile name or id (the clip must be in it), as for `label`")
+    p.add_argument("--profile", required=True, help="caregiver profile name or id (the clip must be in it), as for `label`")
     p.add_argument("--annotator", default="", help="who withdraws it (kept in the label history)")
     add_json(p)
 
@@ -351,6 +358,7 @@ def _clip_args(p: argparse.ArgumentParser) -> None:
     delete.add_argument("clip_id", metavar="CLIP_ID")
     delete.add_argument("--profile", required=True,
                         help="caregiver profile name or id (the clip must be in it: a deletion cannot be undone)")
+    _add_yes(delete)
     add_json(delete)
     lst = sub.add_parser("list", help="a profile's clips")
     lst.add_argument("--profile", required=True, help="caregiver profile name or id")
@@ -365,7 +373,13 @@ def _clip(args: argparse.Namespace) -> int:
         rows = [c.to_dict() for c in service.list_clips(args.profile)]
         emit(rows, args.json, lambda r: "\n".join(f"{c['id']:>6}  {c['kind']:<6} {c['sha256'][:12]}  {c['original_name']}" for c in r) or "no clips")
         return 0
-    result = service.delete_clip(args.clip_id, args.profile)
-    emit(result, args.json, lambda d: f"deleted clip {d['clip_id']} of {d['profile']!r}" + (
-        f"; cache rebuilt without it ({', '.join(d['rebuilt'])})" if d["rebuilt"] else ""))
+    clip = service.get_clip(args.clip_id, args.profile)
+    what = f"clip {clip.id} ({clip.original_name!r}) of profile {service.get_profile(args.profile).name!r}, with its labels and lessons"
+    if not args.yes and not _confirmed(what):
+        print(f"nothing deleted: clip {clip.id} kept")
+        return 1
+    result = service.delete_clip(clip.id, args.profile)
+    emit(result, args.json, lambda d: f"deleted clip {d['clip_id']} of {d['profile']!r}"
+         + (f" and {d['lessons']} lesson(s) made from it" if d["lessons"] else "")
+         + (f"; cache rebuilt without it ({', '.join(map(model_name, d['rebuilt']))})" if d["rebuilt"] else ""))
     return 0

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from emoweb.config import Settings, get_settings
+from emoweb.errors import EmoWebError
+from emoweb import safetext
 from emoweb.safetext import clean
 from emoweb.services import lessons, shown, uploads
 from emoweb.services.context import Pause, Progress, ServiceContext, clip_info, profile_info, storage_errors
@@ -92,9 +94,23 @@ class CaregiverService:
 
     @storage_errors
     def create_profile(self, name: str, labels: Sequence[str] | None = None, owner: str | None = None) -> ProfileInfo:
-        """A new profile; its label set defaults to the models' seven emotions. Text is stored `clean`."""
-        labels = [clean(label) for label in labels] if labels else list(LABEL7)
-        return profile_info(self.repo.create_profile(clean(name or ""), labels, None if owner is None else clean(owner)))
+        """A new profile; its label set defaults to the models' seven emotions. Names and labels are stored
+        `safetext.name` (clean, NFC). Refused, one line each: a name that is a whole number (it would read as
+        another profile's id), a name that reads like one of the owner's profiles ('anna' beside 'Anna'), and
+        two labels that read alike ('happy', 'Happy')."""
+        name = safetext.name(name or "")
+        owner = None if owner is None else clean(owner)
+        if name.isascii() and name.isdigit():
+            raise EmoWebError(f"profile name {name!r} is a number, which reads as a profile id: add a word (e.g. 'Kid {name}')")
+        alike = [p for p in self.repo.list_profiles(owner) if safetext.name_key(p.name) == safetext.name_key(name) != "" and p.name != name]
+        if alike:
+            raise EmoWebError(f"profile name {name!r} reads like profile {alike[0].name!r} (id {alike[0].id}): choose another name")
+        labels = [safetext.name(label) for label in labels] if labels else list(LABEL7)
+        keys: dict[str, str] = {}
+        for label in labels:
+            if keys.setdefault(safetext.name_key(label), label) != label:
+                raise EmoWebError(f"labels {keys[safetext.name_key(label)]!r} and {label!r} read alike: keep one")
+        return profile_info(self.repo.create_profile(name, labels, owner))
 
     @storage_errors
     def list_profiles(self, owner: str | None = None) -> list[ProfileInfo]:
@@ -124,8 +140,9 @@ class CaregiverService:
         return [clip_info(c) for c in self.repo.list_clips(self.ctx.profile(profile).id)]
 
     @storage_errors
-    def get_clip(self, clip_id: int | str) -> ClipInfo:
-        return clip_info(self.ctx.clip(clip_id)[0])
+    def get_clip(self, clip_id: int | str, profile: int | str | None = None) -> ClipInfo:
+        """A clip by id; with `profile`, only a clip of that profile ('no clip 3 in profile ...' otherwise)."""
+        return clip_info(self.ctx.clip(clip_id, profile)[0])
 
     @storage_errors
     def media_path(self, clip_id: int | str) -> Path:
@@ -148,7 +165,8 @@ class CaregiverService:
     def delete_clip(self, clip_id: int | str, profile: int | str | None = None) -> dict[str, Any]:
         """Delete a clip: media file, features, predictions, corrections, lessons, and every cache snapshot
         holding it; caches whose active snapshot held it are rebuilt without it, in the same transaction.
-        {clip_id, profile, rebuilt: {model: ModelRebuild.to_dict()}}."""
+        {clip_id, profile, lessons: how many lesson files made from it were deleted, rebuilt: {model:
+        ModelRebuild.to_dict()}}."""
         clip, prof = self.ctx.clip(clip_id, profile)
         return self._deletion.clip(clip, prof)
 
@@ -189,7 +207,8 @@ class CaregiverService:
     def record_correction(self, clip_id: int | str, label: str, annotator: str = "", note: str = "",
                           allow_new_label: bool = False, profile: int | str | None = None) -> CorrectionInfo:
         """Label a clip (append-only history). A label outside the profile's set is refused unless
-        `allow_new_label`, which adds it to the set. Text is stored `clean`."""
+        `allow_new_label`, which adds it to the set. Text is stored `clean`. The clip's current label again,
+        without a note, writes nothing (`unchanged`): a second tap must not need a second undo."""
         clip, prof = self.ctx.clip(clip_id, profile)
         return self._corrections.record(clip, prof, label, annotator, note, allow_new_label)
 

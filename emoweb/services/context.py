@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from emoweb.config import Settings
 from emoweb.errors import EmoWebError, MediaError, NotFoundError
-from emoweb.safetext import clean
+from emoweb.safetext import clean, name, name_key
 from emoweb.services import tempfiles
 from emoweb.services.records import ClipInfo, ProfileInfo
 from emoweb.services.store import CaregiverRepository
@@ -149,16 +149,22 @@ class ServiceContext:
     # -- from user input to rows ---------------------------------------------------------------
 
     def profile(self, ref: int | str | ProfileInfo, owner: str | None = None) -> Profile:
-        """A profile by id, name, or a name that is an id ('3'); with `owner`, only among theirs."""
+        """A profile by id, by an id written as text ('3'), or by name (as typed, or in Unicode NFC); with
+        `owner`, only among theirs. Digits name the profile with that id first: a profile name can no longer
+        be a number (`CaregiverService.create_profile`), and one named so before is still found by it when no
+        profile has that id. Not found: one line, naming a profile whose name reads alike ('ANNA': 'Anna')."""
         if isinstance(ref, ProfileInfo):
             ref = ref.id
-        if isinstance(ref, str):
-            ref = clean(ref).strip()
-        found = self.repo.find_profile(ref, owner)
-        if found is None and isinstance(ref, str) and _CLIP_ID.fullmatch(ref):
-            found = self.repo.find_profile(int(ref), owner)
+        if isinstance(ref, int):
+            found = self.repo.find_profile(ref, owner)
+        else:
+            typed = clean(ref).strip()
+            tries = ([int(typed)] if _CLIP_ID.fullmatch(typed) else []) + list(dict.fromkeys([typed, name(typed)]))
+            found = next(filter(None, (self.repo.find_profile(r, owner) for r in tries)), None)
+            ref = typed
         if found is None:
-            raise NotFoundError(f"no profile {ref!r}")
+            alike = [p.name for p in self.repo.list_profiles(owner) if isinstance(ref, str) and name_key(p.name) == name_key(ref)]
+            raise NotFoundError(f"no profile {ref!r}" + (f" (did you mean {alike[0]!r}?)" if alike else ""))
         return found
 
     @staticmethod

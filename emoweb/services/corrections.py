@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from emoweb.errors import EmoWebError, UnknownLabelError
-from emoweb.safetext import clean, decode
+from emoweb.safetext import clean, decode, name, name_key
 from emoweb.services import labelfiles
 from emoweb.services.context import ServiceContext
 from emoweb.services.modelinfo import in_model_order
@@ -21,9 +21,11 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def known_label(label: str, label_set: list[str]) -> str:
-    """`label` spelt as the label set spells it when they differ only in case ("Neutral", "JOY"), else as given:
-    a caregiver's capital letter must not be refused, nor become a second "Neutral" beside "neutral"."""
-    same = [known for known in label_set if known.casefold() == label.casefold()]
+    """`label` spelt as the label set spells it when they differ only in case or Unicode form ("Neutral", "JOY",
+    a decomposed "ü"), else as given: a caregiver's capital letter must not be refused, nor become a second
+    "Neutral" beside "neutral"."""
+    label = name(label)
+    same = [known for known in label_set if name_key(known) == name_key(label)]
     return label if label in label_set or not same else same[0]
 
 
@@ -44,6 +46,8 @@ class Corrections:
         if label and label not in prof.label_set and not allow_new_label:
             raise UnknownLabelError(f"label {label!r} is not in the label set of profile {prof.name!r} ({', '.join(prof.label_set)})")
         was = self.ctx.repo.current_label(clip.id)
+        if was is not None and was == label and not note.strip():  # a second tap on the same label: nothing to undo later
+            return replace(correction_info(self.ctx.repo.current_corrections(prof.id)[clip.id]), unchanged=True)
         info = correction_info(self.ctx.repo.add_correction(clip.id, label, annotator, note, allow_new_label))
         return replace(info, replaced=was if was != info.label else None)
 

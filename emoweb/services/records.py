@@ -95,6 +95,7 @@ class CorrectionInfo(_Record):
     note: str
     created: datetime
     replaced: str | None = None  # from `record_correction`: the clip's label before, when this one differs from it
+    unchanged: bool = False  # from `record_correction`: the clip already had this label (and no note came): nothing written
 
 
 @dataclass(frozen=True)

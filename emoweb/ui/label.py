@@ -274,6 +274,8 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                                               allow_new_label=bool(new_ok), profile=profile.id)
         except UnknownLabelError as exc:
             raise EmoWebError(f"{exc}; to add it, tick '{NEW_LABEL_BOX}'") from None
+        if c.unchanged:
+            return f"Clip #{clip.id} is already labelled **{C.esc(c.label)}**: nothing changed"
         return f"Clip #{clip.id} labelled **{C.esc(c.label)}**" + (" (with your note, in the history below)" if c.note else "")
 
     @C.user_errors
