@@ -14,11 +14,22 @@ MODELS: dict[str, str] = {
 DISPLAY_NAMES: dict[str, str] = {"emoasst": "EmoAsst", "merclip": "MER-CLIP", "sem_mbt": "MER-SEM-MBT", "foalnet": "Foal-Net"}
 
 
+def _spelling(name: str) -> str:
+    return "".join(c for c in name.casefold() if c.isalnum())
+
+
+# every way a person may write a model: its registry name or the name printed for it, in any case, with or
+# without the dash or underscore ("MER-SEM-MBT", "sem_mbt", "SemMbt")
+_SPELLINGS: dict[str, str] = {_spelling(n): m for m in MODELS for n in (m, DISPLAY_NAMES[m])}
+
+
 def named_models(spec: str) -> list[str]:
-    """The registry names in a comma-separated `spec` ("emoasst, merclip"), in its order; 'all' is left to the
+    """The registry names in a comma-separated `spec` ("emoasst, MER-CLIP"), in its order; a model may be
+    written as printed (EmoAsst, MER-SEM-MBT) or by its registry name, in any case. 'all' is left to the
     caller (which models it means depends on the checkpoints). ValueError (one line) naming the unknown ones."""
     names = [n.strip() for n in spec.split(",") if n.strip()]
-    unknown = [n for n in names if n not in MODELS]
+    unknown = [n for n in names if _spelling(n) not in _SPELLINGS]
     if unknown:
-        raise ValueError(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(MODELS)}, or all")
-    return names
+        known = ", ".join(f"{DISPLAY_NAMES[m]} ({m})" for m in MODELS)
+        raise ValueError(f"unknown model(s): {', '.join(unknown)}; known: {known}, or all")
+    return list(dict.fromkeys(_SPELLINGS[_spelling(n)] for n in names))

@@ -37,13 +37,14 @@ def _probe(*argv: str) -> tuple[str, str]:
     (["bench", "--help"], 0, ""),
     (["nosuch"], 2, "invalid choice: 'nosuch'"),
     (["eval", "/nonexistent/manifest.csv"], 2, "error: manifest not found: /nonexistent/manifest.csv"),
-    (["predict", "/nonexistent/clip.mp4"], 2, "error: file not found: clip.mp4"),
+    (["predict", "/nonexistent/clip.mp4"], 2, "error: file not found: clip.mp4 (its folder /nonexistent does not exist)"),
+    (["predict", "/tmp/no-such-clip.mp4"], 2, "error: file not found: no-such-clip.mp4\n"),
     (["bench", "kshot", "--ks", "4,x"], 2, "error: --ks must be whole numbers separated by commas, not '4,x'"),
     (["bench", "kshot", "--ks", "0,4"], 2, "error: --ks needs at least one K of 1 or more, not '0,4'"),
     (["encode", "m.csv", "--splits", "dev,test"], 2, "error: --splits 'dev,test': expected some of train, dev, val"),
     (["predict", "x.mp4", "--models", "emoasst,bogus"], 2,
-     "error: unknown model(s): bogus; known: emoasst, merclip, sem_mbt, foalnet, or all"),
-    (["bench", "generalise", "--models", "EmoAsst"], 2, "unknown model(s): EmoAsst;"),
+     "error: unknown model(s): bogus; known: EmoAsst (emoasst), MER-CLIP (merclip), MER-SEM-MBT (sem_mbt), Foal-Net (foalnet), or all"),
+    (["bench", "generalise", "--models", "EmoAsts"], 2, "unknown model(s): EmoAsts;"),
 ])
 def test_help_and_bad_input_answer_without_torch(argv: list[str], rc: int, err: str) -> None:
     line, stderr = _probe(*argv)
@@ -281,3 +282,13 @@ def test_predict_json_leads_with_the_headline(joy_face: Path, tmp_path: Path, mo
     for m, o in models.items():  # each model by the name the app shows; each confident one marked in the plain line
         assert f"{names[m]} -> {o['label']} (" in line
         assert (f"{names[m]} -> {o['label']} ({max(o['probs'].values()):.2f}, confident)" in line) == (m in expected.confident)
+
+
+def test_a_model_is_named_as_printed_or_by_its_registry_name() -> None:
+    """What every output prints (EmoAsst, MER-SEM-MBT) is accepted back by --models, in any case."""
+    from models import named_models
+
+    assert named_models("EmoAsst, MER-CLIP,mer-sem-mbt,FOAL-NET,emoasst") == ["emoasst", "merclip", "sem_mbt", "foalnet"]
+    assert named_models("sem_mbt,foalnet") == ["sem_mbt", "foalnet"]
+    with pytest.raises(ValueError, match=r"^unknown model\(s\): EmoAsts; known: EmoAsst \(emoasst\), "):
+        named_models("EmoAsts")

@@ -71,6 +71,14 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _escaped(text: str) -> str:
+    """`text` with control and format characters and lone surrogates escaped (\\n, \\x1b, \\u202e, \\udcff)."""
+    return "".join(
+        ascii(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") and ch not in _JOINERS else ch
+        for ch in text
+    )
+
+
 def display_name(path: str | Path) -> str:
     """A file name as quoted in a one-line message.
 
@@ -79,10 +87,7 @@ def display_name(path: str | Path) -> str:
     (\\n, \\x1b, \\u202e), and so are the lone surrogates that stand for bytes that are not UTF-8
     (\\udcff); a name of hundreds of characters is cut, keeping its start and extension.
     """
-    name = "".join(
-        ascii(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") and ch not in _JOINERS else ch
-        for ch in Path(path).name
-    )
+    name = _escaped(Path(path).name)
     if len(name) > MAX_NAME_CHARS:
         suffix = Path(name).suffix if len(Path(name).suffix) <= 12 else ""
         name = name[: MAX_NAME_CHARS - len(suffix) - 1] + "…" + suffix
@@ -92,7 +97,9 @@ def display_name(path: str | Path) -> str:
 def check_file(path: Path) -> None:
     """Raise MediaError when `path` is missing, not a file or empty (cheap: before anything loads)."""
     if not path.exists():
-        raise MediaError(f"file not found: {display_name(path)}")
+        folder = path.parent
+        missing = "" if folder.is_dir() else f" (its folder {_escaped(str(folder))} does not exist)"
+        raise MediaError(f"file not found: {display_name(path)}{missing}")
     if not path.is_file():
         raise MediaError(f"not a file: {display_name(path)}")
     if path.stat().st_size == 0:
