@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -286,6 +286,20 @@ class Repository:
             )
             return {row.model: row.senses for row in rows}
 
+    def senses_of_profile(self, profile: ProfileRef, backbone_profile: str) -> dict[int, dict[str, dict[str, dict[str, float]]]]:
+        """{clip id: {model: {sense: {label: probability}}}} of every clip of a profile that has them, in one read."""
+        with self._tx() as session:
+            profile_id = self._profile(session, profile).id
+            rows = session.execute(
+                select(ClipSenses.clip_id, ClipSenses.model, ClipSenses.senses)
+                .join(Clip, Clip.id == ClipSenses.clip_id)
+                .where(Clip.profile_id == profile_id, ClipSenses.backbone_profile == backbone_profile)
+            )
+            found: dict[int, dict[str, dict[str, dict[str, float]]]] = {}
+            for clip_id, model, senses in rows:
+                found.setdefault(clip_id, {})[model] = senses
+            return found
+
     # -- predictions ----------------------------------------------------------------------
 
     def add_prediction(
@@ -399,9 +413,10 @@ class Repository:
         with self._tx() as session:
             return self._current_labels(session, self._profile(session, profile).id)
 
-    def labelling_queue(self, profile: ProfileRef, limit: int | None = None) -> list[QueueItem]:
+    def labelling_queue(self, profile: ProfileRef, limit: int | None = None, senses_differ: Collection[int] = ()) -> list[QueueItem]:
         """All clips of a profile in the order a caregiver should review them
-        (see `storage.labelqueue.sort_key` for the exact order)."""
+        (see `storage.labelqueue.sort_key` for the exact order). `senses_differ`: ids of the clips whose face
+        and voice point to different labels (a rule of the caller's, on `senses_of_profile`)."""
         with self._tx() as session:
             profile_id = self._profile(session, profile).id
             clips = session.scalars(select(Clip).where(Clip.profile_id == profile_id))
@@ -411,7 +426,7 @@ class Repository:
             for p in session.scalars(self._latest_predictions(Clip.profile_id == profile_id)):
                 top.setdefault(p.clip_id, {})[p.model] = p.label
                 margins[p.clip_id] = min(p.margin, margins.get(p.clip_id, p.margin))
-            items = [QueueItem(c, labels.get(c.id), top.get(c.id, {}), margins.get(c.id)) for c in clips]
+            items = [QueueItem(c, labels.get(c.id), top.get(c.id, {}), margins.get(c.id), c.id in senses_differ) for c in clips]
         return sorted(items, key=sort_key)[:limit]
 
     # -- cache snapshots ------------------------------------------------------------------

@@ -309,9 +309,24 @@ def test_queue_puts_unlabelled_and_least_sure_first(service, real) -> None:
     assert {e.clip_id for e in queue} == {r.clip.id for r in real.values()}
     assert [e.label is not None for e in queue] == sorted(e.label is not None for e in queue)
     unlabelled = [e for e in queue if e.label is None]
-    assert len(unlabelled) == 2 and unlabelled[0].margin <= unlabelled[1].margin
+    assert len(unlabelled) == 2 and unlabelled == sorted(unlabelled, key=lambda e: (not e.disagree, e.margin))
     assert queue[-1].clip_id == real["image"].clip.id and queue[-1].top_labels.keys() == {"emoasst"}
     assert [e.clip_id for e in service.labelling_queue("family", limit=1)] == [queue[0].clip_id]
+
+
+def test_a_clip_whose_face_and_voice_differ_comes_before_agreed_ones(service: CaregiverService) -> None:
+    """The answer shown for such a clip is "not sure" (headline.sense_conflict), so the queue offers it among the
+    disputed ones, even when every model names the same label with a large margin."""
+    service.create_profile("torn", ["calm", "upset"])
+    sure, torn = add_synthetic(service, "torn", 2, ["calm"], seed=11)
+    for clip_id in (sure, torn):
+        service.undo_last_correction(clip_id)  # unlabelled, both
+        service.repo.add_prediction(clip_id, "emoasst", {"calm": 0.95 if clip_id == torn else 0.6, "upset": 0.05 if clip_id == torn else 0.4})
+    service.repo.put_senses(torn, "embedded", {"emoasst": {"audio": {"upset": 0.8, "calm": 0.2}, "visual": {"calm": 0.9, "upset": 0.1}}})
+    service.repo.put_senses(sure, "embedded", {"emoasst": {"audio": {"calm": 0.8, "upset": 0.2}, "visual": {"calm": 0.9, "upset": 0.1}}})
+    queue = service.labelling_queue("torn")
+    assert [(e.clip_id, e.disagree) for e in queue] == [(torn, True), (sure, False)]  # by margin alone torn came last
+    service.delete_profile("torn")
 
 
 # -- cache ------------------------------------------------------------------------------------

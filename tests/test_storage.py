@@ -404,6 +404,16 @@ def test_labelling_queue_order(repo: Repository) -> None:
     assert by_name["E"].margin is None and by_name["E"].top_labels == {}
     assert by_name["A"].label == "happy" and by_name["D"].label is None
     assert [names[item.clip.id] for item in repo.labelling_queue("Anna", limit=2)] == ["G", "C"]
+    # the models agree on D and B, but D's face and voice point to different labels: it joins the disputed ones
+    queue = repo.labelling_queue("Anna", senses_differ={clips["D"].id})
+    assert [names[item.clip.id] for item in queue] == ["D", "G", "C", "B", "E", "A", "F"] and queue[0].disagree
+
+    repo.put_senses(clips["D"].id, "embedded", {"m1": {"audio": {"sad": 0.9}, "visual": {"happy": 0.8}}, "m2": {}})
+    repo.put_senses(clips["B"].id, "embedded", {"m1": {"audio": {"happy": 0.7}}})
+    repo.put_senses(clips["B"].id, "paper", {"m1": {"audio": {"sad": 0.7}}})
+    assert repo.senses_of_profile("Anna", "embedded") == {
+        clips["D"].id: {"m1": {"audio": {"sad": 0.9}, "visual": {"happy": 0.8}}, "m2": {}},
+        clips["B"].id: {"m1": {"audio": {"happy": 0.7}}}}
 
 
 # -- cache snapshots ------------------------------------------------------------------------

@@ -185,7 +185,9 @@ def _queue_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("queue", "a profile's clips in labelling order (unlabelled, disagreeing, least sure first)",
-         prints="one line per clip: id, label, margin, whether the models disagree, each model's top label",
+         prints="one line per clip: id, label, margin (how far the least sure model's answer is ahead of its second "
+                "choice, 0-1: small is unsure), DISAGREE when the models, or the face and the voice, point to different "
+                "labels, each model's top label",
          takes=FAST)(_queue_args)
 def _queue(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:

@@ -12,6 +12,7 @@ from emoweb.errors import EmoWebError, UnknownLabelError
 from emoweb.safetext import clean, decode, name, name_key
 from emoweb.services import labelfiles
 from emoweb.services.context import ServiceContext
+from emoweb.services.headline import sense_conflict
 from emoweb.services.modelinfo import in_model_order
 from emoweb.services.records import CorrectionInfo, ImportReport, QueueEntry
 from emoweb.services.store import CaregiverRepository
@@ -60,10 +61,14 @@ class Corrections:
         return [correction_info(c) for c in self.ctx.repo.corrections(clip.id)]
 
     def queue(self, prof: Profile, limit: int | None) -> list[QueueEntry]:
-        """Unlabelled first; then clips the models disagree on; then the least sure (smallest margin)."""
+        """Unlabelled first; then clips the models disagree on, or whose face and voice point to different
+        labels (the headline's rule, `sense_conflict`: the answer shown for them is "not sure"); then the
+        least sure (smallest margin)."""
+        senses = self.ctx.repo.senses_of_profile(prof.id, self.ctx.backbone)
+        differ = {clip_id for clip_id, by_model in senses.items() if sense_conflict(by_model)}
         return [
             QueueEntry(i.clip.id, i.clip.original_name, i.clip.created, i.label, in_model_order(i.top_labels), i.margin, i.disagree)
-            for i in self.ctx.repo.labelling_queue(prof.id, limit)
+            for i in self.ctx.repo.labelling_queue(prof.id, limit, differ)
         ]
 
     def export(self, prof: Profile, fmt: str) -> str:
