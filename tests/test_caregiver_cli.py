@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import OTHER_FACE
 from emoweb import cli
 from models import MODELS
 from test_services import make_checkpoint_root
@@ -123,7 +125,8 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
     code, out, _ = run(capsys, "cache", "rebuild", "--profile", "Anna")
     assert code == 0 and out.startswith("EmoAsst: careful mode: too few labelled clips to measure")
     assert out.count("too few labelled clips") == len(rebuilt)  # said once per model, then what to label about it
-    assert "1 clip(s) {'joy': 1}; to measure it, label 1 more clip of joy, 2 clips of a second label;" in out
+    assert "\n  1 labelled clip(s): joy 1; to measure it, label 1 more clip of joy, 2 clips of a second label;" in out
+    assert [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")] == ["EmoAsst", "MER-CLIP", "MER-SEM-MBT", "Foal-Net"]
     assert "alpha" not in out and "leave-one-out" not in out  # the settings are in --json
     assert rebuilt["emoasst"]["n"] == 1 and rebuilt["emoasst"]["active"] and rebuilt["emoasst"]["tuning"] == "careful"
     shown = run_json(capsys, "cache", "show", "--profile", "Anna")
@@ -131,6 +134,10 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
     code, out, _ = run(capsys, "cache", "show", "--profile", "Anna")  # in words: what each snapshot does
     emoasst = [line.split("EmoAsst", 1)[1].split(" 20")[0].strip() for line in out.splitlines() if " EmoAsst " in line]
     assert code == 0 and emoasst == ["in use: careful cache", "old"], out
+    assert re.search(r" in use: careful cache +20\d\d-\d\d-\d\d \d\d:\d\d UTC  joy 1\n", out), out  # no Python dict, no ISO stamp
+    code, out, _ = run(capsys, "ingest", str(OTHER_FACE), "--profile", "Anna")  # answered with the cache just built
+    assert code == 0 and out.splitlines()[1].startswith("  with the profile's labelled clips: EmoAsst"), out
+    run(capsys, "clip", "delete", "2", "--profile", "Anna", "--yes")
 
     export = tmp_path / "labels.json"
     code, out, _ = run(capsys, "labels", "export", str(export), "--profile", "Anna")

@@ -97,7 +97,8 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
 
 @command("ingest", "store clips in a profile (media + features once) with every model's answer",
          prints="one line per clip: its id, whether it was new, the one answer (the models' vote, how sure in words, as the "
-                "Predict and Label tabs word it) and each model's label and probability, with its notes under it",
+                "Predict and Label tabs word it) and each model's label and probability, with the models that used the "
+                "profile's labelled clips (its cache) and the clip's notes under it",
          takes="2-10 s to load the models, then about 1 s per 4-s clip (5 s per 60-s clip) on a 2-CPU machine")(_ingest_args)
 def _ingest(args: argparse.Namespace) -> int:
     paths, skipped = clip_paths(args.paths)  # before the service loads: a folder without clips fails at once
@@ -129,7 +130,9 @@ def _ingest(args: argparse.Namespace) -> int:
             answers = ", ".join(model_answer(m, p["label"] if p["decided"] else None, p["probs"], m in sure)
                                 for m, p in r["predictions"].items())
             stored = "new" if r["new"] else "already stored" + ("" if c["original_name"] == given else f" as {c['original_name']!r}")
-            lines += [f"clip {c['id']} ({stored}): {given}: {answer_text(r['headline'])}; {answers}", *note_lines(r["notes"])]
+            adapted = [model_name(m) for m, p in r["predictions"].items() if p["cache_snapshot"] is not None]
+            lines += [f"clip {c['id']} ({stored}): {given}: {answer_text(r['headline'])}; {answers}",
+                      *([f"  with the profile's labelled clips: {', '.join(adapted)}"] if adapted else []), *note_lines(r["notes"])]
         return "\n".join(lines + ([skipped_line(skipped)] if skipped else []))
 
     emit(results, args.json, text)
@@ -219,6 +222,16 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
 SNAPSHOT_USE = {"adapter": "fitted adapter", "cache": "cache votes", "careful": "careful cache", "off": "off: the model alone"}
 
 
+def _per_label(counts: dict[str, int]) -> str:
+    """Clips per label as a person reads them: 'joy 3, anger 2' ('none' when empty)."""
+    return ", ".join(f"{label} {n}" for label, n in counts.items()) or "none"
+
+
+def _minute(iso: str) -> str:
+    """An ISO 8601 UTC time to the minute, as a person reads it: '2026-12-02 06:57 UTC'."""
+    return f"{iso[:16].replace('T', ' ')} UTC"
+
+
 def _snapshot_use(snapshot: dict) -> str:
     """What a snapshot does, for `cache show`: 'in use: fitted adapter', 'in use: off: the model alone' (the
     latest rebuild kept everything off), or 'old' for one no longer in use."""
@@ -236,7 +249,8 @@ def _cache(args: argparse.Namespace) -> int:
     service = _service(args)
     if args.action == "show":
         emit(service.snapshots(args.profile), args.json, lambda r: "\n".join(
-            f"{s['id']:>5} {model_name(s['model']):<11} {_snapshot_use(s):<26} {s['built_at']}  {s['n_per_label']}" for s in r
+            f"{s['id']:>5} {model_name(s['model']):<11} {_snapshot_use(s):<26} {_minute(s['built_at'])}  {_per_label(s['n_per_label'])}"
+            for s in r
         ) or "no cache snapshots")
         return 0
     results = {m: r.to_dict() for m, r in service.rebuild_cache(args.profile, tune=True if args.retune else "auto").items()}
@@ -245,7 +259,7 @@ def _cache(args: argparse.Namespace) -> int:
         from emoweb.services import cachebuild
 
         lines = [  # the outcome says what happened and its numbers; the second line what it was built from
-            f"{model_name(m)}: {d['outcome']}\n  {d['n']} clip(s) {d['n_per_label']}"
+            f"{model_name(m)}: {d['outcome']}\n  {d['n']} labelled clip(s): {_per_label(d['n_per_label'])}"
             + ("" if d["judged"] or not d["n"] else f"; to measure it, label {cachebuild.still_needed(d['n_per_label'])}")
             + (f"; {d['skipped']} labelled clip(s) without stored features" if d["skipped"] else "")
             + f"; {d['seconds']:.3f} s; snapshot {d['snapshot_id']} (--json: its settings)"
