@@ -141,7 +141,7 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
 
     export = tmp_path / "labels.json"
     code, out, _ = run(capsys, "labels", "export", str(export), "--profile", "Anna")
-    assert code == 0 and out == f"labels of profile 'Anna' written to {export} (JSON)\n"
+    assert code == 0 and out == f"1 label(s) of profile 'Anna' written to {export} (JSON)\n"
     assert [p.name for p in tmp_path.glob(".*.part")] == []
     code, _, err = run(capsys, "labels", "export", str(tmp_path / "no such folder" / "l.csv"), "--profile", "Anna")
     assert code == 2 and err == f"error: cannot write {tmp_path / 'no such folder' / 'l.csv'}: its folder does not exist\n"
@@ -156,6 +156,9 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
     bad.write_text(f"sha256,label\n{rows[0]['sha256']},bored\n", encoding="utf-8")
     code, out, _ = run(capsys, "labels", "import", str(bad), "--profile", "Anna")
     assert code == 1 and out.splitlines()[-1] == "refused: line 2: label 'bored' is not in the label set of 'Anna'"
+    code, out, _ = run(capsys, "labels", "import", str(export), "--profile", "Bo")  # the wrong profile: nothing matches
+    assert code == 1 and out.splitlines()[-1] == ("none of the file's clips is in profile 'Bo': is it the right profile? "
+                                                  "(`clip list --profile Bo` lists its clips)")
     code, out, err = run(capsys, "labels", "import", str(tmp_path / "nope.csv"), "--profile", "Anna")
     assert code == 2 and err == f"error: cannot read {tmp_path / 'nope.csv'}: file not found\n"
     code, out, err = run(capsys, "labels", "import", str(tmp_path), "--profile", "Anna")

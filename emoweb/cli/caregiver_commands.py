@@ -309,7 +309,8 @@ def _labels_args(p: argparse.ArgumentParser) -> None:
 
 @command("labels", "export or import a profile's labels (CSV or JSON, matched by clip sha256)",
          prints="export: the label file, or with FILE the line saying where it was written; import: counts imported, "
-                "unchanged, unmatched, refused (exit status 1 when a row was refused)", takes=FAST)(_labels_args)
+                "unchanged, unmatched, refused (exit status 1 when a row was refused, or no row matched a clip of the profile)",
+         takes=FAST)(_labels_args)
 def _labels(args: argparse.Namespace) -> int:
     fmt = args.format or ("json" if args.file and args.file.lower().endswith(".json") else "csv")
     service = _service(args)
@@ -318,19 +319,24 @@ def _labels(args: argparse.Namespace) -> int:
         if not args.file or args.file == "-":
             sys.stdout.write(text)
             return 0
+        from emoweb.services import labelfiles
+
         _write_whole(Path(args.file), lambda part: part.write_text(text, encoding="utf-8"))
-        print(f"labels of profile {args.profile!r} written to {args.file} ({fmt.upper()})")
+        print(f"{len(labelfiles.parse(text, fmt))} label(s) of profile {args.profile!r} written to {args.file} ({fmt.upper()})")
         return 0
     try:  # bytes: the service reads them as UTF-8, an invalid byte becoming U+FFFD
         data = sys.stdin.buffer.read() if not args.file or args.file == "-" else Path(args.file).read_bytes()
     except OSError as exc:
         raise EmoWebError(f"cannot read {args.file}: {_os_reason(exc)}") from None
     report = service.import_labels(args.profile, data, fmt, args.annotator, args.allow_new_labels)
+    none_matched = bool(report.unmatched) and not (report.imported or report.unchanged or report.refused)
     emit(report.to_dict(), args.json, lambda d: "\n".join(
         [f"imported {d['imported']}, unchanged {d['unchanged']}, unmatched {len(d['unmatched'])}, refused {len(d['refused'])}"]
         + [f"unmatched: {u}" for u in d["unmatched"]] + [f"refused: {r}" for r in d["refused"]]
+        + ([f"none of the file's clips is in profile {args.profile!r}: is it the right profile? "
+            f"(`clip list --profile {args.profile}` lists its clips)"] if none_matched else [])
     ))
-    return 1 if report.refused else 0  # as `ingest`: a file with a refused row is not a success
+    return 1 if report.refused or none_matched else 0  # as `ingest`: a file with a refused row is not a success
 
 
 # -- lesson -----------------------------------------------------------------------------------
