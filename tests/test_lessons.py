@@ -256,11 +256,18 @@ def test_unlabelled_photo_and_bad_requests_are_refused_in_one_line(service, clip
     photo = store(service, "unlabelled", joy_face, "joy", kind="image")
     with pytest.raises(EmoWebError, match=f"clip {photo} is image only: a lesson needs a video clip"):
         service.export_lesson(photo)
-    with pytest.raises(EmoWebError, match="no labelled video clip in profile 'unlabelled'"):
+    with pytest.raises(EmoWebError, match="no video clip in profile 'unlabelled' is labelled yet: a lesson is made of videos"):
         service.export_lesson_set("unlabelled")
+    with pytest.raises(EmoWebError, match=r"label 'happy' is not in the label set of profile 'unlabelled' \(anger, "):
+        service.export_lesson_set("unlabelled", label="happy")
+    with pytest.raises(EmoWebError, match="no video clip in profile 'unlabelled' is labelled 'joy' yet"):
+        service.export_lesson_set("unlabelled", label="Joy")  # the set's own label, typed with a capital
     with pytest.raises(EmoWebError, match="slow-down must be between"):
         service.export_lesson(clips["joy"], slow=0.5)
     assert not list(lessons.folder(service.data_dir, service.get_profile("unlabelled").id).glob("*"))
+    service.record_correction(clip_id, "neutral")
+    lesson = service.export_lesson_set("unlabelled", seconds=1.0)  # the photo's label is left out, and it says so
+    assert lesson.notes[0] == "not in the set: joy (labelled only on sound or photos; a lesson needs a video)"
 
 
 def test_deleting_a_clip_or_the_profile_deletes_its_lessons(service, composite_clip, faceless_clip) -> None:

@@ -8,6 +8,7 @@ from emoweb.errors import EmoWebError
 from emoweb.safetext import clean
 from emoweb.services import lessons
 from emoweb.services.context import Progress, ServiceContext
+from emoweb.services.corrections import known_label
 from storage.schema import Clip, Profile
 
 
@@ -40,6 +41,7 @@ class LessonExport:
         """See `CaregiverService.export_lesson_set`."""
         repo = self.ctx.repo
         current = repo.current_corrections(prof.id)
+        skipped: list[str] = []
         if clip_ids:
             ids = [self.ctx.clip(c, prof.id)[0].id for c in clip_ids]
             missing = [i for i in ids if i not in current]
@@ -49,14 +51,24 @@ class LessonExport:
             clips = repo.clips_by_ids(current)
             videos = [c for c in sorted(current) if clips[c].kind == "video"]
             if label is not None:
-                ids = [c for c in videos if current[c].label == clean(label).strip()][: lessons.MAX_SET_CLIPS]
+                label = known_label(clean(label), list(prof.label_set))
+                if label not in prof.label_set:
+                    raise EmoWebError(f"label {label!r} is not in the label set of profile {prof.name!r} ({', '.join(prof.label_set)})")
+                ids = [c for c in videos if current[c].label == label][: lessons.MAX_SET_CLIPS]
             else:
                 ids = [next(c for c in videos if current[c].label == lab) for lab in prof.label_set
                        if any(current[c].label == lab for c in videos)]
+                shown = {current[c].label for c in ids}
+                skipped = [lab for lab in prof.label_set if lab not in shown and any(x.label == lab for x in current.values())]
             if not ids:
-                raise EmoWebError(f"no labelled video clip{' labelled ' + repr(label) if label else ''} in profile {prof.name!r}")
+                which = f"labelled {label!r}" if label else "labelled"
+                raise EmoWebError(f"no video clip in profile {prof.name!r} is {which} yet: a lesson is made of videos "
+                                  "(a face and a voice), not of sound or photos alone")
         clips = repo.clips_by_ids(ids)
         if progress:
             progress("timeline")
         parts = [self._part(clips[i], current[i].label, current[i].note, seconds) for i in ids]
-        return lessons.render(parts, lessons.set_file(self.ctx.data_dir, prof.id, ids), slow, titles=True, progress=progress)
+        lesson = lessons.render(parts, lessons.set_file(self.ctx.data_dir, prof.id, ids), slow, titles=True, progress=progress)
+        if skipped:  # labelled, but only on sound or photos: say so rather than leave them out without a word
+            lesson.notes.insert(0, f"not in the set: {', '.join(skipped)} (labelled only on sound or photos; a lesson needs a video)")
+        return lesson
