@@ -79,9 +79,10 @@ def model_name(model: str) -> str:
 
 
 def model_answer(model: str, label: str | None, probs: dict[str, float], confident: bool = False) -> str:
-    """One model's answer in a clip's line: 'EmoAsst -> joy (0.81, confident)', or 'Foal-Net -> no decision'."""
+    """One model's answer in a clip's line: 'EmoAsst -> joy (0.81, confident)', or 'Foal-Net -> no decision (...)'
+    when the clip holds none of what the model reads (Foal-Net on a text: it reads only faces and voices)."""
     if not label:
-        return f"{model_name(model)} -> no decision"
+        return f"{model_name(model)} -> no decision (nothing here that it reads)"
     return f"{model_name(model)} -> {label} ({max(probs.values()):.2f}{', confident' if confident else ''})"
 
 
