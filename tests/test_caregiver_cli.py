@@ -107,6 +107,8 @@ def test_caregiver_commands_end_to_end(env: Path, capsys, joy_face: Path, tmp_pa
         (("clip", "delete", "9", "--profile", "Anna"), "error: no clip 9"),
         (("clip", "delete", "1", "--profile", "Bo"), "error: no clip 1 in profile 'Bo'"),  # Anna's clip 1 stays
         (("profile", "delete", "Nobody"), "error: no profile 'Nobody'"),
+        (("profile", "create", "Cy", "--labels", " , "), "error: --labels ' , ' names no label: give comma-separated labels"),
+        (("profile", "create", "Cy", "--labels", "happy,Happy"), "error: labels 'happy' and 'Happy' read alike: keep one"),
         (("ingest", str(joy_face), "--profile", "Nobody"), "error: no profile 'Nobody'"),
     ]:
         code, out, err = run(capsys, *argv)

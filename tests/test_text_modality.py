@@ -107,12 +107,12 @@ def test_typed_words_and_the_transcript_go_through_one_text_path(extractor, comp
     assert fixed.transcript == "I lost my favourite toy and I miss it so much." and fixed.segments == []
     assert torch.equal(fixed.text_embedding, extractor.from_text(fixed.transcript).text_embedding)
     assert fixed.audio_tokens is feats.audio_tokens and fixed.visual_features is feats.visual_features  # reused
-    assert set(fixed.timings) == {"text", "total"} and fixed.warnings[-1] == "transcript typed by a person"
+    assert set(fixed.timings) == {"text", "total"} and fixed.warnings[-1] == "words typed by a person"
     assert feats.transcript == extractor.with_text(feats, feats.transcript).transcript  # unchanged: the same features
 
     removed = extractor.with_text(fixed, "")
     assert removed.modalities == {"audio": True, "visual": True, "text": False} and removed.text_embedding is None
-    assert removed.warnings.count("transcript typed by a person") == 0  # the stale note gives way
+    assert removed.warnings.count("words typed by a person") == 0  # the stale note gives way
     assert removed.warnings[-1] == "transcript removed by a person: text models skipped"
     with pytest.raises(EmoWebError, match="no text given"):
         extractor.with_text(alone, " ")
@@ -170,7 +170,7 @@ def test_predict_clip_with_text_replaces_its_transcript(joy_face: Path, tmp_path
     clip = json.loads(capsys.readouterr().out)["clip"]
     assert clip["kind"] == "image" and clip["transcript"]["text"] == "This is disgusting."
     assert clip["modalities"] == {"audio": False, "visual": True, "text": True}
-    assert "transcript typed by a person" in clip["warnings"]
+    assert "words typed by a person" in clip["warnings"]
 
 
 @pytest.mark.slow
@@ -226,7 +226,7 @@ def test_api_predict_words_types_or_corrects_the_words(request, tmp_path_factory
     assert set(clip["timings"]) == {"text", "total"}  # no decoding, no Whisper, no faces
     assert "Words (typed):** “I lost my favourite toy.”" in fixed[0] and "Not saved" in fixed[0]
     # the person's own words are information, not "something missing or unreliable"
-    assert "transcript typed by a person" in fixed[16] and "typed" not in fixed[15]["value"]
+    assert "words typed by a person" in fixed[16] and "typed" not in fixed[15]["value"]
     back = job_result(client.submit(heard, api_name="/predict_words"), 120)
     assert back[0] == out[0] and back[11] == out[11]
     with pytest.raises(Exception, match="no text given"):

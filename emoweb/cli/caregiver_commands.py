@@ -37,10 +37,10 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     create = sub.add_parser("create", help="a new profile (a child or a setting)")
     create.add_argument("name")
     create.add_argument("--labels", default="", help="comma-separated label set (default: the seven emotions)")
-    create.add_argument("--owner", default=None)
+    create.add_argument("--owner", default=None, help="whose profile it is, as the web app's login names them (default: shared)")
     add_json(create)
     lst = sub.add_parser("list", help="all profiles")
-    lst.add_argument("--owner", default=None)
+    lst.add_argument("--owner", default=None, help="only this owner's profiles (default: every profile)")
     add_json(lst)
     delete = sub.add_parser("delete", help="delete a profile with its clips, media files, labels and caches")
     delete.add_argument("name", help="profile name or id")
@@ -54,6 +54,8 @@ def _profile(args: argparse.Namespace) -> int:
     service = _service(args)
     if args.action == "create":
         labels = [x.strip() for x in args.labels.split(",") if x.strip()] or None
+        if args.labels.strip() and labels is None:
+            raise EmoWebError(f"--labels {args.labels!r} names no label: give comma-separated labels, or leave it out for the seven emotions")
         info = service.create_profile(args.name, labels, args.owner)
         emit(info.to_dict(), args.json, lambda d: f"profile {d['id']} {d['name']!r}: labels {', '.join(d['labels'])}")
     elif args.action == "list":

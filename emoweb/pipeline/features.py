@@ -31,13 +31,11 @@ MIN_AUDIO_SECONDS = 0.3  # shorter audio carries no usable speech or prosody
 Progress = Callable[[str], None]
 QUOTE_CHARS = 60  # of an untrusted transcript shown in a note
 TEXT_KIND = "text"  # ClipFeatures.kind of a text with no media
+TYPED_NOTE = "words typed by a person"  # information, not a problem: the words are the person's own
 # the start of every note about the transcript: a corrected transcript makes them stale
 _TEXT_NOTES = ("transcript left out as unreliable", "no speech found by voice-activity detection: text models skipped",
-               "no speech recognised", "text longer than",
-               "transcript typed", "transcript removed")
+               "no speech recognised", "text longer than", TYPED_NOTE, "transcript removed")
 
-
-TYPED_NOTE = "transcript typed by a person"  # information, not a problem: the words are the person's own
 
 # A voice decision on sound the voice-activity detector finds no speech in is a guess from nothing: skipped.
 # About the voice only (the words' own note follows), so typed words do not take it away
