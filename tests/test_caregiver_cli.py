@@ -195,7 +195,7 @@ def test_deleting_a_profile_at_a_terminal_asks_first(env: Path, capsys) -> None:
 
     run(capsys, "profile", "create", "Bo")
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    for answer, code, kept in ((b"\n", 1, True), (b"no\n", 1, True), (b"y\n", 0, False)):
+    for answer, code, kept in ((b"\n", 1, True), (b"no\n", 1, True), (b"\x04", 1, True), (b"y\n", 0, False)):  # \x04: Ctrl-D
         controller, terminal = pty.openpty()
         os.write(controller, answer)
         proc = subprocess.run([sys.executable, "-m", "emoweb", "profile", "delete", "Bo"], stdin=terminal, cwd=REPO,

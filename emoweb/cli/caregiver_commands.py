@@ -82,7 +82,11 @@ def _confirmed(what: str) -> bool:
     (--yes confirms in advance), so a script never deletes a child's clips by a missing word."""
     if not sys.stdin.isatty():
         raise EmoWebError(f"deleting {what} cannot be undone: add --yes to confirm (no terminal to ask at)")
-    return input(f"delete {what}? It cannot be undone. [y/N] ").strip().lower() in ("y", "yes")
+    try:
+        answer = input(f"delete {what}? It cannot be undone. [y/N] ")
+    except EOFError:  # Ctrl-D: no answer is no
+        answer = ""
+    return answer.strip().lower() in ("y", "yes")
 
 
 # -- ingest -----------------------------------------------------------------------------------

@@ -22,9 +22,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from emoweb import safetext
 from emoweb.config import Settings, get_settings
 from emoweb.errors import EmoWebError
-from emoweb import safetext
 from emoweb.safetext import clean
 from emoweb.services import lessons, shown, uploads
 from emoweb.services.context import Pause, Progress, ServiceContext, clip_info, profile_info, storage_errors
