@@ -349,3 +349,19 @@ def test_a_full_hd_phone_clip_makes_a_lesson_capped_at_1280(composite_clip: Path
     lesson = lessons.render([lessons.Part(phone, "joy", "joy", chosen)], tmp_path / "lesson.mp4")
     shown, _ = frames(lesson.path)
     assert all(f.shape == (1280, 720, 3) for f in shown)
+
+
+def test_a_clip_whose_sound_ends_between_centiseconds_makes_a_lesson(joy_face, tmp_path) -> None:
+    """ffmpeg gives a sound's length to the centisecond (3.10 s for 3.103125 s) while the analysis reads it
+    whole: the lesson's cut ended past the sound and moviepy refused it (a parent's own 3.1-s video)."""
+    voice = write_wav(tmp_path / "voice.wav", 0.3 * np.sin(np.arange(49_650) / 16_000 * 2 * np.pi * 220))  # 3.103125 s
+    clip = tmp_path / "sad.mp4"
+    ffmpeg("-loop", "1", "-framerate", "15", "-i", joy_face, "-i", voice, "-t", "3.103125", "-vf", "scale=320:-2",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", clip)
+    stretch = lessons.choose(*lessons.timeline(clip), seconds=5.0)
+    lesson = lessons.render([lessons.Part(clip, "sadness", "clip - sadness", stretch)], tmp_path / "lesson.mp4", 1.0)
+    with av.open(str(lesson.path)) as container:
+        assert {s.type for s in container.streams} == {"video", "audio"}
+        sound = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+    assert lesson.duration == pytest.approx(stretch.cut_end + lessons.END_CARD_SECONDS, abs=0.1)
+    assert float(np.abs(sound).max()) > 0.1  # the voice is in it

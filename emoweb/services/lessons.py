@@ -299,15 +299,16 @@ def fitted(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _source(part: Part, reader: playback.UprightVideo, size: tuple[int, int], opened: list):
     """A moviepy clip of the part's file as a phone shows it: frames upright (`media.upright`, as the
     analysis sees them), fitted to the lesson's frame `size`, with the file's sound, long enough for the
-    part's cut (the last frame stays when the sound outlasts the pictures). The sound file it opens is
-    appended to `opened` for the caller to close."""
-    from moviepy import AudioFileClip, VideoClip
+    part's cut (the last frame stays when the sound outlasts the pictures, silence when the pictures outlast
+    the sound). The sound file it opens is appended to `opened` for the caller to close."""
+    from moviepy import AudioFileClip, CompositeAudioClip, VideoClip
 
     clip = VideoClip(lambda t: fitted(reader.frame(t), size), duration=max(reader.duration, part.stretch.cut_end)).with_fps(reader.fps)
     if reader.has_audio:
         sound = AudioFileClip(str(part.path))
         opened.append(sound)
-        clip = clip.with_audio(sound)
+        # ffmpeg states the sound's length to the centisecond (3.10 s for 3.103 s): never cut past it
+        clip = clip.with_audio(CompositeAudioClip([sound]).with_duration(clip.duration))
     return clip
 
 
