@@ -39,6 +39,8 @@ def test_api_predict_label_rebuild(ui_app: RunningApp, composite_clip: Path, tmp
     profile = created[0]["value"] if isinstance(created[0], dict) else created[0]  # a dropdown update: choices + value
     assert re.fullmatch(r"\d+", str(profile)), created
     assert "client-family" in created[3]
+    listed = job_result(client.submit(None, api_name="/profiles"), 60)  # as a new page asks: nothing chosen for it
+    assert listed["value"] == "(don't save)" and ["client-family", str(profile)] in listed["choices"], listed
 
     out = job_result(client.submit(handle_file(str(composite_clip)), None, None, profile,
                                 api_name="/predict"), PREDICT_TIMEOUT_S)

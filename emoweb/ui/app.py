@@ -70,10 +70,12 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
 
         @C.user_errors
         def profiles(current, request: gr.Request):
-            """The profiles this person may see: their own (all of them in a shared deployment)."""
+            """The profiles this person may see: their own (all of them in a shared deployment). The choice stays as it
+            was; a new page starts at "don't save", never at a profile: a clip analysed before choosing must not be
+            stored in whichever child's profile came first."""
             choices = ctx.profile_choices(request)
             ids = [c[1] for c in choices]
-            value = str(current) if current is not None and str(current) in ids else (ids[0] if ids else C.NO_PROFILE)
+            value = str(current) if current is not None and str(current) in ids else C.NO_PROFILE
             return gr.update(choices=[(C.NO_PROFILE, C.NO_PROFILE), *choices], value=value)
 
         @C.user_errors

@@ -19,6 +19,9 @@ MAX_IMPORT_BYTES = 10 * 2**20
 NEW_LABEL_BOX = "add it to the profile's labels if new"
 LESSON_CLIP, LESSON_SAME, LESSON_EACH = "this clip", "all clips with this clip's label", "one clip of each label"
 MAX_LESSONS_SHOWN = 10
+# what the Label tab says before a clip is shown: where its clips come from, not only "pick one"
+NO_CLIP_HINT = ("Pick a clip. None to pick? Choose the child's profile at the top, then analyse clips in the Predict "
+                "tab with that profile chosen: they are kept there for labelling.")
 
 KEYBOARD_JS = """
 () => {
@@ -111,7 +114,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                 player_audio = gr.Audio(label="Clip (audio)", interactive=False, visible=False, elem_id="label-audio")
                 player_image = gr.Image(label="Clip (image)", interactive=False, visible=False, height=240, elem_id="label-image")
             with gr.Column(scale=3, min_width=280):
-                answers_md = gr.Markdown("Pick a clip.", elem_id="label-answers")
+                answers_md = gr.Markdown(NO_CLIP_HINT, elem_id="label-answers")
                 with gr.Row(elem_id="label-buttons"):
                     buttons = [gr.Button(f"{i + 1} · ?", visible=False, elem_id=f"label-btn-{i + 1}", min_width=90, size="sm")
                                for i in range(C.MAX_LABEL_BUTTONS)]
@@ -131,8 +134,9 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         with gr.Accordion("All clips of this profile (the queue)", open=False, elem_id="fold-queue"):
             refresh = gr.Button("Refresh", elem_id="queue-refresh", size="sm")
             queue = gr.Dataframe(headers=QUEUE_HEADERS, datatype=["number", "str", "str", "str", "number", "str"],
-                                 label="Queue: unlabelled first, then disputed (the models disagree), then the smallest margin "
-                                       "(top probability minus the next)", interactive=False, elem_id="queue", max_height=260,
+                                 label="Queue: unlabelled first, then disputed (the models disagree, or the face and the voice "
+                                       "do: the answer reads 'not sure'), then the smallest margin (how far the least sure "
+                                       "model's answer is ahead of its second choice, 0-1: small is unsure)", interactive=False, elem_id="queue", max_height=260,
                                  wrap=True)
         with gr.Accordion("Teach the models this profile's labels (few-shot cache)", open=False, elem_id="fold-cache"):
             gr.Markdown("The models learn from the labelled clips of this profile when the cache is rebuilt; a clip's own "
@@ -200,7 +204,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
 
     def no_clip() -> tuple:
         none = (gr.update(value=None, visible=True), gr.update(value=None, visible=False), gr.update(value=None, visible=False))
-        return (*none, "Pick a clip.", F.empty_figure("no clip"), [])
+        return (*none, NO_CLIP_HINT, F.empty_figure("no clip"), [])
 
     @C.user_errors
     def show_clip(profile_ref, clip_id, request: gr.Request):
