@@ -219,6 +219,8 @@ def test_api_predict_words_types_or_corrects_the_words(request, tmp_path_factory
                      PREDICT_TIMEOUT_S)
     heard = out[11]["clip"]["transcript"]["text"]
     assert len(out) == 19 and out[18] == heard and heard  # the Words box holds what was heard
+    # no profile: not kept, and the page says how long its own copy stays (Gradio's sweep), not "nothing saved"
+    assert "**Profile:** none chosen, so the clip is not kept: the copy this page plays is deleted within 1.5 hours" in out[0]
     fixed = job_result(client.submit("I lost my favourite toy.", api_name="/predict_words"), PREDICT_TIMEOUT_S)
     clip = fixed[11]["clip"]
     assert clip["transcript"]["text"] == "I lost my favourite toy." and clip["kind"] == "video"

@@ -34,7 +34,7 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
     if settings.public and settings.visitors:
         ctx.start_expiry()  # on every request too (AppContext.owner)
 
-    with gr.Blocks(title="EmoWeb", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+    with gr.Blocks(title="EmoWeb", analytics_enabled=False, delete_cache=C.UPLOAD_SWEEP) as demo:
         gr.Markdown(
             "# EmoWeb\nWhat feeling a short clip shows, from the face, the voice and the words. Everything runs on this "
             "machine; nothing leaves it."

@@ -44,6 +44,10 @@ EXTRA_COLOURS: tuple[str, ...] = ("#2ca02c", "#e377c2", "#bcbd22", "#ff7f0e", "#
 LABEL_EMOJI: dict[str, str] = {"anger": "😠", "disgust": "🤢", "fear": "😨", "joy": "😊", "neutral": "😐", "sadness": "😢",
                                "surprise": "😮"}
 MAX_LABEL_BUTTONS = 12  # one-click label buttons (keys 1-9 for the first nine)
+# Gradio's sweep of its upload folder: every 30 min, files older than an hour go. A clip analysed without a
+# profile lives only there, so the page states the longest it stays (UPLOAD_KEPT_HOURS).
+UPLOAD_SWEEP = (1800, 3600)
+UPLOAD_KEPT_HOURS = sum(UPLOAD_SWEEP) / 3600
 NO_PROFILE = "(don't save)"
 OWNER_HEADER = "x-emoweb-owner"  # the visitor's owner key, sent by the browser (OWNER_JS) or an API client
 OWNER_STORAGE = "emoweb-owner"  # the browser's local-storage entry holding it

@@ -106,7 +106,8 @@ def explain(ctx: C.AppContext, prediction: Any, result: ClipResult | None, profi
         lines.append("**Not saved:** this answer with typed words is shown here only; no profile's labelled examples "
                      "were used.")
     elif profile is None:
-        lines.append("**Profile:** none chosen, so nothing was saved and no labelled examples were used.")
+        lines.append("**Profile:** none chosen, so the clip is not kept: the copy this page plays is deleted within "
+                     f"{C.UPLOAD_KEPT_HOURS:g} hours, and no labelled examples were used.")
     else:
         used = [m for m, s in snaps.items() if s is not None]
         lines.append(f"**Profile {C.esc(profile.name)}:** " + (
