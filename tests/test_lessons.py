@@ -323,13 +323,17 @@ def test_the_label_tab_makes_and_lists_lessons_through_the_api(service, composit
     try:
         client = Client(app.url, verbose=False, download_files=False)
         md, files = client.predict(str(prof.id), str(clip_id), "clip", 1.5, api_name="/lesson")
-        assert "Made **clip-" in md
+        assert f"Made **clip-{clip_id}-slow1.5.mp4**" in md  # slowed: never in place of the real-speed lesson
+        md, files = client.predict(str(prof.id), str(clip_id), "clip", 1, api_name="/lesson")
+        assert f"Made **clip-{clip_id}.mp4**" in md and len(files) == 2
         md, files = client.predict(str(prof.id), str(clip_id), "same", 1, api_name="/lesson")
-        assert "Made **set-" in md and len(files) == 2
+        assert "Made **set-" in md and len(files) == 3
         stored = lessons.listed(workdir / "data", prof.id)
         assert [Path(f["path"] if isinstance(f, dict) else f).read_bytes() for f in files] == [p.read_bytes() for p in stored]
         with pytest.raises(Exception, match="no clip 424242"):
             client.predict(str(prof.id), "424242", "clip", 1, api_name="/lesson")
+        opened = client.predict(str(prof.id), None, api_name="/queue")  # the tab opened again: its lessons are listed
+        assert [Path(f["path"] if isinstance(f, dict) else f).name for f in opened[-1]] == [p.name for p in stored]
     finally:
         stop_app(app)
 

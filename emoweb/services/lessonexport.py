@@ -34,7 +34,7 @@ class LessonExport:
         if progress:
             progress("timeline")
         part = self._part(clip, current.label, current.note, seconds)
-        return lessons.render([part], lessons.clip_file(self.ctx.data_dir, prof.id, clip.id), slow, progress=progress)
+        return lessons.render([part], lessons.clip_file(self.ctx.data_dir, prof.id, clip.id, slow), slow, progress=progress)
 
     def set(self, prof: Profile, clip_ids: Sequence[int | str] | None, label: str | None, slow: float, seconds: float,
             progress: Progress | None) -> lessons.Lesson:
@@ -68,7 +68,7 @@ class LessonExport:
         if progress:
             progress("timeline")
         parts = [self._part(clips[i], current[i].label, current[i].note, seconds) for i in ids]
-        lesson = lessons.render(parts, lessons.set_file(self.ctx.data_dir, prof.id, ids), slow, titles=True, progress=progress)
+        lesson = lessons.render(parts, lessons.set_file(self.ctx.data_dir, prof.id, ids, slow), slow, titles=True, progress=progress)
         if skipped:  # labelled, but only on sound or photos: say so rather than leave them out without a word
             lesson.notes.insert(0, f"not in the set: {', '.join(skipped)} (labelled only on sound or photos; a lesson needs a video)")
         return lesson

@@ -69,7 +69,7 @@ _FACES = {
     "surprise": (0.0, 1.0, -0.4, 1.5), "disgust": (-0.6, 0.0, 0.5, 0.7),
     "neutral": (0.0, 0.0, 0.0, 1.0),
 }
-_LESSON_NAME = re.compile(r"(clip|set)-([0-9_]+)\.mp4")
+_LESSON_NAME = re.compile(r"(clip|set)-([0-9_]+)(?:-slow[0-9.]+)?\.mp4")
 
 
 @dataclass
@@ -367,12 +367,17 @@ def folder(data_dir: Path, profile_id: int) -> Path:
     return data_dir / "lessons" / str(int(profile_id))
 
 
-def clip_file(data_dir: Path, profile_id: int, clip_id: int) -> Path:
-    return folder(data_dir, profile_id) / f"clip-{int(clip_id)}.mp4"
+def _slowed(slow: float) -> str:
+    """The name's mark of a slowed lesson ('-slow2'), so it never replaces the real-speed one."""
+    return "" if slow == 1.0 else f"-slow{slow:g}"
 
 
-def set_file(data_dir: Path, profile_id: int, clip_ids: Sequence[int]) -> Path:
-    return folder(data_dir, profile_id) / f"set-{'_'.join(str(int(c)) for c in clip_ids)}.mp4"
+def clip_file(data_dir: Path, profile_id: int, clip_id: int, slow: float = 1.0) -> Path:
+    return folder(data_dir, profile_id) / f"clip-{int(clip_id)}{_slowed(slow)}.mp4"
+
+
+def set_file(data_dir: Path, profile_id: int, clip_ids: Sequence[int], slow: float = 1.0) -> Path:
+    return folder(data_dir, profile_id) / f"set-{'_'.join(str(int(c)) for c in clip_ids)}{_slowed(slow)}.mp4"
 
 
 def clip_ids(path: Path) -> set[int]:

@@ -155,6 +155,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                 lesson_slow = gr.Slider(1, lessons.MAX_SLOW, value=1, step=0.25, label="Slow down (1 = real speed)",
                                         elem_id="lesson-slow")
                 lesson_btn = gr.Button("Make a lesson video", variant="primary", elem_id="lesson-make")
+            lesson_error = C.error_box("lesson-error")  # beside its button, not at the top of the tab
             lesson_md = gr.Markdown("", elem_id="lesson-result")
             lesson_files = gr.File(label="This profile's lesson videos (newest first)", file_count="multiple",
                                    interactive=False, elem_id="lesson-files")
@@ -167,6 +168,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                 import_file = gr.File(label="Label file to import (CSV or JSON)", file_types=[".csv", ".json"], type="filepath")
                 import_new = gr.Checkbox(label="allow labels outside the profile's set", value=False)
                 import_btn = gr.Button("Import labels", elem_id="import")
+            files_error = C.error_box("files-error")
             import_md = gr.Markdown("")
         with gr.Accordion("Delete", open=False, elem_id="fold-delete"):
             with gr.Row():
@@ -177,6 +179,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                 confirm_profile = gr.Checkbox(label="yes, delete the whole profile and all its clips", value=False,
                                               elem_id="delete-profile-confirm")
                 delete_profile_btn = gr.Button("Delete profile", variant="stop", elem_id="delete-profile")
+            delete_error = C.error_box("delete-error")
             delete_md = gr.Markdown("")
 
     # -- actions --------------------------------------------------------------------------------
@@ -190,7 +193,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     def load_queue(profile_ref, current, request: gr.Request):
         hidden = [gr.update(visible=False)] * C.MAX_LABEL_BUTTONS
         if not profile_ref or profile_ref == C.NO_PROFILE:
-            return [[], gr.update(choices=[], value=None), gr.update(choices=[]), "Choose or create a profile at the top.", *hidden]
+            return [[], gr.update(choices=[], value=None), gr.update(choices=[]), "Choose or create a profile at the top.", *hidden, []]
         profile = ctx.profile(profile_ref, request)
         entries = ctx.service.labelling_queue(profile.id)
         choices = [_clip_choice(e) for e in entries]
@@ -200,7 +203,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         btns = [gr.update(value=f"{i + 1} · {labels[i]}" if i < 9 else labels[i], visible=True) if i < len(labels) else gr.update(visible=False)
                 for i in range(C.MAX_LABEL_BUTTONS)]
         return [_queue_rows(entries), gr.update(choices=choices, value=value), gr.update(choices=labels),
-                _snapshot_text(profile), *btns]
+                _snapshot_text(profile), *btns, lesson_list(profile)]
 
     def no_clip() -> tuple:
         none = (gr.update(value=None, visible=True), gr.update(value=None, visible=False), gr.update(value=None, visible=False))
@@ -365,11 +368,14 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                 lesson = ctx.service.export_lesson_set(profile.id, label=label, slow=float(slow), progress=report)
             else:
                 lesson = ctx.service.export_lesson(clip.id, profile.id, slow=float(slow), progress=report)
-        stored = ctx.service.list_lessons(profile.id)[:MAX_LESSONS_SHOWN]
         lines = [f"Made **{C.esc(lesson.path.name)}** ({lesson.duration:.1f} s)."]
         lines += [f"- {C.esc(n)}" for n in lesson.notes]
+        return "\n".join(lines), lesson_list(profile)
+
+    def lesson_list(profile) -> list[str]:
+        """The profile's newest lessons, as copies the page may serve (deleted with the clip or profile)."""
         folder = ctx.shown_folder(profile)
-        return "\n".join(lines), [C.shown_copy(p, folder / p.name) for p in stored]
+        return [C.shown_copy(p, folder / p.name) for p in ctx.service.list_lessons(profile.id)[:MAX_LESSONS_SHOWN]]
 
     @C.user_errors
     def delete_clip(profile_ref, clip_id, confirm, request: gr.Request):
@@ -393,7 +399,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
 
     # -- wiring ---------------------------------------------------------------------------------
 
-    queue_outputs = [queue, clip_dd, label_dd, snapshot_md, *buttons]
+    queue_outputs = [queue, clip_dd, label_dd, snapshot_md, *buttons, lesson_files]
     # what people pick or type (the clip, the label buttons, the note, the confirmation boxes) is an output
     # of some actions but never carries their progress or error badge: a badge lies over what is under it
     queue_shown = {"show_progress_on": [queue, snapshot_md]}
@@ -427,9 +433,10 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
 
     queue.select(pick_row, [queue], clip_dd, api_visibility="undocumented")
 
-    def acted(event):
-        """An action of this tab: its error stays in the tab's error line; after it, the queue and the clip's view."""
-        return reload(C.report_errors(event, error))
+    def acted(event, line: gr.Markdown = error):
+        """An action of this tab: its error stays in its error line (the tab's, or its section's beside its button);
+        after it, the queue and the clip's view."""
+        return reload(C.report_errors(event, line))
 
     acted(apply_btn.click(label, [profile_dd, clip_dd, label_dd, note, allow_new], [status, note], api_name="label",
                           show_progress_on=[status]))
@@ -439,12 +446,12 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     acted(undo_btn.click(undo, [profile_dd, clip_dd], status, api_name="undo"))
     acted(rebuild_btn.click(rebuild, [profile_dd], [rebuild_md, rebuild_plot, snapshot_md], api_name="rebuild_cache", **heavy))
     C.report_errors(lesson_btn.click(make_lesson, [profile_dd, clip_dd, lesson_kind, lesson_slow], [lesson_md, lesson_files],
-                                     api_name="lesson", **heavy), error)
-    C.report_errors(export_btn.click(export_labels, [profile_dd, fmt], export_file, api_name="export_labels"), error)
-    acted(import_btn.click(import_labels, [profile_dd, import_file, import_new], import_md, api_name="import_labels"))
+                                     api_name="lesson", **heavy), lesson_error)
+    C.report_errors(export_btn.click(export_labels, [profile_dd, fmt], export_file, api_name="export_labels"), files_error)
+    acted(import_btn.click(import_labels, [profile_dd, import_file, import_new], import_md, api_name="import_labels"), files_error)
     acted(delete_clip_btn.click(delete_clip, [profile_dd, clip_dd, confirm_clip], [delete_md, confirm_clip], api_name="delete_clip",
-                                show_progress_on=[delete_md]))
+                                show_progress_on=[delete_md]), delete_error)
     C.report_errors(delete_profile_btn.click(delete_profile, [profile_dd, confirm_profile], [delete_md, confirm_profile, profile_dd],
-                                             api_name="delete_profile", show_progress_on=[delete_md]), error)
+                                             api_name="delete_profile", show_progress_on=[delete_md]), delete_error)
     return {"load_queue": load_queue, "queue_inputs": [profile_dd, clip_dd], "queue_outputs": queue_outputs, "queue_shown": queue_shown,
             "show_clip": show_current, "clip_outputs": clip_outputs, "clip_dd": clip_dd, "refresh_event": refresh_event}
