@@ -86,7 +86,7 @@ def test_api_predict_label_rebuild(ui_app: RunningApp, composite_clip: Path, tmp
     silent_id = job_result(client.submit(handle_file(str(silent)), None, None, profile, api_name="/predict"), PREDICT_TIMEOUT_S)[12]
     shown = job_result(client.submit(profile, silent_id, api_name="/show_clip"), 120)[3]
     assert "no decision" in shown and " says " not in shown, shown
-    assert "⚠️ no video track: audio only · the audio track is silent: audio and text models skipped" in shown, shown  # stored notes
+    assert "⚠️ the audio track is silent: audio and text models skipped\n" in shown, shown  # stored notes; the kind is no fault
     rows = job_result(client.submit(profile, None, api_name="/queue"), 120)[0]
     assert [r[3] for r in rows["data"] if str(r[0]) == silent_id] == ["-"], rows
 

@@ -91,3 +91,14 @@ def test_a_failed_action_leaves_its_line_for_that_page_only() -> None:
     assert C.error_line(other).endswith("the message above says why.")
     assert C.error_line(mine) == f"{C.ERROR_LINE_START} tick the box to confirm deleting the clip"
     assert C.error_line(mine).endswith("the message above says why.")  # given once
+
+
+def test_what_kind_of_file_a_clip_is_is_information_not_a_problem() -> None:
+    """A photo has no sound and a sound file no pictures because the parent chose them: no yellow warning (nor a
+    pop-up for every photo), while a fault still is one."""
+    from emoweb.pipeline.features import TYPED_NOTE
+    from emoweb.services.reanalyse import problems
+
+    notes = ["still image: no audio", "no video track: audio only", "only a cover picture, no video track: audio only",
+             TYPED_NOTE, "no face found: visual models skipped", "the audio track is silent: audio and text models skipped"]
+    assert problems(notes) == ["no face found: visual models skipped", "the audio track is silent: audio and text models skipped"]

@@ -71,6 +71,12 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+# notes that say what kind of file a clip is (a photo has no sound, a sound file no pictures): information the
+# person chose, not a fault (`reanalyse.problems`)
+STILL_IMAGE_NOTE = "still image: no audio"
+AUDIO_ONLY_NOTE_END = ": audio only"
+
+
 def _escaped(text: str) -> str:
     """`text` with control and format characters and lone surrogates escaped (\\n, \\x1b, \\u202e, \\udcff)."""
     return "".join(
@@ -128,7 +134,7 @@ def _decode_image(path: Path, sha: str) -> DecodedClip:
         im = ImageOps.exif_transpose(im).convert("RGB")
         frame = _downscale(np.asarray(im))
     # say what is missing, as the container path does for a video without sound
-    return DecodedClip(path, sha, "image", 0.0, 0.0, frame[None], [0.0], None, ["still image: no audio"])
+    return DecodedClip(path, sha, "image", 0.0, 0.0, frame[None], [0.0], None, [STILL_IMAGE_NOTE])
 
 
 def upright(frame: av.VideoFrame, stream: av.stream.Stream, max_side: int | None = None) -> np.ndarray:
@@ -367,7 +373,7 @@ def _decode_container(container, path: Path, sha: str, n_frames: int, max_second
             warnings.append("video codec not supported: audio only")
         else:
             warnings.append(("only a cover picture, no video track" if len(pictures) < len(container.streams.video)
-                             else "no video track") + ": audio only")
+                             else "no video track") + AUDIO_ONLY_NOTE_END)
     if wav is None and not audios:
         warnings.append("audio codec not supported: video only" if "audio" in unsupported else "no audio track: video only")
     kind = "video" if frames is not None else "audio"

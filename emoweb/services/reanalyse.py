@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from emoweb.pipeline import media
 from emoweb.pipeline.features import TEXT_KIND, TYPED_NOTE, ClipFeatures, Progress
 from emoweb.pipeline.inference import Prediction, Predictor
 
 
 def problems(notes: list[str]) -> list[str]:
-    """A clip's notes that say something is missing or unreliable: all but the note that the words were
-    typed by the person (`TYPED_NOTE`), which is information, not a problem."""
-    return [n for n in notes if n != TYPED_NOTE]
+    """A clip's notes that say something is missing or unreliable: all but those that are information, not a
+    problem: the words were typed by the person (`TYPED_NOTE`), and what kind of file it is (a photo has no
+    sound, a sound file no pictures: `media.STILL_IMAGE_NOTE`, `media.AUDIO_ONLY_NOTE_END`)."""
+    return [n for n in notes if n not in (TYPED_NOTE, media.STILL_IMAGE_NOTE) and not n.endswith(media.AUDIO_ONLY_NOTE_END)]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import gradio as gr
 from emoweb.errors import EmoWebError, NotFoundError, UnknownLabelError
 from emoweb.safetext import decode
 from emoweb.services.cachebuild import TUNING_WORDS, accuracy_text, still_needed, too_few_to_judge
-from emoweb.services import lessons
+from emoweb.services import lessons, reanalyse
 from emoweb.ui import common as C
 from emoweb.ui import figures as F
 
@@ -250,8 +250,9 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
             lines.append(f"The models think: {emoji} **{C.esc(head.label)}**, {C.esc(head.confidence)}: {C.esc(head.reason)}")
             lines.append(" · ".join(f"{C.model_name(m)}: {C.esc(p.label)} {100 * p.probs.get(p.label, 0):.0f}%"
                                     for m, p in result.predictions.items() if p.decided))
-        if clip.notes:  # what decoding noticed when the clip was stored, as the Predict tab showed it then
-            lines.append("⚠️ " + " · ".join(C.esc(n) for n in clip.notes))
+        problems = reanalyse.problems(clip.notes)  # what decoding noticed when the clip was stored, as Predict showed it
+        if problems:
+            lines.append("⚠️ " + " · ".join(C.esc(n) for n in problems))
         for m, p in result.predictions.items():
             if not p.decided:
                 lines.append(f"- **{C.model_name(m)}**: no decision (the clip has no voice, no face and no words)")
