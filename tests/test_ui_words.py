@@ -102,3 +102,31 @@ def test_what_kind_of_file_a_clip_is_is_information_not_a_problem() -> None:
     notes = ["still image: no audio", "no video track: audio only", "only a cover picture, no video track: audio only",
              TYPED_NOTE, "no face found: visual models skipped", "the audio track is silent: audio and text models skipped"]
     assert problems(notes) == ["no face found: visual models skipped", "the audio track is silent: audio and text models skipped"]
+
+
+@pytest.fixture(scope="module")
+def wiring(tmp_path_factory) -> tuple[list[dict], dict[str, int]]:
+    """The app's event wiring as the page receives it (no model loads): dependencies, and component ids by elem_id."""
+    import dataclasses
+
+    from emoweb.config import get_settings
+    from emoweb.ui import build_app
+
+    demo = build_app(dataclasses.replace(get_settings(), data_dir=tmp_path_factory.mktemp("wiring"), database_url=""))
+    ids = {c["props"]["elem_id"]: c["id"] for c in demo.config["components"] if c.get("props", {}).get("elem_id")}
+    return demo.config["dependencies"], ids
+
+
+@pytest.mark.parametrize("action, error_line, result", [
+    ("create_profile", "profile-error", "profile-status"),
+    ("lesson", "lesson-error", "lesson-result"),
+    ("delete_clip", "delete-error", "delete-result"),
+    ("undo", "label-error", "label-status"),
+])
+def test_a_failed_action_empties_its_last_result_and_says_why_beside_it(wiring, action, error_line, result) -> None:
+    """"Created profile Anna" must not stand beside the refusal that followed it; the refusal goes to the error line
+    of the action's own section (the delete and lesson folds have theirs, 900 px below the tab's)."""
+    deps, ids = wiring
+    event = next(d for d in deps if d.get("api_name") == action)
+    on_failure = [d["outputs"] for d in deps if d.get("trigger_after") == event["id"] and d.get("trigger_only_on_failure")]
+    assert [ids[error_line]] in on_failure and [ids[result]] in on_failure, (on_failure, ids[error_line], ids[result])

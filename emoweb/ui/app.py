@@ -114,9 +114,10 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
                                           show_progress_on=[profile_status]), profile_error)
         C.report_errors(create_btn.click(create_profile, [new_name, new_labels], [profile_dd, new_name, new_labels, profile_status,
                                                                                   new_box], api_name="create_profile",
-                                         show_progress_on=[profile_status]), profile_error)
+                                         show_progress_on=[profile_status]), profile_error, stale=[profile_status])
         C.report_errors(delete_mine_btn.click(delete_my_data, [confirm_mine], [profile_dd, confirm_mine, profile_status],
-                                              api_name="delete_my_data", show_progress_on=[profile_status]), profile_error)
+                                              api_name="delete_my_data", show_progress_on=[profile_status]), profile_error,
+                        stale=[profile_status])
         changed = profile_dd.change(m["fn"], [profile_dd], m["outputs"], api_visibility="undocumented")
         queue_after(changed)
         queue_after(p["event"], p["clip_out"])

@@ -171,11 +171,15 @@ def error_box(elem_id: str) -> gr.Markdown:
     return gr.Markdown("", elem_id=elem_id, elem_classes="emoweb-error")
 
 
-def report_errors(event: Any, line: gr.Markdown, clears: bool = True) -> Any:
+def report_errors(event: Any, line: gr.Markdown, clears: bool = True, stale: Sequence[gr.Markdown] = ()) -> Any:
     """`event`'s one-line error also in `line` (its tab's error line), where it stays after the toast has
     closed; the event's next success clears it, unless `clears` is False (a view refreshed on its own, say
-    on opening a tab: finishing after a failed action, it must not wipe that action's line). Returns `event`."""
+    on opening a tab: finishing after a failed action, it must not wipe that action's line). `stale`: the
+    action's own result lines, emptied when it fails, so a last success ("Created profile Anna") never stands
+    beside the failure that followed it. Returns `event`."""
     event.failure(error_line, None, line, api_visibility="private", queue=False)
+    for result in stale:
+        event.failure(lambda: "", None, result, api_visibility="private", queue=False)
     if clears:
         event.success(lambda: "", None, line, api_visibility="private", queue=False)
     return event

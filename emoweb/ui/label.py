@@ -180,7 +180,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                                               elem_id="delete-profile-confirm")
                 delete_profile_btn = gr.Button("Delete profile", variant="stop", elem_id="delete-profile")
             delete_error = C.error_box("delete-error")
-            delete_md = gr.Markdown("")
+            delete_md = gr.Markdown("", elem_id="delete-result")
 
     # -- actions --------------------------------------------------------------------------------
 
@@ -434,10 +434,10 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
 
     queue.select(pick_row, [queue], clip_dd, api_visibility="undocumented")
 
-    def acted(event, line: gr.Markdown = error):
-        """An action of this tab: its error stays in its error line (the tab's, or its section's beside its button);
-        after it, the queue and the clip's view."""
-        return reload(C.report_errors(event, line))
+    def acted(event, line: gr.Markdown = error, result: gr.Markdown = status):
+        """An action of this tab: its error stays in its error line (the tab's, or its section's beside its button),
+        its last result line is emptied when it fails; after it, the queue and the clip's view."""
+        return reload(C.report_errors(event, line, stale=[result]))
 
     acted(apply_btn.click(label, [profile_dd, clip_dd, label_dd, note, allow_new], [status, note], api_name="label",
                           show_progress_on=[status]))
@@ -445,14 +445,16 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         acted(btn.click(make_button_handler(i), [profile_dd, clip_dd, note], [status, note], api_name=f"label_key_{i + 1}",
                         api_visibility="undocumented", show_progress_on=[status]))
     acted(undo_btn.click(undo, [profile_dd, clip_dd], status, api_name="undo"))
-    acted(rebuild_btn.click(rebuild, [profile_dd], [rebuild_md, rebuild_plot, snapshot_md], api_name="rebuild_cache", **heavy))
+    acted(rebuild_btn.click(rebuild, [profile_dd], [rebuild_md, rebuild_plot, snapshot_md], api_name="rebuild_cache", **heavy),
+          error, rebuild_md)
     C.report_errors(lesson_btn.click(make_lesson, [profile_dd, clip_dd, lesson_kind, lesson_slow], [lesson_md, lesson_files],
-                                     api_name="lesson", **heavy), lesson_error)
+                                     api_name="lesson", **heavy), lesson_error, stale=[lesson_md])
     C.report_errors(export_btn.click(export_labels, [profile_dd, fmt], export_file, api_name="export_labels"), files_error)
-    acted(import_btn.click(import_labels, [profile_dd, import_file, import_new], import_md, api_name="import_labels"), files_error)
+    acted(import_btn.click(import_labels, [profile_dd, import_file, import_new], import_md, api_name="import_labels"), files_error,
+          import_md)
     acted(delete_clip_btn.click(delete_clip, [profile_dd, clip_dd, confirm_clip], [delete_md, confirm_clip], api_name="delete_clip",
-                                show_progress_on=[delete_md]), delete_error)
+                                show_progress_on=[delete_md]), delete_error, delete_md)
     C.report_errors(delete_profile_btn.click(delete_profile, [profile_dd, confirm_profile], [delete_md, confirm_profile, profile_dd],
-                                             api_name="delete_profile", show_progress_on=[delete_md]), delete_error)
+                                             api_name="delete_profile", show_progress_on=[delete_md]), delete_error, stale=[delete_md])
     return {"load_queue": load_queue, "queue_inputs": [profile_dd, clip_dd], "queue_outputs": queue_outputs, "queue_shown": queue_shown,
             "show_clip": show_current, "clip_outputs": clip_outputs, "clip_dd": clip_dd, "refresh_event": refresh_event}
