@@ -332,6 +332,8 @@ def test_the_label_tab_makes_and_lists_lessons_through_the_api(service, composit
         assert [Path(f["path"] if isinstance(f, dict) else f).read_bytes() for f in files] == [p.read_bytes() for p in stored]
         with pytest.raises(Exception, match="no clip 424242"):
             client.predict(str(prof.id), "424242", "clip", 1, api_name="/lesson")
+        with pytest.raises(Exception, match="pick a clip first"):  # was "no clip '': clip ids are whole numbers"
+            client.predict(str(prof.id), None, "clip", 1, api_name="/lesson")
         opened = client.predict(str(prof.id), None, api_name="/queue")  # the tab opened again: its lessons are listed
         assert [Path(f["path"] if isinstance(f, dict) else f).name for f in opened[-1]] == [p.name for p in stored]
     finally:

@@ -1065,6 +1065,7 @@ def test_profile_names_that_read_as_ids_or_like_another_are_refused(service: Car
         (("7",), "profile name '7' is a number, which reads as a profile id: add a word (e.g. 'Kid 7')"),
         (("ANNA",), f"profile name 'ANNA' reads like profile 'Anna' (id {anna.id}): choose another name"),
         (("Kid", ["happy", "sad", "Happy"]), "labels 'happy' and 'Happy' read alike: keep one"),
+        (("Kid", ["happy", "sad", "happy"]), "label 'happy' is given twice"),
     ]:
         with pytest.raises(EmoWebError, match=re.escape(message)):
             service.create_profile(*args)

@@ -109,8 +109,11 @@ class CaregiverService:
         labels = [safetext.name(label) for label in labels] if labels else list(LABEL7)
         keys: dict[str, str] = {}
         for label in labels:
-            if keys.setdefault(safetext.name_key(label), label) != label:
-                raise EmoWebError(f"labels {keys[safetext.name_key(label)]!r} and {label!r} read alike: keep one")
+            seen = keys.get(safetext.name_key(label))
+            if seen is not None:
+                raise EmoWebError(f"label {label!r} is given twice" if seen == label else
+                                  f"labels {seen!r} and {label!r} read alike: keep one")
+            keys[safetext.name_key(label)] = label
         return profile_info(self.repo.create_profile(name, labels, owner))
 
     @storage_errors

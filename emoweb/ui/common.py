@@ -330,8 +330,10 @@ class AppContext:
             self.visitors.check_room(profile.owner, profile.id, upload)
 
     def clip_in(self, profile, clip_id: Any):
-        """A clip of the given (already authorised) profile."""
-        cid = self.service.clip_id(clip_id if clip_id not in (None, "") else "")
+        """A clip of the given (already authorised) profile; none chosen: "pick a clip first" (not "no clip ''")."""
+        if clip_id is None or str(clip_id).strip() == "":
+            raise EmoWebError("pick a clip first: from the queue, or the clip list above it")
+        cid = self.service.clip_id(clip_id)
         clip = self.service.get_clip(cid)
         if clip.profile_id != profile.id:
             raise NotFoundError(f"no clip {cid} in profile {profile.name!r}")

@@ -11,6 +11,11 @@ CACHE_HEADERS = ["model", "snapshot", "in use", "built at", "labelled clips per 
                  "how closely alike (beta)", "set by"]
 
 
+
+def _more_right(clips: int) -> str:
+    """'at least 3 more of them right than' ('at least as many of them right as' for 0), before 'the model alone'."""
+    return "at least as many of them right as" if clips == 0 else f"at least {clips} more of them right than"
+
 def _short(path) -> str:
     """A path relative to the repository when inside it (no need to show the server's layout)."""
     from emoweb.config import REPO_ROOT
@@ -64,11 +69,11 @@ def models_info(ctx: C.AppContext, profile_ref, request) -> tuple:
                  f"a model gives with less than {100 * d['safe_confidence']:.0f}% probability (how much your clips count, "
                  f"alpha: {d['safe_alpha']:.2f}). With more, a fitted adapter (a per-profile bias of each label and a "
                  f"linear map of one cache key) is judged on the labelled clips, each answered by a fit without it; it is "
-                 f"used when it gets at least {d['adapter_margin_clips']} more of them right than the model alone and is "
+                 f"used when it gets {_more_right(d['adapter_margin_clips'])} the model alone and is "
                  f"surer of their right labels. From {d['votes_min_clips']} labelled clips on, the cache's votes are a "
                  f"candidate too: how much they count (alpha: 0 = not at all, up to {max(d['alpha_spreads']):g} x the "
                  f"spread of the model's scores) is chosen by leave-one-out on the labelled clips, and they are used "
-                 f"only when they get at least {d['judge_margin_clips']} more of them right than the model alone and "
+                 f"only when they get {_more_right(d['judge_margin_clips'])} the model alone and "
                  f"(when the adapter passes too) beat it by as many.")
     cache_rows = []
     if profile_ref and profile_ref != C.NO_PROFILE:
@@ -78,9 +83,10 @@ def models_info(ctx: C.AppContext, profile_ref, request) -> tuple:
                      + " (custom labels are accepted by the cache and by zero-shot models such as MER-CLIP)")
         for snap in ctx.service.snapshots(profile.id):
             hyper = snap.get("hyper") or {}
-            cache_rows.append([modelinfo.display_name(snap["model"]), snap["id"], "yes" if snap["active"] else "", snap["built_at"][:19],
+            cache_rows.append([modelinfo.display_name(snap["model"]), snap["id"], "yes" if snap["active"] else "",
+                               f"{snap['built_at'][:16].replace('T', ' ')} UTC",
                                ", ".join(f"{k} {v}" for k, v in (snap.get("n_per_label") or {}).items()),
-                               hyper.get("alpha"), hyper.get("beta"), tuning_of(hyper)])
+                               *(None if hyper.get(k) is None else round(hyper[k], 2) for k in ("alpha", "beta")), tuning_of(hyper)])
     else:
         labels = list(C.LABEL_ORDER)
         lines.append("**Label set:** " + ", ".join(labels) + " (choose a profile to see its own)")
