@@ -130,3 +130,12 @@ def test_a_failed_action_empties_its_last_result_and_says_why_beside_it(wiring, 
     event = next(d for d in deps if d.get("api_name") == action)
     on_failure = [d["outputs"] for d in deps if d.get("trigger_after") == event["id"] and d.get("trigger_only_on_failure")]
     assert [ids[error_line]] in on_failure and [ids[result]] in on_failure, (on_failure, ids[error_line], ids[result])
+
+
+def test_a_failed_analysis_forgets_the_clip_before_it(wiring) -> None:
+    """After a file that is no media, "Read these words" must not answer about the clip analysed before it."""
+    deps, ids = wiring
+    event = next(d for d in deps if d.get("api_name") == "predict")
+    on_failure = [d["outputs"] for d in deps if d.get("trigger_after") == event["id"] and d.get("trigger_only_on_failure")]
+    words = ids["predict-words"]
+    assert any(words in outputs and len(outputs) == 2 for outputs in on_failure), (on_failure, words)

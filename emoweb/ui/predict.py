@@ -222,6 +222,8 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     shown = {"show_progress_on": [o for o in outputs if o is not person]}
     event = C.report_errors(run.click(cleared, None, outputs, api_visibility="undocumented", queue=False).then(
         predict, [video, audio, image, profile_dd], outputs + [words, analysed], api_name="predict", **heavy, **shown), error)
+    # a clip that could not be analysed leaves no earlier clip behind: its words, read again, would answer about that one
+    event.failure(lambda: ("", None), None, [words, analysed], api_visibility="private", queue=False)
     C.report_errors(person.input(predict_person, [person, analysed], outputs + [analysed], api_name="predict_person", **heavy,
                                  **shown), error)
     C.report_errors(words_run.click(predict_words, [words, analysed], outputs + [analysed], api_name="predict_words", **heavy,
