@@ -135,6 +135,8 @@ def reading(weights: np.ndarray, axis: str, ticks: Sequence[Any] = ()) -> str:
     axes, pixels on the face picture); without them, columns are named by their number and no unit."""
     rel = relative_to_equal(weights).mean(axis=0)
     noun = NOUNS.get(axis, axis.replace("_", " ") + "s")
+    if rel.size == 1:
+        return f"had only one of the {noun} to weigh"  # a photo's one frame: nothing to compare, nothing to count
     if rel.max() < EQUAL_BAND:
         return f"weighed all {rel.size} {noun} about equally"
     given = len(ticks) >= rel.size

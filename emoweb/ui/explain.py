@@ -90,7 +90,7 @@ def explain(ctx: C.AppContext, prediction: Any, result: ClipResult | None, profi
                      "chosen instead of the main person. **The voice and the words may belong to someone else.**")
     elif feats.kind not in ("audio", "text"):
         lines.append(f"**Who:** {'the face shown here' if face is not None else 'no face found'}"
-                     f" (a face in {feats.faces_found} of {len(feats.frame_times)} frames)"
+                     + ("" if feats.kind == "image" else f" (a face in {feats.faces_found} of {len(feats.frame_times)} frames)")
                      + ("; another person can be chosen under “Whose face”" if len(feats.face_tracks) > 1 else ""))
     if feats.transcript:
         lines.append(f"**{'Words (typed)' if typed else 'Heard'}:** “{C.esc(feats.transcript)}”")
