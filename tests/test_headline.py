@@ -56,6 +56,8 @@ def test_flat_attention_reads_equal_and_colours_at_the_middle_of_a_fixed_range()
     assert np.abs(z).max() < 0.01  # every frame at an equal share: one colour
     assert attention.reading(flat, "frame", [i * 0.25 for i in range(16)]) == "weighed all 16 frames about equally"
     assert attention.reading(np.ones((2, 1)), "frame", [0.0]) == "had only one of the frames to weigh"  # a photo: not "all 1"
+    # a text encoder's own end marks read as such, not "[CLS]" and "[SEP]"
+    assert [attention.tick_text(w, "token") for w in ("[CLS]", "happy", "[SEP]")] == ["(start)", "happy", "(end)"]
 
 
 def test_peaked_attention_reads_its_span_in_seconds_and_saturates_the_colour() -> None:

@@ -71,6 +71,14 @@ def axis_label(name: str) -> str:
     return axis.title + (f", {axis.unit}" if axis.unit else "")
 
 
+# a text encoder's own marks at the ends of the words, in words a parent reads (they take attention like words)
+SPECIAL_TOKENS = {"[CLS]": "(start)", "[SEP]": "(end)", "<s>": "(start)", "</s>": "(end)", "[PAD]": "(padding)"}
+
+
+def _word(value: Any) -> str:
+    return SPECIAL_TOKENS.get(str(value), str(value))
+
+
 def tick_text(value: Any, axis: str) -> str:
     """One tick of `axis` as shown: a number with the axis's unit ("1.20 s", "12 px"); a word as it is.
     The unit comes from the axis, never from the value's type (a pixel position is no time)."""
@@ -81,7 +89,7 @@ def tick_text(value: Any, axis: str) -> str:
         except (TypeError, ValueError):
             return str(value)
         return f"{number:.2f} s" if unit == "s" else f"{number:g} {unit}"
-    return str(value)
+    return _word(value)
 
 
 def map_titles(maps: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
@@ -126,7 +134,7 @@ def _name(tick: Any, unit: str | None) -> str:
             return f"{float(tick):.1f}"
         except (TypeError, ValueError):
             pass
-    return f"“{tick}”"
+    return f"“{_word(tick)}”"
 
 
 def reading(weights: np.ndarray, axis: str, ticks: Sequence[Any] = ()) -> str:
