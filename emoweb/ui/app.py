@@ -47,7 +47,7 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
             profile_dd = gr.Dropdown(label="Profile (a child or a setting)", choices=[(C.NO_PROFILE, C.NO_PROFILE)],
                                      value=C.NO_PROFILE, elem_id="profile", scale=4, min_width=200,
                                      allow_custom_value=True)  # API clients name a profile by id or name
-            refresh_btn = gr.Button("↻", elem_id="profiles-refresh", scale=0, min_width=40)
+            refresh_btn = gr.Button("↻ list", elem_id="profiles-refresh", scale=0, min_width=70)  # says what it refreshes
         with gr.Accordion("New profile", open=False, elem_id="new-profile-box") as new_box:
             with gr.Row(equal_height=True):
                 new_name = gr.Textbox(label="Name", elem_id="new-profile", scale=2, min_width=160)
