@@ -102,7 +102,8 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         with gr.Accordion("Where the models looked (attention)", open=False, elem_id="fold-attention"):
             attention_plot = gr.Plot(label="Attention", elem_id="attention-chart")
         with gr.Accordion("Similar labelled clips and label texts", open=False, elem_id="fold-similar"):
-            nearest = gr.Gallery(label="Nearest labelled clips of the profile that have a picture (all of them: the chart above)", columns=3, height=220, elem_id="nearest")
+            nearest = gr.Gallery(label="Nearest labelled clips of the profile that have a picture (all of them: the chart below)",
+                                 columns=3, height=220, elem_id="nearest")
             similarity_plot = gr.Plot(label="How alike", elem_id="similarity-chart")
         with gr.Accordion("Transcript, frames and the per-frame timeline", open=False, elem_id="fold-frames"):
             transcript = gr.Dataframe(headers=TRANSCRIPT_HEADERS, datatype=["number", "number", "str"],
