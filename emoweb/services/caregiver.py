@@ -29,7 +29,6 @@ from emoweb.safetext import clean
 from emoweb.services import lessons, shown, uploads
 from emoweb.services.context import Pause, Progress, ServiceContext, clip_info, profile_info, storage_errors
 from emoweb.services.headline import Headline, of_clip
-from emoweb.services.modelinfo import in_model_order
 from emoweb.services.records import ClipInfo, ClipResult, CorrectionInfo, ImportReport, ModelRebuild, ProfileInfo, QueueEntry
 from models import LABEL7
 
@@ -259,7 +258,7 @@ class CaregiverService:
         by cross-validation when there are enough (`tune`: see `cachebuild.build`; True forces it),
         measure leave-one-out accuracy before/after, and activate all the new snapshots in one transaction."""
         prof = self.ctx.profile(profile)
-        return in_model_order(self._rebuilds.rebuild(prof, models, tune))
+        return self._rebuilds.rebuild(prof, models, tune)
 
     @storage_errors
     def snapshots(self, profile: int | str) -> list[dict[str, Any]]:

@@ -9,7 +9,6 @@ from typing import Any
 
 from emoweb.services import lessons, shown, uploads
 from emoweb.services.context import ServiceContext
-from emoweb.services.modelinfo import in_model_order
 from emoweb.services.rebuilds import Rebuilds
 from emoweb.services.store import CaregiverRepository
 from storage.schema import Clip, Profile
@@ -64,4 +63,4 @@ class Deletion:
         derived = lessons.forget_clip(ctx.data_dir, prof.id, clip.id)
         uploads.forget_copies(ctx.settings.upload_dir, {clip.sha256} | derived)  # copies handed to the browser too
         return {"clip_id": clip.id, "profile": prof.name, "lessons": len(derived),
-                "rebuilt": {m: r.to_dict() for m, r in in_model_order(rebuilt).items()}}
+                "rebuilt": {m: r.to_dict() for m, r in rebuilt.items()}}

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from emoweb.services import cachearrays, cachebuild, cacheloo
 from emoweb.services.context import ServiceContext
+from emoweb.services.modelinfo import in_model_order
 from emoweb.services.records import ModelRebuild
 from emoweb.services.store import CaregiverRepository
 from storage.schema import Profile
@@ -55,7 +56,8 @@ class Rebuilds:
                 unheld = features.seen.keys() - features.arrays.row_of.keys()
                 names = features.arrays.names() | set(repo.feature_names(prof.id, ctx.backbone, unheld))
                 stored = {m for m, part in map(cachearrays.split_name, names) if part == cachearrays.LOGITS}
-                wanted = sorted(set(models) if models is not None else stored | set(previous))
+                # in the registry's order: what every caller shows (rebuild results, a deletion's rebuilt models)
+                wanted = list(in_model_order(dict.fromkeys(set(models) if models is not None else stored | set(previous))))
                 load = time.perf_counter() - t0  # one read for all models
                 for model in wanted:
                     t1 = time.perf_counter()
