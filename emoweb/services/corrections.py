@@ -30,6 +30,11 @@ def known_label(label: str, label_set: list[str]) -> str:
     return label if label in label_set or not same else same[0]
 
 
+def not_in_label_set(label: str, prof: Profile) -> str:
+    """The one line for a label the profile does not have, naming the ones it has."""
+    return f"label {label!r} is not in the label set of profile {prof.name!r} ({', '.join(prof.label_set)})"
+
+
 def correction_info(c: Correction) -> CorrectionInfo:
     return CorrectionInfo(c.id, c.clip_id, c.label, c.annotator, c.note, c.created)
 
@@ -45,7 +50,7 @@ class Corrections:
         label, annotator, note = (clean(x or "") for x in (label, annotator, note))
         label = known_label(label.strip(), list(prof.label_set))
         if label and label not in prof.label_set and not allow_new_label:
-            raise UnknownLabelError(f"label {label!r} is not in the label set of profile {prof.name!r} ({', '.join(prof.label_set)})")
+            raise UnknownLabelError(not_in_label_set(label, prof))
         was = self.ctx.repo.current_label(clip.id)
         if was is not None and was == label and not note.strip():  # a second tap on the same label: nothing to undo later
             return replace(correction_info(self.ctx.repo.current_corrections(prof.id)[clip.id]), unchanged=True)

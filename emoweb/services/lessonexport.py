@@ -8,7 +8,7 @@ from emoweb.errors import EmoWebError
 from emoweb.safetext import clean
 from emoweb.services import lessons
 from emoweb.services.context import Progress, ServiceContext
-from emoweb.services.corrections import known_label
+from emoweb.services.corrections import known_label, not_in_label_set
 from storage.schema import Clip, Profile
 
 
@@ -53,7 +53,7 @@ class LessonExport:
             if label is not None:
                 label = known_label(clean(label), list(prof.label_set))
                 if label not in prof.label_set:
-                    raise EmoWebError(f"label {label!r} is not in the label set of profile {prof.name!r} ({', '.join(prof.label_set)})")
+                    raise EmoWebError(not_in_label_set(label, prof))
                 ids = [c for c in videos if current[c].label == label][: lessons.MAX_SET_CLIPS]
             else:
                 ids = [next(c for c in videos if current[c].label == lab) for lab in prof.label_set
