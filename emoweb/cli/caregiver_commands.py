@@ -228,16 +228,6 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
 SNAPSHOT_USE = {"adapter": "fitted adapter", "cache": "cache votes", "careful": "careful cache", "off": "off: the model alone"}
 
 
-def _per_label(counts: dict[str, int]) -> str:
-    """Clips per label as a person reads them: 'joy 3, anger 2' ('none' when empty)."""
-    return ", ".join(f"{label} {n}" for label, n in counts.items()) or "none"
-
-
-def _minute(iso: str) -> str:
-    """An ISO 8601 UTC time to the minute, as a person reads it: '2026-12-02 06:57 UTC'."""
-    return f"{iso[:16].replace('T', ' ')} UTC"
-
-
 def _snapshot_use(snapshot: dict) -> str:
     """What a snapshot does, for `cache show`: 'in use: fitted adapter', 'in use: off: the model alone' (the
     latest rebuild kept everything off), or 'old' for one no longer in use."""
@@ -252,10 +242,12 @@ def _snapshot_use(snapshot: dict) -> str:
          "clips per label and what is still to label before it can be measured; or the snapshots",
          takes="a few seconds (stored features, no re-encoding; about 1 s for 1,000 clips once loaded)")(_cache_args)
 def _cache(args: argparse.Namespace) -> int:
+    from emoweb.services.modelinfo import minute_text, per_label_text
+
     service = _service(args)
     if args.action == "show":
         emit(service.snapshots(args.profile), args.json, lambda r: "\n".join(
-            f"{s['id']:>5} {model_name(s['model']):<11} {_snapshot_use(s):<26} {_minute(s['built_at'])}  {_per_label(s['n_per_label'])}"
+            f"{s['id']:>5} {model_name(s['model']):<11} {_snapshot_use(s):<26} {minute_text(s['built_at'])}  {per_label_text(s['n_per_label'])}"
             for s in r
         ) or "no cache snapshots")
         return 0
@@ -265,7 +257,7 @@ def _cache(args: argparse.Namespace) -> int:
         from emoweb.services import cachebuild
 
         lines = [  # the outcome says what happened and its numbers; the second line what it was built from
-            f"{model_name(m)}: {d['outcome']}\n  {d['n']} labelled clip(s): {_per_label(d['n_per_label'])}"
+            f"{model_name(m)}: {d['outcome']}\n  {d['n']} labelled clip(s): {per_label_text(d['n_per_label'])}"
             + ("" if d["judged"] or not d["n"] else f"; to measure it, label {cachebuild.still_needed(d['n_per_label'])}")
             + (f"; {d['skipped']} labelled clip(s) without stored features" if d["skipped"] else "")
             + f"; {d['seconds']:.3f} s; snapshot {d['snapshot_id']} (--json: its settings)"

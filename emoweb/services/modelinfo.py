@@ -28,6 +28,16 @@ def display_name(name: str) -> str:
     return DISPLAY_NAMES.get(name, name)
 
 
+def per_label_text(counts: Mapping[str, int]) -> str:
+    """A cache's clips per label as a person reads them: 'joy 3, anger 2' ('none' when empty)."""
+    return ", ".join(f"{label} {n}" for label, n in counts.items()) or "none"
+
+
+def minute_text(iso: str) -> str:
+    """An ISO 8601 UTC time to the minute, as a person reads it: '2026-12-02 06:57 UTC'."""
+    return f"{iso[:16].replace('T', ' ')} UTC"
+
+
 def in_model_order(per_model: Mapping[str, T]) -> dict[str, T]:
     """`per_model` ordered as the registry lists the models (EmoAsst, MER-CLIP, MER-SEM-MBT, Foal-Net), as
     `predict`, the README and the Models tab name them, whatever order storage returned them in; an unknown

@@ -84,8 +84,7 @@ def models_info(ctx: C.AppContext, profile_ref, request) -> tuple:
         for snap in ctx.service.snapshots(profile.id):
             hyper = snap.get("hyper") or {}
             cache_rows.append([modelinfo.display_name(snap["model"]), snap["id"], "yes" if snap["active"] else "",
-                               f"{snap['built_at'][:16].replace('T', ' ')} UTC",
-                               ", ".join(f"{k} {v}" for k, v in (snap.get("n_per_label") or {}).items()),
+                               modelinfo.minute_text(snap["built_at"]), modelinfo.per_label_text(snap.get("n_per_label") or {}),
                                *(None if hyper.get(k) is None else round(hyper[k], 2) for k in ("alpha", "beta")), tuning_of(hyper)])
     else:
         labels = list(C.LABEL_ORDER)
