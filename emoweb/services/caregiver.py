@@ -108,11 +108,11 @@ class CaregiverService:
         labels = [safetext.name(label) for label in labels] if labels else list(LABEL7)
         keys: dict[str, str] = {}
         for label in labels:
-            seen = keys.get(safetext.name_key(label))
-            if seen is not None:
-                raise EmoWebError(f"label {label!r} is given twice" if seen == label else
-                                  f"labels {seen!r} and {label!r} read alike: keep one")
-            keys[safetext.name_key(label)] = label
+            key = safetext.name_key(label)
+            if key in keys:
+                raise EmoWebError(f"label {label!r} is given twice" if keys[key] == label else
+                                  f"labels {keys[key]!r} and {label!r} read alike: keep one")
+            keys[key] = label
         return profile_info(self.repo.create_profile(name, labels, owner))
 
     @storage_errors

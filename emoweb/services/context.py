@@ -163,7 +163,7 @@ class ServiceContext:
             found = next(filter(None, (self.repo.find_profile(r, owner) for r in tries)), None)
             ref = typed
         if found is None:
-            alike = [p.name for p in self.repo.list_profiles(owner) if isinstance(ref, str) and name_key(p.name) == name_key(ref)]
+            alike = [p.name for p in self.repo.list_profiles(owner) if name_key(p.name) == name_key(ref)] if isinstance(ref, str) else []
             raise NotFoundError(f"no profile {ref!r}" + (f" (did you mean {alike[0]!r}?)" if alike else ""))
         return found
 
