@@ -4,6 +4,7 @@ seconds), and a tab's error staying in the tab. Drawn from the real models and t
 (no app server: the browser tests drive that)."""
 from __future__ import annotations
 
+import html
 import re
 
 import numpy as np
@@ -139,3 +140,26 @@ def test_a_failed_analysis_forgets_the_clip_before_it(wiring) -> None:
     on_failure = [d["outputs"] for d in deps if d.get("trigger_after") == event["id"] and d.get("trigger_only_on_failure")]
     words = ids["predict-words"]
     assert any(words in outputs and len(outputs) == 2 for outputs in on_failure), (on_failure, words)
+
+
+def test_a_label_words_chart_that_disagrees_with_the_answer_says_it_is_one_part_of_it(extractor) -> None:
+    """MER-CLIP adds the face and text backbones' own decisions to its likeness to the label words, so on
+    Grace Hopper's neutral face its most alike words (disgust) are not its answer (neutral): the chart's
+    title says so, instead of standing beside the answer as its reason. EmoAsst's chart tops at its answer
+    and keeps the plain title."""
+    from conftest import OTHER_FACE
+    from emoweb.pipeline.inference import Predictor
+    from emoweb.ui.common import AppContext
+    from emoweb.ui.explain import explain
+
+    predictor = Predictor(extractor.settings)
+    predictor.extractor = extractor
+    prediction = predictor.predict(OTHER_FACE, "all")  # Grace Hopper, neutral
+    alike = prediction.outputs["merclip"].similarity["label_text"]
+    answer = max(dict(zip(prediction.outputs["merclip"].labels, prediction.outputs["merclip"].probs[0].tolist())).items(),
+                 key=lambda kv: kv[1])[0]
+    assert (max(alike, key=alike.get), answer) == ("disgust", "neutral")
+    figure = explain(AppContext(extractor.settings, predictor=predictor), prediction, None, None)[4]
+    titles = [html.unescape(a.text) for a in figure.layout.annotations]
+    assert "MER-CLIP: how alike this clip is to each label's words (only one part of its answer, neutral)" in titles, titles
+    assert "EmoAsst: how alike this clip is to each label's words" in titles, titles

@@ -53,6 +53,15 @@ def _face_thumbnail(feats: Any) -> np.ndarray | None:
     return None
 
 
+def _part_note(alike: dict[str, float], answer: str | None) -> str:
+    """What a label-words chart must add when its most alike label is not the model's answer: the answer
+    weighs more than this likeness (the face and text backbones' own decisions, added as residuals, and the
+    profile's labelled clips when its cache was used), so the chart must not read as its reason. '' otherwise."""
+    if answer is None or not alike or max(alike, key=alike.get) == answer:
+        return ""
+    return f" (only one part of its answer, {answer})"
+
+
 def headline_markdown(head: Headline, labels: list[str]) -> str:
     """The answer in large type with its emoji and colour, and how sure, in words."""
     if head.label is None:
@@ -118,9 +127,9 @@ def explain(ctx: C.AppContext, prediction: Any, result: ClipResult | None, profi
     summary = "\n\n".join(lines)
 
     table = []
+    best_of = {m: max(probs[m], key=probs[m].get) if probs[m] and decided[m] else None for m in models}
     for m in models:
-        p = probs[m]
-        best = max(p, key=p.get) if p and decided[m] else None
+        p, best = probs[m], best_of[m]
         table.append([modelinfo.display_name(m), f"{C.LABEL_EMOJI.get(best, '')} {best}".strip() if best else "no decision",
                       f"{100 * p[best]:.0f}%" if best else "-",
                       "-" if profile is None else ("yes" if snaps.get(m) is not None else "no")])
@@ -159,7 +168,8 @@ def explain(ctx: C.AppContext, prediction: Any, result: ClipResult | None, profi
         lt = out.similarity.get("label_text")
         if lt:
             ordered = {lab: float(lt[lab]) for lab in C.ordered_labels(list(lt))}
-            tables.append((f"{shown}: how alike this clip is to each label's words", ordered, {k: k for k in ordered}))
+            tables.append((f"{shown}: how alike this clip is to each label's words"
+                           + _part_note(ordered, best_of[m]), ordered, {k: k for k in ordered}))
         near = answers[m].nearest if answers and m in answers else []
         if near:
             items = {f"clip {n['clip_id']} · {n['label']}": float(n["similarity"]) for n in near}
