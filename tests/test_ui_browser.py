@@ -312,8 +312,8 @@ def test_record_with_webcam_and_microphone(recording_page, ui_app: RunningApp):
 
 
 def test_a_clip_that_cannot_be_analysed_leaves_no_old_answer(page, ui_app: RunningApp, composite_clip: Path, tmp_path: Path):
-    """After an answer, a file that is no media: its one-line error, and the old answer gone (not read as
-    the new file's)."""
+    """After an answer, a file that is no media: its one-line error beside the button, the old answer gone
+    (not read as the new file's), and no "Error" badge over the emptied answer."""
     from playwright.sync_api import expect
 
     start(page, ui_app.url)
@@ -328,7 +328,11 @@ def test_a_clip_that_cannot_be_analysed_leaves_no_old_answer(page, ui_app: Runni
     page.wait_for_timeout(2000)
     page.locator("#predict-run").click()
     expect(page.locator(".toast-body.error")).to_contain_text("not a media file or corrupt container: broken.mp4", timeout=60_000)
+    expect(page.locator("#predict-error")).to_contain_text("not a media file or corrupt container: broken.mp4")
     assert "Heard:" not in page.locator("#predict-summary").inner_text()
+    # the error line says it once: no "Error" badge over the emptied answer, the face or the models' table
+    assert page.locator(".wrap span.error").count() >= 1  # Gradio drew them (the selector still finds them)...
+    expect(page.locator(".wrap span.error:visible")).to_have_count(0)  # ...and none shows
 
 
 # Words of a table's header cells broken across lines: each word of a header must lie on one line (a

@@ -87,6 +87,10 @@ CSS = """
 .emoweb-small { font-size: 0.85rem; opacity: 0.8; }
 #label-buttons button { min-height: 44px; font-size: 1rem; }
 .emoweb-error:not(:empty) { color: #8a1c1c; }
+/* a failed action says why in its tab's error line and a toast; Gradio's own "Error" badge on each of the
+   action's outputs (over the emptied answer, the face, the table) would only repeat it, in a word that
+   reads as if the clip or the child's profile were broken */
+.gradio-container .wrap:has(> span.error) { display: none !important; }
 /* table headers break between words only, never inside one; a table wider than the page scrolls sideways */
 .gradio-container table th, .gradio-container table th * { word-break: normal !important; overflow-wrap: normal !important;
   hyphens: manual !important; }
