@@ -186,6 +186,8 @@ def test_browser_predict_label_rebuild(page, ui_app: RunningApp, composite_clip:
     expect(page.locator("#transcript")).to_contain_text(re.compile("tomorrow", re.I))
     expect(page.locator("#timeline .js-plotly-plot")).to_be_visible()
     expect(page.locator("#frames img").first).to_be_visible()
+    for gallery in ("#frames", "#crops"):  # whole pictures: a cropped thumbnail can cut off the face or its box
+        assert page.locator(f"{gallery} img").first.evaluate("img => getComputedStyle(img).objectFit") == "contain", gallery
 
     # Label: buttons in view, no expert words on the main view; label with the key "4" (joy) and a note
     # holding an HTML payload (must show as text, once: in the history)

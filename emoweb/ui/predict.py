@@ -101,16 +101,19 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
             modality_plot = gr.Plot(label="Per-modality decisions", elem_id="modality-chart")
         with gr.Accordion("Where the models looked (attention)", open=False, elem_id="fold-attention"):
             attention_plot = gr.Plot(label="Attention", elem_id="attention-chart")
+        # galleries show whole pictures ("contain"): a cropped thumbnail can cut off the face or its box
         with gr.Accordion("Similar labelled clips and label texts", open=False, elem_id="fold-similar"):
             nearest = gr.Gallery(label="Nearest labelled clips of the profile that have a picture (all of them: the chart below)",
-                                 columns=3, height=220, elem_id="nearest")
+                                 columns=3, height=220, elem_id="nearest", object_fit="contain")
             similarity_plot = gr.Plot(label="How alike", elem_id="similarity-chart")
         with gr.Accordion("Transcript, frames and the per-frame timeline", open=False, elem_id="fold-frames"):
             transcript = gr.Dataframe(headers=TRANSCRIPT_HEADERS, datatype=["number", "number", "str"],
                                       label="Transcript with timestamps", interactive=False, elem_id="transcript", wrap=True)
             with gr.Row():
-                frames = gr.Gallery(label="Sampled frames with the face box", columns=8, height=220, elem_id="frames")
-                crops = gr.Gallery(label="Face crops (what the visual encoder saw)", columns=8, height=220, elem_id="crops")
+                frames = gr.Gallery(label="Sampled frames with the face box", columns=8, height=220, elem_id="frames",
+                                    object_fit="contain")
+                crops = gr.Gallery(label="Face crops (what the visual encoder saw)", columns=8, height=220, elem_id="crops",
+                                   object_fit="contain")
             timeline = gr.Plot(label="Per-frame timeline", elem_id="timeline")
         with gr.Accordion("How each model worked, and how long it took", open=False, elem_id="fold-info"):
             info_md = gr.Markdown("", elem_id="predict-info")
