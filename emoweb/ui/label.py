@@ -9,6 +9,7 @@ from emoweb.errors import EmoWebError, NotFoundError, UnknownLabelError
 from emoweb.safetext import decode
 from emoweb.services.cachebuild import TUNING_WORDS, accuracy_text, still_needed, too_few_to_judge
 from emoweb.services import lessons, reanalyse
+from emoweb.services.modelinfo import per_label_text
 from emoweb.ui import common as C
 from emoweb.ui import figures as F
 
@@ -86,8 +87,7 @@ def rebuild_view(profile_name: str, results: dict, before: int, after: int) -> t
               "set by | accuracy: model alone → with your clips | seconds |",
               "|---|---:|---|---:|---:|---|---|---:|"]
     for m, r in results.items():
-        per = ", ".join(f"{C.esc(k)} {v}" for k, v in r.n_per_label.items()) or "-"
-        lines.append(f"| {C.model_name(m)} | {r.n} | {per} | {r.alpha:.2f} | {r.beta:.2f} | {C.esc(tuning_of(r))} | "
+        lines.append(f"| {C.model_name(m)} | {r.n} | {C.esc(per_label_text(r.n_per_label))} | {r.alpha:.2f} | {r.beta:.2f} | {C.esc(tuning_of(r))} | "
                      f"{C.esc(accuracy_text(r.judged, r.before, r.after))} | {r.seconds:.3f} |")
     lines.append("\n</details>")
     judged = {m: (r.before, r.after) for m, r in C.shown_names(results).items() if r.judged}
