@@ -406,3 +406,44 @@ def test_a_failed_action_says_why_in_its_tab_and_leaves_the_checkbox_clickable(p
     expect(page.locator("#profile-error")).to_contain_text("type a name for the new profile", timeout=60_000)
     page.locator("#new-profile textarea, #new-profile input").first.click(timeout=10_000)
     page.locator("#profile input").first.click(timeout=10_000)
+
+
+def test_a_labelling_session_moves_to_the_next_clip_and_undo_goes_back(page, ui_app: RunningApp):
+    """One tap per clip: after a label the next clip nobody labelled is shown and the line says which;
+    Undo takes back the last label given on this page, showing that clip again, then the one before it."""
+    from gradio_client import Client, handle_file
+    from playwright.sync_api import expect
+
+    from conftest import FACES, VOICES
+    from ui_helpers import job_result
+
+    start(page, ui_app.url)
+    profile = new_profile(page, "session-family")
+    client = Client(ui_app.url, verbose=False, download_files=False)
+    for media in (FACES["joy"], FACES["neutral"], VOICES["sadness"]):  # three clips, none labelled
+        image, audio = (handle_file(str(media)), None) if media.suffix == ".jpg" else (None, handle_file(str(media)))
+        job_result(client.submit(None, audio, image, profile, api_name="/predict"), PREDICT_TIMEOUT_S)
+    open_tab(page, "Label")
+    answers, status = page.locator("#label-answers"), page.locator("#label-status")
+    expect(answers).to_contain_text("not labelled yet", timeout=60_000)
+    first = re.search(r"Clip #(\d+)", answers.inner_text()).group(1)
+    page.keyboard.press("4")  # joy
+    expect(status).to_contain_text(re.compile(rf"Clip #{first} labelled joy\. Next: clip #(\d+), not labelled yet \(2 to go\)"),
+                                   timeout=60_000)
+    second = re.search(r"Next: clip #(\d+)", status.inner_text()).group(1)
+    assert second != first
+    expect(answers).to_contain_text(f"Clip #{second}", timeout=60_000)
+    expect(answers).to_contain_text("label now: not labelled yet")
+    page.keyboard.press("5")  # neutral
+    expect(status).to_contain_text(re.compile(rf"Clip #{second} labelled neutral\. Next: clip #\d+, not labelled yet \(1 to go\)"),
+                                   timeout=60_000)
+
+    page.locator("#label-undo").click()  # the last label given here, on the clip before the one shown
+    expect(status).to_contain_text(f"Undone neutral on clip #{second}; current label: none", timeout=60_000)
+    expect(answers).to_contain_text(f"Clip #{second}", timeout=60_000)
+    page.locator("#label-undo").click()
+    expect(status).to_contain_text(f"Undone joy on clip #{first}; current label: none", timeout=60_000)
+    expect(answers).to_contain_text(f"Clip #{first}", timeout=60_000)
+    rows = job_result(client.submit(profile, None, api_name="/queue"), 120)[0]["data"]
+    assert sorted(r[2] for r in rows) == ["(unlabelled)"] * 3, rows
+    assert not getattr(page, "errors", []), page.errors

@@ -121,7 +121,9 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                 note = gr.Textbox(label="Note (optional, saved with the label)", elem_id="label-note", lines=1)
                 status = gr.Markdown("", elem_id="label-status")
                 error = C.error_box("label-error")
-                undo_btn = gr.Button("Undo my last label on this clip", elem_id="label-undo", size="sm")
+                undo_btn = gr.Button("Undo my last label", elem_id="label-undo", size="sm")
+                # the clips this page labelled, newest last: Undo goes back through them (never sent to the API)
+                labelled = gr.State([])
         with gr.Accordion("Another label (or a new one)", open=False, elem_id="fold-other-label"):
             with gr.Row():
                 label_dd = gr.Dropdown(label="Label", choices=[], allow_custom_value=True, elem_id="label-choice", scale=2)
@@ -269,7 +271,8 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         fig = F.probability_figure(C.shown_names(decided), title="What each model said (with the profile's other labelled clips)")
         return (*players, "\n\n".join(lines), fig, hist)
 
-    def _apply(profile_ref, clip_id, label, note_text, new_ok, request):
+    def _apply(profile_ref, clip_id, label, note_text, new_ok, labelled, request) -> tuple[str, list]:
+        """Record the label; (the line that says so, `labelled` with the clip added when its label changed)."""
         profile = ctx.profile(profile_ref, request)
         if not clip_id:
             raise EmoWebError("pick a clip to label first")
@@ -283,24 +286,44 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         except UnknownLabelError as exc:
             raise EmoWebError(f"{exc}; to add it, tick '{NEW_LABEL_BOX}'") from None
         if c.unchanged:
-            return f"Clip #{clip.id} is already labelled **{C.esc(c.label)}**: nothing changed"
-        return f"Clip #{clip.id} labelled **{C.esc(c.label)}**" + (" (with your note, in the history below)" if c.note else "")
+            return f"Clip #{clip.id} is already labelled **{C.esc(c.label)}**: nothing changed", labelled
+        text = f"Clip #{clip.id} labelled **{C.esc(c.label)}**" + (" (with your note, in its history)" if c.note else "")
+        return text, [*(labelled or []), clip.id]
 
     @C.user_errors
-    def label(profile, clip_id, label, note, allow_new_label, request: gr.Request):
+    def label(profile, clip_id, label, note, allow_new_label, labelled, request: gr.Request):
         """Label a clip of a profile: (profile id or name, clip id, label, note, allow a new label)."""
-        return _apply(profile, clip_id, label, note, allow_new_label, request), ""
+        text, labelled = _apply(profile, clip_id, label, note, allow_new_label, labelled, request)
+        return text, "", labelled
 
     def make_button_handler(index: int):
         @C.user_errors
-        def label_button(profile_ref, clip_id, note_text, request: gr.Request):
+        def label_button(profile_ref, clip_id, note_text, labelled, request: gr.Request):
             profile = ctx.profile(profile_ref, request)
             labels = list(profile.labels)
             if index >= len(labels):
                 raise EmoWebError("no such label button")
-            return _apply(profile_ref, clip_id, labels[index], note_text, False, request), ""
+            text, labelled = _apply(profile_ref, clip_id, labels[index], note_text, False, labelled, request)
+            return text, "", labelled
 
         return label_button
+
+    @C.user_errors
+    def advance(profile_ref, clip_id, said, request: gr.Request):
+        """After a label: the next clip nobody labelled yet (the queue's first), so a session is one tap per
+        clip; the line says which. With none left the labelled clip stays shown."""
+        profile = ctx.profile(profile_ref, request)
+        left = [e for e in ctx.service.labelling_queue(profile.id) if e.label is None and str(e.clip_id) != str(clip_id)]
+        if not left:
+            return gr.update(), f"{said}. Every clip of this profile is labelled."
+        return str(left[0].clip_id), f"{said}. Next: clip #{left[0].clip_id}, not labelled yet ({len(left)} to go)."
+
+    def back_to_last(labelled, clip_id):
+        """Undo acts on the clip labelled last on this page (shown again), then on the one before it; with
+        none labelled here, on the clip shown."""
+        if not labelled:
+            return gr.update(), labelled
+        return str(labelled[-1]), labelled[:-1]
 
     @C.user_errors
     def undo(profile_ref, clip_id, request: gr.Request):
@@ -414,11 +437,13 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     refresh_event = C.report_errors(refresh.click(load_queue, [profile_dd, clip_dd], queue_outputs, api_name="queue", **queue_shown),
                                     error)
     # Picking a clip shows it; a pick left over from the profile shown before (another event chain moved
-    # on) shows "Pick a clip." The /show_clip endpoint refuses a clip outside the profile (one line). The
-    # last action's line ("Clip #3 labelled joy") is about the clip shown before: it goes.
+    # on) shows "Pick a clip." The /show_clip endpoint refuses a clip outside the profile (one line). When a
+    # person picks a clip or a profile, the last action's line ("Clip #3 labelled joy") is about the clip
+    # shown before: it goes. After a label the next clip is shown and the line stays: it says what came next.
     C.report_errors(clip_dd.change(show_current, [profile_dd, clip_dd], clip_outputs, api_visibility="undocumented"), error,
                     clears=False)
-    clip_dd.change(lambda: "", None, status, api_visibility="private", queue=False)
+    for picked in (clip_dd.input, queue.select, profile_dd.change):  # a person's pick, not the move to the next clip
+        picked(lambda: "", None, status, api_visibility="private", queue=False)
     show_api.click(show_clip, [profile_dd, clip_dd], clip_outputs, api_name="show_clip")
     # Opening the tab shows what changed since it was last open (clips analysed, labels, rebuilds elsewhere)
     C.report_errors(tab.select(load_queue, [profile_dd, clip_dd], queue_outputs, api_visibility="undocumented", **queue_shown),
@@ -439,12 +464,19 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         its last result line is emptied when it fails; after it, the queue and the clip's view."""
         return reload(C.report_errors(event, line, stale=[result]))
 
-    acted(apply_btn.click(label, [profile_dd, clip_dd, label_dd, note, allow_new], [status, note], api_name="label",
-                          show_progress_on=[status]))
+    def labelled_then_next(event):
+        """A label's event: on success the next unlabelled clip is shown; either way the queue and the view."""
+        event = C.report_errors(event, error, stale=[status])
+        reload(event.success(advance, [profile_dd, clip_dd, status], [clip_dd, status], api_visibility="private"))
+        reload(event.failure(lambda: None, None, None, api_visibility="private", queue=False))
+
+    labelled_then_next(apply_btn.click(label, [profile_dd, clip_dd, label_dd, note, allow_new, labelled], [status, note, labelled],
+                                       api_name="label", show_progress_on=[status]))
     for i, btn in enumerate(buttons):
-        acted(btn.click(make_button_handler(i), [profile_dd, clip_dd, note], [status, note], api_name=f"label_key_{i + 1}",
-                        api_visibility="undocumented", show_progress_on=[status]))
-    acted(undo_btn.click(undo, [profile_dd, clip_dd], status, api_name="undo"))
+        labelled_then_next(btn.click(make_button_handler(i), [profile_dd, clip_dd, note, labelled], [status, note, labelled],
+                                     api_name=f"label_key_{i + 1}", api_visibility="undocumented", show_progress_on=[status]))
+    acted(undo_btn.click(back_to_last, [labelled, clip_dd], [clip_dd, labelled], api_visibility="private", queue=False).then(
+        undo, [profile_dd, clip_dd], status, api_name="undo"))
     acted(rebuild_btn.click(rebuild, [profile_dd], [rebuild_md, rebuild_plot, snapshot_md], api_name="rebuild_cache", **heavy),
           error, rebuild_md)
     C.report_errors(lesson_btn.click(make_lesson, [profile_dd, clip_dd, lesson_kind, lesson_slow], [lesson_md, lesson_files],
