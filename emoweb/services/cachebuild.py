@@ -179,13 +179,18 @@ def judge_adapter(data: Assembled, cache: FewShotCache, seed: int = 0,
     return replace(adapter, held_out=replace(adapter.held_out, fold=fold)), dict(judged)
 
 
-def adapter_passes(judged: Mapping[str, Any]) -> bool:
-    """Whether a judged adapter (`judge_adapter`'s judgement) may be switched on: at least
-    ADAPTER_MARGIN_CLIPS more of the labelled clips right than the model alone, and a lower (or equal)
-    log loss on them, each clip scored by a fit without it."""
+def adapter_refusal(judged: Mapping[str, Any]) -> str | None:
+    """Why a judged adapter (`judge_adapter`'s judgement) may not be switched on, None when it may:
+    "fewer right" (not at least ADAPTER_MARGIN_CLIPS more of the labelled clips right than the model
+    alone), "less sure" (as many right, but a higher log loss on them); each clip scored by a fit without it."""
     if judged["after"] - judged["before"] < ADAPTER_MARGIN_CLIPS:
-        return False
-    return judged["log_loss_after"] <= judged["log_loss_before"]
+        return "fewer right"
+    return "less sure" if judged["log_loss_after"] > judged["log_loss_before"] else None
+
+
+def adapter_passes(judged: Mapping[str, Any]) -> bool:
+    """Whether a judged adapter may be switched on (`adapter_refusal` finds no reason against it)."""
+    return adapter_refusal(judged) is None
 
 
 @dataclass
@@ -309,7 +314,7 @@ def outcome(hyper: Mapping[str, Any], metrics: Mapping[str, Any], kept_previous:
     # the fitted adapter was judged: say what it would have done (alone, when the votes were no candidate)
     said = (f"a fitted adapter: {fb}% → {fa}% right on your {fitted['n']} labelled clips, each judged by a fit without it"
             if hyper.get("tuning") == "adapter_only" else f"{change}; a fitted adapter: {fb}% → {fa}%, judged without each clip")
-    if fa >= fb and fitted.get("log_loss_after", 0.0) > fitted.get("log_loss_before", 0.0):
+    if "log_loss_after" in fitted and adapter_refusal(fitted) == "less sure":
         return (f"kept off: not yet clearly better ({said}, but less sure of their right labels overall: too few "
                 f"clips to trust the gain); {kept}")
     return f"kept off: it would not make answers better ({said}); {kept}"
