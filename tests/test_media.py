@@ -422,3 +422,28 @@ def test_negative_start_from_a_cut_without_reencoding(composite_clip: Path, tmp_
     _check_frames(clip, 16, clip.duration)
     assert min(clip.frame_times) >= 0 and clip.frame_times[-1] > 0.8 * clip.duration
     assert not clip.warnings
+
+
+def test_a_recording_that_declares_no_length_is_shown_from_a_copy_that_does(composite_clip: Path, tmp_path: Path) -> None:
+    """A browser's MediaRecorder webm declares no duration (a player shows "Infinity" and cannot seek;
+    ffmpeg's `-live 1` writes the same kind of file): the copy shown has the clip's 2 s, the same packets
+    (not re-encoded) and the same analysis; it is reused, and a file that declares its length is its own copy."""
+    import av
+
+    recording = tmp_path / "sample.webm"
+    ffmpeg("-i", composite_clip, "-t", "2", "-c:v", "libvpx", "-c:a", "libopus", "-live", "1", "-f", "webm", recording)
+    with av.open(str(recording)) as c:
+        assert c.duration is None
+    (tmp_path / "shown").mkdir()
+    copy = media.with_duration(recording, tmp_path / "shown" / "sample-seekable.webm")
+    assert copy == tmp_path / "shown" / "sample-seekable.webm"
+    with av.open(str(copy)) as c, av.open(str(recording)) as r:
+        assert c.duration / 1e6 == pytest.approx(2.0, abs=0.1)
+        assert sum(1 for _ in c.demux(video=0)) == sum(1 for _ in r.demux(video=0))
+    assert [f.name for f in copy.parent.iterdir()] == ["sample-seekable.webm"]  # no part file left
+    first, again = media.decode(recording), media.decode(copy)
+    assert again.frame_times == pytest.approx(first.frame_times, abs=0.05)  # within a frame: sampled from the same length
+    assert again.duration == pytest.approx(first.duration, abs=0.05)
+    mtime = copy.stat().st_mtime_ns
+    assert media.with_duration(recording, copy) == copy and copy.stat().st_mtime_ns == mtime
+    assert media.with_duration(composite_clip, tmp_path / "x.mp4") == composite_clip and not (tmp_path / "x.mp4").exists()

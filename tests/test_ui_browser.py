@@ -308,6 +308,10 @@ def test_record_with_webcam_and_microphone(recording_page, ui_app: RunningApp):
     open_tab(page, "Label")
     expect(page.locator("#label-answers")).to_contain_text(f"Clip #{clip_id}", timeout=60_000)
     expect(page.locator("#label-answers")).to_contain_text("video")
+    # the recording declares no length; the player's copy does (it showed "Infinity" and could not seek)
+    length = page.locator("#label-video video").evaluate(
+        "v => new Promise(done => v.readyState >= 1 ? done(v.duration) : v.addEventListener('loadedmetadata', () => done(v.duration)))")
+    assert 3.0 < length < 6.0, length
     page.locator("#label-btn-4").click()
     expect(page.locator("#label-status")).to_contain_text(f"Clip #{clip_id} labelled joy", timeout=60_000)
     assert not getattr(page, "errors", []), page.errors

@@ -239,6 +239,36 @@ def _open(path: Path) -> av.container.InputContainer:
     return container
 
 
+def with_duration(src: str | Path, dst: str | Path) -> Path:
+    """`src` when its container declares how long it is, else a copy at `dst` that does: its audio and
+    video packets muxed again, not re-encoded (the same pictures and sound, written with a duration and
+    an index). A browser's MediaRecorder writes webm with neither, so a player shows "Infinity" for its
+    length and cannot seek; ffmpeg's muxer writes both when the file is closed. `dst` is written whole
+    (a temporary name, then renamed) and reused while it is newer than `src`. Raises MediaError when
+    `src` cannot be read (its one line, as `decode` words it)."""
+    src, dst = Path(src), Path(dst)
+    if dst.is_file() and dst.stat().st_mtime >= src.stat().st_mtime:
+        return dst
+    with _open(src) as container:
+        if container.duration:
+            return src
+        part = dst.with_name(f".{dst.stem}.part{dst.suffix}")
+        streams = [s for s in container.streams if s.type in ("audio", "video")]
+        try:
+            with av.open(str(part), "w") as out:
+                copies = {s.index: out.add_stream_from_template(s) for s in streams}
+                for packet in container.demux(*streams):
+                    if packet.dts is None:  # the demuxer's end-of-stream marker
+                        continue
+                    packet.stream = copies[packet.stream.index]
+                    out.mux(packet)
+        except av.error.FFmpegError as exc:
+            part.unlink(missing_ok=True)
+            raise MediaError(f"cannot read {display_name(src)}: {exc.strerror or exc.__class__.__name__}") from None
+    part.replace(dst)
+    return dst
+
+
 def check_media(path: str | Path) -> None:
     """Raise the MediaError `decode` would for a file it cannot even open: missing, empty, a text
     file, not a media container, no audio or video track it has a decoder for, not an image Pillow

@@ -52,3 +52,12 @@ def _remove(folder: Path) -> int:
     count = sum(1 for p in folder.rglob("*") if p.is_file())
     shutil.rmtree(folder, ignore_errors=True)
     return count
+
+
+def seekable(path: str | Path, folder: Path) -> str:
+    """A stored clip as a player can seek in it: `path` itself, or (a browser's own recording, which
+    declares no length) a copy in the clip's shown `folder` that does (`media.with_duration`)."""
+    from emoweb.pipeline.media import with_duration
+
+    path = Path(path)
+    return str(with_duration(path, folder / f"{path.stem}-seekable{path.suffix}"))

@@ -25,6 +25,7 @@ from gradio import processing_utils
 
 from emoweb.config import Settings
 from emoweb.errors import EmoWebError, NotFoundError
+from emoweb.services import shown
 
 log = logging.getLogger("emoweb.ui")
 
@@ -355,12 +356,14 @@ class AppContext:
         return self.service.shown_folder(profile.id, clip_id, labels)
 
     def clip_media(self, profile: Any, clip: Any) -> str:
-        """The clip's media file as the browser plays it: copied into the clip's shown folder and, when
+        """The clip's media file as the browser plays it: copied into the clip's shown folder, with its
+        length written in when it declares none (a browser's recording), and, when
         the browser cannot play it, converted there by gradio's own converters (left to the web server,
         the conversion would land in a folder of its own that deleting the clip never finds)."""
         folder = self.shown_folder(profile, clip.id)
         copy = folder / f"clip{clip.id}{Path(clip.media_path).suffix}"
-        return playable(shown_copy(self.service.media_path(clip.id), copy), clip.kind, folder)
+        media = shown_copy(self.service.media_path(clip.id), copy)
+        return playable(shown.seekable(media, folder) if clip.kind in ("video", "audio") else media, clip.kind, folder)
 
     def temp_text(self, name: str, text: str) -> str:
         """A text file in the UI's temp dir (files older than an hour are removed on the way): for
