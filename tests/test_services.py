@@ -295,7 +295,9 @@ def test_corrections_undo_and_label_set(service, real) -> None:
     assert "giggly" not in service.get_profile("family").labels
     undone = service.undo_last_correction(clip_id, annotator="mum")
     assert undone == {"clip_id": clip_id, "undone": "surprise", "current": "joy"}
-    assert [c.label for c in service.corrections(clip_id)] == ["joy", "surprise", "surprise"]
+    history = service.corrections(clip_id)
+    assert [c.label for c in history] == ["joy", "surprise", "surprise"]
+    assert [c.undoes for c in history] == [None, None, history[1].id]  # the third row withdrew the second
     with pytest.raises(EmoWebError, match="empty"):
         service.record_correction(clip_id, "   ")
     with pytest.raises(NotFoundError):

@@ -448,6 +448,9 @@ def test_a_labelling_session_moves_to_the_next_clip_and_undo_goes_back(page, ui_
     page.locator("#label-undo").click()
     expect(status).to_contain_text(f"Undone joy on clip #{first}; current label: none", timeout=60_000)
     expect(answers).to_contain_text(f"Clip #{first}", timeout=60_000)
+    open_fold(page, "fold-history")  # the history says what the undo did, not the label a second time
+    expect(page.locator("#label-history")).to_contain_text("joy undone", timeout=60_000)
+    assert page.locator("#label-history").inner_text().count("joy") == 2  # the label, then its undo
     rows = job_result(client.submit(profile, None, api_name="/queue"), 120)[0]["data"]
     assert sorted(r[2] for r in rows) == ["(unlabelled)"] * 3, rows
     assert not getattr(page, "errors", []), page.errors

@@ -36,7 +36,7 @@ def not_in_label_set(label: str, prof: Profile) -> str:
 
 
 def correction_info(c: Correction) -> CorrectionInfo:
-    return CorrectionInfo(c.id, c.clip_id, c.label, c.annotator, c.note, c.created)
+    return CorrectionInfo(c.id, c.clip_id, c.label, c.annotator, c.note, c.created, undoes=c.undoes_id)
 
 
 class Corrections:

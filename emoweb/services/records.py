@@ -96,6 +96,7 @@ class CorrectionInfo(_Record):
     created: datetime
     replaced: str | None = None  # from `record_correction`: the clip's label before, when this one differs from it
     unchanged: bool = False  # from `record_correction`: the clip already had this label (and no note came): nothing written
+    undoes: int | None = None  # an undo row: the id of the correction it withdrew (`label` is that correction's)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from emoweb.ui import figures as F
 
 QUEUE_HEADERS = ["clip", "name", "label", "models' answers", "margin", "disputed"]
 SHORTCUTS = "keys 1-9 pick the first nine labels"  # stated the same in the README
-HISTORY_HEADERS = ["when", "label", "annotator", "note"]
+HISTORY_HEADERS = ["when (UTC)", "label", "who", "note"]  # who: the signed-in caregiver, when there is one
 MAX_IMPORT_BYTES = 10 * 2**20
 NEW_LABEL_BOX = "add it to the profile's labels if new"
 LESSON_CLIP, LESSON_SAME, LESSON_EACH = "this clip", "all clips with this clip's label", "one clip of each label"
@@ -267,7 +267,8 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                    for m, p in result.predictions.items() if p.decided]
         if details:
             lines.append("<details><summary>Details per model</summary>\n\n" + "\n".join(details) + "\n\n</details>")
-        hist = [[c.created.strftime("%Y-%m-%d %H:%M:%S"), c.label, c.annotator, c.note] for c in ctx.service.corrections(clip.id)]
+        hist = [[c.created.strftime("%Y-%m-%d %H:%M"), c.label if c.undoes is None else f"{c.label} undone", c.annotator, c.note]
+                for c in ctx.service.corrections(clip.id)]
         fig = F.probability_figure(C.shown_names(decided), title="What each model said (with the profile's other labelled clips)")
         return (*players, "\n\n".join(lines), fig, hist)
 
