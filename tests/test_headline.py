@@ -122,7 +122,8 @@ def test_face_and_voice_that_disagree_make_the_answer_not_sure() -> None:
     assert sense_conflict(split) == "the voice says sadness, the face says neutral"
     h = headline(answers, confident_at=at, senses=split)
     assert h.label == "neutral" and h.confidence == NOT_SURE
-    assert h.reason == "all 3 models agree, 3 of them confident, but the voice says sadness, the face says neutral"
+    assert h.reason == ("the voice says sadness, the face says neutral, so the models' agreement does not settle it "
+                        "(all 3 models agree, 3 of them confident)")
     same = {m: {"visual": face, "audio": calm} for m in answers}
     assert sense_conflict(same) is None and headline(answers, confident_at=at, senses=same).confidence == FAIRLY_SURE
     assert sense_conflict({m: {"visual": face} for m in answers}) is None  # one sense: nothing to disagree with

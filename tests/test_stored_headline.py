@@ -67,7 +67,8 @@ def test_face_against_voice_reads_the_same_in_predict_and_label(service, stored,
     assert again.outputs is None and again.senses == stored.senses  # read back from clip_senses as stored
     assert _words(fresh) == _words(predict_tab) == _words(label_tab) == _words(service.headline(reupload))
     assert label_tab.label == "joy" and label_tab.confidence == NOT_SURE
-    assert label_tab.reason == "all 4 models agree, 4 of them confident, but the voice says sadness, the face says joy"
+    assert label_tab.reason == ("the voice says sadness, the face says joy, so the models' agreement does not settle it "
+                                 "(all 4 models agree, 4 of them confident)")
     assert label_tab.mean_prob == pytest.approx(fresh.mean_prob, abs=1e-4)
     # what the Label tab said before, from the combined answers only: the rule is what changed the words
     answers = {m: p.probs for m, p in again.predictions.items() if p.decided}

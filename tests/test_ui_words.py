@@ -163,3 +163,36 @@ def test_a_label_words_chart_that_disagrees_with_the_answer_says_it_is_one_part_
     titles = [html.unescape(a.text) for a in figure.layout.annotations]
     assert "MER-CLIP: how alike this clip is to each label's words (only one part of its answer, neutral)" in titles, titles
     assert "EmoAsst: how alike this clip is to each label's words" in titles, titles
+
+
+def test_the_answer_page_names_confident_models_sounds_and_stages_as_people_read_them(extractor, tmp_path) -> None:
+    """On the real models: the table marks the models the headline counts as confident (README: "marked so
+    beside its answer"); every model's face/voice/words bars come in one order; a video with no sound says
+    so ("no words recognised" read as if someone spoke); a video with no face says that, not "audio-only";
+    the latency chart names stages as the progress bar does."""
+    from conftest import OTHER_FACE, ffmpeg
+    from emoweb.pipeline.inference import Predictor
+    from emoweb.services.headline import of_prediction
+    from emoweb.ui.common import AppContext, STAGE_NAMES
+    from emoweb.ui.explain import SENSE_WORDS, explain
+
+    predictor = Predictor(extractor.settings)
+    predictor.extractor = extractor
+    ctx = AppContext(extractor.settings, predictor=predictor)
+    silent = tmp_path / "silent.mp4"  # Grace Hopper's photo as a 2-s video without a sound track
+    ffmpeg("-loop", "1", "-i", OTHER_FACE, "-t", "2", "-r", "10", "-vf", "scale=320:-2", "-pix_fmt", "yuv420p", silent)
+    prediction = predictor.predict(silent, "all")
+    shown = explain(ctx, prediction, None, None)
+    summary, modality, table, latency = shown[0], shown[2], shown[14], shown[10]
+    assert "**Heard:** no sound to listen to" in summary, summary
+    confident = {row[0] for row in table if row[2].endswith(", confident")}
+    expected = {modelinfo.display_name(m) for m in of_prediction(prediction, predictor.confident_at(list(prediction.outputs))).confident}
+    assert confident == expected and confident, (table, expected)
+    bars = [list(trace.x) for trace in modality.data if trace.name == "joy"]
+    assert bars and all(b == [SENSE_WORDS[k] for k in SENSE_WORDS if SENSE_WORDS[k] in b] for b in bars), bars
+    assert {trace.name for trace in latency.data} >= {STAGE_NAMES["decode"], STAGE_NAMES["faces"]}, [t.name for t in latency.data]
+
+    faceless = tmp_path / "pattern.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=10:duration=2", "-pix_fmt", "yuv420p", faceless)
+    timeline = explain(ctx, predictor.predict(faceless, "all"), None, None)[6]
+    assert [a.text for a in timeline.layout.annotations] == ["no per-frame timeline: no face found in any frame"]

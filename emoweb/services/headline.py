@@ -117,7 +117,7 @@ def headline(answers: Mapping[str, Mapping[str, float]], untrained: bool = False
         confidence, reason = NOT_SURE, f"the models disagree (only {agree} of {n} say this)"
     conflict = sense_conflict({m: senses[m] for m in answers if m in senses}) if senses else None
     if conflict and confidence != NOT_SURE:
-        confidence, reason = NOT_SURE, f"{reason}, but {conflict}"
+        confidence, reason = NOT_SURE, f"{conflict}, so the models' agreement does not settle it ({reason})"
     return Headline(label, confidence, agree, n, float(mean), reason, tuple(confident))
 
 

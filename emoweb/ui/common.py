@@ -105,6 +105,23 @@ CSS = """
 """
 
 
+# the shared feature stages as the progress bar and the latency chart name them
+STAGE_NAMES = {
+    "decode": "decoding the clip",
+    "faces": "finding faces",
+    "visual": "visual encoder (face crops)",
+    "asr": "transcribing speech (Whisper)",
+    "audio_encoder": "audio encoder",
+    "text": "text encoder",
+}
+
+
+def stage_times(timings: dict[str, float]) -> dict[str, float]:
+    """The shared feature stages' seconds named as the progress names them ("transcribing speech (Whisper)",
+    not "asr"), for the latency chart; the total left out (the chart adds the stages up)."""
+    return {STAGE_NAMES.get(k, k): v for k, v in timings.items() if k != "total"}
+
+
 def ordered_labels(labels: Sequence[str]) -> list[str]:
     """The seven emotions in their fixed order first, then any custom label in the order given."""
     seen = list(dict.fromkeys(labels))

@@ -69,8 +69,8 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
             probs[m] = p
             rows.append([display_name(m), out.label if pred.decided else "no decision", round(p[out.label], 3), round(1000 * pred.latency.get(m, 0.0), 2),
                          ", ".join(out.modality_probs) or "-", "; ".join(out.notes)])
-        stages = {k: v for k, v in pred.features.timings.items() if k != "total"}
-        return rows, F.probability_figure(C.shown_names(probs)), F.latency_figure(stages, C.shown_names(dict(pred.latency)))
+        return (rows, F.probability_figure(C.shown_names(probs)),
+                F.latency_figure(C.stage_times(pred.features.timings), C.shown_names(dict(pred.latency))))
 
     @C.user_errors
     def compare_set(source_value, profile_ref, server_value, upload_value, split_value, max_rows_value, request: gr.Request,

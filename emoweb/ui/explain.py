@@ -105,8 +105,8 @@ def explain(ctx: C.AppContext, prediction: Any, result: ClipResult | None, profi
         lines.append(f"**{'Words (typed)' if typed else 'Heard'}:** “{C.esc(feats.transcript)}”")
     elif typed:
         lines.append("**Words:** removed, so the words are not read")
-    elif feats.kind != "image":
-        lines.append("**Heard:** no words recognised")
+    elif feats.kind != "image":  # a sound with no speech in it, or no sound to listen to (no track, silent, too short)
+        lines.append("**Heard:** " + ("no words recognised" if feats.audio is not None else "no sound to listen to"))
     snaps = {m: answers[m].cache_snapshot for m in models if answers and m in answers}
     if other:
         lines.append("**Not saved:** this answer about another person is shown here only; no profile's labelled "
@@ -131,7 +131,7 @@ def explain(ctx: C.AppContext, prediction: Any, result: ClipResult | None, profi
     for m in models:
         p, best = probs[m], best_of[m]
         table.append([modelinfo.display_name(m), f"{C.LABEL_EMOJI.get(best, '')} {best}".strip() if best else "no decision",
-                      f"{100 * p[best]:.0f}%" if best else "-",
+                      (f"{100 * p[best]:.0f}%" + (", confident" if m in head.confident else "")) if best else "-",
                       "-" if profile is None else ("yes" if snaps.get(m) is not None else "no")])
 
     # warnings (something missing or unreliable) apart from information (how each model works)
@@ -156,7 +156,9 @@ def explain(ctx: C.AppContext, prediction: Any, result: ClipResult | None, profi
     # per-modality decisions
     decisions = {}
     for m, out in outputs.items():
-        d = {SENSE_WORDS.get(mod, mod): _row(p, out.labels) for mod, p in out.modality_probs.items()}
+        # the same order of bars for every model (face, voice, words, all together), whatever order it reports
+        d = {SENSE_WORDS.get(mod, mod): _row(out.modality_probs[mod], out.labels)
+             for mod in sorted(out.modality_probs, key=lambda k: list(SENSE_WORDS).index(k) if k in SENSE_WORDS else len(SENSE_WORDS))}
         d[SENSE_WORDS["fused"]] = probs[m]
         decisions[m] = d
 
@@ -229,7 +231,7 @@ def explain(ctx: C.AppContext, prediction: Any, result: ClipResult | None, profi
         transcript,
         frames_gallery or None,
         crops_gallery or None,
-        F.latency_figure({k: v for k, v in feats.timings.items() if k != "total"}, C.shown_names(dict(prediction.latency))),
+        F.latency_figure(C.stage_times(feats.timings), C.shown_names(dict(prediction.latency))),
         raw,
         str(clip.id) if clip is not None else "",
         None if face is None else C.shown_image(folder, face),

@@ -144,7 +144,8 @@ def timeline_figure(times: Sequence[float], probs: np.ndarray | None, labels: Se
                     segments: Sequence[dict] = (), duration: float | None = None) -> go.Figure:
     """Per-frame emotion over the clip (facial expression per sampled frame), speech segments shaded."""
     if probs is None or not len(times):
-        return empty_figure("no frames: no per-frame timeline (audio-only clip)")
+        return empty_figure("no per-frame timeline: no frames (audio only)" if not len(times) else
+                            "no per-frame timeline: no face found in any frame")
     order = ordered_labels(labels)
     index = {lab: i for i, lab in enumerate(labels)}
     fig = go.Figure()

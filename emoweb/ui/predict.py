@@ -16,14 +16,6 @@ from emoweb.services.modelinfo import display_name
 from emoweb.ui import common as C
 from emoweb.ui.explain import explain, person_choices
 
-STAGE_NAMES = {
-    "decode": "decoding the clip",
-    "faces": "finding faces",
-    "visual": "visual encoder (face crops)",
-    "asr": "transcribing speech (Whisper)",
-    "audio_encoder": "audio encoder",
-    "text": "text encoder",
-}
 TRANSCRIPT_HEADERS = ["start (s)", "end (s)", "text"]
 MODEL_HEADERS = ["model", "answer", "probability", "used the profile's examples"]
 KINDS = ("Video", "Audio only", "Image only")
@@ -31,11 +23,11 @@ KINDS = ("Video", "Audio only", "Image only")
 
 def stage_progress(progress: Any, models: list[str]):
     """A `progress(stage)` callback for the feature pipeline and the models, shown by gr.Progress."""
-    order = list(STAGE_NAMES) + list(models)
+    order = list(C.STAGE_NAMES) + list(models)
 
     def report(stage: str) -> None:
         i = order.index(stage) if stage in order else len(order) - 1
-        desc = STAGE_NAMES.get(stage) or f"model {display_name(stage)}"
+        desc = C.STAGE_NAMES.get(stage) or f"model {display_name(stage)}"
         try:
             progress(min(0.98, (i + 0.5) / len(order)), desc=desc)
         except Exception:  # noqa: BLE001 - progress is cosmetic; never fail a prediction for it
