@@ -340,6 +340,16 @@ def test_a_clip_that_cannot_be_analysed_leaves_no_old_answer(page, ui_app: Runni
     assert page.locator(".wrap span.error").count() >= 1  # Gradio drew them (the selector still finds them)...
     expect(page.locator(".wrap span.error:visible")).to_have_count(0)  # ...and none shows
 
+    # a video renamed .jpg in the picture box: gradio reads it before any handler runs; the refusal names it
+    renamed = tmp_path / "holiday.jpg"
+    renamed.write_bytes(composite_clip.read_bytes())
+    page.get_by_label("Image only").check()
+    page.locator("#predict-image input[type=file]").set_input_files(str(renamed))
+    page.wait_for_timeout(2000)
+    page.locator("#predict-run").click()
+    expect(page.locator(".toast-body.error").last).to_contain_text("not a picture: holiday.jpg", timeout=60_000)
+    expect(page.locator("#predict-error")).to_contain_text("the message in the top corner says why")
+
 
 # Words of a table's header cells broken across lines: each word of a header must lie on one line (a
 # word split by the browser at a narrow width has more than one box).

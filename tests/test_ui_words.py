@@ -89,9 +89,9 @@ def test_a_failed_action_leaves_its_line_for_that_page_only() -> None:
     mine, other = gr.Request(session_hash="page-a"), gr.Request(session_hash="page-b")  # two pages (sessions)
     with pytest.raises(gr.Error):
         refuse("tick the box to confirm deleting the clip", request=mine)
-    assert C.error_line(other).endswith("the message above says why.")
+    assert C.error_line(other).endswith("the message in the top corner says why.")
     assert C.error_line(mine) == f"{C.ERROR_LINE_START} tick the box to confirm deleting the clip"
-    assert C.error_line(mine).endswith("the message above says why.")  # given once
+    assert C.error_line(mine).endswith("the message in the top corner says why.")  # given once
 
 
 def test_what_kind_of_file_a_clip_is_is_information_not_a_problem() -> None:

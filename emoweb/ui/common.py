@@ -185,7 +185,8 @@ def error_line(request: gr.Request) -> str:
     """The error line of the tab whose action just failed: that page's error, in one line, as text."""
     with _LAST_ERRORS_LOCK:
         text = _LAST_ERRORS.pop(getattr(request, "session_hash", None) or "", None)
-    return f"{ERROR_LINE_START} {esc(text)}" if text else f"{ERROR_LINE_START} the message above says why."
+    # no line kept: the action failed before its handler ran (gradio reading an input), its message in the corner
+    return f"{ERROR_LINE_START} {esc(text)}" if text else f"{ERROR_LINE_START} the message in the top corner says why."
 
 
 def error_box(elem_id: str) -> gr.Markdown:

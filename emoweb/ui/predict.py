@@ -43,6 +43,22 @@ def accepts(fn: Any, name: str) -> bool:
         return False
 
 
+class PictureBox(gr.Image):
+    """gr.Image (the same box in the page: a template of it) whose upload that is no picture is refused in
+    one line naming the file. gradio reads an uploaded picture before any handler runs; left alone, a
+    video renamed .jpg failed there with no message at all."""
+
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)
+        except Exception:  # noqa: BLE001 - Pillow's UnidentifiedImageError, a truncated file, ...
+            name = getattr(payload, "orig_name", None) or Path(str(getattr(payload, "path", "") or "")).name
+            raise gr.Error(f"not a picture: {name} (for a video or a sound, choose 'Video' or 'Audio only' above)",
+                           print_exception=False) from None
+
+
 def pick_input(video: Any, audio: Any, image: Any) -> tuple[Path, str]:
     for value, source in ((video, "video"), (audio, "audio"), (image, "image")):
         if isinstance(value, dict):  # gradio_client may send {"video": ..., "subtitles": ...}
@@ -65,7 +81,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                                  visible=False, elem_id="predict-audio")
                 # image_mode None: the upload itself is analysed (and stored), never a re-encoded second copy
                 # that deleting the clip would not find by its content
-                image = gr.Image(label="Image (upload or webcam)", type="filepath", sources=["upload", "webcam"], height=280,
+                image = PictureBox(label="Image (upload or webcam)", type="filepath", sources=["upload", "webcam"], height=280,
                                  visible=False, elem_id="predict-image", image_mode=None)
                 run = gr.Button("Analyse", variant="primary", elem_id="predict-run")
                 error = C.error_box("predict-error")
