@@ -13,6 +13,16 @@ import pytest
 from emoweb.services import attention, modelinfo
 from models import DISPLAY_NAMES, MODELS
 
+def plain(text: str) -> str:
+    """A plotly title as a person reads it: lines joined, bold and entities gone."""
+    return html.unescape(re.sub(r"</?b>", "", text.replace("<br>", " ")))
+
+
+def lines(text: str) -> list[str]:
+    """A plotly title's lines as a person reads them."""
+    return [plain(line) for line in text.split("<br>")]
+
+
 CODE_NAMES = re.compile(r"\b(emoasst|merclip|sem_mbt|foalnet)\b|_to_|vfm|cmd_|mbt_|sem_visual|block\d")
 
 
@@ -36,7 +46,7 @@ def test_mer_sem_mbt_attention_maps_have_plain_titles_and_true_units() -> None:
     """Each map's title says what it shows, with the model's display name and no variable name; the face
     picture's axes are in pixels (they were labelled in seconds), the times of frames and voice in seconds."""
     maps, fig = _sem_mbt_figure()
-    titles = [a.text for a in fig.layout.annotations][: len(maps)]
+    titles = [plain(a.text) for a in fig.layout.annotations][: len(maps)]
     assert len(titles) == 6 and len(set(titles)) == 6, titles  # told apart: earlier / later stage of the face CNN
     for title in titles:
         assert title.startswith("MER-SEM-MBT: ") and not CODE_NAMES.search(title), title
@@ -50,10 +60,10 @@ def test_mer_sem_mbt_attention_maps_have_plain_titles_and_true_units() -> None:
             ticks = list(layout.ticktext)
             if unit:
                 assert all(t.endswith(unit) for t in ticks), (axis, ticks)
-                assert layout.title.text.split(":")[0].endswith(unit.strip()), layout.title.text
+                assert plain(layout.title.text).split(":")[0].endswith(unit.strip()), layout.title.text
             else:
                 assert not any(t.endswith((" s", " px")) for t in ticks), (axis, ticks)
-            assert not CODE_NAMES.search(layout.title.text) and "_" not in layout.title.text.split(":")[0], layout.title.text
+            assert not CODE_NAMES.search(plain(layout.title.text)) and "_" not in plain(layout.title.text).split(":")[0], layout.title.text
 
 
 def test_a_face_picture_map_reads_in_pixels_and_unknown_ticks_are_numbers_without_a_unit() -> None:
@@ -70,7 +80,7 @@ def test_the_similarity_chart_says_how_alike_not_cosine_similarity() -> None:
 
     fig = similarity_figure([("EmoAsst: how alike this clip is to each label's words", {"joy": 0.8, "anger": 0.1}, {})],
                             ["joy", "anger"])
-    text = " ".join([fig.layout.title.text, fig.layout.xaxis.title.text, *(a.text for a in fig.layout.annotations)])
+    text = plain(" ".join([fig.layout.title.text, fig.layout.xaxis.title.text, *(a.text for a in fig.layout.annotations)]))
     assert "how alike" in text.lower() and "cosine" not in text.lower()
 
 
@@ -160,7 +170,7 @@ def test_a_label_words_chart_that_disagrees_with_the_answer_says_it_is_one_part_
                  key=lambda kv: kv[1])[0]
     assert (max(alike, key=alike.get), answer) == ("disgust", "neutral")
     figure = explain(AppContext(extractor.settings, predictor=predictor), prediction, None, None)[4]
-    titles = [html.unescape(a.text) for a in figure.layout.annotations]
+    titles = [plain(a.text) for a in figure.layout.annotations]
     assert "MER-CLIP: how alike this clip is to each label's words (only one part of its answer, neutral)" in titles, titles
     assert "EmoAsst: how alike this clip is to each label's words" in titles, titles
 
@@ -188,9 +198,18 @@ def test_the_answer_page_names_confident_models_sounds_and_stages_as_people_read
     confident = {row[0] for row in table if row[2].endswith(", confident")}
     expected = {modelinfo.display_name(m) for m in of_prediction(prediction, predictor.confident_at(list(prediction.outputs))).confident}
     assert confident == expected and confident, (table, expected)
-    bars = [list(trace.x) for trace in modality.data if trace.name == "joy"]
+    bars = [list(trace.y) for trace in modality.data if trace.name == "joy"]  # one row of senses per model
     assert bars and all(b == [SENSE_WORDS[k] for k in SENSE_WORDS if SENSE_WORDS[k] in b] for b in bars), bars
     assert {trace.name for trace in latency.data} >= {STAGE_NAMES["decode"], STAGE_NAMES["faces"]}, [t.name for t in latency.data]
+
+    # plotly never wraps text: every title, subplot title and axis reading is broken into lines a phone's
+    # chart holds (they ran off both sides at 390 px)
+    for figure in (shown[1], shown[2], shown[3], shown[4], shown[6], shown[10]):
+        texts = [figure.layout.title.text or "", *(a.text for a in figure.layout.annotations)]
+        texts += [axis.title.text or "" for name, axis in figure.layout.to_plotly_json().items() if name.startswith(("xaxis", "yaxis"))
+                  for axis in [getattr(figure.layout, name)]]
+        long = [line for t in texts for line in lines(t) if len(line) > 46]
+        assert not long, long
 
     faceless = tmp_path / "pattern.mp4"
     ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=10:duration=2", "-pix_fmt", "yuv420p", faceless)

@@ -3,6 +3,7 @@ drawn on a frame. Pure drawing: no services, no gradio components.
 """
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,24 @@ def model_colour(name: str, names: Sequence[str]) -> str:
 
 
 _LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=40), font=dict(size=12))
+TITLE_CHARS = 46  # a title's line fits a phone's chart (about 320 px at 12 px type): plotly never wraps text itself
+
+
+def wrapped(text: Any, width: int = TITLE_CHARS, bold: bool = False) -> str:
+    """User or model text for a plotly title (`ptext`), broken into lines of at most `width` characters
+    between words; `bold`: each line in bold."""
+    lines = textwrap.wrap(ptext(text), width) or [""]
+    return "<br>".join(f"<b>{line}</b>" if bold else line for line in lines)
+
+
+SUBPLOT_CHARS = 28  # a subplot title is drawn larger (16 px), centred over its plot (right of the axis titles)
+
+
+def _titled(text: str, first_subplot: str = "") -> dict:
+    """A figure title wrapped for a phone, with the top margin its lines and those of the first subplot's
+    title (drawn above that subplot, inside the margin) need."""
+    top = 30 + 20 * len(textwrap.wrap(text, TITLE_CHARS)) + 24 * len(textwrap.wrap(first_subplot, SUBPLOT_CHARS))
+    return dict(title=dict(text=wrapped(text), font=dict(size=14)), margin=dict(l=50, r=20, t=top, b=40))
 
 
 def empty_figure(message: str) -> go.Figure:
@@ -47,34 +66,39 @@ def probability_figure(probs: dict[str, dict[str, float]], title: str = "Probabi
             marker_color=label_colour(lab, labels),
             hovertemplate="%{x} · " + ptext(lab) + ": %{y:.3f}<extra></extra>",
         )
-    fig.update_layout(title=title, barmode="group", yaxis=dict(title="probability", range=[0, 1]), legend_title_text="label",
-                      height=360, **_LAYOUT)
+    fig.update_layout(barmode="group", yaxis=dict(title="probability", range=[0, 1]), legend_title_text="label",
+                      height=360, **{**_LAYOUT, **_titled(title)})
     return fig
 
 
 def modality_figure(decisions: dict[str, dict[str, dict[str, float]]]) -> go.Figure:
-    """Per model, the decision of each modality alone and the fused one: stacked probability bars."""
+    """Per model (one row each, so a phone's width holds them), the decision of each modality alone and the
+    fused one: stacked probability bars, one colour per label."""
     decisions = {m: d for m, d in decisions.items() if d}
     if not decisions:
         return empty_figure("no per-modality decisions")
     models = list(decisions)
     labels = ordered_labels([lab for d in decisions.values() for p in d.values() for lab in p])
-    fig = make_subplots(rows=1, cols=len(models), subplot_titles=[ptext(m) for m in models], shared_yaxes=True)
-    for col, model in enumerate(models, start=1):
+    fig = make_subplots(rows=len(models), cols=1, subplot_titles=[wrapped(m, SUBPLOT_CHARS) for m in models], shared_xaxes=True,
+                        vertical_spacing=0.25 / len(models))
+    for row, model in enumerate(models, start=1):
         mods = list(decisions[model])
         for lab in labels:
             fig.add_bar(
-                name=ptext(lab), x=[ptext(m) for m in mods], y=[decisions[model][m].get(lab, 0.0) for m in mods],
-                marker_color=label_colour(lab, labels), legendgroup=lab, showlegend=col == 1,
-                hovertemplate="%{x} · " + ptext(lab) + ": %{y:.3f}<extra></extra>", row=1, col=col,
+                name=ptext(lab), y=[ptext(m) for m in mods], x=[decisions[model][m].get(lab, 0.0) for m in mods], orientation="h",
+                marker_color=label_colour(lab, labels), legendgroup=lab, showlegend=row == 1,
+                hovertemplate="%{y} · " + ptext(lab) + ": %{x:.3f}<extra></extra>", row=row, col=1,
             )
-    fig.update_layout(title="What the face, the voice and the words each said alone (and all together)", barmode="stack", height=360,
-                      legend_title_text="label", **_LAYOUT)
-    fig.update_yaxes(range=[0, 1], title_text="probability", row=1, col=1)
+        fig.update_yaxes(autorange="reversed", row=row, col=1)
+    fig.update_xaxes(range=[0, 1], title_text="probability", row=len(models), col=1)
+    layout = {**_LAYOUT, **_titled("What the face, the voice and the words each said alone (and all together)", models[0])}
+    layout["margin"] = {**layout["margin"], "b": 110}  # the labels' legend under the chart, in rows
+    fig.update_layout(barmode="stack", height=200 + 130 * len(models), legend=dict(orientation="h", x=0, y=0, yref="container",
+                      yanchor="bottom"), **layout)
     return fig
 
 
-ATTENTION_MAP_PX, ATTENTION_GAP_PX = 320, 120  # per map; the gap holds its reading and the next map's title
+ATTENTION_MAP_PX, ATTENTION_GAP_PX = 400, 250  # per map; the gap holds its reading and the next map's title (wrapped)
 
 
 def attention_figure(maps: list[tuple[str, np.ndarray, tuple[str, str], dict[str, list]]]) -> go.Figure:
@@ -86,7 +110,7 @@ def attention_figure(maps: list[tuple[str, np.ndarray, tuple[str, str], dict[str
     if not maps:
         return empty_figure("no attention maps (no model exposes one for this clip)")
     limit = float(np.log2(attention.COLOUR_RANGE))
-    fig = make_subplots(rows=len(maps), cols=1, subplot_titles=[ptext(t) for t, *_ in maps],
+    fig = make_subplots(rows=len(maps), cols=1, subplot_titles=[wrapped(t, SUBPLOT_CHARS) for t, *_ in maps],
                         vertical_spacing=ATTENTION_GAP_PX / (ATTENTION_MAP_PX * len(maps)))
     for row, (_title, w, axes, ticks) in enumerate(maps, start=1):
         y_axis, x_axis = axes
@@ -101,8 +125,10 @@ def attention_figure(maps: list[tuple[str, np.ndarray, tuple[str, str], dict[str
         fig.add_heatmap(
             z=attention.colour_values(w), x=list(range(n_x)), y=list(range(w.shape[0])), colorscale="RdBu_r",
             zmin=-limit, zmax=limit, zmid=0, showscale=row == 1,
-            colorbar=dict(title="× an equal share", tickvals=[-limit, -1, 0, 1, limit], len=min(1.0, 1.2 / len(maps)), y=1,
-                          yanchor="top", ticktext=[f"1/{attention.COLOUR_RANGE:g}", "1/2", "equal", "2", f"{attention.COLOUR_RANGE:g}"]),
+            # the colour scale under the maps, across: beside them it took a third of a phone's width
+            colorbar=dict(title=dict(text="× an equal share", side="top"), orientation="h", x=0, xanchor="left", len=1.0,
+                          y=0, yref="container", yanchor="bottom", thickness=12, tickvals=[-limit, -1, 0, 1, limit],
+                          ticktext=[f"1/{attention.COLOUR_RANGE:g}", "1/2", "equal", "2", f"{attention.COLOUR_RANGE:g}"]),
             customdata=[[f"{y_text[i] if i < len(y_text) else i} → {x_text[j]}: weight {w[i, j]:.4f}, {rel[i, j]:.2f}× an equal share"
                          for j in range(n_x)] for i in range(w.shape[0])],
             hovertemplate="%{customdata}<extra></extra>", row=row, col=1,
@@ -110,12 +136,13 @@ def attention_figure(maps: list[tuple[str, np.ndarray, tuple[str, str], dict[str
         step = max(1, n_x // 16)
         line = attention.reading(w, x_axis, x_ticks[:n_x])
         fig.update_xaxes(tickmode="array", tickvals=list(range(0, n_x, step)), ticktext=x_text[::step],
-                         title_text=f"{ptext(attention.axis_label(x_axis))}: <b>{ptext(line)}</b>", row=row, col=1)
+                         title_text=f"{wrapped(attention.axis_label(x_axis), SUBPLOT_CHARS)}:<br>{wrapped(line, SUBPLOT_CHARS, bold=True)}", row=row, col=1)
         ystep = max(1, w.shape[0] // 10)
         fig.update_yaxes(tickmode="array", tickvals=list(range(0, w.shape[0], ystep)), ticktext=y_text[::ystep],
-                         title_text=ptext(attention.axis_label(y_axis)), autorange="reversed", row=row, col=1)
-    fig.update_layout(title="Where each model looked (red: more than an equal share, blue: less)",
-                      height=max(320, ATTENTION_MAP_PX * len(maps)), **_LAYOUT)
+                         title_text=wrapped(attention.axis_label(y_axis), 30), autorange="reversed", row=row, col=1)
+    layout = {**_LAYOUT, **_titled("Where each model looked (red: more than an equal share, blue: less)", maps[0][0])}
+    layout["margin"] = {**layout["margin"], "b": 200}  # the last map's reading, then the colour scale
+    fig.update_layout(height=max(320, ATTENTION_MAP_PX * len(maps)) + 160, **layout)
     return fig
 
 
@@ -125,7 +152,7 @@ def similarity_figure(tables: list[tuple[str, dict[str, float], dict[str, str]]]
     tables = [t for t in tables if t[1]]
     if not tables:
         return empty_figure("no similarity tables")
-    fig = make_subplots(rows=len(tables), cols=1, subplot_titles=[ptext(t) for t, *_ in tables])
+    fig = make_subplots(rows=len(tables), cols=1, subplot_titles=[wrapped(t, SUBPLOT_CHARS) for t, *_ in tables])
     for row, (_title, values, colour_of) in enumerate(tables, start=1):
         items = list(values)
         fig.add_bar(
@@ -134,9 +161,10 @@ def similarity_figure(tables: list[tuple[str, dict[str, float], dict[str, str]]]
             hovertemplate="%{y}: %{x:.3f}<extra></extra>", row=row, col=1,
         )
         fig.update_yaxes(autorange="reversed", row=row, col=1)
-        fig.update_xaxes(title_text="how alike (1 = the same; 0 or less: not alike)", row=row, col=1)
-    fig.update_layout(title="How alike this clip is to each label's words and to the most alike labelled clips",
-                      height=max(300, 220 * len(tables)), **_LAYOUT)
+        fig.update_xaxes(title_text=wrapped("how alike (1 = the same; 0 or less: not alike)"), row=row, col=1)
+    fig.update_layout(height=max(300, 260 * len(tables)),
+                      **{**_LAYOUT, **_titled("How alike this clip is to each label's words and to the most alike labelled clips",
+                                              tables[0][0])})
     return fig
 
 
@@ -162,9 +190,9 @@ def timeline_figure(times: Sequence[float], probs: np.ndarray | None, labels: Se
     if no_face:
         fig.add_scatter(x=no_face, y=[0.0] * len(no_face), mode="markers", name="main face not seen (nearest frame's crop)",
                         marker=dict(symbol="x", color="black", size=8))
-    fig.update_layout(title="Per-frame emotion timeline (facial expression of each sampled frame; grey: speech)",
-                      xaxis=dict(title="time (s)", range=[0, duration] if duration else None),
-                      yaxis=dict(title="probability", range=[0, 1]), height=340, legend_title_text="label", **_LAYOUT)
+    fig.update_layout(xaxis=dict(title="time (s)", range=[0, duration] if duration else None),
+                      yaxis=dict(title="probability", range=[0, 1]), height=340, legend_title_text="label",
+                      **{**_LAYOUT, **_titled("Per-frame emotion timeline (facial expression of each sampled frame; grey: speech)")})
     return fig
 
 
@@ -197,8 +225,8 @@ def before_after_figure(rows: dict[str, tuple[float | None, float | None]]) -> g
         fig.add_bar(name={"before": "model alone", "after": "model + cache"}[what], x=[ptext(m) for m in models],
                     y=[v if v is not None else 0 for v in vals], marker_color=BEFORE_AFTER[what],
                     text=[f"{100 * v:.0f}%" if v is not None else "n/a" for v in vals], textposition="outside")
-    fig.update_layout(title="Accuracy on the profile's labelled clips (leave-one-out)", barmode="group",
-                      yaxis=dict(title="accuracy", range=[0, 1.1]), height=320, **_LAYOUT)
+    fig.update_layout(barmode="group", yaxis=dict(title="accuracy", range=[0, 1.1]), height=320,
+                      **{**_LAYOUT, **_titled("Accuracy on the profile's labelled clips (leave-one-out)")})
     return fig
 
 
@@ -211,8 +239,8 @@ def latency_figure(stages: dict[str, float], models: dict[str, float]) -> go.Fig
     for m in names:
         fig.add_bar(name=ptext(m), y=[ptext(m)], x=[1000 * models[m]], orientation="h",
                     marker_color=model_colour(m, names), showlegend=False)
-    fig.update_layout(title="Latency (ms): shared feature stages once, then each model", barmode="stack",
-                      xaxis=dict(title="milliseconds"), height=260 + 30 * len(names), **_LAYOUT)
+    fig.update_layout(barmode="stack", xaxis=dict(title="milliseconds"), height=260 + 30 * len(names),
+                      **{**_LAYOUT, **_titled("Latency (ms): shared feature stages once, then each model")})
     return fig
 
 
