@@ -35,6 +35,15 @@ HAPPY_SENTENCE = "maybe tomorrow it will be cold"
 TORCH_THREADS = 2
 
 
+def plotly_text(text: str) -> str:
+    """A plotly title as a person reads it: its lines joined (the figures break them for phones), bold and
+    HTML entities gone."""
+    import html
+    import re
+
+    return html.unescape(re.sub(r"</?b>", "", (text or "").replace("<br>", " ")))
+
+
 def ffmpeg_exe() -> str:
     """The ffmpeg binary bundled with imageio-ffmpeg (a runtime dependency)."""
     import imageio_ffmpeg

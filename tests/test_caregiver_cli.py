@@ -278,3 +278,30 @@ def test_argument_bytes_that_are_not_utf8_are_stored_replaced_or_one_error_line(
     with sqlite3.connect(env / "emoweb.sqlite3") as connection:
         rows = connection.execute("SELECT label, annotator, note FROM corrections WHERE clip_id = ? ORDER BY id", (clip_id,)).fetchall()
     assert rows[1:] == [("up\ufffdset", "mum\ufffd", "caf\ufffd =1"), ("calm", "gran\ufffd", "\ufffd\ufffd")]
+
+
+def test_a_model_that_knows_none_of_the_profiles_labels_gives_no_answer_and_no_confidence(env: Path, capsys, joy_face: Path) -> None:
+    """Labels of the caregiver's own (calm, upset, excited): a closed-set model (MER-SEM-MBT, Foal-Net) has no
+    column for any of them, so its stored logits are all alike: a guess from nothing, which voted for the first
+    label ('calm' on every clip). It answers nothing until the profile's labelled clips teach it, and says
+    why; a model that can score them (EmoAsst reads label words) is never "confident" on them, its level
+    being calibrated on the seven emotions."""
+    from emoweb.services.records import UNKNOWN_LABELS
+
+    assert run(capsys, "profile", "create", "Ben", "--labels", "calm,upset,excited")[0] == 0
+    code, out, _ = run(capsys, "ingest", str(joy_face), "--profile", "Ben", "--json")
+    assert code == 0, out
+    result = json.loads(out)[0]
+    answers, head = result["predictions"], result["headline"]
+    closed = {m for m in answers if m in ("sem_mbt", "foalnet")}
+    assert closed == {"sem_mbt", "foalnet"}, answers  # the shipped checkpoints
+    for m in closed:
+        assert (answers[m]["decided"], answers[m]["label"], answers[m]["why_not"]) == (False, None, UNKNOWN_LABELS), answers[m]
+    assert head["models"] == len(answers) - len(closed) and head["confident"] == [], head
+    code, out, _ = run(capsys, "ingest", str(joy_face), "--profile", "Ben")
+    assert out.count(f"no decision ({UNKNOWN_LABELS})") == len(closed), out
+
+    # the seven emotions: the same models answer
+    assert run(capsys, "profile", "create", "Cara")[0] == 0
+    answers = json.loads(run(capsys, "ingest", str(joy_face), "--profile", "Cara", "--json")[1])[0]["predictions"]
+    assert all(a["decided"] and a["why_not"] == "" for a in answers.values()), answers

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import plotly_text
 from emoweb.services import attention
 from emoweb.services.headline import FAIRLY_SURE, NO_ANSWER, NOT_SURE, PROBABLY, RULE, headline
 
@@ -94,8 +95,8 @@ def test_the_attention_figure_draws_flat_flat_and_peaked_peaked_on_one_fixed_ran
         assert (trace.zmin, trace.zmax, trace.zmid) == (-2.0, 2.0, 0)
     assert np.ptp(np.asarray(flat_map.z)) < 0.01  # one colour
     assert np.asarray(peaked_map.z)[0, 5] == 2.0 and np.asarray(peaked_map.z)[0, 0] < -1.5
-    assert "weighed all 16 frames about equally" in fig.layout.xaxis.title.text
-    assert "focused on 1.2 s" in fig.layout.xaxis2.title.text
+    assert "weighed all 16 frames about equally" in plotly_text(fig.layout.xaxis.title.text)
+    assert "focused on 1.2 s" in plotly_text(fig.layout.xaxis2.title.text)
 
 
 def test_the_readme_states_the_shortcut_keys_and_the_answer_rule_as_the_ui_does() -> None:

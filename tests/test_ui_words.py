@@ -4,18 +4,16 @@ seconds), and a tab's error staying in the tab. Drawn from the real models and t
 (no app server: the browser tests drive that)."""
 from __future__ import annotations
 
-import html
 import re
 
 import numpy as np
 import pytest
 
+from conftest import plotly_text
 from emoweb.services import attention, modelinfo
 from models import DISPLAY_NAMES, MODELS
 
-def plain(text: str) -> str:
-    """A plotly title as a person reads it: lines joined, bold and entities gone."""
-    return html.unescape(re.sub(r"</?b>", "", text.replace("<br>", " ")))
+plain = plotly_text
 
 
 def lines(text: str) -> list[str]:

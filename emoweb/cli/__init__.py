@@ -78,11 +78,13 @@ def model_name(model: str) -> str:
     return display_name(model)
 
 
-def model_answer(model: str, label: str | None, probs: dict[str, float], confident: bool = False) -> str:
+def model_answer(model: str, label: str | None, probs: dict[str, float], confident: bool = False, why_not: str = "") -> str:
     """One model's answer in a clip's line: 'EmoAsst -> joy (0.81, confident)', or 'Foal-Net -> no decision (...)'
-    when the clip holds none of what the model reads (Foal-Net on a text: it reads only faces and voices)."""
+    with why (`why_not`; by default: the clip holds none of what the model reads, Foal-Net on a text)."""
     if not label:
-        return f"{model_name(model)} -> no decision (nothing here that it reads)"
+        from emoweb.services.records import NOTHING_READ
+
+        return f"{model_name(model)} -> no decision ({why_not or NOTHING_READ})"
     return f"{model_name(model)} -> {label} ({max(probs.values()):.2f}{', confident' if confident else ''})"
 
 

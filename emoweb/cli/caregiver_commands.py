@@ -133,7 +133,7 @@ def _ingest(args: argparse.Namespace) -> int:
                 continue
             c = r["clip"]
             sure = set(r["headline"].get("confident", []))
-            answers = ", ".join(model_answer(m, p["label"] if p["decided"] else None, p["probs"], m in sure)
+            answers = ", ".join(model_answer(m, p["label"] if p["decided"] else None, p["probs"], m in sure, p.get("why_not", ""))
                                 for m, p in r["predictions"].items())
             stored = "new" if r["new"] else "already stored" + ("" if c["original_name"] == given else f" as {c['original_name']!r}")
             adapted = [model_name(m) for m, p in r["predictions"].items() if p["cache_snapshot"] is not None]

@@ -112,13 +112,16 @@ class Predictor:
                 self._models[name] = (model.to(self.backbones.device), card)
             return self._models[name]
 
-    def confident_at(self, names: list[str]) -> dict[str, float]:
+    def confident_at(self, names: list[str], labels: list[str] | None = None) -> dict[str, float]:
         """{model: the calibrated probability from which its answer counts as confident} for the models
-        whose card has a calibration (`headline`'s `confident_at`)."""
+        whose card has a calibration (`headline`'s `confident_at`). `labels`: the labels the answers are over
+        (a caregiver's own set); a model calibrated on other labels has no level for them, so it is left out."""
         out = {}
         for name in names:
             loaded = self.model(name)
-            below = (loaded[1].get("calibration") or {}).get("not_sure", {}).get("below") if loaded else None
+            if loaded is None or (labels is not None and set(labels) != set(loaded[0].config.labels)):
+                continue
+            below = (loaded[1].get("calibration") or {}).get("not_sure", {}).get("below")
             if below is not None:
                 out[name] = float(below)
         return out

@@ -201,8 +201,11 @@ class CaregiverService:
         """How sure a clip's answer is, in words (`headline.of_clip`): what the Predict tab, the Label tab
         and the CLI show for a stored clip, with each model's calibrated confidence level. Loads the models."""
         predictor = self.predictor
-        decided = [m for m, p in result.predictions.items() if p.decided]
-        return of_clip(result, predictor.confident_at(decided), predictor.backbones.untrained)
+        levels: dict[str, float] = {}
+        for m, p in result.predictions.items():
+            if p.decided:  # each model's level only for the labels it was calibrated on (not a caregiver's own set)
+                levels.update(predictor.confident_at([m], list(p.probs)))
+        return of_clip(result, levels, predictor.backbones.untrained)
 
     # -- corrections and the queue ----------------------------------------------------------
 

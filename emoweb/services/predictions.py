@@ -15,7 +15,7 @@ import torch
 from emoweb.services import cachearrays, cachebuild
 from emoweb.services.context import ServiceContext
 from emoweb.services.modelinfo import in_model_order
-from emoweb.services.records import ModelPrediction
+from emoweb.services.records import NOTHING_READ, UNKNOWN_LABELS, ModelPrediction
 from emoweb.services.store import CaregiverRepository
 from models.cache import FewShotCache
 from storage.schema import CacheSnapshot, Profile
@@ -104,15 +104,20 @@ class Predictions:
             base_labels = list(prof.label_set[: base.numel()])
             base = base[: len(base_labels)]
             query = {m: torch.from_numpy(np.asarray(a, np.float32).reshape(1, -1)) for m, a in parts.items() if m != cachearrays.LOGITS}
-            decided = cachearrays.has_modality(parts)
-            snapshot_id, cache, clip_ids = caches.get(model, (None, None, [])) if decided else (None, None, [])
+            read = cachearrays.has_modality(parts)
+            snapshot_id, cache, clip_ids = caches.get(model, (None, None, [])) if read else (None, None, [])
             cache, clip_ids = cachebuild.without_clip(cache, clip_ids, clip_id)
             labels, logits, nearest = cachebuild.score(base, base_labels, query, cache, clip_ids)
             used = snapshot_id if cache is not None and cache.adjusts else None
+            # a model that knows none of the profile's labels gives each the same logit (`ingest._align`): a
+            # guess from nothing, so no answer, until the profile's labelled clips (its cache) teach it
+            knows = float(base.max() - base.min()) > 1e-6 or used is not None
+            decided = read and knows
             probs = logits.softmax(-1)[0].tolist()
             predictions[model] = ModelPrediction(
                 model=model, label=labels[int(np.argmax(probs))] if decided else None, probs=dict(zip(labels, probs)),
                 margin=_margin(probs), cache_snapshot=used, nearest=nearest[0], decided=decided,
+                why_not="" if decided else NOTHING_READ if not read else UNKNOWN_LABELS,
             )
         return predictions
 

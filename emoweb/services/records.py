@@ -50,6 +50,10 @@ class ClipInfo(_Record):
     notes: list[str] = field(default_factory=list)  # what decoding noticed ("no face found"), stored with the clip
 
 
+NOTHING_READ = "nothing here that it reads"  # Foal-Net on a typed text; any model on a clip with no voice, face or words
+UNKNOWN_LABELS = "it knows none of this profile's labels yet: label a few clips of each, then rebuild the cache"
+
+
 @dataclass(frozen=True)
 class ModelPrediction(_Record):
     """One model's answer on one clip, with the profile's cache applied when it has one."""
@@ -60,7 +64,8 @@ class ModelPrediction(_Record):
     margin: float  # top1 - top2
     cache_snapshot: int | None = None  # id of the cache snapshot used; None: the bare model
     nearest: list[dict[str, Any]] = field(default_factory=list)  # closest labelled clips in the cache
-    decided: bool = True  # False: the clip has no voice, face or words, so `label` is None
+    decided: bool = True  # False: no decision, so `label` is None; `why_not` says why
+    why_not: str = ""  # why no decision: NOTHING_READ, or UNKNOWN_LABELS (a caregiver's own labels it cannot score yet)
 
 
 @dataclass(frozen=True)

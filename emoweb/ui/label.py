@@ -257,7 +257,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
             lines.append("⚠️ " + " · ".join(C.esc(n) for n in problems))
         for m, p in result.predictions.items():
             if not p.decided:
-                lines.append(f"- **{C.model_name(m)}**: no decision (the clip has no voice, no face and no words)")
+                lines.append(f"- **{C.model_name(m)}**: no decision ({C.esc(p.why_not)})")
         if not result.predictions:
             lines.append("- no model answer stored for this clip")
         if any(p.cache_snapshot is not None for p in result.predictions.values()):
