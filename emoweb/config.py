@@ -34,6 +34,18 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"EMOWEB_{name}", default)
 
 
+def _number(name: str, default: str, kind: type = float) -> float | int:
+    """EMOWEB_<name> as a number; a value that is none is refused in one line naming the setting."""
+    from emoweb.errors import SettingError
+
+    value = _env(name, default)
+    try:
+        return kind(value)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise SettingError(f"EMOWEB_{name}={value!r} is not {what}") from None
+
+
 def _flag(name: str) -> bool | None:
     """EMOWEB_<name> as a yes/no; None when unset or empty."""
     value = _env(name, "").strip().lower()
@@ -62,6 +74,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+BACKBONE_SETS = ("embedded", "paper")  # models.backbones.PROFILES's names (a test keeps them equal)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Runtime settings; every field has an `EMOWEB_<NAME>` environment variable, except `space_id`
@@ -71,14 +86,14 @@ class Settings:
     device: str = field(default_factory=lambda: _env("DEVICE", "auto"))
     data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", "") or _default_data_dir()))
     database_url: str = field(default_factory=lambda: _env("DATABASE_URL", ""))
-    max_seconds: float = field(default_factory=lambda: float(_env("MAX_SECONDS", "60")))
-    max_upload_mb: float = field(default_factory=lambda: float(_env("MAX_UPLOAD_MB", "200")))
-    n_frames: int = field(default_factory=lambda: int(_env("N_FRAMES", "16")))
-    threads: int = field(default_factory=lambda: int(_env("THREADS", "0")))  # 0: torch's default
-    asr_beam: int = field(default_factory=lambda: int(_env("ASR_BEAM", "1")))
+    max_seconds: float = field(default_factory=lambda: _number("MAX_SECONDS", "60"))
+    max_upload_mb: float = field(default_factory=lambda: _number("MAX_UPLOAD_MB", "200"))
+    n_frames: int = field(default_factory=lambda: _number("N_FRAMES", "16", int))
+    threads: int = field(default_factory=lambda: _number("THREADS", "0", int))  # 0: torch's default
+    asr_beam: int = field(default_factory=lambda: _number("ASR_BEAM", "1", int))
     # how long the Predict tab keeps a session's last analysed clip (frames, audio, features) in memory for
     # its "Whose face" selector; never on disk
-    analysed_minutes: float = field(default_factory=lambda: float(_env("ANALYSED_MINUTES", "30")))
+    analysed_minutes: float = field(default_factory=lambda: _number("ANALYSED_MINUTES", "30"))
     feature_cache: Path = field(
         default_factory=lambda: Path(_env("FEATURE_CACHE", str(Path.home() / ".cache" / "emoweb" / "features")))
     )
@@ -92,9 +107,9 @@ class Settings:
     shared_flag: bool | None = field(default_factory=lambda: _flag("SHARED"))
     public_flag: bool | None = field(default_factory=lambda: _flag("PUBLIC"))
     # a public demo's limits per visitor, and how long a visitor's data outlives their last visit
-    visitor_max_clips: int = field(default_factory=lambda: int(_env("VISITOR_MAX_CLIPS", "50")))
-    visitor_max_mb: float = field(default_factory=lambda: float(_env("VISITOR_MAX_MB", "500")))
-    visitor_ttl_hours: float = field(default_factory=lambda: float(_env("VISITOR_TTL_HOURS", "24")))
+    visitor_max_clips: int = field(default_factory=lambda: _number("VISITOR_MAX_CLIPS", "50", int))
+    visitor_max_mb: float = field(default_factory=lambda: _number("VISITOR_MAX_MB", "500"))
+    visitor_ttl_hours: float = field(default_factory=lambda: _number("VISITOR_TTL_HOURS", "24"))
 
     @property
     def shared(self) -> bool:

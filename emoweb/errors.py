@@ -16,3 +16,7 @@ class NotFoundError(EmoWebError):
 class UnknownLabelError(EmoWebError):
     """A label outside the profile's label set, given without allowing new labels. Each front end adds
     how to allow it there (the CLI's flag, the Label tab's box): the service knows neither."""
+
+
+class SettingError(EmoWebError):
+    """An EMOWEB_* setting whose value cannot be used (not a number, an unknown backbone set or device)."""

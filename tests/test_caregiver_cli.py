@@ -305,3 +305,34 @@ def test_a_model_that_knows_none_of_the_profiles_labels_gives_no_answer_and_no_c
     assert run(capsys, "profile", "create", "Cara")[0] == 0
     answers = json.loads(run(capsys, "ingest", str(joy_face), "--profile", "Cara", "--json")[1])[0]["predictions"]
     assert all(a["decided"] and a["why_not"] == "" for a in answers.values()), answers
+
+
+@pytest.mark.parametrize(("argv", "extra", "line"), [
+    # a child's name where predict takes the backbone set (its old spelling --profile): before anything loads
+    (["predict", "PHOTO", "--profile", "Anna"], {}, "error: unknown backbone set 'Anna' (choose embedded or paper; a child's "
+                                                    "profile goes to ingest, label and the other caregiver commands)"),
+    (["predict", "PHOTO"], {"EMOWEB_PROFILE": "Anna"}, "error: unknown backbone set 'Anna'"),
+    (["predict", "PHOTO"], {"EMOWEB_DEVICE": "gpu"}, "error: device 'gpu': not a device (auto, cpu, cuda, cuda:N or mps)"),
+    (["profile", "list"], {"EMOWEB_MAX_SECONDS": "abc"}, "error: EMOWEB_MAX_SECONDS='abc' is not a number"),
+    (["profile", "list"], {"EMOWEB_THREADS": "1.5"}, "error: EMOWEB_THREADS='1.5' is not a whole number"),
+    (["profile", "list"], {"EMOWEB_DATA_DIR": "FILE"}, "error: File exists: "),
+])
+def test_a_setting_that_cannot_be_used_is_one_line(env: Path, tmp_path: Path, argv: list[str], extra: dict, line: str) -> None:
+    """Settings and a backbone set given wrongly: one line naming the problem and exit 2, never a traceback."""
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("x")
+    extra = {k: str(a_file) if v == "FILE" else v for k, v in extra.items()}
+    argv = [str(OTHER_FACE) if a == "PHOTO" else a for a in argv]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **extra}
+    proc = subprocess.run([sys.executable, "-m", "emoweb", *argv], cwd=REPO, env=environment, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and proc.stdout == "", (proc.returncode, proc.stdout, proc.stderr)
+    *note, last = proc.stderr.splitlines()  # the old --profile spelling adds its deprecation note first
+    assert last.startswith(line) and len(note) == ("--profile" in argv) and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_the_backbone_sets_named_in_the_settings_are_the_ones_that_exist() -> None:
+    from emoweb.config import BACKBONE_SETS
+    from models.backbones import PROFILES
+
+    assert BACKBONE_SETS == tuple(PROFILES)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -128,7 +129,7 @@ class _Deprecated(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         print(f"note: {option_string} is deprecated for the backbone set; use {self.new} "
-              f"(--profile now names a caregiver profile only)", file=sys.stderr)
+              f"(a child's profile goes to ingest, label and the other caregiver commands)", file=sys.stderr)
         setattr(namespace, self.dest, values)
 
 
@@ -145,8 +146,13 @@ def settings_from(args: argparse.Namespace | None):
 
     from emoweb.config import get_settings
 
+    from emoweb.config import BACKBONE_SETS
+
     overrides = {"profile": getattr(args, "backbones", None), "device": getattr(args, "device", None)}
     settings = replace(get_settings(), **{k: v for k, v in overrides.items() if v})
+    if settings.profile not in BACKBONE_SETS:  # checked before anything loads (a child's name given by mistake)
+        raise EmoWebError(f"unknown backbone set {settings.profile!r} (choose {' or '.join(BACKBONE_SETS)}; a child's "
+                          "profile goes to ingest, label and the other caregiver commands)")
     if settings.device != "auto" and settings.device != "cpu":  # a GPU asked for: checked before anything loads
         from models.backbones import resolve_device
 
@@ -229,3 +235,10 @@ def main(argv: list[str] | None = None, make_service: Callable[[Any], Any] | Non
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader stopped early (`| head`): nothing more to say, and no traceback at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:  # the machine's side (a data folder that is a file, no permission, a full disk): one line
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2

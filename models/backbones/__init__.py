@@ -6,6 +6,7 @@ use). Profiles are a registry (name -> class), as in open_clip's factory.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 
@@ -32,6 +33,8 @@ def resolve_device(device: str = "auto") -> str:
     GPU, before any weights load: otherwise the first tensor moved there fails deep inside torch."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise RuntimeError(f"device {device!r}: not a device (auto, cpu, cuda, cuda:N or mps)")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r}: torch finds no CUDA GPU on this machine (use auto or cpu)")
     return device
