@@ -371,3 +371,33 @@ def test_a_clip_whose_sound_ends_between_centiseconds_makes_a_lesson(joy_face, t
         sound = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
     assert lesson.duration == pytest.approx(stretch.cut_end + lessons.END_CARD_SECONDS, abs=0.1)
     assert float(np.abs(sound).max()) > 0.1  # the voice is in it
+
+
+def test_a_lesson_interrupted_while_it_is_written_leaves_nothing_behind(service, clips) -> None:
+    """Ctrl-C (SIGINT) to `lesson` while the video is written: the half-made video and moviepy's copy of the
+    clip's sound (it was left beside the lessons, readable by others, and deleting the clip never found it)
+    go; the lessons folder holds the finished lessons only."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = lessons.clip_file(service.data_dir, service.get_profile("lessons").id, clips["joy"]).parent
+    before = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    repo = Path(__file__).resolve().parents[1]
+    environment = {**os.environ, "EMOWEB_DATA_DIR": str(service.data_dir), "EMOWEB_THREADS": "1",
+                   "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "emoweb", "lesson", str(clips["joy"]), "--profile", "lessons", "--slow", "3"],
+                            cwd=repo, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.name.startswith(".lesson-") for p in folder.glob("*")) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the lesson was never written"
+            time.sleep(0.05)
+        time.sleep(0.3)  # into the writing
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "error: interrupted" in err, (proc.returncode, err)
+    assert sorted(p.name for p in folder.iterdir()) == before

@@ -341,16 +341,17 @@ def render(parts: Sequence[Part], out: Path, slow: float = 1.0, titles: bool = F
         video = concatenate_videoclips(pieces, method="chain")  # every piece is `size`
         if progress:
             progress("render")
-        fd, tmp = tempfile.mkstemp(prefix=".lesson-", suffix=".mp4", dir=out.parent)
-        os.close(fd)
-        try:
+        # the video and moviepy's sound track are written in a private folder (0700) that goes when the
+        # writing ends, however it ends (an interrupt included): a copy of the child's voice never stays
+        # beside the lessons, readable by others, where deleting the clip would not find it
+        with tempfile.TemporaryDirectory(prefix=".lesson-", dir=out.parent) as work:
+            fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=work)  # 0600: ffmpeg writes into it, keeping that
+            os.close(fd)
             video.write_videofile(
                 tmp, fps=fps, codec="libx264", audio_codec="aac", preset="ultrafast", threads=2, logger=None,
-                temp_audiofile_path=str(out.parent), ffmpeg_params=["-pix_fmt", "yuv420p", "-crf", "23"],
+                temp_audiofile_path=work, ffmpeg_params=["-pix_fmt", "yuv420p", "-crf", "23"],
             )
             os.replace(tmp, out)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
         duration = video.duration
         video.close()
     finally:
