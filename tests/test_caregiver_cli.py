@@ -336,3 +336,36 @@ def test_the_backbone_sets_named_in_the_settings_are_the_ones_that_exist() -> No
     from models.backbones import PROFILES
 
     assert BACKBONE_SETS == tuple(PROFILES)
+
+
+def test_ingest_says_each_clip_as_it_is_stored_and_what_an_interrupt_kept(env: Path, tmp_path: Path) -> None:
+    """A folder of clips: each clip's line comes when it is stored (the lines all came at the end, and
+    Ctrl-C then printed only "interrupted" while some clips were stored); Ctrl-C says how many were kept."""
+    import signal
+
+    from conftest import FACES, VOICES
+
+    folder = tmp_path / "week"
+    folder.mkdir()
+    for path in (*VOICES.values(), *FACES.values()):
+        (folder / path.name).write_bytes(path.read_bytes())
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "EMOWEB_THREADS": "1"}
+    assert subprocess.run([sys.executable, "-m", "emoweb", "profile", "create", "Dana"], cwd=REPO, env=environment,
+                          capture_output=True, timeout=120).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "emoweb", "ingest", str(folder), "--profile", "Dana"], cwd=REPO, env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()  # comes while the other five are still to do
+        assert re.match(r"clip \d+ \(new\): ", first), (first, proc.stderr.read() if proc.poll() is not None else "")
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    printed = [line for line in [first, *rest.splitlines()] if line.startswith("clip ")]
+    stopped = re.search(r"stopped after (\d) of 6 clip\(s\): (\d) stored and kept", err)
+    assert proc.returncode == 130 and stopped, (proc.returncode, err)
+    assert int(stopped.group(1)) == int(stopped.group(2)) == len(printed) < 6, (printed, err)
+    listed = subprocess.run([sys.executable, "-m", "emoweb", "clip", "list", "--profile", "Dana"], cwd=REPO, env=environment,
+                            capture_output=True, text=True, timeout=120).stdout
+    # the clip being stored at the interrupt is stored whole or not at all (one transaction)
+    assert len([line for line in listed.splitlines() if line.strip()[:1].isdigit()]) in (len(printed), len(printed) + 1), listed

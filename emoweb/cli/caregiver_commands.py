@@ -111,38 +111,48 @@ def _ingest(args: argparse.Namespace) -> int:
     service = _service(args)
     service.get_profile(args.profile)  # an unknown profile fails before any decoding
     results, failed = [], 0
-    for path in paths:
-        try:
-            result = service.ingest(path, args.profile, args.source)
-            results.append({"path": str(path), **result.to_dict(), "headline": service.headline(result).to_dict(),
-                            "notes": result.clip.notes})  # stored with the clip: the same when it was already stored
-        except EmoWebError as exc:
-            if len(paths) == 1:
-                raise
-            failed += 1
-            results.append({"path": str(path), "error": str(exc)})
-
-    def text(rows: list) -> str:
-        from emoweb.pipeline.media import display_name  # a name's undecodable bytes shown escaped, not printed raw
-
-        lines = []
-        for r in rows:
-            given = display_name(r["path"])
-            if "error" in r:
-                lines.append(f"{given}: error: {r['error']}")
-                continue
-            c = r["clip"]
-            sure = set(r["headline"].get("confident", []))
-            answers = ", ".join(model_answer(m, p["label"] if p["decided"] else None, p["probs"], m in sure, p.get("why_not", ""))
-                                for m, p in r["predictions"].items())
-            stored = "new" if r["new"] else "already stored" + ("" if c["original_name"] == given else f" as {c['original_name']!r}")
-            adapted = [model_name(m) for m, p in r["predictions"].items() if p["cache_snapshot"] is not None]
-            lines += [f"clip {c['id']} ({stored}): {given}: {answer_text(r['headline'])}; {answers}",
-                      *([f"  with the profile's labelled clips: {', '.join(adapted)}"] if adapted else []), *note_lines(r["notes"])]
-        return "\n".join(lines + ([skipped_line(skipped)] if skipped else []))
-
-    emit(results, args.json, text)
+    try:
+        for path in paths:
+            try:
+                result = service.ingest(path, args.profile, args.source)
+                row = {"path": str(path), **result.to_dict(), "headline": service.headline(result).to_dict(),
+                       "notes": result.clip.notes}  # stored with the clip: the same when it was already stored
+            except EmoWebError as exc:
+                if len(paths) == 1:
+                    raise
+                failed += 1
+                row = {"path": str(path), "error": str(exc)}
+            results.append(row)
+            if not args.json:  # each clip's line as soon as it is stored, not all of them at the end
+                print("\n".join(_ingested_lines(row)), flush=True)
+    except KeyboardInterrupt:
+        stored = sum("error" not in r for r in results)
+        print(f"stopped after {len(results)} of {len(paths)} clip(s): {stored} stored and kept (ingest the rest again: "
+              "stored clips are recognised)", file=sys.stderr)
+        raise
+    if args.json:
+        emit(results, True)
+    elif skipped:
+        print(skipped_line(skipped))
     return 1 if failed else 0
+
+
+def _ingested_lines(r: dict) -> list[str]:
+    """One ingested clip's lines (`_ingest`'s row): its id, whether new, the one answer and each model's, the
+    models that used the profile's labelled clips, its notes; or its error."""
+    from emoweb.pipeline.media import display_name  # a name's undecodable bytes shown escaped, not printed raw
+
+    given = display_name(r["path"])
+    if "error" in r:
+        return [f"{given}: error: {r['error']}"]
+    c = r["clip"]
+    sure = set(r["headline"].get("confident", []))
+    answers = ", ".join(model_answer(m, p["label"] if p["decided"] else None, p["probs"], m in sure, p.get("why_not", ""))
+                        for m, p in r["predictions"].items())
+    stored = "new" if r["new"] else "already stored" + ("" if c["original_name"] == given else f" as {c['original_name']!r}")
+    adapted = [model_name(m) for m, p in r["predictions"].items() if p["cache_snapshot"] is not None]
+    return [f"clip {c['id']} ({stored}): {given}: {answer_text(r['headline'])}; {answers}",
+            *([f"  with the profile's labelled clips: {', '.join(adapted)}"] if adapted else []), *note_lines(r["notes"])]
 
 
 # -- label / undo / queue ---------------------------------------------------------------------

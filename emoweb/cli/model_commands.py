@@ -305,14 +305,6 @@ def _predict_line(item: dict) -> str:
     return "\n".join([f"{source}: {answer_text(h)}; {models}", *note_lines(item["clip"].get("warnings", []))])
 
 
-def _predict_text(payload: dict) -> str:
-    """One line per clip, then the files of the folders that were not clips (never counted as failed)."""
-    if "models" in payload:  # one clip (an error on one clip is raised, never printed as a line)
-        return _predict_line(payload)
-    lines = [_predict_line(item) for item in payload["clips"]]
-    return "\n".join(lines + [skipped_line(payload["skipped"])] if payload["skipped"] else lines)
-
-
 @command("predict", "run every available model on clips (backbones once per clip)",
          prints="per clip the one answer (the models' vote, how sure in words) and each model's label and probability, "
                 "with the clip's notes under it (e.g. only the first 60 s analysed); exit 1 when a clip failed",
@@ -354,11 +346,16 @@ def _predict(args: argparse.Namespace) -> int:
                 raise
             failed += 1
             results.append({"clip": {"source": path.name}, "error": str(exc)})
+        if not args.json:  # each clip's line as soon as it is answered, not all of them at the end
+            print(_predict_line(results[-1]), flush=True)
     elapsed = time.perf_counter() - start
-    payload = results[0] if len(results) == 1 and not skipped else {
+    if not args.json:
+        if skipped:
+            print(skipped_line(skipped))
+        return 1 if failed else 0
+    emit(results[0] if len(results) == 1 and not skipped else {
         "clips": results, "seconds": round(elapsed, 3), "clips_per_second": round(len(paths) / elapsed, 3), "failed": failed,
-        "skipped": skipped}
-    emit(payload, args.json, _predict_text)
+        "skipped": skipped}, True)
     return 1 if failed else 0  # as `ingest`: a batch with a failed clip is not a success
 
 
