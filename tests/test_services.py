@@ -328,6 +328,7 @@ def test_a_clip_whose_face_and_voice_differ_comes_before_agreed_ones(service: Ca
     service.repo.put_senses(sure, "embedded", {"emoasst": {"audio": {"calm": 0.8, "upset": 0.2}, "visual": {"calm": 0.9, "upset": 0.1}}})
     queue = service.labelling_queue("torn")
     assert [(e.clip_id, e.disagree) for e in queue] == [(torn, True), (sure, False)]  # by margin alone torn came last
+    assert [e.senses for e in queue] == ["the voice says upset, the face says calm", None]  # what the queue shows
     service.delete_profile("torn")
 
 

@@ -205,8 +205,8 @@ def _queue_args(p: argparse.ArgumentParser) -> None:
 
 @command("queue", "a profile's clips in labelling order (unlabelled, disagreeing, least sure first)",
          prints="one line per clip: id, label, margin (how far the least sure model's answer is ahead of its second "
-                "choice, 0-1: small is unsure), DISAGREE when the models, or the face and the voice, point to different "
-                "labels, each model's top label",
+                "choice, 0-1: small is unsure), DISAGREE when the models name different labels, FACE≠VOICE (what each "
+                "says) when the models agree but the face and the voice point to different labels, each model's top label",
          takes=FAST)(_queue_args)
 def _queue(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
@@ -218,7 +218,9 @@ def _queue(args: argparse.Namespace) -> int:
         for e in r:
             margin = "-" if e["margin"] is None else f"{e['margin']:.2f}"
             tops = ", ".join(f"{model_name(m)}: {lab}" for m, lab in e["top_labels"].items()) or "no prediction"
-            lines.append(f"{e['clip_id']:>6}  {e['label'] or '(unlabelled)':<14} margin {margin:<5} {'DISAGREE ' if e['disagree'] else ''}{tops}  {e['original_name']}")
+            models_differ = len(set(e["top_labels"].values())) > 1
+            flag = "DISAGREE " if models_differ else f"FACE≠VOICE ({e['senses']}) " if e["senses"] else ""
+            lines.append(f"{e['clip_id']:>6}  {e['label'] or '(unlabelled)':<14} margin {margin:<5} {flag}{tops}  {e['original_name']}")
         return "\n".join(lines) or "no clips"
 
     emit(rows, args.json, text)

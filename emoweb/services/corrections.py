@@ -70,9 +70,10 @@ class Corrections:
         labels (the headline's rule, `sense_conflict`: the answer shown for them is "not sure"); then the
         least sure (smallest margin)."""
         senses = self.ctx.repo.senses_of_profile(prof.id, self.ctx.backbone)
-        differ = {clip_id for clip_id, by_model in senses.items() if sense_conflict(by_model)}
+        differ = {clip_id: said for clip_id, by_model in senses.items() if (said := sense_conflict(by_model))}
         return [
-            QueueEntry(i.clip.id, i.clip.original_name, i.clip.created, i.label, in_model_order(i.top_labels), i.margin, i.disagree)
+            QueueEntry(i.clip.id, i.clip.original_name, i.clip.created, i.label, in_model_order(i.top_labels), i.margin, i.disagree,
+                       differ.get(i.clip.id))
             for i in self.ctx.repo.labelling_queue(prof.id, limit, differ)
         ]
 

@@ -112,7 +112,8 @@ class QueueEntry(_Record):
     label: str | None  # current label; None: not labelled yet
     top_labels: dict[str, str]  # model -> top label of its latest prediction
     margin: float | None  # smallest top1 - top2 margin among the models
-    disagree: bool
+    disagree: bool  # the models name different labels, or the face and the voice differ (`senses`)
+    senses: str | None = None  # "the voice says anger, the face says joy" when they differ (`headline.sense_conflict`)
 
 
 @dataclass(frozen=True)

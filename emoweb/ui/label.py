@@ -59,7 +59,8 @@ def _queue_rows(entries) -> list[list]:
     for e in entries:
         answers = ", ".join(f"{m}: {lab}" for m, lab in sorted(C.shown_names(e.top_labels).items())) or "-"
         rows.append([e.clip_id, e.original_name, e.label or "(unlabelled)", answers,
-                     None if e.margin is None else round(float(e.margin), 3), "yes" if e.disagree else ""])
+                     None if e.margin is None else round(float(e.margin), 3),
+                     "models differ" if len(set(e.top_labels.values())) > 1 else "face ≠ voice" if e.senses else ""])
     return rows
 
 
