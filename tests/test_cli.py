@@ -286,3 +286,25 @@ def test_predict_json_leads_with_the_headline(joy_face: Path, tmp_path: Path, mo
         assert f"{names[m]} -> {o['label']} (" in line
         assert (f"{names[m]} -> {o['label']} ({max(o['probs'].values()):.2f}, confident)" in line) == (m in expected.confident)
 
+
+
+@pytest.mark.slow
+def test_eval_says_which_rows_it_left_out_for_their_label_and_refuses_a_cache_it_cannot_build(tmp_path: Path, monkeypatch,
+                                                                                             capsys) -> None:
+    """A label the models do not name ('contempt', 'happy') is a skipped row with its reason (such rows went
+    in silence); 'Joy' is joy. `--cache K` with no train rows, or K < 0, is one line (a traceback before)."""
+    from test_services import make_checkpoint_root
+
+    monkeypatch.setenv("EMOWEB_CHECKPOINT_ROOT", str(make_checkpoint_root(tmp_path / "checkpoints")))
+    monkeypatch.setenv("EMOWEB_FEATURE_CACHE", str(tmp_path / "features"))
+    manifest = tmp_path / "mine.csv"
+    manifest.write_text(f"path,label\n{FACES['joy']},Joy\n{FACES['neutral']},contempt\n{FACES['joy']},happy\n{FACES['joy']},happy\n")
+    assert cli.main(["eval", str(manifest), "--models", "emoasst"]) == 0
+    out = capsys.readouterr().out
+    assert "rows used 1, skipped 3" in out, out
+    assert "skipped: label 'contempt' is not one the models name" in out and "skipped: label 'happy' is not one the models name (2 rows)" in out
+    assert cli.main(["eval", str(manifest), "--models", "emoasst", "--cache", "4"]) == 2
+    assert capsys.readouterr().err == (f"error: --cache 4: {manifest} has no train rows (with a label the models name) "
+                                       "to build it from\n")
+    assert cli.main(["eval", str(manifest), "--cache", "-3"]) == 2
+    assert "--cache -3: give how many labelled clips per label" in capsys.readouterr().err

@@ -266,6 +266,8 @@ def _skipped_lines(reasons: list[str]) -> list[str]:
 def _eval(args: argparse.Namespace) -> int:
     from emoweb.learning.manifests import read_manifests
 
+    if args.cache < 0:
+        raise EmoWebError(f"--cache {args.cache}: give how many labelled clips per label the cache holds (1 or more), or 0 for none")
     rows = read_manifests(args.manifest)  # a missing or malformed manifest answers before torch and the models load
     from emoweb.learning.evaluation import evaluate_manifest
     from emoweb.learning.metrics import comparison_table

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
@@ -54,6 +56,20 @@ def build_cache(predictor: Predictor, name: str, items: list) -> FewShotCache:
     return cachebuild.build(name, data, predictor.labels).cache
 
 
+def named_rows(rows: list, labels: Sequence[str]) -> tuple[list, list[str]]:
+    """The rows whose label is one the models name, spelt as they spell it ("Joy" is joy), and why each other
+    row is left out ("label 'contempt' is not one the models name"): said, never dropped in silence."""
+    known = {label.casefold(): label for label in labels}
+    named, unnamed = [], []
+    for r in rows:
+        label = known.get(r.label.strip().casefold())
+        if label is None:
+            unnamed.append(f"label {r.label!r} is not one the models name")
+        else:
+            named.append(r if r.label == label else replace(r, label=label))
+    return named, unnamed
+
+
 def composite_items(items: list) -> list:
     """(row, features) of one composite per speech clip: a face photo of the same label and split
     (seeded), so the same manifests always give the same pairs."""
@@ -89,20 +105,25 @@ def evaluate_manifest(
     if not names:
         raise EmoWebError(f"no trained model is available for the {settings.profile!r} backbone set")
     store = FeatureStore(predictor.extractor, settings.feature_cache)
-    rows = [r for r in (read_manifests(manifest) if rows is None else rows) if r.label in predictor.labels]
+    rows = read_manifests(manifest) if rows is None else rows
     if split is None:
         split = default_split(rows)
-    wanted = [r for r in rows if not split or r.split == split]
+    wanted, unnamed = named_rows([r for r in rows if not split or r.split == split], predictor.labels)
     if not wanted:
-        raise EmoWebError(f"no rows with split {split!r} in {manifest}" if split else f"no labelled rows in {manifest}")
+        raise EmoWebError((f"no rows with split {split!r} in {manifest}" if split else f"no labelled rows in {manifest}")
+                          + (f" whose label the models name ({', '.join(predictor.labels)})" if unnamed else ""))
+    train = named_rows([r for r in rows if r.split == "train"], predictor.labels)[0] if cache_k else []
+    if cache_k and not train:
+        raise EmoWebError(f"--cache {cache_k}: {manifest} has no train rows (with a label the models name) to build it from")
     items, skipped = store.encode_rows(wanted, desc="features")
+    skipped = unnamed + skipped
     if composites:
         items = composite_items(items)
         if not items:
             raise EmoWebError(f"no composites: {manifest} has no speech clip and face photo with the same label in split {split!r}")
     caches = {}
     if cache_k:
-        train_items, _ = store.encode_rows([r for r in rows if r.split == "train"], desc="cache features")
+        train_items, _ = store.encode_rows(train, desc="cache features")
         caches = {n: build_cache(predictor, n, k_shot(train_items, cache_k)) for n in names}
     preds: dict[str, list[str]] = {n: [] for n in names}
     latency: dict[str, float] = {n: 0.0 for n in names}
