@@ -971,6 +971,28 @@ def test_import_refuses_bad_rows_and_files(service: CaregiverService) -> None:
         service.export_labels("imports", "xml")
 
 
+def test_import_keeps_a_new_note_and_refuses_a_second_row_for_a_clip(service: CaregiverService) -> None:
+    """A note added in a spreadsheet beside an unchanged label is kept (as `label --note` keeps it; it was
+    counted unchanged and lost); two rows for one clip: the first is kept, the second refused, so the same
+    file imported again changes nothing (it flipped the label and grew the undo history every time)."""
+    service.create_profile("notes", ["calm", "upset"])
+    clip_id = add_synthetic(service, "notes", 1, ["calm"], seed=13)[0]
+    sha = service.get_clip(clip_id).sha256
+    with_note = f'sha256,label,note\n{sha},calm,"Mum, at dinner"\n'
+    report = service.import_labels("notes", with_note)
+    assert (report.imported, report.unchanged) == (1, 0) and service.corrections(clip_id)[-1].note == "Mum, at dinner"
+    again = service.import_labels("notes", with_note)
+    assert (again.imported, again.unchanged) == (0, 1)
+    twice = f"sha256,original_name,label\n{sha},a.mp4,upset\n{sha},a.mp4,calm\n"
+    for _ in range(2):
+        before = len(service.corrections(clip_id))
+        report = service.import_labels("notes", twice)
+        name = service.get_clip(clip_id).original_name
+        assert report.refused == [f"line 3: {name} has a row already (line 2); its first row is kept"], report.refused
+        assert service.current_label(clip_id) == "upset"
+    assert len(service.corrections(clip_id)) == before  # the second import changed nothing
+
+
 def test_a_label_in_other_capitals_is_the_label_set_s_own(service: CaregiverService) -> None:
     """"Upset", "CALM" typed or imported mean the profile's "upset" and "calm": stored in its spelling, never
     refused, never a second label beside it (even when new labels are allowed)."""

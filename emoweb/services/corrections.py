@@ -93,8 +93,9 @@ class Corrections:
         rows = labelfiles.parse(decode(text) if isinstance(text, bytes) else text, fmt)
         annotator = clean(annotator or "")
         clips = {c.sha256: c for c in self.ctx.repo.list_clips(prof.id)}
-        current = self.ctx.repo.current_labels(prof.id)
+        current = {cid: (c.label, c.note) for cid, c in self.ctx.repo.current_corrections(prof.id).items()}
         label_set = list(prof.label_set)
+        given: dict[str, str] = {}  # sha256 -> where in the file its row was
         imported = unchanged = 0
         unmatched: list[str] = []
         refused: list[str] = []
@@ -113,16 +114,21 @@ class Corrections:
                 if not label:
                     refused.append(f"{where}: empty label")
                     continue
-                if current.get(clip.id) == label:
+                if sha in given:  # a second row for the clip: which one the caregiver meant is not ours to guess
+                    refused.append(f"{where}: {clip.original_name} has a row already ({given[sha]}); its first row is kept")
+                    continue
+                given[sha] = where
+                note = clean(row.get("note", ""))
+                was_label, was_note = current.get(clip.id, (None, ""))
+                if was_label == label and (not note.strip() or note == was_note):  # a new note is kept, as `label --note`
                     unchanged += 1
                     continue
                 if label not in label_set and not allow_new_labels:
                     refused.append(f"{where}: label {label!r} is not in the label set of {prof.name!r}")
                     continue
-                repo.add_correction(clip.id, label, annotator or row.get("annotator", ""),
-                                    row.get("note", ""), allow_new_label=allow_new_labels)
+                repo.add_correction(clip.id, label, annotator or row.get("annotator", ""), note, allow_new_label=allow_new_labels)
                 if label not in label_set:
                     label_set.append(label)
-                current[clip.id] = label
+                current[clip.id] = (label, note)
                 imported += 1
         return ImportReport(imported, unchanged, unmatched, refused)
