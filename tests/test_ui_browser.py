@@ -466,3 +466,29 @@ def test_a_labelling_session_moves_to_the_next_clip_and_undo_goes_back(page, ui_
     rows = job_result(client.submit(profile, None, api_name="/queue"), 120)[0]["data"]
     assert sorted(r[2] for r in rows) == ["(unlabelled)"] * 3, rows
     assert not getattr(page, "errors", []), page.errors
+
+
+def test_deleting_the_clip_shown_in_predict_empties_its_answer_there(page, ui_app: RunningApp):
+    """Delete in the Label tab the clip the Predict tab shows: its answer goes there too (it said "Saved as
+    new clip #N" beside pictures that no longer load, and its words read again answered about it)."""
+    from playwright.sync_api import expect
+
+    from conftest import JOY_FACE
+
+    start(page, ui_app.url)
+    new_profile(page, "delete-shown-family")
+    page.get_by_label("Image only").check()
+    page.locator("#predict-image input[type=file]").set_input_files(str(JOY_FACE))
+    page.wait_for_timeout(1500)
+    clip_id = analyse(page)
+    open_tab(page, "Label")
+    expect(page.locator("#label-answers")).to_contain_text(f"Clip #{clip_id}", timeout=60_000)
+    open_fold(page, "fold-delete")
+    page.get_by_label("yes, delete this clip (media, features, labels, cache entries)").check()
+    page.locator("#delete-clip").click()
+    expect(page.locator("#delete-result")).to_contain_text(f"Deleted clip #{clip_id}", timeout=60_000)
+    open_tab(page, "Predict")
+    expect(page.locator("#predict-summary")).to_have_text(f"Clip #{clip_id} was deleted, so its answer is no longer shown.",
+                                                          timeout=60_000)
+    expect(page.locator("#predict-words textarea")).to_have_value("")
+    assert not getattr(page, "errors", []), page.errors

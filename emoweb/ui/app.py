@@ -121,6 +121,7 @@ def build_app(settings: Settings | None = None, context: C.AppContext | None = N
         changed = profile_dd.change(m["fn"], [profile_dd], m["outputs"], api_visibility="undocumented")
         queue_after(changed)
         queue_after(p["event"], p["clip_out"])
+        lab["deleted"].change(p["forget"], [lab["deleted"], p["analysed"]], p["forget_outputs"], api_visibility="private", queue=False)
         demo.load(profiles, [profile_dd], profile_dd, api_visibility="undocumented")
         demo.load(None, None, None, js=label.KEYBOARD_JS)
     demo.queue(default_concurrency_limit=default_concurrency, max_size=max_queue or C.env_int("EMOWEB_QUEUE_SIZE", 64))

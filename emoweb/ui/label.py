@@ -184,6 +184,9 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                 delete_profile_btn = gr.Button("Delete profile", variant="stop", elem_id="delete-profile")
             delete_error = C.error_box("delete-error")
             delete_md = gr.Markdown("", elem_id="delete-result")
+            # what was just deleted, (profile id, clip id or None for the whole profile): the Predict tab
+            # forgets an answer it shows about it (never sent to the API)
+            deleted = gr.State(None)
 
     # -- actions --------------------------------------------------------------------------------
 
@@ -411,7 +414,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         clip = ctx.clip_in(profile, clip_id)
         r = ctx.service.delete_clip(clip.id, profile=profile.id)
         rebuilt = ", ".join(C.model_name(m) for m in r.get("rebuilt", {})) or "none"
-        return f"Deleted clip #{clip.id}; caches rebuilt without it: {rebuilt}.", False
+        return f"Deleted clip #{clip.id}; caches rebuilt without it: {rebuilt}.", False, (profile.id, clip.id)
 
     @C.user_errors
     def delete_profile(profile_ref, confirm, request: gr.Request):
@@ -421,7 +424,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         r = ctx.service.delete_profile(profile.id)
         choices = ctx.profile_choices(request)
         return (f"Deleted profile **{C.esc(profile.name)}** with {r.get('clips', 0)} clip(s).", False,
-                gr.update(choices=[(C.NO_PROFILE, C.NO_PROFILE), *choices], value=C.NO_PROFILE))
+                gr.update(choices=[(C.NO_PROFILE, C.NO_PROFILE), *choices], value=C.NO_PROFILE), (profile.id, None))
 
     # -- wiring ---------------------------------------------------------------------------------
 
@@ -486,9 +489,11 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     C.report_errors(export_btn.click(export_labels, [profile_dd, fmt], export_file, api_name="export_labels"), files_error)
     acted(import_btn.click(import_labels, [profile_dd, import_file, import_new], import_md, api_name="import_labels"), files_error,
           import_md)
-    acted(delete_clip_btn.click(delete_clip, [profile_dd, clip_dd, confirm_clip], [delete_md, confirm_clip], api_name="delete_clip",
-                                show_progress_on=[delete_md]), delete_error, delete_md)
-    C.report_errors(delete_profile_btn.click(delete_profile, [profile_dd, confirm_profile], [delete_md, confirm_profile, profile_dd],
-                                             api_name="delete_profile", show_progress_on=[delete_md]), delete_error, stale=[delete_md])
+    acted(delete_clip_btn.click(delete_clip, [profile_dd, clip_dd, confirm_clip], [delete_md, confirm_clip, deleted],
+                                api_name="delete_clip", show_progress_on=[delete_md]), delete_error, delete_md)
+    C.report_errors(delete_profile_btn.click(delete_profile, [profile_dd, confirm_profile],
+                                             [delete_md, confirm_profile, profile_dd, deleted], api_name="delete_profile",
+                                             show_progress_on=[delete_md]), delete_error, stale=[delete_md])
     return {"load_queue": load_queue, "queue_inputs": [profile_dd, clip_dd], "queue_outputs": queue_outputs, "queue_shown": queue_shown,
-            "show_clip": show_current, "clip_outputs": clip_outputs, "clip_dd": clip_dd, "refresh_event": refresh_event}
+            "show_clip": show_current, "clip_outputs": clip_outputs, "clip_dd": clip_dd, "refresh_event": refresh_event,
+            "deleted": deleted}

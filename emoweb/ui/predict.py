@@ -240,4 +240,16 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                                  **shown), error)
     C.report_errors(words_run.click(predict_words, [words, analysed], outputs + [analysed], api_name="predict_words", **heavy,
                                     **shown), error)
-    return {"event": event, "clip_out": clip_out, "run": run}
+    def forget(deleted: tuple[int, int | None] | None, last: dict | None) -> list:
+        """After a deletion in the Label tab, (profile id, clip id; None: the whole profile): an answer shown
+        here about a clip that is gone is emptied (it said "Saved as new clip #7" beside broken pictures, and
+        its words read again answered about it); any other answer stays."""
+        stored = (last or {}).get("stored")
+        if not deleted or stored is None or stored[0] != deleted[0] or deleted[1] not in (None, stored[1]):
+            return [gr.update()] * (len(outputs) + 2)
+        gone = f"Clip #{stored[1]} was deleted, so its answer is no longer shown." if deleted[1] else \
+            "Its profile was deleted, so the answer about its clip is no longer shown."
+        return [gone if o is summary else u for o, u in zip(outputs, cleared())] + ["", None]
+
+    return {"event": event, "clip_out": clip_out, "run": run, "forget": forget, "forget_outputs": outputs + [words, analysed],
+            "analysed": analysed}
