@@ -75,10 +75,9 @@ def frames(path: Path) -> tuple[list[np.ndarray], float]:
 
 
 def banner_shown(frame: np.ndarray) -> bool:
-    """The banner colour fills the bottom-left corner of the banner (left of the centred word)."""
+    """The banner colour fills the left end of the banner across the top (left of the centred word)."""
     h, w, _ = frame.shape
-    top = h - int(h * lessons.BANNER_FRACTION)
-    region = frame[top + 3 : h - 3, 2 : int(w * 0.06)].reshape(-1, 3).astype(float)
+    region = frame[3 : int(h * lessons.BANNER_FRACTION) - 3, 2 : int(w * 0.06)].reshape(-1, 3).astype(float)
     return bool(np.abs(region.mean(0) - lessons.BANNER_RGB).max() < 20)
 
 
@@ -144,7 +143,7 @@ def test_a_lesson_set_has_a_title_card_per_clip(service, clips) -> None:
 # phone clips: portrait video stored as landscape pixels plus a display rotation
 
 PORTRAIT = (96, 160)  # (width, height) as the phone shows the clip
-MARKER = (8, 8, 40, 40)  # (left, top, right, bottom) of a red square in the upright picture, clear of the banner
+MARKER = (8, 56, 40, 88)  # (left, top, right, bottom) of a red square in the upright picture, clear of the banner (top)
 STILL_ARGS = ("-t", "2", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p")
 
 
@@ -222,8 +221,8 @@ def test_a_lesson_set_of_sideways_and_landscape_clips_keeps_each_shape(service, 
             else:
                 box, want = marker_box(decoded[i]), tuple(round(v * scale) + (top if k % 2 else 0) for k, v in enumerate(MARKER))
                 assert max(abs(a - b) for a, b in zip(box, want)) <= 2, (box, want)
-                banner = PORTRAIT[1] - round(lessons.BANNER_FRACTION * PORTRAIT[1])
-                assert decoded[i][:top - 2].max() < 30 and decoded[i][top + 58 + 2:banner - 2].max() < 30  # black bars
+                banner = round(lessons.BANNER_FRACTION * PORTRAIT[1])
+                assert decoded[i][banner + 2:top - 2].max() < 30 and decoded[i][top + 58 + 2:].max() < 30  # black bars
     assert len(lesson.overlay) == len(ids)
 
 
@@ -322,11 +321,14 @@ def test_the_label_tab_makes_and_lists_lessons_through_the_api(service, composit
     app = start_app(workdir)
     try:
         client = Client(app.url, verbose=False, download_files=False)
-        md, files = client.predict(str(prof.id), str(clip_id), "clip", 1.5, api_name="/lesson")
+        md, files, _ = client.predict(str(prof.id), str(clip_id), "clip", 1.5, api_name="/lesson")
         assert f"Made **clip-{clip_id}-slow1.5.mp4**" in md  # slowed: never in place of the real-speed lesson
-        md, files = client.predict(str(prof.id), str(clip_id), "clip", 1, api_name="/lesson")
+        md, files, video = client.predict(str(prof.id), str(clip_id), "clip", 1, api_name="/lesson")
         assert f"Made **clip-{clip_id}.mp4**" in md and len(files) == 2
-        md, files = client.predict(str(prof.id), str(clip_id), "same", 1, api_name="/lesson")
+        # the lesson just made plays in the tab (it was a download link only)
+        made = lessons.clip_file(workdir / "data", prof.id, clip_id)
+        assert video["visible"] and Path(video["value"]["path"]).read_bytes() == made.read_bytes()  # an update: shown
+        md, files, _ = client.predict(str(prof.id), str(clip_id), "same", 1, api_name="/lesson")
         assert "Made **set-" in md and len(files) == 3
         stored = lessons.listed(workdir / "data", prof.id)
         assert [Path(f["path"] if isinstance(f, dict) else f).read_bytes() for f in files] == [p.read_bytes() for p in stored]

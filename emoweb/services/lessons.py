@@ -47,7 +47,7 @@ TIMELINE_FPS = 2.0  # frames per second sampled for the face timeline
 MAX_TIMELINE_FRAMES = 40
 GRID_HZ = 20  # the timeline's resolution for choosing the stretch
 VOICE_REL = 0.15  # a window is voiced when its RMS reaches this fraction of the loudest window's
-BANNER_FRACTION = 0.24  # of the frame height, at the bottom
+BANNER_FRACTION = 0.24  # of the frame height, at the top: at the bottom it covered the mouth of a face seen close
 BANNER_RGB = (24, 32, 84)
 CARD_RGB = (250, 240, 210)
 CARD_TEXT_RGB = (24, 32, 84)
@@ -217,7 +217,7 @@ def _words(draw_size: tuple[int, int], background: tuple[int, ...], text: str, l
 
 
 def banner(width: int, height: int, label: str) -> np.ndarray:
-    """[H, W, 3] uint8 the word banner for a `width` x `height` frame (its bottom `BANNER_FRACTION`)."""
+    """[H, W, 3] uint8 the word banner for a `width` x `height` frame (its top `BANNER_FRACTION`)."""
     bh = max(12, int(round(height * BANNER_FRACTION)))
     return _words((width, bh), BANNER_RGB + (255,), label, label, WORD_RGB)[..., :3]
 
@@ -260,7 +260,7 @@ def _part(source, part: Part, slow: float, fps: float, title: bool, end_card: bo
         frame = get_frame(t)
         if start <= t < end:
             frame = frame.copy()
-            frame[h - strip.shape[0]:] = strip
+            frame[: strip.shape[0]] = strip
         return frame
 
     clips = [body.transform(painted, apply_to=[])]  # not a moviepy composite: that blend was 60 % of a render

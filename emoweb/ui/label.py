@@ -160,6 +160,8 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                 lesson_btn = gr.Button("Make a lesson video", variant="primary", elem_id="lesson-make")
             lesson_error = C.error_box("lesson-error")  # beside its button, not at the top of the tab
             lesson_md = gr.Markdown("", elem_id="lesson-result")
+            lesson_video = gr.Video(label="The lesson just made (watch it here with the child)", interactive=False,
+                                    visible=False, height=320, elem_id="lesson-video")
             lesson_files = gr.File(label="This profile's lesson videos (newest first)", file_count="multiple",
                                    interactive=False, elem_id="lesson-files")
         with gr.Accordion("Export / import labels", open=False):
@@ -399,7 +401,8 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                 lesson = ctx.service.export_lesson(clip.id, profile.id, slow=float(slow), progress=report)
         lines = [f"Made **{C.esc(lesson.path.name)}** ({lesson.duration:.1f} s)."]
         lines += [f"- {C.esc(n)}" for n in lesson.notes]
-        return "\n".join(lines), lesson_list(profile)
+        shown = C.shown_copy(lesson.path, ctx.shown_folder(profile) / lesson.path.name)  # deleted with its clip or profile
+        return "\n".join(lines), lesson_list(profile), gr.update(value=shown, visible=True)
 
     def lesson_list(profile) -> list[str]:
         """The profile's newest lessons, as copies the page may serve (deleted with the clip or profile)."""
@@ -484,8 +487,10 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         undo, [profile_dd, clip_dd], status, api_name="undo"))
     acted(rebuild_btn.click(rebuild, [profile_dd], [rebuild_md, rebuild_plot, snapshot_md], api_name="rebuild_cache", **heavy),
           error, rebuild_md)
-    C.report_errors(lesson_btn.click(make_lesson, [profile_dd, clip_dd, lesson_kind, lesson_slow], [lesson_md, lesson_files],
-                                     api_name="lesson", **heavy), lesson_error, stale=[lesson_md])
+    lesson_event = C.report_errors(lesson_btn.click(make_lesson, [profile_dd, clip_dd, lesson_kind, lesson_slow],
+                                                    [lesson_md, lesson_files, lesson_video], api_name="lesson", **heavy),
+                                   lesson_error, stale=[lesson_md])
+    lesson_event.failure(lambda: gr.update(value=None, visible=False), None, lesson_video, api_visibility="private", queue=False)
     C.report_errors(export_btn.click(export_labels, [profile_dd, fmt], export_file, api_name="export_labels"), files_error)
     acted(import_btn.click(import_labels, [profile_dd, import_file, import_new], import_md, api_name="import_labels"), files_error,
           import_md)
