@@ -11,6 +11,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -386,6 +387,16 @@ class Repository:
             self._clip(session, clip_id)
             query = select(Correction).where(Correction.clip_id == clip_id).order_by(Correction.id)
             return list(session.scalars(query))
+
+    def label_changes_since(self, profile: ProfileRef, since: datetime | None) -> int:
+        """How many label changes (labels given and undone) the profile's clips had after `since` (None: ever):
+        what its cache, built at `since`, does not know yet."""
+        with self._tx() as session:
+            query = (select(func.count(Correction.id)).join(Clip, Clip.id == Correction.clip_id)
+                     .where(Clip.profile_id == self._profile(session, profile).id))
+            if since is not None:
+                query = query.where(Correction.created > since)
+            return int(session.scalar(query) or 0)
 
     def current_label(self, clip_id: int) -> str | None:
         """The label of the clip's latest correction that is not undone; None if unlabelled."""

@@ -1310,3 +1310,24 @@ def test_deleting_removes_what_the_web_app_showed_of_a_clip(service, real, no_de
     service.delete_profile("shown")
     assert not any(folder.exists() for folder in folders.values())
     assert not (uploads / "shown" / f"profile-{video.profile_id}").exists()
+
+
+def test_the_cache_says_how_many_label_changes_it_does_not_know(service: CaregiverService) -> None:
+    """Labels given, undone or imported after the last rebuild are counted until the next rebuild (nothing
+    said the cache was out of date after an import changed labels)."""
+    from emoweb.services.modelinfo import changes_text
+
+    service.create_profile("stale", ["calm", "upset"])
+    ids = add_synthetic(service, "stale", 4, ["calm", "upset"], seed=21)  # labelled as they are made
+    assert service.labels_since_rebuild("stale") == 4 and changes_text(4, False).startswith("4 label changes and no cache")
+    service.rebuild_cache("stale")
+    assert service.labels_since_rebuild("stale") == 0 and changes_text(0, True) == "The cache knows every label given."
+    service.record_correction(ids[0], "upset")
+    service.undo_last_correction(ids[0])
+    sha = service.get_clip(ids[1]).sha256
+    service.import_labels("stale", f"sha256,label\n{sha},{'calm' if service.current_label(ids[1]) == 'upset' else 'upset'}\n")
+    assert service.labels_since_rebuild("stale") == 3
+    assert changes_text(3, True) == "3 label changes since the cache was last rebuilt: rebuild the cache to use them."
+    service.rebuild_cache("stale")
+    assert service.labels_since_rebuild("stale") == 0
+    service.delete_profile("stale")

@@ -272,6 +272,14 @@ class CaregiverService:
             for s in self.repo.list_snapshots(self.ctx.profile(profile).id)
         ]
 
+    @storage_errors
+    def labels_since_rebuild(self, profile: int | str) -> int:
+        """How many label changes (labels given, undone, imported) the profile's cache does not know yet: those
+        after its newest rebuild, or all of them before the first. 0: the cache is up to date."""
+        prof = self.ctx.profile(profile)
+        newest = self.repo.list_snapshots(prof.id)[:1]
+        return self.repo.label_changes_since(prof.id, newest[0].built_at if newest else None)
+
     # -- lessons ----------------------------------------------------------------------------
 
     @storage_errors

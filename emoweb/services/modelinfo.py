@@ -33,6 +33,15 @@ def per_label_text(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{label} {n}" for label, n in counts.items()) or "none"
 
 
+def changes_text(changes: int, rebuilt: bool) -> str:
+    """Whether a profile's cache knows its labels, as the Label tab and `cache show` say it
+    (`CaregiverService.labels_since_rebuild`)."""
+    if not changes:
+        return "The cache knows every label given." if rebuilt else "No labels yet: label clips, then rebuild the cache."
+    since = "since the cache was last rebuilt" if rebuilt else "and no cache built yet"
+    return f"{changes} label change{'s' if changes != 1 else ''} {since}: rebuild the cache to use them."
+
+
 def minute_text(iso: str) -> str:
     """An ISO 8601 UTC time to the minute, as a person reads it: '2026-12-02 06:57 UTC'."""
     return f"{iso[:16].replace('T', ' ')} UTC"

@@ -9,6 +9,7 @@ from emoweb.errors import EmoWebError, NotFoundError, UnknownLabelError
 from emoweb.safetext import decode
 from emoweb.services.cachebuild import TUNING_WORDS, accuracy_text, still_needed, too_few_to_judge
 from emoweb.services import lessons, reanalyse
+from emoweb.services import modelinfo
 from emoweb.services.modelinfo import per_label_text
 from emoweb.ui import common as C
 from emoweb.ui import figures as F
@@ -195,7 +196,8 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
     def _snapshot_text(profile) -> str:
         snaps = ctx.service.snapshots(profile.id)
         active = [s for s in snaps if s["active"]]
-        return f"Cache snapshots of **{C.esc(profile.name)}**: **{len(snaps)}** ({len(active)} active)"
+        return f"Cache snapshots of **{C.esc(profile.name)}**: **{len(snaps)}** ({len(active)} active). " + \
+            C.esc(modelinfo.changes_text(ctx.service.labels_since_rebuild(profile.id), bool(snaps)))
 
     @C.user_errors
     def load_queue(profile_ref, current, request: gr.Request):
