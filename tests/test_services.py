@@ -993,6 +993,23 @@ def test_import_keeps_a_new_note_and_refuses_a_second_row_for_a_clip(service: Ca
     assert len(service.corrections(clip_id)) == before  # the second import changed nothing
 
 
+def test_a_label_that_is_not_in_the_set_names_the_one_it_likely_means(service: CaregiverService) -> None:
+    """"angry", "happy", "sadnes": the refusal says which label was likely meant, so nobody adds "angry" as an
+    eighth label beside anger (the only hint was how to add it); a word near none of them gets no guess."""
+    service.create_profile("typos")
+    clip_id = add_synthetic(service, "typos", 1, ["joy"], seed=17)[0]
+    for typed, meant in (("angry", "anger"), ("Happy", "joy"), ("sadnes", "sadness"), ("scared", "fear")):
+        with pytest.raises(UnknownLabelError, match=re.escape(f"; did you mean {meant!r}?")):
+            service.record_correction(clip_id, typed)
+    with pytest.raises(UnknownLabelError) as refused:
+        service.record_correction(clip_id, "giggly")
+    assert "did you mean" not in str(refused.value)
+    sha = service.get_clip(clip_id).sha256
+    assert service.import_labels("typos", f"sha256,label\n{sha},happy\n").refused == [
+        "line 2: label 'happy' is not in the label set of 'typos' (did you mean 'joy'?)"]
+    service.delete_profile("typos")
+
+
 def test_a_label_in_other_capitals_is_the_label_set_s_own(service: CaregiverService) -> None:
     """"Upset", "CALM" typed or imported mean the profile's "upset" and "calm": stored in its spelling, never
     refused, never a second label beside it (even when new labels are allowed)."""

@@ -4,6 +4,7 @@ Storage only: no media, no models, no torch.
 """
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import replace
 from typing import Any
@@ -30,9 +31,29 @@ def known_label(label: str, label_set: list[str]) -> str:
     return label if label in label_set or not same else same[0]
 
 
+# everyday words for the seven emotions, for "did you mean": a caregiver types "happy", the label is joy
+EVERYDAY_WORDS = {"happy": "joy", "happiness": "joy", "glad": "joy", "angry": "anger", "mad": "anger", "cross": "anger",
+                  "sad": "sadness", "unhappy": "sadness", "scared": "fear", "afraid": "fear", "frightened": "fear",
+                  "surprised": "surprise", "disgusted": "disgust"}
+
+
+def meant_label(label: str, label_set: list[str]) -> str | None:
+    """The profile's label that `label` most likely means: its everyday word ("happy" -> joy) or a near
+    spelling ("angr" -> anger); None when none is close."""
+    word = name_key(label)
+    keys = {name_key(known): known for known in label_set}
+    if EVERYDAY_WORDS.get(word) in keys:
+        return keys[EVERYDAY_WORDS[word]]
+    close = difflib.get_close_matches(word, list(keys), n=1, cutoff=0.75)
+    return keys[close[0]] if close else None
+
+
 def not_in_label_set(label: str, prof: Profile) -> str:
-    """The one line for a label the profile does not have, naming the ones it has."""
-    return f"label {label!r} is not in the label set of profile {prof.name!r} ({', '.join(prof.label_set)})"
+    """The one line for a label the profile does not have, naming the ones it has (and the one it most
+    likely means, before anyone adds it as a new label beside it)."""
+    meant = meant_label(label, list(prof.label_set))
+    return (f"label {label!r} is not in the label set of profile {prof.name!r} ({', '.join(prof.label_set)})"
+            + (f"; did you mean {meant!r}?" if meant else ""))
 
 
 def correction_info(c: Correction) -> CorrectionInfo:
@@ -124,7 +145,9 @@ class Corrections:
                     unchanged += 1
                     continue
                 if label not in label_set and not allow_new_labels:
-                    refused.append(f"{where}: label {label!r} is not in the label set of {prof.name!r}")
+                    meant = meant_label(label, label_set)
+                    refused.append(f"{where}: label {label!r} is not in the label set of {prof.name!r}"
+                                   + (f" (did you mean {meant!r}?)" if meant else ""))
                     continue
                 repo.add_correction(clip.id, label, annotator or row.get("annotator", ""), note, allow_new_label=allow_new_labels)
                 if label not in label_set:
