@@ -84,18 +84,21 @@ def test_a_batch_of_files_that_are_no_media_is_refused_before_the_models_load(tm
 
 
 def test_a_folder_lists_its_clips_and_skips_what_is_named_otherwise(tmp_path: Path) -> None:
-    """Hidden files, system files and files named as another kind are skipped; a file named as a clip, or
-    named nothing, is tried (its content decides); subfolders are not entered."""
+    """Hidden files, system files, files named as another kind and files named nothing that hold plain text
+    (README, LICENSE: they failed the whole folder) are skipped; a file named as a clip, or named nothing
+    with binary content, is tried (its content decides); subfolders are not entered."""
     from emoweb.pipeline.media import folder_clips
 
-    names = ["a.MOV", "b.mts", "c.opus", "d.jpg", "e", "notes.txt", "list.pdf", "meta.json", ".DS_Store", "._a.MOV", "Thumbs.db"]
+    names = ["a.MOV", "b.mts", "c.opus", "d.jpg", "notes.txt", "list.pdf", "meta.json", ".DS_Store", "._a.MOV", "Thumbs.db"]
     for name in names:
         (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "e").write_bytes(bytes(range(256)))  # a clip from a camera that names files without extensions
+    (tmp_path / "README").write_text("Clips of Anna, week 12.\nThe first one is at the zoo: é ü 🙂\n", encoding="utf-8")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "f.mp4").write_bytes(b"x")
     clips, skipped = folder_clips(tmp_path)
     assert [p.name for p in clips] == ["a.MOV", "b.mts", "c.opus", "d.jpg", "e"]
-    assert sorted(skipped) == sorted([".DS_Store", "._a.MOV", "Thumbs.db", "list.pdf", "meta.json", "notes.txt", "sub/"])
+    assert sorted(skipped) == sorted([".DS_Store", "._a.MOV", "README", "Thumbs.db", "list.pdf", "meta.json", "notes.txt", "sub/"])
 
 
 def test_a_folder_without_clips_is_refused_before_the_models_load(tmp_path: Path) -> None:

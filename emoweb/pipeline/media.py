@@ -296,8 +296,9 @@ def folder_clips(folder: Path) -> tuple[list[Path], list[str]]:
     """The files of `folder` that may be clips, sorted, and the names of the other entries: subfolders
     (as "name/": not searched, so a folder is never walked into a whole photo library), hidden files
     (".DS_Store", "._clip.mp4"), SYSTEM_FILES, and files whose name says they are something else
-    (`mimetypes`: .txt, .pdf, .json, .csv). A file whose name says nothing (no or an unknown extension)
-    is kept: its content decides (`check_media`).
+    (`mimetypes`: .txt, .pdf, .json, .csv), and a file whose name says nothing (no or an unknown extension:
+    README, LICENSE, notes) but whose first bytes are plain text. Any other such file is kept: its content
+    decides (`check_media`).
 
     Why: a parent's phone folder holds notes and thumbnails beside the clips; they are not clips that
     failed, and listing them as errors hides the clips that really did."""
@@ -308,11 +309,28 @@ def folder_clips(folder: Path) -> tuple[list[Path], list[str]]:
             continue
         kind, _ = mimetypes.guess_type(path.name, strict=False)
         other = kind is not None and kind.split("/")[0] not in CLIP_TYPES and path.suffix.lower() not in TRANSPORT_STREAMS
-        if path.name.startswith(".") or path.name.lower() in SYSTEM_FILES or other:
+        if path.name.startswith(".") or path.name.lower() in SYSTEM_FILES or other or (kind is None and _plain_text(path)):
             skipped.append(path.name)
         else:
             clips.append(path)
     return clips, skipped
+
+
+def _plain_text(path: Path, probe: int = 4096) -> bool:
+    """Whether the file starts as text (UTF-8, no NUL byte): a note, never a clip (media starts with binary
+    headers). An unreadable file is no text: `check_media` says why."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(probe)
+    except OSError:
+        return False
+    if not head or b"\0" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a multi-byte character cut at the probe's end is still text
+        return exc.start >= len(head) - 3
+    return True
 
 
 def decode(path: str | Path, n_frames: int = 16, max_seconds: float = 60.0) -> DecodedClip:
