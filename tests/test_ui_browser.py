@@ -265,6 +265,8 @@ def test_phone_predict_and_label(phone, ui_app: RunningApp, composite_clip: Path
     phone.evaluate("document.querySelector('#predict-kind').scrollIntoView({block: 'start'})")
     expect(phone.locator("#predict-run")).to_be_in_viewport(ratio=1)  # the choice, the clip and Analyse on one screen
     clip_id = analyse(phone)
+    phone.wait_for_timeout(500)  # the answer is brought to the top of the screen (it lay below the fold)
+    assert -5 <= phone.evaluate("document.getElementById('predict-summary').getBoundingClientRect().top") <= 120
     check_answer_first(phone)
     fits_width(phone)
     shot(phone, shots, "predict-phone")

@@ -19,6 +19,7 @@ from emoweb.ui.explain import explain, person_choices
 TRANSCRIPT_HEADERS = ["start (s)", "end (s)", "text"]
 MODEL_HEADERS = ["model", "answer", "probability", "used the profile's examples"]
 KINDS = ("Video", "Audio only", "Image only")
+SHOW_ANSWER_JS = """() => { if (window.innerWidth < 700) document.getElementById('predict-summary')?.scrollIntoView({block: 'start'}); }"""
 
 
 def stage_progress(progress: Any, models: list[str]):
@@ -236,6 +237,8 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         predict, [video, audio, image, profile_dd], outputs + [words, analysed], api_name="predict", **heavy, **shown), error)
     # a clip that could not be analysed leaves no earlier clip behind: its words, read again, would answer about that one
     event.failure(lambda: ("", None), None, [words, analysed], api_visibility="private", queue=False)
+    # on a phone the answer lies below the clip and the button: brought into view, not left below the fold
+    event.success(None, None, None, js=SHOW_ANSWER_JS, api_visibility="private", queue=False)
     C.report_errors(person.input(predict_person, [person, analysed], outputs + [analysed], api_name="predict_person", **heavy,
                                  **shown), error)
     C.report_errors(words_run.click(predict_words, [words, analysed], outputs + [analysed], api_name="predict_words", **heavy,
