@@ -1339,6 +1339,9 @@ def test_the_cache_says_how_many_label_changes_it_does_not_know(service: Caregiv
     assert service.labels_since_rebuild("stale") == 4 and changes_text(4, False).startswith("4 label changes and no cache")
     service.rebuild_cache("stale")
     assert service.labels_since_rebuild("stale") == 0 and changes_text(0, True) == "The cache knows every label given."
+    from emoweb.services.modelinfo import holds_clips
+
+    assert holds_clips(service.snapshots("stale")) and not holds_clips([{"n_per_label": {}}])
     service.record_correction(ids[0], "upset")
     service.undo_last_correction(ids[0])
     sha = service.get_clip(ids[1]).sha256

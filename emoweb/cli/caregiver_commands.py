@@ -242,9 +242,13 @@ SNAPSHOT_USE = {"adapter": "fitted adapter", "cache": "cache votes", "careful": 
 
 def _snapshot_use(snapshot: dict) -> str:
     """What a snapshot does, for `cache show`: 'in use: fitted adapter', 'in use: off: the model alone' (the
-    latest rebuild kept everything off), or 'old' for one no longer in use."""
+    latest rebuild kept everything off), 'in use: empty' (rebuilt before any label), or 'old' for one no longer in use."""
+    from emoweb.services.modelinfo import holds_clips
+
     if not snapshot["active"]:
         return "old"
+    if not holds_clips([snapshot]):
+        return "in use: empty (no clips)"  # nothing to vote with: not a "careful cache"
     method = snapshot["hyper"].get("method") or ("cache" if snapshot["hyper"].get("active") else "off")
     return f"in use: {SNAPSHOT_USE.get(method, method)}"
 
@@ -254,14 +258,14 @@ def _snapshot_use(snapshot: dict) -> str:
          "clips per label and what is still to label before it can be measured; or the snapshots",
          takes="a few seconds (stored features, no re-encoding; about 1 s for 1,000 clips once loaded)")(_cache_args)
 def _cache(args: argparse.Namespace) -> int:
-    from emoweb.services.modelinfo import changes_text, minute_text, per_label_text
+    from emoweb.services.modelinfo import changes_text, holds_clips, minute_text, per_label_text
 
     service = _service(args)
     if args.action == "show":
         snaps, changes = service.snapshots(args.profile), service.labels_since_rebuild(args.profile)
         emit(snaps, args.json, lambda r: "\n".join(
             [f"{s['id']:>5} {model_name(s['model']):<11} {_snapshot_use(s):<26} {minute_text(s['built_at'])}  {per_label_text(s['n_per_label'])}"
-             for s in r] or ["no cache snapshots"]) + "\n" + changes_text(changes, bool(r)))
+             for s in r] or ["no cache snapshots"]) + "\n" + changes_text(changes, holds_clips(r)))
         return 0
     results = {m: r.to_dict() for m, r in service.rebuild_cache(args.profile, tune=True if args.retune else "auto").items()}
 

@@ -295,7 +295,7 @@ def outcome(hyper: Mapping[str, Any], metrics: Mapping[str, Any], kept_previous:
     are the difference of the rounded percentages shown beside them, so the line adds up."""
     n, before, after = metrics.get("n") or 0, metrics.get("before"), metrics.get("after")
     if not n:
-        return "no cache: no labelled clip has what this model reads"
+        return "no cache: no labelled clip yet that this model can read (label a few, then rebuild)"
     if not hyper.get("judged"):
         return (f"careful mode: {too_few_to_judge()}; it only changes answers the model is less than "
                 f"{100 * SAFE_CONFIDENCE:.0f}% sure of")

@@ -33,9 +33,15 @@ def per_label_text(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{label} {n}" for label, n in counts.items()) or "none"
 
 
+def holds_clips(snapshots: list[dict]) -> bool:
+    """Whether any of these cache snapshots (`CaregiverService.snapshots`) holds a labelled clip: a rebuild
+    with no labels yet makes empty ones."""
+    return any(sum((s.get("n_per_label") or {}).values()) for s in snapshots)
+
+
 def changes_text(changes: int, rebuilt: bool) -> str:
     """Whether a profile's cache knows its labels, as the Label tab and `cache show` say it
-    (`CaregiverService.labels_since_rebuild`)."""
+    (`CaregiverService.labels_since_rebuild`; `rebuilt`: a cache holding clips exists, `holds_clips`)."""
     if not changes:
         return "The cache knows every label given." if rebuilt else "No labels yet: label clips, then rebuild the cache."
     since = "since the cache was last rebuilt" if rebuilt else "and no cache built yet"

@@ -197,7 +197,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
         snaps = ctx.service.snapshots(profile.id)
         active = [s for s in snaps if s["active"]]
         return f"Cache snapshots of **{C.esc(profile.name)}**: **{len(snaps)}** ({len(active)} active). " + \
-            C.esc(modelinfo.changes_text(ctx.service.labels_since_rebuild(profile.id), bool(snaps)))
+            C.esc(modelinfo.changes_text(ctx.service.labels_since_rebuild(profile.id), modelinfo.holds_clips(snaps)))
 
     @C.user_errors
     def load_queue(profile_ref, current, request: gr.Request):
