@@ -30,7 +30,7 @@ def test_calibrated_models_must_also_be_confident() -> None:
     assert (h.label, h.confidence) == ("joy", PROBABLY) and "none of them confident" in h.reason
     agree_sure = {"a": {"joy": 0.75, "fear": 0.25}, "b": {"joy": 0.6, "fear": 0.4}}
     h = headline(agree_sure, confident_at=at)
-    assert (h.confidence, h.reason) == (FAIRLY_SURE, "all 2 models agree, 1 of them confident")
+    assert (h.confidence, h.reason) == (FAIRLY_SURE, "both models agree, 1 of them confident")
     assert h.confident == ("a",)  # b says joy at 0.6, under its 0.8
     majority = {**agree_unsure, "c": {"fear": 0.9, "joy": 0.1}}
     h = headline(majority, confident_at=at)

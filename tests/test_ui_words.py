@@ -211,5 +211,6 @@ def test_the_answer_page_names_confident_models_sounds_and_stages_as_people_read
 
     faceless = tmp_path / "pattern.mp4"
     ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=10:duration=2", "-pix_fmt", "yuv420p", faceless)
-    timeline = explain(ctx, predictor.predict(faceless, "all"), None, None)[6]
-    assert [a.text for a in timeline.layout.annotations] == ["no per-frame timeline: no face found in any frame"]
+    nothing = explain(ctx, predictor.predict(faceless, "all"), None, None)
+    assert [a.text for a in nothing[6].layout.annotations] == ["no per-frame timeline: no face found in any frame"]
+    assert nothing[0].startswith("## No answer\nNo model asked found a face, a voice or words it reads."), nothing[0]

@@ -151,7 +151,7 @@ def _fmt_table(result: dict) -> str:
     m, cold, warm = result["machine"], result["cold"], result["warm_median"]
     lines = [
         f"bench extract: {result['clip_seconds']:.1f}-s composite clip, profile {result['profile']}, "
-        f"device {m['device']}, {m['threads']} threads, ASR beam {result['asr_beam']}, {result['repeat']} warm runs",
+        f"device {m['device']}, {m['threads']} thread(s), ASR beam {result['asr_beam']}, {result['repeat']} warm runs",
         f"machine: {m['cpu']} ({m['cpu_count']} logical CPUs{', GPU ' + m['gpu'] if 'gpu' in m else ''}); "
         f"torch {m['torch']}, ctranslate2 {m['ctranslate2']}, OMP_WAIT_POLICY {m['omp_wait_policy']}",
         f"transcript: {result['transcript']!r}",
@@ -233,7 +233,7 @@ def _fmt_models(result: dict) -> str:
     m = result["machine"]
     lines = [
         f"bench models: {result['clip_seconds']:.1f}-s composite clip, profile {result['profile']}, device {m['device']}, "
-        f"{m['threads']} threads, {result['repeat']} warm runs; machine: {m['cpu']}",
+        f"{m['threads']} thread(s), {result['repeat']} warm runs; machine: {m['cpu']}",
         f"models: {', '.join(result['models'])}; cold start (load backbones + models, first clip) {result['cold_s']:.3f} s",
         "",
         f"{'stage / model':<16}{'warm median s':>14}",

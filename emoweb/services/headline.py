@@ -94,7 +94,8 @@ def headline(answers: Mapping[str, Mapping[str, float]], untrained: bool = False
     answers = {m: p for m, p in answers.items() if p}
     n = len(answers)
     if not n:
-        return Headline(None, NO_ANSWER, 0, 0, 0.0, "no model had a face, a voice or words to go by")
+        # the clip may hold nothing, or only what the models asked cannot read (Foal-Net reads no words)
+        return Headline(None, NO_ANSWER, 0, 0, 0.0, "no model asked found a face, a voice or words it reads")
     label, agree = _vote(list(answers.values()))
     mean = sum(p.get(label, 0.0) for p in answers.values()) / n
     # a model is confident in its own answer, whatever the vote: the same probability reads the same everywhere
@@ -108,7 +109,7 @@ def headline(answers: Mapping[str, Mapping[str, float]], untrained: bool = False
     elif n == 1:
         confidence, reason = NOT_SURE, "only one model answered, so there is no agreement to go by"
     elif agree == n:
-        confidence, reason = (FAIRLY_SURE if backed else PROBABLY), f"all {n} models agree{why}"
+        confidence, reason = (FAIRLY_SURE if backed else PROBABLY), f"{'both' if n == 2 else f'all {n}'} models agree{why}"
     elif 2 * agree > n and backed:
         confidence, reason = PROBABLY, f"{agree} of {n} models agree{why}"
     elif 2 * agree > n:

@@ -65,7 +65,7 @@ def _part_note(alike: dict[str, float], answer: str | None) -> str:
 def headline_markdown(head: Headline, labels: list[str]) -> str:
     """The answer in large type with its emoji and colour, and how sure, in words."""
     if head.label is None:
-        return "## No answer\nNothing to recognise in this clip: no face, no voice and no words."
+        return f"## No answer\n{C.esc(head.reason[:1].upper() + head.reason[1:])}."
     emoji = C.LABEL_EMOJI.get(head.label, "🏷️")
     colour = C.label_colour(head.label, labels)
     return (f'<div class="emoweb-answer" style="border-left: 10px solid {colour}">'
@@ -123,7 +123,9 @@ def explain(ctx: C.AppContext, prediction: Any, result: ClipResult | None, profi
             f"its labelled examples were used by {len(used)} of {len(models)} models." if used else
             "its labelled examples were not used (none in its cache yet: label clips, then rebuild in the Label tab)."))
         what = "Saved as new clip" if new else "Already saved as clip"
-        lines.append(f"{what} **#{clip.id}**: label it in the Label tab.")
+        lines.append(f"{what} **#{clip.id}**: " + ("label it in the Label tab." if head.label is not None else
+                                                   "it holds nothing the models read, so labelling it teaches them nothing "
+                                                   "(delete it in the Label tab if it is not wanted)."))
     summary = "\n\n".join(lines)
 
     table = []
