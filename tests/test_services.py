@@ -1004,7 +1004,14 @@ def test_a_label_that_is_not_in_the_set_names_the_one_it_likely_means(service: C
     with pytest.raises(UnknownLabelError) as refused:
         service.record_correction(clip_id, "giggly")
     assert "did you mean" not in str(refused.value)
+    comma = "a label cannot hold a comma: 'a,b' (label sets are listed with commas)"
+    with pytest.raises(EmoWebError, match=re.escape(comma)):  # it read as two labels, and could never be typed back
+        service.record_correction(clip_id, "a,b", allow_new_label=True)
+    with pytest.raises(EmoWebError, match=re.escape(comma)):
+        service.create_profile("commas", ["calm", "a,b"])
+    assert "a,b" not in service.get_profile("typos").labels
     sha = service.get_clip(clip_id).sha256
+    assert service.import_labels("typos", f"sha256,label\n{sha},\"a,b\"\n", allow_new_labels=True).refused == [f"line 2: {comma}"]
     assert service.import_labels("typos", f"sha256,label\n{sha},happy\n").refused == [
         "line 2: label 'happy' is not in the label set of 'typos' (did you mean 'joy'?)"]
     service.delete_profile("typos")

@@ -107,7 +107,11 @@ class CaregiverService:
             raise EmoWebError(f"profile name {name!r} reads like profile {alike[0].name!r} (id {alike[0].id}): choose another name")
         labels = [safetext.name(label) for label in labels] if labels else list(LABEL7)
         keys: dict[str, str] = {}
+        from emoweb.services.corrections import comma_in
+
         for label in labels:
+            if comma_in(label):
+                raise EmoWebError(comma_in(label))
             key = safetext.name_key(label)
             if key in keys:
                 raise EmoWebError(f"label {label!r} is given twice" if keys[key] == label else

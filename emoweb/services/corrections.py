@@ -48,6 +48,12 @@ def meant_label(label: str, label_set: list[str]) -> str | None:
     return keys[close[0]] if close else None
 
 
+def comma_in(label: str) -> str | None:
+    """The one line for a label holding a comma (a label set is written and typed as "calm, upset": "a,b"
+    would read as two labels and could never be typed back); None when it has none."""
+    return f"a label cannot hold a comma: {label!r} (label sets are listed with commas)" if "," in label else None
+
+
 def not_in_label_set(label: str, prof: Profile) -> str:
     """The one line for a label the profile does not have, naming the ones it has (and the one it most
     likely means, before anyone adds it as a new label beside it)."""
@@ -72,6 +78,8 @@ class Corrections:
         label = known_label(label.strip(), list(prof.label_set))
         if label and label not in prof.label_set and not allow_new_label:
             raise UnknownLabelError(not_in_label_set(label, prof))
+        if label not in prof.label_set and comma_in(label):
+            raise EmoWebError(comma_in(label))
         was = self.ctx.repo.current_label(clip.id)
         if was is not None and was == label and not note.strip():  # a second tap on the same label: nothing to undo later
             return replace(correction_info(self.ctx.repo.current_corrections(prof.id)[clip.id]), unchanged=True)
@@ -143,6 +151,9 @@ class Corrections:
                 was_label, was_note = current.get(clip.id, (None, ""))
                 if was_label == label and (not note.strip() or note == was_note):  # a new note is kept, as `label --note`
                     unchanged += 1
+                    continue
+                if label not in label_set and comma_in(label):
+                    refused.append(f"{where}: {comma_in(label)}")
                     continue
                 if label not in label_set and not allow_new_labels:
                     meant = meant_label(label, label_set)
