@@ -1358,3 +1358,19 @@ def test_the_cache_says_how_many_label_changes_it_does_not_know(service: Caregiv
     service.rebuild_cache("stale")
     assert service.labels_since_rebuild("stale") == 0
     service.delete_profile("stale")
+
+
+def test_comparing_a_profile_counts_every_labelled_clip_and_a_missing_answer_as_an_error() -> None:
+    """The Compare tab said "7 labelled clip(s)" above a table with n = 6: a clip a model gave no answer for
+    was left out of its row, making it look better. It counts, as a wrong answer, as in `eval`."""
+    from datetime import datetime, timezone
+
+    from emoweb.services.comparison import stored_answer_reports
+    from emoweb.services.records import QueueEntry
+
+    now = datetime.now(timezone.utc)
+    entries = [QueueEntry(1, "a.mp4", now, "joy", {"emoasst": "joy", "foalnet": "joy"}, 0.5, False),
+               QueueEntry(2, "b.mp4", now, "sadness", {"emoasst": "sadness"}, 0.4, False),  # Foal-Net: no answer stored
+               QueueEntry(3, "c.mp4", now, "joy", {"emoasst": "anger", "foalnet": "joy"}, 0.1, True)]
+    reports = stored_answer_reports(entries, ["anger", "joy", "sadness"])
+    assert {m: (r["n"], round(r["accuracy"], 3)) for m, r in reports.items()} == {"emoasst": (3, 0.667), "foalnet": (3, 0.667)}

@@ -18,7 +18,7 @@ import torch
 from emoweb.config import Settings
 from emoweb.errors import EmoWebError
 from emoweb.learning.manifests import read_manifests
-from emoweb.learning.metrics import classification_report
+from emoweb.learning.metrics import NO_DECISION, classification_report
 from emoweb.learning.pairs import composite_samples
 from emoweb.learning.training import Sample
 from emoweb.pipeline.batching import to_input
@@ -83,7 +83,6 @@ def default_split(rows: list) -> str:
 
 
 BACKBONE_REPORT = "visual backbone (its own output)"
-NO_DECISION = "no decision"  # a model that reads none of a row's inputs (Foal-Net on a text): an error, not a guess
 
 
 def backbone_label(feats) -> str:

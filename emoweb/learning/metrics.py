@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+NO_DECISION = "no decision"  # a model that reads none of a row's inputs (Foal-Net on a text): an error, not a guess
+
 
 def classification_report(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> dict:
     """Accuracy (WA), UAR (UA), weighted F1, per-class recall and the confusion matrix over ``labels``.

@@ -98,16 +98,14 @@ def write_manifest(rows: Sequence, out: Path) -> Path:
 
 
 def stored_answer_reports(entries: Sequence[QueueEntry], labels: Sequence[str]) -> dict[str, dict]:
-    """{model: classification report} of each model's latest stored answer against the current label,
-    over the labelled `entries` that model answered (no clip is encoded again)."""
-    from emoweb.learning.metrics import classification_report
+    """{model: classification report} of each model's latest stored answer against the current label, over
+    every labelled clip of `entries` (no clip is encoded again): a clip a model gave no answer for counts as
+    NO_DECISION, an error, as in `eval` (the table's n then matches the clips counted above it)."""
+    from emoweb.learning.metrics import NO_DECISION, classification_report
 
     models = sorted({m for e in entries for m in e.top_labels})
-    reports = {}
-    for m in models:
-        have = [e for e in entries if m in e.top_labels]
-        reports[m] = classification_report([e.label for e in have], [e.top_labels[m] for e in have], labels)
-    return reports
+    return {m: classification_report([e.label for e in entries], [e.top_labels.get(m) or NO_DECISION for e in entries], labels)
+            for m in models}
 
 
 def evaluate_all(settings: Settings, manifest: Path) -> dict:
