@@ -214,3 +214,5 @@ def test_the_answer_page_names_confident_models_sounds_and_stages_as_people_read
     nothing = explain(ctx, predictor.predict(faceless, "all"), None, None)
     assert [a.text for a in nothing[6].layout.annotations] == ["no per-frame timeline: no face found in any frame"]
     assert nothing[0].startswith("## No answer\nNo model asked found a face, a voice or words it reads."), nothing[0]
+    # no empty boxes: "Who" only with a face, the alike clips only with a profile's clips to show
+    assert shown[13]["visible"] and not nothing[13]["visible"] and not shown[5]["visible"]

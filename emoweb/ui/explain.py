@@ -228,7 +228,7 @@ def explain(ctx: C.AppContext, prediction: Any, result: ClipResult | None, profi
         F.modality_figure(C.shown_names(decisions)),
         F.attention_figure(_attention_maps(outputs)),
         F.similarity_figure(tables, labels),
-        gallery_near or None,
+        gr.update(value=gallery_near or None, visible=bool(gallery_near)),  # no empty box where no clip is alike
         timeline,
         transcript,
         frames_gallery or None,
@@ -236,7 +236,7 @@ def explain(ctx: C.AppContext, prediction: Any, result: ClipResult | None, profi
         F.latency_figure(C.stage_times(feats.timings), C.shown_names(dict(prediction.latency))),
         raw,
         str(clip.id) if clip is not None else "",
-        None if face is None else C.shown_image(folder, face),
+        gr.update(value=None if face is None else C.shown_image(folder, face), visible=face is not None),
         table,
         gr.update(value=warnings_md, visible=bool(warnings)),
         info_md,

@@ -119,9 +119,9 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
             transcript = gr.Dataframe(headers=TRANSCRIPT_HEADERS, datatype=["number", "number", "str"],
                                       label="Transcript with timestamps", interactive=False, elem_id="transcript", wrap=True)
             with gr.Row():
-                frames = gr.Gallery(label="Sampled frames with the face box", columns=8, height=220, elem_id="frames",
+                frames = gr.Gallery(label="Sampled frames with the face box", columns=4, height=220, elem_id="frames",
                                     object_fit="contain")
-                crops = gr.Gallery(label="Face crops (what the visual encoder saw)", columns=8, height=220, elem_id="crops",
+                crops = gr.Gallery(label="Face crops (what the visual encoder saw)", columns=4, height=220, elem_id="crops",
                                    object_fit="contain")
             timeline = gr.Plot(label="Per-frame timeline", elem_id="timeline")
         with gr.Accordion("How each model worked, and how long it took", open=False, elem_id="fold-info"):
