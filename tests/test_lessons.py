@@ -301,6 +301,8 @@ def test_the_lesson_command_writes_the_file_and_its_copy(service, clips, monkeyp
         assert cli.main(["lesson", str(clips["faceless"]), "--profile", "lessons", "--seconds", "1", "-o", str(target)]) == 2
         assert capsys.readouterr().err == f"error: cannot write {target}: {reason}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.mp4"]  # no part file left behind
+    assert cli.main(["lesson", str(clips["joy"]), "--profile", "lessons", "--label", "joy"]) == 2  # --label was ignored
+    assert capsys.readouterr().err == "error: give CLIP_IDs or --label, not both (--label makes a set of the profile's clips with that label)\n"
     assert cli.main(["lesson", "999999", "--profile", "lessons"]) == 2
     assert capsys.readouterr().err.strip() == "error: no clip 999999"
     assert cli.main(["lesson", str(clips["joy"]), "--profile", "lessons", "--seconds", "0"]) == 2

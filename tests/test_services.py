@@ -958,8 +958,9 @@ def test_import_refuses_bad_rows_and_files(service: CaregiverService) -> None:
     report = service.import_labels("imports", text)
     assert report.imported == 0 and report.refused == [  # named by the line a spreadsheet or editor shows
         "line 2: label 'giggly' is not in the label set of 'imports'", "line 3: not a sha256: 'not-a-hash'", "line 5: empty label"]
-    as_json = json.dumps({"rows": [{"sha256": sha, "label": "calm"}, {"sha256": sha, "label": ""}]})
-    assert service.import_labels("imports", as_json, "json").refused == ["row 2: empty label"]
+    as_json = json.dumps({"rows": [{"sha256": sha, "label": "calm"}, {"sha256": sha, "label": ""}, "calm"]})
+    # a row that is no object is refused as a row, as a CSV's bad line is (the whole file was refused for it)
+    assert service.import_labels("imports", as_json, "json").refused == ["row 2: empty label", "row 3: not a sha256: ''"]
     assert service.current_label(clip_id) == "calm"
     assert service.import_labels("imports", f"sha256,label\n{sha},giggly\n", allow_new_labels=True).imported == 1
     assert service.current_label(clip_id) == "giggly" and "giggly" in service.get_profile("imports").labels

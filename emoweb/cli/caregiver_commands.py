@@ -308,6 +308,14 @@ def _write_whole(target: Path, write: Callable[[Path], object]) -> None:
         raise EmoWebError(f"cannot write {target}: {_os_reason(exc, writing=True)}") from None
 
 
+def _check_writable(target: Path) -> None:
+    """Refuse, in `_write_whole`'s words, a target that could not be written: its folder missing, or a folder."""
+    if target.is_dir():
+        raise EmoWebError(f"cannot write {target}: it is a folder")
+    if not target.parent.is_dir():
+        raise EmoWebError(f"cannot write {target}: {'a folder on its path is a file' if target.parent.exists() else 'its folder does not exist'}")
+
+
 def _labels_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True)
     for action, where in (("export", "stdout"), ("import", "stdin")):
@@ -371,6 +379,10 @@ def _lesson_args(p: argparse.ArgumentParser) -> None:
          prints="the lesson file, its length and how its stretch was chosen",
          takes="about 2-5 s for a 10-s clip (2-CPU machine), plus a few seconds to load the models")(_lesson_args)
 def _lesson(args: argparse.Namespace) -> int:
+    if args.clip_ids and args.label is not None:  # --label chooses the clips itself: both would ignore one
+        raise EmoWebError("give CLIP_IDs or --label, not both (--label makes a set of the profile's clips with that label)")
+    if args.output is not None:  # before the minutes of rendering, not after them
+        _check_writable(args.output)
     service = _service(args)
     length = {} if args.seconds is None else {"seconds": args.seconds}
     if len(args.clip_ids) == 1 and args.label is None:

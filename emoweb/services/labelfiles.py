@@ -63,9 +63,10 @@ def parse(text: str, fmt: str = "csv") -> list[tuple[str, dict[str, str]]]:
         except json.JSONDecodeError as exc:
             raise EmoWebError(f"not a JSON label file: {exc.msg} at line {exc.lineno}") from None
         rows = data.get("rows") if isinstance(data, dict) else data
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        if not isinstance(rows, list):
             raise EmoWebError("not a JSON label file: expected {\"rows\": [{\"sha256\": ..., \"label\": ...}, ...]}")
-        placed = [(f"row {number}", row) for number, row in enumerate(rows, start=1)]
+        # a row that is no object is refused as a row (by the importer: no sha256), as a CSV's bad line is
+        placed = [(f"row {number}", row if isinstance(row, dict) else {}) for number, row in enumerate(rows, start=1)]
     else:
         reader = csv.DictReader(io.StringIO(text))
         missing = {"sha256", "label"} - set(reader.fieldnames or ())
