@@ -44,7 +44,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=4.0, help="length of the composite test clip (default 4)")
     add_backbones(p)
     add_device(p)
-    p.add_argument("--threads", type=int, default=2, help="torch / CTranslate2 CPU threads (default 2)")
+    p.add_argument("--threads", type=int, default=None, help="torch / CTranslate2 CPU threads (default: EMOWEB_THREADS, else 2)")
     p.add_argument("--repeat", type=int, default=5, help="warm runs after the cold one (default 5)")
     p.add_argument("--split", default="val", help="kshot, asr: the speakers scored (default val; kshot: dev = the speakers to choose a recipe on)")
     p.add_argument("--speakers", type=int, default=None, help="kshot: only the first N speakers of each corpus")
@@ -63,6 +63,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
          takes="extract, models, faces, lesson, cache: 10 s to 2 min; asr: about 2-4 min; kshot and baseline: about 5-20 min; "
          "crossval: 20-45 min; generalise: 2-5 min; loco: 8-35 min per model and corpus left out (2-CPU machine, features cached)")(_bench_args)
 def _bench(args: argparse.Namespace) -> int:
+    if args.threads is None:  # the machine's setting, as every other command follows it
+        args.threads = settings_from(None).threads or 2
     _, fn, text = BENCHES[args.what]
     emit(fn(args), args.json, text)
     return 0
