@@ -158,6 +158,11 @@ def test_every_subcommand_help_says_what_it_prints_and_how_long() -> None:
         assert " Prints " in description and " Takes " in description, name
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert "Takes about 1 s per clip" in sub.choices["eval"].format_help().replace("\n", " ")
+    # each action of a command (profile create, clip delete, labels export) says what it does in its own --help
+    for name, command in sub.choices.items():
+        actions = next((a for a in command._actions if isinstance(a, argparse._SubParsersAction)), None)
+        for action, action_parser in (actions.choices.items() if actions else ()):
+            assert action_parser.description, f"{name} {action} --help has no description"
 
 
 def test_deprecated_profile_spelling_still_sets_the_backbones(capsys) -> None:

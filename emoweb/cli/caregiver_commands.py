@@ -13,12 +13,19 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from emoweb.cli import (add_device, add_json, answer_text, clip_paths, command, emit, model_answer, model_name, note_lines,
                         settings_from, skipped_line)
 from emoweb.errors import EmoWebError, UnknownLabelError
 
 FAST = "under a second or two (storage only, no models)"
+
+
+def _action(sub: Any, name: str, what: str) -> argparse.ArgumentParser:
+    """A command's action (`profile create`, `clip delete`) whose own --help says what it does: argparse shows
+    `help` only in the command's list of actions."""
+    return sub.add_parser(name, help=what, description=what[:1].upper() + what[1:] + ".")
 
 
 def _service(args: argparse.Namespace):
@@ -34,15 +41,15 @@ def _service(args: argparse.Namespace):
 
 def _profile_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True)
-    create = sub.add_parser("create", help="a new profile (a child or a setting)")
+    create = _action(sub, "create", "a new profile (a child or a setting)")
     create.add_argument("name")
     create.add_argument("--labels", default="", help="comma-separated label set (default: the seven emotions)")
     create.add_argument("--owner", default=None, help="whose profile it is, as the web app's login names them (default: shared)")
     add_json(create)
-    lst = sub.add_parser("list", help="all profiles")
+    lst = _action(sub, "list", "all profiles")
     lst.add_argument("--owner", default=None, help="only this owner's profiles (default: every profile)")
     add_json(lst)
-    delete = sub.add_parser("delete", help="delete a profile with its clips, media files, labels and caches")
+    delete = _action(sub, "delete", "delete a profile with its clips, media files, labels and caches")
     delete.add_argument("name", help="profile name or id")
     _add_yes(delete)
     add_json(delete)
@@ -319,7 +326,7 @@ def _check_writable(target: Path) -> None:
 def _labels_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True)
     for action, where in (("export", "stdout"), ("import", "stdin")):
-        a = sub.add_parser(action, help=f"{action} a profile's labels (default: {where})")
+        a = _action(sub, action, f"{action} a profile's labels (default: {where})")
         a.add_argument("file", nargs="?", default=None, metavar="FILE", help=f"default: {where}")
         a.add_argument("--profile", required=True, help="caregiver profile name or id")
         a.add_argument("--format", choices=("csv", "json"), default=None, help="default: from FILE's suffix, else csv")
@@ -402,13 +409,13 @@ def _lesson(args: argparse.Namespace) -> int:
 
 def _clip_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True)
-    delete = sub.add_parser("delete", help="delete a clip: media, features, predictions, labels (caches rebuilt without it)")
+    delete = _action(sub, "delete", "delete a clip: media, features, predictions, labels (caches rebuilt without it)")
     delete.add_argument("clip_id", metavar="CLIP_ID")
     delete.add_argument("--profile", required=True,
                         help="caregiver profile name or id (the clip must be in it: a deletion cannot be undone)")
     _add_yes(delete)
     add_json(delete)
-    lst = sub.add_parser("list", help="a profile's clips")
+    lst = _action(sub, "list", "a profile's clips")
     lst.add_argument("--profile", required=True, help="caregiver profile name or id")
     add_json(lst)
 
