@@ -50,3 +50,36 @@ def test_embedded_prediction_with_network_blocked(composite_clip: Path, tmp_path
     assert out["models"], "no model ran"
     assert "tomorrow" in out["transcript"].lower()
     assert not list(private_tmp.rglob("*.ses")), "ONNX Runtime's telemetry session file: its opt-out was not set in time"
+
+
+def test_the_data_folder_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """Clips, names and notes of a child: the data folder is 0700 whatever the umask (the database was 0644 in a
+    0755 folder, readable by every user of a shared machine). An existing EmoWeb folder is tightened; a folder
+    the data was pointed into that holds other things is left as it is."""
+    import dataclasses
+    import os
+    import stat
+
+    from emoweb.config import get_settings
+    from emoweb.services import CaregiverService
+
+    def open_service(folder: Path) -> None:
+        CaregiverService(dataclasses.replace(get_settings(), data_dir=folder, database_url="")).close()
+
+    old_umask = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh" / "emoweb"
+        open_service(fresh)
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o700 and (fresh / "emoweb.sqlite3").is_file()
+        earlier = tmp_path / "earlier"  # made by an EmoWeb before this rule
+        (earlier / "media").mkdir(parents=True)
+        earlier.chmod(0o755)
+        open_service(earlier)
+        assert stat.S_IMODE(earlier.stat().st_mode) == 0o700
+        shared = tmp_path / "shared"  # someone's folder with other things in it
+        (shared / "photos").mkdir(parents=True)
+        shared.chmod(0o755)
+        open_service(shared)
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+    finally:
+        os.umask(old_umask)

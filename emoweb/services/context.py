@@ -80,11 +80,26 @@ def clip_info(c: Clip) -> ClipInfo:
                     list(c.notes))
 
 
+EMOWEB_MARKS = ("emoweb.sqlite3", "media", "uploads", "memo")  # what only an EmoWeb data folder holds
+
+
+def private_folder(folder: Path) -> None:
+    """The data folder readable by its owner only (0700): it holds the clips, the names and notes in the
+    database, and lessons of a child, and the files in it follow the umask (the database was 0644 in a
+    0755 folder). Made so when missing; an existing folder is tightened only when it is EmoWeb's own
+    (holds one of `EMOWEB_MARKS`), never a folder the data was pointed into that holds other things too."""
+    if not folder.exists():
+        folder.mkdir(mode=0o700, parents=True)
+    elif folder.is_dir() and any((folder / mark).exists() for mark in EMOWEB_MARKS) and folder.stat().st_mode & 0o077:
+        folder.chmod(0o700)
+
+
 class ServiceContext:
     """One per `CaregiverService`. Lock order: `lock` before the feature memo's lock, never after it."""
 
     def __init__(self, settings: Settings, predictor: Any = None, models: str = "all", pause: Pause | None = None):
         self.settings = settings
+        private_folder(Path(settings.data_dir).expanduser())  # before the database file is made in it
         self.sessions = open_database(settings.db_url)
         self.repo = CaregiverRepository(self.sessions)
         self.data_dir = Path(settings.data_dir).expanduser().resolve()
