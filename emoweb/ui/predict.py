@@ -15,6 +15,7 @@ from emoweb.services.headline import RULE
 from emoweb.services.modelinfo import display_name
 from emoweb.ui import common as C
 from emoweb.ui.explain import explain, person_choices
+from emoweb.ui.picturebox import PictureBox
 
 TRANSCRIPT_HEADERS = ["start (s)", "end (s)", "text"]
 MODEL_HEADERS = ["model", "answer", "probability", "used the profile's examples"]
@@ -44,22 +45,6 @@ def accepts(fn: Any, name: str) -> bool:
         return False
 
 
-class PictureBox(gr.Image):
-    """gr.Image (the same box in the page: a template of it) whose upload that is no picture is refused in
-    one line naming the file. gradio reads an uploaded picture before any handler runs; left alone, a
-    video renamed .jpg failed there with no message at all."""
-
-    is_template = True
-
-    def preprocess(self, payload: Any) -> Any:
-        try:
-            return super().preprocess(payload)
-        except Exception:  # noqa: BLE001 - Pillow's UnidentifiedImageError, a truncated file, ...
-            name = getattr(payload, "orig_name", None) or Path(str(getattr(payload, "path", "") or "")).name
-            raise gr.Error(f"not a picture: {name} (for a video or a sound, choose 'Video' or 'Audio only' above)",
-                           print_exception=False) from None
-
-
 def pick_input(video: Any, audio: Any, image: Any) -> tuple[Path, str]:
     for value, source in ((video, "video"), (audio, "audio"), (image, "image")):
         if isinstance(value, dict):  # gradio_client may send {"video": ..., "subtitles": ...}
@@ -83,7 +68,7 @@ def build(ctx: C.AppContext, profile_dd: gr.Dropdown, heavy: dict) -> dict:
                 # image_mode None: the upload itself is analysed (and stored), never a re-encoded second copy
                 # that deleting the clip would not find by its content
                 image = PictureBox(label="Image (upload or webcam)", type="filepath", sources=["upload", "webcam"], height=280,
-                                 visible=False, elem_id="predict-image", image_mode=None)
+                                   visible=False, elem_id="predict-image", image_mode=None)
                 run = gr.Button("Analyse", variant="primary", elem_id="predict-run")
                 error = C.error_box("predict-error")
                 gr.Markdown(f"Up to {ctx.settings.max_seconds:g} s of a clip is analysed; files up to "
