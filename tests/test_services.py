@@ -329,6 +329,7 @@ def test_a_clip_whose_face_and_voice_differ_comes_before_agreed_ones(service: Ca
     queue = service.labelling_queue("torn")
     assert [(e.clip_id, e.disagree) for e in queue] == [(torn, True), (sure, False)]  # by margin alone torn came last
     assert [e.senses for e in queue] == ["the voice says upset, the face says calm", None]  # what the queue shows
+    assert not any(e.models_differ for e in queue)  # one model: "face ≠ voice", never "models differ"
     service.delete_profile("torn")
 
 

@@ -225,8 +225,7 @@ def _queue(args: argparse.Namespace) -> int:
         for e in r:
             margin = "-" if e["margin"] is None else f"{e['margin']:.2f}"
             tops = ", ".join(f"{model_name(m)}: {lab}" for m, lab in e["top_labels"].items()) or "no prediction"
-            models_differ = len(set(e["top_labels"].values())) > 1
-            flag = "DISAGREE " if models_differ else f"FACE≠VOICE ({e['senses']}) " if e["senses"] else ""
+            flag = "DISAGREE " if e["models_differ"] else f"FACE≠VOICE ({e['senses']}) " if e["senses"] else ""
             lines.append(f"{e['clip_id']:>6}  {e['label'] or '(unlabelled)':<14} margin {margin:<5} {flag}{tops}  {e['original_name']}")
         return "\n".join(lines) or "no clips"
 

@@ -102,7 +102,7 @@ class Corrections:
         differ = {clip_id: said for clip_id, by_model in senses.items() if (said := sense_conflict(by_model))}
         return [
             QueueEntry(i.clip.id, i.clip.original_name, i.clip.created, i.label, in_model_order(i.top_labels), i.margin, i.disagree,
-                       differ.get(i.clip.id))
+                       differ.get(i.clip.id), len(set(i.top_labels.values())) > 1)
             for i in self.ctx.repo.labelling_queue(prof.id, limit, differ)
         ]
 

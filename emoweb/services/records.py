@@ -114,6 +114,7 @@ class QueueEntry(_Record):
     margin: float | None  # smallest top1 - top2 margin among the models
     disagree: bool  # the models name different labels, or the face and the voice differ (`senses`)
     senses: str | None = None  # "the voice says anger, the face says joy" when they differ (`headline.sense_conflict`)
+    models_differ: bool = False  # the models' top labels differ (what DISAGREE / "models differ" say)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from emoweb.safetext import decode
 from emoweb.services.cachebuild import TUNING_WORDS, accuracy_text, still_needed, too_few_to_judge
 from emoweb.services import lessons, reanalyse
 from emoweb.services import modelinfo
-from emoweb.services.modelinfo import per_label_text
 from emoweb.ui import common as C
 from emoweb.ui import figures as F
 
@@ -61,7 +60,7 @@ def _queue_rows(entries) -> list[list]:
         answers = ", ".join(f"{m}: {lab}" for m, lab in sorted(C.shown_names(e.top_labels).items())) or "-"
         rows.append([e.clip_id, e.original_name, e.label or "(unlabelled)", answers,
                      None if e.margin is None else round(float(e.margin), 3),
-                     "models differ" if len(set(e.top_labels.values())) > 1 else "face ≠ voice" if e.senses else ""])
+                     "models differ" if e.models_differ else "face ≠ voice" if e.senses else ""])
     return rows
 
 
@@ -89,7 +88,7 @@ def rebuild_view(profile_name: str, results: dict, before: int, after: int) -> t
               "set by | accuracy: model alone → with your clips | seconds |",
               "|---|---:|---|---:|---:|---|---|---:|"]
     for m, r in results.items():
-        lines.append(f"| {C.model_name(m)} | {r.n} | {C.esc(per_label_text(r.n_per_label))} | {r.alpha:.2f} | {r.beta:.2f} | {C.esc(tuning_of(r))} | "
+        lines.append(f"| {C.model_name(m)} | {r.n} | {C.esc(modelinfo.per_label_text(r.n_per_label))} | {r.alpha:.2f} | {r.beta:.2f} | {C.esc(tuning_of(r))} | "
                      f"{C.esc(accuracy_text(r.judged, r.before, r.after))} | {r.seconds:.3f} |")
     lines.append("\n</details>")
     judged = {m: (r.before, r.after) for m, r in C.shown_names(results).items() if r.judged}
