@@ -315,11 +315,12 @@ def _write_whole(target: Path, write: Callable[[Path], object]) -> None:
 
 
 def _check_writable(target: Path) -> None:
-    """Refuse, in `_write_whole`'s words, a target that could not be written: its folder missing, or a folder."""
-    if target.is_dir():
-        raise EmoWebError(f"cannot write {target}: it is a folder")
-    if not target.parent.is_dir():
-        raise EmoWebError(f"cannot write {target}: {'a folder on its path is a file' if target.parent.exists() else 'its folder does not exist'}")
+    """Refuse, in `_write_whole`'s words (`_os_reason`), a target that could not be written: a folder, or its
+    folder missing or a file."""
+    fault = (IsADirectoryError() if target.is_dir() else None if target.parent.is_dir()
+             else NotADirectoryError() if target.parent.exists() else FileNotFoundError())
+    if fault is not None:
+        raise EmoWebError(f"cannot write {target}: {_os_reason(fault, writing=True)}")
 
 
 def _labels_args(p: argparse.ArgumentParser) -> None:

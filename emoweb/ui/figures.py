@@ -37,11 +37,12 @@ def wrapped(text: Any, width: int = TITLE_CHARS, bold: bool = False) -> str:
 SUBPLOT_CHARS = 28  # a subplot title is drawn larger (16 px), centred over its plot (right of the axis titles)
 
 
-def _titled(text: str, first_subplot: str = "") -> dict:
-    """A figure title wrapped for a phone, with the top margin its lines and those of the first subplot's
-    title (drawn above that subplot, inside the margin) need."""
+def _titled(text: str, first_subplot: str = "", bottom: int = 40) -> dict:
+    """The figures' layout with a title wrapped for a phone, and the top margin its lines and those of the
+    first subplot's title (drawn above that subplot, inside the margin) need; `bottom`: the bottom margin
+    (room for a legend or colour scale under the chart)."""
     top = 30 + 20 * len(textwrap.wrap(text, TITLE_CHARS)) + 24 * len(textwrap.wrap(first_subplot, SUBPLOT_CHARS))
-    return dict(title=dict(text=wrapped(text), font=dict(size=14)), margin=dict(l=50, r=20, t=top, b=40))
+    return {**_LAYOUT, "title": dict(text=wrapped(text), font=dict(size=14)), "margin": dict(l=50, r=20, t=top, b=bottom)}
 
 
 def empty_figure(message: str) -> go.Figure:
@@ -67,7 +68,7 @@ def probability_figure(probs: dict[str, dict[str, float]], title: str = "Probabi
             hovertemplate="%{x} · " + ptext(lab) + ": %{y:.3f}<extra></extra>",
         )
     fig.update_layout(barmode="group", yaxis=dict(title="probability", range=[0, 1]), legend_title_text="label",
-                      height=360, **{**_LAYOUT, **_titled(title)})
+                      height=360, **_titled(title))
     return fig
 
 
@@ -91,10 +92,10 @@ def modality_figure(decisions: dict[str, dict[str, dict[str, float]]]) -> go.Fig
             )
         fig.update_yaxes(autorange="reversed", row=row, col=1)
     fig.update_xaxes(range=[0, 1], title_text="probability", row=len(models), col=1)
-    layout = {**_LAYOUT, **_titled("What the face, the voice and the words each said alone (and all together)", models[0])}
-    layout["margin"] = {**layout["margin"], "b": 110}  # the labels' legend under the chart, in rows
+    # the labels' legend under the chart, in rows
     fig.update_layout(barmode="stack", height=200 + 130 * len(models), legend=dict(orientation="h", x=0, y=0, yref="container",
-                      yanchor="bottom"), **layout)
+                      yanchor="bottom"), **_titled("What the face, the voice and the words each said alone (and all together)",
+                                                   models[0], bottom=110))
     return fig
 
 
@@ -140,9 +141,9 @@ def attention_figure(maps: list[tuple[str, np.ndarray, tuple[str, str], dict[str
         ystep = max(1, w.shape[0] // 10)
         fig.update_yaxes(tickmode="array", tickvals=list(range(0, w.shape[0], ystep)), ticktext=y_text[::ystep],
                          title_text=wrapped(attention.axis_label(y_axis), 30), autorange="reversed", row=row, col=1)
-    layout = {**_LAYOUT, **_titled("Where each model looked (red: more than an equal share, blue: less)", maps[0][0])}
-    layout["margin"] = {**layout["margin"], "b": 200}  # the last map's reading, then the colour scale
-    fig.update_layout(height=max(320, ATTENTION_MAP_PX * len(maps)) + 160, **layout)
+    # the last map's reading, then the colour scale, under the maps
+    fig.update_layout(height=max(320, ATTENTION_MAP_PX * len(maps)) + 160,
+                      **_titled("Where each model looked (red: more than an equal share, blue: less)", maps[0][0], bottom=200))
     return fig
 
 
@@ -163,8 +164,7 @@ def similarity_figure(tables: list[tuple[str, dict[str, float], dict[str, str]]]
         fig.update_yaxes(autorange="reversed", row=row, col=1)
         fig.update_xaxes(title_text=wrapped("how alike (1 = the same; 0 or less: not alike)"), row=row, col=1)
     fig.update_layout(height=max(300, 260 * len(tables)),
-                      **{**_LAYOUT, **_titled("How alike this clip is to each label's words and to the most alike labelled clips",
-                                              tables[0][0])})
+                      **_titled("How alike this clip is to each label's words and to the most alike labelled clips", tables[0][0]))
     return fig
 
 
@@ -192,7 +192,7 @@ def timeline_figure(times: Sequence[float], probs: np.ndarray | None, labels: Se
                         marker=dict(symbol="x", color="black", size=8))
     fig.update_layout(xaxis=dict(title="time (s)", range=[0, duration] if duration else None),
                       yaxis=dict(title="probability", range=[0, 1]), height=340, legend_title_text="label",
-                      **{**_LAYOUT, **_titled("Per-frame emotion timeline (facial expression of each sampled frame; grey: speech)")})
+                      **_titled("Per-frame emotion timeline (facial expression of each sampled frame; grey: speech)"))
     return fig
 
 
@@ -226,7 +226,7 @@ def before_after_figure(rows: dict[str, tuple[float | None, float | None]]) -> g
                     y=[v if v is not None else 0 for v in vals], marker_color=BEFORE_AFTER[what],
                     text=[f"{100 * v:.0f}%" if v is not None else "n/a" for v in vals], textposition="outside")
     fig.update_layout(barmode="group", yaxis=dict(title="accuracy", range=[0, 1.1]), height=320,
-                      **{**_LAYOUT, **_titled("Accuracy on the profile's labelled clips (leave-one-out)")})
+                      **_titled("Accuracy on the profile's labelled clips (leave-one-out)"))
     return fig
 
 
@@ -240,7 +240,7 @@ def latency_figure(stages: dict[str, float], models: dict[str, float]) -> go.Fig
         fig.add_bar(name=ptext(m), y=[ptext(m)], x=[1000 * models[m]], orientation="h",
                     marker_color=model_colour(m, names), showlegend=False)
     fig.update_layout(barmode="stack", xaxis=dict(title="milliseconds"), height=260 + 30 * len(names),
-                      **{**_LAYOUT, **_titled("Latency (ms): shared feature stages once, then each model")})
+                      **_titled("Latency (ms): shared feature stages once, then each model"))
     return fig
 
 
