@@ -120,6 +120,9 @@ def add_models(p: argparse.ArgumentParser) -> None:
                    "model with a checkpoint for the backbone set)")
 
 
+CHILD_PROFILE_HINT = "a child's profile goes to ingest, label and the other caregiver commands"  # not to --backbones
+
+
 class _Deprecated(argparse.Action):
     """An old option spelling that still works: stores like `new` and prints a one-line note on stderr."""
 
@@ -129,7 +132,7 @@ class _Deprecated(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         print(f"note: {option_string} is deprecated for the backbone set; use {self.new} "
-              f"(a child's profile goes to ingest, label and the other caregiver commands)", file=sys.stderr)
+              f"({CHILD_PROFILE_HINT})", file=sys.stderr)
         setattr(namespace, self.dest, values)
 
 
@@ -151,8 +154,7 @@ def settings_from(args: argparse.Namespace | None):
     overrides = {"profile": getattr(args, "backbones", None), "device": getattr(args, "device", None)}
     settings = replace(get_settings(), **{k: v for k, v in overrides.items() if v})
     if settings.profile not in BACKBONE_SETS:  # checked before anything loads (a child's name given by mistake)
-        raise EmoWebError(f"unknown backbone set {settings.profile!r} (choose {' or '.join(BACKBONE_SETS)}; a child's "
-                          "profile goes to ingest, label and the other caregiver commands)")
+        raise EmoWebError(f"unknown backbone set {settings.profile!r} (choose {' or '.join(BACKBONE_SETS)}; {CHILD_PROFILE_HINT})")
     if settings.device != "auto" and settings.device != "cpu":  # a GPU asked for: checked before anything loads
         from models.backbones import resolve_device
 
